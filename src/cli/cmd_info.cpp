@@ -1,0 +1,78 @@
+// llmq info: a model's config, parameter count, bytes by dtype and memory estimate.
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "core/progress.h"
+#include "io/hf_dir.h"
+
+namespace llmq::cli {
+
+void register_info(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "show a model's configuration, size and memory needs");
+  struct Opts {
+    std::string dir, preset;
+    int64_t ctx = 0, batch = 1;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* d = cmd->add_option("model", o->dir, "model directory");
+  auto* p = cmd->add_option("--preset", o->preset, "built-in preset instead of a directory");
+  d->excludes(p);
+  cmd->add_option("--ctx", o->ctx, "context length for the KV-cache estimate (default: 4096 or the model's maximum)");
+  cmd->add_option("--batch", o->batch, "sequences for the KV-cache estimate")->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->callback([o] {
+    if (o->dir.empty() && o->preset.empty()) fail("info: give a model directory or --preset NAME");
+    ModelConfig c;
+    std::map<std::string, uint64_t> by_dtype;
+    if (!o->preset.empty()) {
+      c = config_preset(o->preset);
+    } else {
+      Model m = model_load(o->dir);
+      c = m.config;
+    }
+    // Bytes by dtype from the tensor list: what the files hold (or would hold as bf16).
+    uint64_t weight_bytes = 0;
+    DType dt = o->preset.empty() ? c.dtype : DType::BF16;
+    for (const auto& s : hf_tensor_specs(c)) {
+      uint64_t b = dtype_bytes(dt, shape_numel(s.shape));
+      by_dtype[std::string(dtype_name(dt))] += b;
+      weight_bytes += b;
+    }
+    int64_t ctx = o->ctx > 0 ? o->ctx : std::min<int64_t>(c.max_seq_len, 4096);
+    uint64_t kv = (uint64_t)(2 * c.n_layers * c.kv_dim() * ctx * o->batch * 4);
+    // Activations for a prefill of ctx rows: residual, norm, q, k, v, attention, gate, up.
+    uint64_t act = (uint64_t)(ctx * o->batch) * (uint64_t)(3 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim) * 4 +
+                   (uint64_t)c.vocab_size * 4 * o->batch;
+    nlohmann::json j = {
+        {"source", o->preset.empty() ? o->dir : "preset " + o->preset},
+        {"config", config_to_hf_json(c)},
+        {"parameters", c.n_params()},
+        {"bytes_by_dtype", by_dtype},
+        {"memory", {{"ctx", ctx}, {"batch", o->batch}, {"weights", weight_bytes}, {"kv_cache_f32", kv},
+                    {"activations", act}, {"total", weight_bytes + kv + act}}},
+    };
+    if (o->json) {
+      fmt::print("{}\n", j.dump(2));
+      return;
+    }
+    fmt::print("model       {}\n", j["source"].get<std::string>());
+    fmt::print("shape       dim {}  layers {}  heads {} (kv {}, head_dim {})  ffn {}  vocab {}\n", c.dim, c.n_layers,
+               c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size);
+    fmt::print("rope        theta {}  scaling {}  max context {}\n", c.rope_theta,
+               c.rope_scaling.enabled ? fmt::format("llama3 x{} (orig {})", c.rope_scaling.factor,
+                                                    c.rope_scaling.original_max_position)
+                                      : std::string("none"),
+               c.max_seq_len);
+    fmt::print("embeddings  {}\n", c.tie_embeddings ? "tied" : "untied");
+    fmt::print("parameters  {} ({:.2f} B)\n", c.n_params(), c.n_params() / 1e9);
+    for (auto& [k, v] : by_dtype) fmt::print("weights     {}: {}\n", k, format_bytes((double)v));
+    fmt::print("memory      ctx {} x batch {}: weights {} + KV cache (f32) {} + activations {} = {}\n", ctx, o->batch,
+               format_bytes((double)weight_bytes), format_bytes((double)kv), format_bytes((double)act),
+               format_bytes((double)(weight_bytes + kv + act)));
+  });
+}
+
+}  // namespace llmq::cli

@@ -1,0 +1,40 @@
+// llmq init: a randomly initialised model directory of a preset or config shape.
+#include "cli/common.h"
+#include "core/progress.h"
+#include "io/hf_dir.h"
+
+namespace llmq::cli {
+
+void register_init(CLI::App& app) {
+  auto* cmd = app.add_subcommand("init", "write a randomly initialised model directory (for tests and benchmarks)");
+  struct Opts {
+    std::string preset, config, out, dtype = "bf16";
+    uint64_t seed = 0;
+    double shard_gb = 5;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* p = cmd->add_option("--preset", o->preset, "built-in shape: " + [] {
+    std::string s;
+    for (auto& n : config_preset_names()) s += (s.empty() ? "" : ", ") + n;
+    return s;
+  }());
+  auto* c = cmd->add_option("--config", o->config, "HF config.json or Meta params.json")->check(CLI::ExistingFile);
+  p->excludes(c);
+  cmd->add_option("--out", o->out, "output directory")->required();
+  cmd->add_option("--seed", o->seed, "random seed");
+  cmd->add_option("--dtype", o->dtype, "weight dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  cmd->add_option("--max-shard-size", o->shard_gb, "largest safetensors shard, GB")->check(CLI::PositiveNumber);
+  cmd->callback([o] {
+    if (o->preset.empty() && o->config.empty()) fail("init: give --preset NAME or --config FILE");
+    ModelConfig cfg = o->preset.empty() ? config_load(o->config) : config_preset(o->preset);
+    SaveOptions so;
+    so.dtype = dtype_parse(o->dtype);
+    so.max_shard_bytes = (uint64_t)(o->shard_gb * 1e9);
+    so.progress = true;
+    model_save(o->out, cfg, init_fill(cfg, o->seed), so);
+    fmt::print(stderr, "wrote {}: {} parameters, {}\n", o->out, cfg.n_params(),
+               format_bytes((double)dtype_bytes(so.dtype, cfg.n_params())));
+  });
+}
+
+}  // namespace llmq::cli

@@ -1,0 +1,21 @@
+// Shared pieces of the subcommands: registration, token-id parsing, resource figures.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmq::cli {
+
+void register_info(CLI::App& app);
+void register_init(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_bench(CLI::App& app);
+
+// Whitespace- or comma-separated non-negative integers; `what` names the source in errors.
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what);
+std::vector<int32_t> read_token_file(const std::string& path);
+double peak_rss_bytes();
+
+}  // namespace llmq::cli

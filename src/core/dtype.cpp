@@ -1,0 +1,76 @@
+// Names of element types and software f16 conversions (the F16C path lives in the kernels).
+#include "core/dtype.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace llmq {
+
+namespace {
+struct DTypeInfo {
+  DType t;
+  int bits;
+  const char* name;
+  const char* st;  // safetensors name, "" when safetensors has none
+};
+constexpr DTypeInfo kInfo[] = {
+    {DType::F32, 32, "f32", "F32"}, {DType::F16, 16, "f16", "F16"}, {DType::BF16, 16, "bf16", "BF16"},
+    {DType::F64, 64, "f64", "F64"}, {DType::I8, 8, "i8", "I8"},     {DType::U8, 8, "u8", "U8"},
+    {DType::I32, 32, "i32", "I32"}, {DType::I64, 64, "i64", "I64"}, {DType::Q4, 4, "q4", ""},
+};
+const DTypeInfo& info(DType t) { return kInfo[(int)t]; }
+}  // namespace
+
+int dtype_bits(DType t) { return info(t).bits; }
+std::string_view dtype_name(DType t) { return info(t).name; }
+std::string_view dtype_safetensors_name(DType t) { return info(t).st; }
+
+bool dtype_try_parse_safetensors(std::string_view s, DType* out) {
+  for (const auto& i : kInfo)
+    if (*i.st && s == i.st) { *out = i.t; return true; }
+  return false;
+}
+
+DType dtype_parse(std::string_view s) {
+  for (const auto& i : kInfo)
+    if (s == i.name || (*i.st && s == i.st)) return i.t;
+  if (s == "float32") return DType::F32;
+  if (s == "bfloat16") return DType::BF16;
+  if (s == "float16") return DType::F16;
+  fail("unknown dtype '{}' (expected f32, bf16 or f16)", s);
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  int exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ff;
+  if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (man << 13));
+  if (exp == 0) {
+    float v = std::ldexp((float)man, -24);  // subnormal (or zero)
+    return sign ? -v : v;
+  }
+  return f32_from_bits(sign | ((uint32_t)(exp - 15 + 127) << 23) | (man << 13));
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u = f32_bits(f);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00;  // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00; // rounds to >= 65520: inf
+  if (a < 0x38800000u) {                      // below the smallest normal 2^-14: subnormal
+    // value / 2^-24 rounded to nearest even is the subnormal mantissa.
+    float v = f32_from_bits(a) * 16777216.0f;  // exact: scaling by a power of two
+    float r = std::nearbyint(v);               // default rounding mode is nearest-even
+    return sign | (uint16_t)r;
+  }
+  uint32_t e = (a >> 23) - 127 + 15;
+  uint32_t m = a & 0x7fffff;
+  uint32_t h = (e << 10) | (m >> 13);
+  uint32_t rest = m & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;  // may carry into the exponent: correct
+  return sign | (uint16_t)h;
+}
+
+}  // namespace llmq

@@ -1,0 +1,38 @@
+// Element types and the scalar conversions between f32 and the 16-bit float formats.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace llmq {
+
+enum class DType : uint8_t { F32, F16, BF16, F64, I8, U8, I32, I64, Q4 /* packed: 2 per byte */ };
+
+// Size in bits of one element (Q4 is sub-byte).
+int dtype_bits(DType t);
+std::string_view dtype_name(DType t);  // "f32", "bf16", ...
+// Parses our names and the safetensors names ("F32", "BF16", ...); throws on unknown.
+DType dtype_parse(std::string_view s);
+bool dtype_try_parse_safetensors(std::string_view s, DType* out);
+std::string_view dtype_safetensors_name(DType t);
+inline size_t dtype_bytes(DType t, int64_t n) { return (size_t)((n * dtype_bits(t) + 7) / 8); }
+
+inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// bfloat16 is the top half of an IEEE f32.
+inline float bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+// Round to nearest even; NaN stays a (quiet) NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1);
+  return (uint16_t)(u >> 16);
+}
+
+// IEEE binary16 (1 sign, 5 exponent, 10 mantissa bits), subnormals included.
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);  // round to nearest even, overflow to inf
+
+}  // namespace llmq

@@ -1,0 +1,96 @@
+// POSIX implementations of mapping, reading and atomic writing.
+#include "core/file_util.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace llmq {
+
+MappedFile::~MappedFile() {
+  if (data && size) munmap(const_cast<uint8_t*>(data), size);
+}
+
+std::shared_ptr<MappedFile> map_file(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    fail("{}: not a regular file", path);
+  }
+  auto m = std::make_shared<MappedFile>();
+  m->path = path;
+  m->size = (size_t)st.st_size;
+  if (m->size) {
+    void* p = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      close(fd);
+      fail("{}: mmap failed: {}", path, std::strerror(errno));
+    }
+    m->data = static_cast<const uint8_t*>(p);
+  }
+  close(fd);
+  return m;
+}
+
+std::string read_text_file(const std::string& path) {
+  auto m = map_file(path);
+  return std::string(reinterpret_cast<const char*>(m->data), m->size);
+}
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  tmp_ = path_ + ".tmp." + std::to_string(getpid());
+  fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("{}: cannot create: {}", tmp_, std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    close(fd_);
+    unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n) {
+    ssize_t w = ::write(fd_, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("{}: write failed: {} (the previous file, if any, is intact)", path_, std::strerror(errno));
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+void AtomicFile::commit() {
+  if (fsync(fd_) != 0) fail("{}: fsync failed: {}", path_, std::strerror(errno));
+  close(fd_);
+  fd_ = -1;
+  if (rename(tmp_.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    unlink(tmp_.c_str());
+    fail("{}: rename failed: {}", path_, std::strerror(e));
+  }
+  std::string dir = std::filesystem::path(path_).parent_path().string();
+  int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  AtomicFile f(path);
+  f.write(contents.data(), contents.size());
+  f.commit();
+}
+
+}  // namespace llmq

@@ -1,0 +1,38 @@
+// Files: read-only memory maps, whole-file reads, and atomic writes (temp, fsync, rename).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace llmq {
+
+// A read-only private mapping of a whole file; unmapped when the last reference goes.
+struct MappedFile {
+  std::string path;
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  ~MappedFile();
+};
+std::shared_ptr<MappedFile> map_file(const std::string& path);
+
+std::string read_text_file(const std::string& path);
+
+// Writes `path` atomically: the writer fills a temporary file in the same directory, which
+// is fsynced and renamed over `path`, then the directory is fsynced. A crash or a full disk
+// leaves either the old file or the new one, never a torn file.
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();  // removes the temporary file if commit() was not reached
+  void write(const void* data, size_t n);
+  void commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+void write_file_atomic(const std::string& path, const std::string& contents);
+
+}  // namespace llmq

@@ -1,0 +1,96 @@
+// Tensor storage: 64-byte aligned allocation (one AVX-512 line) and views.
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace llmq {
+
+constexpr size_t kAlign = 64;
+
+Storage::~Storage() {
+  if (owned) std::free(data);
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
+  auto s = std::make_shared<Storage>();
+  size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+  s->data = std::aligned_alloc(kAlign, rounded ? rounded : kAlign);
+  if (!s->data) fail("out of memory allocating {} bytes", bytes);
+  s->bytes = bytes;
+  s->device = device;
+  s->owned = true;
+  return s;
+}
+
+std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_ptr<void> owner) {
+  auto s = std::make_shared<Storage>();
+  s->data = data;
+  s->bytes = bytes;
+  s->keep_alive = std::move(owner);
+  return s;
+}
+
+std::string shape_str(const Shape& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+Tensor Tensor::empty(DType dtype, Shape shape, Device device) {
+  for (auto d : shape)
+    if (d < 0) fail("negative dimension in shape {}", shape_str(shape));
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.device_ = device;
+  t.storage_ = Storage::allocate(t.nbytes(), device);
+  return t;
+}
+
+Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
+  Tensor t = empty(dtype, std::move(shape), device);
+  std::memset(t.host_data(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::view(std::shared_ptr<Storage> storage, size_t offset, DType dtype, Shape shape) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.device_ = storage->device;
+  t.offset_ = offset;
+  LLMQ_CHECK(offset + t.nbytes() <= storage->bytes);
+  t.storage_ = std::move(storage);
+  return t;
+}
+
+Tensor Tensor::rows(int64_t r0, int64_t r1) const {
+  LLMQ_CHECK(ndim() >= 1 && 0 <= r0 && r0 <= r1 && r1 <= shape_[0]);
+  int64_t inner = numel() / (shape_[0] ? shape_[0] : 1);
+  LLMQ_CHECK((inner * dtype_bits(dtype_)) % 8 == 0);
+  Tensor t = *this;
+  t.shape_[0] = r1 - r0;
+  t.offset_ += dtype_bytes(dtype_, r0 * inner);
+  return t;
+}
+
+Tensor Tensor::reshape(Shape shape) const {
+  LLMQ_CHECK(shape_numel(shape) == numel());
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+void* Tensor::host_data() const {
+  LLMQ_CHECK(storage_ && device_ == Device::CPU);
+  return static_cast<char*>(storage_->data) + offset_;
+}
+
+}  // namespace llmq

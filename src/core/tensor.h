@@ -1,0 +1,70 @@
+// Tensor: dtype, shape and device over shared storage (aligned heap memory or a mapped file).
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace llmq {
+
+// CPU only today; a CUDA device plugs in here. Code outside kernels/ops must not touch
+// Tensor::host_data() of a parameter, so the model runs unchanged on another device.
+enum class Device : uint8_t { CPU };
+
+// A block of memory on one device. Either owned (freed on destruction) or borrowed from a
+// keep-alive object, e.g. a memory-mapped file shared by all the weights that live in it.
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device = Device::CPU;
+  std::shared_ptr<void> keep_alive;  // owner of borrowed memory; empty when owned
+  bool owned = false;
+  ~Storage();
+  static std::shared_ptr<Storage> allocate(size_t bytes, Device device = Device::CPU);
+  static std::shared_ptr<Storage> borrow(void* data, size_t bytes, std::shared_ptr<void> owner);
+};
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& s);  // "(4096, 14336)"
+int64_t shape_numel(const Shape& s);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  static Tensor empty(DType dtype, Shape shape, Device device = Device::CPU);
+  static Tensor zeros(DType dtype, Shape shape, Device device = Device::CPU);
+  // View of storage bytes [offset, offset + nbytes) as dtype/shape.
+  static Tensor view(std::shared_ptr<Storage> storage, size_t offset, DType dtype, Shape shape);
+
+  bool defined() const { return storage_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return (int)shape_.size(); }
+  int64_t dim(int i) const { return shape_[i < 0 ? i + ndim() : i]; }
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return dtype_bytes(dtype_, numel()); }
+
+  // Rows [r0, r1) of the leading dimension, sharing storage.
+  Tensor rows(int64_t r0, int64_t r1) const;
+  // Same bytes, new shape with equal element count.
+  Tensor reshape(Shape shape) const;
+
+  // Raw host memory: for kernels, the ops layer and file I/O only.
+  void* host_data() const;
+  template <class T>
+  T* host() const { return static_cast<T*>(host_data()); }
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
+  Shape shape_;
+};
+
+}  // namespace llmq

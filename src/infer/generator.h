@@ -1,0 +1,35 @@
+// Generation: prefill each prompt, then decode all live sequences together, one row each.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/llama.h"
+
+namespace llmq {
+
+struct GenerateOptions {
+  int max_new_tokens = 128;
+  SamplingParams sampling;
+  std::vector<int32_t> eos_ids;                    // stop when one is sampled (not emitted)
+  std::vector<std::vector<int32_t>> stop_sequences;  // stop after emitting one of these
+  int64_t context = 0;                             // KV cache length; 0: prompt + max_new
+};
+
+enum class StopReason { Length, Eos, StopSequence, Context };
+const char* stop_reason_name(StopReason r);
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated tokens only
+  StopReason reason = StopReason::Length;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+// on_token(sequence index, token) streams tokens as they are chosen. Sequence i samples
+// with seed sampling.seed + i, so a batch gives the same output as separate runs.
+std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
+                                     const GenerateOptions& opt,
+                                     const std::function<void(size_t, int32_t)>& on_token = nullptr);
+
+}  // namespace llmq

@@ -1,0 +1,81 @@
+// Scalar reference kernels: the oracle every SIMD kernel is tested against. Compiled with
+// -fno-tree-vectorize -ffp-contract=off, so each sum is a plain left-to-right f32 loop.
+#include <cmath>
+
+#include "core/dtype.h"
+#include "kernels/cpu/kernels.h"
+
+namespace llmq {
+namespace {
+
+template <class W, class Cvt>
+void gemv(const W* w, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1, Cvt cvt) {
+  for (int64_t m = m0; m < m1; m++)
+    for (int i = 0; i < n; i++) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; k++) s += cvt(w[m * K + k]) * X[i * K + k];
+      Y[i * ldy + m] = s;
+    }
+}
+
+void gemv_f32(const float* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  gemv(W, X, Y, K, n, ldy, m0, m1, [](float v) { return v; });
+}
+void gemv_bf16(const uint16_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  gemv(W, X, Y, K, n, ldy, m0, m1, bf16_to_f32);
+}
+void gemv_f16(const uint16_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  gemv(W, X, Y, K, n, ldy, m0, m1, f16_to_f32);
+}
+void cvt_bf16_f32(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(x[i]);
+}
+void cvt_f16_f32(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = f16_to_f32(x[i]);
+}
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+void axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+void rmsnorm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+  float r = 1.f / std::sqrt(ss / (float)n + eps);
+  for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * (w ? w[i] : 1.f);
+}
+void softmax(float* x, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, x[i]);
+  float s = 0.f;
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = std::exp(x[i] - mx);
+    s += x[i];
+  }
+  for (int64_t i = 0; i < n; i++) x[i] /= s;
+}
+void swiglu(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+}
+void rope(float* x, const float* c, const float* s, int n_heads, int hd) {
+  int half = hd / 2;
+  for (int h = 0; h < n_heads; h++) {
+    float* v = x + (int64_t)h * hd;
+    for (int j = 0; j < half; j++) {
+      float a = v[j], b = v[j + half];
+      v[j] = a * c[j] - b * s[j];
+      v[j + half] = b * c[j] + a * s[j];
+    }
+  }
+}
+
+const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, cvt_bf16_f32, cvt_f16_f32,
+                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope};
+}  // namespace
+
+const CpuKernels& cpu_kernels_ref() { return kRef; }
+
+}  // namespace llmq

@@ -1,0 +1,315 @@
+// Config parsing, validation and the built-in presets (Meta's published hyperparameters).
+#include "model/config.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/file_util.h"
+
+namespace llmq {
+
+using nlohmann::json;
+
+int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double mult) {
+  int64_t h = (int64_t)(2.0 * (double)(4 * dim) / 3.0);
+  if (mult > 0) h = (int64_t)(mult * (double)h);
+  return multiple_of * ((h + multiple_of - 1) / multiple_of);
+}
+
+int64_t ModelConfig::n_params() const {
+  int64_t per_layer = dim * q_dim() * 2 + dim * kv_dim() * 2 + 3 * dim * ffn_dim + 2 * dim;
+  return vocab_size * dim * (tie_embeddings ? 1 : 2) + n_layers * per_layer + dim;
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto need = [&](bool ok, const char* what) {
+    if (!ok) fail("{}: invalid config: {}", where, what);
+  };
+  const int64_t kBig = int64_t(1) << 24;
+  need(dim > 0 && dim < kBig, "hidden_size must be in 1..2^24");
+  need(n_layers > 0 && n_layers <= 4096, "num_hidden_layers must be in 1..4096");
+  need(n_heads > 0 && n_heads <= 4096, "num_attention_heads must be in 1..4096");
+  need(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads");
+  need(head_dim > 0 && head_dim % 2 == 0 && head_dim <= 1024, "head_dim must be even and at most 1024");
+  need(ffn_dim > 0 && ffn_dim < kBig, "intermediate_size must be in 1..2^24");
+  need(vocab_size > 0 && vocab_size < (int64_t(1) << 31), "vocab_size must be in 1..2^31");
+  need(max_seq_len > 0 && max_seq_len <= (int64_t(1) << 24), "max_position_embeddings must be in 1..2^24");
+  need(norm_eps > 0 && norm_eps < 1, "rms_norm_eps must be in (0, 1)");
+  need(rope_theta > 1, "rope_theta must be > 1");
+  if (rope_scaling.enabled) {
+    need(rope_scaling.factor >= 1, "rope_scaling.factor must be >= 1");
+    need(rope_scaling.low_freq_factor > 0 && rope_scaling.high_freq_factor > rope_scaling.low_freq_factor,
+         "rope_scaling needs 0 < low_freq_factor < high_freq_factor");
+    need(rope_scaling.original_max_position > 0, "rope_scaling.original_max_position_embeddings must be > 0");
+  }
+  for (auto t : bos_token_ids) need(t >= 0 && t < vocab_size, "bos_token_id outside the vocabulary");
+  for (auto t : eos_token_ids) need(t >= 0 && t < vocab_size, "eos_token_id outside the vocabulary");
+}
+
+namespace {
+
+// Typed field access that names the file and key in every error.
+struct Reader {
+  const json& j;
+  const std::string& where;
+  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
+  int64_t integer(const char* k) const {
+    if (!has(k)) fail("{}: missing required key \"{}\"", where, k);
+    return integer_of(j[k], k);
+  }
+  int64_t integer_of(const json& v, const char* k) const {
+    if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>();
+    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) < 1e15)
+      return (int64_t)v.get<double>();
+    fail("{}: \"{}\" must be an integer, got {}", where, k, v.dump());
+  }
+  int64_t integer_or(const char* k, int64_t d) const { return has(k) ? integer(k) : d; }
+  double number_or(const char* k, double d) const {
+    if (!has(k)) return d;
+    if (!j[k].is_number()) fail("{}: \"{}\" must be a number, got {}", where, k, j[k].dump());
+    return j[k].get<double>();
+  }
+  bool boolean_or(const char* k, bool d) const {
+    if (!has(k)) return d;
+    if (!j[k].is_boolean()) fail("{}: \"{}\" must be true or false, got {}", where, k, j[k].dump());
+    return j[k].get<bool>();
+  }
+  std::vector<int64_t> ids(const char* k) const {  // an int or a list of ints
+    std::vector<int64_t> r;
+    if (!has(k)) return r;
+    if (j[k].is_array()) {
+      for (auto& v : j[k]) r.push_back(integer_of(v, k));
+    } else {
+      r.push_back(integer(k));
+    }
+    return r;
+  }
+};
+
+void require_object(const json& j, const std::string& where) {
+  if (!j.is_object()) fail("{}: expected a JSON object at the top level", where);
+}
+
+}  // namespace
+
+ModelConfig config_from_hf_json(const json& j, const std::string& where) {
+  require_object(j, where);
+  Reader r{j, where};
+  if (r.has("model_type") && j["model_type"] != "llama")
+    fail("{}: model_type {} is not supported (llmq runs \"llama\")", where, j["model_type"].dump());
+  if (r.boolean_or("attention_bias", false) || r.boolean_or("mlp_bias", false))
+    fail("{}: attention_bias/mlp_bias are not supported (Llama has no biases)", where);
+  if (r.has("hidden_act") && j["hidden_act"] != "silu")
+    fail("{}: hidden_act {} is not supported (expected \"silu\")", where, j["hidden_act"].dump());
+  ModelConfig c;
+  c.dim = r.integer("hidden_size");
+  c.n_layers = r.integer("num_hidden_layers");
+  c.n_heads = r.integer("num_attention_heads");
+  c.n_kv_heads = r.integer_or("num_key_value_heads", c.n_heads);
+  c.ffn_dim = r.integer("intermediate_size");
+  c.vocab_size = r.integer("vocab_size");
+  c.max_seq_len = r.integer_or("max_position_embeddings", 2048);
+  c.norm_eps = r.number_or("rms_norm_eps", 1e-6);
+  c.rope_theta = r.number_or("rope_theta", 10000.0);
+  c.tie_embeddings = r.boolean_or("tie_word_embeddings", false);
+  if (c.n_heads <= 0) fail("{}: num_attention_heads must be positive", where);
+  c.head_dim = r.integer_or("head_dim", c.dim / c.n_heads);
+  c.bos_token_ids = r.ids("bos_token_id");
+  c.eos_token_ids = r.ids("eos_token_id");
+  if (r.has("torch_dtype")) {
+    if (!j["torch_dtype"].is_string()) fail("{}: torch_dtype must be a string", where);
+    c.dtype = dtype_parse(j["torch_dtype"].get<std::string>());
+  }
+  if (r.has("rope_scaling")) {
+    const json& s = j["rope_scaling"];
+    if (!s.is_object()) fail("{}: rope_scaling must be an object or null", where);
+    std::string type = s.value("rope_type", s.value("type", std::string("default")));
+    if (type == "llama3") {
+      Reader rs{s, where};
+      c.rope_scaling.enabled = true;
+      c.rope_scaling.factor = rs.number_or("factor", 8.0);
+      c.rope_scaling.low_freq_factor = rs.number_or("low_freq_factor", 1.0);
+      c.rope_scaling.high_freq_factor = rs.number_or("high_freq_factor", 4.0);
+      c.rope_scaling.original_max_position = rs.integer_or("original_max_position_embeddings", 8192);
+    } else if (type != "default") {
+      fail("{}: rope_scaling type \"{}\" is not supported (only \"llama3\")", where, type);
+    }
+  }
+  c.validate(where);
+  return c;
+}
+
+ModelConfig config_from_meta_params(const json& j, const std::string& where) {
+  require_object(j, where);
+  Reader r{j, where};
+  ModelConfig c;
+  c.dim = r.integer("dim");
+  c.n_layers = r.integer("n_layers");
+  c.n_heads = r.integer("n_heads");
+  c.n_kv_heads = r.integer_or("n_kv_heads", c.n_heads);
+  if (c.n_heads <= 0 || c.dim <= 0) fail("{}: dim and n_heads must be positive", where);
+  c.head_dim = c.dim / c.n_heads;
+  int64_t multiple_of = r.integer_or("multiple_of", 256);
+  if (multiple_of <= 0 || multiple_of > (1 << 20)) fail("{}: multiple_of must be in 1..2^20", where);
+  if (c.dim > (int64_t(1) << 24)) fail("{}: dim too large", where);
+  c.ffn_dim = meta_ffn_dim(c.dim, multiple_of, r.number_or("ffn_dim_multiplier", 0.0));
+  c.vocab_size = r.integer("vocab_size");
+  if (c.vocab_size < 0) fail("{}: vocab_size is {}: set it (Meta writes -1 when the tokenizer decides)", where, c.vocab_size);
+  c.norm_eps = r.number_or("norm_eps", 1e-5);
+  c.rope_theta = r.number_or("rope_theta", 10000.0);
+  c.max_seq_len = r.integer_or("max_seq_len", 8192);
+  if (r.boolean_or("use_scaled_rope", false)) {
+    c.rope_scaling.enabled = true;
+    c.rope_scaling.factor = r.number_or("rope_scaling_factor", 8.0);  // Meta's default scale_factor
+    c.max_seq_len = std::max<int64_t>(c.max_seq_len, 131072);
+  }
+  c.dtype = DType::BF16;
+  c.validate(where);
+  return c;
+}
+
+ModelConfig config_parse(const std::string& text, const std::string& where) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded()) fail("{}: malformed JSON", where);
+  require_object(j, where);
+  if (j.contains("hidden_size")) return config_from_hf_json(j, where);
+  if (j.contains("dim")) return config_from_meta_params(j, where);
+  fail("{}: neither a Hugging Face config.json (hidden_size) nor a Meta params.json (dim)", where);
+}
+
+ModelConfig config_load(const std::string& path) { return config_parse(read_text_file(path), path); }
+
+json config_to_hf_json(const ModelConfig& c) {
+  json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_size", c.dim},
+      {"intermediate_size", c.ffn_dim},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"head_dim", c.head_dim},
+      {"vocab_size", c.vocab_size},
+      {"max_position_embeddings", c.max_seq_len},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"tie_word_embeddings", c.tie_embeddings},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"torch_dtype", c.dtype == DType::BF16 ? "bfloat16" : c.dtype == DType::F16 ? "float16" : "float32"},
+  };
+  auto ids = [](const std::vector<int64_t>& v) -> json {
+    if (v.empty()) return nullptr;
+    if (v.size() == 1) return v[0];
+    return v;
+  };
+  j["bos_token_id"] = ids(c.bos_token_ids);
+  j["eos_token_id"] = ids(c.eos_token_ids);
+  if (c.rope_scaling.enabled) {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", c.rope_scaling.factor},
+                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
+                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
+                         {"original_max_position_embeddings", c.rope_scaling.original_max_position}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  return j;
+}
+
+namespace {
+struct Preset {
+  const char* name;
+  const char* about;
+  int64_t dim, n_layers, n_heads, n_kv_heads, vocab, multiple_of;
+  double ffn_mult;
+  bool tied;
+  double rope_factor;  // 0: no llama3 rope scaling
+  int64_t max_seq;
+};
+// Llama 3 numbers from Meta's params.json files; the 3.1 models add rope scaling factor 8,
+// the 3.2 ones factor 32. The tiny presets keep every feature (GQA, scaling, tying) small.
+constexpr Preset kPresets[] = {
+    {"llama3-8b", "Llama 3 8B", 4096, 32, 32, 8, 128256, 1024, 1.3, false, 0, 8192},
+    {"llama3-70b", "Llama 3 70B", 8192, 80, 64, 8, 128256, 4096, 1.3, false, 0, 8192},
+    {"llama3.1-8b", "Llama 3.1 8B", 4096, 32, 32, 8, 128256, 1024, 1.3, false, 8, 131072},
+    {"llama3.1-70b", "Llama 3.1 70B", 8192, 80, 64, 8, 128256, 4096, 1.3, false, 8, 131072},
+    {"llama3-405b", "Llama 3.1 405B", 16384, 126, 128, 8, 128256, 4096, 1.2, false, 8, 131072},
+    {"llama3.2-1b", "Llama 3.2 1B", 2048, 16, 32, 8, 128256, 256, 1.5, true, 32, 131072},
+    {"llama3.2-3b", "Llama 3.2 3B", 3072, 28, 24, 8, 128256, 256, 1.0, true, 32, 131072},
+    {"tiny", "test model: GQA, untied, 2 layers", 64, 2, 4, 2, 512, 32, 0, false, 0, 256},
+    {"tiny-tied", "test model: GQA, tied, rope scaling", 64, 2, 4, 1, 512, 32, 0, true, 4, 256},
+    {"small", "a ~20M-parameter model for training on this machine", 384, 6, 6, 2, 8192, 64, 0, false, 0, 1024},
+};
+}  // namespace
+
+std::vector<std::string> config_preset_names() {
+  std::vector<std::string> v;
+  for (const auto& p : kPresets) v.push_back(p.name);
+  return v;
+}
+
+ModelConfig config_preset(const std::string& name) {
+  for (const auto& p : kPresets) {
+    if (name != p.name) continue;
+    ModelConfig c;
+    c.dim = p.dim;
+    c.n_layers = p.n_layers;
+    c.n_heads = p.n_heads;
+    c.n_kv_heads = p.n_kv_heads;
+    c.head_dim = p.dim / p.n_heads;
+    c.ffn_dim = meta_ffn_dim(p.dim, p.multiple_of, p.ffn_mult);
+    c.vocab_size = p.vocab;
+    c.max_seq_len = p.max_seq;
+    c.norm_eps = 1e-5;
+    c.rope_theta = 500000.0;
+    c.tie_embeddings = p.tied;
+    if (p.rope_factor > 0) {
+      c.rope_scaling.enabled = true;
+      c.rope_scaling.factor = p.rope_factor;
+      c.rope_scaling.original_max_position = p.vocab > 100000 ? 8192 : 64;
+    }
+    if (p.vocab == 128256) {
+      c.bos_token_ids = {128000};
+      c.eos_token_ids = {128001, 128008, 128009};  // <|end_of_text|>, <|eom_id|>, <|eot_id|>
+    } else {
+      c.bos_token_ids = {1};
+      c.eos_token_ids = {2};
+    }
+    c.validate("preset " + name);
+    return c;
+  }
+  std::string all;
+  for (const auto& p : kPresets) all += std::string(all.empty() ? "" : ", ") + p.name;
+  fail("unknown preset '{}' (choose one of: {})", name, all);
+}
+
+std::vector<double> rope_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> f(half);
+  const auto& s = c.rope_scaling;
+  for (int64_t i = 0; i < half; i++) {
+    double freq = 1.0 / std::pow(c.rope_theta, (double)(2 * i) / (double)c.head_dim);
+    if (s.enabled) {
+      const double kPi = 3.14159265358979323846;
+      double low_wavelen = (double)s.original_max_position / s.low_freq_factor;
+      double high_wavelen = (double)s.original_max_position / s.high_freq_factor;
+      double wavelen = 2 * kPi / freq;
+      if (wavelen < high_wavelen) {
+        // high frequency: unchanged
+      } else if (wavelen > low_wavelen) {
+        freq = freq / s.factor;
+      } else {
+        double smooth = ((double)s.original_max_position / wavelen - s.low_freq_factor) /
+                        (s.high_freq_factor - s.low_freq_factor);
+        freq = (1 - smooth) * freq / s.factor + smooth * freq;
+      }
+    }
+    f[i] = freq;
+  }
+  return f;
+}
+
+}  // namespace llmq

@@ -1,0 +1,62 @@
+// Llama model configuration: from Hugging Face config.json, Meta params.json, or a preset.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/dtype.h"
+
+namespace llmq {
+
+// Llama 3.1 "llama3" rope scaling (Meta's apply_scaling): frequencies whose wavelength is
+// longer than original_max_position / low_freq_factor are divided by factor, shorter than
+// original_max_position / high_freq_factor kept, and interpolated smoothly in between.
+struct RopeScaling {
+  bool enabled = false;
+  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int64_t original_max_position = 8192;
+};
+
+struct ModelConfig {
+  int64_t dim = 0;         // hidden_size
+  int64_t n_layers = 0;    // num_hidden_layers
+  int64_t n_heads = 0;     // num_attention_heads
+  int64_t n_kv_heads = 0;  // num_key_value_heads (GQA: n_heads is a multiple of it)
+  int64_t head_dim = 0;    // dim / n_heads unless config says otherwise
+  int64_t ffn_dim = 0;     // intermediate_size
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0; // max_position_embeddings
+  double norm_eps = 1e-5;
+  double rope_theta = 500000.0;
+  RopeScaling rope_scaling;
+  bool tie_embeddings = false;
+  std::vector<int64_t> bos_token_ids, eos_token_ids;
+  DType dtype = DType::BF16;  // torch_dtype: what the weights are stored in
+
+  int64_t q_dim() const { return n_heads * head_dim; }
+  int64_t kv_dim() const { return n_kv_heads * head_dim; }
+  int64_t n_params() const;
+  // Validates ranges and divisibility; `where` names the source in the message.
+  void validate(const std::string& where) const;
+};
+
+// FFN width as Meta's reference computes it: int(2*4*dim/3), times ffn_dim_multiplier
+// (truncated), rounded up to a multiple of multiple_of.
+int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double ffn_dim_multiplier);
+
+ModelConfig config_from_hf_json(const nlohmann::json& j, const std::string& where);
+ModelConfig config_from_meta_params(const nlohmann::json& j, const std::string& where);
+// Parses a config.json or params.json text (detected by its keys); `where` names the file.
+ModelConfig config_parse(const std::string& text, const std::string& where);
+ModelConfig config_load(const std::string& path);
+nlohmann::json config_to_hf_json(const ModelConfig& c);
+
+ModelConfig config_preset(const std::string& name);
+std::vector<std::string> config_preset_names();
+
+// Rotary angle frequencies (head_dim/2 of them), with llama3 scaling applied, in float64.
+std::vector<double> rope_frequencies(const ModelConfig& c);
+
+}  // namespace llmq

@@ -1,0 +1,110 @@
+// Llama forward pass (Meta's model.py structure): embedding, then per layer
+// x += wo·attn(rope(wq·n(x)), rope(wk·n(x)), wv·n(x)); x += w_down·(silu(w_gate·n(x)) * w_up·n(x)),
+// then the final norm and the output projection, for the rows whose logits are wanted.
+#include "model/llama.h"
+
+#include <cmath>
+
+#include "ops/ops.h"
+
+namespace llmq {
+
+KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq) {
+  if (max_seq > c.max_seq_len)
+    fail("context {} exceeds the model's max_position_embeddings {}", max_seq, c.max_seq_len);
+  KVCache kv;
+  kv.n_seq = n_seq;
+  kv.max_seq = max_seq;
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    kv.k.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
+    kv.v.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
+  }
+  return kv;
+}
+
+size_t KVCache::bytes() const {
+  size_t b = 0;
+  for (size_t i = 0; i < k.size(); i++) b += k[i].nbytes() + v[i].nbytes();
+  return b;
+}
+
+namespace {
+void ensure_rows(Scratch& s, const ModelConfig& c, int64_t n) {
+  if (s.rows >= n) return;
+  auto f = [&](int64_t w) { return Tensor::empty(DType::F32, {n, w}); };
+  s.x = f(c.dim);
+  s.xb = f(c.dim);
+  s.q = f(c.q_dim());
+  s.k = f(c.kv_dim());
+  s.v = f(c.kv_dim());
+  s.att = f(c.q_dim());
+  s.gate = f(c.ffn_dim);
+  s.up = f(c.ffn_dim);
+  s.cos = f(c.head_dim / 2);
+  s.sin = f(c.head_dim / 2);
+  s.rows = n;
+}
+}  // namespace
+
+const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scratch& s) {
+  const ModelConfig& c = m.config;
+  const LlamaWeights& w = m.weights;
+  const int64_t n = (int64_t)b.size();
+  LLMQ_CHECK(b.seq.size() == b.tokens.size() && b.pos.size() == b.tokens.size());
+  ensure_rows(s, c, n);
+  Tensor x = s.x.rows(0, n), xb = s.xb.rows(0, n), q = s.q.rows(0, n), k = s.k.rows(0, n), v = s.v.rows(0, n),
+         att = s.att.rows(0, n), gate = s.gate.rows(0, n), up = s.up.rows(0, n), cs = s.cos.rows(0, n),
+         sn = s.sin.rows(0, n);
+
+  // Rotary angles per row, computed in float64 and rounded once.
+  const int64_t half = c.head_dim / 2;
+  for (int64_t i = 0; i < n; i++) {
+    if (b.pos[i] < 0 || b.pos[i] >= c.max_seq_len)
+      fail("position {} is outside the model's context of {} tokens", b.pos[i], c.max_seq_len);
+    for (int64_t j = 0; j < half; j++) {
+      double a = (double)b.pos[i] * m.rope_freqs[j];
+      cs.host<float>()[i * half + j] = (float)std::cos(a);
+      sn.host<float>()[i * half + j] = (float)std::sin(a);
+    }
+  }
+
+  op_embedding(x, w.embed, b.tokens);
+  const float eps = (float)c.norm_eps;
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    const LlamaLayer& L = w.layers[l];
+    // Attention is the only place where rows (positions) exchange information.
+    op_rmsnorm(xb, x, L.attn_norm, eps);
+    op_matmul(q, xb, L.wq);
+    op_matmul(k, xb, L.wk);
+    op_matmul(v, xb, L.wv);
+    op_rope(q, cs, sn, c.head_dim);
+    op_rope(k, cs, sn, c.head_dim);
+    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos);
+    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads);
+    op_matmul(xb, att, L.wo);
+    op_add(x, xb);
+    // SwiGLU feed-forward.
+    op_rmsnorm(xb, x, L.ffn_norm, eps);
+    op_matmul(gate, xb, L.w_gate);
+    op_matmul(up, xb, L.w_up);
+    op_swiglu(gate, gate, up);
+    op_matmul(xb, gate, L.w_down);
+    op_add(x, xb);
+  }
+
+  const int64_t nl = (int64_t)b.logit_rows.size();
+  for (auto r : b.logit_rows) LLMQ_CHECK(r >= 0 && r < n);
+  if (s.logit_rows < nl) {
+    s.last = Tensor::empty(DType::F32, {nl, c.dim});
+    s.logits_buf = Tensor::empty(DType::F32, {nl, c.vocab_size});
+    s.logit_rows = nl;
+  }
+  Tensor last = s.last.rows(0, nl);
+  op_gather_rows(last, x, b.logit_rows);
+  op_rmsnorm(last, last, w.norm, eps);
+  s.logits = s.logits_buf.rows(0, nl);
+  op_matmul(s.logits, last, w.lm_head);
+  return s.logits;
+}
+
+}  // namespace llmq

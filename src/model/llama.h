@@ -1,0 +1,74 @@
+// The Llama model: weights, KV cache and the forward pass. Single-device, single-process:
+// parallelism (later) is applied from outside by splitting weights or assigning layers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace llmq {
+
+// q/k weight rows are kept in the Hugging Face order: within each head, rotary pairs are
+// (j, j + head_dim/2) ("rotate half"). Meta's checkpoints pair (2j, 2j+1); the two are the
+// same model after HF's row permutation, which the reference test checks.
+struct LlamaLayer {
+  Tensor attn_norm;  // (dim,) f32
+  Tensor wq;         // (n_heads*head_dim, dim)
+  Tensor wk;         // (n_kv_heads*head_dim, dim)
+  Tensor wv;         // (n_kv_heads*head_dim, dim)
+  Tensor wo;         // (dim, n_heads*head_dim)
+  Tensor ffn_norm;   // (dim,) f32
+  Tensor w_gate;     // (ffn_dim, dim)
+  Tensor w_up;       // (ffn_dim, dim)
+  Tensor w_down;     // (dim, ffn_dim)
+};
+
+struct LlamaWeights {
+  Tensor embed;    // (vocab, dim)
+  std::vector<LlamaLayer> layers;
+  Tensor norm;     // (dim,) f32
+  Tensor lm_head;  // (vocab, dim); shares storage with embed when tied
+};
+
+struct Model {
+  ModelConfig config;
+  LlamaWeights weights;
+  std::string source;       // directory or preset it came from
+  std::vector<double> rope_freqs;  // (head_dim/2) with rope scaling applied
+};
+
+// Keys and values of every layer for n_seq independent sequences, f32.
+struct KVCache {
+  int64_t n_seq = 0, max_seq = 0;
+  std::vector<Tensor> k, v;  // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
+  static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq);
+  size_t bytes() const;
+};
+
+// One forward call's rows: row i is token tokens[i] of sequence seq[i] at position pos[i].
+// A sequence's rows must come in position order and its earlier positions must already be
+// in the cache (or earlier in this batch). Logits are computed for rows in `logit_rows`.
+struct Batch {
+  std::vector<int32_t> tokens, seq, pos, logit_rows;
+  void add(int32_t token, int32_t s, int32_t p, bool logits) {
+    if (logits) logit_rows.push_back((int32_t)tokens.size());
+    tokens.push_back(token);
+    seq.push_back(s);
+    pos.push_back(p);
+  }
+  size_t size() const { return tokens.size(); }
+};
+
+// Activation buffers reused across calls (grown when a batch has more rows).
+struct Scratch {
+  int64_t rows = 0, logit_rows = 0;
+  Tensor x, xb, q, k, v, att, gate, up, cos, sin, last, logits_buf;
+  Tensor logits;  // view of logits_buf returned by llama_forward
+};
+
+// Returns logits (logit_rows.size(), vocab) f32, valid until the next call with `scratch`.
+const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scratch& scratch);
+
+}  // namespace llmq

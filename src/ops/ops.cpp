@@ -1,0 +1,215 @@
+// CPU implementation of the ops: shape checks, OpenMP work split, kernel-table calls.
+#include "ops/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/kernels.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace llmq {
+
+namespace {
+int g_threads = 0;
+
+void expect(bool ok, const char* op, const char* what) {
+  if (!ok) fail("{}: {}", op, what);
+}
+void expect_f32(const Tensor& t, const char* op, const char* name) {
+  if (t.dtype() != DType::F32) fail("{}: {} must be f32, got {}", op, name, dtype_name(t.dtype()));
+}
+
+// Splits [0, M) into one contiguous, 16-aligned range per thread (one kernel call each, so
+// per-call set-up such as the bf16 x permutation happens once per thread).
+template <class Fn>
+void parallel_rows(int64_t M, Fn fn) {
+  const int nt = ops_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), n = omp_get_num_threads();
+    int64_t per = (M + n - 1) / n;
+    per = (per + 15) / 16 * 16;
+    int64_t m0 = std::min<int64_t>(M, t * per), m1 = std::min<int64_t>(M, m0 + per);
+    if (m0 < m1) fn(m0, m1);
+  }
+}
+
+void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
+  parallel_rows(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
+      int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
+      switch (W.dtype()) {
+        case DType::F32: k.gemv_f32(W.host<float>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+        case DType::BF16: k.gemv_bf16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+        case DType::F16: k.gemv_f16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+        default: break;
+      }
+    }
+  });
+}
+
+void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, int64_t K, int64_t ldy) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)K, 1.f, X, (int)K, W, (int)K, 0.f, Y,
+              (int)ldy);
+}
+}  // namespace
+
+void ops_set_threads(int n) {
+  g_threads = n > 0 ? n : omp_get_num_procs();
+  omp_set_num_threads(g_threads);
+  openblas_set_num_threads(g_threads);
+}
+int ops_threads() {
+  if (!g_threads) ops_set_threads(0);
+  return g_threads;
+}
+
+// Above this many rows of x, sgemm beats re-reading the weights once per 4 rows.
+constexpr int64_t kGemvMaxRows = 16;
+
+void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
+  expect_f32(x, "matmul", "x");
+  expect_f32(out, "matmul", "out");
+  expect(x.ndim() == 2 && W.ndim() == 2 && out.ndim() == 2, "matmul", "x, W and out must be 2-D");
+  const int64_t n = x.dim(0), K = x.dim(1), M = W.dim(0);
+  if (W.dim(1) != K || out.dim(0) != n || out.dim(1) != M)
+    fail("matmul: shapes x {} W {} out {} do not agree", shape_str(x.shape()), shape_str(W.shape()),
+         shape_str(out.shape()));
+  if (W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16)
+    fail("matmul: weight dtype {} not supported", dtype_name(W.dtype()));
+  if (n == 0) return;
+  const CpuKernels& k = cpu_kernels();
+  float* Y = out.host<float>();
+  const float* X = x.host<float>();
+  if (n <= kGemvMaxRows) return gemv(k, Y, X, W, n, K, M);
+  if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
+  // 16-bit weights: convert a panel of rows (about 4 MB of f32) and multiply it.
+  const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
+  thread_local std::vector<float> buf;
+  buf.resize((size_t)(panel * K));
+  const uint16_t* w16 = W.host<uint16_t>();
+  for (int64_t m0 = 0; m0 < M; m0 += panel) {
+    int64_t mp = std::min(panel, M - m0);
+    auto cvt = W.dtype() == DType::BF16 ? k.cvt_bf16_f32 : k.cvt_f16_f32;
+    float* b = buf.data();
+#pragma omp parallel for num_threads(ops_threads()) schedule(static)
+    for (int64_t r = 0; r < mp; r++) cvt(w16 + (m0 + r) * K, b + r * K, K);
+    sgemm_nt(X, b, Y + m0, n, mp, K, M);
+  }
+}
+
+void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+  expect_f32(x, "rmsnorm", "x");
+  expect_f32(w, "rmsnorm", "weight");
+  const int64_t n = x.dim(0), d = x.dim(1);
+  expect(w.numel() == d && out.shape() == x.shape(), "rmsnorm", "shape mismatch");
+  const CpuKernels& k = cpu_kernels();
+  const float *X = x.host<float>(), *Wt = w.host<float>();
+  float* O = out.host<float>();
+#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
+  for (int64_t i = 0; i < n; i++) k.rmsnorm(X + i * d, Wt, O + i * d, d, eps);
+}
+
+void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
+  expect(gate.shape() == up.shape() && out.shape() == gate.shape(), "swiglu", "shape mismatch");
+  const CpuKernels& k = cpu_kernels();
+  const int64_t n = gate.dim(0), f = gate.dim(1);
+  const float *G = gate.host<float>(), *U = up.host<float>();
+  float* O = out.host<float>();
+#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
+  for (int64_t i = 0; i < n; i++) k.swiglu(G + i * f, U + i * f, O + i * f, f);
+}
+
+void op_rope(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t hd) {
+  const int64_t n = x.dim(0), w = x.dim(1);
+  expect(w % hd == 0 && cos.dim(0) == n && cos.dim(1) == hd / 2 && sin.shape() == cos.shape(), "rope",
+         "shape mismatch");
+  const CpuKernels& k = cpu_kernels();
+  float* X = x.host<float>();
+  const float *C = cos.host<float>(), *S = sin.host<float>();
+  for (int64_t i = 0; i < n; i++) k.rope(X + i * w, C + i * (hd / 2), S + i * (hd / 2), (int)(w / hd), (int)hd);
+}
+
+void op_embedding(Tensor& out, const Tensor& table, const std::vector<int32_t>& tokens) {
+  const int64_t V = table.dim(0), d = table.dim(1);
+  expect(out.dim(0) == (int64_t)tokens.size() && out.dim(1) == d, "embedding", "shape mismatch");
+  const CpuKernels& k = cpu_kernels();
+  float* O = out.host<float>();
+  for (size_t i = 0; i < tokens.size(); i++) {
+    int64_t t = tokens[i];
+    if (t < 0 || t >= V) fail("token id {} is outside the vocabulary (0..{})", t, V - 1);
+    float* o = O + i * d;
+    switch (table.dtype()) {
+      case DType::F32: std::memcpy(o, table.host<float>() + t * d, d * 4); break;
+      case DType::BF16: k.cvt_bf16_f32(table.host<uint16_t>() + t * d, o, d); break;
+      case DType::F16: k.cvt_f16_f32(table.host<uint16_t>() + t * d, o, d); break;
+      default: fail("embedding: dtype {} not supported", dtype_name(table.dtype()));
+    }
+  }
+}
+
+void op_add(Tensor& x, const Tensor& y) {
+  expect(x.shape() == y.shape(), "add", "shape mismatch");
+  float* X = x.host<float>();
+  const float* Y = y.host<float>();
+  const int64_t n = x.numel();
+  for (int64_t i = 0; i < n; i++) X[i] += Y[i];
+}
+
+void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx) {
+  const int64_t d = src.dim(1);
+  expect(dst.dim(0) == (int64_t)idx.size() && dst.dim(1) == d, "gather_rows", "shape mismatch");
+  for (size_t i = 0; i < idx.size(); i++)
+    std::memcpy(dst.host<float>() + i * d, src.host<float>() + idx[i] * d, d * 4);
+}
+
+void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
+                 const std::vector<int32_t>& pos) {
+  const int64_t S = kc.dim(0), H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3);
+  const int64_t n = k.dim(0);
+  expect(k.dim(1) == H * hd && v.shape() == k.shape(), "kv_store", "shape mismatch");
+  for (int64_t r = 0; r < n; r++) {
+    if (seq[r] < 0 || seq[r] >= S) fail("sequence {} outside the KV cache's {} sequences", seq[r], S);
+    if (pos[r] < 0 || pos[r] >= T) fail("position {} outside the KV cache's context of {}", pos[r], T);
+    for (int64_t h = 0; h < H; h++) {
+      int64_t off = ((seq[r] * H + h) * T + pos[r]) * hd;
+      std::memcpy(kc.host<float>() + off, k.host<float>() + r * H * hd + h * hd, hd * 4);
+      std::memcpy(vc.host<float>() + off, v.host<float>() + r * H * hd + h * hd, hd * 4);
+    }
+  }
+}
+
+void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& vc, const std::vector<int32_t>& seq,
+                  const std::vector<int32_t>& pos, int64_t n_heads) {
+  const int64_t H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3), n = q.dim(0);
+  expect(q.dim(1) == n_heads * hd && out.shape() == q.shape() && n_heads % H == 0, "attention", "shape mismatch");
+  const int64_t group = n_heads / H;
+  const float scale = 1.f / std::sqrt((float)hd);
+  const CpuKernels& k = cpu_kernels();
+  const float *Q = q.host<float>(), *Kc = kc.host<float>(), *Vc = vc.host<float>();
+  float* O = out.host<float>();
+#pragma omp parallel num_threads(ops_threads())
+  {
+    std::vector<float> s(T);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t rh = 0; rh < n * n_heads; rh++) {
+      const int64_t r = rh / n_heads, h = rh % n_heads, kvh = h / group;
+      const int64_t len = pos[r] + 1;
+      const float* qv = Q + r * n_heads * hd + h * hd;
+      const float* Kh = Kc + (seq[r] * H + kvh) * T * hd;
+      const float* Vh = Vc + (seq[r] * H + kvh) * T * hd;
+      for (int64_t t = 0; t < len; t++) s[t] = k.dot(qv, Kh + t * hd, hd) * scale;
+      k.softmax(s.data(), len);
+      float* o = O + r * n_heads * hd + h * hd;
+      std::memset(o, 0, hd * 4);
+      for (int64_t t = 0; t < len; t++) k.axpy(s[t], Vh + t * hd, o, hd);
+    }
+  }
+}
+
+}  // namespace llmq

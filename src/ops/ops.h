@@ -1,0 +1,39 @@
+// Tensor-level operations: the only layer the model calls. Each checks shapes, splits work
+// over threads and calls the CPU kernel table (a CUDA backend would switch here on device).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace llmq {
+
+// Threads for kernels and OpenBLAS; 0 means all cores.
+void ops_set_threads(int n);
+int ops_threads();
+
+// out (n, M) f32 = x (n, K) f32 @ W^T, W (M, K) in f32, bf16 or f16. Small n runs the GEMV
+// kernels (weights read once per 4 rows of x); larger n uses OpenBLAS sgemm, converting
+// 16-bit weights to f32 one panel at a time.
+void op_matmul(Tensor& out, const Tensor& x, const Tensor& W);
+// out (n, dim) = rmsnorm(x (n, dim)) * w (dim) f32
+void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps);
+// out (n, f) = silu(gate) * up
+void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up);
+// x (n, heads*hd) rotated in place; cos/sin (n, hd/2) per row
+void op_rope(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t head_dim);
+// out (n, dim) f32 = rows `tokens` of table (vocab, dim) in f32/bf16/f16
+void op_embedding(Tensor& out, const Tensor& table, const std::vector<int32_t>& tokens);
+// x += y, both f32 of the same shape
+void op_add(Tensor& x, const Tensor& y);
+// Copies rows `idx` of src (n, d) into dst (idx.size(), d).
+void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx);
+// Writes k, v rows (n, kv_dim) into the caches (n_seq, n_kv_heads, max_seq, hd) at (seq, pos).
+void op_kv_store(Tensor& kcache, Tensor& vcache, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
+                 const std::vector<int32_t>& pos);
+// Causal grouped-query attention: row r (sequence seq[r], position pos[r]) attends to cache
+// positions 0..pos[r] of its sequence. q, out: (n, n_heads*hd).
+void op_attention(Tensor& out, const Tensor& q, const Tensor& kcache, const Tensor& vcache,
+                  const std::vector<int32_t>& seq, const std::vector<int32_t>& pos, int64_t n_heads);
+
+}  // namespace llmq
