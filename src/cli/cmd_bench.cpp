@@ -27,7 +27,7 @@ void register_bench(CLI::App& app) {
   cmd->callback([o] {
     using clock = std::chrono::steady_clock;
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
-    Model m = model_load(o->model);
+    Model m = model_load(o->model, load_mode());
     const ModelConfig& c = m.config;
     const int64_t ctx = o->prompt + o->gen;
     if (ctx > c.max_seq_len) fail("--prompt + --gen = {} exceeds the model's context {}", ctx, c.max_seq_len);

@@ -23,7 +23,7 @@ void register_eval(CLI::App& app) {
   ppl->add_option("--ctx", o->ctx, "window length in tokens");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
   ppl->callback([o] {
-    Model m = model_load(o->model);
+    Model m = model_load(o->model, load_mode());
     auto toks = read_token_file(o->tokens);
     Progress bar("perplexity", 1, !o->json);
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {

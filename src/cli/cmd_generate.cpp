@@ -34,7 +34,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, stop reasons and speeds");
   cmd->callback([o] {
-    Model m = model_load(o->model);
+    Model m = model_load(o->model, load_mode());
     std::vector<std::vector<int32_t>> prompts;
     for (size_t i = 0; i < o->prompts.size(); i++)
       prompts.push_back(parse_token_ids(o->prompts[i], fmt::format("prompt {}", i + 1)));

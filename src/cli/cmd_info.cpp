@@ -30,7 +30,7 @@ void register_info(CLI::App& app) {
     if (!o->preset.empty()) {
       c = config_preset(o->preset);
     } else {
-      Model m = model_load(o->dir);
+      Model m = model_load(o->dir, LoadMode::Map);
       c = m.config;
     }
     // Bytes by dtype from the tensor list: what the files hold (or would hold as bf16).

@@ -10,6 +10,8 @@
 
 namespace llmq::cli {
 
+bool g_mmap = false;
+
 std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& what) {
   std::vector<int32_t> ids;
   size_t i = 0;

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
+
 namespace llmq::cli {
 
 void register_info(CLI::App& app);
@@ -17,5 +19,9 @@ void register_bench(CLI::App& app);
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what);
 std::vector<int32_t> read_token_file(const std::string& path);
 double peak_rss_bytes();
+
+// Global --mmap flag: map weights instead of reading them into memory.
+extern bool g_mmap;
+inline LoadMode load_mode() { return g_mmap ? LoadMode::Map : LoadMode::Read; }
 
 }  // namespace llmq::cli

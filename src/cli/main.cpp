@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--mmap", llmq::cli::g_mmap,
+               "map weight files instead of reading them into memory (faster start, slower decode here)");
   app.set_version_flag("--version", "llmq 0.1.0");
   llmq::cli::register_info(app);
   llmq::cli::register_init(app);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -14,8 +15,11 @@
 
 namespace llmq {
 
-MappedFile::~MappedFile() {
+MappedFile::~MappedFile() { release_data(); }
+
+void MappedFile::release_data() {
   if (data && size) munmap(const_cast<uint8_t*>(data), size);
+  data = nullptr;
 }
 
 std::shared_ptr<MappedFile> map_file(const std::string& path) {
@@ -44,6 +48,31 @@ std::shared_ptr<MappedFile> map_file(const std::string& path) {
 std::string read_text_file(const std::string& path) {
   auto m = map_file(path);
   return std::string(reinterpret_cast<const char*>(m->data), m->size);
+}
+
+void read_file_range(const std::string& path, uint64_t offset, uint64_t n, uint8_t* dst) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  constexpr uint64_t kChunk = 8u << 20;
+  const int64_t chunks = (int64_t)((n + kChunk - 1) / kChunk);
+  int err = 0;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; c++) {
+    uint64_t off = (uint64_t)c * kChunk, len = std::min<uint64_t>(kChunk, n - off);
+    while (len) {
+      ssize_t r = pread(fd, dst + off, len, (off_t)(offset + off));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+#pragma omp atomic write
+        err = r < 0 ? errno : EIO;
+        break;
+      }
+      off += (uint64_t)r;
+      len -= (uint64_t)r;
+    }
+  }
+  close(fd);
+  if (err) fail("{}: read failed: {}", path, std::strerror(err));
 }
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {

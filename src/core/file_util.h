@@ -13,10 +13,13 @@ struct MappedFile {
   const uint8_t* data = nullptr;
   size_t size = 0;
   ~MappedFile();
+  void release_data();  // unmaps early; data becomes nullptr, size stays
 };
 std::shared_ptr<MappedFile> map_file(const std::string& path);
 
 std::string read_text_file(const std::string& path);
+// Reads bytes [offset, offset+n) of a file into dst (chunks in parallel); fails on a short file.
+void read_file_range(const std::string& path, uint64_t offset, uint64_t n, uint8_t* dst);
 
 // Writes `path` atomically: the writer fills a temporary file in the same directory, which
 // is fsynced and renamed over `path`, then the directory is fsynced. A crash or a full disk

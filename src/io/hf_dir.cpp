@@ -46,7 +46,7 @@ struct WeightFiles {
   std::map<std::string, std::pair<const SafetensorsFile*, const SafetensorsEntry*>> where;
 };
 
-WeightFiles open_weights(const std::string& dir) {
+WeightFiles open_weights(const std::string& dir, LoadMode mode) {
   WeightFiles w;
   std::vector<std::string> names;
   fs::path index = fs::path(dir) / "model.safetensors.index.json";
@@ -67,7 +67,7 @@ WeightFiles open_weights(const std::string& dir) {
     fail("{}: no model.safetensors or model.safetensors.index.json (is this a model directory?)", dir);
   }
   for (const auto& n : names) {
-    auto f = std::make_unique<SafetensorsFile>((fs::path(dir) / n).string());
+    auto f = std::make_unique<SafetensorsFile>((fs::path(dir) / n).string(), mode);
     for (const auto& e : f->header().tensors) {
       if (w.where.count(e.name)) fail("{}: tensor '{}' appears in more than one file", dir, e.name);
       w.where[e.name] = {f.get(), &e};
@@ -93,7 +93,7 @@ Tensor to_f32(const Tensor& t) {
 
 }  // namespace
 
-Model model_load(const std::string& dir) {
+Model model_load(const std::string& dir, LoadMode mode) {
   fs::path cfg = fs::path(dir) / "config.json";
   if (!fs::is_directory(dir)) fail("{}: not a directory (expected a Hugging Face model directory)", dir);
   if (!fs::exists(cfg)) fail("{}: missing config.json", dir);
@@ -102,7 +102,7 @@ Model model_load(const std::string& dir) {
   m.source = dir;
   m.rope_freqs = rope_frequencies(m.config);
   const ModelConfig& c = m.config;
-  WeightFiles wf = open_weights(dir);
+  WeightFiles wf = open_weights(dir, mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
     auto it = wf.where.find(spec.name);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "model/llama.h"
 
 namespace llmq {
@@ -20,7 +21,7 @@ std::vector<HfTensorSpec> hf_tensor_specs(const ModelConfig& c);
 
 // Loads a model directory: weights stay memory-mapped (norms are converted to f32). Checks
 // every tensor's presence, dtype (f32, bf16, f16) and shape against config.json.
-Model model_load(const std::string& dir);
+Model model_load(const std::string& dir, LoadMode mode = LoadMode::Read);
 
 // Fills the bytes [offset, offset+n) of one tensor's data; used to stream writes.
 using TensorFill = std::function<void(const HfTensorSpec& spec, DType dtype, uint8_t* dst, uint64_t offset, uint64_t n)>;

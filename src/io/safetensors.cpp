@@ -86,10 +86,20 @@ SafetensorsHeader safetensors_parse_header(const uint8_t* data, size_t size, con
   return h;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) {
+SafetensorsFile::SafetensorsFile(const std::string& path, LoadMode mode) {
   file_ = map_file(path);
   header_ = safetensors_parse_header(file_->data, file_->size, path);
-  storage_ = Storage::borrow(const_cast<uint8_t*>(file_->data), file_->size, file_);
+  if (mode == LoadMode::Map) {
+    storage_ = Storage::borrow(const_cast<uint8_t*>(file_->data), file_->size, file_);
+    base_ = header_.data_start;
+  } else {
+    // pread, not a copy from the mapping, so the page cache never counts in our RSS.
+    file_->release_data();
+    const uint64_t n = file_->size - header_.data_start;
+    storage_ = Storage::allocate(n);
+    read_file_range(path, header_.data_start, n, static_cast<uint8_t*>(storage_->data));
+    base_ = 0;
+  }
   for (size_t i = 0; i < header_.tensors.size(); i++) index_[header_.tensors[i].name] = i;
 }
 
@@ -99,7 +109,7 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
 }
 
 Tensor SafetensorsFile::tensor(const SafetensorsEntry& e) const {
-  return Tensor::view(storage_, header_.data_start + e.begin, e.dtype, e.shape);
+  return Tensor::view(storage_, base_ + e.begin, e.dtype, e.shape);
 }
 
 void SafetensorsWriter::add(std::string name, DType dtype, Shape shape, Fill fill) {

@@ -35,10 +35,17 @@ struct SafetensorsHeader {
 // names the file in errors. Used by the reader and the fuzz target.
 SafetensorsHeader safetensors_parse_header(const uint8_t* data, size_t file_size, const std::string& where);
 
-// A memory-mapped safetensors file; tensors are zero-copy views into the mapping.
+// How tensor data is held. Map: zero-copy views into a read-only file mapping (instant
+// start, memory shared with the page cache). Read: one copy in anonymous memory. Decode
+// streams all weights per token, and on this project's machines GEMV over mapped file pages
+// runs at less than half the speed of anonymous memory (docs/benchmarks.md), so inference
+// reads by default and streaming tools (quantize) map.
+enum class LoadMode { Map, Read };
+
+// A safetensors file; tensors are views into its mapping or into the copy of its data.
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);
+  explicit SafetensorsFile(const std::string& path, LoadMode mode = LoadMode::Map);
   const std::string& path() const { return file_->path; }
   const SafetensorsHeader& header() const { return header_; }
   const SafetensorsEntry* find(const std::string& name) const;
@@ -47,6 +54,7 @@ class SafetensorsFile {
  private:
   std::shared_ptr<MappedFile> file_;
   std::shared_ptr<Storage> storage_;
+  uint64_t base_ = 0;  // offset of the data section within storage_
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
 };

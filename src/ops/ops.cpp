@@ -24,19 +24,18 @@ void expect_f32(const Tensor& t, const char* op, const char* name) {
   if (t.dtype() != DType::F32) fail("{}: {} must be f32, got {}", op, name, dtype_name(t.dtype()));
 }
 
-// Splits [0, M) into one contiguous, 16-aligned range per thread (one kernel call each, so
-// per-call set-up such as the bf16 x permutation happens once per thread).
+// Splits [0, M) into about 8 chunks per thread (multiples of 16 rows, at least 64), handed
+// out dynamically: a thread slowed by a neighbour on the shared host does not hold the
+// others at the barrier. Per-call set-up in the kernel (the bf16 x permutation, K floats)
+// is small next to a chunk's 64+ rows of K weights.
 template <class Fn>
 void parallel_rows(int64_t M, Fn fn) {
   const int nt = ops_threads();
-#pragma omp parallel num_threads(nt)
-  {
-    int t = omp_get_thread_num(), n = omp_get_num_threads();
-    int64_t per = (M + n - 1) / n;
-    per = (per + 15) / 16 * 16;
-    int64_t m0 = std::min<int64_t>(M, t * per), m1 = std::min<int64_t>(M, m0 + per);
-    if (m0 < m1) fn(m0, m1);
-  }
+  int64_t chunk = std::max<int64_t>(64, (M + 8 * nt - 1) / (8 * nt));
+  chunk = (chunk + 15) / 16 * 16;
+  const int64_t n_chunks = (M + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_chunks > 1)
+  for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
 }
 
 void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {

@@ -1,0 +1,191 @@
+// Every SIMD kernel against the scalar reference, on random inputs over many shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "kernels/cpu/kernels.h"
+#include "test_util.h"
+
+namespace llmq {
+namespace {
+
+using test::kU;
+using test::randn;
+
+class KernelsTest : public ::testing::TestWithParam<const CpuKernels*> {
+ protected:
+  const CpuKernels& k() { return *GetParam(); }
+  const CpuKernels& ref() { return cpu_kernels_ref(); }
+};
+
+// Odd sizes exercise every tail path (vector of 8/16, bf16 pair blocks of 16/32, row blocks of 4).
+const int64_t kSizes[] = {1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 257, 1000, 2048};
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> r(v.size());
+  for (size_t i = 0; i < v.size(); i++) r[i] = f32_to_bf16(v[i]);
+  return r;
+}
+std::vector<uint16_t> to_f16(const std::vector<float>& v) {
+  std::vector<uint16_t> r(v.size());
+  for (size_t i = 0; i < v.size(); i++) r[i] = f32_to_f16(v[i]);
+  return r;
+}
+
+// Both kernels compute sum_k w_k x_k in f32 in different orders. Each is within
+// K*u*sum|w_k x_k| of the exact sum (the standard bound for recursive summation with
+// fused or unfused products), so they differ by at most 2*K*u*sum|w_k x_k|.
+template <class W, class Gemv, class Cvt>
+void check_gemv(Gemv simd, Gemv refk, const std::vector<W>& w, Cvt cvt, int64_t M, int64_t K, uint64_t seed) {
+  for (int n = 1; n <= kGemvMaxBatch; n++) {
+    auto x = randn((size_t)(n * K), seed + n);
+    const int64_t ldy = M + 3;
+    std::vector<float> y(n * ldy, NAN), yr(n * ldy, NAN);
+    // A sub-range of rows, as threads use; the rest of y must stay untouched.
+    const int64_t m0 = M > 5 ? 1 : 0, m1 = M;
+    simd(w.data(), x.data(), y.data(), K, n, ldy, m0, m1);
+    refk(w.data(), x.data(), yr.data(), K, n, ldy, m0, m1);
+    for (int i = 0; i < n; i++)
+      for (int64_t m = 0; m < ldy; m++) {
+        float a = y[i * ldy + m], b = yr[i * ldy + m];
+        if (m < m0 || m >= m1) {
+          ASSERT_TRUE(std::isnan(a)) << "wrote outside [m0, m1) at " << m;
+          continue;
+        }
+        double mag = 0;
+        for (int64_t kk = 0; kk < K; kk++) mag += std::fabs((double)cvt(w[m * K + kk]) * x[i * K + kk]);
+        ASSERT_LE(std::fabs((double)a - b), 2 * K * kU * mag + 1e-30) << "M=" << M << " K=" << K << " n=" << n << " m=" << m;
+      }
+  }
+}
+
+TEST_P(KernelsTest, GemvAllDtypes) {
+  uint64_t seed = 1;
+  for (int64_t M : {1, 3, 4, 5, 9, 33}) {
+    for (int64_t K : kSizes) {
+      auto wf = randn((size_t)(M * K), seed++);
+      check_gemv<float>(k().gemv_f32, ref().gemv_f32, wf, [](float v) { return v; }, M, K, seed);
+      check_gemv<uint16_t>(k().gemv_bf16, ref().gemv_bf16, to_bf16(wf), bf16_to_f32, M, K, seed);
+      check_gemv<uint16_t>(k().gemv_f16, ref().gemv_f16, to_f16(wf), f16_to_f32, M, K, seed);
+    }
+  }
+}
+
+// Conversions are exact: every bf16/f16 value has exactly one f32 value.
+TEST_P(KernelsTest, ConversionsExact) {
+  std::vector<uint16_t> all(65536 + 37);
+  for (size_t i = 0; i < all.size(); i++) all[i] = (uint16_t)(i * 40503u);  // every value, odd length
+  std::vector<float> a(all.size()), b(all.size());
+  for (auto cvt : {std::pair{k().cvt_bf16_f32, ref().cvt_bf16_f32}, std::pair{k().cvt_f16_f32, ref().cvt_f16_f32}}) {
+    cvt.first(all.data(), a.data(), (int64_t)all.size());
+    cvt.second(all.data(), b.data(), (int64_t)all.size());
+    for (size_t i = 0; i < all.size(); i++)
+      ASSERT_TRUE(f32_bits(a[i]) == f32_bits(b[i]) || (std::isnan(a[i]) && std::isnan(b[i]))) << i;
+  }
+}
+
+TEST_P(KernelsTest, DotAxpy) {
+  for (int64_t n : kSizes) {
+    auto a = randn(n, 10 + n), b = randn(n, 20 + n);
+    double mag = 0;
+    for (int64_t i = 0; i < n; i++) mag += std::fabs((double)a[i] * b[i]);
+    EXPECT_LE(std::fabs(k().dot(a.data(), b.data(), n) - ref().dot(a.data(), b.data(), n)), 2 * n * kU * mag + 1e-30);
+    // axpy is elementwise: one fused or two rounded operations, within 2u relative of |a x| + |y|.
+    auto y1 = b, y2 = b;
+    k().axpy(0.37f, a.data(), y1.data(), n);
+    ref().axpy(0.37f, a.data(), y2.data(), n);
+    for (int64_t i = 0; i < n; i++) EXPECT_LE(std::fabs(y1[i] - y2[i]), 2 * kU * (std::fabs(0.37f * a[i]) + std::fabs(b[i])));
+  }
+}
+
+TEST_P(KernelsTest, RmsNorm) {
+  for (int64_t n : kSizes) {
+    auto x = randn(n, 30 + n, 3.f), w = randn(n, 40 + n);
+    std::vector<float> o1(n), o2(n);
+    k().rmsnorm(x.data(), w.data(), o1.data(), n, 1e-5f);
+    ref().rmsnorm(x.data(), w.data(), o2.data(), n, 1e-5f);
+    // The sum of squares differs by up to 2n*u relative (summation order); 1/sqrt halves
+    // that, and the two products add 2u each: bound (n + 5)*u relative to |x w| / rms.
+    for (int64_t i = 0; i < n; i++) EXPECT_LE(std::fabs(o1[i] - o2[i]), (n + 5) * kU * std::fabs(o2[i]) + 1e-30) << n;
+  }
+}
+
+TEST_P(KernelsTest, SoftmaxAndSwiglu) {
+  for (int64_t n : kSizes) {
+    auto x = randn(n, 50 + n, 4.f), up = randn(n, 60 + n);
+    auto s1 = x, s2 = x;
+    k().softmax(s1.data(), n);
+    ref().softmax(s2.data(), n);
+    // The vector exp is within 2 ulp of libm's; the normalising sum adds n*u: bound
+    // (n + 8)*u relative per element.
+    for (int64_t i = 0; i < n; i++) EXPECT_LE(std::fabs(s1[i] - s2[i]), (n + 8) * kU * s2[i] + 1e-30) << n;
+    std::vector<float> g1(n), g2(n);
+    k().swiglu(x.data(), up.data(), g1.data(), n);
+    ref().swiglu(x.data(), up.data(), g2.data(), n);
+    // exp within 2 ulp, then 1+e, a division and two products: 8u relative.
+    for (int64_t i = 0; i < n; i++) EXPECT_LE(std::fabs(g1[i] - g2[i]), 8 * kU * std::fabs(g2[i]) + 1e-30) << n;
+  }
+  // Extremes: exp clamps must give 0 and 1 probabilities, not NaN.
+  std::vector<float> e = {-1e30f, 0.f, 1e30f, -80.f, 85.f};
+  k().softmax(e.data(), (int64_t)e.size());
+  for (float v : e) EXPECT_FALSE(std::isnan(v));
+  EXPECT_NEAR(e[2], 1.f, 1e-6);
+}
+
+TEST_P(KernelsTest, Rope) {
+  for (int hd : {2, 4, 6, 16, 30, 64, 128}) {
+    for (int heads : {1, 3, 8}) {
+      auto x = randn((size_t)heads * hd, hd * 100 + heads), ang = randn(hd / 2, hd, 3.f);
+      std::vector<float> c(hd / 2), s(hd / 2);
+      for (int j = 0; j < hd / 2; j++) c[j] = std::cos(ang[j]), s[j] = std::sin(ang[j]);
+      auto x1 = x, x2 = x;
+      k().rope(x1.data(), c.data(), s.data(), heads, hd);
+      ref().rope(x2.data(), c.data(), s.data(), heads, hd);
+      // a*c - b*s: two products and a difference, possibly fused: 3u of |a c| + |b s|.
+      for (size_t i = 0; i < x.size(); i++) {
+        int j = (int)(i % hd) % (hd / 2);
+        size_t h0 = i / hd * hd;
+        double mag = std::fabs(x[h0 + j] * c[j]) + std::fabs(x[h0 + j + hd / 2] * s[j]) + std::fabs(x[h0 + j] * s[j]) +
+                     std::fabs(x[h0 + j + hd / 2] * c[j]);
+        EXPECT_LE(std::fabs(x1[i] - x2[i]), 3 * kU * mag + 1e-30);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, KernelsTest, ::testing::ValuesIn(cpu_kernels_supported()),
+                         [](const auto& info) { return std::string(info.param->isa); });
+
+TEST(Dtype, Bf16AndF16Rounding) {
+  // Round to nearest even at the halfway point, and the special values.
+  EXPECT_EQ(f32_to_bf16(f32_from_bits(0x3f808000)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(f32_to_bf16(f32_from_bits(0x3f818000)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(f32_to_bf16(f32_from_bits(0x3f808001)), 0x3f81);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  EXPECT_EQ(f32_to_f16(65504.f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(65520.f), 0x7c00);  // rounds to inf
+  EXPECT_EQ(f32_to_f16(1.f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(5.960464477539063e-08f), 0x0001);  // smallest subnormal
+  EXPECT_EQ(f32_to_f16(2.98e-08f), 0x0000);               // below half of it: zero
+  EXPECT_EQ(f16_to_f32(0x0001), 5.960464477539063e-08f);
+  // Round trip of every finite f16 through f32 is exact.
+  for (uint32_t h = 0; h < 65536; h++) {
+    if (((h >> 10) & 0x1f) == 0x1f) continue;
+    ASSERT_EQ(f32_to_f16(f16_to_f32((uint16_t)h)), h) << h;
+  }
+  // f32 -> f16 agrees with the compiler's own _Float16 conversion (an independent
+  // implementation of IEEE round-to-nearest-even) over a wide range of magnitudes.
+  auto v = randn(200000, 7, 1.f);
+  for (size_t i = 0; i < v.size(); i++) {
+    float f = std::ldexp(v[i], (int)(i % 60) - 40);
+    _Float16 h = (_Float16)f;
+    uint16_t bits;
+    std::memcpy(&bits, &h, 2);
+    ASSERT_EQ(f32_to_f16(f), bits) << f;
+  }
+}
+
+}  // namespace
+}  // namespace llmq
