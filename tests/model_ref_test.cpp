@@ -98,6 +98,8 @@ ModelConfig custom_config() {
   return c;
 }
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 class ModelRef : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ModelRef, LogitsMatchFloat64Reference) {

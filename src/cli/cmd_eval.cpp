@@ -14,17 +14,18 @@ void register_eval(CLI::App& app) {
   auto* ppl = cmd->add_subcommand("ppl", "perplexity over a token file in non-overlapping windows");
   struct Opts {
     std::string model, tokens;
-    int64_t ctx = 512;
+    int64_t ctx = 0;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory")->required();
   ppl->add_option("--tokens", o->tokens, "file of whitespace-separated token ids")->required();
-  ppl->add_option("--ctx", o->ctx, "window length in tokens");
+  ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
     auto toks = read_token_file(o->tokens);
+    if (o->ctx == 0) o->ctx = std::min<int64_t>(512, m.config.max_seq_len);
     Progress bar("perplexity", 1, !o->json);
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {
       bar = Progress("perplexity", (uint64_t)total, !o->json && total > 1);

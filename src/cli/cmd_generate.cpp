@@ -69,6 +69,7 @@ void register_generate(CLI::App& app) {
     }
     if (stream) {
       std::printf("\n");
+      std::fflush(stdout);
     } else {
       for (size_t i = 0; i < res.size(); i++) {
         std::string s;

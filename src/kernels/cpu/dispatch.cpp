@@ -1,4 +1,6 @@
 // The single run-time dispatch point: reads CPU features once and picks the kernel table.
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -8,16 +10,34 @@
 namespace llmq {
 
 namespace {
-bool has_avx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
-bool has_avx512() {
-  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+// CPU features from CPUID, and from XGETBV whether the OS saves the AVX / AVX-512 registers.
+struct Features {
+  bool avx2 = false, avx512 = false;
+};
+
+Features detect() {
+  Features f;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = c & bit_FMA, f16c = c & bit_F16C, osxsave = c & bit_OSXSAVE, avx = c & bit_AVX;
+  if (!osxsave || !avx) return f;
+  unsigned xlo, xhi;
+  __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  const bool ymm_state = (xlo & 0x6) == 0x6, zmm_state = (xlo & 0xe6) == 0xe6;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+  f.avx2 = ymm_state && fma && f16c && (b & bit_AVX2);
+  f.avx512 = f.avx2 && zmm_state && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (b & bit_AVX512DQ);
+  return f;
 }
 
+const Features& features() {
+  static const Features f = detect();
+  return f;
+}
+bool has_avx2() { return features().avx2; }
+bool has_avx512() { return features().avx512; }
+
 const CpuKernels& choose() {
-  __builtin_cpu_init();
   const char* want = std::getenv("LLMQ_ISA");
   if (want && *want) {
     for (auto* k : cpu_kernels_supported())
@@ -31,7 +51,6 @@ const CpuKernels& choose() {
 }  // namespace
 
 std::vector<const CpuKernels*> cpu_kernels_supported() {
-  __builtin_cpu_init();
   std::vector<const CpuKernels*> v{&cpu_kernels_ref()};
   if (has_avx2()) v.push_back(cpu_kernels_avx2());
   if (has_avx512()) v.push_back(cpu_kernels_avx512());

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Bad input to the llmq program: each case must exit non-zero (not by a signal), within a
+# timeout, with one "llmq: error:" line on stderr naming the problem. --help must work on
+# every command.
+set -u
+LLMQ=${1:?usage: bad_input.sh path/to/llmq}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+
+expect_error() {  # expect_error NEEDLE -- ARGS...
+  local needle=$1; shift; shift
+  local err rc
+  err=$(timeout 60 "$LLMQ" "$@" 2>&1 >/dev/null); rc=$?
+  if [ $rc -eq 0 ] || [ $rc -ge 124 ]; then
+    echo "FAIL (rc=$rc, want 1): llmq $*"; echo "  $err"; fails=$((fails+1)); return
+  fi
+  if ! grep -qF -- "$needle" <<<"$err"; then
+    echo "FAIL (message lacks '$needle'): llmq $*"; echo "  $err"; fails=$((fails+1)); return
+  fi
+  if [ "$(grep -c 'llmq: error:' <<<"$err")" != 1 ] && [ "$needle" != "--" ]; then
+    echo "FAIL (not exactly one error line): llmq $*"; echo "  $err"; fails=$((fails+1)); return
+  fi
+  local args="$*"
+  echo "ok: llmq ${args:0:100} -> $(head -c 150 <<<"$err")"
+}
+
+for c in "" info init generate eval "eval ppl" bench; do
+  timeout 20 "$LLMQ" $c --help >/dev/null 2>&1 || { echo "FAIL: llmq $c --help"; fails=$((fails+1)); }
+done
+
+"$LLMQ" init --preset tiny --out "$T/m" --dtype f32 >/dev/null 2>&1 || { echo "FAIL: init"; exit 1; }
+cp -r "$T/m" "$T/trunc"; truncate -s -100 "$T/trunc/model.safetensors"
+cp -r "$T/m" "$T/badjson"; echo '{"hidden_size": 64,' > "$T/badjson/config.json"
+cp -r "$T/m" "$T/shape"; sed -i 's/"intermediate_size": [0-9]*/"intermediate_size": 100/' "$T/shape/config.json"
+cp -r "$T/m" "$T/garbage"; head -c 4096 /dev/urandom > "$T/garbage/model.safetensors"
+cp -r "$T/m" "$T/empty"; : > "$T/empty/model.safetensors"
+echo "1 2 3 hello" > "$T/badtok.txt"
+echo "1 2 3 999999" > "$T/oov.txt"
+: > "$T/none.txt"
+seq 1 300 | tr '\n' ' ' > "$T/long.txt"
+
+expect_error "not a directory" -- generate -m "$T/nope" -p "1 2"
+expect_error "truncated" -- generate -m "$T/trunc" -p "1 2"
+expect_error "malformed JSON" -- generate -m "$T/badjson" -p "1 2"
+expect_error "has shape" -- generate -m "$T/shape" -p "1 2"
+expect_error "model.safetensors" -- generate -m "$T/garbage" -p "1 2"
+expect_error "truncated" -- generate -m "$T/empty" -p "1 2"
+expect_error "outside the vocabulary" -- generate -m "$T/m" -p "1 99999"
+expect_error "expected token ids" -- generate -m "$T/m" -p "hello world"
+expect_error "longer than the context" -- generate -m "$T/m" -p "$(cat "$T/long.txt")" -n 1
+expect_error "is empty" -- generate -m "$T/m" -p " "
+expect_error "expected token ids" -- eval ppl -m "$T/m" --tokens "$T/badtok.txt"
+expect_error "outside the vocabulary" -- eval ppl -m "$T/m" --tokens "$T/oov.txt"
+expect_error "at least 2 tokens" -- eval ppl -m "$T/m" --tokens "$T/none.txt"
+expect_error "exceeds the model's context" -- eval ppl -m "$T/m" --tokens "$T/long.txt" --ctx 100000
+expect_error "cannot open" -- eval ppl -m "$T/m" --tokens "$T/missing.txt"
+expect_error "unknown preset" -- info --preset llama9
+expect_error "unknown preset" -- init --preset llama9 --out "$T/x"
+expect_error "exceeds the model's context" -- bench -m "$T/m" --prompt 200 --gen 100
+expect_error "give a model directory" -- info
+expect_error "--" -- generate
+expect_error "--" -- bogus-command
+
+if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
+echo "all bad-input cases handled"

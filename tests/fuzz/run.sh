@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets (clang, ASan + UBSan) and runs each for a few seconds from a seed
+# corpus of valid files. usage: tests/fuzz/run.sh [seconds per target, default 30]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-30}
+cmake --preset fuzz >/dev/null
+# Build output only on failure (ninja prints the failing command and the compiler's error).
+cmake --build build-fuzz --target fuzz_safetensors fuzz_config llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+work=build-fuzz/corpus
+rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config"
+# Seeds: a real model directory's files and a Meta params.json.
+./build-fuzz/llmq init --preset tiny-tied --out "$work/model" --dtype bf16 >/dev/null 2>&1
+head -c 4096 "$work/model/model.safetensors" > "$work/safetensors/head"
+printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}    ' > "$work/safetensors/small"
+cp "$work/model/config.json" "$work/config/hf.json"
+echo '{"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32, "n_kv_heads": 8, "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}' > "$work/config/meta.json"
+for t in safetensors config; do
+  echo "fuzzing $t for ${secs}s"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \
+    -print_final_stats=1 "$work/$t" 2>&1 | grep -E "^(stat::number_of_executed_units|ERROR|SUMMARY)|Done" || true
+  # libFuzzer exits non-zero and writes crash-* on a finding.
+  if ls crash-* leak-* timeout-* oom-* >/dev/null 2>&1; then echo "fuzz_$t found a bug: $(ls crash-* leak-* timeout-* oom-* 2>/dev/null)"; exit 1; fi
+done
+echo "fuzzing: no findings"
