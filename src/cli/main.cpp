@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_generate(app);
   llmq::cli::register_eval(app);
   llmq::cli::register_bench(app);
+  llmq::cli::register_tokenizer(app);
   app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
   try {
     app.parse(argc, argv);
