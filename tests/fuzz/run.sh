@@ -6,16 +6,32 @@ cd "$(dirname "$0")/../.."
 secs=${1:-30}
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
-cmake --build build-fuzz --target fuzz_safetensors fuzz_config llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 work=build-fuzz/corpus
-rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config"
+rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode"
 # Seeds: a real model directory's files and a Meta params.json.
 ./build-fuzz/llmq init --preset tiny-tied --out "$work/model" --dtype bf16 >/dev/null 2>&1
 head -c 4096 "$work/model/model.safetensors" > "$work/safetensors/head"
 printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}    ' > "$work/safetensors/small"
 cp "$work/model/config.json" "$work/config/hf.json"
 echo '{"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32, "n_kv_heads": 8, "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}' > "$work/config/meta.json"
-for t in safetensors config; do
+# Tokenizer seeds: a small byte-level tokenizer.json (all 256 bytes plus a merge), the head of
+# the real tiktoken file, and real text with special tokens and multi-byte characters.
+/usr/bin/python3 - "$work/tokenizer_files/small.json" <<'PY'
+import json, sys
+bs = [b for b in range(33, 127)] + [b for b in range(0xA1, 0xAD)] + [b for b in range(0xAE, 0x100)]
+cps, n = {}, 0
+for b in range(256):
+    cps[b] = b if b in bs else 256 + n; n += 0 if b in bs else 1
+vocab = {chr(cps[b]): b for b in range(256)}; vocab["ab"] = 256
+tok = {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"], "ignore_merges": True},
+       "pre_tokenizer": {"type": "ByteLevel"}, "added_tokens": [{"id": 257, "content": "<|eot_id|>", "special": True}]}
+open(sys.argv[1], "w").write("\x01" + json.dumps(tok))
+PY
+{ printf '\x00'; head -c 3000 models/llama3-tiktoken/tokenizer.model; } > "$work/tokenizer_files/tiktoken"
+head -c 2000 data/text/moby_dick.txt > "$work/tokenizer_encode/moby"
+printf '\x01<|start_header_id|>user<|end_header_id|>\n\n日本語 🎉 12345  x\xff' > "$work/tokenizer_encode/special"
+for t in safetensors config tokenizer_files tokenizer_encode; do
   echo "fuzzing $t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \
