@@ -1,25 +1,121 @@
-// llmq generate: sample continuations of one or more prompts.
+// llmq generate: sample continuations of text (or token-id) prompts, chat, interactive chat.
+#include <unistd.h>
+
 #include <cstdio>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
 
+namespace {
+struct Opts {
+  std::string model, tokenizer, system, messages;
+  std::vector<std::string> prompts, stops;
+  std::vector<int32_t> eos;
+  GenerateOptions g;
+  bool ignore_eos = false, json = false, ids = false, chat = false, interactive = false, no_special = false;
+};
+
+// Text mode: per sequence, the text so far (for stop strings) and a UTF-8-safe decoder.
+struct TextStreams {
+  const Tokenizer& tok;
+  const std::vector<std::string>& stops;
+  bool print;
+  std::vector<std::string> text;
+  std::vector<StreamDecoder> dec;
+  TextStreams(const Tokenizer& t, const std::vector<std::string>& s, size_t n, bool p) : tok(t), stops(s), print(p), text(n) {
+    for (size_t i = 0; i < n; i++) dec.emplace_back(t);
+  }
+  // Returns true when a stop string has appeared (generation of sequence i ends there).
+  bool on_token(size_t i, int32_t id) {
+    std::string piece = dec[i].push(id);
+    text[i] += piece;
+    if (print && !piece.empty()) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    for (const auto& s : stops) {
+      // Only the tail that the new piece could have completed needs a look.
+      size_t from = text[i].size() > piece.size() + s.size() ? text[i].size() - piece.size() - s.size() : 0;
+      if (!s.empty() && text[i].find(s, from) != std::string::npos) return true;
+    }
+    return false;
+  }
+  void finish() {
+    for (size_t i = 0; i < text.size(); i++) {
+      std::string rest = dec[i].flush();
+      text[i] += rest;
+      if (print) std::fwrite(rest.data(), 1, rest.size(), stdout);
+    }
+  }
+};
+
+std::vector<int32_t> encode_prompt(const Tokenizer& t, const std::string& text, bool special, bool bos) {
+  std::vector<int32_t> ids;
+  if (bos && t.add_bos && t.bos_id >= 0) ids.push_back(t.bos_id);
+  auto v = t.encode(text, special);
+  ids.insert(ids.end(), v.begin(), v.end());
+  return ids;
+}
+
+void report(const std::vector<GenerateResult>& res, const std::vector<std::vector<int32_t>>& prompts, double& pre_tps,
+            double& dec_tps) {
+  double prefill_s = 0, decode_s = res.empty() ? 0 : res[0].decode_seconds;
+  size_t prompt_tokens = 0, gen_tokens = 0;
+  for (size_t i = 0; i < res.size(); i++) {
+    prefill_s += res[i].prefill_seconds;
+    prompt_tokens += prompts[i].size();
+    gen_tokens += res[i].tokens.size();
+  }
+  // The first generated token of each prompt comes from prefill.
+  size_t decoded = gen_tokens >= res.size() ? gen_tokens - res.size() : 0;
+  pre_tps = prefill_s > 0 ? prompt_tokens / prefill_s : 0;
+  dec_tps = decode_s > 0 ? decoded / decode_s : 0;
+}
+
+// Interactive chat in the terminal: each turn re-renders the conversation and generates
+// the assistant's reply, streamed; an empty line or end of input ends the session.
+void interactive(const Model& m, const Tokenizer& tok, const std::string& tmpl, Opts& o) {
+  std::vector<ChatMessage> conv;
+  if (!o.system.empty()) conv.push_back({"system", o.system});
+  const bool tty = isatty(0);
+  const std::string bos = tok.bos_id >= 0 ? tok.token_bytes(tok.bos_id) : "";
+  for (;;) {
+    if (tty) fmt::print(stderr, "\n> ");
+    std::string line;
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    conv.push_back({"user", line});
+    auto prompt = tok.encode(chat_render(conv, tmpl, bos), true);
+    if ((int64_t)prompt.size() + o.g.max_new_tokens > m.config.max_seq_len)
+      fail("the conversation ({} tokens) no longer fits the model's context of {} tokens", prompt.size(), m.config.max_seq_len);
+    TextStreams ts(tok, o.stops, 1, true);
+    generate(m, {prompt}, o.g, [&](size_t i, int32_t t) { return ts.on_token(i, t); });
+    ts.finish();
+    std::printf("\n");
+    std::fflush(stdout);
+    conv.push_back({"assistant", ts.text[0]});
+  }
+}
+}  // namespace
+
 void register_generate(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "generate text from prompts (token ids until a tokenizer is present)");
-  struct Opts {
-    std::string model;
-    std::vector<std::string> prompts, stops;
-    std::vector<int32_t> eos;
-    GenerateOptions g;
-    bool ignore_eos = false, json = false;
-  };
+  auto* cmd = app.add_subcommand("generate", "generate text from prompts, or chat");
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->model, "model directory")->required();
-  cmd->add_option("-p,--prompt", o->prompts, "prompt as token ids, e.g. \"128000 791 6864\"; repeat for a batch")->required();
+  cmd->add_option("-p,--prompt", o->prompts, "prompt text (token ids with --ids or without a tokenizer); repeat for a batch");
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory's)");
+  cmd->add_flag("--ids", o->ids, "prompts and --stop are token ids, output is token ids");
+  cmd->add_flag("--no-special", o->no_special, "do not parse special-token text such as <|eot_id|> in prompts");
+  cmd->add_flag("--chat", o->chat, "wrap the prompt (or --messages) in the chat template");
+  cmd->add_option("--system", o->system, "system message for --chat and --interactive");
+  cmd->add_option("--messages", o->messages, "JSON file of [{\"role\", \"content\"}] messages (implies --chat)");
+  cmd->add_flag("-i,--interactive", o->interactive, "chat in the terminal, one user line per turn");
   cmd->add_option("-n,--max-new-tokens", o->g.max_new_tokens, "tokens to generate per prompt")->check(CLI::NonNegativeNumber);
   cmd->add_option("--temperature", o->g.sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", o->g.sampling.top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
@@ -28,43 +124,75 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--repeat-penalty", o->g.sampling.repeat_penalty, "penalty for recent tokens (1 = off)")->check(CLI::PositiveNumber);
   cmd->add_option("--repeat-last-n", o->g.sampling.repeat_last_n, "window for the penalty (-1 = whole sequence)");
   cmd->add_option("--seed", o->g.sampling.seed, "random seed (same seed, same output)");
-  cmd->add_option("--eos", o->eos, "stop token ids (default: eos_token_id from config.json)");
+  cmd->add_option("--eos", o->eos, "stop token ids (default: the model's and tokenizer's end-of-sequence ids)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
-  cmd->add_option("--stop", o->stops, "stop after this token-id sequence, e.g. \"13 13\"; repeatable");
+  cmd->add_option("--stop", o->stops, "stop once this text (token ids with --ids) has been generated; repeatable");
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--json", o->json, "print one JSON object with tokens, stop reasons and speeds");
+  cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());
-    std::vector<std::vector<int32_t>> prompts;
-    for (size_t i = 0; i < o->prompts.size(); i++)
-      prompts.push_back(parse_token_ids(o->prompts[i], fmt::format("prompt {}", i + 1)));
-    for (size_t i = 0; i < o->stops.size(); i++) o->g.stop_sequences.push_back(parse_token_ids(o->stops[i], "--stop"));
+    std::unique_ptr<Tokenizer> tok;
+    if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);
+    else if (!o->ids && !tokenizer_find(o->model).empty()) tok = tokenizer_load(o->model);
+    if (o->ids) tok.reset();
+    const bool chat = o->chat || !o->messages.empty() || o->interactive;
+    if (chat && !tok) fail("--chat, --messages and --interactive need a tokenizer (none in {}; pass --tokenizer)", o->model);
+    if (tok && tok->vocab_size() > m.config.vocab_size)
+      fail("the tokenizer has {} ids but the model's vocabulary is {}", tok->vocab_size(), m.config.vocab_size);
     if (!o->ignore_eos) {
       if (!o->eos.empty()) o->g.eos_ids = o->eos;
-      else for (auto e : m.config.eos_token_ids) o->g.eos_ids.push_back((int32_t)e);
+      else {
+        for (auto e : m.config.eos_token_ids) o->g.eos_ids.push_back((int32_t)e);
+        if (tok)
+          for (auto e : tok->eos_ids)
+            if (std::find(o->g.eos_ids.begin(), o->g.eos_ids.end(), e) == o->g.eos_ids.end()) o->g.eos_ids.push_back(e);
+      }
     }
-    // Stream tokens as they come for a single prompt; a batch prints one line per prompt.
+    const std::string tmpl = tok ? chat_template_find(o->tokenizer.empty() ? o->model : o->tokenizer) : "";
+    if (o->interactive) return interactive(m, *tok, tmpl, *o);
+
+    std::vector<std::vector<int32_t>> prompts;
+    if (chat) {
+      std::vector<ChatMessage> msgs;
+      if (!o->messages.empty()) msgs = chat_messages_load(o->messages);
+      else {
+        if (o->prompts.size() != 1) fail("--chat takes one --prompt (or a --messages file)");
+        if (!o->system.empty()) msgs.push_back({"system", o->system});
+        msgs.push_back({"user", o->prompts[0]});
+      }
+      const std::string bos = tok->bos_id >= 0 ? tok->token_bytes(tok->bos_id) : "";
+      prompts.push_back(tok->encode(chat_render(msgs, tmpl, bos), true));
+    } else {
+      if (o->prompts.empty()) fail("give a --prompt (or --chat/--messages/--interactive)");
+      for (size_t i = 0; i < o->prompts.size(); i++)
+        prompts.push_back(tok ? encode_prompt(*tok, o->prompts[i], !o->no_special, true)
+                              : parse_token_ids(o->prompts[i], fmt::format("prompt {}", i + 1)));
+    }
+    if (!tok)
+      for (size_t i = 0; i < o->stops.size(); i++) o->g.stop_sequences.push_back(parse_token_ids(o->stops[i], "--stop"));
+    // Stream a single prompt as it is generated; a batch prints one block per prompt.
     const bool stream = !o->json && prompts.size() == 1;
-    auto res = generate(m, prompts, o->g, [&](size_t, int32_t t) {
+    std::unique_ptr<TextStreams> ts;
+    if (tok) ts = std::make_unique<TextStreams>(*tok, o->stops, prompts.size(), stream);
+    auto res = generate(m, prompts, o->g, [&](size_t i, int32_t t) {
+      if (ts) return ts->on_token(i, t);
       if (stream) {
         std::printf("%d ", t);
         std::fflush(stdout);
       }
+      return false;
     });
-    double prefill_s = 0, decode_s = res.empty() ? 0 : res[0].decode_seconds;
-    size_t prompt_tokens = 0, gen_tokens = 0;
-    for (size_t i = 0; i < res.size(); i++) {
-      prefill_s += res[i].prefill_seconds;
-      prompt_tokens += prompts[i].size();
-      gen_tokens += res[i].tokens.size();
-    }
-    // The first generated token of each prompt comes from prefill.
-    size_t decoded = gen_tokens >= res.size() ? gen_tokens - res.size() : 0;
-    double pre_tps = prefill_s > 0 ? prompt_tokens / prefill_s : 0, dec_tps = decode_s > 0 ? decoded / decode_s : 0;
+    if (ts) ts->finish();
+    double pre_tps, dec_tps;
+    report(res, prompts, pre_tps, dec_tps);
     if (o->json) {
       nlohmann::json j = {{"results", nlohmann::json::array()}, {"prefill_tok_s", pre_tps}, {"decode_tok_s", dec_tps}};
-      for (auto& r : res) j["results"].push_back({{"tokens", r.tokens}, {"stop", stop_reason_name(r.reason)}});
-      fmt::print("{}\n", j.dump());
+      for (size_t i = 0; i < res.size(); i++) {
+        nlohmann::json r = {{"prompt_tokens", prompts[i].size()}, {"tokens", res[i].tokens}, {"stop", stop_reason_name(res[i].reason)}};
+        if (ts) r["text"] = ts->text[i];
+        j["results"].push_back(r);
+      }
+      fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       return;
     }
     if (stream) {
@@ -73,7 +201,9 @@ void register_generate(CLI::App& app) {
     } else {
       for (size_t i = 0; i < res.size(); i++) {
         std::string s;
-        for (auto t : res[i].tokens) s += std::to_string(t) + " ";
+        if (ts) s = ts->text[i];
+        else
+          for (auto t : res[i].tokens) s += std::to_string(t) + " ";
         fmt::print("[{}] {}\n", i + 1, s);
       }
     }

@@ -1,14 +1,17 @@
 // llmq init: a randomly initialised model directory of a preset or config shape.
 #include "cli/common.h"
 #include "core/progress.h"
+#include <filesystem>
+
 #include "io/hf_dir.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
 
 void register_init(CLI::App& app) {
   auto* cmd = app.add_subcommand("init", "write a randomly initialised model directory (for tests and benchmarks)");
   struct Opts {
-    std::string preset, config, out, dtype = "bf16";
+    std::string preset, config, out, dtype = "bf16", tokenizer;
     uint64_t seed = 0;
     double shard_gb = 5;
   };
@@ -23,15 +26,34 @@ void register_init(CLI::App& app) {
   cmd->add_option("--out", o->out, "output directory")->required();
   cmd->add_option("--seed", o->seed, "random seed");
   cmd->add_option("--dtype", o->dtype, "weight dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "copy this tokenizer (file or directory) into the model; vocab size, BOS and EOS follow it");
   cmd->add_option("--max-shard-size", o->shard_gb, "largest safetensors shard, GB")->check(CLI::PositiveNumber);
   cmd->callback([o] {
     if (o->preset.empty() && o->config.empty()) fail("init: give --preset NAME or --config FILE");
     ModelConfig cfg = o->preset.empty() ? config_load(o->config) : config_preset(o->preset);
+    std::unique_ptr<Tokenizer> tok;
+    if (!o->tokenizer.empty()) {
+      tok = tokenizer_load(o->tokenizer);
+      cfg.vocab_size = tok->vocab_size();
+      cfg.bos_token_ids.clear();
+      cfg.eos_token_ids.clear();
+      if (tok->bos_id >= 0) cfg.bos_token_ids.push_back(tok->bos_id);
+      for (auto e : tok->eos_ids) cfg.eos_token_ids.push_back(e);
+    }
     SaveOptions so;
     so.dtype = dtype_parse(o->dtype);
     so.max_shard_bytes = (uint64_t)(o->shard_gb * 1e9);
     so.progress = true;
     model_save(o->out, cfg, init_fill(cfg, o->seed), so);
+    if (tok) {
+      // The tokenizer file and its tokenizer_config.json (BOS/EOS, chat template) go beside.
+      namespace fs = std::filesystem;
+      const fs::path src = tok->source(), dir = src.parent_path();
+      fs::copy_file(src, fs::path(o->out) / src.filename(), fs::copy_options::overwrite_existing);
+      if (fs::is_regular_file(dir / "tokenizer_config.json"))
+        fs::copy_file(dir / "tokenizer_config.json", fs::path(o->out) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+    }
     fmt::print(stderr, "wrote {}: {} parameters, {}\n", o->out, cfg.n_params(),
                format_bytes((double)dtype_bytes(so.dtype, cfg.n_params())));
   });

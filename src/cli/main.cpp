@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_eval(app);
   llmq::cli::register_bench(app);
   llmq::cli::register_tokenizer(app);
+  llmq::cli::register_data(app);
   app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
   try {
     app.parse(argc, argv);

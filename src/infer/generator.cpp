@@ -19,7 +19,7 @@ const char* stop_reason_name(StopReason r) {
 }
 
 std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
-                                     const GenerateOptions& opt, const std::function<void(size_t, int32_t)>& on_token) {
+                                     const GenerateOptions& opt, const TokenCallback& on_token) {
   const ModelConfig& c = m.config;
   const size_t B = prompts.size();
   int64_t longest = 0;
@@ -58,13 +58,15 @@ std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vect
     r.tokens.push_back(t);
     hist[i].push_back(t);
     next[i] = t;
-    if (on_token) on_token(i, t);
+    bool stop = on_token && on_token(i, t);
     for (const auto& s : opt.stop_sequences)
-      if (!s.empty() && r.tokens.size() >= s.size() && std::equal(s.begin(), s.end(), r.tokens.end() - (ptrdiff_t)s.size())) {
-        r.reason = StopReason::StopSequence;
-        live[i] = false;
-        return;
-      }
+      stop = stop || (!s.empty() && r.tokens.size() >= s.size() &&
+                      std::equal(s.begin(), s.end(), r.tokens.end() - (ptrdiff_t)s.size()));
+    if (stop) {
+      r.reason = StopReason::StopSequence;
+      live[i] = false;
+      return;
+    }
     if ((int)r.tokens.size() >= opt.max_new_tokens) {
       r.reason = StopReason::Length;
       live[i] = false;

@@ -26,10 +26,12 @@ struct GenerateResult {
   double prefill_seconds = 0, decode_seconds = 0;
 };
 
-// on_token(sequence index, token) streams tokens as they are chosen. Sequence i samples
-// with seed sampling.seed + i, so a batch gives the same output as separate runs.
+// on_token(sequence index, token) streams tokens as they are chosen; returning true stops
+// that sequence there (StopReason::StopSequence: how text stop strings are implemented).
+// Sequence i samples with seed sampling.seed + i, so a batch gives the same output as
+// separate runs.
+using TokenCallback = std::function<bool(size_t, int32_t)>;
 std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
-                                     const GenerateOptions& opt,
-                                     const std::function<void(size_t, int32_t)>& on_token = nullptr);
+                                     const GenerateOptions& opt, const TokenCallback& on_token = nullptr);
 
 }  // namespace llmq

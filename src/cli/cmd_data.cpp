@@ -1,0 +1,60 @@
+// llmq data prepare: tokenize text or JSONL into token shards for training and evaluation.
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "data/prepare.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmq::cli {
+
+void register_data(CLI::App& app) {
+  auto* cmd = app.add_subcommand("data", "prepare training data");
+  cmd->require_subcommand(1);
+  auto* prep = cmd->add_subcommand("prepare", "tokenize text or JSONL files into token shards plus a manifest");
+  auto o = std::make_shared<PrepareOptions>();
+  auto tok_path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false), no_bos = std::make_shared<bool>(false), no_eos = std::make_shared<bool>(false);
+  prep->add_option("--tokenizer", *tok_path, "tokenizer file or model directory")->required();
+  prep->add_option("--input", o->inputs, "text or JSONL files")->required();
+  prep->add_option("--out", o->out_dir, "output directory")->required();
+  prep->add_option("--val-fraction", o->val_fraction, "share of documents held out for validation (default 0.01)")
+      ->check(CLI::Range(0.0, 0.999));
+  prep->add_option("--seed", o->seed, "seed of the train/validation split");
+  prep->add_option("--format", o->format, "auto (by extension), text or jsonl")->check(CLI::IsMember({"auto", "text", "jsonl"}));
+  prep->add_option("--docs", o->docs, "text documents: lines (one per line), blank (blank-line separated) or file")
+      ->check(CLI::IsMember({"lines", "blank", "file"}));
+  prep->add_option("--text-field", o->text_field, "JSONL field with the text (default \"text\")");
+  prep->add_option("--shard-tokens", o->shard_tokens, "tokens per shard file (default 67108864)")->check(CLI::PositiveNumber);
+  prep->add_flag("--no-bos", *no_bos, "do not start documents with BOS");
+  prep->add_flag("--no-eos", *no_eos, "do not end documents with EOS");
+  prep->add_flag("--json", *json, "print a JSON summary");
+  prep->callback([o, tok_path, json, no_bos, no_eos] {
+    auto tok = tokenizer_load(*tok_path);
+    o->bos = !*no_bos;
+    o->eos = !*no_eos;
+    o->progress = !*json;
+    PrepareStats s = data_prepare(*tok, *o);
+    const double mbs = s.bytes / 1e6 / std::max(s.seconds, 1e-9);
+    if (*json) {
+      fmt::print("{}\n", nlohmann::json{{"out", o->out_dir},
+                                        {"bytes", s.bytes},
+                                        {"documents", s.documents},
+                                        {"empty_documents", s.empty_documents},
+                                        {"train_tokens", s.train_tokens},
+                                        {"val_tokens", s.val_tokens},
+                                        {"train_documents", s.train_docs},
+                                        {"val_documents", s.val_docs},
+                                        {"seconds", s.seconds},
+                                        {"mb_per_s", mbs}}
+                             .dump());
+      return;
+    }
+    fmt::print("wrote {}: {} documents ({} train, {} val), {} train tokens, {} val tokens, {:.1f} MB in {:.2f}s ({:.1f} MB/s)\n",
+               o->out_dir, s.documents, s.train_docs, s.val_docs, s.train_tokens, s.val_tokens, s.bytes / 1e6,
+               s.seconds, mbs);
+    if (s.val_docs == 0 && o->val_fraction > 0)
+      fmt::print(stderr, "llmq: warning: the validation split is empty; raise --val-fraction\n");
+  });
+}
+
+}  // namespace llmq::cli
