@@ -41,8 +41,11 @@ TEST(Jinja, ExpressionsStatementsAndWhitespace) {
   EXPECT_EQ(jinja_render("{% if flag %}\nyes\n{% endif %}\nend", ctx), "yes\nend");
   EXPECT_EQ(jinja_render("x\n    {% if flag %}y{% endif %}", ctx), "x\ny");
   EXPECT_EQ(jinja_render("{# comment #}{{ 7 // 2 }} {{ 7 % 3 }} {{ -1 }}", ctx), "3 1 -1");
+  // Python's floor division and modulo signs.
+  EXPECT_EQ(jinja_render("{{ -7 // 2 }} {{ -7 % 3 }} {{ 7 % -3 }} {{ 9223372036854775807 - 1 }}", ctx), "-4 2 -2 9223372036854775806");
   for (const char* bad : {"{{ ", "{% if x %}", "{% for %}", "{{ 1 + }}", "{{ x | nosuchfilter }}", "{% while %}", "{{ 'a }}",
-                          "{{ raise_exception('boom') }}", "{{ 1 / 0 }}"})
+                          "{{ raise_exception('boom') }}", "{{ 1 / 0 }}", "{{ 9223372036854775807 + 1 }}",
+                          "{{ 'a' * 99999999999 }}", "{{ range('x') }}", "{{ 'x'.startswith() }}", "{{ xs[1:99999999999999999999] }}"})
     EXPECT_THROW(jinja_render(bad, ctx, "t"), Error) << bad;
 }
 

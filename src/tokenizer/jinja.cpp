@@ -50,6 +50,7 @@ std::vector<Tok> lex_expr(const std::string& src, const std::string& what) {
       Tok t{Tok::Num, src.substr(i, j - i)};
       t.num = std::stod(t.s);
       t.is_int = !dot;
+      if (t.is_int && t.num >= 9.2e18) jfail(what, "integer literal too large");
       out.push_back(t);
       i = j;
     } else if (c == '\'' || c == '"') {
@@ -262,9 +263,15 @@ class Expr {
         for (auto& x : b.j) r.push_back(x);
         a = {r};
       } else if (a.j.is_number() && b.j.is_number()) {
-        a = a.j.is_number_integer() && b.j.is_number_integer()
-                ? Val{json(a.j.get<int64_t>() + (plus ? 1 : -1) * b.j.get<int64_t>())}
-                : Val{json(a.j.get<double>() + (plus ? 1 : -1) * b.j.get<double>())};
+        int64_t r;
+        if (a.j.is_number_integer() && b.j.is_number_integer()) {
+          bool over = plus ? __builtin_add_overflow(a.j.get<int64_t>(), b.j.get<int64_t>(), &r)
+                           : __builtin_sub_overflow(a.j.get<int64_t>(), b.j.get<int64_t>(), &r);
+          if (over) err("integer overflow");
+          a = {json(r)};
+        } else {
+          a = {json(a.j.get<double>() + (plus ? 1 : -1) * b.j.get<double>())};
+        }
       } else {
         err(fmt::format("cannot apply '{}' to {} and {}", plus ? "+" : "-", a.j.type_name(), b.j.type_name()));
       }
@@ -280,6 +287,7 @@ class Expr {
       if (!live) continue;
       if (op == "*" && a.j.is_string() && b.j.is_number_integer()) {
         std::string r;
+        if ((double)b.j.get<int64_t>() * (double)a.j.get<std::string>().size() > (1 << 26)) err("string repetition too long");
         for (int64_t k = 0; k < b.j.get<int64_t>(); k++) r += a.j.get<std::string>();
         a = {json(r)};
         continue;
@@ -287,10 +295,22 @@ class Expr {
       if (!a.j.is_number() || !b.j.is_number()) err(fmt::format("cannot apply '{}' to non-numbers", op));
       bool ints = a.j.is_number_integer() && b.j.is_number_integer();
       if ((op != "*") && b.j.get<double>() == 0) err("division by zero");
-      if (op == "*") a = ints ? Val{json(a.j.get<int64_t>() * b.j.get<int64_t>())} : Val{json(a.j.get<double>() * b.j.get<double>())};
-      else if (op == "/") a = {json(a.j.get<double>() / b.j.get<double>())};
-      else if (op == "//") a = ints ? Val{json((int64_t)std::floor(a.j.get<double>() / b.j.get<double>()))} : Val{json(std::floor(a.j.get<double>() / b.j.get<double>()))};
-      else a = ints ? Val{json(((a.j.get<int64_t>() % b.j.get<int64_t>()) + b.j.get<int64_t>()) % b.j.get<int64_t>())} : Val{json(std::fmod(a.j.get<double>(), b.j.get<double>()))};
+      const double x = a.j.get<double>(), y = b.j.get<double>();
+      if (ints && op != "/") {
+        // Integer *, //, % in int64 with overflow refused (Python would switch to bignums).
+        const int64_t p = a.j.get<int64_t>(), q = b.j.get<int64_t>();
+        int64_t r;
+        if (op == "*") {
+          if (__builtin_mul_overflow(p, q, &r)) err("integer overflow");
+        } else {
+          if (q == -1 && p == INT64_MIN) err("integer overflow");
+          const int64_t m = p % q;  // Python's floor semantics: the remainder takes q's sign
+          r = op == "//" ? p / q - (m != 0 && ((m < 0) != (q < 0))) : (m != 0 && ((m < 0) != (q < 0))) ? m + q : m;
+        }
+        a = {json(r)};
+      } else {
+        a = {json(op == "*" ? x * y : op == "/" ? x / y : op == "//" ? std::floor(x / y) : std::fmod(x, y))};
+      }
     }
   }
   Val unary(bool live) {
@@ -298,6 +318,7 @@ class Expr {
       Val v = unary(live);
       if (!live) return v;
       if (!v.j.is_number()) err("unary minus on a non-number");
+      if (v.j.is_number_integer() && v.j.get<int64_t>() == INT64_MIN) err("integer overflow");
       return v.j.is_number_integer() ? Val{json(-v.j.get<int64_t>())} : Val{json(-v.j.get<double>())};
     }
     Val v = postfix(live);
@@ -383,7 +404,11 @@ class Expr {
       return {r};
     }
     if (f == "replace") return {json(replace_all(to_str(v), to_str(a.at(0)), to_str(a.at(1))))};
-    if (f == "int") return {json((int64_t)(v.j.is_number() ? v.j.get<double>() : std::atof(to_str(v).c_str())))};
+    if (f == "int") {
+      double x = v.j.is_number() ? v.j.get<double>() : std::atof(to_str(v).c_str());
+      if (!(std::fabs(x) < 9.2e18)) err("int() of a value out of range");
+      return {json((int64_t)x)};
+    }
     if (f == "safe" || f == "e" || f == "escape") return v;
     err(fmt::format("unknown filter '{}'", f));
   }
@@ -695,10 +720,12 @@ class Parser {
 struct Renderer {
   Scopes sc;
   std::string what, out;
+  int64_t steps = 0;  // statements executed: a bound against runaway nested loops
   Val eval(const std::vector<Tok>& e) { return Expr(e, sc, what).parse_all(); }
   void run(const std::vector<Node>& nodes) {
     for (const auto& n : nodes) {
       if (out.size() > (size_t(64) << 20)) jfail(what, "output exceeds 64 MB");
+      if (++steps > 10'000'000) jfail(what, "more than 10 million steps (a runaway loop?)");
       switch (n.kind) {
         case Node::Text: out += n.text; break;
         case Node::Print: out += to_str(eval(n.expr)); break;
@@ -752,13 +779,23 @@ struct Renderer {
 }  // namespace
 
 std::string jinja_render(const std::string& tmpl, const nlohmann::json& context, const std::string& what) {
-  auto nodes = Parser(tmpl, what).parse();
-  Renderer r;
-  r.what = what;
-  r.sc.stack.push_back(context.is_object() ? context : json::object());
-  r.sc.stack.push_back(json::object());
-  r.run(nodes);
-  return r.out;
+  // Type mismatches inside the evaluator (a string where a number belongs, a missing
+  // argument) surface as JSON or range exceptions: one Error for all of them.
+  try {
+    auto nodes = Parser(tmpl, what).parse();
+    Renderer r;
+    r.what = what;
+    r.sc.stack.push_back(context.is_object() ? context : json::object());
+    r.sc.stack.push_back(json::object());
+    r.run(nodes);
+    return r.out;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: type error ({})", what, e.what());
+  } catch (const std::out_of_range&) {
+    fail("{}: a filter or method is missing an argument", what);
+  } catch (const std::invalid_argument&) {
+    fail("{}: invalid number", what);
+  }
 }
 
 }  // namespace llmq

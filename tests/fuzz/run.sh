@@ -6,9 +6,9 @@ cd "$(dirname "$0")/../.."
 secs=${1:-30}
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
-cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode fuzz_text_formats llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 work=build-fuzz/corpus
-rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode"
+rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode" "$work/text_formats"
 # Seeds: a real model directory's files and a Meta params.json.
 ./build-fuzz/llmq init --preset tiny-tied --out "$work/model" --dtype bf16 >/dev/null 2>&1
 head -c 4096 "$work/model/model.safetensors" > "$work/safetensors/head"
@@ -31,12 +31,21 @@ PY
 { printf '\x00'; head -c 3000 models/llama3-tiktoken/tokenizer.model; } > "$work/tokenizer_files/tiktoken"
 head -c 2000 data/text/moby_dick.txt > "$work/tokenizer_encode/moby"
 printf '\x01<|start_header_id|>user<|end_header_id|>\n\n日本語 🎉 12345  x\xff' > "$work/tokenizer_encode/special"
-for t in safetensors config tokenizer_files tokenizer_encode; do
+# Text-format seeds: a real shard manifest and the Llama 3 chat template.
+printf 'one\ntwo\n' > "$work/in.txt"
+./build-fuzz/llmq data prepare --tokenizer models/llama3-tokenizer --input "$work/in.txt" --out "$work/shards" --json >/dev/null 2>&1
+{ printf '\x00'; cat "$work/shards/manifest.json"; } > "$work/text_formats/manifest"
+{ printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$work/text_formats/llama3_template"
+printf '\x01{%% for m in messages %%}{{ loop.index ~ m.role | upper }}{%% if m.content | trim %%}{{ m.content[1:] }}{%% endif %%}{%% endfor %%}' > "$work/text_formats/template2"
+for t in safetensors config tokenizer_files tokenizer_encode text_formats; do
   echo "fuzzing $t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \
     -print_final_stats=1 "$work/$t" 2>&1 | grep -E "^(stat::number_of_executed_units|ERROR|SUMMARY)|Done" || true
   # libFuzzer exits non-zero and writes crash-* on a finding.
-  if ls crash-* leak-* timeout-* oom-* >/dev/null 2>&1; then echo "fuzz_$t found a bug: $(ls crash-* leak-* timeout-* oom-* 2>/dev/null)"; exit 1; fi
+  # (compgen, not ls: ls fails when any one of the patterns matches nothing.)
+  if compgen -G "crash-*" >/dev/null || compgen -G "leak-*" >/dev/null || compgen -G "timeout-*" >/dev/null || compgen -G "oom-*" >/dev/null; then
+    echo "fuzz_$t found a bug: $(ls crash-* leak-* timeout-* oom-* 2>/dev/null)"; exit 1
+  fi
 done
 echo "fuzzing: no findings"

@@ -1,0 +1,31 @@
+// libFuzzer target: the other text formats llmq reads from outside: the token-shard
+// manifest (data/shards.h), chat templates (the Jinja subset) and chat message files. The
+// first byte picks the parser; any input must give a result or an llmq::Error.
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "core/error.h"
+#include "data/shards.h"
+#include "tokenizer/jinja.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  const std::string text(reinterpret_cast<const char*>(data) + 1, size - 1);
+  try {
+    if (data[0] % 2 == 0) {
+      llmq::ShardManifest m = llmq::ShardManifest::parse(text, "fuzz");
+      // Parsed counts must be consistent (parse checked the sums).
+      int64_t t = 0;
+      for (const auto& s : m.train.shards) t += s.tokens;
+      if (t != m.train.tokens) std::abort();
+    } else {
+      nlohmann::json ctx = {{"messages", {{{"role", "system"}, {"content", " sys "}}, {{"role", "user"}, {"content", "hi"}}}},
+                            {"bos_token", "<s>"},
+                            {"add_generation_prompt", true}};
+      llmq::jinja_render(text, ctx, "fuzz");
+    }
+  } catch (const llmq::Error&) {
+  }
+  return 0;
+}
