@@ -4,6 +4,7 @@
 #include "tokenizer/jinja.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -19,6 +20,7 @@ struct Tok {
   enum Kind { Name, Str, Num, Op, End } kind;
   std::string s;
   double num = 0;
+  int64_t ival = 0;
   bool is_int = false;
 };
 
@@ -50,7 +52,11 @@ std::vector<Tok> lex_expr(const std::string& src, const std::string& what) {
       Tok t{Tok::Num, src.substr(i, j - i)};
       t.num = std::stod(t.s);
       t.is_int = !dot;
-      if (t.is_int && t.num >= 9.2e18) jfail(what, "integer literal too large");
+      if (t.is_int) {
+        errno = 0;
+        t.ival = std::strtoll(t.s.c_str(), nullptr, 10);
+        if (errno == ERANGE) jfail(what, "integer literal too large");
+      }
       out.push_back(t);
       i = j;
     } else if (c == '\'' || c == '"') {
@@ -524,7 +530,7 @@ class Expr {
     }
     if (t.kind == Tok::Num) {
       p_++;
-      return t.is_int ? Val{json((int64_t)t.num)} : Val{json(t.num)};
+      return t.is_int ? Val{json(t.ival)} : Val{json(t.num)};
     }
     if (accept_op("(")) {
       Val v = expr(live);
