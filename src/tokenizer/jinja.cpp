@@ -590,7 +590,7 @@ class Expr {
 
 // The statement tree.
 struct Node {
-  enum Kind { Text, Print, If, For, Set } kind;
+  enum Kind { Text, Print, If, For, Set } kind = Text;
   std::string text;                           // Text
   std::vector<Tok> expr;                      // Print, Set value, For iterable
   std::vector<std::pair<std::vector<Tok>, std::vector<Node>>> branches;  // If: (cond, body); else: empty cond
@@ -660,11 +660,16 @@ class Parser {
     while (at_ < pieces_.size()) {
       const Piece& p = pieces_[at_++];
       if (!p.tag) {
-        if (!p.s.empty()) out.push_back({Node::Text, p.s});
+        if (!p.s.empty()) {
+          Node n;
+          n.text = p.s;
+          out.push_back(std::move(n));
+        }
         continue;
       }
       if (!p.stmt) {
-        Node n{Node::Print};
+        Node n;
+        n.kind = Node::Print;
         n.expr = lex_expr(p.s, what_);
         out.push_back(std::move(n));
         continue;
@@ -675,7 +680,8 @@ class Parser {
       for (const auto& e : ends)
         if (kw == e) return last_ = rest, kw;
       if (kw == "if") {
-        Node n{Node::If};
+        Node n;
+        n.kind = Node::If;
         std::vector<Tok> cond = lex_expr(rest, what_);
         for (;;) {
           std::vector<Node> body;
@@ -687,7 +693,8 @@ class Parser {
         }
         out.push_back(std::move(n));
       } else if (kw == "for") {
-        Node n{Node::For};
+        Node n;
+        n.kind = Node::For;
         size_t in = rest.find(" in ");
         if (in == std::string::npos) jfail(what_, "expected {% for x in ... %}");
         std::string vars = rest.substr(0, in);
@@ -703,7 +710,8 @@ class Parser {
         if (end != "endfor") jfail(what_, "{% for %} without {% endfor %}");
         out.push_back(std::move(n));
       } else if (kw == "set") {
-        Node n{Node::Set};
+        Node n;
+        n.kind = Node::Set;
         size_t eq = rest.find('=');
         if (eq == std::string::npos) jfail(what_, "{% set %} needs '='");
         std::string target = strip(rest.substr(0, eq));
