@@ -232,6 +232,15 @@ TEST(DataPrepare, DamagedDirectoriesFailClearly) {
   m["splits"]["train"]["tokens"] = 1;
   write_file_atomic(t / "d/manifest.json", m.dump());
   expect_open_error("do not add up");
+  m = json::parse(manifest);
+  m["format"] = {{"a", 1}};  // found by fuzz_text_formats: a non-string where a string belongs
+  write_file_atomic(t / "d/manifest.json", m.dump());
+  expect_open_error("not a token-shard manifest");
+  m = json::parse(manifest);
+  m["tokenizer"]["kind"] = 5;
+  m["dtype"] = {1, 2};
+  write_file_atomic(t / "d/manifest.json", m.dump());
+  expect_open_error("dtype must be");
   std::filesystem::remove(t / "d/manifest.json");
   expect_open_error("no manifest.json");
 }

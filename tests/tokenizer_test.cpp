@@ -161,6 +161,8 @@ TEST(TokenizerFiles, BadFilesGiveOneClearError) {
   expect_error("e.json", R"({"model": {"type": "BPE", "vocab": {"a": -3}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}})",
                "invalid id");
   expect_error("f.model", "IQ== 0\nIQ== 1\n", "appears twice");
+  expect_error("j.json", R"({"model": {"type": 7, "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}})",
+               "wrong JSON type");
   expect_error("g.model", "IQ== 0\n@@@@ 1\n", "");  // not tiktoken: falls to SentencePiece, which rejects it
   expect_error("h.model", "", "empty");
   expect_error("i.model", std::string("\x0a\x05hello\x12\x01", 9), "not a tiktoken or SentencePiece model");

@@ -63,15 +63,24 @@ std::string ShardManifest::to_json() const {
 }
 
 ShardManifest ShardManifest::parse(const std::string& text, const std::string& path) {
+  // A field of an unexpected JSON type anywhere below is one error naming the file.
+  try {
+    return parse_checked(text, path);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a field has the wrong JSON type ({})", path, e.what());
+  }
+}
+
+ShardManifest ShardManifest::parse_checked(const std::string& text, const std::string& path) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
   } catch (const std::exception& e) {
     fail("{}: malformed JSON ({})", path, e.what());
   }
-  if (!j.is_object() || j.value("format", "") != kShardFormat)
+  if (!j.is_object() || !j.contains("format") || j["format"] != kShardFormat)
     fail("{}: not a token-shard manifest (\"format\" must be \"{}\")", path, kShardFormat);
-  if (j.value("dtype", "") != "uint32") fail("{}: dtype must be \"uint32\"", path);
+  if (!j.contains("dtype") || j["dtype"] != "uint32") fail("{}: dtype must be \"uint32\"", path);
   if (!j.contains("tokenizer") || !j["tokenizer"].is_object()) fail("{}: missing \"tokenizer\" object", path);
   const auto& t = j["tokenizer"];
   ShardManifest m;

@@ -35,6 +35,9 @@ struct ShardManifest {
   std::string to_json() const;
   // Validates every field; errors name `path`.
   static ShardManifest parse(const std::string& text, const std::string& path);
+
+ private:
+  static ShardManifest parse_checked(const std::string& text, const std::string& path);
 };
 
 // A split's shards, mapped and checked against the manifest (sizes, ids < vocab_size on open

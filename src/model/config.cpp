@@ -173,8 +173,12 @@ ModelConfig config_parse(const std::string& text, const std::string& where) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded()) fail("{}: malformed JSON", where);
   require_object(j, where);
-  if (j.contains("hidden_size")) return config_from_hf_json(j, where);
-  if (j.contains("dim")) return config_from_meta_params(j, where);
+  try {
+    if (j.contains("hidden_size")) return config_from_hf_json(j, where);
+    if (j.contains("dim")) return config_from_meta_params(j, where);
+  } catch (const json::exception& e) {
+    fail("{}: a field has the wrong JSON type ({})", where, e.what());
+  }
   fail("{}: neither a Hugging Face config.json (hidden_size) nor a Meta params.json (dim)", where);
 }
 

@@ -114,6 +114,15 @@ BpeTokenizer::~BpeTokenizer() {
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_hf_json(const std::string& path, const std::string& text) {
+  // A field of an unexpected JSON type anywhere below is one error naming the file.
+  try {
+    return from_hf_json_checked(path, text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a field has the wrong JSON type ({})", path, e.what());
+  }
+}
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_hf_json_checked(const std::string& path, const std::string& text) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);

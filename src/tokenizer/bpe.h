@@ -43,6 +43,7 @@ class BpeTokenizer final : public Tokenizer {
 
  private:
   BpeTokenizer() = default;
+  static std::unique_ptr<BpeTokenizer> from_hf_json_checked(const std::string& path, const std::string& text);
   struct Hash {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }

@@ -47,7 +47,7 @@ std::string chat_template_find(const std::string& tokenizer_path) {
   // A list of named templates: take "default".
   if (t.is_array())
     for (const auto& e : t)
-      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+      if (e.is_object() && e.contains("name") && e["name"] == "default" && e.contains("template") && e["template"].is_string())
         return e["template"].get<std::string>();
   return "";
 }

@@ -106,9 +106,20 @@ std::vector<SpecialToken> specials_from_config(const nlohmann::json& cfg) {
   }
   return v;
 }
+
+std::unique_ptr<Tokenizer> tokenizer_load_checked(const std::string& path);
 }  // namespace
 
 std::unique_ptr<Tokenizer> tokenizer_load(const std::string& path) {
+  try {
+    return tokenizer_load_checked(path);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a field of the tokenizer or its tokenizer_config.json has the wrong JSON type ({})", path, e.what());
+  }
+}
+
+namespace {
+std::unique_ptr<Tokenizer> tokenizer_load_checked(const std::string& path) {
   std::string file = path;
   if (fs::is_directory(path)) {
     file = tokenizer_find(path);
@@ -142,5 +153,6 @@ std::unique_ptr<Tokenizer> tokenizer_load(const std::string& path) {
   if (t->bos_id < 0) t->add_bos = false;
   return t;
 }
+}  // namespace
 
 }  // namespace llmq
