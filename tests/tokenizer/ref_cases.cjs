@@ -18,7 +18,7 @@ const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 214748364
 const pick = (a) => a[Math.floor(rnd() * a.length)];
 const read = (f) => fs.readFileSync(path.join(root, 'data/text', f), 'utf8').split('\n').filter((l) => l.length);
 const sotu = read('sotu.txt').flatMap((s) => s.split(/(?<=\.) /));  // addresses into sentences
-const corpora = [read('web.txt'), read('moby_dick.txt'), sotu];
+const corpora = [read('web.txt'), read('moby_dick.txt'), sotu, read('brown.txt')];
 const extras = [
   'Γειά σου κόσμε', 'Привет, мир! Как дела?', 'مرحبا بالعالم', 'नमस्ते दुनिया', '你好，世界。', 'こんにちは、世界！',
   '안녕하세요 세계', 'שלום עולם', 'Tiếng Việt có dấu', 'ça va? déjà vu, naïve façade', '🎉🚀 emoji 👩‍👩‍👧‍👦 family',
