@@ -10,33 +10,13 @@
 #include "core/file_util.h"
 #include "core/rng.h"
 #include "io/hf_dir.h"
+#include "model_fill.h"
 #include "test_util.h"
 
 namespace llmq {
 namespace {
 
 constexpr const char* kPython = "/usr/bin/python3";  // Debian's, which has python3-torch
-
-// Weights large enough that attention is far from uniform (q/k std 2/sqrt(dim) gives scores
-// of several units) and norms that are not all ones, so a wrong RoPE pairing, head mapping
-// or norm shows in the logits. Deterministic in (seed, name, index).
-TensorFill test_fill(const ModelConfig& c, uint64_t seed) {
-  return [c, seed](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
-    const int64_t es = dtype_bits(dt) / 8;
-    const uint64_t stream = seed ^ hash_str(s.name);
-    double in = (double)s.shape.back(), std = 1.0 / std::sqrt(in);
-    if (s.name.find("q_proj") != std::string::npos || s.name.find("k_proj") != std::string::npos) std *= 2;
-    if (s.name.find("embed") != std::string::npos || s.name.find("lm_head") != std::string::npos) std = 1.0;
-    for (int64_t i = 0; i < (int64_t)(n / es); i++) {
-      int64_t e = (int64_t)(off / es) + i;
-      double v = s.is_norm ? 1.0 + 0.2 * rng_normal(stream, e) : std * rng_normal(stream, e);
-      float f = (float)v;
-      if (dt == DType::F32) std::memcpy(dst + 4 * i, &f, 4);
-      if (dt == DType::BF16) { uint16_t h = f32_to_bf16(f); std::memcpy(dst + 2 * i, &h, 2); }
-      if (dt == DType::F16) { uint16_t h = f32_to_f16(f); std::memcpy(dst + 2 * i, &h, 2); }
-    }
-  };
-}
 
 std::vector<std::vector<int32_t>> test_sequences(const ModelConfig& c, const std::vector<int>& lengths, uint64_t seed) {
   std::vector<std::vector<int32_t>> seqs;
@@ -108,7 +88,7 @@ TEST_P(ModelRef, LogitsMatchFloat64Reference) {
   std::string dir = tmp / "model";
   SaveOptions so;
   so.dtype = tc.dtype;
-  model_save(dir, tc.config, test_fill(tc.config, 42), so);
+  model_save(dir, tc.config, test::test_fill(tc.config, 42), so);
   Model m = model_load(dir);
   auto seqs = test_sequences(m.config, tc.lengths, 7);
   auto ref = reference_logits(dir, seqs, tmp);
@@ -177,7 +157,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ModelRef, RotateHalfOrderMatters) {
   ModelConfig c = config_preset("tiny");
   test::TempDir tmp("order");
-  model_save(tmp / "m", c, test_fill(c, 3), SaveOptions{DType::F32});
+  model_save(tmp / "m", c, test::test_fill(c, 3), SaveOptions{DType::F32});
   Model m = model_load(tmp / "m");
   auto seqs = test_sequences(c, {40}, 1);
   auto run = [&](Model& mm) {

@@ -1,0 +1,191 @@
+// Llama training forward/backward: the inference model's math (llama.cpp in src/model) with
+// every intermediate kept, and its exact reverse.
+#include "train/llama_train.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "train/train_ops.h"
+
+namespace llmq::train {
+
+template <class F>
+LlamaTrain<F>::LlamaTrain(const ModelConfig& c) : config(c), specs(hf_tensor_specs(c)) {
+  int64_t n = 0;
+  for (const auto& s : specs) {
+    offsets.push_back(n);
+    n += shape_numel(s.shape);
+  }
+  params.assign(n, F(0));
+  grads.assign(n, F(0));
+  p = views(params.data());
+  g = views(grads.data());
+}
+
+template <class F>
+typename LlamaTrain<F>::Ptrs LlamaTrain<F>::views(F* base) {
+  Ptrs v;
+  v.layers.resize(config.n_layers);
+  v.lm_head = nullptr;
+  for (size_t i = 0; i < specs.size(); i++) {
+    const std::string& name = specs[i].name;
+    F* at = base + offsets[i];
+    if (name == "model.embed_tokens.weight") v.embed = at;
+    else if (name == "model.norm.weight") v.norm = at;
+    else if (name == "lm_head.weight") v.lm_head = at;
+    else {
+      int l = -1;
+      char rest[128] = {};
+      if (std::sscanf(name.c_str(), "model.layers.%d.%127s", &l, rest) != 2 || l < 0 || l >= config.n_layers)
+        fail("training: unexpected tensor {}", name);
+      Layer& L = v.layers[l];
+      const std::string r = rest;
+      if (r == "input_layernorm.weight") L.attn_norm = at;
+      else if (r == "self_attn.q_proj.weight") L.wq = at;
+      else if (r == "self_attn.k_proj.weight") L.wk = at;
+      else if (r == "self_attn.v_proj.weight") L.wv = at;
+      else if (r == "self_attn.o_proj.weight") L.wo = at;
+      else if (r == "post_attention_layernorm.weight") L.ffn_norm = at;
+      else if (r == "mlp.gate_proj.weight") L.w_gate = at;
+      else if (r == "mlp.up_proj.weight") L.w_up = at;
+      else if (r == "mlp.down_proj.weight") L.w_down = at;
+      else fail("training: unexpected tensor {}", name);
+    }
+  }
+  if (!v.lm_head) v.lm_head = v.embed;  // tied embeddings
+  return v;
+}
+
+template <class F>
+void LlamaTrain<F>::fill(const TensorFill& f) {
+  std::vector<float> buf;
+  for (size_t i = 0; i < specs.size(); i++) {
+    const int64_t n = shape_numel(specs[i].shape);
+    buf.resize(n);
+    f(specs[i], DType::F32, reinterpret_cast<uint8_t*>(buf.data()), 0, (uint64_t)n * 4);
+    std::copy(buf.begin(), buf.end(), params.begin() + offsets[i]);
+  }
+}
+
+template <class F>
+void LlamaTrain<F>::zero_grad() {
+  std::fill(grads.begin(), grads.end(), F(0));
+}
+
+template <class F>
+void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
+  if (B == B_ && Tn == T_) return;
+  const ModelConfig& c = config;
+  if (Tn > c.max_seq_len) fail("sequence length {} exceeds the model's context of {} tokens", Tn, c.max_seq_len);
+  B_ = B, T_ = Tn;
+  const int64_t N = B * Tn, C = c.dim, QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim;
+  acts_.assign(c.n_layers, Acts{});
+  for (auto& a : acts_) {
+    a.x_in.resize(N * C), a.ln1.resize(N * C), a.rstd1.resize(N), a.q.resize(N * QD), a.k.resize(N * KD),
+        a.v.resize(N * KD), a.att.resize(B * c.n_heads * Tn * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C),
+        a.ln2.resize(N * C), a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
+  }
+  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), probs_.resize(N * c.vocab_size);
+  dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
+      dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
+  pos_.resize(N);
+  for (int64_t i = 0; i < N; i++) pos_[i] = (int32_t)(i % Tn);
+  const auto freqs = rope_frequencies(c);
+  const int64_t half = c.head_dim / 2;
+  cos_.resize(Tn * half), sin_.resize(Tn * half);
+  for (int64_t t = 0; t < Tn; t++)
+    for (int64_t j = 0; j < half; j++) {
+      cos_[t * half + j] = F(std::cos((double)t * freqs[j]));
+      sin_[t * half + j] = F(std::sin((double)t * freqs[j]));
+    }
+}
+
+template <class F>
+double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn) {
+  plan(B, Tn);
+  const ModelConfig& c = config;
+  const int64_t N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, QD = c.q_dim(),
+                KD = c.kv_dim(), FF = c.ffn_dim, V = c.vocab_size;
+  for (int64_t i = 0; i < N; i++) {
+    if (tokens[i] < 0 || tokens[i] >= V) fail("training: token id {} is outside the vocabulary ({})", tokens[i], V);
+    if (targets[i] < -1 || targets[i] >= V) fail("training: target id {} is outside the vocabulary ({})", targets[i], V);
+  }
+  tokens_.assign(tokens, tokens + N);
+  targets_.assign(targets, targets + N);
+  const double eps = c.norm_eps;
+  embedding_forward(acts_[0].x_in.data(), tokens, p.embed, N, C);
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    Acts& a = acts_[l];
+    const Layer& L = p.layers[l];
+    rmsnorm_forward(a.ln1.data(), a.rstd1.data(), a.x_in.data(), L.attn_norm, N, C, eps);
+    matmul_forward(a.q.data(), a.ln1.data(), L.wq, N, C, QD);
+    matmul_forward(a.k.data(), a.ln1.data(), L.wk, N, C, KD);
+    matmul_forward(a.v.data(), a.ln1.data(), L.wv, N, C, KD);
+    rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
+    rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
+    attention_forward(a.atty.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(), B, Tn, H, KV, hd);
+    matmul_forward(a.x_mid.data(), a.atty.data(), L.wo, N, QD, C);
+    for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += a.x_in[i];
+    rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
+    matmul_forward(a.gate.data(), a.ln2.data(), L.w_gate, N, C, FF);
+    matmul_forward(a.up.data(), a.ln2.data(), L.w_up, N, C, FF);
+    swiglu_forward(a.hsw.data(), a.gate.data(), a.up.data(), N * FF);
+    F* next = l + 1 < c.n_layers ? acts_[l + 1].x_in.data() : x_out_.data();
+    matmul_forward(next, a.hsw.data(), L.w_down, N, FF, C);
+    for (int64_t i = 0; i < N * C; i++) next[i] += a.x_mid[i];
+  }
+  rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, eps);
+  matmul_forward(probs_.data(), lnf_.data(), p.lm_head, N, C, V);
+  const double sum = cross_entropy_forward(probs_.data(), targets, N, V, &n_valid_);
+  if (n_valid_ == 0) fail("training: a batch with no targets");
+  return sum / (double)n_valid_;
+}
+
+template <class F>
+void LlamaTrain<F>::backward(double loss_scale) {
+  LLMQ_CHECK(B_ > 0 && n_valid_ > 0);
+  const ModelConfig& c = config;
+  const int64_t B = B_, Tn = T_, N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim,
+                QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim, V = c.vocab_size;
+  auto add = [](std::vector<F>& y, const std::vector<F>& x) {
+    for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
+  };
+  // probs become dlogits in place (so backward may run once per forward).
+  cross_entropy_backward(probs_.data(), targets_.data(), N, V, loss_scale / (double)n_valid_);
+  matmul_backward(dln_.data(), g.lm_head, probs_.data(), lnf_.data(), p.lm_head, N, C, V);
+  rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
+  for (int64_t l = c.n_layers - 1; l >= 0; l--) {
+    Acts& a = acts_[l];
+    const Layer& L = p.layers[l];
+    const Layer& G = g.layers[l];
+    // x_next = x_mid + w_down(swiglu(w_gate ln2, w_up ln2)): dx flows to x_mid unchanged.
+    matmul_backward(dhsw_.data(), G.w_down, dx_.data(), a.hsw.data(), L.w_down, N, FF, C);
+    swiglu_backward(dgate_.data(), dup_.data(), dhsw_.data(), a.gate.data(), a.up.data(), N * FF);
+    matmul_backward(dln_.data(), G.w_gate, dgate_.data(), a.ln2.data(), L.w_gate, N, C, FF);
+    matmul_backward(dtmp_.data(), G.w_up, dup_.data(), a.ln2.data(), L.w_up, N, C, FF);
+    add(dln_, dtmp_);
+    rmsnorm_backward(dtmp_.data(), G.ffn_norm, dln_.data(), a.x_mid.data(), L.ffn_norm, a.rstd2.data(), N, C);
+    add(dx_, dtmp_);
+    // x_mid = x_in + wo(attention(rope(wq ln1), rope(wk ln1), wv ln1))
+    matmul_backward(datty_.data(), G.wo, dx_.data(), a.atty.data(), L.wo, N, QD, C);
+    attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.att.data(), a.q.data(), a.k.data(),
+                       a.v.data(), B, Tn, H, KV, hd);
+    rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
+    rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
+    matmul_backward(dln_.data(), G.wq, dq_.data(), a.ln1.data(), L.wq, N, C, QD);
+    matmul_backward(dtmp_.data(), G.wk, dk_.data(), a.ln1.data(), L.wk, N, C, KD);
+    add(dln_, dtmp_);
+    matmul_backward(dtmp_.data(), G.wv, dv_.data(), a.ln1.data(), L.wv, N, C, KD);
+    add(dln_, dtmp_);
+    rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), a.x_in.data(), L.attn_norm, a.rstd1.data(), N, C);
+    add(dx_, dtmp_);
+  }
+  embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);
+  n_valid_ = 0;  // the saved probabilities are gone: a second backward needs a new forward
+}
+
+template struct LlamaTrain<float>;
+template struct LlamaTrain<double>;
+
+}  // namespace llmq::train

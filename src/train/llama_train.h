@@ -1,0 +1,65 @@
+// The Llama model for training: parameters and gradients in one flat buffer each (in
+// Hugging Face tensor order, q/k rows in rotate-half order as inference keeps them), the
+// forward pass over B sequences of T tokens that saves what backward needs (activation
+// memory planned once per (B, T)), and the backward pass. T = float for training, double
+// for gradient checks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/hf_dir.h"
+#include "model/config.h"
+
+namespace llmq::train {
+
+template <class F>
+struct LlamaTrain {
+  struct Layer {
+    F *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+  };
+  struct Ptrs {
+    F* embed;  // (V, C)
+    std::vector<Layer> layers;
+    F* norm;     // (C,)
+    F* lm_head;  // (V, C); == embed when tied
+  };
+
+  ModelConfig config;
+  std::vector<HfTensorSpec> specs;  // names and shapes, in buffer order
+  std::vector<int64_t> offsets;     // element offset of each spec in params/grads
+  std::vector<F> params, grads;
+  Ptrs p, g;  // views into params and grads
+
+  explicit LlamaTrain(const ModelConfig& c);
+  // Fills the parameters from a TensorFill (init_fill, or a loaded checkpoint's values).
+  void fill(const TensorFill& fill);
+  // Mean cross-entropy over targets >= 0 of tokens (B, Tn); targets (B, Tn), -1 = ignore.
+  // Keeps activations for backward().
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn);
+  // grads += d(mean loss)/d(params) of the last forward. `loss_scale` multiplies the
+  // gradient (1/K for K accumulation micro-steps).
+  void backward(double loss_scale = 1.0);
+  void zero_grad();
+  int64_t n_params() const { return (int64_t)params.size(); }
+
+ private:
+  void plan(int64_t B, int64_t Tn);
+  Ptrs views(F* base);
+  int64_t B_ = 0, T_ = 0, n_valid_ = 0;
+  std::vector<int32_t> tokens_, targets_, pos_;
+  std::vector<F> cos_, sin_;  // (Tn, hd/2)
+  // Saved activations, per layer l, N = B*Tn rows:
+  struct Acts {
+    std::vector<F> x_in, ln1, rstd1, q, k, v, att, atty, x_mid, ln2, rstd2, gate, up, hsw;
+  };
+  std::vector<Acts> acts_;
+  std::vector<F> x_out_, lnf_, rstdf_, probs_;  // final residual (N, C), final norm, (N, V)
+  // Backward scratch.
+  std::vector<F> dx_, dln_, dq_, dk_, dv_, datty_, dgate_, dup_, dhsw_, dtmp_;
+};
+
+extern template struct LlamaTrain<float>;
+extern template struct LlamaTrain<double>;
+
+}  // namespace llmq::train

@@ -1,0 +1,277 @@
+// Training ops: plain loops the compiler vectorises, OpenMP over independent rows or
+// (sequence, head) pairs, BLAS for the matmuls. Instantiated for float and double.
+#include "train/train_ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace llmq::train {
+
+namespace {
+// C (m, n) = alpha * op(A) op(B) + beta * C, row-major, through the BLAS of T.
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B, int64_t ldb,
+          float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.f,
+              A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda, const double* B, int64_t ldb,
+          double beta, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.0,
+              A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+}  // namespace
+
+template <class T>
+void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) std::copy(table + (int64_t)tok[n] * C, table + (int64_t)tok[n] * C + C, out + n * C);
+}
+
+template <class T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* tok, int64_t N, int64_t C) {
+  // Rows may repeat a token: split the columns over threads instead of the rows.
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    for (int64_t n = 0; n < N; n++) {
+      T* d = dtable + (int64_t)tok[n] * C;
+      const T* g = dout + n * C;
+      for (int64_t c = c0; c < c1; c++) d[c] += g[c];
+    }
+  }
+}
+
+template <class T>
+void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const T* xr = x + n * C;
+    T ss = 0;
+    for (int64_t c = 0; c < C; c++) ss += xr[c] * xr[c];
+    T r = T(1) / std::sqrt(ss / T(C) + T(eps));
+    rstd[n] = r;
+    for (int64_t c = 0; c < C; c++) out[n * C + c] = xr[c] * r * w[c];
+  }
+}
+
+template <class T>
+void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const T *xr = x + n * C, *g = dout + n * C;
+    const T r = rstd[n];
+    T dot = 0;
+    for (int64_t c = 0; c < C; c++) dot += g[c] * w[c] * xr[c];
+    const T k = dot * r * r * r / T(C);
+    for (int64_t c = 0; c < C; c++) dx[n * C + c] = g[c] * w[c] * r - xr[c] * k;
+  }
+  // dw: a column sum over rows, split by columns so threads never share an element.
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = c0; c < c1; c++) dw[c] += dout[n * C + c] * x[n * C + c] * rstd[n];
+  }
+}
+
+template <class T>
+void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M) {
+  gemm(false, true, N, M, K, x, K, W, K, T(0), out, M);
+}
+
+template <class T>
+void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M) {
+  if (dx) gemm(false, false, N, K, M, dout, M, W, K, T(0), dx, K);
+  gemm(true, false, M, K, N, dout, M, x, K, T(1), dW, K);
+}
+
+template <class T>
+void rope_forward(T* x, const int32_t* pos, const T* cos, const T* sin, int64_t N, int64_t heads, int64_t hd) {
+  const int64_t half = hd / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const T *c = cos + (int64_t)pos[n] * half, *s = sin + (int64_t)pos[n] * half;
+    for (int64_t h = 0; h < heads; h++) {
+      T* a = x + (n * heads + h) * hd;
+      for (int64_t j = 0; j < half; j++) {
+        T p = a[j], q = a[j + half];
+        a[j] = p * c[j] - q * s[j];
+        a[j + half] = q * c[j] + p * s[j];
+      }
+    }
+  }
+}
+
+template <class T>
+void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_t N, int64_t heads, int64_t hd) {
+  const int64_t half = hd / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const T *c = cos + (int64_t)pos[n] * half, *s = sin + (int64_t)pos[n] * half;
+    for (int64_t h = 0; h < heads; h++) {
+      T* a = dx + (n * heads + h) * hd;
+      for (int64_t j = 0; j < half; j++) {  // the transpose of the rotation
+        T p = a[j], q = a[j + half];
+        a[j] = p * c[j] + q * s[j];
+        a[j + half] = q * c[j] - p * s[j];
+      }
+    }
+  }
+}
+
+template <class T>
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
+                       int64_t hd) {
+  const T scale = T(1) / std::sqrt(T(hd));
+  const int64_t group = H / KV;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++) {
+      const int64_t g = h / group;
+      for (int64_t t = 0; t < Tn; t++) {
+        const T* qr = q + ((b * Tn + t) * H + h) * hd;
+        T* a = att + ((b * H + h) * Tn + t) * Tn;
+        T mx = -INFINITY;
+        for (int64_t s = 0; s <= t; s++) {
+          const T* kr = k + ((b * Tn + s) * KV + g) * hd;
+          T d = 0;
+          for (int64_t i = 0; i < hd; i++) d += qr[i] * kr[i];
+          a[s] = d * scale;
+          mx = std::max(mx, a[s]);
+        }
+        T sum = 0;
+        for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
+        for (int64_t s = 0; s <= t; s++) a[s] /= sum;
+        for (int64_t s = t + 1; s < Tn; s++) a[s] = 0;
+        T* o = out + ((b * Tn + t) * H + h) * hd;
+        std::fill(o, o + hd, T(0));
+        for (int64_t s = 0; s <= t; s++) {
+          const T* vr = v + ((b * Tn + s) * KV + g) * hd;
+          for (int64_t i = 0; i < hd; i++) o[i] += a[s] * vr[i];
+        }
+      }
+    }
+}
+
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v, int64_t B,
+                        int64_t Tn, int64_t H, int64_t KV, int64_t hd) {
+  const T scale = T(1) / std::sqrt(T(hd));
+  const int64_t group = H / KV;
+  // One task per (sequence, kv head): the heads of a group all write the same dk/dv rows.
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t g = 0; g < KV; g++) {
+      for (int64_t t = 0; t < Tn; t++) {
+        std::fill(dk + ((b * Tn + t) * KV + g) * hd, dk + ((b * Tn + t) * KV + g) * hd + hd, T(0));
+        std::fill(dv + ((b * Tn + t) * KV + g) * hd, dv + ((b * Tn + t) * KV + g) * hd + hd, T(0));
+      }
+      std::vector<T> da(Tn);
+      for (int64_t h = g * group; h < (g + 1) * group; h++)
+        for (int64_t t = 0; t < Tn; t++) {
+          const T* a = att + ((b * H + h) * Tn + t) * Tn;
+          const T* go = dout + ((b * Tn + t) * H + h) * hd;
+          // datt_s = dout . v_s ;  dv_s += att_s * dout
+          T dot = 0;
+          for (int64_t s = 0; s <= t; s++) {
+            const T* vr = v + ((b * Tn + s) * KV + g) * hd;
+            T* dvr = dv + ((b * Tn + s) * KV + g) * hd;
+            T d = 0;
+            for (int64_t i = 0; i < hd; i++) d += go[i] * vr[i], dvr[i] += a[s] * go[i];
+            da[s] = d;
+            dot += a[s] * d;
+          }
+          // softmax backward: ds = att * (datt - sum(att * datt)), then through q.k * scale
+          const T* qr = q + ((b * Tn + t) * H + h) * hd;
+          T* dqr = dq + ((b * Tn + t) * H + h) * hd;
+          std::fill(dqr, dqr + hd, T(0));
+          for (int64_t s = 0; s <= t; s++) {
+            const T ds = a[s] * (da[s] - dot) * scale;
+            const T* kr = k + ((b * Tn + s) * KV + g) * hd;
+            T* dkr = dk + ((b * Tn + s) * KV + g) * hd;
+            for (int64_t i = 0; i < hd; i++) dqr[i] += ds * kr[i], dkr[i] += ds * qr[i];
+          }
+        }
+    }
+}
+
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
+}
+
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    const T g = gate[i], sig = T(1) / (T(1) + std::exp(-g)), silu = g * sig;
+    dup[i] = dout[i] * silu;
+    dgate[i] = dout[i] * up[i] * sig * (T(1) + g * (T(1) - sig));  // d silu/dg
+  }
+}
+
+template <class T>
+double cross_entropy_forward(T* logits, const int32_t* targets, int64_t N, int64_t V, int64_t* n_valid) {
+  double loss = 0;
+  int64_t valid = 0;
+#pragma omp parallel for schedule(static) reduction(+ : loss, valid)
+  for (int64_t n = 0; n < N; n++) {
+    T* l = logits + n * V;
+    T mx = l[0];
+    for (int64_t v = 1; v < V; v++) mx = std::max(mx, l[v]);
+    double sum = 0;  // the normaliser in double: V terms
+    for (int64_t v = 0; v < V; v++) sum += (double)(l[v] = std::exp(l[v] - mx));
+    const int32_t tg = targets[n];
+    if (tg >= 0) {
+      loss += std::log(sum) - std::log((double)l[tg]);
+      valid++;
+    }
+    const T inv = T(1.0 / sum);
+    for (int64_t v = 0; v < V; v++) l[v] *= inv;
+  }
+  *n_valid = valid;
+  return loss;
+}
+
+template <class T>
+void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t V, double scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    T* p = probs + n * V;
+    if (targets[n] < 0) {
+      std::fill(p, p + V, T(0));
+      continue;
+    }
+    p[targets[n]] -= T(1);
+    for (int64_t v = 0; v < V; v++) p[v] *= T(scale);
+  }
+}
+
+#define LLMQ_TRAIN_OPS(T)                                                                                         \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t);                             \
+  template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t);                            \
+  template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t, double);                         \
+  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t);            \
+  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t);                             \
+  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);              \
+  template void rope_forward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);               \
+  template void rope_backward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);              \
+  template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \
+                                     int64_t);                                                                    \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,      \
+                                      int64_t, int64_t, int64_t, int64_t);                                        \
+  template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                                               \
+  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                                \
+  template double cross_entropy_forward<T>(T*, const int32_t*, int64_t, int64_t, int64_t*);                       \
+  template void cross_entropy_backward<T>(T*, const int32_t*, int64_t, int64_t, double);
+LLMQ_TRAIN_OPS(float)
+LLMQ_TRAIN_OPS(double)
+
+}  // namespace llmq::train

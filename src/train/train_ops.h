@@ -1,0 +1,55 @@
+// Training ops as explicit forward/backward pairs (llm.c's style), templated on the float
+// type: float for training, double for the gradient checks against PyTorch. Parameter
+// gradients accumulate (+=, so gradient accumulation is free); activation gradients are
+// assigned (=). Shapes in comments: N = rows (batch x time), C = model dim.
+#pragma once
+#include <cstdint>
+
+namespace llmq::train {
+
+// out (N, C) = table[tok[n]]; table (V, C).
+template <class T> void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C);
+// dtable[tok[n]] += dout[n]
+template <class T> void embedding_backward(T* dtable, const T* dout, const int32_t* tok, int64_t N, int64_t C);
+
+// out = x * rstd * w, rstd (N) = 1/sqrt(mean(x^2) + eps)
+template <class T> void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps);
+// dx = rstd*w*dout - x * rstd^3/C * sum_j(dout_j w_j x_j);  dw += sum_n dout*x*rstd
+template <class T>
+void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int64_t N, int64_t C);
+
+// out (N, M) = x (N, K) @ W (M, K)^T     (BLAS sgemm / dgemm)
+template <class T> void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M);
+// dx (N, K) = dout @ W (dx may be nullptr: not needed);  dW (M, K) += dout^T @ x
+template <class T>
+void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M);
+
+// Rotate-half RoPE in place on x (N, heads, hd); row n has position pos[n]; cos/sin tables
+// (max_pos, hd/2). backward rotates by the opposite angle (the rotation is orthogonal).
+template <class T>
+void rope_forward(T* x, const int32_t* pos, const T* cos, const T* sin, int64_t N, int64_t heads, int64_t hd);
+template <class T>
+void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_t N, int64_t heads, int64_t hd);
+
+// Causal grouped-query attention over B sequences of length Tn:
+// q (B, Tn, H, hd), k/v (B, Tn, KV, hd) -> out (B, Tn, H, hd); att (B, H, Tn, Tn) keeps the
+// softmax probabilities for backward (entries above the diagonal are zero).
+template <class T>
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
+                       int64_t hd);
+// dq assigned; dk, dv assigned (summed over the heads that share them).
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v, int64_t B,
+                        int64_t Tn, int64_t H, int64_t KV, int64_t hd);
+
+// out = silu(gate) * up
+template <class T> void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
+template <class T> void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n);
+
+// Cross-entropy fused with softmax: logits (N, V) are replaced by softmax probabilities;
+// returns the summed loss over rows whose target is >= 0 (-1 = ignored) and counts them.
+template <class T> double cross_entropy_forward(T* logits, const int32_t* targets, int64_t N, int64_t V, int64_t* n_valid);
+// probs (N, V) -> dlogits in place: (probs - onehot(target)) * scale; ignored rows get 0.
+template <class T> void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t V, double scale);
+
+}  // namespace llmq::train
