@@ -1,0 +1,57 @@
+// llmq train: train a Llama from scratch or from a checkpoint on prepared token shards.
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "core/progress.h"
+#include "train/trainer.h"
+
+namespace llmq::cli {
+
+void register_train(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "train a model on token shards (from `llmq data prepare`)");
+  auto o = std::make_shared<train::TrainOptions>();
+  auto json = std::make_shared<bool>(false);
+  auto* m = cmd->add_option("--model", o->model, "start from this model directory");
+  auto* p = cmd->add_option("--preset", o->preset, "start from a random model of this preset shape");
+  auto* c = cmd->add_option("--config", o->config, "start from a random model of this config.json / params.json")->check(CLI::ExistingFile);
+  m->excludes(p)->excludes(c);
+  p->excludes(c);
+  cmd->add_option("--data", o->data, "prepared data directory")->required();
+  cmd->add_option("--out", o->out, "run directory: checkpoints, metrics.jsonl")->required();
+  cmd->add_option("--steps", o->steps, "optimizer steps (default 1000)")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", o->batch, "sequences per micro-batch (default 8)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default 256)")->check(CLI::PositiveNumber);
+  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step (default 1)")->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", o->lr, "peak learning rate (default 1e-3)")->check(CLI::PositiveNumber);
+  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr (default 0.1)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--decay", o->decay, "cosine or linear (default cosine)")->check(CLI::IsMember({"cosine", "linear"}));
+  cmd->add_option("--weight-decay", o->adamw.weight_decay, "AdamW decoupled weight decay (default 0.1; never on norms)");
+  cmd->add_option("--beta1", o->adamw.beta1, "AdamW beta1 (default 0.9)");
+  cmd->add_option("--beta2", o->adamw.beta2, "AdamW beta2 (default 0.95)");
+  cmd->add_option("--eps", o->adamw.eps, "AdamW epsilon (default 1e-8)");
+  cmd->add_flag("!--no-decay-embeddings", o->decay_embeddings, "no weight decay on the embedding and output matrices");
+  cmd->add_option("--clip", o->clip, "clip the global gradient norm to this (default 1; 0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", o->seed, "initialisation seed");
+  cmd->add_option("--eval-every", o->eval_every, "validation every N steps (default 100)");
+  cmd->add_option("--eval-batches", o->eval_batches, "validation batches (default 8)");
+  cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (default 500; always at the end)");
+  cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(CLI::PositiveNumber);
+  cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
+  cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
+  cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
+  cmd->callback([o, json] {
+    if (o->warmup >= o->steps) o->warmup = std::max<int64_t>(0, o->steps / 10);
+    auto r = train::train_run(*o);
+    if (*json)
+      fmt::print("{}\n", nlohmann::json{{"steps", r.steps}, {"loss", r.last_loss}, {"val_loss", r.last_val_loss},
+                                        {"tokens_per_s", r.tokens_per_s}, {"peak_rss_bytes", peak_rss_bytes()}}
+                             .dump());
+    else
+      fmt::print("trained {} steps: loss {:.4f}, val loss {:.4f}, {:.0f} tok/s, peak RSS {}\n", r.steps, r.last_loss,
+                 r.last_val_loss, r.tokens_per_s, format_bytes(peak_rss_bytes()));
+  });
+}
+
+}  // namespace llmq::cli

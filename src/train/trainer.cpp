@@ -1,0 +1,340 @@
+// Training loop, data windows, checkpoints and exact resume.
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/file_util.h"
+#include "core/progress.h"
+#include "data/shards.h"
+#include "io/hf_dir.h"
+#include "io/safetensors.h"
+#include "tokenizer/tokenizer.h"
+#include "train/llama_train.h"
+
+namespace llmq::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+double lr_at(const TrainOptions& o, int64_t step) {
+  if (step < o.warmup) return o.lr * (double)(step + 1) / (double)o.warmup;
+  const double span = (double)std::max<int64_t>(1, o.steps - o.warmup);
+  const double t = std::min(1.0, (double)(step - o.warmup) / span);
+  const double floor = o.lr * o.min_lr_ratio;
+  const double k = o.decay == "linear" ? 1.0 - t : 0.5 * (1.0 + std::cos(M_PI * t));
+  return floor + (o.lr - floor) * k;
+}
+
+namespace {
+
+// A split's shards as one token stream; windows of T+1 tokens give T inputs and targets.
+struct TokenStream {
+  const TokenSplit* split = nullptr;
+  std::vector<int64_t> starts;  // global position of each shard
+  int64_t total = 0;
+  int64_t vocab = 0;
+  std::string dir;
+  void init(const TokenSplit& s, int64_t v, const std::string& d) {
+    split = &s, vocab = v, dir = d;
+    for (const auto& sh : s.shards) starts.push_back(total), total += sh.tokens;
+  }
+  void read(int64_t pos, int64_t n, int32_t* out) const {
+    size_t k = std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin() - 1;
+    for (int64_t i = 0; i < n; i++, pos++) {
+      while (pos >= starts[k] + split->shards[k].tokens) k++;
+      uint32_t id = split->shards[k].ids()[pos - starts[k]];
+      if ((int64_t)id >= vocab)
+        fail("{}: token id {} in the data is outside the model's vocabulary ({}); prepare the data with the model's tokenizer",
+             dir, id, vocab);
+      out[i] = (int32_t)id;
+    }
+  }
+  // B windows starting at *cursor (advanced by T per window, wrapping to 0 at the end).
+  void batch(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets) const {
+    std::vector<int32_t> w(T + 1);
+    for (int64_t b = 0; b < B; b++) {
+      if (*cursor + T + 1 > total) *cursor = 0;
+      read(*cursor, T + 1, w.data());
+      std::copy(w.begin(), w.end() - 1, tokens + b * T);
+      std::copy(w.begin() + 1, w.end(), targets + b * T);
+      *cursor += T;
+    }
+  }
+};
+
+// Copies the parameters of a model directory (f32, bf16 or f16 tensors) into `m`.
+void load_params(const std::string& dir, LlamaTrain<float>& m) {
+  std::vector<std::string> files;
+  if (fs::is_regular_file(fs::path(dir) / "model.safetensors.index.json")) {
+    json idx = json::parse(read_text_file((fs::path(dir) / "model.safetensors.index.json").string()));
+    for (auto& [k, v] : idx["weight_map"].items()) files.push_back(v.get<std::string>());
+    std::sort(files.begin(), files.end());
+    files.erase(std::unique(files.begin(), files.end()), files.end());
+  } else {
+    files.push_back("model.safetensors");
+  }
+  std::vector<std::unique_ptr<SafetensorsFile>> sf;
+  for (const auto& f : files) sf.push_back(std::make_unique<SafetensorsFile>((fs::path(dir) / f).string(), LoadMode::Map));
+  for (size_t i = 0; i < m.specs.size(); i++) {
+    const auto& spec = m.specs[i];
+    const SafetensorsEntry* e = nullptr;
+    const SafetensorsFile* owner = nullptr;
+    for (const auto& f : sf)
+      if ((e = f->find(spec.name))) {
+        owner = f.get();
+        break;
+      }
+    if (!e) fail("{}: tensor {} is missing", dir, spec.name);
+    if (e->shape != spec.shape) fail("{}: tensor {} has shape {}, expected {}", dir, spec.name, shape_str(e->shape), shape_str(spec.shape));
+    Tensor t = owner->tensor(*e);
+    float* dst = m.params.data() + m.offsets[i];
+    const int64_t n = shape_numel(spec.shape);
+    switch (t.dtype()) {
+      case DType::F32: std::memcpy(dst, t.host<float>(), n * 4); break;
+      case DType::BF16: for (int64_t k = 0; k < n; k++) dst[k] = bf16_to_f32(t.host<uint16_t>()[k]); break;
+      case DType::F16: for (int64_t k = 0; k < n; k++) dst[k] = f16_to_f32(t.host<uint16_t>()[k]); break;
+      default: fail("{}: tensor {} has dtype {}, expected f32, bf16 or f16", dir, spec.name, dtype_name(t.dtype()));
+    }
+  }
+}
+
+TensorFill params_fill(const LlamaTrain<float>& m) {
+  return [&m](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
+    size_t i = 0;
+    while (m.specs[i].name != s.name) i++;
+    const float* src = m.params.data() + m.offsets[i];
+    const uint64_t es = dtype_bits(dt) / 8, e0 = off / es;
+    for (uint64_t k = 0; k < n / es; k++) {
+      float f = src[e0 + k];
+      if (dt == DType::F32) std::memcpy(dst + 4 * k, &f, 4);
+      else if (dt == DType::BF16) { uint16_t h = f32_to_bf16(f); std::memcpy(dst + 2 * k, &h, 2); }
+      else { uint16_t h = f32_to_f16(f); std::memcpy(dst + 2 * k, &h, 2); }
+    }
+  };
+}
+
+// What must match between a run and its resumption for the result to be the same.
+json resume_key(const TrainOptions& o) {
+  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
+          {"lr", o.lr},       {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
+          {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1},
+          {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}};
+}
+
+constexpr char kStateMagic[8] = {'L', 'L', 'M', 'Q', 'T', 'R', 'N', '1'};
+
+// A checkpoint: DIR/checkpoint-NNNNNN/ = model directory (f32, exact) + train_state.bin
+// (magic, u64 JSON length, JSON {step, cursor, options}, then m and v as f32). Written into
+// a temporary directory that is renamed into place, then DIR/latest names it.
+void save_checkpoint(const TrainOptions& o, const LlamaTrain<float>& m, const AdamW<float>& opt, int64_t step,
+                     int64_t cursor, const std::string& tokenizer_src) {
+  const std::string name = fmt::format("checkpoint-{:06}", step);
+  const fs::path final_dir = fs::path(o.out) / name, tmp = fs::path(o.out) / (".tmp-" + name);
+  fs::remove_all(tmp);
+  SaveOptions so;
+  so.dtype = DType::F32;
+  model_save(tmp.string(), m.config, params_fill(m), so);
+  if (!tokenizer_src.empty()) {
+    const fs::path src = tokenizer_src;
+    fs::copy_file(src, tmp / src.filename(), fs::copy_options::overwrite_existing);
+    if (fs::is_regular_file(src.parent_path() / "tokenizer_config.json"))
+      fs::copy_file(src.parent_path() / "tokenizer_config.json", tmp / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+  }
+  const std::string head = json{{"step", step}, {"cursor", cursor}, {"adam_step", opt.step}, {"n_params", m.n_params()},
+                                {"options", resume_key(o)}}
+                               .dump();
+  AtomicFile st((tmp / "train_state.bin").string());
+  st.write(kStateMagic, 8);
+  uint64_t len = head.size();
+  st.write(&len, 8);
+  st.write(head.data(), head.size());
+  st.write(opt.m.data(), opt.m.size() * 4);
+  st.write(opt.v.data(), opt.v.size() * 4);
+  st.commit();
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  write_file_atomic((fs::path(o.out) / "latest").string(), name + "\n");
+  // Keep the newest `keep` checkpoints.
+  std::vector<std::string> all;
+  for (const auto& e : fs::directory_iterator(o.out))
+    if (e.is_directory() && e.path().filename().string().rfind("checkpoint-", 0) == 0) all.push_back(e.path().string());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + (size_t)std::max<int64_t>(1, o.keep) < all.size(); i++) fs::remove_all(all[i]);
+}
+
+struct Resumed {
+  int64_t step = 0, cursor = 0;
+};
+
+Resumed load_checkpoint(const TrainOptions& o, LlamaTrain<float>& m, AdamW<float>& opt) {
+  const fs::path latest = fs::path(o.out) / "latest";
+  if (!fs::is_regular_file(latest)) fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
+  std::string name = read_text_file(latest.string());
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  const fs::path dir = fs::path(o.out) / name;
+  if (name.find('/') != std::string::npos || !fs::is_directory(dir)) fail("{}: 'latest' names {}, which is missing", o.out, name);
+  load_params(dir.string(), m);
+  const std::string path = (dir / "train_state.bin").string();
+  const std::string bytes = read_text_file(path);
+  if (bytes.size() < 16 || std::memcmp(bytes.data(), kStateMagic, 8) != 0) fail("{}: not an llmq training state", path);
+  uint64_t len;
+  std::memcpy(&len, bytes.data() + 8, 8);
+  if (len > bytes.size() - 16) fail("{}: truncated", path);
+  json head;
+  try {
+    head = json::parse(bytes.substr(16, len));
+  } catch (const std::exception& e) {
+    fail("{}: corrupt header ({})", path, e.what());
+  }
+  const uint64_t n = (uint64_t)m.n_params();
+  if (head.value("n_params", (int64_t)-1) != (int64_t)n || bytes.size() != 16 + len + 8 * n)
+    fail("{}: the state does not fit this model ({} parameters)", path, n);
+  if (head["options"] != resume_key(o))
+    fail("{}: the run was started with other options ({}); resume with the same ones", path, head["options"].dump());
+  std::memcpy(opt.m.data(), bytes.data() + 16 + len, 4 * n);
+  std::memcpy(opt.v.data(), bytes.data() + 16 + len + 4 * n, 4 * n);
+  opt.step = head["adam_step"].get<int64_t>();
+  return {head["step"].get<int64_t>(), head["cursor"].get<int64_t>()};
+}
+
+// Keeps metrics.jsonl lines up to `step` (those after it belong to a run that is redone).
+void trim_metrics(const std::string& path, int64_t step) {
+  if (!fs::is_regular_file(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= step)
+      kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+}  // namespace
+
+TrainResult train_run(const TrainOptions& o) {
+  if (o.out.empty()) fail("train: give --out DIR");
+  if (o.steps <= 0 || o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("train: steps, batch, seq-len and grad-accum must be positive");
+  if (o.decay != "cosine" && o.decay != "linear") fail("train: --decay must be cosine or linear");
+  int sources = !o.model.empty() + !o.preset.empty() + !o.config.empty();
+  if (sources != 1) fail("train: give exactly one of --model DIR, --preset NAME, --config FILE");
+  ModelConfig cfg = !o.model.empty() ? config_load((fs::path(o.model) / "config.json").string())
+                    : !o.preset.empty() ? config_preset(o.preset)
+                                        : config_load(o.config);
+  TokenDataset data = token_dataset_open(o.data);
+  if (data.manifest.vocab_size > cfg.vocab_size)
+    fail("{}: the data's tokenizer has {} ids but the model's vocabulary is {}", o.data, data.manifest.vocab_size, cfg.vocab_size);
+  if (o.seq_len > cfg.max_seq_len) fail("train: --seq-len {} exceeds the model's context of {} tokens", o.seq_len, cfg.max_seq_len);
+  // The tokenizer that goes into checkpoints: the model's, else the one the data names.
+  std::string tok_src = !o.model.empty() ? tokenizer_find(o.model) : "";
+  if (tok_src.empty() && fs::is_regular_file(data.manifest.tokenizer_source)) tok_src = data.manifest.tokenizer_source;
+  if (!tok_src.empty()) data.require_tokenizer(tokenizer_load(tok_src)->fingerprint(), tok_src);
+  TokenStream train_s, val_s;
+  train_s.init(data.train, cfg.vocab_size, o.data);
+  val_s.init(data.val, cfg.vocab_size, o.data);
+  if (train_s.total < o.seq_len + 1) fail("{}: {} training tokens, fewer than one window of --seq-len {} + 1", o.data, train_s.total, o.seq_len);
+
+  LlamaTrain<float> m(cfg);
+  std::vector<AdamW<float>::Range> ranges;
+  for (size_t i = 0; i < m.specs.size(); i++) {
+    const std::string& nm = m.specs[i].name;
+    bool emb = nm == "model.embed_tokens.weight" || nm == "lm_head.weight";
+    ranges.push_back({m.offsets[i], shape_numel(m.specs[i].shape), !m.specs[i].is_norm && (o.decay_embeddings || !emb)});
+  }
+  AdamW<float> opt(o.adamw, ranges, m.n_params());
+  fs::create_directories(o.out);
+  const std::string metrics = (fs::path(o.out) / "metrics.jsonl").string();
+  Resumed r;
+  if (o.resume) {
+    r = load_checkpoint(o, m, opt);
+    trim_metrics(metrics, r.step);
+    fmt::print(stderr, "resuming at step {} of {}\n", r.step, o.steps);
+  } else {
+    if (!o.model.empty()) load_params(o.model, m);
+    else m.fill(init_fill(cfg, o.seed));
+    write_file_atomic(metrics, "");
+  }
+  std::ofstream log(metrics, std::ios::app);
+  const int64_t B = o.batch, T = o.seq_len, N = B * T;
+  std::vector<int32_t> tokens(N), targets(N);
+  auto evaluate = [&]() -> double {
+    if (val_s.total < T + 1) return -1;
+    int64_t cur = 0;
+    double sum = 0;
+    int64_t n = 0;
+    for (int64_t k = 0; k < o.eval_batches && (k + 1) * B * T + 1 <= val_s.total; k++, n++) {
+      val_s.batch(&cur, B, T, tokens.data(), targets.data());
+      sum += m.forward(tokens.data(), targets.data(), B, T);
+    }
+    if (n == 0) {  // fewer tokens than a batch: one window
+      val_s.batch(&cur, 1, T, tokens.data(), targets.data());
+      sum = m.forward(tokens.data(), targets.data(), 1, T), n = 1;
+    }
+    return sum / (double)n;
+  };
+  TrainResult res;
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  auto t_log = t_start;
+  int64_t tokens_since = 0, cursor = r.cursor;
+  for (int64_t step = r.step; step < o.steps; step++) {
+    m.zero_grad();
+    double loss = 0;
+    for (int64_t k = 0; k < o.grad_accum; k++) {
+      train_s.batch(&cursor, B, T, tokens.data(), targets.data());
+      loss += m.forward(tokens.data(), targets.data(), B, T) / (double)o.grad_accum;
+      m.backward(1.0 / (double)o.grad_accum);
+    }
+    double ss = 0;
+    for (float g : m.grads) ss += (double)g * g;
+    const double gnorm = std::sqrt(ss);
+    if (!std::isfinite(loss) || !std::isfinite(gnorm))
+      fail("train: the loss became {} at step {}; stopping (the last good checkpoint is in {})", loss, step + 1, o.out);
+    if (o.clip > 0 && gnorm > o.clip) {
+      const float s = (float)(o.clip / gnorm);
+      for (float& g : m.grads) g *= s;
+    }
+    const double lr = lr_at(o, step);
+    opt.update(m.params.data(), m.grads.data(), lr);
+    tokens_since += N * o.grad_accum;
+    res.last_loss = loss;
+    const int64_t done = step + 1;
+    json row = {{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}};
+    if (done % o.log_every == 0 || done == o.steps) {
+      const auto now = clock::now();
+      const double dt = std::chrono::duration<double>(now - t_log).count();
+      const double tps = tokens_since / std::max(dt, 1e-9);
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      res.tokens_per_s = tps;
+      row["tokens_per_s"] = tps;
+      row["elapsed_s"] = elapsed;
+      if (o.progress)
+        fmt::print(stderr, "step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}\n", done, o.steps,
+                   loss, lr, gnorm, tps, format_duration((double)(o.steps - done) * N * o.grad_accum / std::max(tps, 1e-9)));
+      t_log = now;
+      tokens_since = 0;
+    }
+    if ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps) {
+      res.last_val_loss = evaluate();
+      if (res.last_val_loss >= 0) {
+        row["val_loss"] = res.last_val_loss;
+        if (o.progress) fmt::print(stderr, "step {:>6}/{} | val loss {:.4f} | val ppl {:.2f}\n", done, o.steps, res.last_val_loss, std::exp(res.last_val_loss));
+      }
+    }
+    log << row.dump() << "\n";
+    log.flush();
+    const bool stop = o.stop_after > 0 && done >= o.stop_after;
+    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) save_checkpoint(o, m, opt, done, cursor, tok_src);
+    res.steps = done;
+    if (stop) break;
+  }
+  return res;
+}
+
+}  // namespace llmq::train

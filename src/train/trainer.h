@@ -1,0 +1,44 @@
+// The single-process training loop: token windows from prepared shards, gradient
+// accumulation, global-norm clipping, warm-up then cosine or linear decay, AdamW, validation,
+// JSONL metrics and atomic checkpoints (a Hugging Face model directory plus the optimizer
+// state) that resume bit for bit.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+#include "train/adamw.h"
+
+namespace llmq::train {
+
+struct TrainOptions {
+  std::string model;   // initial weights: a model directory, or
+  std::string preset;  // a preset shape / a config file, randomly initialised
+  std::string config;
+  std::string data, out;
+  int64_t steps = 1000, batch = 8, seq_len = 256, grad_accum = 1;
+  double lr = 1e-3, min_lr_ratio = 0.1;  // the decay ends at lr * min_lr_ratio
+  int64_t warmup = 100;
+  std::string decay = "cosine";  // cosine | linear
+  AdamWConfig adamw;
+  bool decay_embeddings = true;  // weight decay on the embedding / output matrices
+  double clip = 1.0;             // max global gradient norm (0: off)
+  uint64_t seed = 0;             // initialisation (random init only)
+  int64_t eval_every = 100, eval_batches = 8, save_every = 500, keep = 2, log_every = 10;
+  int64_t stop_after = 0;  // stop (with a checkpoint) after this step; the schedule still
+                           // assumes `steps` (to split a run in parts, as a kill would)
+  bool resume = false, progress = true;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double last_loss = 0, last_val_loss = -1, tokens_per_s = 0;
+};
+
+// Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`
+// steps, then cosine (or linear) decay to lr*min_lr_ratio at the last step.
+double lr_at(const TrainOptions& o, int64_t step);
+
+TrainResult train_run(const TrainOptions& o);
+
+}  // namespace llmq::train
