@@ -228,18 +228,20 @@ TrainResult train_run(const TrainOptions& o) {
                     : !o.preset.empty() ? config_preset(o.preset)
                                         : config_load(o.config);
   TokenDataset data = token_dataset_open(o.data);
-  if (data.manifest.vocab_size > cfg.vocab_size)
-    fail("{}: the data's tokenizer has {} ids but the model's vocabulary is {}", o.data, data.manifest.vocab_size, cfg.vocab_size);
-  if (o.seq_len > cfg.max_seq_len) fail("train: --seq-len {} exceeds the model's context of {} tokens", o.seq_len, cfg.max_seq_len);
   // The tokenizer that goes into checkpoints: the model's, else the one the data names.
   std::string tok_src = !o.model.empty() ? tokenizer_find(o.model) : "";
   if (tok_src.empty() && fs::is_regular_file(data.manifest.tokenizer_source)) tok_src = data.manifest.tokenizer_source;
   if (!tok_src.empty()) data.require_tokenizer(tokenizer_load(tok_src)->fingerprint(), tok_src);
+  if (data.manifest.vocab_size > cfg.vocab_size)
+    fail("{}: the data's tokenizer has {} ids but the model's vocabulary is {}", o.data, data.manifest.vocab_size, cfg.vocab_size);
+  if (o.seq_len > cfg.max_seq_len) fail("train: --seq-len {} exceeds the model's context of {} tokens", o.seq_len, cfg.max_seq_len);
   TokenStream train_s, val_s;
   train_s.init(data.train, cfg.vocab_size, o.data);
   val_s.init(data.val, cfg.vocab_size, o.data);
   if (train_s.total < o.seq_len + 1) fail("{}: {} training tokens, fewer than one window of --seq-len {} + 1", o.data, train_s.total, o.seq_len);
 
+  if (o.resume && !fs::is_regular_file(fs::path(o.out) / "latest"))
+    fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
   LlamaTrain<float> m(cfg);
   std::vector<AdamW<float>::Range> ranges;
   for (size_t i = 0; i < m.specs.size(); i++) {

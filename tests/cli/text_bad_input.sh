@@ -71,5 +71,24 @@ expect_error "no such input file" -- data prepare --tokenizer "$TOK" --input "$T
 printf 'a\n' > "$T/small.txt"
 expect_error "vocab" -- tokenizer train --input "$T/small.txt" --vocab 300 --out "$T/t"
 
+# train: missing or damaged data, a tokenizer that does not match, too long sequences.
+timeout 20 "$LLMQ" train --help >/dev/null 2>&1 || bad "llmq train --help"
+printf 'one two three four five six seven eight nine ten\n%.0s' $(seq 1 30) > "$T/train.txt"
+"$LLMQ" data prepare --tokenizer "$TOK" --input "$T/train.txt" --out "$T/td" --val-fraction 0 --json > /dev/null || bad "prepare train data"
+"$LLMQ" init --preset tiny --out "$T/tm" --dtype f32 > /dev/null 2>&1
+cp -r "$T/tm" "$T/tm_tok"; cp "$TOK/tokenizer.json" "$T/tm_tok/"
+expect_error "not a directory" -- train --preset tiny --data "$T/nodata" --out "$T/r1"
+mkdir -p "$T/nodata2"; expect_error "no manifest.json" -- train --preset tiny --data "$T/nodata2" --out "$T/r1"
+expect_error "vocabulary is 512" -- train --model "$T/tm" --data "$T/td" --out "$T/r2"
+cp -r "$T/td" "$T/td_trunc"; truncate -s -8 "$T/td_trunc/train_000000.bin"
+expect_error "truncated or corrupt" -- train --model "$T/tm" --data "$T/td_trunc" --out "$T/r3"
+expect_error "exceeds the model's context" -- train --preset llama3.2-1b --data "$T/td" --out "$T/r4" --seq-len 1000000
+"$LLMQ" init --preset tiny --tokenizer "$TOK" --out "$T/tm_big" --dtype f32 > /dev/null 2>&1
+expect_error "nothing to resume" -- train --model "$T/tm_big" --data "$T/td" --out "$T/r5" --resume
+head -c 200000 "$ROOT/data/text/web.txt" > "$T/spm_in.txt"
+"$LLMQ" tokenizer train --input "$T/spm_in.txt" --vocab 1000 --out "$T/spm" > /dev/null 2>&1
+"$LLMQ" init --preset tiny --tokenizer "$T/spm" --out "$T/tm_spm" --dtype f32 > /dev/null 2>&1
+expect_error "re-run \`llmq data prepare\` with this tokenizer" -- train --model "$T/tm_spm" --data "$T/td" --out "$T/r6"
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all text bad-input cases handled"
