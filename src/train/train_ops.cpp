@@ -14,13 +14,13 @@ namespace llmq::train {
 namespace {
 // C (m, n) = alpha * op(A) op(B) + beta * C, row-major, through the BLAS of T.
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B, int64_t ldb,
-          float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.f,
+          float beta, float* C, int64_t ldc, float alpha = 1.f) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha,
               A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda, const double* B, int64_t ldb,
-          double beta, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.0,
+          double beta, double* C, int64_t ldc, double alpha = 1.0) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha,
               A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 }  // namespace
@@ -125,37 +125,37 @@ void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_
   }
 }
 
+// Attention per (sequence, head) as BLAS calls on strided views: the head's rows of q are
+// H*hd apart, of k/v KV*hd apart. The full T x T score matrix is computed and the upper
+// triangle masked: twice the FLOPs of a causal loop, but sgemm runs them several times
+// faster than scalar loops did (small preset, B 8, T 256: attention went from 34% of the
+// step's time to a small share, training 1,293 -> 1,909 tok/s). The (b, h) loop is serial
+// so BLAS can use every thread; the softmax rows are split over threads.
 template <class T>
 void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
                        int64_t hd) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++) {
       const int64_t g = h / group;
+      T* S = att + (b * H + h) * Tn * Tn;
+      const T* qh = q + b * Tn * H * hd + h * hd;
+      const T* kg = k + b * Tn * KV * hd + g * hd;
+      const T* vg = v + b * Tn * KV * hd + g * hd;
+      gemm(false, true, Tn, Tn, hd, qh, H * hd, kg, KV * hd, T(0), S, Tn, scale);
+#pragma omp parallel for schedule(static)
       for (int64_t t = 0; t < Tn; t++) {
-        const T* qr = q + ((b * Tn + t) * H + h) * hd;
-        T* a = att + ((b * H + h) * Tn + t) * Tn;
-        T mx = -INFINITY;
-        for (int64_t s = 0; s <= t; s++) {
-          const T* kr = k + ((b * Tn + s) * KV + g) * hd;
-          T d = 0;
-          for (int64_t i = 0; i < hd; i++) d += qr[i] * kr[i];
-          a[s] = d * scale;
-          mx = std::max(mx, a[s]);
-        }
+        T* a = S + t * Tn;
+        T mx = a[0];
+        for (int64_t s = 1; s <= t; s++) mx = std::max(mx, a[s]);
         T sum = 0;
         for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
-        for (int64_t s = 0; s <= t; s++) a[s] /= sum;
+        const T inv = T(1) / sum;
+        for (int64_t s = 0; s <= t; s++) a[s] *= inv;
         for (int64_t s = t + 1; s < Tn; s++) a[s] = 0;
-        T* o = out + ((b * Tn + t) * H + h) * hd;
-        std::fill(o, o + hd, T(0));
-        for (int64_t s = 0; s <= t; s++) {
-          const T* vr = v + ((b * Tn + s) * KV + g) * hd;
-          for (int64_t i = 0; i < hd; i++) o[i] += a[s] * vr[i];
-        }
       }
+      gemm(false, false, Tn, hd, Tn, S, Tn, vg, KV * hd, T(0), out + b * Tn * H * hd + h * hd, H * hd);
     }
 }
 
@@ -164,40 +164,32 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const 
                         int64_t Tn, int64_t H, int64_t KV, int64_t hd) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
-  // One task per (sequence, kv head): the heads of a group all write the same dk/dv rows.
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  std::vector<T> dS(Tn * Tn);
+  std::fill(dk, dk + B * Tn * KV * hd, T(0));
+  std::fill(dv, dv + B * Tn * KV * hd, T(0));
   for (int64_t b = 0; b < B; b++)
-    for (int64_t g = 0; g < KV; g++) {
-      for (int64_t t = 0; t < Tn; t++) {
-        std::fill(dk + ((b * Tn + t) * KV + g) * hd, dk + ((b * Tn + t) * KV + g) * hd + hd, T(0));
-        std::fill(dv + ((b * Tn + t) * KV + g) * hd, dv + ((b * Tn + t) * KV + g) * hd + hd, T(0));
+    for (int64_t h = 0; h < H; h++) {
+      const int64_t g = h / group;
+      const T* P = att + (b * H + h) * Tn * Tn;
+      const T* doh = dout + b * Tn * H * hd + h * hd;
+      const T* qh = q + b * Tn * H * hd + h * hd;
+      const T* kg = k + b * Tn * KV * hd + g * hd;
+      const T* vg = v + b * Tn * KV * hd + g * hd;
+      T* dkg = dk + b * Tn * KV * hd + g * hd;
+      T* dvg = dv + b * Tn * KV * hd + g * hd;
+      gemm(false, true, Tn, Tn, hd, doh, H * hd, vg, KV * hd, T(0), dS.data(), Tn);      // dP = dO V^T
+      gemm(true, false, Tn, hd, Tn, P, Tn, doh, H * hd, T(1), dvg, KV * hd);             // dV += P^T dO
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < Tn; t++) {  // softmax backward: dS = P * (dP - sum(P * dP))
+        T* d = dS.data() + t * Tn;
+        const T* p = P + t * Tn;
+        T dot = 0;
+        for (int64_t s = 0; s <= t; s++) dot += p[s] * d[s];
+        for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
+        for (int64_t s = t + 1; s < Tn; s++) d[s] = 0;
       }
-      std::vector<T> da(Tn);
-      for (int64_t h = g * group; h < (g + 1) * group; h++)
-        for (int64_t t = 0; t < Tn; t++) {
-          const T* a = att + ((b * H + h) * Tn + t) * Tn;
-          const T* go = dout + ((b * Tn + t) * H + h) * hd;
-          // datt_s = dout . v_s ;  dv_s += att_s * dout
-          T dot = 0;
-          for (int64_t s = 0; s <= t; s++) {
-            const T* vr = v + ((b * Tn + s) * KV + g) * hd;
-            T* dvr = dv + ((b * Tn + s) * KV + g) * hd;
-            T d = 0;
-            for (int64_t i = 0; i < hd; i++) d += go[i] * vr[i], dvr[i] += a[s] * go[i];
-            da[s] = d;
-            dot += a[s] * d;
-          }
-          // softmax backward: ds = att * (datt - sum(att * datt)), then through q.k * scale
-          const T* qr = q + ((b * Tn + t) * H + h) * hd;
-          T* dqr = dq + ((b * Tn + t) * H + h) * hd;
-          std::fill(dqr, dqr + hd, T(0));
-          for (int64_t s = 0; s <= t; s++) {
-            const T ds = a[s] * (da[s] - dot) * scale;
-            const T* kr = k + ((b * Tn + s) * KV + g) * hd;
-            T* dkr = dk + ((b * Tn + s) * KV + g) * hd;
-            for (int64_t i = 0; i < hd; i++) dqr[i] += ds * kr[i], dkr[i] += ds * qr[i];
-          }
-        }
+      gemm(false, false, Tn, hd, Tn, dS.data(), Tn, kg, KV * hd, T(0), dq + b * Tn * H * hd + h * hd, H * hd, scale);  // dQ
+      gemm(true, false, Tn, hd, Tn, dS.data(), Tn, qh, H * hd, T(1), dkg, KV * hd, scale);  // dK += dS^T Q
     }
 }
 
