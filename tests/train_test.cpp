@@ -234,3 +234,35 @@ TEST(Train, MemorisesATinyCorpus) {
 
 }  // namespace
 }  // namespace llmq
+
+#include "train/report.h"
+
+namespace llmq {
+namespace {
+
+TEST(Train, ReportDrawsEveryMetric) {
+  test::TempDir t("report");
+  std::string m;
+  for (int s = 1; s <= 30; s++) {
+    nlohmann::json j = {{"step", s}, {"loss", 5.0 / s}, {"lr", 1e-3}, {"grad_norm", 1.0 + s}};
+    if (s % 10 == 0) j["val_loss"] = 6.0 / s, j["tokens_per_s"] = 1000 + s;
+    m += j.dump() + "\n";
+  }
+  m += "not json\n";
+  write_file_atomic(t / "metrics.jsonl", m);
+  const std::string html = train::report_html(t.path.string());
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t i = 0; (i = html.find(needle, i)) != std::string::npos; i++) n++;
+    return n;
+  };
+  EXPECT_EQ(count("<svg"), 4u);
+  EXPECT_EQ(count("<polyline"), 5u);  // train + validation loss, lr, grad norm, tokens/s
+  EXPECT_NE(html.find("30 steps logged"), std::string::npos);
+  EXPECT_NE(html.find("1 unreadable lines skipped"), std::string::npos);
+  EXPECT_NE(html.find("validation loss 0.2000"), std::string::npos);
+  EXPECT_THROW(train::report_html((t / "missing")), Error);
+}
+
+}  // namespace
+}  // namespace llmq

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_tokenizer(app);
   llmq::cli::register_data(app);
   llmq::cli::register_train(app);
+  llmq::cli::register_report(app);
   app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
   try {
     app.parse(argc, argv);
