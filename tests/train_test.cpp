@@ -266,3 +266,46 @@ TEST(Train, ReportDrawsEveryMetric) {
 
 }  // namespace
 }  // namespace llmq
+
+namespace llmq {
+namespace {
+
+// A NaN in the weights makes the loss NaN at the first step: one clear error, and the run
+// directory's last good checkpoint (from an earlier run) is untouched.
+TEST(Train, NonFiniteLossStopsClearly) {
+  RunFixture f("some words to train on, repeated. some words to train on, repeated. more words.\n");
+  ModelConfig cfg = config_preset("tiny");
+  cfg.vocab_size = 128256;
+  auto good = test::test_fill(cfg, 4);
+  model_save(f.tmp / "m", cfg, good, SaveOptions{DType::F32});
+  auto o = small_run(f.data, f.tmp / "run");
+  o.preset = "";
+  o.model = f.tmp / "m";
+  o.steps = 2;
+  o.seq_len = 8;
+  train::train_run(o);
+  const std::string before = read_text_file(f.tmp / "run/checkpoint-000002/model.safetensors");
+  model_save(f.tmp / "bad", cfg,
+             [&](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
+               good(s, dt, dst, off, n);
+               if (s.name == "model.norm.weight" && off == 0) {
+                 float nan = NAN;
+                 std::memcpy(dst, &nan, 4);
+               }
+             },
+             SaveOptions{DType::F32});
+  o.model = f.tmp / "bad";
+  o.steps = 4;
+  o.save_every = 0;
+  try {
+    train::train_run(o);
+    ADD_FAILURE() << "no error for a NaN loss";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the loss became nan at step 1"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_text_file(f.tmp / "run/checkpoint-000002/model.safetensors"), before);
+  EXPECT_EQ(read_text_file(f.tmp / "run/latest"), "checkpoint-000002\n");
+}
+
+}  // namespace
+}  // namespace llmq

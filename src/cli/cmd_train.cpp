@@ -38,6 +38,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (default 500; always at the end)");
   cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(CLI::PositiveNumber);
   cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(CLI::PositiveNumber);
+  cmd->add_option("--sample-tokens", o->sample_tokens, "tokens sampled from each checkpoint (default 32; 0 = none)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");

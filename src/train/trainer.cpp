@@ -14,6 +14,7 @@
 #include "core/progress.h"
 #include "data/shards.h"
 #include "io/hf_dir.h"
+#include "infer/generator.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/llama_train.h"
@@ -56,8 +57,22 @@ struct TokenStream {
       out[i] = (int32_t)id;
     }
   }
-  // B windows starting at *cursor (advanced by T per window, wrapping to 0 at the end).
-  void batch(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets) const {
+  // B windows of T+1 tokens. The stream is cut into W = (total-1)/T windows, visited in a
+  // fresh seeded permutation each epoch (so a run does not see the corpora in file order);
+  // *cursor counts windows taken, which is all the state a resume needs.
+  void batch(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets, uint64_t seed) {
+    const int64_t W = (total - 1) / T;
+    std::vector<int32_t> w(T + 1);
+    for (int64_t b = 0; b < B; b++, (*cursor)++) {
+      const int64_t epoch = *cursor / W, i = *cursor % W;
+      if (epoch != perm_epoch || (int64_t)perm.size() != W) shuffle(W, epoch, seed);
+      read(perm[i] * T, T + 1, w.data());
+      std::copy(w.begin(), w.end() - 1, tokens + b * T);
+      std::copy(w.begin() + 1, w.end(), targets + b * T);
+    }
+  }
+  // Validation: the first B windows in order, no shuffling.
+  void batch_in_order(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets) const {
     std::vector<int32_t> w(T + 1);
     for (int64_t b = 0; b < B; b++) {
       if (*cursor + T + 1 > total) *cursor = 0;
@@ -66,6 +81,24 @@ struct TokenStream {
       std::copy(w.begin() + 1, w.end(), targets + b * T);
       *cursor += T;
     }
+  }
+
+ private:
+  std::vector<int64_t> perm;
+  int64_t perm_epoch = -1;
+  void shuffle(int64_t W, int64_t epoch, uint64_t seed) {
+    perm.resize(W);
+    for (int64_t i = 0; i < W; i++) perm[i] = i;
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + (uint64_t)epoch + 1;
+    for (int64_t i = W - 1; i > 0; i--) {  // Fisher-Yates with splitmix64
+      x += 0x9e3779b97f4a7c15ull;
+      uint64_t z = x;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      std::swap(perm[i], perm[(int64_t)(z % (uint64_t)(i + 1))]);
+    }
+    perm_epoch = epoch;
   }
 };
 
@@ -124,7 +157,7 @@ TensorFill params_fill(const LlamaTrain<float>& m) {
 json resume_key(const TrainOptions& o) {
   return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
           {"lr", o.lr},       {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
-          {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1},
+          {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1}, {"seed", o.seed},
           {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}};
 }
 
@@ -167,6 +200,26 @@ void save_checkpoint(const TrainOptions& o, const LlamaTrain<float>& m, const Ad
     if (e.is_directory() && e.path().filename().string().rfind("checkpoint-", 0) == 0) all.push_back(e.path().string());
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + (size_t)std::max<int64_t>(1, o.keep) < all.size(); i++) fs::remove_all(all[i]);
+}
+
+// A sample from the checkpoint just written, through the inference engine, so what is
+// printed is what `llmq generate` on that checkpoint gives.
+void sample(const TrainOptions& o, int64_t step) {
+  const std::string dir = (fs::path(o.out) / fmt::format("checkpoint-{:06}", step)).string();
+  Model mm = model_load(dir);
+  auto tok = tokenizer_load(dir);
+  if (tok->bos_id < 0) return;
+  GenerateOptions g;
+  g.max_new_tokens = (int)o.sample_tokens;
+  g.sampling.temperature = 0.8f;
+  g.sampling.top_p = 0.95f;
+  g.sampling.seed = 1;
+  g.eos_ids = tok->eos_ids;
+  auto r = generate(mm, {{tok->bos_id}}, g);
+  std::string text = tok->decode(r[0].tokens, true);
+  for (auto& c : text)
+    if (c == '\n') c = ' ';
+  fmt::print(stderr, "step {:>6} | sample: {}\n", step, text);
 }
 
 struct Resumed {
@@ -251,6 +304,9 @@ TrainResult train_run(const TrainOptions& o) {
   }
   AdamW<float> opt(o.adamw, ranges, m.n_params());
   fs::create_directories(o.out);
+  // Temporary checkpoint directories of a killed run are garbage.
+  for (const auto& e : fs::directory_iterator(o.out))
+    if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
   const std::string metrics = (fs::path(o.out) / "metrics.jsonl").string();
   Resumed r;
   if (o.resume) {
@@ -271,11 +327,11 @@ TrainResult train_run(const TrainOptions& o) {
     double sum = 0;
     int64_t n = 0;
     for (int64_t k = 0; k < o.eval_batches && (k + 1) * B * T + 1 <= val_s.total; k++, n++) {
-      val_s.batch(&cur, B, T, tokens.data(), targets.data());
+      val_s.batch_in_order(&cur, B, T, tokens.data(), targets.data());
       sum += m.forward(tokens.data(), targets.data(), B, T);
     }
     if (n == 0) {  // fewer tokens than a batch: one window
-      val_s.batch(&cur, 1, T, tokens.data(), targets.data());
+      val_s.batch_in_order(&cur, 1, T, tokens.data(), targets.data());
       sum = m.forward(tokens.data(), targets.data(), 1, T), n = 1;
     }
     return sum / (double)n;
@@ -289,7 +345,7 @@ TrainResult train_run(const TrainOptions& o) {
     m.zero_grad();
     double loss = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
-      train_s.batch(&cursor, B, T, tokens.data(), targets.data());
+      train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
       loss += m.forward(tokens.data(), targets.data(), B, T) / (double)o.grad_accum;
       m.backward(1.0 / (double)o.grad_accum);
     }
@@ -332,7 +388,10 @@ TrainResult train_run(const TrainOptions& o) {
     log << row.dump() << "\n";
     log.flush();
     const bool stop = o.stop_after > 0 && done >= o.stop_after;
-    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) save_checkpoint(o, m, opt, done, cursor, tok_src);
+    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {
+      save_checkpoint(o, m, opt, done, cursor, tok_src);
+      if (o.sample_tokens > 0 && !tok_src.empty() && o.progress) sample(o, done);
+    }
     res.steps = done;
     if (stop) break;
   }

@@ -25,6 +25,7 @@ struct TrainOptions {
   double clip = 1.0;             // max global gradient norm (0: off)
   uint64_t seed = 0;             // initialisation (random init only)
   int64_t eval_every = 100, eval_batches = 8, save_every = 500, keep = 2, log_every = 10;
+  int64_t sample_tokens = 32;  // a sample generation of this length at each checkpoint (0: off)
   int64_t stop_after = 0;  // stop (with a checkpoint) after this step; the schedule still
                            // assumes `steps` (to split a run in parts, as a kill would)
   bool resume = false, progress = true;

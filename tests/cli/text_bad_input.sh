@@ -90,5 +90,18 @@ head -c 200000 "$ROOT/data/text/web.txt" > "$T/spm_in.txt"
 "$LLMQ" init --preset tiny --tokenizer "$T/spm" --out "$T/tm_spm" --dtype f32 > /dev/null 2>&1
 expect_error "re-run \`llmq data prepare\` with this tokenizer" -- train --model "$T/tm_spm" --data "$T/td" --out "$T/r6"
 
+# kill -9 during training, at whatever moment it lands: --resume (or a fresh start when no
+# checkpoint was finished yet) completes the run. Checkpoints every step maximise the
+# chance of landing inside a checkpoint write.
+"$LLMQ" train --model "$T/tm_big" --data "$T/td" --out "$T/rk" --steps 40 --batch 2 --seq-len 16 --save-every 1 \
+  --eval-every 0 --log-every 40 > /dev/null 2>&1 &
+pid=$!
+sleep 3; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+again="--resume"; [ -f "$T/rk/latest" ] || again=""
+if "$LLMQ" train --model "$T/tm_big" --data "$T/td" --out "$T/rk" --steps 40 --batch 2 --seq-len 16 --save-every 1 \
+     --eval-every 0 --log-every 40 $again > /dev/null 2>&1 && [ "$(cat "$T/rk/latest")" = checkpoint-000040 ]; then
+  ok "kill -9 mid-run, then ${again:-a fresh start} finishes ($(ls "$T/rk" | tr '\n' ' '))"
+else bad "resume after kill -9"; fi
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all text bad-input cases handled"
