@@ -23,9 +23,10 @@ print(d, l, h, kv, f, v, p)
 PY
 )
 B=8; T=256; threads=$(nproc)
-# FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's 12*L*T*dim
+# FLOPs per token: 6 per matmul parameter (forward 2, backward 4; the input embedding is a
+# lookup, not a matmul, so its V*dim are left out) plus attention's 12*L*T*dim
 # (QK^T and PV, forward and backward, full T x T as both implementations compute it).
-flops=$(awk -v p="$params" -v l="$layers" -v t="$T" -v d="$dim" 'BEGIN {print 6*p + 12*l*t*d}')
+flops=$(awk -v p="$params" -v v="$vocab" -v l="$layers" -v t="$T" -v d="$dim" 'BEGIN {print 6*(p - v*d) + 12*l*t*d}')
 peak=$(build/bench/bench_sgemm | awk '/summary/ {print $4}')
 printf "%-6s %14s %14s %8s %10s %10s\n" round "llmq tok/s" "torch tok/s" ratio "llmq MFU" "torch MFU"
 for r in $(seq 1 "$rounds"); do

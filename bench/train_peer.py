@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Plain PyTorch training of the same Llama as `llmq train` (llama_ref.py's architecture as
 nn.Modules: RMSNorm, rotary embeddings, grouped-query attention via
-scaled_dot_product_attention, SwiGLU, untied output), float32, torch.optim.AdamW, with the
+an explicit masked softmax, SwiGLU, untied output), float32, torch.optim.AdamW, with the
 given threads. Prints "torch TOKENS_PER_S" for bench/train.sh.
 
 usage: train_peer.py DIM LAYERS HEADS KV_HEADS FFN VOCAB BATCH SEQ STEPS THREADS
@@ -16,6 +16,7 @@ dim, layers, heads, kv, ffn, vocab, B, T, steps, threads = map(int, sys.argv[1:1
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 hd = dim // heads
+self_mask = torch.full((T, T), float("-inf")).triu(1)
 
 
 class RMSNorm(nn.Module):
@@ -51,7 +52,8 @@ class Block(nn.Module):
         v = self.v(h).view(B, T, kv, hd).transpose(1, 2)
         k = k.repeat_interleave(heads // kv, dim=1)
         v = v.repeat_interleave(heads // kv, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        s = (q @ k.transpose(-2, -1)) / math.sqrt(hd) + self_mask  # Debian's torch predates SDPA
+        a = torch.softmax(s, dim=-1) @ v
         x = x + self.o(a.transpose(1, 2).reshape(B, T, dim))
         h = self.n2(x)
         return x + self.d(F.silu(self.g(h)) * self.u(h))
