@@ -12,8 +12,12 @@ namespace llmq {
 using nlohmann::json;
 
 int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double mult) {
-  int64_t h = (int64_t)(2.0 * (double)(4 * dim) / 3.0);
-  if (mult > 0) h = (int64_t)(mult * (double)h);
+  // Out-of-range sizes (a huge or non-finite multiplier, found by fuzz_config) are refused
+  // here: the cast to int64 would be undefined.
+  const double h0 = 2.0 * 4.0 * (double)dim / 3.0, h1 = mult > 0 ? mult * std::floor(h0) : h0;
+  if (!(h1 >= 0 && h1 < 1e15) || multiple_of <= 0 || multiple_of > (int64_t(1) << 40))
+    fail("params.json: dim {}, ffn_dim_multiplier {} and multiple_of {} give no valid FFN width", dim, mult, multiple_of);
+  const int64_t h = (int64_t)h1;
   return multiple_of * ((h + multiple_of - 1) / multiple_of);
 }
 
