@@ -15,6 +15,7 @@
 #include "train/adamw.h"
 #include "train/llama_train.h"
 #include "train/train_ops.h"
+#include "ops/ops.h"
 #include "train/trainer.h"
 #include "data/prepare.h"
 #include "tokenizer/tokenizer.h"
@@ -144,6 +145,31 @@ TEST(Train, GradientsAccumulate) {
   EXPECT_THROW(m.forward(bad.data(), tg.data(), 2, 6), Error);
 }
 
+// Per-block recomputation re-runs exactly the same arithmetic: the loss and every gradient
+// are bitwise those of the stored-activation path, with much less activation memory.
+TEST(Train, RecomputeGivesIdenticalGradients) {
+  ModelConfig cfg = config_preset("tiny");
+  std::vector<int32_t> tok(3 * 9), tg(3 * 9);
+  for (size_t i = 0; i < tok.size(); i++) tok[i] = (i * 53 + 1) % cfg.vocab_size, tg[i] = (i * 29 + 7) % cfg.vocab_size;
+  train::LlamaTrain<float> a(cfg), b(cfg);
+  a.fill(test::test_fill(cfg, 4));
+  b.fill(test::test_fill(cfg, 4));
+  b.set_recompute(true);
+  const double la = a.forward(tok.data(), tg.data(), 3, 9), lb = b.forward(tok.data(), tg.data(), 3, 9);
+  EXPECT_EQ(la, lb);
+  a.backward();
+  b.backward();
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); i++) ASSERT_EQ(a.grads[i], b.grads[i]) << i;
+  EXPECT_LT(b.activation_bytes(), a.activation_bytes());
+  // A second step after an optimizer-like change of the weights still agrees.
+  for (size_t i = 0; i < a.params.size(); i++) a.params[i] -= 0.01f * a.grads[i], b.params[i] -= 0.01f * b.grads[i];
+  a.zero_grad(), b.zero_grad();
+  EXPECT_EQ(a.forward(tok.data(), tg.data(), 3, 9), b.forward(tok.data(), tg.data(), 3, 9));
+  a.backward(), b.backward();
+  for (size_t i = 0; i < a.grads.size(); i++) ASSERT_EQ(a.grads[i], b.grads[i]) << i;
+}
+
 }  // namespace
 }  // namespace llmq
 
@@ -211,6 +237,38 @@ TEST(Train, ResumeIsBitwiseIdentical) {
   // Resuming with other options is refused.
   b.lr = 2e-3;
   EXPECT_THROW(train::train_run(b), Error);
+}
+
+// --deterministic: the first half runs on 1 thread, the resume is asked for 2 and is put
+// back on the 1 the run started with, so the result equals an uninterrupted 1-thread run.
+TEST(Train, DeterministicResumeKeepsTheThreadCount) {
+  std::string text;
+  for (int i = 0; i < 40; i++) text += "Row " + std::to_string(i * 7907 % 1000) + " of a corpus for thread counts.\n";
+  RunFixture f(text);
+  ModelConfig cfg = config_preset("tiny");
+  cfg.vocab_size = 128256;
+  write_file_atomic(f.tmp / "config.json", config_to_hf_json(cfg).dump());
+  const int threads = ops_threads();
+  auto a = small_run(f.data, f.tmp / "a");
+  a.preset = "";
+  a.config = f.tmp / "config.json";
+  a.steps = 6;
+  a.deterministic = true;
+  a.recompute = true;
+  ops_set_threads(1);
+  train::train_run(a);
+  auto b = a;
+  b.out = f.tmp / "b";
+  b.stop_after = 3;
+  train::train_run(b);
+  ops_set_threads(2);
+  b.stop_after = 0;
+  b.resume = true;
+  train::train_run(b);
+  EXPECT_EQ(ops_threads(), 1) << "the resume should run on the recorded thread count";
+  ops_set_threads(threads);
+  EXPECT_EQ(read_text_file(f.tmp / "a/checkpoint-000006/model.safetensors"),
+            read_text_file(f.tmp / "b/checkpoint-000006/model.safetensors"));
 }
 
 // A tiny model learns a tiny corpus by heart.

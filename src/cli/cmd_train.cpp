@@ -39,8 +39,13 @@ void register_train(CLI::App& app) {
   cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(CLI::PositiveNumber);
   cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(CLI::PositiveNumber);
   cmd->add_option("--sample-tokens", o->sample_tokens, "tokens sampled from each checkpoint (default 32; 0 = none)");
+  cmd->add_flag("--recompute", o->recompute, "recompute each block's activations in backward (less memory, ~1/3 more compute)");
+  cmd->add_flag("--deterministic", o->deterministic,
+                "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
+  cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
+              "`recompute = true`); flags given on the command line win.");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
   cmd->callback([o, json] {
     if (o->warmup >= o->steps) o->warmup = std::max<int64_t>(0, o->steps / 10);

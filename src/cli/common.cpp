@@ -35,6 +35,61 @@ std::vector<int32_t> read_token_file(const std::string& path) {
   return parse_token_ids(read_text_file(path), path);
 }
 
+std::vector<std::string> expand_options_files(const std::vector<std::string>& args,
+                                              const std::function<bool(const std::string&)>& known_option) {
+  auto given = [&](const std::string& key) {
+    const std::string flag = "--" + key;
+    for (const auto& a : args)
+      if (a == flag || a.rfind(flag + "=", 0) == 0) return true;
+    return false;
+  };
+  auto trim = [](std::string v) {
+    const size_t b = v.find_first_not_of(" \t\r"), e = v.find_last_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
+  };
+  std::vector<std::string> out;
+  for (size_t i = 0; i < args.size(); i++) {
+    std::string file;
+    if (args[i] == "--options") {
+      if (i + 1 >= args.size()) fail("--options needs a file name");
+      file = args[++i];
+    } else if (args[i].rfind("--options=", 0) == 0) {
+      file = args[i].substr(10);
+    } else {
+      out.push_back(args[i]);
+      continue;
+    }
+    const std::string text = read_text_file(file);
+    size_t pos = 0;
+    for (int line_no = 1; pos < text.size(); line_no++) {
+      size_t nl = text.find('\n', pos);
+      if (nl == std::string::npos) nl = text.size();
+      std::string line = text.substr(pos, nl - pos);
+      pos = nl + 1;
+      if (line.find('\0') != std::string::npos) fail("{}:{}: a NUL byte; an options file is text", file, line_no);
+      line = trim(line.substr(0, line.find('#')));
+      if (line.empty() || line.front() == '[') continue;
+      const size_t eq = line.find('=');
+      if (eq == std::string::npos) fail("{}:{}: expected `key = value`, found '{}'", file, line_no, line.substr(0, 60));
+      std::string key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+      if (key.rfind("--", 0) == 0) key = key.substr(2);
+      for (char& c : key)
+        if (c == '_') c = '-';
+      if (key.empty() || key.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") != std::string::npos)
+        fail("{}:{}: '{}' is not an option name (lower-case letters, digits, '-')", file, line_no, key);
+      if (key == "options") fail("{}:{}: an options file cannot name another options file", file, line_no);
+      if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front())
+        value = value.substr(1, value.size() - 2);
+      if (!known_option(key)) fail("{}:{}: no command has an option --{}; see --help", file, line_no, key);
+      if (given(key)) continue;
+      if (value == "true") out.push_back("--" + key);
+      else if (value == "false") continue;
+      else out.push_back("--" + key), out.push_back(value);
+    }
+  }
+  return out;
+}
+
 double peak_rss_bytes() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);

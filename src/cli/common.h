@@ -24,6 +24,14 @@ std::vector<int32_t> parse_token_ids(const std::string& text, const std::string&
 std::vector<int32_t> read_token_file(const std::string& path);
 double peak_rss_bytes();
 
+// `--options FILE` anywhere on the command line: the file's `key = value` lines (TOML-like:
+// `# comments`, [section] headers ignored, values optionally quoted, `true` for a flag,
+// `false` to leave it off) become `--key value` arguments in place of it. Keys also given on
+// the command line are skipped, so the command line wins. Fails naming FILE:LINE.
+#include <functional>
+std::vector<std::string> expand_options_files(const std::vector<std::string>& args,
+                                              const std::function<bool(const std::string&)>& known_option);
+
 // Global --mmap flag: map weights instead of reading them into memory.
 extern bool g_mmap;
 inline LoadMode load_mode() { return g_mmap ? LoadMode::Map : LoadMode::Read; }

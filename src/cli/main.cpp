@@ -1,6 +1,10 @@
 // llmq: one program for training, quantizing and running Llama-family models.
 #include <cstdio>
+#include <algorithm>
 #include <exception>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "cli/common.h"
 #include "core/error.h"
@@ -25,7 +29,16 @@ int main(int argc, char** argv) {
   llmq::cli::register_report(app);
   app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
   try {
-    app.parse(argc, argv);
+    std::vector<std::string> args(argv + 1, argv + argc);
+    std::function<bool(CLI::App*, const std::string&)> known = [&](CLI::App* a, const std::string& key) {
+      if (a->get_option_no_throw("--" + key)) return true;
+      for (CLI::App* sub : a->get_subcommands([](CLI::App*) { return true; }))
+        if (known(sub, key)) return true;
+      return false;
+    };
+    args = llmq::cli::expand_options_files(args, [&](const std::string& key) { return known(&app, key); });
+    std::reverse(args.begin(), args.end());  // CLI11 takes the vector last-first
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const llmq::Error& e) {

@@ -80,12 +80,18 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
   if (Tn > c.max_seq_len) fail("sequence length {} exceeds the model's context of {} tokens", Tn, c.max_seq_len);
   B_ = B, T_ = Tn;
   const int64_t N = B * Tn, C = c.dim, QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim;
+  auto size_block = [&](Acts& a) {
+    a.ln1.resize(N * C), a.rstd1.resize(N), a.q.resize(N * QD), a.k.resize(N * KD), a.v.resize(N * KD),
+        a.att.resize(B * c.n_heads * Tn * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C), a.ln2.resize(N * C),
+        a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
+  };
   acts_.assign(c.n_layers, Acts{});
+  work_ = Acts{};
   for (auto& a : acts_) {
-    a.x_in.resize(N * C), a.ln1.resize(N * C), a.rstd1.resize(N), a.q.resize(N * QD), a.k.resize(N * KD),
-        a.v.resize(N * KD), a.att.resize(B * c.n_heads * Tn * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C),
-        a.ln2.resize(N * C), a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
+    a.x_in.resize(N * C);
+    if (!recompute_) size_block(a);
   }
+  if (recompute_) size_block(work_);
   x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), probs_.resize(N * c.vocab_size);
   dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
       dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
@@ -102,11 +108,55 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
 }
 
 template <class F>
+void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
+  const ModelConfig& c = config;
+  const int64_t N = B_ * T_, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, QD = c.q_dim(),
+                KD = c.kv_dim(), FF = c.ffn_dim;
+  const double eps = c.norm_eps;
+  const Layer& L = p.layers[l];
+  rmsnorm_forward(a.ln1.data(), a.rstd1.data(), x_in, L.attn_norm, N, C, eps);
+  matmul_forward(a.q.data(), a.ln1.data(), L.wq, N, C, QD);
+  matmul_forward(a.k.data(), a.ln1.data(), L.wk, N, C, KD);
+  matmul_forward(a.v.data(), a.ln1.data(), L.wv, N, C, KD);
+  rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
+  rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
+  attention_forward(a.atty.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd);
+  matmul_forward(a.x_mid.data(), a.atty.data(), L.wo, N, QD, C);
+  for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += x_in[i];
+  rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
+  matmul_forward(a.gate.data(), a.ln2.data(), L.w_gate, N, C, FF);
+  matmul_forward(a.up.data(), a.ln2.data(), L.w_up, N, C, FF);
+  swiglu_forward(a.hsw.data(), a.gate.data(), a.up.data(), N * FF);
+  matmul_forward(next, a.hsw.data(), L.w_down, N, FF, C);
+  for (int64_t i = 0; i < N * C; i++) next[i] += a.x_mid[i];
+}
+
+template <class F>
+void LlamaTrain<F>::set_recompute(bool on) {
+  if (on != recompute_) recompute_ = on, B_ = T_ = 0;  // re-plan at the next forward
+}
+
+template <class F>
+int64_t LlamaTrain<F>::activation_bytes() const {
+  int64_t n = 0;
+  auto add = [&](const std::vector<F>& v) { n += (int64_t)v.size(); };
+  auto add_acts = [&](const Acts& a) {
+    for (auto* v : {&a.x_in, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.atty, &a.x_mid, &a.ln2, &a.rstd2, &a.gate,
+                    &a.up, &a.hsw})
+      add(*v);
+  };
+  for (const auto& a : acts_) add_acts(a);
+  add_acts(work_);
+  for (auto* v : {&x_out_, &lnf_, &rstdf_, &probs_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
+    add(*v);
+  return n * (int64_t)sizeof(F);
+}
+
+template <class F>
 double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn) {
   plan(B, Tn);
   const ModelConfig& c = config;
-  const int64_t N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, QD = c.q_dim(),
-                KD = c.kv_dim(), FF = c.ffn_dim, V = c.vocab_size;
+  const int64_t N = B * Tn, C = c.dim, V = c.vocab_size;
   for (int64_t i = 0; i < N; i++) {
     if (tokens[i] < 0 || tokens[i] >= V) fail("training: token id {} is outside the vocabulary ({})", tokens[i], V);
     if (targets[i] < -1 || targets[i] >= V) fail("training: target id {} is outside the vocabulary ({})", targets[i], V);
@@ -116,24 +166,8 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
   const double eps = c.norm_eps;
   embedding_forward(acts_[0].x_in.data(), tokens, p.embed, N, C);
   for (int64_t l = 0; l < c.n_layers; l++) {
-    Acts& a = acts_[l];
-    const Layer& L = p.layers[l];
-    rmsnorm_forward(a.ln1.data(), a.rstd1.data(), a.x_in.data(), L.attn_norm, N, C, eps);
-    matmul_forward(a.q.data(), a.ln1.data(), L.wq, N, C, QD);
-    matmul_forward(a.k.data(), a.ln1.data(), L.wk, N, C, KD);
-    matmul_forward(a.v.data(), a.ln1.data(), L.wv, N, C, KD);
-    rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
-    rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
-    attention_forward(a.atty.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(), B, Tn, H, KV, hd);
-    matmul_forward(a.x_mid.data(), a.atty.data(), L.wo, N, QD, C);
-    for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += a.x_in[i];
-    rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
-    matmul_forward(a.gate.data(), a.ln2.data(), L.w_gate, N, C, FF);
-    matmul_forward(a.up.data(), a.ln2.data(), L.w_up, N, C, FF);
-    swiglu_forward(a.hsw.data(), a.gate.data(), a.up.data(), N * FF);
     F* next = l + 1 < c.n_layers ? acts_[l + 1].x_in.data() : x_out_.data();
-    matmul_forward(next, a.hsw.data(), L.w_down, N, FF, C);
-    for (int64_t i = 0; i < N * C; i++) next[i] += a.x_mid[i];
+    block_forward(l, acts_[l].x_in.data(), recompute_ ? work_ : acts_[l], next);
   }
   rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, eps);
   matmul_forward(probs_.data(), lnf_.data(), p.lm_head, N, C, V);
@@ -156,7 +190,9 @@ void LlamaTrain<F>::backward(double loss_scale) {
   matmul_backward(dln_.data(), g.lm_head, probs_.data(), lnf_.data(), p.lm_head, N, C, V);
   rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
-    Acts& a = acts_[l];
+    const F* x_in = acts_[l].x_in.data();
+    if (recompute_) block_forward(l, x_in, work_, dtmp_.data());  // dtmp_ is free here
+    Acts& a = recompute_ ? work_ : acts_[l];
     const Layer& L = p.layers[l];
     const Layer& G = g.layers[l];
     // x_next = x_mid + w_down(swiglu(w_gate ln2, w_up ln2)): dx flows to x_mid unchanged.
@@ -178,7 +214,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
     add(dln_, dtmp_);
     matmul_backward(dtmp_.data(), G.wv, dv_.data(), a.ln1.data(), L.wv, N, C, KD);
     add(dln_, dtmp_);
-    rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), a.x_in.data(), L.attn_norm, a.rstd1.data(), N, C);
+    rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), x_in, L.attn_norm, a.rstd1.data(), N, C);
     add(dx_, dtmp_);
   }
   embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);

@@ -15,6 +15,7 @@
 #include "data/shards.h"
 #include "io/hf_dir.h"
 #include "infer/generator.h"
+#include "ops/ops.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/llama_train.h"
@@ -155,10 +156,12 @@ TensorFill params_fill(const LlamaTrain<float>& m) {
 
 // What must match between a run and its resumption for the result to be the same.
 json resume_key(const TrainOptions& o) {
-  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
+  json k = {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
           {"lr", o.lr},       {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
           {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1}, {"seed", o.seed},
           {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}};
+  if (o.deterministic) k["threads"] = ops_threads();
+  return k;
 }
 
 constexpr char kStateMagic[8] = {'L', 'L', 'M', 'Q', 'T', 'R', 'N', '1'};
@@ -249,6 +252,15 @@ Resumed load_checkpoint(const TrainOptions& o, LlamaTrain<float>& m, AdamW<float
   const uint64_t n = (uint64_t)m.n_params();
   if (head.value("n_params", (int64_t)-1) != (int64_t)n || bytes.size() != 16 + len + 8 * n)
     fail("{}: the state does not fit this model ({} parameters)", path, n);
+  // A deterministic run resumes on the thread count it started with (the order of the
+  // floating-point reductions depends on it).
+  if (o.deterministic && head["options"].contains("threads") && head["options"]["threads"].is_number_integer() &&
+      head["options"]["threads"].get<int>() != ops_threads()) {
+    const int t = head["options"]["threads"].get<int>();
+    if (t < 1 || t > 4096) fail("{}: corrupt thread count {}", path, t);
+    fmt::print(stderr, "deterministic run: using the {} threads it started with (not {})\n", t, ops_threads());
+    ops_set_threads(t);
+  }
   if (head["options"] != resume_key(o))
     fail("{}: the run was started with other options ({}); resume with the same ones", path, head["options"].dump());
   std::memcpy(opt.m.data(), bytes.data() + 16 + len, 4 * n);
@@ -296,6 +308,7 @@ TrainResult train_run(const TrainOptions& o) {
   if (o.resume && !fs::is_regular_file(fs::path(o.out) / "latest"))
     fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
   LlamaTrain<float> m(cfg);
+  m.set_recompute(o.recompute);
   std::vector<AdamW<float>::Range> ranges;
   for (size_t i = 0; i < m.specs.size(); i++) {
     const std::string& nm = m.specs[i].name;

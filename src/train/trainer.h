@@ -29,6 +29,8 @@ struct TrainOptions {
   int64_t stop_after = 0;  // stop (with a checkpoint) after this step; the schedule still
                            // assumes `steps` (to split a run in parts, as a kill would)
   bool resume = false, progress = true;
+  bool recompute = false;      // per-block activation recomputation (less memory, ~1/3 more compute)
+  bool deterministic = false;  // pin the thread count in the checkpoint; a resume uses it
 };
 
 struct TrainResult {

@@ -90,6 +90,34 @@ head -c 200000 "$ROOT/data/text/web.txt" > "$T/spm_in.txt"
 "$LLMQ" init --preset tiny --tokenizer "$T/spm" --out "$T/tm_spm" --dtype f32 > /dev/null 2>&1
 expect_error "re-run \`llmq data prepare\` with this tokenizer" -- train --model "$T/tm_spm" --data "$T/td" --out "$T/r6"
 
+# Options from a file (command line wins), and bad options files.
+printf '# options\n[train]\nsteps = 5\nbatch = 2\nseq_len = 16\nrecompute = true\neval_every = "0"\nsample-tokens = 0\n' > "$T/opts.toml"
+out=$("$LLMQ" train --options "$T/opts.toml" --model "$T/tm_big" --data "$T/td" --out "$T/ro" --steps 3 --json 2>/dev/null)
+grep -q '"steps":3' <<<"$out" && [ -f "$T/ro/checkpoint-000003/model.safetensors" ] \
+  && ok "train --options FILE (command line wins: $out)" || bad "train --options: $out"
+printf 'steps = 5\nno_such_flag = 2\n' > "$T/opts_bad.toml"
+expect_error "opts_bad.toml:2: no command has an option --no-such-flag" -- train --options "$T/opts_bad.toml" --model "$T/tm_big" --data "$T/td" --out "$T/ro2"
+printf 'steps 5\n' > "$T/opts_bad2.toml"
+expect_error "opts_bad2.toml:1: expected \`key = value\`" -- train --options "$T/opts_bad2.toml" --model "$T/tm_big" --data "$T/td" --out "$T/ro2"
+expect_error "No such file" -- train --options "$T/missing.toml" --model "$T/tm_big" --data "$T/td" --out "$T/ro2"
+
+# A full disk while writing a checkpoint: the file-size limit (ulimit -f, SIGXFSZ ignored so
+# the write fails with EFBIG as it would with ENOSPC) lets the run write its metrics but not
+# the next model file. The run must fail with one error, `latest` must still name the
+# previous checkpoint, intact, and a resume with room must finish the run.
+run=(train --model "$T/tm_big" --data "$T/td" --out "$T/rf" --steps 4 --batch 2 --seq-len 16 --eval-every 0 --sample-tokens 0)
+"$LLMQ" "${run[@]}" --stop-after 2 > /dev/null 2>&1 || bad "first half before the full disk"
+sum_before=$(sha256sum "$T/rf/checkpoint-000002/model.safetensors" "$T/rf/checkpoint-000002/train_state.bin")
+kb=$(( $(stat -c %s "$T/rf/checkpoint-000002/model.safetensors") / 2048 ))
+err=$( (trap '' XFSZ; ulimit -f "$kb"; exec "$LLMQ" "${run[@]}" --resume) 2>&1 >/dev/null); rc=$?
+if [ $rc -eq 1 ] && [ "$(grep -c 'llmq: error:' <<<"$err")" = 1 ] && [ "$(cat "$T/rf/latest")" = checkpoint-000002 ] \
+   && [ "$sum_before" = "$(sha256sum "$T/rf/checkpoint-000002/model.safetensors" "$T/rf/checkpoint-000002/train_state.bin")" ]; then
+  ok "full disk while checkpointing: one error ($(grep 'llmq: error' <<<"$err" | head -c 140)), previous checkpoint intact"
+else bad "full disk: rc=$rc latest=$(cat "$T/rf/latest") :: $err"; fi
+"$LLMQ" "${run[@]}" --resume > /dev/null 2>&1 && [ "$(cat "$T/rf/latest")" = checkpoint-000004 ] \
+  && [ -z "$(ls -A "$T/rf" | grep '^\.tmp')" ] && ok "resume after the full disk finishes, no temporary files left" \
+  || bad "resume after the full disk"
+
 # kill -9 during training, at whatever moment it lands: --resume (or a fresh start when no
 # checkpoint was finished yet) completes the run. Checkpoints every step maximise the
 # chance of landing inside a checkpoint write.
