@@ -29,6 +29,7 @@ struct Storage {
 };
 
 using Shape = std::vector<int64_t>;
+struct QuantInfo;
 std::string shape_str(const Shape& s);  // "(4096, 14336)"
 int64_t shape_numel(const Shape& s);
 
@@ -54,6 +55,11 @@ class Tensor {
   // Same bytes, new shape with equal element count.
   Tensor reshape(Shape shape) const;
 
+  // Integer-quantized weights (dtype U8 for 8-bit codes, Q4 for packed 4-bit codes, in the
+  // layout of kernels/cpu/kernels.h's QMatView): scales and zero points; null otherwise.
+  const QuantInfo* quant() const { return quant_.get(); }
+  void set_quant(std::shared_ptr<const QuantInfo> q) { quant_ = std::move(q); }
+
   // Raw host memory: for kernels, the ops layer and file I/O only.
   void* host_data() const;
   template <class T>
@@ -65,6 +71,18 @@ class Tensor {
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;
   Shape shape_;
+  std::shared_ptr<const QuantInfo> quant_;
+};
+
+// The quantization of an (M, K) weight tensor: weight = scale * code - zs, one scale and zs
+// (= scale * zero point) per `group` weights of a row.
+struct QuantInfo {
+  int bits = 8;           // 8 or 4 (2 and 3-bit codes are held in the 4-bit layout)
+  int code_bits = 8;      // the bits of the scheme the codes came from (<= bits)
+  int64_t group = 0;      // weights per scale (K: one per row)
+  bool sym = true;
+  bool act_per_token = false;  // w8a8: activations int8 per token, also in prefill
+  std::vector<float> scale, zs;  // (M, K/group)
 };
 
 }  // namespace llmq

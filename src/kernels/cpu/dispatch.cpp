@@ -12,7 +12,7 @@ namespace llmq {
 namespace {
 // CPU features from CPUID, and from XGETBV whether the OS saves the AVX / AVX-512 registers.
 struct Features {
-  bool avx2 = false, avx512 = false;
+  bool avx2 = false, avx512 = false, avx_vnni = false, avx512_vnni = false;
 };
 
 Features detect() {
@@ -27,6 +27,8 @@ Features detect() {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
   f.avx2 = ymm_state && fma && f16c && (b & bit_AVX2);
   f.avx512 = f.avx2 && zmm_state && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (b & bit_AVX512DQ);
+  f.avx512_vnni = f.avx512 && (c & (1u << 11));  // CPUID.7.0:ECX.AVX512_VNNI
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx_vnni = f.avx2 && (a & (1u << 4));  // CPUID.7.1:EAX.AVX_VNNI
   return f;
 }
 
@@ -37,23 +39,47 @@ const Features& features() {
 bool has_avx2() { return features().avx2; }
 bool has_avx512() { return features().avx512; }
 
+// The SIMD tables with their quantized GEMV chosen by the dot-product instructions present.
+CpuKernels with_q(const CpuKernels* base, const char* isa, GemvQFn q) {
+  CpuKernels k = *base;
+  k.isa = isa;
+  k.gemv_q = q;
+  return k;
+}
+const CpuKernels* table_avx2() {
+  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2", gemv_q_avx2);
+  return &k;
+}
+const CpuKernels* table_avx2_vnni() {
+  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2vnni", gemv_q_avxvnni);
+  return &k;
+}
+const CpuKernels* table_avx512() {
+  static const CpuKernels k = with_q(cpu_kernels_avx512(), "avx512",
+                                     features().avx512_vnni ? gemv_q_avx512vnni
+                                     : features().avx_vnni  ? gemv_q_avxvnni
+                                                            : gemv_q_avx2);
+  return &k;
+}
+
 const CpuKernels& choose() {
   const char* want = std::getenv("LLMQ_ISA");
   if (want && *want) {
     for (auto* k : cpu_kernels_supported())
       if (std::strcmp(k->isa, want) == 0) return *k;
-    fail("LLMQ_ISA={} is not supported on this CPU (choose ref, avx2 or avx512)", want);
+    fail("LLMQ_ISA={} is not supported on this CPU (choose ref, avx2, avx2vnni or avx512)", want);
   }
-  if (has_avx512()) return *cpu_kernels_avx512();
-  if (has_avx2()) return *cpu_kernels_avx2();
+  if (has_avx512()) return *table_avx512();
+  if (has_avx2()) return features().avx_vnni ? *table_avx2_vnni() : *table_avx2();
   return cpu_kernels_ref();
 }
 }  // namespace
 
 std::vector<const CpuKernels*> cpu_kernels_supported() {
   std::vector<const CpuKernels*> v{&cpu_kernels_ref()};
-  if (has_avx2()) v.push_back(cpu_kernels_avx2());
-  if (has_avx512()) v.push_back(cpu_kernels_avx512());
+  if (has_avx2()) v.push_back(table_avx2());
+  if (has_avx2() && features().avx_vnni) v.push_back(table_avx2_vnni());
+  if (has_avx512()) v.push_back(table_avx512());
   return v;
 }
 

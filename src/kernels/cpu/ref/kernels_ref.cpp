@@ -73,8 +73,38 @@ void rope(float* x, const float* c, const float* s, int n_heads, int hd) {
 }
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, cvt_bf16_f32, cvt_f16_f32,
-                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope};
+                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope, gemv_q_ref};
 }  // namespace
+
+// Code of weight k in row m of a quantized matrix (see QMatView's layout).
+static inline int q_code(const QMatView& W, int64_t m, int64_t k) {
+  if (W.bits == 8) return W.q[m * W.K + k];
+  const uint8_t* row = W.q + m * (W.K / 2);
+  const int64_t c = k / 64, j = k % 64;
+  const uint8_t b = row[c * 32 + (j % 32)];
+  return j < 32 ? (b & 15) : (b >> 4);
+}
+
+void gemv_q_ref(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  const int64_t K = W.K, G = W.group, ng = K / G, nb = K / 32;
+  for (int64_t m = m0; m < m1; m++)
+    for (int i = 0; i < n; i++) {
+      const int8_t* xq = X.q + i * K;
+      const float* bs = X.bscale + i * nb;
+      float acc = 0.f, corr = 0.f;
+      for (int64_t g = 0; g < ng; g++) {
+        float accg = 0.f;
+        for (int64_t b = g * G / 32; b < (g + 1) * G / 32; b++) {
+          int32_t d = 0;
+          for (int64_t k = b * 32; k < b * 32 + 32; k++) d += q_code(W, m, k) * (int32_t)xq[k];
+          accg += (float)d * bs[b];
+        }
+        acc += W.scale[m * ng + g] * accg;
+        corr += W.zs[m * ng + g] * X.gsum[i * ng + g];
+      }
+      Y[i * ldy + m] = acc - corr;
+    }
+}
 
 const CpuKernels& cpu_kernels_ref() { return kRef; }
 

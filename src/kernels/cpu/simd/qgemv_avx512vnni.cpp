@@ -1,0 +1,82 @@
+// Quantized GEMV for AVX-512 VNNI: one 512-bit vpdpbusd multiplies a 64-weight chunk (two
+// 32-weight blocks: int32 lanes 0-7 belong to the first, 8-15 to the second) by the
+// activation codes; codes are unsigned (u8 weights, 0..255 or 0..15) times signed int8
+// activations, so no sign handling is needed. See kernels.h for the layout and the formula.
+#include <immintrin.h>
+
+#include "kernels/cpu/kernels.h"
+
+namespace llmq {
+namespace {
+
+template <int BITS>
+inline __m512i load_chunk(const uint8_t* row, int64_t c) {
+  if constexpr (BITS == 8) {
+    return _mm512_loadu_si512(row + c * 64);
+  } else {
+    const __m256i p = _mm256_loadu_si256((const __m256i*)(row + c * 32));
+    const __m256i m = _mm256_set1_epi8(15);
+    const __m256i lo = _mm256_and_si256(p, m), hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+template <int BITS>
+void gemv_q_impl(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  const int64_t K = W.K, G = W.group, ng = K / G, nc = K / 64;
+  const int64_t row_bytes = BITS == 8 ? K : K / 2;
+  for (int64_t m = m0; m < m1; m++) {
+    const uint8_t* row = W.q + m * row_bytes;
+    const float* sc = W.scale + m * ng;
+    if (m + 1 < m1) {
+      _mm_prefetch((const char*)(row + row_bytes), _MM_HINT_T0);
+      _mm_prefetch((const char*)(row + row_bytes + 64), _MM_HINT_T0);
+    }
+    __m512 acc[kGemvMaxBatch];
+    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    if (G % 64 == 0) {
+      const int64_t cpg = G / 64;
+      for (int64_t g = 0; g < ng; g++) {
+        __m512 accg[kGemvMaxBatch];
+        for (int i = 0; i < n; i++) accg[i] = _mm512_setzero_ps();
+        for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+          const __m512i w = load_chunk<BITS>(row, c);
+          for (int i = 0; i < n; i++) {
+            const __m512i x = _mm512_loadu_si512(X.q + i * K + c * 64);
+            const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+            accg[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(X.bsv + (i * nc + c) * 16), accg[i]);
+          }
+        }
+        const __m512 s = _mm512_set1_ps(sc[g]);
+        for (int i = 0; i < n; i++) acc[i] = _mm512_fmadd_ps(accg[i], s, acc[i]);
+      }
+    } else {  // group 32: the two halves of a chunk have their own weight scale
+      for (int64_t c = 0; c < nc; c++) {
+        const __m512i w = load_chunk<BITS>(row, c);
+        const __m512 s = _mm512_insertf32x8(_mm512_set1_ps(sc[2 * c]), _mm256_set1_ps(sc[2 * c + 1]), 1);
+        for (int i = 0; i < n; i++) {
+          const __m512i x = _mm512_loadu_si512(X.q + i * K + c * 64);
+          const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+          const __m512 bs = _mm512_mul_ps(_mm512_loadu_ps(X.bsv + (i * nc + c) * 16), s);
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), bs, acc[i]);
+        }
+      }
+    }
+    const float* zs = W.zs + m * ng;
+    for (int i = 0; i < n; i++) {
+      float corr = 0.f;
+      const float* gs = X.gsum + i * ng;
+      for (int64_t g = 0; g < ng; g++) corr += zs[g] * gs[g];
+      Y[i * ldy + m] = _mm512_reduce_add_ps(acc[i]) - corr;
+    }
+  }
+}
+
+}  // namespace
+
+void gemv_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  if (W.bits == 8) gemv_q_impl<8>(W, X, Y, n, ldy, m0, m1);
+  else gemv_q_impl<4>(W, X, Y, n, ldy, m0, m1);
+}
+
+}  // namespace llmq

@@ -1,0 +1,61 @@
+// Weight quantization schemes, round-to-nearest, the kernels' packed layout and activation
+// quantization for the integer GEMV (see kernels/cpu/kernels.h for the layouts).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/cpu/kernels.h"
+
+namespace llmq {
+
+// A scheme as TensorRT-LLM users name it.
+//   w8a16: int8 codes, one scale per output channel (or per group), activations stay float
+//          (the decode kernel multiplies int8 activation blocks of 32, as llama.cpp does);
+//   w4a16: int4 codes per group of 32/64/128 input channels, symmetric or asymmetric;
+//   w8a8:  int8 weights per channel and int8 activations per token (dynamic), in prefill too.
+struct QuantScheme {
+  std::string name;
+  int bits = 8;
+  int64_t group = 0;  // 0: one group per row (per output channel)
+  bool sym = true;
+  bool act_per_token = false;
+};
+// Fails naming the valid schemes. group < 0 means the scheme's default (w4: 128, w8: row).
+QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym);
+std::vector<std::string> quant_scheme_names();
+
+// Round-to-nearest of `rows` rows of K f32 weights into codes in [0, 2^bits), per group of
+// `group` weights (K % group == 0): weight ~ scale * (code - zero).
+//   symmetric:  scale = amax / (2^(bits-1) - 1), zero = 2^(bits-1) (codes 1..2^bits-1 used)
+//   asymmetric: scale = (max(w,0) - min(w,0)) / (2^bits - 1), zero = round(-min/scale)
+// as GPTQ's quantizer defines them. The scale is rounded up to an f16 value before the codes are
+// chosen (checkpoints store f16 scales), so codes and stored scales agree and nothing clips. An all-zero group gets
+// scale 1. The error is at most scale/2 per weight (no weight is clipped).
+void quantize_rows_rtn(const float* w, int64_t rows, int64_t K, int bits, int64_t group, bool sym, uint8_t* codes,
+                       float* scale, float* zero);
+// out = scale * (code - zero), per group.
+void dequantize_rows(const uint8_t* codes, const float* scale, const float* zero, int64_t rows, int64_t K,
+                     int64_t group, float* out);
+
+// The runtime tensor (dtype U8 or Q4 with QuantInfo) from one-per-byte codes.
+Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym, bool act_per_token,
+                         const uint8_t* codes, const float* scale, const float* zero, int code_bits = 0);
+// Rows [r0, r1) of a runtime quantized tensor as f32 (K per row).
+void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out);
+// Codes of row r (K, one per byte) of a runtime quantized tensor.
+void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes);
+QMatView quant_view(const Tensor& W);
+
+// Activations (n, K) quantized to int8 blocks of 32 (per_token: one scale per row) with
+// the per-group sums a QMatView of group `group` needs. value = bscale * q, with
+// bscale = amax/127 and q = round-to-nearest-even(x / bscale).
+struct QActs {
+  std::vector<int8_t> q;
+  std::vector<float> bscale, bsv, gsum;
+  QActView view(int64_t row, int64_t K, int64_t group) const;
+};
+void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out);
+
+}  // namespace llmq

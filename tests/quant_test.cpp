@@ -1,0 +1,217 @@
+// Quantization: round-to-nearest error bounds, the packed layout, every quantized GEMV
+// against the scalar reference, and the quantized matmul against the f32 matmul of the
+// dequantized weights.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/cpu/kernels.h"
+#include "ops/ops.h"
+#include "quant/quant.h"
+#include "test_util.h"
+
+namespace llmq {
+namespace {
+
+using test::kU;
+using test::randn;
+
+// Weights with the features that break quantizers: an outlier per row, an all-zero group,
+// one-signed groups (asymmetric ranges), tiny magnitudes.
+std::vector<float> nasty_weights(int64_t M, int64_t K, uint64_t seed) {
+  auto w = randn(M * K, seed, 0.02f);
+  std::mt19937_64 g(seed + 1);
+  for (int64_t m = 0; m < M; m++) {
+    w[m * K + g() % K] *= 40.f;
+    if (m % 5 == 1)
+      for (int64_t k = 0; k < std::min<int64_t>(K, 32); k++) w[m * K + k] = 0.f;
+    if (m % 7 == 2)
+      for (int64_t k = 0; k < K; k++) w[m * K + k] = std::fabs(w[m * K + k]);
+    if (m % 11 == 3)
+      for (int64_t k = 0; k < K; k++) w[m * K + k] *= 1e-4f;
+  }
+  return w;
+}
+
+struct RtnCase {
+  int bits;
+  int64_t group;
+  bool sym;
+};
+
+// Round-to-nearest puts every weight within half a step of its value: |w - s(q - z)| <= s/2,
+// up to the rounding of w/s in f32 (relative 2^-24 of |w|, i.e. far below s/2 unless the
+// weight is clipped, which the range rule excludes). Bound checked: s/2 * (1 + 1e-6).
+TEST(Quant, RoundToNearestErrorWithinHalfAStep) {
+  const int64_t M = 23, K = 256;
+  for (RtnCase c : {RtnCase{8, 256, true}, RtnCase{8, 128, false}, RtnCase{4, 32, true}, RtnCase{4, 64, false},
+                    RtnCase{4, 128, true}, RtnCase{3, 128, false}, RtnCase{2, 64, true}}) {
+    auto w = nasty_weights(M, K, 7 + c.bits);
+    const int64_t ng = K / c.group;
+    std::vector<uint8_t> q(M * K);
+    std::vector<float> s(M * ng), z(M * ng), d(M * K);
+    quantize_rows_rtn(w.data(), M, K, c.bits, c.group, c.sym, q.data(), s.data(), z.data());
+    dequantize_rows(q.data(), s.data(), z.data(), M, K, c.group, d.data());
+    for (int64_t i = 0; i < M * K; i++) {
+      const int64_t g = (i / K) * ng + (i % K) / c.group;
+      ASSERT_LT(q[i], 1 << c.bits);
+      ASSERT_EQ(s[g], f16_to_f32(f32_to_f16(s[g]))) << "scales must be f16 values";
+      ASSERT_LE(std::fabs(w[i] - d[i]), s[g] * 0.5f * (1 + 1e-6f) + 1e-12f)
+          << "bits " << c.bits << " group " << c.group << " sym " << c.sym << " at " << i;
+    }
+  }
+}
+
+// Known values: symmetric 4-bit of [-7, ..., 7]*0.5 is exact with scale 0.5, zero 8.
+TEST(Quant, SymmetricInt4KnownValues) {
+  std::vector<float> w(32);
+  for (int i = 0; i < 32; i++) w[i] = 0.5f * (float)((i % 15) - 7);
+  std::vector<uint8_t> q(32);
+  float s, z;
+  quantize_rows_rtn(w.data(), 1, 32, 4, 32, true, q.data(), &s, &z);
+  EXPECT_EQ(s, 0.5f);
+  EXPECT_EQ(z, 8.f);
+  for (int i = 0; i < 32; i++) EXPECT_EQ(q[i], (i % 15) + 1);
+}
+
+TEST(Quant, SchemesAndBadInput) {
+  EXPECT_EQ(quant_scheme_parse("w4a16", -1, true).group, 128);
+  EXPECT_EQ(quant_scheme_parse("w8a16", -1, false).group, 0);
+  EXPECT_TRUE(quant_scheme_parse("w8a8", -1, false).act_per_token);
+  EXPECT_THROW(quant_scheme_parse("w5a16", -1, true), Error);
+  EXPECT_THROW(quant_scheme_parse("w4a16", 48, true), Error);
+  std::vector<uint8_t> c(96 * 2, 1);
+  std::vector<float> s(6, 1.f), z(6, 0.f);
+  EXPECT_THROW(make_quant_tensor(2, 96, 4, 32, true, false, c.data(), s.data(), z.data()), Error);  // 96 % 64
+  EXPECT_THROW(make_quant_tensor(2, 96, 8, 64, true, false, c.data(), s.data(), z.data()), Error);  // 96 % 64
+}
+
+// The packed tensor gives back its codes and the same dequantized values.
+TEST(Quant, PackedLayoutRoundTrips) {
+  for (int bits : {4, 8}) {
+    const int64_t M = 9, K = 192, G = 64, ng = K / G;
+    auto w = nasty_weights(M, K, 3);
+    std::vector<uint8_t> q(M * K), back(K);
+    std::vector<float> s(M * ng), z(M * ng), d(M * K), d2(M * K);
+    quantize_rows_rtn(w.data(), M, K, bits, G, false, q.data(), s.data(), z.data());
+    Tensor t = make_quant_tensor(M, K, bits, G, false, false, q.data(), s.data(), z.data());
+    EXPECT_EQ(t.nbytes(), (size_t)(M * K * bits / 8));
+    for (int64_t m = 0; m < M; m++) {
+      tensor_row_codes(t, m, back.data());
+      ASSERT_EQ(0, std::memcmp(back.data(), q.data() + m * K, K)) << "bits " << bits << " row " << m;
+    }
+    dequantize_rows(q.data(), s.data(), z.data(), M, K, G, d.data());
+    dequantize_tensor_rows(t, 0, M, d2.data());
+    for (int64_t i = 0; i < M * K; i++) ASSERT_NEAR(d[i], d2[i], 2 * kU * std::fabs(d[i]) + 1e-30) << i;
+  }
+}
+
+// Every table's quantized GEMV against the scalar reference. Both compute the same integer
+// block dot products exactly (|d| < 2^24); they differ only in the order of the f32 sums of
+// the block terms s*bs*d and the zero terms zs*gsum. Each order is within (terms)*u of the
+// exact sum times the sum of absolute terms, so the two differ by at most
+// 2*(K/32 + K/group + 2)*u*sum|terms|.
+class QGemvTest : public ::testing::TestWithParam<const CpuKernels*> {};
+
+TEST_P(QGemvTest, MatchesReference) {
+  const CpuKernels& k = *GetParam();
+  ASSERT_NE(k.gemv_q, nullptr);
+  std::mt19937_64 rng(11);
+  for (int bits : {4, 8})
+    for (int64_t K : {64, 128, 320, 1024})
+      for (int64_t G : {int64_t(32), int64_t(64), int64_t(128), K}) {
+        if (K % G) continue;
+        const int64_t M = 37, ng = K / G;
+        std::vector<uint8_t> codes(M * K);
+        for (auto& c : codes) c = (uint8_t)(rng() % (1u << bits));
+        auto s = randn(M * ng, rng(), 0.01f);
+        auto z = randn(M * ng, rng(), 3.f);
+        for (auto& v : s) v = std::fabs(v) + 1e-4f;
+        Tensor W = make_quant_tensor(M, K, bits, G, false, false, codes.data(), s.data(), z.data());
+        const QMatView wv = quant_view(W);
+        for (int n = 1; n <= kGemvMaxBatch; n++) {
+          auto x = randn(n * K, rng(), 1.f);
+          QActs a;
+          quantize_acts(x.data(), n, K, G, n == 3, a);
+          std::vector<float> y(n * M, -1.f), yr(n * M, -2.f);
+          for (int i = 0; i < n; i += n) k.gemv_q(wv, a.view(0, K, G), y.data(), n, M, 0, M);
+          gemv_q_ref(wv, a.view(0, K, G), yr.data(), n, M, 0, M);
+          for (int i = 0; i < n; i++)
+            for (int64_t m = 0; m < M; m++) {
+              // sum of absolute terms, in double
+              double abs_sum = 0;
+              for (int64_t g = 0; g < ng; g++) {
+                for (int64_t b = g * G / 32; b < (g + 1) * G / 32; b++) {
+                  double d = 0;
+                  for (int64_t kk = b * 32; kk < b * 32 + 32; kk++) d += std::fabs((double)codes[m * K + kk] * a.q[i * K + kk]);
+                  abs_sum += s[m * ng + g] * a.bscale[i * (K / 32) + b] * d;
+                }
+                abs_sum += std::fabs((double)W.quant()->zs[m * ng + g] * a.gsum[i * ng + g]);
+              }
+              const double tol = 2.0 * (double)(K / 32 + ng + 2) * kU * abs_sum + 1e-30;
+              ASSERT_NEAR(y[i * M + m], yr[i * M + m], tol)
+                  << k.isa << " bits " << bits << " K " << K << " group " << G << " n " << n << " row " << m;
+            }
+        }
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, QGemvTest, ::testing::ValuesIn(cpu_kernels_supported()),
+                         [](const auto& info) {
+                           std::string n = info.param->isa;
+                           for (auto& c : n)
+                             if (c == '-') c = '_';
+                           return n;
+                         });
+
+// op_matmul with quantized weights against the f32 matmul of the dequantized weights.
+// GEMV path (n <= 16): the only difference is the int8 rounding of the activations, at
+// most bs/2 per element, so |y - y_f32| <= sum_k |w_k| bs_k / 2 plus f32 accumulation
+// (K*u*sum|w x| each side). Prefill path (n > 16): the same dequantized f32 weights go
+// through sgemm, so only accumulation order differs (2*K*u*sum|w x|); w8a8 also rounds the
+// activations to their per-token grid first, so there the activation term applies again.
+TEST(Quant, MatmulMatchesDequantizedF32) {
+  const int64_t M = 70, K = 256;
+  for (auto scheme : {"w8a16", "w4a16", "w8a8"}) {
+    QuantScheme sc = quant_scheme_parse(scheme, -1, false);
+    const int64_t G = sc.group ? sc.group : K, ng = K / G;
+    auto w = nasty_weights(M, K, 5);
+    std::vector<uint8_t> q(M * K);
+    std::vector<float> s(M * ng), z(M * ng), wd(M * K);
+    quantize_rows_rtn(w.data(), M, K, sc.bits, G, sc.sym, q.data(), s.data(), z.data());
+    dequantize_rows(q.data(), s.data(), z.data(), M, K, G, wd.data());
+    Tensor Wq = make_quant_tensor(M, K, sc.bits, G, sc.sym, sc.act_per_token, q.data(), s.data(), z.data());
+    Tensor Wf = Tensor::empty(DType::F32, {M, K});
+    std::memcpy(Wf.host<float>(), wd.data(), wd.size() * 4);
+    for (int64_t n : {1, 3, 5, 40}) {
+      auto xv = randn(n * K, 17 + n, 1.f);
+      for (int64_t i = 0; i < n; i++) xv[i * K + 5] = 30.f;  // an activation outlier channel
+      Tensor x = Tensor::empty(DType::F32, {n, K}), y = Tensor::empty(DType::F32, {n, M}),
+             yf = Tensor::empty(DType::F32, {n, M});
+      std::memcpy(x.host<float>(), xv.data(), xv.size() * 4);
+      op_matmul(y, x, Wq);
+      op_matmul(yf, x, Wf);
+      QActs a;
+      quantize_acts(xv.data(), n, K, G, sc.act_per_token, a);
+      const bool act_rounded = n <= 16 || sc.act_per_token;
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t m = 0; m < M; m++) {
+          double wx = 0, act = 0;
+          for (int64_t c = 0; c < K; c++) {
+            wx += std::fabs((double)wd[m * K + c] * xv[i * K + c]);
+            act += std::fabs((double)wd[m * K + c]) * a.bscale[i * (K / 32) + c / 32] * 0.5;
+          }
+          const double tol = (act_rounded ? act * (1 + 1e-5) : 0.0) + 4.0 * K * kU * (wx + act) + 1e-6;
+          ASSERT_NEAR(y.host<float>()[i * M + m], yf.host<float>()[i * M + m], tol)
+              << scheme << " n " << n << " row " << m;
+        }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace llmq
