@@ -1,44 +1,69 @@
-// llmq eval ppl: perplexity of a model on a token file.
+// llmq eval ppl | compare: perplexity of a model, and a quantized model against its base
+// (perplexity ratio, KL divergence, top-1 agreement), on a token file, a text file or the
+// held-out split of prepared data.
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/file_util.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
-#include "core/file_util.h"
 #include "io/hf_dir.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
 
+namespace {
+struct TokenSource {
+  std::string tokens, text, tokenizer, data, split = "val";
+  int64_t max_tokens = 0;
+  void add(CLI::App* c) {
+    auto* tk = c->add_option("--tokens", tokens, "file of whitespace-separated token ids");
+    auto* tx = c->add_option("--text", text, "text file, tokenized with the model's tokenizer (BOS first)");
+    auto* dt = c->add_option("--data", data, "a prepared data directory (`llmq data prepare`): its held-out split");
+    tk->excludes(tx)->excludes(dt);
+    tx->excludes(dt);
+    c->add_option("--split", split, "split of --data: val (default) or train");
+    c->add_option("--tokenizer", tokenizer, "tokenizer for --text (default: the model directory's)");
+    c->add_option("--max-tokens", max_tokens, "score at most this many tokens (default: all)");
+  }
+  std::vector<int32_t> load(const std::string& model_dir) const {
+    if ((int)!tokens.empty() + (int)!text.empty() + (int)!data.empty() != 1)
+      fail("give one of --tokens FILE, --text FILE or --data DIR");
+    std::vector<int32_t> toks;
+    if (!text.empty()) {
+      auto tok = tokenizer_load(tokenizer.empty() ? model_dir : tokenizer);
+      if (tok->add_bos && tok->bos_id >= 0) toks.push_back(tok->bos_id);
+      auto v = tok->encode(read_text_file(text), false);
+      toks.insert(toks.end(), v.begin(), v.end());
+    } else if (!data.empty()) {
+      toks = data_split_tokens(data, split, max_tokens);
+    } else {
+      toks = read_token_file(tokens);
+    }
+    if (max_tokens > 0 && (int64_t)toks.size() > max_tokens) toks.resize(max_tokens);
+    return toks;
+  }
+};
+}  // namespace
+
 void register_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "evaluate a model");
   cmd->require_subcommand(1);
-  auto* ppl = cmd->add_subcommand("ppl", "perplexity over a token or text file in non-overlapping windows");
+  auto* ppl = cmd->add_subcommand("ppl", "perplexity over tokens in non-overlapping windows");
   struct Opts {
-    std::string model, tokens, text, tokenizer;
+    std::string model, quant;
+    TokenSource src;
     int64_t ctx = 0;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory")->required();
-  auto* tk = ppl->add_option("--tokens", o->tokens, "file of whitespace-separated token ids");
-  auto* tx = ppl->add_option("--text", o->text, "text file, tokenized with the model's tokenizer (BOS first)");
-  tk->excludes(tx);
-  ppl->add_option("--tokenizer", o->tokenizer, "tokenizer for --text (default: the model directory's)");
+  o->src.add(ppl);
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
-    if (o->tokens.empty() == o->text.empty()) fail("give one of --tokens FILE or --text FILE");
-    std::vector<int32_t> toks;
-    if (!o->text.empty()) {
-      auto tok = tokenizer_load(o->tokenizer.empty() ? o->model : o->tokenizer);
-      if (tok->add_bos && tok->bos_id >= 0) toks.push_back(tok->bos_id);
-      auto v = tok->encode(read_text_file(o->text), false);
-      toks.insert(toks.end(), v.begin(), v.end());
-    } else {
-      toks = read_token_file(o->tokens);
-    }
+    std::vector<int32_t> toks = o->src.load(o->model);
     if (o->ctx == 0) o->ctx = std::min<int64_t>(512, m.config.max_seq_len);
     Progress bar("perplexity", 1, !o->json);
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {
@@ -50,6 +75,40 @@ void register_eval(CLI::App& app) {
       fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"nll", r.nll}, {"ppl", r.ppl}}.dump());
     } else {
       fmt::print("predictions {}  windows {}  nll {:.6f} nats  perplexity {:.4f}\n", r.predictions, r.windows, r.nll, r.ppl);
+    }
+  });
+
+  auto* cmp = cmd->add_subcommand("compare", "a quantized model against its base: perplexity ratio, KL divergence, "
+                                             "top-1 agreement");
+  auto c = std::make_shared<Opts>();
+  cmp->add_option("-m,--model", c->model, "base model directory")->required();
+  cmp->add_option("-q,--quant", c->quant, "quantized (or otherwise changed) model directory")->required();
+  c->src.add(cmp);
+  cmp->add_option("--ctx", c->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
+  cmp->add_flag("--json", c->json, "print the figures as JSON");
+  cmp->callback([c] {
+    Model base = model_load(c->model, load_mode());
+    Model quant = model_load(c->quant, load_mode());
+    std::vector<int32_t> toks = c->src.load(c->model);
+    if (c->ctx == 0) c->ctx = std::min<int64_t>(512, base.config.max_seq_len);
+    Progress bar("compare", 1, !c->json);
+    auto r = eval_compare(base, quant, toks, c->ctx, [&](int64_t done, int64_t total) {
+      bar = Progress("compare", (uint64_t)total, !c->json && total > 1);
+      bar.update((uint64_t)done);
+    });
+    bar.finish();
+    if (c->json) {
+      fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"ppl_base", r.ppl_base}, {"ppl_quant", r.ppl_quant},
+                                        {"ppl_ratio", r.ppl_ratio}, {"kld_mean", r.kld_mean}, {"kld_p99", r.kld_p99},
+                                        {"kld_max", r.kld_max}, {"top1_agreement", r.top1_agreement}}
+                             .dump());
+    } else {
+      fmt::print("predictions {}  windows {}\n", r.predictions, r.windows);
+      fmt::print("perplexity  base {:.4f}  quantized {:.4f}  ratio {:.4f} ({:+.2f}%)\n", r.ppl_base, r.ppl_quant,
+                 r.ppl_ratio, 100 * (r.ppl_ratio - 1));
+      fmt::print("KL divergence (base || quantized)  mean {:.6f}  p99 {:.6f}  max {:.6f} nats\n", r.kld_mean, r.kld_p99,
+                 r.kld_max);
+      fmt::print("top-1 agreement  {:.2f}%\n", 100 * r.top1_agreement);
     }
   });
 }

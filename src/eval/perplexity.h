@@ -20,6 +20,21 @@ struct PerplexityResult {
 PerplexityResult eval_perplexity(const Model& m, const std::vector<int32_t>& tokens, int64_t ctx,
                                  const std::function<void(int64_t, int64_t)>& on_window = nullptr);
 
+// A quantized (or otherwise changed) model against its base on the same windows: what
+// llama.cpp's perplexity --kl-divergence reports.
+struct CompareResult {
+  int64_t predictions = 0, windows = 0;
+  double nll_base = 0, nll_quant = 0, ppl_base = 0, ppl_quant = 0, ppl_ratio = 0;
+  double kld_mean = 0, kld_p99 = 0, kld_max = 0;  // KL(P_base || P_quant) per position, nats
+  double top1_agreement = 0;                      // fraction of positions with the same argmax
+};
+CompareResult eval_compare(const Model& base, const Model& quant, const std::vector<int32_t>& tokens, int64_t ctx,
+                           const std::function<void(int64_t, int64_t)>& on_window = nullptr);
+
+// Tokens of the held-out (val) or train split of a prepared data directory, in order,
+// at most max_tokens (0: all).
+std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string& split, int64_t max_tokens);
+
 // -log softmax(logits)[target], in double with max subtraction.
 double nll_of(const float* logits, int64_t vocab, int32_t target);
 

@@ -2,6 +2,7 @@
 #include "io/hf_dir.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -12,6 +13,8 @@
 #include "core/progress.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "quant/gptq_format.h"
+#include "quant/quant.h"
 
 namespace llmq {
 
@@ -91,7 +94,65 @@ Tensor to_f32(const Tensor& t) {
   return r;
 }
 
+// A GPTQ-format linear (see quant/gptq_format.h) as a runtime quantized tensor.
+Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfTensorSpec& spec, const QuantConfig& q) {
+  const std::string base = spec.name.substr(0, spec.name.size() - std::string("weight").size());
+  const int64_t M = spec.shape[0], K = spec.shape[1];
+  const int64_t G = q.group ? q.group : K;
+  const int P = 32 / q.bits;
+  if (K % G != 0) fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
+  if (K % P != 0 || M % P != 0) fail("{}: {} has shape ({}, {}), not a multiple of {} for {}-bit packing", dir, spec.name, M, K, P, q.bits);
+  const int64_t ng = K / G;
+  auto get = [&](const char* suffix, std::initializer_list<DType> dts, const Shape& shape, bool required) -> Tensor {
+    const std::string name = base + suffix;
+    auto it = wf.where.find(name);
+    if (it == wf.where.end()) {
+      if (required) fail("{}: missing tensor '{}' (config.json says the model is GPTQ-quantized)", dir, name);
+      return Tensor();
+    }
+    const auto [file, e] = it->second;
+    if (std::find(dts.begin(), dts.end(), e->dtype) == dts.end())
+      fail("{}: tensor '{}' has dtype {}, not what GPTQ stores", file->path(), name, dtype_safetensors_name(e->dtype));
+    if (e->shape != shape)
+      fail("{}: tensor '{}' has shape {} but {}-bit group-{} quantization of {} implies {}", file->path(), name,
+           shape_str(e->shape), q.bits, G, shape_str(spec.shape), shape_str(shape));
+    return file->tensor(*e);
+  };
+  Tensor qw = get("qweight", {DType::I32}, {K / P, M}, true);
+  Tensor qz = get("qzeros", {DType::I32}, {ng, M / P}, true);
+  Tensor sc = get("scales", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true);
+  Tensor gi = get("g_idx", {DType::I32}, {K}, false);
+  if (gi.defined())
+    for (int64_t k = 0; k < K; k++)
+      if (gi.host<int32_t>()[k] != (int32_t)(k / G))
+        fail("{}: {}g_idx is not k / group_size (an act-order / desc_act checkpoint): not supported yet", dir, base);
+  std::vector<uint8_t> codes((size_t)(M * K));
+  std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
+  gptq_unpack_qweight(qw.host<int32_t>(), M, K, q.bits, codes.data());
+  gptq_unpack_qzeros(qz.host<int32_t>(), M, ng, q.bits, q.zeros_minus_one, zero.data());
+  for (int64_t g = 0; g < ng; g++)
+    for (int64_t m = 0; m < M; m++) {
+      float v;
+      switch (sc.dtype()) {
+        case DType::F16: v = f16_to_f32(sc.host<uint16_t>()[g * M + m]); break;
+        case DType::BF16: v = bf16_to_f32(sc.host<uint16_t>()[g * M + m]); break;
+        default: v = sc.host<float>()[g * M + m]; break;
+      }
+      if (!std::isfinite(v)) fail("{}: {}scales has a non-finite value at ({}, {})", dir, base, g, m);
+      scale[m * ng + g] = v;
+    }
+  const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
+  if (rbits == 4 && K % 64 != 0) fail("{}: {} has {} input channels; llmq's 4-bit kernels need a multiple of 64", dir, spec.name, K);
+  return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
+}
+
 }  // namespace
+
+bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
+  if (!c.quant.enabled) return false;
+  if (name == "lm_head.weight") return c.quant.lm_head;
+  return name.ends_with("_proj.weight");
+}
 
 Model model_load(const std::string& dir, LoadMode mode) {
   fs::path cfg = fs::path(dir) / "config.json";
@@ -105,6 +166,11 @@ Model model_load(const std::string& dir, LoadMode mode) {
   WeightFiles wf = open_weights(dir, mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
+    // A quantized model's linears are GPTQ tensors, except those kept in float (.weight).
+    if (hf_is_quantized_linear(c, spec.name) && !wf.where.count(spec.name)) {
+      t[spec.name] = load_gptq_linear(wf, dir, spec, c.quant);
+      continue;
+    }
     auto it = wf.where.find(spec.name);
     if (it == wf.where.end()) fail("{}: missing tensor '{}'", dir, spec.name);
     const auto [file, e] = it->second;
@@ -203,8 +269,23 @@ void model_save(const std::string& dir, const ModelConfig& cfg, const TensorFill
     if (std::find(names.begin(), names.end(), p.filename().string()) == names.end() &&
         !(shards.size() > 1 && p.filename() == "model.safetensors.index.json"))
       fs::remove(p);
+  write_model_configs(dir, c);
+}
+
+void write_model_configs(const std::string& dir, const ModelConfig& c) {
   write_json(fs::path(dir) / "config.json", config_to_hf_json(c));
   write_json(fs::path(dir) / "generation_config.json", generation_config(c));
+}
+
+bool copy_tokenizer_files(const std::string& model_dir, const std::string& out_dir) {
+  bool found = false;
+  for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
+    const fs::path src = fs::path(model_dir) / f;
+    if (!fs::is_regular_file(src)) continue;
+    write_file_atomic((fs::path(out_dir) / f).string(), read_text_file(src.string()));
+    found = found || std::string(f) != "tokenizer_config.json";
+  }
+  return found;
 }
 
 namespace {
@@ -229,6 +310,8 @@ void convert_elems(const Tensor& src, int64_t e0, int64_t count, DType dt, uint8
 }  // namespace
 
 void model_save(const std::string& dir, const Model& m, const SaveOptions& opt) {
+  if (m.config.quant.enabled)
+    fail("{}: saving a quantized model as float weights is not supported; quantize again from the original", dir);
   std::map<std::string, Tensor> t;
   const auto& w = m.weights;
   t["model.embed_tokens.weight"] = w.embed;

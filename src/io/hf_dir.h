@@ -18,6 +18,8 @@ struct HfTensorSpec {
   bool is_norm;  // a (dim,) RMSNorm weight
 };
 std::vector<HfTensorSpec> hf_tensor_specs(const ModelConfig& c);
+// Whether this spec is stored GPTQ-quantized (qweight/qzeros/scales/g_idx) under config c.
+bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name);
 
 // Loads a model directory: weights stay memory-mapped (norms are converted to f32). Checks
 // every tensor's presence, dtype (f32, bf16, f16) and shape against config.json.
@@ -34,6 +36,12 @@ struct SaveOptions {
 // Writes a model directory, streaming each tensor from `fill`; every file is written
 // atomically. Norms are stored in the same dtype as the other weights, as HF does.
 void model_save(const std::string& dir, const ModelConfig& c, const TensorFill& fill, const SaveOptions& opt);
+// Writes config.json and generation_config.json (atomically).
+void write_model_configs(const std::string& dir, const ModelConfig& c);
+// Copies the tokenizer files of a model directory (tokenizer.json / tokenizer.model and
+// tokenizer_config.json, when present) into `out_dir`. Returns whether one was found.
+bool copy_tokenizer_files(const std::string& model_dir, const std::string& out_dir);
+
 // Writes a loaded model (its weights converted to opt.dtype).
 void model_save(const std::string& dir, const Model& m, const SaveOptions& opt);
 

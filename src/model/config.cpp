@@ -125,6 +125,38 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     if (!j["torch_dtype"].is_string()) fail("{}: torch_dtype must be a string", where);
     c.dtype = dtype_parse(j["torch_dtype"].get<std::string>());
   }
+  if (r.has("quantization_config")) {
+    const json& q = j["quantization_config"];
+    if (!q.is_object()) fail("{}: quantization_config must be an object", where);
+    Reader rq{q, where};
+    const std::string method = q.value("quant_method", std::string());
+    if (method != "gptq")
+      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints)", where,
+           q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
+    QuantConfig& qc = c.quant;
+    qc.enabled = true;
+    qc.bits = (int)rq.integer("bits");
+    if (qc.bits != 2 && qc.bits != 4 && qc.bits != 8)
+      fail("{}: quantization_config.bits {} is not supported (2, 4 or 8)", where, qc.bits);
+    const int64_t g = rq.integer_or("group_size", -1);
+    if (g != -1 && (g < 32 || g % 32 != 0 || g > (int64_t(1) << 30)))
+      fail("{}: quantization_config.group_size {} is not supported (-1 or a multiple of 32)", where, g);
+    qc.group = g == -1 ? 0 : g;
+    qc.sym = rq.boolean_or("sym", true);
+    qc.desc_act = rq.boolean_or("desc_act", false);
+    qc.lm_head = rq.boolean_or("lm_head", false);
+    const std::string fmt_name = q.value("checkpoint_format", std::string("gptq"));
+    if (fmt_name != "gptq" && fmt_name != "gptq_v2")
+      fail("{}: quantization_config.checkpoint_format \"{}\" is not supported (gptq or gptq_v2)", where, fmt_name);
+    qc.zeros_minus_one = fmt_name == "gptq";
+    qc.scheme = qc.bits == 8 ? "w8a16" : "w4a16";
+    if (q.contains("llmq") && q["llmq"].is_object()) {
+      const json& l = q["llmq"];
+      if (l.contains("scheme") && l["scheme"].is_string()) qc.scheme = l["scheme"].get<std::string>();
+      if (l.contains("algorithm") && l["algorithm"].is_string()) qc.algorithm = l["algorithm"].get<std::string>();
+      qc.act_per_token = qc.scheme == "w8a8";
+    }
+  }
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
     if (!s.is_object()) fail("{}: rope_scaling must be an object or null", where);
@@ -215,6 +247,20 @@ json config_to_hf_json(const ModelConfig& c) {
   };
   j["bos_token_id"] = ids(c.bos_token_ids);
   j["eos_token_id"] = ids(c.eos_token_ids);
+  if (c.quant.enabled) {
+    const QuantConfig& q = c.quant;
+    j["quantization_config"] = {{"quant_method", "gptq"},
+                                {"bits", q.bits},
+                                {"group_size", q.group ? q.group : -1},
+                                {"sym", q.sym},
+                                {"desc_act", q.desc_act},
+                                {"static_groups", false},
+                                {"true_sequential", true},
+                                {"damp_percent", 0.01},
+                                {"lm_head", q.lm_head},
+                                {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
+                                {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
+  }
   if (c.rope_scaling.enabled) {
     j["rope_scaling"] = {{"rope_type", "llama3"},
                          {"factor", c.rope_scaling.factor},

@@ -19,6 +19,22 @@ struct RopeScaling {
   int64_t original_max_position = 8192;
 };
 
+// config.json's quantization_config. llmq writes and reads the GPTQ checkpoint layout
+// (quant_method "gptq": qweight/qzeros/scales/g_idx per linear; docs/formats.md), whatever
+// algorithm chose the codes; the "llmq" sub-object records the scheme and algorithm.
+struct QuantConfig {
+  bool enabled = false;
+  int bits = 0;
+  int64_t group = 0;  // 0: one group per output channel (group_size -1)
+  bool sym = true;
+  bool desc_act = false;
+  bool lm_head = false;            // lm_head is quantized too
+  bool zeros_minus_one = true;     // checkpoint_format "gptq" (v1) stores zero - 1
+  std::string scheme = "";         // w8a16, w4a16, w8a8
+  std::string algorithm = "rtn";   // rtn, gptq, awq, ... (what chose the codes)
+  bool act_per_token = false;      // w8a8
+};
+
 struct ModelConfig {
   int64_t dim = 0;         // hidden_size
   int64_t n_layers = 0;    // num_hidden_layers
@@ -34,6 +50,7 @@ struct ModelConfig {
   bool tie_embeddings = false;
   std::vector<int64_t> bos_token_ids, eos_token_ids;
   DType dtype = DType::BF16;  // torch_dtype: what the weights are stored in
+  QuantConfig quant;          // quantization_config, when the linears are quantized
 
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv_heads * head_dim; }

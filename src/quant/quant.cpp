@@ -55,6 +55,14 @@ void quantize_rows_rtn(const float* w, int64_t rows, int64_t K, int bits, int64_
       s = f16_to_f32(h);
       if (!std::isfinite(s)) fail("quantize: a weight group's scale {} exceeds f16's range", s);
       if (!sym) z = std::clamp(std::nearbyint(-lo / s), 0.f, (float)qmax);
+      if (!sym && z < 1.f && bits >= 2) {
+        // GPTQ v1 checkpoints store zero - 1, so a zero point of 0 would wrap: shift the grid
+        // to zero 1 and widen the step so the top of the range still fits.
+        z = 1.f;
+        uint16_t h2 = f32_to_f16(hi / (float)(qmax - 1));
+        if (f16_to_f32(h2) < hi / (float)(qmax - 1)) h2++;
+        s = std::max(s, f16_to_f32(h2));
+      }
       uint8_t* q = codes + r * K + g * group;
       for (int64_t k = 0; k < group; k++)
         q[k] = (uint8_t)std::clamp(std::nearbyint(x[k] / s) + z, 0.f, (float)qmax);

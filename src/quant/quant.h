@@ -29,7 +29,8 @@ std::vector<std::string> quant_scheme_names();
 // Round-to-nearest of `rows` rows of K f32 weights into codes in [0, 2^bits), per group of
 // `group` weights (K % group == 0): weight ~ scale * (code - zero).
 //   symmetric:  scale = amax / (2^(bits-1) - 1), zero = 2^(bits-1) (codes 1..2^bits-1 used)
-//   asymmetric: scale = (max(w,0) - min(w,0)) / (2^bits - 1), zero = round(-min/scale)
+//   asymmetric: scale = (max(w,0) - min(w,0)) / (2^bits - 1), zero = round(-min/scale),
+//               but at least 1 (GPTQ v1 files store zero - 1; the step widens to fit)
 // as GPTQ's quantizer defines them. The scale is rounded up to an f16 value before the codes are
 // chosen (checkpoints store f16 scales), so codes and stored scales agree and nothing clips. An all-zero group gets
 // scale 1. The error is at most scale/2 per weight (no weight is clipped).

@@ -1,0 +1,52 @@
+// llmq quantize: a model directory in, a quantized (GPTQ-layout) model directory out.
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "core/progress.h"
+#include "quant/quantize_model.h"
+
+namespace llmq::cli {
+
+void register_quantize(CLI::App& app) {
+  auto* cmd = app.add_subcommand("quantize", "quantize a model's linear layers (streamed from the mapped source)");
+  auto o = std::make_shared<QuantizeOptions>();
+  auto json = std::make_shared<bool>(false);
+  auto keep = std::make_shared<std::string>("embed");
+  cmd->add_option("-m,--model", o->model, "source model directory (f32, bf16 or f16)")->required();
+  cmd->add_option("--out", o->out, "output model directory")->required();
+  cmd->add_option("--method", o->method, "rtn (round to nearest; the default)");
+  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w8a8 (default w4a16)");
+  cmd->add_option("--group", o->group, "input channels per scale: 32, 64, 128, ... or 0 for one per output channel "
+                                       "(default: 128 for w4a16, per channel for w8)");
+  cmd->add_flag("--sym", o->sym, "symmetric codes (zero point at the middle); w8 schemes are always symmetric");
+  cmd->add_option("--keep", *keep, "comma-separated tensors left in float: lm_head, embed (always kept), or parts of "
+                                   "tensor names such as down_proj or layers.0. (default: embed)");
+  cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", *json, "print a JSON summary");
+  cmd->callback([o, json, keep] {
+    o->keep.clear();
+    std::string k;
+    for (char ch : *keep + ",") {
+      if (ch == ',') {
+        if (!k.empty()) o->keep.push_back(k);
+        k.clear();
+      } else if (ch != ' ') {
+        k += ch;
+      }
+    }
+    o->progress = !*json;
+    auto r = quantize_model(*o);
+    if (*json)
+      fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"scheme", o->scheme}, {"method", o->method},
+                                        {"quantized_tensors", r.quantized_tensors}, {"kept_tensors", r.kept_tensors},
+                                        {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out}, {"seconds", r.seconds},
+                                        {"peak_rss_bytes", peak_rss_bytes()}}
+                             .dump());
+    else
+      fmt::print("wrote {}: {} linears quantized ({} {}), {} tensors kept in float; {} -> {} in {}, peak RSS {}\n",
+                 o->out, r.quantized_tensors, o->scheme, o->method, r.kept_tensors, format_bytes((double)r.bytes_in),
+                 format_bytes((double)r.bytes_out), format_duration(r.seconds), format_bytes(peak_rss_bytes()));
+  });
+}
+
+}  // namespace llmq::cli

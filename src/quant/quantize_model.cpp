@@ -1,0 +1,251 @@
+// Streaming round-to-nearest quantization of a model directory into the GPTQ layout.
+#include "quant/quantize_model.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/file_util.h"
+#include "core/progress.h"
+#include "io/hf_dir.h"
+#include "io/safetensors.h"
+#include "quant/gptq_format.h"
+#include "quant/quant.h"
+
+namespace llmq {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Drops the resident pages of a mapped source range once it has been consumed, so reading
+// a 16 GB model does not grow the process's resident set to 16 GB (the pages are clean
+// file pages: the kernel re-reads them if touched again).
+void release_pages(const void* p, size_t n) {
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+  if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+}
+
+float elem_f32(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::F32: return t.host<float>()[i];
+    case DType::BF16: return bf16_to_f32(t.host<uint16_t>()[i]);
+    case DType::F16: return f16_to_f32(t.host<uint16_t>()[i]);
+    default: fail("quantize: source dtype {} is not a float type", dtype_name(t.dtype()));
+  }
+}
+
+// One output tensor of the quantized directory.
+struct OutTensor {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::string linear;  // the HF name of the linear it comes from (quantized parts), else ""
+  Tensor source;       // float tensors: the source tensor
+};
+
+struct QuantizedLinear {
+  std::string name;
+  std::vector<int32_t> qweight, qzeros, g_idx;
+  std::vector<uint16_t> scales;
+};
+
+}  // namespace
+
+QuantizeResult quantize_model(const QuantizeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (o.method != "rtn")
+    fail("quantize: method '{}' is not available (rtn; gptq, awq, smoothquant and hqq come with calibrated "
+         "quantization)", o.method);
+  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym);
+  if (o.out.empty()) fail("quantize: give --out DIR");
+  if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
+  Model src = model_load(o.model, LoadMode::Map);
+  if (src.config.quant.enabled)
+    fail("{}: the model is already quantized ({}, {}-bit); quantize from the original float model", o.model,
+         src.config.quant.scheme, src.config.quant.bits);
+  auto kept = [&](const std::string& name) {
+    for (const auto& k : o.keep) {
+      if (k == "embed" && name == "model.embed_tokens.weight") return true;
+      if (k == "lm_head" && name == "lm_head.weight") return true;
+      if (!k.empty() && k != "embed" && k != "lm_head" && name.find(k) != std::string::npos) return true;
+    }
+    return name == "model.embed_tokens.weight";  // embeddings are a lookup, always float
+  };
+  ModelConfig c = src.config;
+  c.quant.enabled = true;
+  c.quant.bits = sc.bits;
+  c.quant.group = sc.group;
+  c.quant.sym = sc.sym;
+  c.quant.scheme = sc.name;
+  c.quant.algorithm = o.method;
+  c.quant.act_per_token = sc.act_per_token;
+  c.quant.zeros_minus_one = true;
+  c.quant.lm_head = !kept("lm_head.weight");
+  if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
+  if (c.dtype == DType::F32) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
+
+  // Source tensors by HF name.
+  std::map<std::string, Tensor> srcs;
+  {
+    const auto& w = src.weights;
+    srcs["model.embed_tokens.weight"] = w.embed;
+    for (size_t l = 0; l < w.layers.size(); l++) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      const auto& L = w.layers[l];
+      srcs[p + "input_layernorm.weight"] = L.attn_norm;
+      srcs[p + "self_attn.q_proj.weight"] = L.wq;
+      srcs[p + "self_attn.k_proj.weight"] = L.wk;
+      srcs[p + "self_attn.v_proj.weight"] = L.wv;
+      srcs[p + "self_attn.o_proj.weight"] = L.wo;
+      srcs[p + "post_attention_layernorm.weight"] = L.ffn_norm;
+      srcs[p + "mlp.gate_proj.weight"] = L.w_gate;
+      srcs[p + "mlp.up_proj.weight"] = L.w_up;
+      srcs[p + "mlp.down_proj.weight"] = L.w_down;
+    }
+    srcs["model.norm.weight"] = w.norm;
+    srcs["lm_head.weight"] = w.lm_head;
+  }
+  QuantizeResult res;
+  std::vector<OutTensor> outs;
+  const int P = 32 / sc.bits;
+  for (const auto& spec : hf_tensor_specs(c)) {
+    const Tensor& s = srcs.at(spec.name);
+    res.bytes_in += s.nbytes();
+    const bool linear = spec.name.ends_with("_proj.weight") || spec.name == "lm_head.weight";
+    if (linear && !kept(spec.name)) {
+      const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
+      if (K % G != 0)
+        fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
+             G, K, spec.name, K);
+      if (K % P != 0 || M % P != 0 || (sc.bits == 4 && K % 64 != 0))
+        fail("quantize: {} has shape ({}, {}); {}-bit packing needs multiples of {} (and 64 input channels for 4-bit)",
+             spec.name, M, K, sc.bits, P);
+      const std::string base = spec.name.substr(0, spec.name.size() - 6);
+      outs.push_back({base + "qweight", DType::I32, {K / P, M}, spec.name, s});
+      outs.push_back({base + "qzeros", DType::I32, {ng, M / P}, spec.name, s});
+      outs.push_back({base + "scales", DType::F16, {ng, M}, spec.name, s});
+      outs.push_back({base + "g_idx", DType::I32, {K}, spec.name, s});
+      res.quantized_tensors++;
+    } else {
+      outs.push_back({spec.name, c.dtype, spec.shape, "", s});
+      res.kept_tensors++;
+    }
+  }
+  // Linears left in float under --keep are written as .weight; the loader takes those.
+  fs::create_directories(o.out);
+  QuantizedLinear cache;
+  auto quantize_linear = [&](const OutTensor& t) {
+    if (cache.name == t.linear) return;
+    const Tensor& s = t.source;
+    const int64_t M = s.dim(0), K = s.dim(1), G = sc.group ? sc.group : K, ng = K / G;
+    std::vector<uint8_t> codes((size_t)(M * K));
+    std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
+    const int64_t rows_per = 16;
+    int64_t bad_row = -1;  // no exceptions may leave an OpenMP region: report after it
+#pragma omp parallel
+    {
+      std::vector<float> buf((size_t)(rows_per * K));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t r0 = 0; r0 < M; r0 += rows_per) {
+        const int64_t r1 = std::min(M, r0 + rows_per);
+        bool finite = true;
+        for (int64_t i = 0; i < (r1 - r0) * K; i++) {
+          buf[i] = elem_f32(s, r0 * K + i);
+          finite = finite && std::isfinite(buf[i]);
+        }
+        if (!finite) {
+#pragma omp critical
+          bad_row = r0;
+          continue;
+        }
+        quantize_rows_rtn(buf.data(), r1 - r0, K, sc.bits, G, sc.sym, codes.data() + r0 * K, scale.data() + r0 * ng,
+                          zero.data() + r0 * ng);
+      }
+    }
+    if (bad_row >= 0)
+      fail("{}: {} has a non-finite weight (NaN or Inf) near row {}; refusing to quantize", o.model, t.linear, bad_row);
+    release_pages(s.host_data(), s.nbytes());
+    cache.name = t.linear;
+    cache.qweight = gptq_pack_qweight(codes.data(), M, K, sc.bits);
+    cache.qzeros = gptq_pack_qzeros(zero.data(), M, ng, sc.bits, true);
+    cache.scales.resize((size_t)(ng * M));
+    for (int64_t g = 0; g < ng; g++)
+      for (int64_t m = 0; m < M; m++) cache.scales[g * M + m] = f32_to_f16(scale[m * ng + g]);
+    cache.g_idx.resize((size_t)K);
+    for (int64_t k = 0; k < K; k++) cache.g_idx[k] = (int32_t)(k / G);
+  };
+  auto fill = [&](const OutTensor& t, uint8_t* dst, uint64_t off, uint64_t n) {
+    if (t.linear.empty()) {
+      const int64_t es = dtype_bits(t.dtype) / 8, e0 = (int64_t)(off / es), cnt = (int64_t)(n / es);
+      for (int64_t i = 0; i < cnt; i++) {
+        const float v = elem_f32(t.source, e0 + i);
+        if (t.dtype == DType::F32) std::memcpy(dst + 4 * i, &v, 4);
+        else { const uint16_t h = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v); std::memcpy(dst + 2 * i, &h, 2); }
+      }
+      if (off + n == dtype_bytes(t.dtype, shape_numel(t.shape))) release_pages(t.source.host_data(), t.source.nbytes());
+      return;
+    }
+    quantize_linear(t);
+    const uint8_t* from = nullptr;
+    if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
+    else if (t.name.ends_with("qzeros")) from = reinterpret_cast<const uint8_t*>(cache.qzeros.data());
+    else if (t.name.ends_with("scales")) from = reinterpret_cast<const uint8_t*>(cache.scales.data());
+    else from = reinterpret_cast<const uint8_t*>(cache.g_idx.data());
+    std::memcpy(dst, from + off, n);
+  };
+  // Shards of at most max_shard_gb (a tensor never splits), as model_save does.
+  const uint64_t max_shard = (uint64_t)(o.max_shard_gb * 1e9);
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t cur = 0, total = 0;
+  for (size_t i = 0; i < outs.size(); i++) {
+    const uint64_t b = dtype_bytes(outs[i].dtype, shape_numel(outs[i].shape));
+    if (cur > 0 && cur + b > max_shard) shards.emplace_back(), cur = 0;
+    shards.back().push_back(i);
+    cur += b, total += b;
+  }
+  Progress bar("quantizing " + o.model + " -> " + o.out, total, o.progress);
+  uint64_t written = 0;
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (size_t si = 0; si < shards.size(); si++) {
+    const std::string fname = shards.size() == 1 ? "model.safetensors"
+                                                 : fmt::format("model-{:05d}-of-{:05d}.safetensors", si + 1, shards.size());
+    SafetensorsWriter w;
+    w.set_metadata("format", "pt");
+    for (size_t i : shards[si]) {
+      const OutTensor* t = &outs[i];
+      w.add(t->name, t->dtype, t->shape, [&fill, t](uint8_t* dst, uint64_t off, uint64_t n) { fill(*t, dst, off, n); });
+      weight_map[t->name] = fname;
+    }
+    const uint64_t base = written;
+    w.write((fs::path(o.out) / fname).string(), [&](uint64_t done) { bar.update(base + done); });
+    written += w.data_bytes();
+  }
+  bar.finish();
+  for (const auto& e : fs::directory_iterator(o.out)) {  // weight files of an earlier save
+    const std::string n = e.path().filename().string();
+    if (n.rfind("model", 0) == 0 && n.ends_with(".safetensors") && !weight_map.empty()) {
+      bool ours = false;
+      for (auto& [k, v] : weight_map.items()) ours = ours || v.get<std::string>() == n;
+      if (!ours) fs::remove(e.path());
+    }
+  }
+  if (shards.size() > 1)
+    write_file_atomic((fs::path(o.out) / "model.safetensors.index.json").string(),
+                      nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n");
+  else if (fs::exists(fs::path(o.out) / "model.safetensors.index.json"))
+    fs::remove(fs::path(o.out) / "model.safetensors.index.json");
+  write_model_configs(o.out, c);
+  copy_tokenizer_files(o.model, o.out);
+  res.bytes_out = total;
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace llmq
