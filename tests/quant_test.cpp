@@ -215,3 +215,4 @@ TEST(Quant, MatmulMatchesDequantizedF32) {
 
 }  // namespace
 }  // namespace llmq
+

@@ -1,0 +1,151 @@
+// Quantized model directories: GPTQ packing, `quantize_model` output checked by an
+// independent numpy/torch dequantizer (tests/oracle/gptq_ref.py), loading, evaluation.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "core/file_util.h"
+#include "eval/perplexity.h"
+#include "io/hf_dir.h"
+#include "model/config.h"
+#include "quant/gptq_format.h"
+#include "quant/quant.h"
+#include "quant/quantize_model.h"
+#include "test_util.h"
+
+namespace llmq {
+namespace {
+
+constexpr const char* kPython = "/usr/bin/python3";  // Debian's, which has python3-torch
+
+std::string run(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// Known bits: symmetric 4-bit zero points (8) are stored as 7 in every nibble in v1 files
+// (0x77777777), and codes pack lowest-first along the input dimension.
+TEST(GptqFormat, KnownPacking) {
+  std::vector<float> zero(8 * 2, 8.f);
+  auto qz = gptq_pack_qzeros(zero.data(), 8, 2, 4, true);
+  ASSERT_EQ(qz.size(), 2u);
+  EXPECT_EQ((uint32_t)qz[0], 0x77777777u);
+  std::vector<uint8_t> codes(1 * 8);
+  for (int k = 0; k < 8; k++) codes[k] = (uint8_t)k;
+  auto qw = gptq_pack_qweight(codes.data(), 1, 8, 4);
+  EXPECT_EQ((uint32_t)qw[0], 0x76543210u);
+}
+
+TEST(GptqFormat, RoundTrips) {
+  std::mt19937_64 rng(3);
+  for (int bits : {2, 4, 8}) {
+    const int64_t M = 32, K = 128, ng = 4;
+    std::vector<uint8_t> codes(M * K), back(M * K);
+    for (auto& c : codes) c = (uint8_t)(rng() % (1u << bits));
+    std::vector<float> zero(M * ng), zb(M * ng);
+    for (auto& z : zero) z = (float)(1 + rng() % ((1u << bits) - 1));
+    gptq_unpack_qweight(gptq_pack_qweight(codes.data(), M, K, bits).data(), M, K, bits, back.data());
+    EXPECT_EQ(codes, back) << bits;
+    gptq_unpack_qzeros(gptq_pack_qzeros(zero.data(), M, ng, bits, true).data(), M, ng, bits, true, zb.data());
+    EXPECT_EQ(zero, zb) << bits;
+  }
+}
+
+struct QuantFixture : ::testing::Test {
+  test::TempDir tmp{"quantmodel"};
+  std::string src;
+  ModelConfig cfg;
+  void SetUp() override {
+    cfg = config_preset("tiny");
+    src = tmp / "src";
+    SaveOptions so;
+    so.dtype = DType::BF16;
+    model_save(src, cfg, init_fill(cfg, 9), so);
+  }
+  std::string quantize(const std::string& scheme, int64_t group, bool sym, std::vector<std::string> keep = {"embed"}) {
+    QuantizeOptions o;
+    o.model = src;
+    o.out = tmp / (scheme + "_" + std::to_string(group) + (sym ? "s" : "a"));
+    o.scheme = scheme;
+    o.group = group;
+    o.sym = sym;
+    o.keep = keep;
+    o.progress = false;
+    quantize_model(o);
+    return o.out;
+  }
+};
+
+// The written checkpoint, dequantized by the independent oracle, is within half a step of
+// the source weights everywhere (worst ratio <= 1, with 1e-3 for f16/f32 rounding).
+TEST_F(QuantFixture, OracleDequantizesWithinHalfAStep) {
+  for (auto [scheme, group, sym] : {std::tuple{"w4a16", 32, false}, std::tuple{"w4a16", 64, true},
+                                    std::tuple{"w8a16", -1, true}}) {
+    const std::string dir = quantize(scheme, group, sym);
+    auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " +
+                                       dir + " " + src));
+    EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1) << scheme;  // + lm_head
+    EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3) << scheme;
+    EXPECT_GT(j["worst"].get<double>(), 0.5) << "the check must see real rounding error";
+  }
+}
+
+// Loading gives back the same dequantized weights the oracle sees, and a model compared
+// with itself has ratio 1, KL 0 and full top-1 agreement.
+TEST_F(QuantFixture, LoadsAndCompares) {
+  const std::string dir = quantize("w4a16", 64, false);
+  Model q = model_load(dir);
+  ASSERT_TRUE(q.config.quant.enabled);
+  ASSERT_NE(q.weights.layers[0].wq.quant(), nullptr);
+  EXPECT_EQ(q.weights.embed.quant(), nullptr);
+  Model m = model_load(src);
+  std::vector<int32_t> toks(300);
+  for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t)((i * 7919) % cfg.vocab_size);
+  auto same = eval_compare(m, m, toks, 64);
+  EXPECT_EQ(same.kld_mean, 0.0);
+  EXPECT_EQ(same.top1_agreement, 1.0);
+  EXPECT_EQ(same.ppl_ratio, 1.0);
+  auto r = eval_compare(m, q, toks, 64);
+  EXPECT_GT(r.kld_mean, 0.0);
+  EXPECT_LT(r.kld_mean, 0.05) << "4-bit g64 of a random tiny model should stay close";
+  EXPECT_GT(r.top1_agreement, 0.5);
+  // Kept linears stay float and load as such.
+  const std::string kept = quantize("w8a16", -1, true, {"embed", "lm_head", "down_proj"});
+  Model k = model_load(kept);
+  EXPECT_EQ(k.weights.layers[1].w_down.quant(), nullptr);
+  EXPECT_NE(k.weights.layers[1].w_up.quant(), nullptr);
+  EXPECT_EQ(k.weights.lm_head.quant(), nullptr);
+}
+
+TEST_F(QuantFixture, BadInput) {
+  EXPECT_THROW(quantize("w3a16", -1, true), Error);
+  EXPECT_THROW(quantize("w4a16", 96, true), Error);  // not a multiple of 32
+  const std::string dir = quantize("w4a16", 64, true);
+  QuantizeOptions o;
+  o.model = dir;
+  o.out = tmp / "again";
+  o.progress = false;
+  try {
+    quantize_model(o);
+    FAIL() << "quantizing a quantized model must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
+  }
+  // A corrupt quantization_config.
+  auto cj = nlohmann::json::parse(read_text_file(dir + "/config.json"));
+  cj["quantization_config"]["bits"] = 5;
+  write_file_atomic(dir + "/config.json", cj.dump());
+  EXPECT_THROW(model_load(dir), Error);
+}
+
+}  // namespace
+}  // namespace llmq
