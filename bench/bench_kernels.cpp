@@ -11,6 +11,9 @@
 #include "core/tensor.h"
 #include "kernels/cpu/kernels.h"
 #include "ops/ops.h"
+#include "quant/quant.h"
+#include <cstring>
+#include <string>
 
 using namespace llmq;
 
@@ -60,6 +63,56 @@ int main(int argc, char** argv) {
       }
     }
   }
+  // Integer-quantized GEMV: 8-bit per-channel and 4-bit group-128 codes (bytes streamed =
+  // codes + scales + zero terms), int8 activation blocks quantized once per call outside the
+  // timed loop, as op_matmul does per token.
+  double best_q4 = 0, best_q8 = 0;
+  for (const auto* k : cpu_kernels_supported()) {
+    for (int bits : {8, 4}) {
+      for (const auto& s : shapes) {
+        const int64_t G = bits == 8 ? s.K : 128, ng = s.K / G;
+        std::vector<uint8_t> codes(s.M * s.K);
+        for (size_t i = 0; i < codes.size(); i++) codes[i] = (uint8_t)((i * 2654435761u >> 7) & ((1u << bits) - 1));
+        std::vector<float> sc(s.M * ng, 0.01f), z(s.M * ng, (float)(1 << (bits - 1)));
+        const Tensor proto = make_quant_tensor(s.M, s.K, bits, G, true, false, codes.data(), sc.data(), z.data());
+        const size_t bytes = proto.nbytes() + 2 * sizeof(float) * s.M * ng;
+        const int copies = (int)std::max<size_t>(2, (1ull << 30) / bytes);
+        std::vector<Tensor> W;
+        for (int c = 0; c < copies; c++) {
+          Tensor t = Tensor::empty(proto.dtype(), proto.shape());
+          std::memcpy(t.host_data(), proto.host_data(), proto.nbytes());
+          t.set_quant(std::make_shared<QuantInfo>(*proto.quant()));
+          W.push_back(t);
+        }
+        for (int n : {1, 4}) {
+          std::vector<float> x(n * s.K), y(n * s.M);
+          for (size_t i = 0; i < x.size(); i++) x[i] = (float)((int)(i % 17) - 8) * 0.01f;
+          QActs a;
+          quantize_acts(x.data(), n, s.K, G, false, a);
+          const QActView av = a.view(0, s.K, G);
+          double best = 1e30;
+          for (int rep = 0; rep < 3; rep++) {
+            auto t0 = clock::now();
+            for (int c = 0; c < copies; c++) {
+              const QMatView wv = quant_view(W[c]);
+#pragma omp parallel num_threads(threads)
+              {
+                int t = omp_get_thread_num(), nt = omp_get_num_threads();
+                int64_t per = (s.M + nt - 1) / nt, m0 = t * per, m1 = std::min(s.M, m0 + per);
+                k->gemv_q(wv, av, y.data(), n, s.M, m0, m1);
+              }
+            }
+            best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count() / copies);
+          }
+          const double gbs = (double)bytes / best / 1e9;
+          if (n == 1 && std::string(k->isa) == cpu_kernels().isa && s.M == 8192) (bits == 4 ? best_q4 : best_q8) = gbs;
+          std::printf("%-8s %-6s %-8s %8d %12.1f %10.1f\n", k->isa, bits == 8 ? "q8" : "q4g128", s.name, n, best * 1e6, gbs);
+        }
+      }
+    }
+  }
+  std::printf("summary: %s quantized GEMV (8192x2048, n=1) streams %.1f GB/s (q8), %.1f GB/s (q4 g128)\n",
+              cpu_kernels().isa, best_q8, best_q4);
   std::printf("summary: %s bf16 GEMV (8192x2048, n=1) streams %.1f GB/s with %d threads\n", cpu_kernels().isa, best_bf16,
               threads);
   return 0;

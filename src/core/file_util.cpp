@@ -122,4 +122,10 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   f.commit();
 }
 
+void release_pages(const void* p, size_t n) {
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+  if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+}
+
 }  // namespace llmq

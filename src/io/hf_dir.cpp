@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -143,6 +144,8 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
     }
   const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
   if (rbits == 4 && K % 64 != 0) fail("{}: {} has {} input channels; llmq's 4-bit kernels need a multiple of 64", dir, spec.name, K);
+  for (const Tensor* x : {&qw, &qz, &sc, &gi})
+    if (x->defined()) release_pages(x->host_data(), x->nbytes());
   return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
 }
 
@@ -163,7 +166,9 @@ Model model_load(const std::string& dir, LoadMode mode) {
   m.source = dir;
   m.rope_freqs = rope_frequencies(m.config);
   const ModelConfig& c = m.config;
-  WeightFiles wf = open_weights(dir, mode);
+  // Quantized checkpoints are unpacked into the kernels' layout, so their files are mapped
+  // (and each consumed tensor's pages dropped) rather than read into a second copy.
+  WeightFiles wf = open_weights(dir, c.quant.enabled ? LoadMode::Map : mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
     // A quantized model's linears are GPTQ tensors, except those kept in float (.weight).
@@ -185,6 +190,16 @@ Model model_load(const std::string& dir, LoadMode mode) {
   }
   LlamaWeights& w = m.weights;
   w.embed = t["model.embed_tokens.weight"];
+  if (c.quant.enabled) {  // float tensors of a quantized model: owned memory, not the mapping
+    for (auto& [name, x] : t)
+      if (!x.quant() && x.dtype() != DType::F32) {
+        Tensor own = Tensor::empty(x.dtype(), x.shape());
+        std::memcpy(own.host_data(), x.host_data(), x.nbytes());
+        release_pages(x.host_data(), x.nbytes());
+        x = own;
+      }
+    w.embed = t["model.embed_tokens.weight"];
+  }
   for (int64_t l = 0; l < c.n_layers; l++) {
     std::string p = "model.layers." + std::to_string(l) + ".";
     LlamaLayer L;

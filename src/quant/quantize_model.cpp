@@ -1,9 +1,6 @@
 // Streaming round-to-nearest quantization of a model directory into the GPTQ layout.
 #include "quant/quantize_model.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -22,15 +19,6 @@ namespace llmq {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Drops the resident pages of a mapped source range once it has been consumed, so reading
-// a 16 GB model does not grow the process's resident set to 16 GB (the pages are clean
-// file pages: the kernel re-reads them if touched again).
-void release_pages(const void* p, size_t n) {
-  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
-  if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
-}
 
 float elem_f32(const Tensor& t, int64_t i) {
   switch (t.dtype()) {

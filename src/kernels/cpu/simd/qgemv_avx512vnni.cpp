@@ -21,10 +21,15 @@ inline __m512i load_chunk(const uint8_t* row, int64_t c) {
   }
 }
 
-template <int BITS>
-void gemv_q_impl(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+// N activation rows at compile time, so the accumulators live in registers. Two
+// accumulators per row (even and odd chunks) keep two FMA chains in flight.
+template <int BITS, int N>
+void gemv_q_rows(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t m0, int64_t m1) {
   const int64_t K = W.K, G = W.group, ng = K / G, nc = K / 64;
   const int64_t row_bytes = BITS == 8 ? K : K / 2;
+  const int8_t* xq[N];
+  const float* bsv[N];
+  for (int i = 0; i < N; i++) xq[i] = X.q + i * K, bsv[i] = X.bsv + i * nc * 16;
   for (int64_t m = m0; m < m1; m++) {
     const uint8_t* row = W.q + m * row_bytes;
     const float* sc = W.scale + m * ng;
@@ -32,43 +37,62 @@ void gemv_q_impl(const QMatView& W, const QActView& X, float* Y, int n, int64_t 
       _mm_prefetch((const char*)(row + row_bytes), _MM_HINT_T0);
       _mm_prefetch((const char*)(row + row_bytes + 64), _MM_HINT_T0);
     }
-    __m512 acc[kGemvMaxBatch];
-    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    __m512 acc[N];
+    for (int i = 0; i < N; i++) acc[i] = _mm512_setzero_ps();
     if (G % 64 == 0) {
       const int64_t cpg = G / 64;
       for (int64_t g = 0; g < ng; g++) {
-        __m512 accg[kGemvMaxBatch];
-        for (int i = 0; i < n; i++) accg[i] = _mm512_setzero_ps();
-        for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
-          const __m512i w = load_chunk<BITS>(row, c);
-          for (int i = 0; i < n; i++) {
-            const __m512i x = _mm512_loadu_si512(X.q + i * K + c * 64);
-            const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            accg[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(X.bsv + (i * nc + c) * 16), accg[i]);
+        __m512 a0[N], a1[N];
+        for (int i = 0; i < N; i++) a0[i] = a1[i] = _mm512_setzero_ps();
+        int64_t c = g * cpg;
+        const int64_t ce = (g + 1) * cpg;
+        for (; c + 2 <= ce; c += 2) {
+          const __m512i w0 = load_chunk<BITS>(row, c), w1 = load_chunk<BITS>(row, c + 1);
+          for (int i = 0; i < N; i++) {
+            const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(xq[i] + c * 64));
+            const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(xq[i] + c * 64 + 64));
+            a0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(bsv[i] + c * 16), a0[i]);
+            a1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_loadu_ps(bsv[i] + c * 16 + 16), a1[i]);
+          }
+        }
+        if (c < ce) {
+          const __m512i w0 = load_chunk<BITS>(row, c);
+          for (int i = 0; i < N; i++) {
+            const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(xq[i] + c * 64));
+            a0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(bsv[i] + c * 16), a0[i]);
           }
         }
         const __m512 s = _mm512_set1_ps(sc[g]);
-        for (int i = 0; i < n; i++) acc[i] = _mm512_fmadd_ps(accg[i], s, acc[i]);
+        for (int i = 0; i < N; i++) acc[i] = _mm512_fmadd_ps(_mm512_add_ps(a0[i], a1[i]), s, acc[i]);
       }
     } else {  // group 32: the two halves of a chunk have their own weight scale
       for (int64_t c = 0; c < nc; c++) {
         const __m512i w = load_chunk<BITS>(row, c);
         const __m512 s = _mm512_insertf32x8(_mm512_set1_ps(sc[2 * c]), _mm256_set1_ps(sc[2 * c + 1]), 1);
-        for (int i = 0; i < n; i++) {
-          const __m512i x = _mm512_loadu_si512(X.q + i * K + c * 64);
-          const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-          const __m512 bs = _mm512_mul_ps(_mm512_loadu_ps(X.bsv + (i * nc + c) * 16), s);
+        for (int i = 0; i < N; i++) {
+          const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq[i] + c * 64));
+          const __m512 bs = _mm512_mul_ps(_mm512_loadu_ps(bsv[i] + c * 16), s);
           acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), bs, acc[i]);
         }
       }
     }
     const float* zs = W.zs + m * ng;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < N; i++) {
       float corr = 0.f;
       const float* gs = X.gsum + i * ng;
       for (int64_t g = 0; g < ng; g++) corr += zs[g] * gs[g];
       Y[i * ldy + m] = _mm512_reduce_add_ps(acc[i]) - corr;
     }
+  }
+}
+
+template <int BITS>
+void gemv_q_impl(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  switch (n) {
+    case 1: return gemv_q_rows<BITS, 1>(W, X, Y, ldy, m0, m1);
+    case 2: return gemv_q_rows<BITS, 2>(W, X, Y, ldy, m0, m1);
+    case 3: return gemv_q_rows<BITS, 3>(W, X, Y, ldy, m0, m1);
+    default: return gemv_q_rows<BITS, 4>(W, X, Y, ldy, m0, m1);
   }
 }
 
