@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_train(app);
   llmq::cli::register_report(app);
   llmq::cli::register_quantize(app);
+  llmq::cli::register_export(app);
   app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
   try {
     std::vector<std::string> args(argv + 1, argv + argc);

@@ -65,6 +65,20 @@ bool byte_level_decode(std::string_view s, std::string& out) {
   return true;
 }
 
+}  // namespace
+
+std::string bytes_to_gpt2_unicode(std::string_view bytes) {
+  std::string out;
+  for (unsigned char b : bytes) {
+    const uint32_t cp = byte_level().to_cp[b];
+    if (cp < 0x80) out.push_back((char)cp);
+    else out.push_back((char)(0xC0 | (cp >> 6))), out.push_back((char)(0x80 | (cp & 0x3F)));
+  }
+  return out;
+}
+
+namespace {
+
 bool base64_decode(std::string_view in, std::string& out) {
   auto val = [](char c) -> int {
     if (c >= 'A' && c <= 'Z') return c - 'A';
@@ -446,6 +460,31 @@ int32_t BpeTokenizer::token_id(std::string_view text) const {
     if (s.text == text) return s.id;
   auto it = ids_.find(text);
   return it == ids_.end() ? -1 : it->second;
+}
+
+VocabExport BpeTokenizer::export_vocab() const {
+  VocabExport v;
+  v.model = "gpt2";
+  v.pre = "llama-bpe";  // the Llama 3 pre-tokenizer regex (kLlama3Pattern)
+  const int32_t n = vocab_size();
+  v.tokens.resize(n);
+  v.types.resize(n);
+  for (int32_t i = 0; i < n; i++) {
+    switch (kind_of_[i]) {
+      case 0: v.tokens[i] = fmt::format("[PAD{}]", i), v.types[i] = 5; break;
+      case 1: v.tokens[i] = bytes_to_gpt2_unicode(bytes_[i]), v.types[i] = 1; break;
+      case 2: v.tokens[i] = bytes_[i], v.types[i] = 3; break;
+      default: v.tokens[i] = bytes_[i], v.types[i] = 4; break;
+    }
+  }
+  std::vector<std::pair<int64_t, uint64_t>> order;  // (rank, pair key)
+  order.reserve(merges_.size());
+  for (const auto& [key, m] : merges_) order.push_back({m.rank, key});
+  std::sort(order.begin(), order.end());
+  v.merges.reserve(order.size());
+  for (const auto& [rank, key] : order)
+    v.merges.push_back(v.tokens[(int32_t)(key >> 32)] + " " + v.tokens[(int32_t)(key & 0xffffffffu)]);
+  return v;
 }
 
 }  // namespace llmq

@@ -36,6 +36,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t vocab_size() const override { return (int32_t)bytes_.size(); }
   bool is_special(int32_t id) const override;
   int32_t token_id(std::string_view text) const override;
+  VocabExport export_vocab() const override;
 
   // One pre-tokenized piece to ids by rank-ordered merges; `heap` picks the O(n log n)
   // algorithm (used for long pieces) instead of the quadratic one (the reference).

@@ -90,6 +90,18 @@ class SpmTokenizer final : public Tokenizer {
 
   int32_t vocab_size() const override { return n_; }
   bool is_special(int32_t id) const override { return id >= 0 && id < n_ && sp_.IsControl(id); }
+  VocabExport export_vocab() const override {
+    VocabExport v;
+    v.model = "llama";
+    v.pre = "default";
+    v.unk_id = sp_.unk_id();
+    for (int32_t i = 0; i < n_; i++) {
+      v.tokens.push_back(sp_.IdToPiece(i));
+      v.scores.push_back(sp_.GetScore(i));
+      v.types.push_back(sp_.IsUnknown(i) ? 2 : sp_.IsControl(i) ? 3 : sp_.IsByte(i) ? 6 : sp_.IsUnused(i) ? 5 : 1);
+    }
+    return v;
+  }
   int32_t token_id(std::string_view text) const override {
     int id = sp_.PieceToId(text);
     return (id == sp_.unk_id() && text != sp_.IdToPiece(sp_.unk_id())) ? -1 : id;

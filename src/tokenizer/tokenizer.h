@@ -10,6 +10,18 @@
 
 namespace llmq {
 
+// A vocabulary as GGUF (llama.cpp) describes it: tokenizer.ggml.model "gpt2" (byte-level
+// BPE: tokens in GPT-2's byte-to-unicode spelling, merges "a b" by rank) or "llama"
+// (SentencePiece: pieces with scores). Token types: 1 normal, 2 unknown, 3 control,
+// 4 user-defined, 5 unused, 6 byte.
+struct VocabExport {
+  std::string model, pre;
+  std::vector<std::string> tokens, merges;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  int32_t unk_id = -1;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -24,6 +36,8 @@ class Tokenizer {
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // Id of a token given by its exact text (special tokens included), or -1.
   virtual int32_t token_id(std::string_view text) const = 0;
+  // The vocabulary for GGUF export.
+  virtual VocabExport export_vocab() const = 0;
 
   const std::string& kind() const { return kind_; }  // "llama3-bpe", "sentencepiece"
   const std::string& source() const { return source_; }
@@ -62,6 +76,9 @@ class StreamDecoder {
 // Length of the longest prefix of s that does not end inside a UTF-8 sequence which could
 // still be completed by more bytes (invalid bytes count as complete: they never will be).
 size_t utf8_complete_prefix(std::string_view s);
+// GPT-2's byte-level spelling of raw bytes (printable bytes stand for themselves, the rest
+// map to U+0100 onwards), as tokenizer.json and GGUF "gpt2" vocabularies write tokens.
+std::string bytes_to_gpt2_unicode(std::string_view bytes);
 // 64-bit FNV-1a, for fingerprints.
 uint64_t fnv1a64(std::string_view s, uint64_t h = 0xcbf29ce484222325ull);
 

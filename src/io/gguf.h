@@ -1,0 +1,90 @@
+// GGUF v3 (llama.cpp's model file): writing a Llama model with its tokenizer, and reading
+// one back as a model source. Layout (little-endian, docs/formats.md):
+//   "GGUF" u32 version=3, u64 tensor_count, u64 kv_count,
+//   kv_count x (string key, u32 type, value), tensor_count x (string name, u32 n_dims,
+//   u64 ne[n_dims] (ne[0] = row length), u32 ggml type, u64 offset from the data start),
+//   padding to general.alignment (32), the tensor data, each tensor aligned.
+// Strings are u64 length + bytes; arrays are u32 element type, u64 count, elements.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "model/llama.h"
+#include "quant/ggml_blocks.h"
+
+namespace llmq {
+
+enum class GgufValueType : uint32_t {
+  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9, U64 = 10, I64 = 11,
+  F64 = 12
+};
+
+// One metadata value (arrays of strings, f32 and i32 are what Llama files use).
+using GgufValue = std::variant<uint32_t, int32_t, float, bool, std::string, uint64_t, std::vector<std::string>,
+                               std::vector<float>, std::vector<int32_t>>;
+
+class GgufWriter {
+ public:
+  using Fill = std::function<void(uint8_t* dst)>;  // writes the tensor's whole data
+  void set(const std::string& key, GgufValue v) { kv_.push_back({key, std::move(v)}); }
+  // dims as GGUF writes them: ne[0] is the row length.
+  void add_tensor(const std::string& name, GgmlType type, std::vector<uint64_t> ne, Fill fill);
+  // Atomic (temp, fsync, rename); progress(done bytes, total bytes).
+  void write(const std::string& path, const std::function<void(uint64_t, uint64_t)>& progress = nullptr) const;
+
+ private:
+  struct T {
+    std::string name;
+    GgmlType type;
+    std::vector<uint64_t> ne;
+    uint64_t bytes;
+    Fill fill;
+  };
+  std::vector<std::pair<std::string, GgufValue>> kv_;
+  std::vector<T> tensors_;
+};
+
+// Bytes of n elements of a ggml type (n % 32 == 0 for block types).
+uint64_t ggml_type_bytes(GgmlType t, uint64_t n);
+const char* ggml_type_name(GgmlType t);
+
+struct GgufExportOptions {
+  std::string type = "f16";  // f32 | f16 | q8_0 | q4_0
+  bool progress = true;
+};
+// Exports a (float) model directory with its tokenizer to a GGUF file llama.cpp loads:
+// llama.* keys, q/k rows permuted back to Meta's interleaved rotary order, rope_freqs for
+// Llama 3.1-style scaling, Llama 3 BPE or SentencePiece vocabulary. Norms stay f32; with
+// q8_0/q4_0 every matrix (embeddings and output included) uses the type.
+void gguf_export(const std::string& model_dir, const std::string& out, const GgufExportOptions& o);
+
+// A parsed GGUF file: metadata and tensor directory (data stays in the mapping).
+struct GgufFile {
+  struct Tensor {
+    std::string name;
+    GgmlType type;
+    std::vector<uint64_t> ne;
+    uint64_t offset, bytes;
+  };
+  std::string path;
+  uint32_t version = 0;
+  std::map<std::string, GgufValue> kv;
+  std::vector<Tensor> tensors;
+  uint64_t data_start = 0;
+  std::shared_ptr<const void> mapping;  // keeps the file mapped
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+};
+// Validates everything (sizes, offsets, types, counts) and fails naming the file.
+GgufFile gguf_parse(const std::string& path);
+// Parses from memory (the fuzz target's entry point); `path` names it in errors.
+GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string& path);
+// A Llama GGUF (f32/f16/bf16/q8_0/q4_0 tensors) as a model: q8_0/q4_0 become llmq's 8/4-bit
+// layout with groups of 32 (exact), q/k rows go back to Hugging Face order.
+Model gguf_load_model(const std::string& path);
+
+}  // namespace llmq

@@ -1,0 +1,80 @@
+// Drives llama.cpp (the prebuilt libraries of npm node-llama-cpp) as the peer that checks
+// llmq's GGUF files and that llmq's speed is compared with. One JSON line on stdout.
+//   node llamacpp.mjs MODULES_DIR MODEL.gguf generate "ID ID ..." N THREADS   greedy N tokens
+//   node llamacpp.mjs MODULES_DIR MODEL.gguf nll TOKEN_FILE CTX THREADS       mean NLL per window
+//   node llamacpp.mjs MODULES_DIR MODEL.gguf bench PROMPT GEN THREADS         prefill / decode tok/s
+import fs from "node:fs";
+import path from "node:path";
+
+const [modulesDir, modelPath, mode, ...args] = process.argv.slice(2);
+const { getLlama, LlamaLogLevel } = await import(path.join(modulesDir, "node-llama-cpp", "dist", "index.js"));
+const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false });
+const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+async function context(size, threads, batch) {
+  return await model.createContext({ contextSize: size, threads, batchSize: batch ?? Math.min(size, 512), sequences: 1 });
+}
+
+if (mode === "generate") {
+  // Greedy, one token at a time, past end-of-sequence tokens (as llmq --ignore-eos).
+  const prompt = args[0].trim().split(/\s+/).map(Number);
+  const n = Number(args[1]);
+  const ctx = await context(prompt.length + n + 8, Number(args[2]));
+  const seq = ctx.getSequence();
+  const input = prompt.map((t, i) => (i + 1 < prompt.length ? t : [t, { generateNext: { token: true, options: { temperature: 0 } } }]));
+  let res = await seq.controlledEvaluate(input);
+  const out = [res[res.length - 1].next.token];
+  while (out.length < n) {
+    res = await seq.controlledEvaluate([[out[out.length - 1], { generateNext: { token: true, options: { temperature: 0 } } }]]);
+    out.push(res[0].next.token);
+  }
+  console.log(JSON.stringify({ tokens: out }));
+} else if (mode === "nll") {
+  const toks = fs.readFileSync(args[0], "utf8").trim().split(/\s+/).map(Number);
+  const win = Number(args[1]);
+  const ctx = await context(win, Number(args[2]), win);
+  let sum = 0, n = 0;
+  const seq = ctx.getSequence();
+  for (let w0 = 0; w0 + 1 < toks.length; w0 += win) {
+    const w = toks.slice(w0, w0 + win);
+    if (w.length < 2) break;
+    await seq.clearHistory();  // each window is a fresh sequence, as llmq eval ppl scores it
+    const input = w.map((t, i) => (i + 1 < w.length
+      ? [t, { generateNext: { logits: true } }] : t));
+    const res = await seq.controlledEvaluate(input);
+    for (let i = 0; i + 1 < w.length; i++) {
+      // -log softmax(logits)[target], with the max subtracted, in double
+      const logits = res[i].next.logits;
+      let mx = -Infinity;
+      for (const v of logits.values()) mx = Math.max(mx, v);
+      let z = 0;
+      for (const v of logits.values()) z += Math.exp(v - mx);
+      if (logits.size < model.tokens.nTokens) throw new Error(`only ${logits.size} logits returned`);
+      sum += Math.log(z) + mx - logits.get(w[i + 1]);
+      n++;
+    }
+  }
+  console.log(JSON.stringify({ tokens: n, nll: sum / n, ppl: Math.exp(sum / n) }));
+} else if (mode === "bench") {
+  const P = Number(args[0]), G = Number(args[1]), threads = Number(args[2]);
+  const ctx = await context(P + G + 8, threads, P);
+  const seq = ctx.getSequence();
+  const prompt = Array.from({ length: P }, (_, i) => 1000 + ((i * 7919) % 5000));
+  const t0 = now();
+  await seq.evaluateWithoutGeneratingNewTokens(prompt);
+  const t1 = now();
+  let n = 0, last = prompt[P - 1];
+  const t2 = now();
+  for (let i = 0; i < G; i++) {  // one token at a time, greedy, like a decode loop
+    const res = await seq.controlledEvaluate([[last, { generateNext: { token: true, options: { temperature: 0 } } }]]);
+    last = res[0].next.token;
+    n++;
+  }
+  const t3 = now();
+  console.log(JSON.stringify({ prefill_tok_s: P / (t1 - t0), decode_tok_s: n / (t3 - t2), threads }));
+} else {
+  console.error(`unknown mode ${mode}`);
+  process.exit(2);
+}
+await model.dispose();
