@@ -279,3 +279,291 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
 }
 
 }  // namespace llmq
+
+namespace llmq {
+
+namespace {
+
+// Bounds-checked little-endian reader over the file's bytes; every failure names the file.
+struct Reader {
+  const uint8_t* p;
+  uint64_t size, pos = 0;
+  const std::string& path;
+  template <class T>
+  T get(const char* what) {
+    if (size - pos < sizeof(T)) fail("{}: truncated GGUF ({} at byte {})", path, what, pos);
+    T v;
+    std::memcpy(&v, p + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+  std::string str(const char* what) {
+    const uint64_t n = get<uint64_t>(what);
+    if (n > size - pos) fail("{}: {} string of {} bytes runs past the end of the file (byte {})", path, what, n, pos);
+    std::string s(reinterpret_cast<const char*>(p + pos), n);
+    pos += n;
+    return s;
+  }
+  void skip(uint64_t n, const char* what) {
+    if (n > size - pos) fail("{}: truncated GGUF ({} at byte {})", path, what, pos);
+    pos += n;
+  }
+};
+
+uint64_t scalar_size(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::BOOL: return 1;
+    case GgufValueType::U16: case GgufValueType::I16: return 2;
+    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
+    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
+    default: return 0;
+  }
+}
+
+GgufValue read_value(Reader& r, GgufValueType t, const std::string& key) {
+  switch (t) {
+    case GgufValueType::U8: return (uint32_t)r.get<uint8_t>("u8");
+    case GgufValueType::I8: return (int32_t)r.get<int8_t>("i8");
+    case GgufValueType::U16: return (uint32_t)r.get<uint16_t>("u16");
+    case GgufValueType::I16: return (int32_t)r.get<int16_t>("i16");
+    case GgufValueType::U32: return r.get<uint32_t>("u32");
+    case GgufValueType::I32: return r.get<int32_t>("i32");
+    case GgufValueType::F32: return r.get<float>("f32");
+    case GgufValueType::BOOL: {
+      const uint8_t b = r.get<uint8_t>("bool");
+      if (b > 1) fail("{}: key {} holds bool value {}", r.path, key, b);
+      return b == 1;
+    }
+    case GgufValueType::STRING: return r.str("string value");
+    case GgufValueType::U64: return r.get<uint64_t>("u64");
+    case GgufValueType::I64: return (uint64_t)r.get<int64_t>("i64");
+    case GgufValueType::F64: return (float)r.get<double>("f64");
+    case GgufValueType::ARRAY: {
+      const auto et = (GgufValueType)r.get<uint32_t>("array type");
+      const uint64_t n = r.get<uint64_t>("array length");
+      if (et == GgufValueType::STRING) {
+        if (n > (r.size - r.pos) / 8) fail("{}: key {}: {} strings cannot fit in the file", r.path, key, n);
+        std::vector<std::string> v;
+        v.reserve(n);
+        for (uint64_t i = 0; i < n; i++) v.push_back(r.str("array string"));
+        return v;
+      }
+      const uint64_t es = scalar_size(et);
+      if (es == 0) fail("{}: key {}: array element type {} is not supported", r.path, key, (uint32_t)et);
+      if (n > (r.size - r.pos) / es) fail("{}: key {}: array of {} elements runs past the end of the file", r.path, key, n);
+      if (et == GgufValueType::F32) {
+        std::vector<float> v(n);
+        std::memcpy(v.data(), r.p + r.pos, n * 4);
+        r.pos += n * 4;
+        return v;
+      }
+      if (et == GgufValueType::I32 || et == GgufValueType::U32) {
+        std::vector<int32_t> v(n);
+        std::memcpy(v.data(), r.p + r.pos, n * 4);
+        r.pos += n * 4;
+        return v;
+      }
+      r.skip(n * es, "array");  // other numeric arrays are not used by Llama files
+      return std::vector<int32_t>{};
+    }
+  }
+  fail("{}: key {} has unknown value type {}", r.path, key, (uint32_t)t);
+}
+
+}  // namespace
+
+GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string& path) {
+  GgufFile f;
+  f.path = path;
+  f.data = data;
+  f.size = size;
+  Reader r{data, size, 0, f.path};
+  if (size < 4 || std::memcmp(data, "GGUF", 4) != 0) fail("{}: not a GGUF file (no \"GGUF\" magic)", path);
+  r.pos = 4;
+  f.version = r.get<uint32_t>("version");
+  if (f.version != 3 && f.version != 2) fail("{}: GGUF version {} is not supported (2 or 3)", path, f.version);
+  const uint64_t nt = r.get<uint64_t>("tensor count"), nkv = r.get<uint64_t>("metadata count");
+  if (nkv > size / 13) fail("{}: {} metadata entries cannot fit in a {}-byte file", path, nkv, size);
+  if (nt > size / 25) fail("{}: {} tensors cannot fit in a {}-byte file", path, nt, size);
+  for (uint64_t i = 0; i < nkv; i++) {
+    std::string key = r.str("metadata key");
+    const auto t = (GgufValueType)r.get<uint32_t>("value type");
+    GgufValue v = read_value(r, t, key);
+    if (f.kv.count(key)) fail("{}: metadata key {} appears twice", path, key);
+    f.kv.emplace(std::move(key), std::move(v));
+  }
+  uint64_t align = kAlign;
+  if (auto it = f.kv.find("general.alignment"); it != f.kv.end()) {
+    const uint32_t* a = std::get_if<uint32_t>(&it->second);
+    if (!a || *a == 0 || (*a & (*a - 1)) != 0 || *a > 1024) fail("{}: general.alignment must be a power of two up to 1024", path);
+    align = *a;
+  }
+  for (uint64_t i = 0; i < nt; i++) {
+    GgufFile::Tensor t;
+    t.name = r.str("tensor name");
+    const uint32_t nd = r.get<uint32_t>("tensor dims");
+    if (nd == 0 || nd > 4) fail("{}: tensor {} has {} dimensions (1 to 4 expected)", path, t.name, nd);
+    uint64_t n = 1;
+    for (uint32_t d = 0; d < nd; d++) {
+      const uint64_t e = r.get<uint64_t>("tensor dim");
+      if (e == 0 || e > (uint64_t(1) << 40) || n > (uint64_t(1) << 40) / e) fail("{}: tensor {} has an impossible shape", path, t.name);
+      t.ne.push_back(e);
+      n *= e;
+    }
+    const uint32_t ty = r.get<uint32_t>("tensor type");
+    t.type = (GgmlType)ty;
+    if (ty != 0 && ty != 1 && ty != 2 && ty != 8 && ty != 30)
+      fail("{}: tensor {} has ggml type {} (llmq reads f32, f16, bf16, q8_0, q4_0)", path, t.name, ty);
+    if ((t.type == GgmlType::Q8_0 || t.type == GgmlType::Q4_0) && t.ne[0] % 32 != 0)
+      fail("{}: tensor {}: rows of {} are not whole blocks of 32", path, t.name, t.ne[0]);
+    t.offset = r.get<uint64_t>("tensor offset");
+    if (t.offset % align != 0) fail("{}: tensor {} offset {} is not aligned to {}", path, t.name, t.offset, align);
+    t.bytes = ggml_type_bytes(t.type, n);
+    f.tensors.push_back(std::move(t));
+  }
+  f.data_start = (r.pos + align - 1) / align * align;
+  for (const auto& t : f.tensors)
+    if (f.data_start > size || t.offset > size - f.data_start || t.bytes > size - f.data_start - t.offset)
+      fail("{}: tensor {} ({} bytes at {}) runs past the end of the file ({} bytes); the file is truncated", path,
+           t.name, t.bytes, t.offset, size);
+  return f;
+}
+
+GgufFile gguf_parse(const std::string& path) {
+  auto mf = map_file(path);
+  GgufFile f = gguf_parse_bytes(mf->data, mf->size, path);
+  f.mapping = mf;
+  return f;
+}
+
+namespace {
+template <class T>
+T kv_get(const GgufFile& f, const std::string& key) {
+  auto it = f.kv.find(key);
+  if (it == f.kv.end()) fail("{}: missing metadata {}", f.path, key);
+  if (const T* v = std::get_if<T>(&it->second)) return *v;
+  if constexpr (std::is_same_v<T, uint32_t>)
+    if (const uint64_t* v = std::get_if<uint64_t>(&it->second); v && *v <= 0xffffffffu) return (uint32_t)*v;
+  fail("{}: metadata {} has an unexpected type", f.path, key);
+}
+}  // namespace
+
+Model gguf_load_model(const std::string& path) {
+  GgufFile f = gguf_parse(path);
+  const std::string arch = f.kv.count("general.architecture") && std::holds_alternative<std::string>(f.kv["general.architecture"])
+                               ? std::get<std::string>(f.kv["general.architecture"]) : "";
+  if (arch != "llama") fail("{}: general.architecture is '{}' (llmq reads llama)", path, arch);
+  ModelConfig c;
+  c.dim = kv_get<uint32_t>(f, "llama.embedding_length");
+  c.n_layers = kv_get<uint32_t>(f, "llama.block_count");
+  c.n_heads = kv_get<uint32_t>(f, "llama.attention.head_count");
+  c.n_kv_heads = f.kv.count("llama.attention.head_count_kv") ? kv_get<uint32_t>(f, "llama.attention.head_count_kv") : c.n_heads;
+  c.ffn_dim = kv_get<uint32_t>(f, "llama.feed_forward_length");
+  c.max_seq_len = kv_get<uint32_t>(f, "llama.context_length");
+  c.norm_eps = kv_get<float>(f, "llama.attention.layer_norm_rms_epsilon");
+  c.rope_theta = f.kv.count("llama.rope.freq_base") ? kv_get<float>(f, "llama.rope.freq_base") : 10000.f;
+  if (c.n_heads <= 0) fail("{}: llama.attention.head_count must be positive", path);
+  c.head_dim = f.kv.count("llama.attention.key_length") ? kv_get<uint32_t>(f, "llama.attention.key_length") : c.dim / c.n_heads;
+  if (f.kv.count("tokenizer.ggml.bos_token_id")) c.bos_token_ids = {kv_get<uint32_t>(f, "tokenizer.ggml.bos_token_id")};
+  if (f.kv.count("tokenizer.ggml.eos_token_id")) c.eos_token_ids = {kv_get<uint32_t>(f, "tokenizer.ggml.eos_token_id")};
+  std::map<std::string, const GgufFile::Tensor*> byname;
+  for (const auto& t : f.tensors) byname[t.name] = &t;
+  const auto* emb = byname.count("token_embd.weight") ? byname["token_embd.weight"] : nullptr;
+  if (!emb || emb->ne.size() != 2) fail("{}: missing 2-D token_embd.weight", path);
+  c.vocab_size = (int64_t)emb->ne[1];
+  c.tie_embeddings = !byname.count("output.weight");
+  c.dtype = DType::F32;
+  c.validate(path);
+  if (byname.count("rope_freqs.weight"))
+    fail("{}: rope_freqs (Llama 3.1-style rope scaling) in GGUF input is not supported yet", path);
+  Model m;
+  m.config = c;
+  m.source = path;
+  m.rope_freqs = rope_frequencies(c);
+  const int64_t hd = c.head_dim;
+  // One tensor: shape check, then f32/f16/bf16 as is, q8_0/q4_0 into llmq's layout.
+  auto load = [&](const std::string& name, Shape shape, bool permute) -> Tensor {
+    auto it = byname.find(name);
+    if (it == byname.end()) fail("{}: missing tensor {}", path, name);
+    const GgufFile::Tensor& t = *it->second;
+    std::vector<uint64_t> want;
+    for (auto d = shape.rbegin(); d != shape.rend(); ++d) want.push_back((uint64_t)*d);
+    if (t.ne != want) fail("{}: tensor {} has the wrong shape for the model's metadata", path, name);
+    const uint8_t* src = f.data + f.data_start + t.offset;
+    const int64_t M = shape.size() == 2 ? shape[0] : 1, K = shape.back();
+    const uint64_t row_bytes = ggml_type_bytes(t.type, (uint64_t)K);
+    // Rows in Hugging Face order: HF row s is GGUF row gguf_row_of_hf(s).
+    auto gguf_row = [&](int64_t s) {
+      if (!permute) return s;
+      const int64_t h = s / hd, i = s % hd;
+      return h * hd + (i < hd / 2 ? 2 * i : 2 * (i - hd / 2) + 1);
+    };
+    if (t.type == GgmlType::Q8_0 || t.type == GgmlType::Q4_0) {
+      const bool q8 = t.type == GgmlType::Q8_0;
+      if (!q8 && K % 64 != 0) fail("{}: {} has rows of {}; llmq's 4-bit layout needs a multiple of 64", path, name, K);
+      std::vector<uint8_t> codes((size_t)(M * K));
+      std::vector<float> scale((size_t)(M * K / 32)), zero((size_t)(M * K / 32), q8 ? 128.f : 8.f);
+      for (int64_t r = 0; r < M; r++) {
+        const uint8_t* row = src + gguf_row(r) * row_bytes;
+        for (int64_t b = 0; b < K / 32; b++) {
+          if (q8) {
+            BlockQ8_0 blk;
+            std::memcpy(&blk, row + b * sizeof(BlockQ8_0), sizeof blk);
+            scale[r * (K / 32) + b] = f16_to_f32(blk.d);
+            for (int j = 0; j < 32; j++) codes[r * K + b * 32 + j] = (uint8_t)(blk.qs[j] + 128);
+          } else {
+            BlockQ4_0 blk;
+            std::memcpy(&blk, row + b * sizeof(BlockQ4_0), sizeof blk);
+            scale[r * (K / 32) + b] = f16_to_f32(blk.d);
+            for (int j = 0; j < 16; j++) {
+              codes[r * K + b * 32 + j] = blk.qs[j] & 15;
+              codes[r * K + b * 32 + j + 16] = blk.qs[j] >> 4;
+            }
+          }
+        }
+      }
+      for (float s : scale)
+        if (!std::isfinite(s)) fail("{}: {} has a non-finite block scale", path, name);
+      return make_quant_tensor(M, K, q8 ? 8 : 4, 32, true, false, codes.data(), scale.data(), zero.data());
+    }
+    const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+    Tensor out = Tensor::empty(dt, shape);
+    for (int64_t r = 0; r < M; r++)
+      std::memcpy(out.host<uint8_t>() + r * row_bytes, src + gguf_row(r) * row_bytes, row_bytes);
+    if (dt != DType::F32 && shape.size() == 1) {  // norms run in f32
+      Tensor f32 = Tensor::empty(DType::F32, shape);
+      for (int64_t k = 0; k < K; k++)
+        f32.host<float>()[k] = dt == DType::F16 ? f16_to_f32(out.host<uint16_t>()[k]) : bf16_to_f32(out.host<uint16_t>()[k]);
+      return f32;
+    }
+    return out;
+  };
+  LlamaWeights& w = m.weights;
+  w.embed = load("token_embd.weight", {c.vocab_size, c.dim}, false);
+  if (w.embed.quant()) {  // lookups need float rows: dequantize the table (vocab x dim f32)
+    Tensor e = Tensor::empty(DType::F32, {c.vocab_size, c.dim});
+    dequantize_tensor_rows(w.embed, 0, c.vocab_size, e.host<float>());
+    m.weights.lm_head = w.embed;  // the quantized copy serves the output projection when tied
+    w.embed = e;
+  }
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LlamaLayer L;
+    L.attn_norm = load(p + "attn_norm.weight", {c.dim}, false);
+    L.wq = load(p + "attn_q.weight", {c.q_dim(), c.dim}, true);
+    L.wk = load(p + "attn_k.weight", {c.kv_dim(), c.dim}, true);
+    L.wv = load(p + "attn_v.weight", {c.kv_dim(), c.dim}, false);
+    L.wo = load(p + "attn_output.weight", {c.dim, c.q_dim()}, false);
+    L.ffn_norm = load(p + "ffn_norm.weight", {c.dim}, false);
+    L.w_gate = load(p + "ffn_gate.weight", {c.ffn_dim, c.dim}, false);
+    L.w_up = load(p + "ffn_up.weight", {c.ffn_dim, c.dim}, false);
+    L.w_down = load(p + "ffn_down.weight", {c.dim, c.ffn_dim}, false);
+    w.layers.push_back(std::move(L));
+  }
+  w.norm = load("output_norm.weight", {c.dim}, false);
+  if (!c.tie_embeddings) w.lm_head = load("output.weight", {c.vocab_size, c.dim}, false);
+  else if (!w.lm_head.defined()) w.lm_head = w.embed;
+  return m;
+}
+
+}  // namespace llmq

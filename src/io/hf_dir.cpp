@@ -13,6 +13,7 @@
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "quant/gptq_format.h"
 #include "quant/quant.h"
@@ -158,6 +159,10 @@ bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
 }
 
 Model model_load(const std::string& dir, LoadMode mode) {
+  if (fs::is_regular_file(dir)) {  // a GGUF file (llama.cpp's format) as a model source
+    if (dir.ends_with(".gguf")) return gguf_load_model(dir);
+    fail("{}: a file; give a model directory (config.json + safetensors) or a .gguf file", dir);
+  }
   fs::path cfg = fs::path(dir) / "config.json";
   if (!fs::is_directory(dir)) fail("{}: not a directory (expected a Hugging Face model directory)", dir);
   if (!fs::exists(cfg)) fail("{}: missing config.json", dir);

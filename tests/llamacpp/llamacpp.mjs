@@ -3,6 +3,7 @@
 //   node llamacpp.mjs MODULES_DIR MODEL.gguf generate "ID ID ..." N THREADS   greedy N tokens
 //   node llamacpp.mjs MODULES_DIR MODEL.gguf nll TOKEN_FILE CTX THREADS       mean NLL per window
 //   node llamacpp.mjs MODULES_DIR MODEL.gguf bench PROMPT GEN THREADS         prefill / decode tok/s
+//   node llamacpp.mjs MODULES_DIR MODEL.gguf tokenize TEXT_FILE               ids of each line
 import fs from "node:fs";
 import path from "node:path";
 
@@ -56,6 +57,10 @@ if (mode === "generate") {
     }
   }
   console.log(JSON.stringify({ tokens: n, nll: sum / n, ppl: Math.exp(sum / n) }));
+} else if (mode === "tokenize") {
+  // One line of ids per input line (no BOS), as `llmq tokenizer encode` prints them.
+  const lines = fs.readFileSync(args[0], "utf8").split("\n").filter((l) => l.length > 0);
+  console.log(JSON.stringify({ ids: lines.map((l) => Array.from(model.tokenize(l, false))) }));
 } else if (mode === "bench") {
   const P = Number(args[0]), G = Number(args[1]), threads = Number(args[2]);
   const ctx = await context(P + G + 8, threads, P);
