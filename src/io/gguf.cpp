@@ -353,13 +353,13 @@ GgufValue read_value(Reader& r, GgufValueType t, const std::string& key) {
       if (n > (r.size - r.pos) / es) fail("{}: key {}: array of {} elements runs past the end of the file", r.path, key, n);
       if (et == GgufValueType::F32) {
         std::vector<float> v(n);
-        std::memcpy(v.data(), r.p + r.pos, n * 4);
+        if (n) std::memcpy(v.data(), r.p + r.pos, n * 4);
         r.pos += n * 4;
         return v;
       }
       if (et == GgufValueType::I32 || et == GgufValueType::U32) {
         std::vector<int32_t> v(n);
-        std::memcpy(v.data(), r.p + r.pos, n * 4);
+        if (n) std::memcpy(v.data(), r.p + r.pos, n * 4);
         r.pos += n * 4;
         return v;
       }
@@ -448,8 +448,10 @@ T kv_get(const GgufFile& f, const std::string& key) {
 }
 }  // namespace
 
-Model gguf_load_model(const std::string& path) {
-  GgufFile f = gguf_parse(path);
+Model gguf_load_model(const std::string& path) { return gguf_model_from(gguf_parse(path)); }
+
+Model gguf_model_from(GgufFile f) {
+  const std::string path = f.path;
   const std::string arch = f.kv.count("general.architecture") && std::holds_alternative<std::string>(f.kv["general.architecture"])
                                ? std::get<std::string>(f.kv["general.architecture"]) : "";
   if (arch != "llama") fail("{}: general.architecture is '{}' (llmq reads llama)", path, arch);

@@ -86,5 +86,7 @@ GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string&
 // A Llama GGUF (f32/f16/bf16/q8_0/q4_0 tensors) as a model: q8_0/q4_0 become llmq's 8/4-bit
 // layout with groups of 32 (exact), q/k rows go back to Hugging Face order.
 Model gguf_load_model(const std::string& path);
+// The same from a parsed file (its data must stay valid while the model is built).
+Model gguf_model_from(GgufFile f);
 
 }  // namespace llmq

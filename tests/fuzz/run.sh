@@ -6,9 +6,9 @@ cd "$(dirname "$0")/../.."
 secs=${1:-30}
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
-cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode fuzz_text_formats llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode fuzz_text_formats fuzz_gguf llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 work=build-fuzz/corpus
-rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode" "$work/text_formats"
+rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode" "$work/text_formats" "$work/gguf"
 # Seeds: a real model directory's files and a Meta params.json.
 ./build-fuzz/llmq init --preset tiny-tied --out "$work/model" --dtype bf16 >/dev/null 2>&1
 head -c 4096 "$work/model/model.safetensors" > "$work/safetensors/head"
@@ -37,7 +37,13 @@ printf 'one\ntwo\n' > "$work/in.txt"
 { printf '\x00'; cat "$work/shards/manifest.json"; } > "$work/text_formats/manifest"
 { printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$work/text_formats/llama3_template"
 printf '\x01{%% for m in messages %%}{{ loop.index ~ m.role | upper }}{%% if m.content | trim %%}{{ m.content[1:] }}{%% endif %%}{%% endfor %%}' > "$work/text_formats/template2"
-for t in safetensors config tokenizer_files tokenizer_encode text_formats; do
+# GGUF seeds: a tiny model with a small SentencePiece vocabulary, as f32 and q4_0 files.
+head -c 60000 data/text/web.txt > "$work/spm_in.txt"
+./build-fuzz/llmq tokenizer train --input "$work/spm_in.txt" --vocab 500 --out "$work/spm" >/dev/null 2>&1
+./build-fuzz/llmq init --preset tiny --tokenizer "$work/spm" --out "$work/gmodel" --dtype f32 >/dev/null 2>&1
+./build-fuzz/llmq export -m "$work/gmodel" --type q4_0 --out "$work/gguf/q4.gguf" >/dev/null 2>&1
+./build-fuzz/llmq export -m "$work/gmodel" --type f32 --out "$work/gguf/f32.gguf" >/dev/null 2>&1
+for t in safetensors config tokenizer_files tokenizer_encode text_formats gguf; do
   echo "fuzzing $t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \

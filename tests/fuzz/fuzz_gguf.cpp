@@ -1,0 +1,18 @@
+// libFuzzer target: GGUF parsing and model building on arbitrary bytes. Any input must
+// either parse (every tensor inside the file) and build a model or raise llmq::Error.
+#include <cstdint>
+#include <cstdlib>
+
+#include "io/gguf.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  try {
+    llmq::GgufFile f = llmq::gguf_parse_bytes(data, size, "fuzz.gguf");
+    for (const auto& t : f.tensors)
+      if (t.offset + t.bytes > size - f.data_start) std::abort();  // validation missed something
+    // Model building reads the tensors: only try files small enough to be quick.
+    if (size < (1 << 20)) llmq::gguf_model_from(f);
+  } catch (const llmq::Error&) {
+  }
+  return 0;
+}
