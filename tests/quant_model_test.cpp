@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/file_util.h"
 #include "eval/perplexity.h"
@@ -145,6 +146,51 @@ TEST_F(QuantFixture, BadInput) {
   cj["quantization_config"]["bits"] = 5;
   write_file_atomic(dir + "/config.json", cj.dump());
   EXPECT_THROW(model_load(dir), Error);
+}
+
+}  // namespace
+}  // namespace llmq
+
+namespace llmq {
+namespace {
+
+// E4M3: every finite code converts back to itself; any float goes to the nearest code
+// (ties to even), saturating at 448, found here by brute force in double.
+TEST(Fp8, E4m3RoundsToNearest) {
+  for (int c = 0; c < 256; c++) {
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(e4m3_to_f32((uint8_t)c)));
+      continue;
+    }
+    EXPECT_EQ(f32_to_e4m3(e4m3_to_f32((uint8_t)c)), c == 0x80 ? 0x80 : c) << c;
+  }
+  EXPECT_EQ(e4m3_to_f32(0x7e), 448.f);
+  EXPECT_EQ(e4m3_to_f32(0x01), std::ldexp(1.f, -9));
+  EXPECT_EQ(f32_to_e4m3(1e6f), 0x7e);
+  EXPECT_EQ(f32_to_e4m3(-1e6f), 0xfe);
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 20000; i++) {
+    const float x = std::ldexp((float)(rng() % 100000) / 100000.f, (int)(rng() % 20) - 11) * ((rng() & 1) ? -1.f : 1.f);
+    const uint8_t c = f32_to_e4m3(x);
+    double best = 1e30;
+    for (int k = 0; k < 0x7f; k++) best = std::min(best, std::fabs(std::fabs((double)x) - e4m3_to_f32((uint8_t)k)));
+    ASSERT_EQ(std::fabs(std::fabs((double)x) - std::fabs((double)e4m3_to_f32(c))), best) << x;
+  }
+}
+
+// Quantized KV caches on a real forward pass: logits stay close to the f32 cache's, and
+// perplexity within 0.5% (the bound for int8) on a tiny model.
+TEST_F(QuantFixture, QuantizedKvCache) {
+  Model m = model_load(src);
+  std::vector<int32_t> toks(400);
+  for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t)((i * 7919 + 3) % cfg.vocab_size);
+  const double base = eval_perplexity(m, toks, 128).ppl;
+  for (KvType t : {KvType::BF16, KvType::I8, KvType::FP8}) {
+    const double p = eval_perplexity(m, toks, 128, nullptr, t).ppl;
+    EXPECT_NEAR(p / base, 1.0, t == KvType::FP8 ? 0.02 : 0.005) << kv_type_name(t);
+    EXPECT_NE(p, base) << kv_type_name(t) << ": the cache type must change something";
+  }
+  EXPECT_THROW(kv_type_parse("int4"), Error);
 }
 
 }  // namespace

@@ -13,18 +13,23 @@ namespace llmq::cli {
 void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "measure prefill and decode tokens/s and peak memory");
   struct Opts {
-    std::string model;
+    std::vector<std::string> models;
+    std::string model, kv = "f32";
     int64_t prompt = 512, gen = 64, batch = 1, reps = 1;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->model, "model directory")->required();
+  cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required();
+  cmd->add_option("--kv-cache", o->kv, "KV-cache type: f32 (default), bf16, int8, fp8");
   cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(CLI::PositiveNumber);
   cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::Range(1, 64));
   cmd->add_option("--reps", o->reps, "repetitions (the best is reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
+   bool header = false;
+   for (const std::string& model_path : o->models) {
+    o->model = model_path;
     using clock = std::chrono::steady_clock;
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     Model m = model_load(o->model, load_mode());
@@ -36,7 +41,7 @@ void register_bench(CLI::App& app) {
     for (int64_t i = 0; i < o->prompt; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
     double best_pre = 1e30, best_dec = 1e30;
     for (int64_t rep = 0; rep < o->reps; rep++) {
-      KVCache cache = KVCache::create(c, o->batch, ctx);
+      KVCache cache = KVCache::create(c, o->batch, ctx, kv_type_parse(o->kv));
       Scratch s;
       auto t0 = clock::now();
       for (int64_t b = 0; b < o->batch; b++) {
@@ -65,15 +70,21 @@ void register_bench(CLI::App& app) {
                         {"threads", ops_threads()},   {"prompt", o->prompt},
                         {"gen", o->gen},              {"batch", o->batch},
                         {"prefill_tok_s", pre_tps},   {"prefill_gflops", pre_flops / best_pre / 1e9},
-                        {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()}};
+                        {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()},
+                        {"scheme", c.quant.enabled ? c.quant.scheme : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
+                        {"kv_cache", o->kv}};
     if (o->json) {
       fmt::print("{}\n", j.dump());
-      return;
+      continue;
     }
-    fmt::print("{:<10} {:>8} {:>8} {:>6} {:>14} {:>16} {:>14} {:>12}\n", "isa", "threads", "prompt", "batch",
-               "prefill tok/s", "prefill GFLOP/s", "decode tok/s", "peak RSS");
-    fmt::print("{:<10} {:>8} {:>8} {:>6} {:>14.1f} {:>16.1f} {:>14.2f} {:>12}\n", cpu_kernels().isa, ops_threads(),
-               o->prompt, o->batch, pre_tps, pre_flops / best_pre / 1e9, dec_tps, format_bytes(peak_rss_bytes()));
+    if (!header)
+      fmt::print("{:<32} {:<8} {:<8} {:>7} {:>7} {:>6} {:>14} {:>16} {:>13} {:>12}\n", "model", "scheme", "isa", "threads",
+                 "prompt", "batch", "prefill tok/s", "prefill GFLOP/s", "decode tok/s", "peak RSS");
+    header = true;
+    fmt::print("{:<32} {:<8} {:<8} {:>7} {:>7} {:>6} {:>14.1f} {:>16.1f} {:>13.2f} {:>12}\n", o->model,
+               j["scheme"].get<std::string>(), cpu_kernels().isa, ops_threads(), o->prompt, o->batch, pre_tps,
+               pre_flops / best_pre / 1e9, dec_tps, format_bytes(peak_rss_bytes()));
+   }
   });
 }
 

@@ -55,12 +55,14 @@ void register_eval(CLI::App& app) {
     TokenSource src;
     int64_t ctx = 0;
     bool json = false;
+    std::string kv = "f32";
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory")->required();
   o->src.add(ppl);
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
+  ppl->add_option("--kv-cache", o->kv, "KV-cache type: f32 (default), bf16, int8, fp8");
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
     std::vector<int32_t> toks = o->src.load(o->model);
@@ -69,7 +71,7 @@ void register_eval(CLI::App& app) {
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {
       bar = Progress("perplexity", (uint64_t)total, !o->json && total > 1);
       bar.update((uint64_t)done);
-    });
+    }, kv_type_parse(o->kv));
     bar.finish();
     if (o->json) {
       fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"nll", r.nll}, {"ppl", r.ppl}}.dump());
@@ -86,6 +88,8 @@ void register_eval(CLI::App& app) {
   c->src.add(cmp);
   cmp->add_option("--ctx", c->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   cmp->add_flag("--json", c->json, "print the figures as JSON");
+  cmp->add_option("--kv-cache", c->kv, "KV-cache type of the -q run (f32, bf16, int8, fp8); -q may name the base "
+                                        "model itself to measure the KV cache alone");
   cmp->callback([c] {
     Model base = model_load(c->model, load_mode());
     Model quant = model_load(c->quant, load_mode());
@@ -95,7 +99,7 @@ void register_eval(CLI::App& app) {
     auto r = eval_compare(base, quant, toks, c->ctx, [&](int64_t done, int64_t total) {
       bar = Progress("compare", (uint64_t)total, !c->json && total > 1);
       bar.update((uint64_t)done);
-    });
+    }, kv_type_parse(c->kv));
     bar.finish();
     if (c->json) {
       fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"ppl_base", r.ppl_base}, {"ppl_quant", r.ppl_quant},

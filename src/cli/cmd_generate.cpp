@@ -128,6 +128,8 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
   cmd->add_option("--stop", o->stops, "stop once this text (token ids with --ids) has been generated; repeatable");
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
+  cmd->add_option_function<std::string>("--kv-cache", [o](const std::string& t) { o->g.kv_type = kv_type_parse(t); },
+                                        "KV-cache type: f32 (default), bf16, int8, fp8 (E4M3; int8/fp8 scaled per head and position)");
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());

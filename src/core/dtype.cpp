@@ -1,6 +1,7 @@
 // Names of element types and software f16 conversions (the F16C path lives in the kernels).
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -71,6 +72,42 @@ uint16_t f32_to_f16(float f) {
   uint32_t rest = m & 0x1fff;
   if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;  // may carry into the exponent: correct
   return sign | (uint16_t)h;
+}
+
+namespace {
+struct E4m3Table {
+  float v[256];
+  E4m3Table() {
+    for (int i = 0; i < 256; i++) {
+      const int e = (i >> 3) & 15, m = i & 7;
+      float a = e == 0 ? std::ldexp((float)m, -9) : std::ldexp(1.f + (float)m / 8.f, e - 7);
+      if ((i & 0x7f) == 0x7f) a = std::nanf("");
+      v[i] = (i & 0x80) ? -a : a;
+    }
+  }
+};
+const E4m3Table& e4m3_table() {
+  static const E4m3Table t;
+  return t;
+}
+}  // namespace
+
+float e4m3_to_f32(uint8_t v) { return e4m3_table().v[v]; }
+
+uint8_t f32_to_e4m3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::min(std::fabs(f), 448.f);
+  // Nearest of the 127 non-negative finite codes (0x00..0x7e, increasing); ties to the even code.
+  const float* t = e4m3_table().v;
+  int lo = 0, hi = 0x7e;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    (t[mid] <= a ? lo : hi) = mid;
+  }
+  const float dl = a - t[lo], dh = t[hi] - a;
+  const int c = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
+  return (uint8_t)(sign | c);
 }
 
 }  // namespace llmq

@@ -35,4 +35,9 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);  // round to nearest even, overflow to inf
 
+// FP8 E4M3 ("e4m3fn": 1 sign, 4 exponent (bias 7), 3 mantissa bits, no infinities, max
+// 448, 0x7f/0xff NaN). Conversion rounds to nearest even and saturates at +-448.
+float e4m3_to_f32(uint8_t v);
+uint8_t f32_to_e4m3(float f);
+
 }  // namespace llmq

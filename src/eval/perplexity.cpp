@@ -24,10 +24,10 @@ void check_tokens(const ModelConfig& c, const std::vector<int32_t>& tokens, int6
 }
 
 PerplexityResult eval_perplexity(const Model& m, const std::vector<int32_t>& tokens, int64_t ctx,
-                                 const std::function<void(int64_t, int64_t)>& on_window) {
+                                 const std::function<void(int64_t, int64_t)>& on_window, KvType kv) {
   const ModelConfig& c = m.config;
   check_tokens(c, tokens, ctx);
-  KVCache cache = KVCache::create(c, 1, ctx);
+  KVCache cache = KVCache::create(c, 1, ctx, kv);
   Scratch scratch;
   PerplexityResult r;
   double sum = 0;
@@ -72,13 +72,13 @@ void log_softmax(const float* x, int64_t V, std::vector<double>& out) {
 }  // namespace
 
 CompareResult eval_compare(const Model& base, const Model& quant, const std::vector<int32_t>& tokens, int64_t ctx,
-                           const std::function<void(int64_t, int64_t)>& on_window) {
+                           const std::function<void(int64_t, int64_t)>& on_window, KvType kv_quant) {
   const ModelConfig& c = base.config;
   if (quant.config.vocab_size != c.vocab_size || quant.config.max_seq_len != c.max_seq_len)
     fail("eval compare: the models differ in vocabulary ({} vs {}) or context; compare a model with its quantized copy",
          c.vocab_size, quant.config.vocab_size);
   check_tokens(c, tokens, ctx);
-  KVCache cb = KVCache::create(c, 1, ctx), cq = KVCache::create(quant.config, 1, ctx);
+  KVCache cb = KVCache::create(c, 1, ctx), cq = KVCache::create(quant.config, 1, ctx, kv_quant);
   Scratch sb, sq;
   CompareResult r;
   std::vector<double> kl, lb, lq;

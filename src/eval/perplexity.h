@@ -18,7 +18,8 @@ struct PerplexityResult {
 // Windows of `ctx` tokens (the last may be shorter; a 1-token tail predicts nothing).
 // on_window(done, total) reports progress.
 PerplexityResult eval_perplexity(const Model& m, const std::vector<int32_t>& tokens, int64_t ctx,
-                                 const std::function<void(int64_t, int64_t)>& on_window = nullptr);
+                                 const std::function<void(int64_t, int64_t)>& on_window = nullptr,
+                                 KvType kv = KvType::F32);
 
 // A quantized (or otherwise changed) model against its base on the same windows: what
 // llama.cpp's perplexity --kl-divergence reports.
@@ -28,8 +29,10 @@ struct CompareResult {
   double kld_mean = 0, kld_p99 = 0, kld_max = 0;  // KL(P_base || P_quant) per position, nats
   double top1_agreement = 0;                      // fraction of positions with the same argmax
 };
+// kv_quant: the KV-cache type of the second run (the base always runs with f32).
 CompareResult eval_compare(const Model& base, const Model& quant, const std::vector<int32_t>& tokens, int64_t ctx,
-                           const std::function<void(int64_t, int64_t)>& on_window = nullptr);
+                           const std::function<void(int64_t, int64_t)>& on_window = nullptr,
+                           KvType kv_quant = KvType::F32);
 
 // Tokens of the held-out (val) or train split of a prepared data directory, in order,
 // at most max_tokens (0: all).

@@ -33,7 +33,7 @@ std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vect
   if (longest > ctx || longest > c.max_seq_len)
     fail("prompt of {} tokens is longer than the context of {} tokens", longest, std::min(ctx, c.max_seq_len));
 
-  KVCache cache = KVCache::create(c, (int64_t)B, ctx);
+  KVCache cache = KVCache::create(c, (int64_t)B, ctx, opt.kv_type);
   Scratch scratch;
   std::vector<GenerateResult> res(B);
   std::vector<std::vector<int32_t>> hist(prompts);

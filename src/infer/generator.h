@@ -15,6 +15,7 @@ struct GenerateOptions {
   std::vector<int32_t> eos_ids;                    // stop when one is sampled (not emitted)
   std::vector<std::vector<int32_t>> stop_sequences;  // stop after emitting one of these
   int64_t context = 0;                             // KV cache length; 0: prompt + max_new
+  KvType kv_type = KvType::F32;                    // KV-cache element type
 };
 
 enum class StopReason { Length, Eos, StopSequence, Context };

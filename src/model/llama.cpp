@@ -9,15 +9,39 @@
 
 namespace llmq {
 
-KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq) {
+KvType kv_type_parse(const std::string& name) {
+  if (name == "f32") return KvType::F32;
+  if (name == "bf16") return KvType::BF16;
+  if (name == "int8") return KvType::I8;
+  if (name == "fp8") return KvType::FP8;
+  fail("unknown KV-cache type '{}' (choose f32, bf16, int8 or fp8)", name);
+}
+
+const char* kv_type_name(KvType t) {
+  switch (t) {
+    case KvType::F32: return "f32";
+    case KvType::BF16: return "bf16";
+    case KvType::I8: return "int8";
+    case KvType::FP8: return "fp8";
+  }
+  return "?";
+}
+
+KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type) {
   if (max_seq > c.max_seq_len)
     fail("context {} exceeds the model's max_position_embeddings {}", max_seq, c.max_seq_len);
   KVCache kv;
   kv.n_seq = n_seq;
   kv.max_seq = max_seq;
+  kv.type = type;
+  const DType dt = type == KvType::F32 ? DType::F32 : type == KvType::BF16 ? DType::BF16 : type == KvType::I8 ? DType::I8 : DType::U8;
   for (int64_t l = 0; l < c.n_layers; l++) {
-    kv.k.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
-    kv.v.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
+    kv.k.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
+    kv.v.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
+    if (type == KvType::I8 || type == KvType::FP8) {
+      kv.k_scale.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}));
+      kv.v_scale.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}));
+    }
   }
   return kv;
 }
@@ -25,6 +49,7 @@ KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq) {
 size_t KVCache::bytes() const {
   size_t b = 0;
   for (size_t i = 0; i < k.size(); i++) b += k[i].nbytes() + v[i].nbytes();
+  for (size_t i = 0; i < k_scale.size(); i++) b += k_scale[i].nbytes() + v_scale[i].nbytes();
   return b;
 }
 
@@ -79,8 +104,11 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_matmul(v, xb, L.wv);
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
-    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos);
-    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads);
+    const Tensor none;
+    Tensor& ks = cache.k_scale.empty() ? const_cast<Tensor&>(none) : cache.k_scale[l];
+    Tensor& vs = cache.v_scale.empty() ? const_cast<Tensor&>(none) : cache.v_scale[l];
+    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, ks, vs);
+    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, ks, vs);
     op_matmul(xb, att, L.wo);
     op_add(x, xb);
     // SwiGLU feed-forward.

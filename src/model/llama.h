@@ -39,11 +39,19 @@ struct Model {
   std::vector<double> rope_freqs;  // (head_dim/2) with rope scaling applied
 };
 
-// Keys and values of every layer for n_seq independent sequences, f32.
+// KV-cache element type: f32, bf16, or int8 / fp8 (E4M3) with a scale per (sequence, head,
+// position): the row of head_dim values divided by amax/127 (int8) or amax/448 (fp8).
+enum class KvType { F32, BF16, I8, FP8 };
+KvType kv_type_parse(const std::string& name);  // "f32", "bf16", "int8", "fp8"; fails otherwise
+const char* kv_type_name(KvType t);
+
+// Keys and values of every layer for n_seq independent sequences.
 struct KVCache {
   int64_t n_seq = 0, max_seq = 0;
-  std::vector<Tensor> k, v;  // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
-  static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq);
+  KvType type = KvType::F32;
+  std::vector<Tensor> k, v;            // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
+  std::vector<Tensor> k_scale, v_scale;  // int8/fp8: per layer (n_seq, n_kv_heads, max_seq) f32
+  static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
   size_t bytes() const;
 };
 

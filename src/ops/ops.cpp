@@ -208,46 +208,104 @@ void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& 
     std::memcpy(dst.host<float>() + i * d, src.host<float>() + idx[i] * d, d * 4);
 }
 
+namespace {
+// One cached row (head_dim values) to f32.
+inline void kv_row(const Tensor& c, const Tensor& sc, int64_t row, int64_t hd, const CpuKernels& k, float* out) {
+  switch (c.dtype()) {
+    case DType::F32: std::memcpy(out, c.host<float>() + row * hd, hd * 4); break;
+    case DType::BF16: k.cvt_bf16_f32(c.host<uint16_t>() + row * hd, out, hd); break;
+    case DType::I8: {
+      const int8_t* p = c.host<int8_t>() + row * hd;
+      const float s = sc.host<float>()[row];
+      for (int64_t i = 0; i < hd; i++) out[i] = s * (float)p[i];
+      break;
+    }
+    default: {
+      const uint8_t* p = c.host<uint8_t>() + row * hd;
+      const float s = sc.host<float>()[row];
+      for (int64_t i = 0; i < hd; i++) out[i] = s * e4m3_to_f32(p[i]);
+      break;
+    }
+  }
+}
+inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* x) {
+  switch (c.dtype()) {
+    case DType::F32: std::memcpy(c.host<float>() + row * hd, x, hd * 4); break;
+    case DType::BF16:
+      for (int64_t i = 0; i < hd; i++) c.host<uint16_t>()[row * hd + i] = f32_to_bf16(x[i]);
+      break;
+    case DType::I8: {
+      float amax = 0.f;
+      for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
+      const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+      for (int64_t i = 0; i < hd; i++) {
+        float r = x[i] * inv;
+        if (r != r) r = 0.f;
+        c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
+      }
+      sc.host<float>()[row] = s;
+      break;
+    }
+    default: {
+      float amax = 0.f;
+      for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
+      const float s = amax / 448.f, inv = s > 0.f ? 1.f / s : 0.f;
+      for (int64_t i = 0; i < hd; i++) c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(x[i] * inv);
+      sc.host<float>()[row] = s;
+      break;
+    }
+  }
+}
+}  // namespace
+
 void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
-                 const std::vector<int32_t>& pos) {
+                 const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc) {
   const int64_t S = kc.dim(0), H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3);
   const int64_t n = k.dim(0);
   expect(k.dim(1) == H * hd && v.shape() == k.shape(), "kv_store", "shape mismatch");
+  const bool scaled = kc.dtype() == DType::I8 || kc.dtype() == DType::U8;
+  expect(!scaled || (ksc.defined() && vsc.defined() && ksc.numel() == S * H * T), "kv_store", "int8/fp8 caches need scales");
   for (int64_t r = 0; r < n; r++) {
     if (seq[r] < 0 || seq[r] >= S) fail("sequence {} outside the KV cache's {} sequences", seq[r], S);
     if (pos[r] < 0 || pos[r] >= T) fail("position {} outside the KV cache's context of {}", pos[r], T);
     for (int64_t h = 0; h < H; h++) {
-      int64_t off = ((seq[r] * H + h) * T + pos[r]) * hd;
-      std::memcpy(kc.host<float>() + off, k.host<float>() + r * H * hd + h * hd, hd * 4);
-      std::memcpy(vc.host<float>() + off, v.host<float>() + r * H * hd + h * hd, hd * 4);
+      const int64_t row = (seq[r] * H + h) * T + pos[r];
+      kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd);
+      kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd);
     }
   }
 }
 
 void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& vc, const std::vector<int32_t>& seq,
-                  const std::vector<int32_t>& pos, int64_t n_heads) {
+                  const std::vector<int32_t>& pos, int64_t n_heads, const Tensor& ksc, const Tensor& vsc) {
   const int64_t H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3), n = q.dim(0);
   expect(q.dim(1) == n_heads * hd && out.shape() == q.shape() && n_heads % H == 0, "attention", "shape mismatch");
   const int64_t group = n_heads / H;
   const float scale = 1.f / std::sqrt((float)hd);
   const CpuKernels& k = cpu_kernels();
-  const float *Q = q.host<float>(), *Kc = kc.host<float>(), *Vc = vc.host<float>();
+  const float* Q = q.host<float>();
   float* O = out.host<float>();
+  const bool f32 = kc.dtype() == DType::F32;
 #pragma omp parallel num_threads(ops_threads())
   {
-    std::vector<float> s(T);
+    std::vector<float> s(T), row(hd);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t rh = 0; rh < n * n_heads; rh++) {
       const int64_t r = rh / n_heads, h = rh % n_heads, kvh = h / group;
       const int64_t len = pos[r] + 1;
       const float* qv = Q + r * n_heads * hd + h * hd;
-      const float* Kh = Kc + (seq[r] * H + kvh) * T * hd;
-      const float* Vh = Vc + (seq[r] * H + kvh) * T * hd;
-      for (int64_t t = 0; t < len; t++) s[t] = k.dot(qv, Kh + t * hd, hd) * scale;
+      const int64_t base = (seq[r] * H + kvh) * T;
+      for (int64_t t = 0; t < len; t++) {
+        const float* kr = f32 ? kc.host<float>() + (base + t) * hd : (kv_row(kc, ksc, base + t, hd, k, row.data()), row.data());
+        s[t] = k.dot(qv, kr, hd) * scale;
+      }
       k.softmax(s.data(), len);
       float* o = O + r * n_heads * hd + h * hd;
       std::memset(o, 0, hd * 4);
-      for (int64_t t = 0; t < len; t++) k.axpy(s[t], Vh + t * hd, o, hd);
+      for (int64_t t = 0; t < len; t++) {
+        const float* vr = f32 ? vc.host<float>() + (base + t) * hd : (kv_row(vc, vsc, base + t, hd, k, row.data()), row.data());
+        k.axpy(s[t], vr, o, hd);
+      }
     }
   }
 }
