@@ -62,6 +62,9 @@ if (mode === "generate") {
   const lines = fs.readFileSync(args[0], "utf8").split("\n").filter((l) => l.length > 0);
   console.log(JSON.stringify({ ids: lines.map((l) => Array.from(model.tokenize(l, false))) }));
 } else if (mode === "bench") {
+  // Prefill: the prompt evaluated without sampling. Decode: node-llama-cpp's own generation
+  // loop (seq.evaluate, greedy), timed from the first generated token to the last, so the
+  // prompt is not counted; end-of-sequence tokens do not stop it early in this loop.
   const P = Number(args[0]), G = Number(args[1]), threads = Number(args[2]);
   const ctx = await context(P + G + 8, threads, P);
   const seq = ctx.getSequence();
@@ -69,15 +72,14 @@ if (mode === "generate") {
   const t0 = now();
   await seq.evaluateWithoutGeneratingNewTokens(prompt);
   const t1 = now();
-  let n = 0, last = prompt[P - 1];
-  const t2 = now();
-  for (let i = 0; i < G; i++) {  // one token at a time, greedy, like a decode loop
-    const res = await seq.controlledEvaluate([[last, { generateNext: { token: true, options: { temperature: 0 } } }]]);
-    last = res[0].next.token;
-    n++;
+  await seq.clearHistory();
+  let n = 0, tFirst = 0, tLast = 0;
+  for await (const t of seq.evaluate(prompt, { temperature: 0 })) {
+    if (n === 0) tFirst = now();
+    tLast = now();
+    if (++n >= G) break;
   }
-  const t3 = now();
-  console.log(JSON.stringify({ prefill_tok_s: P / (t1 - t0), decode_tok_s: n / (t3 - t2), threads }));
+  console.log(JSON.stringify({ prefill_tok_s: P / (t1 - t0), decode_tok_s: (n - 1) / (tLast - tFirst), tokens: n, threads }));
 } else {
   console.error(`unknown mode ${mode}`);
   process.exit(2);
