@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quantized decode and prefill, side by side with llama.cpp on the same weights, in one run:
 # llama3.2-1b with random bf16 weights (models/, created on first use) as llmq bf16, w8a16,
-# w4a16 (round-to-nearest, lm_head quantized too) and, exported from the same weights, as
+# w4a16 (round-to-nearest, lm_head quantized too), llmq on the GGUF files themselves, and,
+# exported from the same weights, as
 # llama.cpp f16, q8_0, q4_0 (every matrix in the type, via node-llama-cpp's prebuilt CPU
 # build). Same thread count; rounds alternate the engines so both see the same host load.
 # Decode is also shown against the memory-bandwidth floor (bytes of weights read per token /
@@ -40,7 +41,10 @@ for r in $(seq 1 "$rounds"); do
     d=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js"); p=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js")
     js2=$($DRV models/llama3.2-1b-$b.gguf bench $P $G $T)
     d2=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js2"); p2=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js2")
-    for e in "llmq-$a $d $p ${bytes[$a]}" "llama.cpp-$b $d2 $p2 ${bytes[$b]}"; do
+    # llmq on the very GGUF file llama.cpp runs (q8_0/q4_0: groups of 32 in llmq's layout).
+    js3=$($L bench -m models/llama3.2-1b-$b.gguf --prompt $P --gen $G --json)
+    d3=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js3"); p3=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js3")
+    for e in "llmq-$a $d $p ${bytes[$a]}" "llmq-gguf-$b $d3 $p3 ${bytes[$b]}" "llama.cpp-$b $d2 $p2 ${bytes[$b]}"; do
       read -r name dd pp by <<<"$e"
       printf "%-6s %-16s %8.2f %9.1f%% %10.1f %10.1f\n" "$r" "$name" "$dd" \
         "$(awk -v d="$dd" -v b="$by" -v bw="$bw" 'BEGIN {print 100*d*b/(bw*1e9)}')" "$pp" "$(awk -v d="$dd" -v b="$by" 'BEGIN {print d*b/1e9}')"
@@ -52,4 +56,5 @@ for r in $(seq 1 "$rounds"); do
 done
 ratio() { awk -v a="${dsum[$1]}" -v b="${dsum[$2]}" 'BEGIN {printf "%.2f", a/b}'; }
 pratio() { awk -v a="${psum[$1]}" -v b="${psum[$2]}" 'BEGIN {printf "%.2f", a/b}'; }
+echo "same GGUF files: decode llmq/llama.cpp f16 $(ratio llmq-gguf-f16 llama.cpp-f16)x, q8_0 $(ratio llmq-gguf-q8_0 llama.cpp-q8_0)x, q4_0 $(ratio llmq-gguf-q4_0 llama.cpp-q4_0)x"
 echo "summary: decode llmq/llama.cpp bf16/f16 $(ratio llmq-bf16 llama.cpp-f16)x, w8a16/q8_0 $(ratio llmq-w8a16 llama.cpp-q8_0)x, w4a16/q4_0 $(ratio llmq-w4a16 llama.cpp-q4_0)x; prefill $(pratio llmq-bf16 llama.cpp-f16)x, $(pratio llmq-w8a16 llama.cpp-q8_0)x, $(pratio llmq-w4a16 llama.cpp-q4_0)x ($T threads, prompt $P, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"

@@ -476,12 +476,23 @@ Model gguf_model_from(GgufFile f) {
   c.tie_embeddings = !byname.count("output.weight");
   c.dtype = DType::F32;
   c.validate(path);
-  if (byname.count("rope_freqs.weight"))
-    fail("{}: rope_freqs (Llama 3.1-style rope scaling) in GGUF input is not supported yet", path);
   Model m;
   m.config = c;
   m.source = path;
   m.rope_freqs = rope_frequencies(c);
+  if (auto it = byname.find("rope_freqs.weight"); it != byname.end()) {
+    // Llama 3.1-style scaling as llama.cpp stores it: each frequency divided by a factor.
+    const GgufFile::Tensor& t = *it->second;
+    if (t.type != GgmlType::F32 || t.ne.size() != 1 || (int64_t)t.ne[0] != c.head_dim / 2)
+      fail("{}: rope_freqs.weight must be f32 of head_dim/2 = {} values", path, c.head_dim / 2);
+    const uint8_t* src = f.data + f.data_start + t.offset;
+    for (int64_t i = 0; i < c.head_dim / 2; i++) {
+      float factor;
+      std::memcpy(&factor, src + 4 * i, 4);
+      if (!(factor > 0.f) || !std::isfinite(factor)) fail("{}: rope_freqs.weight[{}] = {} is not a positive factor", path, i, factor);
+      m.rope_freqs[i] = std::pow(c.rope_theta, -2.0 * (double)i / (double)c.head_dim) / (double)factor;
+    }
+  }
   const int64_t hd = c.head_dim;
   // One tensor: shape check, then f32/f16/bf16 as is, q8_0/q4_0 into llmq's layout.
   auto load = [&](const std::string& name, Shape shape, bool permute) -> Tensor {
