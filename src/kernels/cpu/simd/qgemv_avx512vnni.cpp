@@ -66,15 +66,31 @@ void gemv_q_rows(const QMatView& W, const QActView& X, float* Y, int64_t ldy, in
         for (int i = 0; i < N; i++) acc[i] = _mm512_fmadd_ps(_mm512_add_ps(a0[i], a1[i]), s, acc[i]);
       }
     } else {  // group 32: the two halves of a chunk have their own weight scale
-      for (int64_t c = 0; c < nc; c++) {
+      // [s0 x8, s1 x8] from one 8-byte load and a permute; two accumulators per row.
+      const __m512i half_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+      __m512 acc1[N];
+      for (int i = 0; i < N; i++) acc1[i] = _mm512_setzero_ps();
+      int64_t c = 0;
+      for (; c + 2 <= nc; c += 2) {
+        const __m512i w0 = load_chunk<BITS>(row, c), w1 = load_chunk<BITS>(row, c + 1);
+        const __m512 s0 = _mm512_permutexvar_ps(half_idx, _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd((const double*)(sc + 2 * c)))));
+        const __m512 s1 = _mm512_permutexvar_ps(half_idx, _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd((const double*)(sc + 2 * c + 2)))));
+        for (int i = 0; i < N; i++) {
+          const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(xq[i] + c * 64));
+          const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(xq[i] + c * 64 + 64));
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(_mm512_loadu_ps(bsv[i] + c * 16), s0), acc[i]);
+          acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(_mm512_loadu_ps(bsv[i] + c * 16 + 16), s1), acc1[i]);
+        }
+      }
+      for (; c < nc; c++) {
         const __m512i w = load_chunk<BITS>(row, c);
         const __m512 s = _mm512_insertf32x8(_mm512_set1_ps(sc[2 * c]), _mm256_set1_ps(sc[2 * c + 1]), 1);
         for (int i = 0; i < N; i++) {
           const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq[i] + c * 64));
-          const __m512 bs = _mm512_mul_ps(_mm512_loadu_ps(bsv[i] + c * 16), s);
-          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), bs, acc[i]);
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(_mm512_loadu_ps(bsv[i] + c * 16), s), acc[i]);
         }
       }
+      for (int i = 0; i < N; i++) acc[i] = _mm512_add_ps(acc[i], acc1[i]);
     }
     const float* zs = W.zs + m * ng;
     for (int i = 0; i < N; i++) {
