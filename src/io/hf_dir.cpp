@@ -329,9 +329,7 @@ void convert_elems(const Tensor& src, int64_t e0, int64_t count, DType dt, uint8
 }
 }  // namespace
 
-void model_save(const std::string& dir, const Model& m, const SaveOptions& opt) {
-  if (m.config.quant.enabled)
-    fail("{}: saving a quantized model as float weights is not supported; quantize again from the original", dir);
+std::map<std::string, Tensor> hf_named_tensors(const Model& m) {
   std::map<std::string, Tensor> t;
   const auto& w = m.weights;
   t["model.embed_tokens.weight"] = w.embed;
@@ -350,6 +348,13 @@ void model_save(const std::string& dir, const Model& m, const SaveOptions& opt) 
   }
   t["model.norm.weight"] = w.norm;
   t["lm_head.weight"] = w.lm_head;
+  return t;
+}
+
+void model_save(const std::string& dir, const Model& m, const SaveOptions& opt) {
+  if (m.config.quant.enabled)
+    fail("{}: saving a quantized model as float weights is not supported; quantize again from the original", dir);
+  const std::map<std::string, Tensor> t = hf_named_tensors(m);
   model_save(dir, m.config,
              [&](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
                const int64_t es = dtype_bits(dt) / 8;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ void write_model_configs(const std::string& dir, const ModelConfig& c);
 // Copies the tokenizer files of a model directory (tokenizer.json / tokenizer.model and
 // tokenizer_config.json, when present) into `out_dir`. Returns whether one was found.
 bool copy_tokenizer_files(const std::string& model_dir, const std::string& out_dir);
+
+// A loaded model's tensors under their Hugging Face names (lm_head included, also when tied).
+std::map<std::string, Tensor> hf_named_tensors(const Model& m);
 
 // Writes a loaded model (its weights converted to opt.dtype).
 void model_save(const std::string& dir, const Model& m, const SaveOptions& opt);

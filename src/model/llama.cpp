@@ -38,10 +38,9 @@ KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, Kv
   for (int64_t l = 0; l < c.n_layers; l++) {
     kv.k.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
     kv.v.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
-    if (type == KvType::I8 || type == KvType::FP8) {
-      kv.k_scale.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}));
-      kv.v_scale.push_back(Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}));
-    }
+    const bool scaled = type == KvType::I8 || type == KvType::FP8;
+    kv.k_scale.push_back(scaled ? Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}) : Tensor());
+    kv.v_scale.push_back(scaled ? Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}) : Tensor());
   }
   return kv;
 }
@@ -49,7 +48,8 @@ KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, Kv
 size_t KVCache::bytes() const {
   size_t b = 0;
   for (size_t i = 0; i < k.size(); i++) b += k[i].nbytes() + v[i].nbytes();
-  for (size_t i = 0; i < k_scale.size(); i++) b += k_scale[i].nbytes() + v_scale[i].nbytes();
+  for (size_t i = 0; i < k_scale.size(); i++)
+    if (k_scale[i].defined()) b += k_scale[i].nbytes() + v_scale[i].nbytes();
   return b;
 }
 
@@ -104,11 +104,8 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_matmul(v, xb, L.wv);
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
-    const Tensor none;
-    Tensor& ks = cache.k_scale.empty() ? const_cast<Tensor&>(none) : cache.k_scale[l];
-    Tensor& vs = cache.v_scale.empty() ? const_cast<Tensor&>(none) : cache.v_scale[l];
-    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, ks, vs);
-    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, ks, vs);
+    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l]);
+    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
     op_matmul(xb, att, L.wo);
     op_add(x, xb);
     // SwiGLU feed-forward.

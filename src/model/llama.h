@@ -50,7 +50,8 @@ struct KVCache {
   int64_t n_seq = 0, max_seq = 0;
   KvType type = KvType::F32;
   std::vector<Tensor> k, v;            // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
-  std::vector<Tensor> k_scale, v_scale;  // int8/fp8: per layer (n_seq, n_kv_heads, max_seq) f32
+  std::vector<Tensor> k_scale, v_scale;  // per layer: (n_seq, n_kv_heads, max_seq) f32 for
+                                         // int8/fp8, undefined for f32/bf16
   static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
   size_t bytes() const;
 };

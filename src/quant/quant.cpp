@@ -10,8 +10,6 @@
 
 namespace llmq {
 
-std::vector<std::string> quant_scheme_names() { return {"w8a16", "w4a16", "w8a8"}; }
-
 QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym) {
   QuantScheme s;
   s.name = name;

@@ -24,7 +24,6 @@ struct QuantScheme {
 };
 // Fails naming the valid schemes. group < 0 means the scheme's default (w4: 128, w8: row).
 QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym);
-std::vector<std::string> quant_scheme_names();
 
 // Round-to-nearest of `rows` rows of K f32 weights into codes in [0, 2^bits), per group of
 // `group` weights (K % group == 0): weight ~ scale * (code - zero).

@@ -79,27 +79,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   if (c.dtype == DType::F32) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
-  // Source tensors by HF name.
-  std::map<std::string, Tensor> srcs;
-  {
-    const auto& w = src.weights;
-    srcs["model.embed_tokens.weight"] = w.embed;
-    for (size_t l = 0; l < w.layers.size(); l++) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      const auto& L = w.layers[l];
-      srcs[p + "input_layernorm.weight"] = L.attn_norm;
-      srcs[p + "self_attn.q_proj.weight"] = L.wq;
-      srcs[p + "self_attn.k_proj.weight"] = L.wk;
-      srcs[p + "self_attn.v_proj.weight"] = L.wv;
-      srcs[p + "self_attn.o_proj.weight"] = L.wo;
-      srcs[p + "post_attention_layernorm.weight"] = L.ffn_norm;
-      srcs[p + "mlp.gate_proj.weight"] = L.w_gate;
-      srcs[p + "mlp.up_proj.weight"] = L.w_up;
-      srcs[p + "mlp.down_proj.weight"] = L.w_down;
-    }
-    srcs["model.norm.weight"] = w.norm;
-    srcs["lm_head.weight"] = w.lm_head;
-  }
+  const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
   QuantizeResult res;
   std::vector<OutTensor> outs;
   const int P = 32 / sc.bits;
