@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
 #pragma omp parallel num_threads(threads)
               {
                 int t = omp_get_thread_num(), nt = omp_get_num_threads();
-                int64_t per = (s.M + nt - 1) / nt, m0 = t * per, m1 = std::min(s.M, m0 + per);
+                int64_t per = (s.M / kQPanel + nt - 1) / nt * kQPanel, m0 = std::min(s.M, t * per), m1 = std::min(s.M, m0 + per);
                 if (dt == DType::F32) k->gemv_f32(w.host<float>(), x.data(), y.data(), s.K, n, s.M, m0, m1);
                 if (dt == DType::BF16) k->gemv_bf16(w.host<uint16_t>(), x.data(), y.data(), s.K, n, s.M, m0, m1);
                 if (dt == DType::F16) k->gemv_f16(w.host<uint16_t>(), x.data(), y.data(), s.K, n, s.M, m0, m1);
@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
 #pragma omp parallel num_threads(threads)
               {
                 int t = omp_get_thread_num(), nt = omp_get_num_threads();
-                int64_t per = (s.M + nt - 1) / nt, m0 = t * per, m1 = std::min(s.M, m0 + per);
-                k->gemv_q(wv, av, y.data(), n, s.M, m0, m1);
+                int64_t per = (s.M / kQPanel + nt - 1) / nt * kQPanel, m0 = std::min(s.M, t * per), m1 = std::min(s.M, m0 + per);
+                k->matmul_q(wv, av, y.data(), n, s.M, m0, m1);
               }
             }
             best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count() / copies);

@@ -86,8 +86,10 @@ TEST(Quant, SchemesAndBadInput) {
   EXPECT_THROW(quant_scheme_parse("w4a16", 48, true), Error);
   std::vector<uint8_t> c(96 * 2, 1);
   std::vector<float> s(6, 1.f), z(6, 0.f);
-  EXPECT_THROW(make_quant_tensor(2, 96, 4, 32, true, false, c.data(), s.data(), z.data()), Error);  // 96 % 64
+  EXPECT_NO_THROW(make_quant_tensor(2, 96, 4, 32, true, false, c.data(), s.data(), z.data()));
   EXPECT_THROW(make_quant_tensor(2, 96, 8, 64, true, false, c.data(), s.data(), z.data()), Error);  // 96 % 64
+  EXPECT_THROW(make_quant_tensor(2, 96, 4, 48, true, false, c.data(), s.data(), z.data()), Error);  // 48 % 32
+  EXPECT_THROW(make_quant_tensor(2, 96, 3, 32, true, false, c.data(), s.data(), z.data()), Error);  // bits
 }
 
 // The packed tensor gives back its codes and the same dequantized values.
@@ -110,16 +112,43 @@ TEST(Quant, PackedLayoutRoundTrips) {
   }
 }
 
-// Every table's quantized GEMV against the scalar reference. Both compute the same integer
+// The panel layout byte by byte (kernels.h), from codes that name their position: 18 rows
+// (two panels, the second padded), 64 columns.
+TEST(Quant, PanelLayoutKnownBytes) {
+  const int64_t M = 18, K = 64;
+  std::vector<uint8_t> c8(M * K), c4(M * K);
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) c8[m * K + k] = (uint8_t)(m * 7 + k), c4[m * K + k] = (uint8_t)((m + k) % 16);
+  std::vector<float> s(M, 1.f), z(M, 0.f);
+  Tensor t8 = make_quant_tensor(M, K, 8, K, true, false, c8.data(), s.data(), z.data());
+  Tensor t4 = make_quant_tensor(M, K, 4, K, true, false, c4.data(), s.data(), z.data());
+  const uint8_t* b8 = t8.host<uint8_t>();
+  const uint8_t* b4 = t4.host<uint8_t>();
+  EXPECT_EQ(b8[0], c8[0]);                       // row 0, col 0
+  EXPECT_EQ(b8[1 * 64 + 3 * 4 + 2], c8[3 * K + 6]);   // row 3, col 6: group of columns 4..7
+  EXPECT_EQ(b8[16 * K + 1 * 4 + 0], c8[17 * K + 0]);  // row 17 is row 1 of panel 1
+  EXPECT_EQ(b8[16 * K + 2 * 4 + 0], 0);               // padding row 18 of panel 1
+  EXPECT_EQ(b4[1 * 64 + 2 * 4 + 1], (uint8_t)(c4[2 * K + 9] | (c4[2 * K + 13] << 4)));  // row 2, cols 9 and 13
+  EXPECT_EQ(b4[8 * K + 1 * 4 + 3], (uint8_t)(c4[17 * K + 3] | (c4[17 * K + 7] << 4)));  // row 17, cols 3 and 7
+  // scales per panel: (panel, group, 16); the padding rows' scale is 0
+  EXPECT_EQ(t8.quant()->scale.size(), (size_t)32);
+  EXPECT_EQ(t8.quant()->scale[17], 1.f);
+  EXPECT_EQ(t8.quant()->scale[18], 0.f);
+}
+
+// Every table's quantized matrix product against the scalar reference. Both compute the same integer
 // block dot products exactly (|d| < 2^24); they differ only in the order of the f32 sums of
 // the block terms s*bs*d and the zero terms zs*gsum. Each order is within (terms)*u of the
 // exact sum times the sum of absolute terms, so the two differ by at most
 // 2*(K/32 + K/group + 2)*u*sum|terms|.
-class QGemvTest : public ::testing::TestWithParam<const CpuKernels*> {};
+// M = 37 leaves a partial last panel (rows 32..36); the rows are also computed as two calls,
+// [0, 16) and [16, 37), as the threads split them; n covers the 4-token tiles and their
+// remainders.
+class QMatmulTest : public ::testing::TestWithParam<const CpuKernels*> {};
 
-TEST_P(QGemvTest, MatchesReference) {
+TEST_P(QMatmulTest, MatchesReference) {
   const CpuKernels& k = *GetParam();
-  ASSERT_NE(k.gemv_q, nullptr);
+  ASSERT_NE(k.matmul_q, nullptr);
   std::mt19937_64 rng(11);
   for (int bits : {4, 8})
     for (int64_t K : {64, 128, 320, 1024})
@@ -133,13 +162,18 @@ TEST_P(QGemvTest, MatchesReference) {
         for (auto& v : s) v = std::fabs(v) + 1e-4f;
         Tensor W = make_quant_tensor(M, K, bits, G, false, false, codes.data(), s.data(), z.data());
         const QMatView wv = quant_view(W);
-        for (int n = 1; n <= kGemvMaxBatch; n++) {
+        for (int n : {1, 2, 3, 4, 5, 7, 9}) {
           auto x = randn(n * K, rng(), 1.f);
           QActs a;
           quantize_acts(x.data(), n, K, G, n == 3, a);
           std::vector<float> y(n * M, -1.f), yr(n * M, -2.f);
-          k.gemv_q(wv, a.view(0, K, G), y.data(), n, M, 0, M);
-          gemv_q_ref(wv, a.view(0, K, G), yr.data(), n, M, 0, M);
+          if (n % 2) {
+            k.matmul_q(wv, a.view(0, K, G), y.data(), n, M, 0, M);
+          } else {
+            k.matmul_q(wv, a.view(0, K, G), y.data(), n, M, 0, 16);
+            k.matmul_q(wv, a.view(0, K, G), y.data(), n, M, 16, M);
+          }
+          matmul_q_ref(wv, a.view(0, K, G), yr.data(), n, M, 0, M);
           for (int i = 0; i < n; i++)
             for (int64_t m = 0; m < M; m++) {
               // sum of absolute terms, in double
@@ -150,7 +184,7 @@ TEST_P(QGemvTest, MatchesReference) {
                   for (int64_t kk = b * 32; kk < b * 32 + 32; kk++) d += std::fabs((double)codes[m * K + kk] * a.q[i * K + kk]);
                   abs_sum += s[m * ng + g] * a.bscale[i * (K / 32) + b] * d;
                 }
-                abs_sum += std::fabs((double)W.quant()->zs[m * ng + g] * a.gsum[i * ng + g]);
+                abs_sum += std::fabs((double)s[m * ng + g] * z[m * ng + g] * a.gsum[i * ng + g]);
               }
               const double tol = 2.0 * (double)(K / 32 + ng + 2) * kU * abs_sum + 1e-30;
               ASSERT_NEAR(y[i * M + m], yr[i * M + m], tol)
@@ -160,7 +194,7 @@ TEST_P(QGemvTest, MatchesReference) {
       }
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, QGemvTest, ::testing::ValuesIn(cpu_kernels_supported()),
+INSTANTIATE_TEST_SUITE_P(Isa, QMatmulTest, ::testing::ValuesIn(cpu_kernels_supported()),
                          [](const auto& info) {
                            std::string n = info.param->isa;
                            for (auto& c : n)
@@ -169,11 +203,9 @@ INSTANTIATE_TEST_SUITE_P(Isa, QGemvTest, ::testing::ValuesIn(cpu_kernels_support
                          });
 
 // op_matmul with quantized weights against the f32 matmul of the dequantized weights.
-// GEMV path (n <= 16): the only difference is the int8 rounding of the activations, at
-// most bs/2 per element, so |y - y_f32| <= sum_k |w_k| bs_k / 2 plus f32 accumulation
-// (K*u*sum|w x| each side). Prefill path (n > 16): the same dequantized f32 weights go
-// through sgemm, so only accumulation order differs (2*K*u*sum|w x|); w8a8 also rounds the
-// activations to their per-token grid first, so there the activation term applies again.
+// Decode and prefill (n up to 40) take the same integer path: the only difference is the int8
+// rounding of the activations, at most bs/2 per element, so |y - y_f32| <= sum_k |w_k| bs_k / 2
+// plus f32 accumulation (K*u*sum|w x| each side).
 TEST(Quant, MatmulMatchesDequantizedF32) {
   const int64_t M = 70, K = 256;
   for (auto scheme : {"w8a16", "w4a16", "w8a8"}) {
@@ -197,7 +229,6 @@ TEST(Quant, MatmulMatchesDequantizedF32) {
       op_matmul(yf, x, Wf);
       QActs a;
       quantize_acts(xv.data(), n, K, G, sc.act_per_token, a);
-      const bool act_rounded = n <= 16 || sc.act_per_token;
       for (int64_t i = 0; i < n; i++)
         for (int64_t m = 0; m < M; m++) {
           double wx = 0, act = 0;
@@ -205,7 +236,7 @@ TEST(Quant, MatmulMatchesDequantizedF32) {
             wx += std::fabs((double)wd[m * K + c] * xv[i * K + c]);
             act += std::fabs((double)wd[m * K + c]) * a.bscale[i * (K / 32) + c / 32] * 0.5;
           }
-          const double tol = (act_rounded ? act * (1 + 1e-5) : 0.0) + 4.0 * K * kU * (wx + act) + 1e-6;
+          const double tol = act * (1 + 1e-5) + 4.0 * K * kU * (wx + act) + 1e-6;
           ASSERT_NEAR(y.host<float>()[i * M + m], yf.host<float>()[i * M + m], tol)
               << scheme << " n " << n << " row " << m;
         }

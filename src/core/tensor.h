@@ -75,14 +75,16 @@ class Tensor {
 };
 
 // The quantization of an (M, K) weight tensor: weight = scale * code - zs, one scale and zs
-// (= scale * zero point) per `group` weights of a row.
+// (= scale * zero point) per `group` weights of a row, stored per 16-row panel as the
+// kernels read them (QMatView: scale[(p*(K/group) + g)*16 + r] for row 16p+r; the padding
+// rows of the last panel have scale and zs 0).
 struct QuantInfo {
   int bits = 8;           // 8 or 4 (2 and 3-bit codes are held in the 4-bit layout)
   int code_bits = 8;      // the bits of the scheme the codes came from (<= bits)
   int64_t group = 0;      // weights per scale (K: one per row)
   bool sym = true;
   bool act_per_token = false;  // w8a8: activations int8 per token, also in prefill
-  std::vector<float> scale, zs;  // (M, K/group)
+  std::vector<float> scale, zs;  // (ceil(M/16), K/group, 16)
 };
 
 }  // namespace llmq

@@ -60,43 +60,17 @@ void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, in
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)K, 1.f, X, (int)K, W, (int)K, 0.f, Y,
               (int)ldy);
 }
-// Integer-quantized weights. Decode (n <= kGemvMaxRows): activations to int8 blocks, the
-// integer GEMV reads the packed weights once per 4 rows. Prefill: weights dequantized a
-// panel at a time into f32 for sgemm (w8a8 first rounds x to its per-token int8 grid, so
-// both paths compute the same scheme).
+// Integer-quantized weights: activations to int8 blocks of 32 (per token for w8a8), then the
+// integer matrix product, decode and prefill alike, rows split over the threads in
+// multiples of the 16-row panel.
 void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   const QuantInfo& qi = *W.quant();
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
-  if (n <= kGemvMaxRows) {
-    quantize_acts(X, n, K, qi.group, qi.act_per_token, acts);
-    const QMatView wv = quant_view(W);
-    parallel_rows(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
-        const int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
-        k.gemv_q(wv, acts.view(i, K, qi.group), Y + i * M, nb, M, m0, m1);
-      }
-    });
-    return;
-  }
-  thread_local std::vector<float> xq;
-  if (qi.act_per_token) {
-    quantize_acts(X, n, K, qi.group, true, acts);
-    xq.resize((size_t)(n * K));
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t c = 0; c < K; c++) xq[i * K + c] = acts.bscale[i * (K / 32) + c / 32] * (float)acts.q[i * K + c];
-    X = xq.data();
-  }
-  const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
-  thread_local std::vector<float> buf;
-  buf.resize((size_t)(panel * K));
-  for (int64_t m0 = 0; m0 < M; m0 += panel) {
-    const int64_t mp = std::min(panel, M - m0);
-    float* b = buf.data();
-#pragma omp parallel for num_threads(ops_threads()) schedule(static)
-    for (int64_t r = 0; r < mp; r += 16) dequantize_tensor_rows(W, m0 + r, m0 + std::min(mp, r + 16), b + r * K);
-    sgemm_nt(X, b, Y + m0, n, mp, K, M);
-  }
+  quantize_acts(X, n, K, qi.group, qi.act_per_token, acts);
+  const QMatView wv = quant_view(W);
+  const QActView av = acts.view(0, K, qi.group);
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); });
 }
 }  // namespace
 

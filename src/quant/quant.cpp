@@ -84,7 +84,6 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   if (group <= 0) group = K;
   if (K % group != 0 || group % 32 != 0)
     fail("quantized tensor ({}, {}): group {} must divide the row and be a multiple of 32", M, K, group);
-  if (bits == 4 && K % 64 != 0) fail("quantized tensor ({}, {}): 4-bit rows must be a multiple of 64 long", M, K);
   if (bits != 4 && bits != 8) fail("quantized tensor: {} bits (4 or 8 expected)", bits);
   auto info = std::make_shared<QuantInfo>();
   info->bits = bits;
@@ -92,21 +91,28 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   info->group = group;
   info->sym = sym;
   info->act_per_token = act_per_token;
-  const int64_t ng = K / group;
-  info->scale.assign(scale, scale + M * ng);
-  info->zs.resize(M * ng);
-  for (int64_t i = 0; i < M * ng; i++) info->zs[i] = scale[i] * zero[i];
-  Tensor t = Tensor::empty(bits == 8 ? DType::U8 : DType::Q4, {M, K});
+  const int64_t ng = K / group, P = kQPanel, panels = (M + P - 1) / P;
+  info->scale.assign(panels * ng * P, 0.f);
+  info->zs.assign(panels * ng * P, 0.f);
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t g = 0; g < ng; g++) {
+      const int64_t i = ((m / P) * ng + g) * P + m % P;
+      info->scale[i] = scale[m * ng + g];
+      info->zs[i] = scale[m * ng + g] * zero[m * ng + g];
+    }
+  // Storage for whole panels (padding rows: code 0), viewed as (M, K).
+  Tensor t = Tensor::zeros(bits == 8 ? DType::U8 : DType::Q4, {panels * P, K}).rows(0, M);
   uint8_t* dst = t.host<uint8_t>();
-  if (bits == 8) {
-    std::memcpy(dst, codes, (size_t)(M * K));
-  } else {
-    for (int64_t m = 0; m < M; m++) {
-      const uint8_t* c = codes + m * K;
-      uint8_t* row = dst + m * (K / 2);
-      for (int64_t ch = 0; ch < K / 64; ch++)
-        for (int j = 0; j < 32; j++)
-          row[ch * 32 + j] = (uint8_t)((c[ch * 64 + j] & 15) | ((c[ch * 64 + 32 + j] & 15) << 4));
+  for (int64_t m = 0; m < M; m++) {
+    const uint8_t* c = codes + m * K;
+    const int64_t p = m / P, r = m % P;
+    if (bits == 8) {
+      uint8_t* pan = dst + p * P * K;
+      for (int64_t k = 0; k < K; k++) pan[(k / 4) * 64 + r * 4 + k % 4] = c[k];
+    } else {
+      uint8_t* pan = dst + p * (P / 2) * K;
+      for (int64_t k = 0; k < K; k += 8)
+        for (int j = 0; j < 4; j++) pan[(k / 8) * 64 + r * 4 + j] = (uint8_t)((c[k + j] & 15) | ((c[k + 4 + j] & 15) << 4));
     }
   }
   t.set_quant(info);
@@ -122,74 +128,76 @@ QMatView quant_view(const Tensor& W) {
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes) {
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr);
-  const int64_t K = W.dim(1);
+  const int64_t K = W.dim(1), P = kQPanel, p = r / P, i = r % P;
+  const uint8_t* src = W.host<uint8_t>();
   if (q->bits == 8) {
-    std::memcpy(codes, W.host<uint8_t>() + r * K, (size_t)K);
+    const uint8_t* pan = src + p * P * K;
+    for (int64_t k = 0; k < K; k++) codes[k] = pan[(k / 4) * 64 + i * 4 + k % 4];
     return;
   }
-  const uint8_t* row = W.host<uint8_t>() + r * (K / 2);
-  for (int64_t ch = 0; ch < K / 64; ch++)
-    for (int j = 0; j < 32; j++) {
-      codes[ch * 64 + j] = row[ch * 32 + j] & 15;
-      codes[ch * 64 + 32 + j] = row[ch * 32 + j] >> 4;
+  const uint8_t* pan = src + p * (P / 2) * K;
+  for (int64_t k = 0; k < K; k += 8)
+    for (int j = 0; j < 4; j++) {
+      const uint8_t b = pan[(k / 8) * 64 + i * 4 + j];
+      codes[k + j] = b & 15;
+      codes[k + 4 + j] = b >> 4;
     }
 }
 
 void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out) {
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr);
-  const int64_t K = W.dim(1), G = q->group, ng = K / G;
+  const int64_t K = W.dim(1), G = q->group, ng = K / G, P = kQPanel;
   std::vector<uint8_t> codes(K);
   for (int64_t r = r0; r < r1; r++) {
     tensor_row_codes(W, r, codes.data());
     float* o = out + (r - r0) * K;
-    const float* s = q->scale.data() + r * ng;
-    const float* zs = q->zs.data() + r * ng;
-    for (int64_t g = 0; g < ng; g++)
-      for (int64_t k = g * G; k < (g + 1) * G; k++) o[k] = s[g] * (float)codes[k] - zs[g];
+    const int64_t base = (r / P) * ng * P + r % P;
+    for (int64_t g = 0; g < ng; g++) {
+      const float s = q->scale[base + g * P], zs = q->zs[base + g * P];
+      for (int64_t k = g * G; k < (g + 1) * G; k++) o[k] = s * (float)codes[k] - zs;
+    }
   }
 }
 
 QActView QActs::view(int64_t row, int64_t K, int64_t group) const {
-  return {q.data() + row * K, bscale.data() + row * (K / 32), bsv.data() + row * (K / 64) * 16,
-          gsum.data() + row * (K / group)};
+  return {q.data() + row * K, bscale.data() + row * (K / 32), gsum.data() + row * (K / group)};
 }
 
 void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out) {
-  LLMQ_CHECK(K % 64 == 0 || K % 32 == 0);
-  const int64_t nb = K / 32, nc = (K + 63) / 64, ng = K / group;
+  LLMQ_CHECK(K % 32 == 0 && group % 32 == 0 && K % group == 0);
+  const int64_t nb = K / 32, ng = K / group, bpg = group / 32;
   out.q.resize(n * K);
   out.bscale.resize(n * nb);
-  out.bsv.assign(n * nc * 16, 0.f);
   out.gsum.resize(n * ng);
+  // Rows are independent; a prompt's worth of rows is split over the threads.
+#pragma omp parallel for schedule(static) if (n >= 8)
   for (int64_t i = 0; i < n; i++) {
     const float* xi = x + i * K;
+    int8_t* qi = out.q.data() + i * K;
     float row_amax = 0.f;
     if (per_token)
       for (int64_t k = 0; k < K; k++) row_amax = std::max(row_amax, std::fabs(xi[k]));
-    std::vector<int32_t> bsum(nb);
-    for (int64_t b = 0; b < nb; b++) {
-      float amax = row_amax;
-      if (!per_token)
-        for (int64_t k = b * 32; k < b * 32 + 32; k++) amax = std::max(amax, std::fabs(xi[k]));
-      const float d = amax / 127.f;
-      const float inv = d > 0.f ? 1.f / d : 0.f;
-      int32_t sum = 0;
-      for (int64_t k = b * 32; k < b * 32 + 32; k++) {
-        float r = xi[k] * inv;
-        if (r != r) r = 0.f;  // NaN: the block scale is NaN too, so the result stays NaN
-        const int v = (int)std::clamp(std::nearbyint(r), -127.f, 127.f);
-        out.q[i * K + k] = (int8_t)v;
-        sum += v;
-      }
-      bsum[b] = sum;
-      out.bscale[i * nb + b] = d;
-      for (int l = 0; l < 8; l++) out.bsv[(i * nc + b / 2) * 16 + (b % 2) * 8 + l] = d;
-    }
     for (int64_t g = 0; g < ng; g++) {
-      float s = 0.f;
-      for (int64_t b = g * group / 32; b < (g + 1) * group / 32; b++) s += out.bscale[i * nb + b] * (float)bsum[b];
-      out.gsum[i * ng + g] = s;
+      float gs = 0.f;
+      for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
+        float amax = row_amax;
+        if (!per_token)
+          for (int64_t k = b * 32; k < b * 32 + 32; k++) amax = std::max(amax, std::fabs(xi[k]));
+        const float d = amax / 127.f;
+        const float inv = d > 0.f ? 1.f / d : 0.f;
+        int32_t sum = 0;
+        for (int64_t k = b * 32; k < b * 32 + 32; k++) {
+          float r = xi[k] * inv;
+          if (r != r) r = 0.f;  // NaN: the block scale is NaN too, so the result stays NaN
+          const int v = (int)std::clamp(std::nearbyint(r), -127.f, 127.f);
+          qi[k] = (int8_t)v;
+          sum += v;
+        }
+        out.bscale[i * nb + b] = d;
+        gs += d * (float)sum;
+      }
+      out.gsum[i * ng + g] = gs;
     }
   }
 }

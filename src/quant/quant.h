@@ -53,7 +53,7 @@ QMatView quant_view(const Tensor& W);
 // bscale = amax/127 and q = round-to-nearest-even(x / bscale).
 struct QActs {
   std::vector<int8_t> q;
-  std::vector<float> bscale, bsv, gsum;
+  std::vector<float> bscale, gsum;
   QActView view(int64_t row, int64_t K, int64_t group) const;
 };
 void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out);

@@ -39,26 +39,26 @@ const Features& features() {
 bool has_avx2() { return features().avx2; }
 bool has_avx512() { return features().avx512; }
 
-// The SIMD tables with their quantized GEMV chosen by the dot-product instructions present.
-CpuKernels with_q(const CpuKernels* base, const char* isa, GemvQFn q) {
+// The SIMD tables with their quantized matrix product chosen by the dot-product instructions present.
+CpuKernels with_q(const CpuKernels* base, const char* isa, MatmulQFn q) {
   CpuKernels k = *base;
   k.isa = isa;
-  k.gemv_q = q;
+  k.matmul_q = q;
   return k;
 }
 const CpuKernels* table_avx2() {
-  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2", gemv_q_avx2);
+  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2", matmul_q_avx2);
   return &k;
 }
 const CpuKernels* table_avx2_vnni() {
-  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2vnni", gemv_q_avxvnni);
+  static const CpuKernels k = with_q(cpu_kernels_avx2(), "avx2vnni", matmul_q_avxvnni);
   return &k;
 }
 const CpuKernels* table_avx512() {
   static const CpuKernels k = with_q(cpu_kernels_avx512(), "avx512",
-                                     features().avx512_vnni ? gemv_q_avx512vnni
-                                     : features().avx_vnni  ? gemv_q_avxvnni
-                                                            : gemv_q_avx2);
+                                     features().avx512_vnni ? matmul_q_avx512vnni
+                                     : features().avx_vnni  ? matmul_q_avxvnni
+                                                            : matmul_q_avx2);
   return &k;
 }
 

@@ -9,36 +9,42 @@ namespace llmq {
 // Most activation vectors a GEMV call handles in one pass over the weights.
 constexpr int kGemvMaxBatch = 4;
 
-// Integer-quantized weights in the kernels' layout (built by src/quant). Row m of an (M, K)
-// matrix holds K codes q in [0, 2^bits): bits 8: one byte per weight, q[m*K + k]; bits 4:
-// K/2 bytes per row in chunks of 64 weights = 32 bytes, byte j of a chunk holding weight j
-// in its low nibble and weight j+32 in its high nibble (so a chunk unpacks into two
-// contiguous 32-weight blocks with one AND and one shift). Weight = scale*q - zs, with one
-// scale and one zs = scale*zero_point per `group` consecutive weights of a row.
-// Requires K % group == 0, group % 32 == 0 and, for 4 bits, K % 64 == 0.
+// Rows per panel of the quantized weight layout (one 512-bit register of int32 lanes).
+constexpr int64_t kQPanel = 16;
+
+// Integer-quantized weights in the kernels' layout (built by src/quant), interleaved so one
+// vector instruction multiplies 16 rows at once. Codes q are in [0, 2^bits). Rows are stored
+// in panels of 16 (panel p = rows 16p..16p+15; the last panel is padded with zero rows):
+//   bits 8: 16*K bytes per panel; byte (k/4)*64 + r*4 + k%4 is the code of row 16p+r,
+//           column k: for each 4 columns, the 16 rows' 4 codes side by side;
+//   bits 4: 8*K bytes per panel; byte (k/8)*64 + r*4 + j holds row 16p+r's code of column
+//           8*(k/8)+j in its low nibble and of column 8*(k/8)+4+j in its high nibble.
+// Weight = scale*q - zs, with one scale and one zs = scale*zero_point per `group`
+// consecutive weights of a row, stored per panel: scale[(p*(K/group) + g)*16 + r].
+// Requires K % group == 0 and group % 32 == 0.
 struct QMatView {
   const uint8_t* q;
-  const float* scale;  // (M, K/group)
-  const float* zs;     // (M, K/group)
+  const float* scale;  // (panels, K/group, 16)
+  const float* zs;     // (panels, K/group, 16)
   int bits;            // 4 or 8
   int64_t K, group;
 };
 
 // Activations quantized for a QMatView product: int8 in blocks of 32 with a scale per block
 // (value = bscale*q); for per-token quantization every block of a row has the row's scale.
-// bsv repeats each block scale over 8 lanes (block 2c in lanes 0-7, block 2c+1 in lanes
-// 8-15 of chunk c), the form the SIMD kernels load. gsum is the sum of the dequantized
-// values over each weight group, for the zero-point term.
+// gsum is the sum of the dequantized values over each weight group, for the zero-point term.
+// Row i of the view starts at q + i*K, bscale + i*K/32, gsum + i*K/group.
 struct QActView {
   const int8_t* q;       // (n, K)
   const float* bscale;   // (n, K/32)
-  const float* bsv;      // (n, K/64*16)
   const float* gsum;     // (n, K/group)
 };
 
 // Y[i*ldy + m] = sum_g scale[m,g] * sum_{b in g} bscale[i,b] * (sum_{k in b} q[m,k]*x[i,k])
-//              - sum_g zs[m,g] * gsum[i,g]      for i < n (1..kGemvMaxBatch), m in [m0, m1)
-using GemvQFn = void (*)(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1);
+//              - sum_g zs[m,g] * gsum[i,g]      for i < n, m in [m0, m1).
+// m0 must be a multiple of kQPanel; m1 a multiple of it or the matrix's last row + 1.
+using MatmulQFn = void (*)(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
+                           int64_t m1);
 
 struct CpuKernels {
   const char* isa;  // "ref", "avx2", "avx2vnni", "avx512"
@@ -63,17 +69,19 @@ struct CpuKernels {
   // pairs (j, j + d/2) rotate by the angle whose cos/sin are cos[j], sin[j], j < d/2.
   void (*rope)(float* x, const float* cos, const float* sin, int n_heads, int head_dim);
 
-  // Quantized GEMV (int8 dot products; see GemvQFn). Filled in by dispatch.cpp from the
-  // variants below according to the CPU's dot-product instructions.
-  GemvQFn gemv_q = nullptr;
+  // Quantized matrix product, decode and prefill (int8 dot products; see MatmulQFn).
+  // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product
+  // instructions.
+  MatmulQFn matmul_q = nullptr;
 };
 
-// Quantized GEMV variants: scalar, AVX2 (vpmaddubsw), AVX-VNNI (256-bit vpdpbusd),
-// AVX-512 VNNI (512-bit vpdpbusd).
-void gemv_q_ref(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1);
-void gemv_q_avx2(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1);
-void gemv_q_avxvnni(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1);
-void gemv_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1);
+// Quantized matrix product variants: scalar, AVX2 (vpmaddubsw), AVX-VNNI (256-bit
+// vpdpbusd), AVX-512 VNNI (512-bit vpdpbusd).
+void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
+void matmul_q_avx2(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
+void matmul_q_avxvnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
+void matmul_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
+                         int64_t m1);
 
 const CpuKernels& cpu_kernels_ref();
 const CpuKernels* cpu_kernels_avx2();    // compiled for AVX2+FMA+F16C

@@ -73,22 +73,23 @@ void rope(float* x, const float* c, const float* s, int n_heads, int hd) {
 }
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, cvt_bf16_f32, cvt_f16_f32,
-                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope, gemv_q_ref};
+                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope, matmul_q_ref};
 }  // namespace
 
 // Code of weight k in row m of a quantized matrix (see QMatView's layout).
 static inline int q_code(const QMatView& W, int64_t m, int64_t k) {
-  if (W.bits == 8) return W.q[m * W.K + k];
-  const uint8_t* row = W.q + m * (W.K / 2);
-  const int64_t c = k / 64, j = k % 64;
-  const uint8_t b = row[c * 32 + (j % 32)];
-  return j < 32 ? (b & 15) : (b >> 4);
+  const int64_t p = m / kQPanel, r = m % kQPanel;
+  if (W.bits == 8) return W.q[p * kQPanel * W.K + (k / 4) * 64 + r * 4 + k % 4];
+  const uint8_t b = W.q[p * (kQPanel / 2) * W.K + (k / 8) * 64 + r * 4 + k % 4];
+  return k % 8 < 4 ? (b & 15) : (b >> 4);
 }
 
-void gemv_q_ref(const QMatView& W, const QActView& X, float* Y, int n, int64_t ldy, int64_t m0, int64_t m1) {
+void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1) {
   const int64_t K = W.K, G = W.group, ng = K / G, nb = K / 32;
-  for (int64_t m = m0; m < m1; m++)
-    for (int i = 0; i < n; i++) {
+  for (int64_t m = m0; m < m1; m++) {
+    const float* sc = W.scale + (m / kQPanel) * ng * kQPanel + m % kQPanel;
+    const float* zs = W.zs + (m / kQPanel) * ng * kQPanel + m % kQPanel;
+    for (int64_t i = 0; i < n; i++) {
       const int8_t* xq = X.q + i * K;
       const float* bs = X.bscale + i * nb;
       float acc = 0.f, corr = 0.f;
@@ -99,11 +100,12 @@ void gemv_q_ref(const QMatView& W, const QActView& X, float* Y, int n, int64_t l
           for (int64_t k = b * 32; k < b * 32 + 32; k++) d += q_code(W, m, k) * (int32_t)xq[k];
           accg += (float)d * bs[b];
         }
-        acc += W.scale[m * ng + g] * accg;
-        corr += W.zs[m * ng + g] * X.gsum[i * ng + g];
+        acc += sc[g * kQPanel] * accg;
+        corr += zs[g * kQPanel] * X.gsum[i * ng + g];
       }
       Y[i * ldy + m] = acc - corr;
     }
+  }
 }
 
 const CpuKernels& cpu_kernels_ref() { return kRef; }
