@@ -73,6 +73,36 @@ TEST_P(KernelsTest, GemvAllDtypes) {
   }
 }
 
+// bf16 x bf16 prefill product (AVX512_BF16 CPUs) against the scalar reference: products of
+// two bf16 values (8 significant bits each) are exact in f32, so only the order of the f32
+// sums differs: at most 2*K*u*sum|w x| apart, as for the GEMVs. Rows [1, M) only, n past the
+// 4-token tiles, K past the 32-element steps (masked tail).
+TEST_P(KernelsTest, GemmBf16) {
+  if (!k().gemm_bf16) GTEST_SKIP() << k().isa << ": no bf16 dot products";
+  uint64_t seed = 7;
+  for (int64_t M : {1, 3, 5, 9, 33})
+    for (int64_t K : {1, 7, 31, 32, 33, 65, 100, 257})
+      for (int64_t n : {1, 3, 4, 5, 9}) {
+        auto w = to_bf16(randn((size_t)(M * K), seed++));
+        auto x = to_bf16(randn((size_t)(n * K), seed++));
+        const int64_t ldy = M + 2, m0 = M > 1 ? 1 : 0;
+        std::vector<float> y(n * ldy, NAN), yr(n * ldy, NAN);
+        k().gemm_bf16(w.data(), x.data(), y.data(), K, n, ldy, m0, M);
+        gemm_bf16_ref(w.data(), x.data(), yr.data(), K, n, ldy, m0, M);
+        for (int64_t i = 0; i < n; i++)
+          for (int64_t m = 0; m < ldy; m++) {
+            const float a = y[i * ldy + m], b = yr[i * ldy + m];
+            if (m < m0 || m >= M) {
+              ASSERT_TRUE(std::isnan(a)) << "wrote outside [m0, m1) at " << m;
+              continue;
+            }
+            double mag = 0;
+            for (int64_t kk = 0; kk < K; kk++) mag += std::fabs((double)bf16_to_f32(w[m * K + kk]) * bf16_to_f32(x[i * K + kk]));
+            ASSERT_LE(std::fabs((double)a - b), 2 * K * kU * mag + 1e-30) << "M=" << M << " K=" << K << " n=" << n;
+          }
+      }
+}
+
 // Conversions are exact: every bf16/f16 value has exactly one f32 value.
 TEST_P(KernelsTest, ConversionsExact) {
   std::vector<uint16_t> all(65536 + 37);

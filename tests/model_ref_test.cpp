@@ -10,6 +10,8 @@
 #include "core/file_util.h"
 #include "core/rng.h"
 #include "io/hf_dir.h"
+#include "kernels/cpu/kernels.h"
+#include "ops/ops.h"
 #include "model_fill.h"
 #include "test_util.h"
 
@@ -112,6 +114,7 @@ TEST_P(ModelRef, LogitsMatchFloat64Reference) {
         b.add(seqs[s][t], (int32_t)s, (int32_t)t, true);
         ref_off.push_back((starts[s] + t) * V);
       }
+  ops_set_bf16_dot(false);  // f32 activations: the exact products this test bounds
   const Tensor& logits = llama_forward(m, cache, b, scratch);
   double worst = 0;
   for (size_t r = 0; r < b.size(); r++) worst = std::max(worst, rel_err(logits.host<float>() + r * V, ref.data() + ref_off[r], V));
@@ -141,6 +144,25 @@ TEST_P(ModelRef, LogitsMatchFloat64Reference) {
   double worst_inc = 0;
   for (size_t t = 0; t < s0.size(); t++) worst_inc = std::max(worst_inc, rel_err(inc.data() + t * V, ref.data() + t * V, V));
   EXPECT_LE(worst_inc, 1e-4) << "prefill-then-decode vs reference";
+
+  // bf16 weights with bf16 dot products (AVX512_BF16 CPUs; the default there): every
+  // prefill matmul input is rounded to bf16, a relative error <= 2^-9 per element, so each
+  // matmul output moves by <= 2^-9 of its sum of |w x|. To first order these add up over
+  // the 7 matmuls of each layer and the output projection: 2^-9 * (7 * layers + 1), with a
+  // factor 2 for the attention softmax and norms passing them on.
+  ops_set_bf16_dot(true);
+  if (tc.dtype == DType::BF16 && cpu_kernels().gemm_bf16) {
+    KVCache c3 = KVCache::create(m.config, (int64_t)seqs.size(), 128);
+    Scratch s3;
+    const Tensor& lf = llama_forward(m, c3, b, s3);
+    double worst_fast = 0;
+    for (size_t r = 0; r < b.size(); r++)
+      worst_fast = std::max(worst_fast, rel_err(lf.host<float>() + r * V, ref.data() + ref_off[r], V));
+    const double bound = 2.0 * std::ldexp(1.0, -9) * (7.0 * (double)m.config.n_layers + 1.0);
+    EXPECT_LE(worst_fast, bound) << "bf16 dot products";
+    EXPECT_GT(worst_fast, 0.0);  // the path was taken
+    std::printf("[%s] with bf16 dot products: max relative logit error %.2e (bound %.2e)\n", tc.name, worst_fast, bound);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

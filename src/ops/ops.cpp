@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "kernels/cpu/kernels.h"
 #include "quant/quant.h"
 
@@ -17,6 +18,7 @@ namespace llmq {
 
 namespace {
 int g_threads = 0;
+bool g_bf16_dot = true;
 
 // Above this many rows of x, sgemm beats re-reading the weights once per 4 rows.
 constexpr int64_t kGemvMaxRows = 16;
@@ -79,6 +81,9 @@ void ops_set_threads(int n) {
   omp_set_num_threads(g_threads);
   openblas_set_num_threads(g_threads);
 }
+void ops_set_bf16_dot(bool on) { g_bf16_dot = on; }
+bool ops_bf16_dot() { return g_bf16_dot; }
+
 int ops_threads() {
   if (!g_threads) ops_set_threads(0);
   return g_threads;
@@ -102,6 +107,17 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
     fail("matmul: weight dtype {} not supported", dtype_name(W.dtype()));
   if (n <= kGemvMaxRows) return gemv(k, Y, X, W, n, K, M);
   if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
+  if (W.dtype() == DType::BF16 && k.gemm_bf16 && g_bf16_dot) {
+    // bf16 weights on a CPU with bf16 dot products: activations rounded to bf16 (as a bf16
+    // PyTorch model computes), products summed in f32, twice sgemm's multiply rate.
+    thread_local std::vector<uint16_t> tl_xb;
+    uint16_t* xb = (tl_xb.resize((size_t)(n * K)), tl_xb.data());  // the caller's buffer, read by all threads
+#pragma omp parallel for num_threads(ops_threads()) schedule(static)
+    for (int64_t i = 0; i < n * K; i++) xb[i] = f32_to_bf16(X[i]);
+    const uint16_t* w16 = W.host<uint16_t>();
+    parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
+    return;
+  }
   // 16-bit weights: convert a panel of rows (about 4 MB of f32) and multiply it.
   const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
   thread_local std::vector<float> buf;

@@ -12,7 +12,7 @@ namespace llmq {
 namespace {
 // CPU features from CPUID, and from XGETBV whether the OS saves the AVX / AVX-512 registers.
 struct Features {
-  bool avx2 = false, avx512 = false, avx_vnni = false, avx512_vnni = false;
+  bool avx2 = false, avx512 = false, avx_vnni = false, avx512_vnni = false, avx512_bf16 = false;
 };
 
 Features detect() {
@@ -28,7 +28,10 @@ Features detect() {
   f.avx2 = ymm_state && fma && f16c && (b & bit_AVX2);
   f.avx512 = f.avx2 && zmm_state && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (b & bit_AVX512DQ);
   f.avx512_vnni = f.avx512 && (c & (1u << 11));  // CPUID.7.0:ECX.AVX512_VNNI
-  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx_vnni = f.avx2 && (a & (1u << 4));  // CPUID.7.1:EAX.AVX_VNNI
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+    f.avx_vnni = f.avx2 && (a & (1u << 4));       // CPUID.7.1:EAX.AVX_VNNI
+    f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // CPUID.7.1:EAX.AVX512_BF16
+  }
   return f;
 }
 
@@ -55,10 +58,14 @@ const CpuKernels* table_avx2_vnni() {
   return &k;
 }
 const CpuKernels* table_avx512() {
-  static const CpuKernels k = with_q(cpu_kernels_avx512(), "avx512",
-                                     features().avx512_vnni ? matmul_q_avx512vnni
-                                     : features().avx_vnni  ? matmul_q_avxvnni
-                                                            : matmul_q_avx2);
+  static const CpuKernels k = [] {
+    CpuKernels t = with_q(cpu_kernels_avx512(), "avx512",
+                          features().avx512_vnni ? matmul_q_avx512vnni
+                          : features().avx_vnni  ? matmul_q_avxvnni
+                                                 : matmul_q_avx2);
+    if (features().avx512_bf16) t.gemm_bf16 = gemm_bf16_avx512bf16;
+    return t;
+  }();
   return &k;
 }
 

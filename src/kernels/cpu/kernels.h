@@ -73,6 +73,12 @@ struct CpuKernels {
   // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product
   // instructions.
   MatmulQFn matmul_q = nullptr;
+
+  // Y[i*ldy + m] = sum_k W[m*K + k] * X[i*K + k] for i < n, m in [m0, m1), W and X both bf16
+  // (row-major), products summed in f32: the prefill of bf16 weights on CPUs with
+  // AVX512_BF16. nullptr elsewhere (the ops layer then converts W to f32 for sgemm).
+  void (*gemm_bf16)(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
+                    int64_t m1) = nullptr;
 };
 
 // Quantized matrix product variants: scalar, AVX2 (vpmaddubsw), AVX-VNNI (256-bit
@@ -82,6 +88,12 @@ void matmul_q_avx2(const QMatView& W, const QActView& X, float* Y, int64_t n, in
 void matmul_q_avxvnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
 void matmul_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                          int64_t m1);
+
+// bf16 matrix product: scalar (exact products, f32 sums) and AVX512_BF16 (vdpbf16ps).
+void gemm_bf16_ref(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
+                   int64_t m1);
+void gemm_bf16_avx512bf16(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy,
+                          int64_t m0, int64_t m1);
 
 const CpuKernels& cpu_kernels_ref();
 const CpuKernels* cpu_kernels_avx2();    // compiled for AVX2+FMA+F16C

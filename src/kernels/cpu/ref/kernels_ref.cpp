@@ -108,6 +108,16 @@ void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int
   }
 }
 
+void gemm_bf16_ref(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
+                   int64_t m1) {
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t m = m0; m < m1; m++) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; k++) s += bf16_to_f32(W[m * K + k]) * bf16_to_f32(X[i * K + k]);
+      Y[i * ldy + m] = s;
+    }
+}
+
 const CpuKernels& cpu_kernels_ref() { return kRef; }
 
 }  // namespace llmq
