@@ -99,9 +99,7 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     const LlamaLayer& L = w.layers[l];
     // Attention is the only place where rows (positions) exchange information.
     op_rmsnorm(xb, x, L.attn_norm, eps);
-    op_matmul(q, xb, L.wq);
-    op_matmul(k, xb, L.wk);
-    op_matmul(v, xb, L.wv);
+    op_matmuls(xb, {{&q, &L.wq}, {&k, &L.wk}, {&v, &L.wv}});
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
     op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l]);
@@ -110,8 +108,7 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_add(x, xb);
     // SwiGLU feed-forward.
     op_rmsnorm(xb, x, L.ffn_norm, eps);
-    op_matmul(gate, xb, L.w_gate);
-    op_matmul(up, xb, L.w_up);
+    op_matmuls(xb, {{&gate, &L.w_gate}, {&up, &L.w_up}});
     op_swiglu(gate, gate, up);
     op_matmul(xb, gate, L.w_down);
     op_add(x, xb);

@@ -34,28 +34,34 @@ void expect_f32(const Tensor& t, const char* op, const char* name) {
 // out dynamically: a thread slowed by a neighbour on the shared host does not hold the
 // others at the barrier. Per-call set-up in the kernel (the bf16 x permutation, K floats)
 // is small next to a chunk's 64+ rows of K weights.
+int64_t row_chunk(int64_t M, int nt) {
+  const int64_t chunk = std::max<int64_t>(64, (M + 8 * nt - 1) / (8 * nt));
+  return (chunk + 15) / 16 * 16;
+}
 template <class Fn>
 void parallel_rows(int64_t M, Fn fn) {
   const int nt = ops_threads();
-  int64_t chunk = std::max<int64_t>(64, (M + 8 * nt - 1) / (8 * nt));
-  chunk = (chunk + 15) / 16 * 16;
+  const int64_t chunk = row_chunk(M, nt);
   const int64_t n_chunks = (M + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
 }
 
-void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
-  parallel_rows(M, [&](int64_t m0, int64_t m1) {
-    for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
-      int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
-      switch (W.dtype()) {
-        case DType::F32: k.gemv_f32(W.host<float>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
-        case DType::BF16: k.gemv_bf16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
-        case DType::F16: k.gemv_f16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
-        default: break;
-      }
+// Rows [m0, m1) of Y (n, M) = X @ W^T for float weights, up to 4 rows of X per pass.
+void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M,
+               int64_t m0, int64_t m1) {
+  for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
+    int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
+    switch (W.dtype()) {
+      case DType::F32: k.gemv_f32(W.host<float>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+      case DType::BF16: k.gemv_bf16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+      case DType::F16: k.gemv_f16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+      default: break;
     }
-  });
+  }
+}
+void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
 }
 
 void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, int64_t K, int64_t ldy) {
@@ -90,21 +96,70 @@ int ops_threads() {
 }
 
 
-void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
+namespace {
+void check_matmul(const Tensor& out, const Tensor& x, const Tensor& W) {
   expect_f32(x, "matmul", "x");
   expect_f32(out, "matmul", "out");
   expect(x.ndim() == 2 && W.ndim() == 2 && out.ndim() == 2, "matmul", "x, W and out must be 2-D");
-  const int64_t n = x.dim(0), K = x.dim(1), M = W.dim(0);
-  if (W.dim(1) != K || out.dim(0) != n || out.dim(1) != M)
+  if (W.dim(1) != x.dim(1) || out.dim(0) != x.dim(0) || out.dim(1) != W.dim(0))
     fail("matmul: shapes x {} W {} out {} do not agree", shape_str(x.shape()), shape_str(W.shape()),
          shape_str(out.shape()));
+  if (!W.quant() && W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16)
+    fail("matmul: weight dtype {} not supported", dtype_name(W.dtype()));
+}
+}  // namespace
+
+void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
+  for (const auto& o : outs) check_matmul(*o.out, x, *o.W);
+  const int64_t n = x.dim(0), K = x.dim(1);
+  const Tensor& W0 = *outs.begin()->W;
+  const QuantInfo* q0 = W0.quant();
+  bool same = true;  // all quantized alike (one activation quantization) or all float
+  for (const auto& o : outs) {
+    const QuantInfo* q = o.W->quant();
+    same = same && (q == nullptr) == (q0 == nullptr) &&
+           (!q || (q->group == q0->group && q->act_per_token == q0->act_per_token));
+  }
+  if (n == 0) return;
+  if (n > kGemvMaxRows || !same) {
+    for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
+    return;
+  }
+  // Decode: the rows of all the weights in one list of chunks, one parallel region.
+  const CpuKernels& k = cpu_kernels();
+  const float* X = x.host<float>();
+  thread_local QActs tl_acts;
+  QActs& acts = tl_acts;
+  if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts);
+  struct Chunk {
+    const MatmulOut* o;
+    int64_t m0, m1;
+  };
+  std::vector<Chunk> chunks;
+  const int nt = ops_threads();
+  for (const auto& o : outs) {
+    const int64_t M = o.W->dim(0), c = row_chunk(M, nt);
+    for (int64_t m0 = 0; m0 < M; m0 += c) chunks.push_back({&o, m0, std::min(M, m0 + c)});
+  }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (size_t i = 0; i < chunks.size(); i++) {
+    const Chunk& c = chunks[i];
+    const Tensor& W = *c.o->W;
+    float* Y = c.o->out->host<float>();
+    const int64_t M = W.dim(0);
+    if (q0) k.matmul_q(quant_view(W), acts.view(0, K, W.quant()->group), Y, n, M, c.m0, c.m1);
+    else gemv_rows(k, Y, X, W, n, K, M, c.m0, c.m1);
+  }
+}
+
+void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
+  check_matmul(out, x, W);
+  const int64_t n = x.dim(0), K = x.dim(1), M = W.dim(0);
   if (n == 0) return;
   const CpuKernels& k = cpu_kernels();
   float* Y = out.host<float>();
   const float* X = x.host<float>();
   if (W.quant()) return matmul_quant(k, Y, X, W, n, K, M);
-  if (W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16)
-    fail("matmul: weight dtype {} not supported", dtype_name(W.dtype()));
   if (n <= kGemvMaxRows) return gemv(k, Y, X, W, n, K, M);
   if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
   if (W.dtype() == DType::BF16 && k.gemm_bf16 && g_bf16_dot) {

@@ -2,6 +2,7 @@
 // over threads and calls the CPU kernel table (a CUDA backend would switch here on device).
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/tensor.h"
@@ -18,10 +19,21 @@ int ops_threads();
 void ops_set_bf16_dot(bool on);
 bool ops_bf16_dot();
 
-// out (n, M) f32 = x (n, K) f32 @ W^T, W (M, K) in f32, bf16 or f16. Small n runs the GEMV
-// kernels (weights read once per 4 rows of x); larger n uses OpenBLAS sgemm, converting
-// 16-bit weights to f32 one panel at a time.
+// out (n, M) f32 = x (n, K) f32 @ W^T, W (M, K) in f32, bf16, f16 or integer-quantized.
+// Float weights: small n runs the GEMV kernels (weights read once per 4 rows of x); larger
+// n uses OpenBLAS sgemm (16-bit weights converted to f32 a panel at a time; bf16 with
+// bf16 dot products, see ops_set_bf16_dot). Quantized weights: the integer matrix product
+// on int8-quantized activations, any n.
 void op_matmul(Tensor& out, const Tensor& x, const Tensor& W);
+
+// Several products of the same x (q/k/v, gate/up): each *o.out = x @ o.W^T, as op_matmul
+// computes it. In decode the rows of all the weights are split over the threads in one
+// parallel region and quantized activations are computed once.
+struct MatmulOut {
+  Tensor* out;
+  const Tensor* W;
+};
+void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs);
 // out (n, dim) = rmsnorm(x (n, dim)) * w (dim) f32
 void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps);
 // out (n, f) = silu(gate) * up

@@ -33,16 +33,17 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// Panels p0, p0 + ps, ..., p0 + (NP-1)*ps.
 template <int BITS, int NP, int NT>
-void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p0, int64_t m1) {
+void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p0, int64_t m1, int64_t ps = 1) {
   const int64_t K = W.K, G = W.group, ng = K / G, nb = K / 32, bpg = G / 32;
   constexpr int64_t kBytesPerCol = BITS == 8 ? kQPanel : kQPanel / 2;  // per panel
   const uint8_t* wp[NP];
   const float *sp[NP], *zp[NP];
   for (int j = 0; j < NP; j++) {
-    wp[j] = W.q + (p0 + j) * K * kBytesPerCol;
-    sp[j] = W.scale + (p0 + j) * ng * kQPanel;
-    zp[j] = W.zs + (p0 + j) * ng * kQPanel;
+    wp[j] = W.q + (p0 + j * ps) * K * kBytesPerCol;
+    sp[j] = W.scale + (p0 + j * ps) * ng * kQPanel;
+    zp[j] = W.zs + (p0 + j * ps) * ng * kQPanel;
   }
   const int8_t* xq[NT];
   const float *xs[NT], *gs[NT];
@@ -106,7 +107,7 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
     }
   }
   for (int j = 0; j < NP; j++) {
-    const int64_t m = (p0 + j) * kQPanel;
+    const int64_t m = (p0 + j * ps) * kQPanel;
     const __mmask16 mask = m + kQPanel <= m1 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m1 - m)) - 1);
     for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(Y + t * ldy + m, mask, out[j][t]);
   }
@@ -132,8 +133,14 @@ template <int BITS>
 void matmul_q_impl(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1) {
   const int64_t p_end = (m1 + kQPanel - 1) / kQPanel;
   int64_t p = m0 / kQPanel;
-  if (n == 1)
+  if (n == 1) {
+    // Decode: two streams per thread, from the two halves of the rows (measured faster than
+    // one stream, or than neighbouring panels, on the memory-bound GEMV).
+    const int64_t half = (p_end - p) / 2;
+    for (int64_t i = 0; i < half; i++) tile<BITS, 2, 1>(W, X, Y, ldy, p + i, m1, half);
+    p += 2 * half;
     for (; p < p_end; p++) tile<BITS, 1, 1>(W, X, Y, ldy, p, m1);
+  }
   for (; p + 2 <= p_end; p += 2) token_tiles<BITS, 2>(W, X, Y, n, ldy, p, m1);
   for (; p < p_end; p++) token_tiles<BITS, 1>(W, X, Y, n, ldy, p, m1);
 }
