@@ -69,6 +69,9 @@ TEST_P(KernelsTest, GemvAllDtypes) {
       check_gemv<float>(k().gemv_f32, ref().gemv_f32, wf, [](float v) { return v; }, M, K, seed);
       check_gemv<uint16_t>(k().gemv_bf16, ref().gemv_bf16, to_bf16(wf), bf16_to_f32, M, K, seed);
       check_gemv<uint16_t>(k().gemv_f16, ref().gemv_f16, to_f16(wf), f16_to_f32, M, K, seed);
+      std::vector<uint8_t> w8(M * K);  // every E4M3 code but the NaNs, subnormals included
+      for (size_t i = 0; i < w8.size(); i++) w8[i] = (uint8_t)((i * 37 + seed) % 255), w8[i] += (w8[i] & 0x7f) == 0x7f;
+      check_gemv<uint8_t>(k().gemv_e4m3, ref().gemv_e4m3, w8, e4m3_to_f32, M, K, seed);
     }
   }
 }

@@ -72,11 +72,14 @@ struct QuantFixture : ::testing::Test {
     so.dtype = DType::BF16;
     model_save(src, cfg, init_fill(cfg, 9), so);
   }
-  std::string quantize(const std::string& scheme, int64_t group, bool sym, std::vector<std::string> keep = {"embed"}) {
+  std::string quantize(const std::string& scheme, int64_t group, bool sym, std::vector<std::string> keep = {"embed"},
+                       const std::string& weight_scale = "", const std::string& act_scale = "") {
     QuantizeOptions o;
     o.model = src;
-    o.out = tmp / (scheme + "_" + std::to_string(group) + (sym ? "s" : "a"));
+    o.out = tmp / (scheme + "_" + std::to_string(group) + (sym ? "s" : "a") + weight_scale + act_scale);
     o.scheme = scheme;
+    o.weight_scale = weight_scale;
+    o.act_scale = act_scale;
     o.group = group;
     o.sym = sym;
     o.keep = keep;
@@ -127,8 +130,52 @@ TEST_F(QuantFixture, LoadsAndCompares) {
   EXPECT_EQ(k.weights.lm_head.quant(), nullptr);
 }
 
+// FP8 (compressed-tensors): the independent oracle decodes the E4M3 bits and finds every
+// weight at a nearest code (within half the local grid step, 1e-3 for f32 rounding of
+// w/scale) and the scales at amax/448; the model loads and stays close to the source.
+TEST_F(QuantFixture, Fp8OracleAndCompare) {
+  Model m = model_load(src);
+  std::vector<int32_t> toks(300);
+  for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t)((i * 7919) % cfg.vocab_size);
+  for (auto [ws, as] : {std::pair{"", ""}, std::pair{"tensor", "tensor"}, std::pair{"channel", "tensor"}}) {
+    const std::string dir = quantize("fp8", -1, true, {"embed"}, ws, as);
+    auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/fp8_ref.py " +
+                                       dir + " " + src));
+    EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1) << ws;
+    EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3) << ws;
+    EXPECT_GT(j["worst"].get<double>(), 0.5) << "the check must see real rounding error";
+    EXPECT_LE(j["scale_err"].get<double>(), 1e-6) << ws;
+    Model q = model_load(dir);
+    ASSERT_TRUE(q.config.quant.fp8);
+    ASSERT_NE(q.weights.layers[0].wq.quant(), nullptr);
+    EXPECT_EQ(q.weights.layers[0].wq.quant()->weight_per_tensor, std::string(ws) == "tensor");
+    EXPECT_EQ(q.weights.layers[0].wq.quant()->act_per_token, std::string(as) != "tensor");
+    auto r = eval_compare(m, q, toks, 64);
+    EXPECT_GT(r.kld_mean, 0.0);
+    EXPECT_LT(r.kld_mean, 0.02) << "E4M3 of a random tiny model should stay close";
+    EXPECT_GT(r.top1_agreement, 0.7);
+  }
+}
+
 TEST_F(QuantFixture, BadInput) {
   EXPECT_THROW(quantize("w3a16", -1, true), Error);
+  EXPECT_THROW(quantize("w4a16", -1, true, {"embed"}, "tensor"), Error);  // fp8 options on an int scheme
+  EXPECT_THROW(quantize("fp8", -1, true, {"embed"}, "row"), Error);
+  EXPECT_THROW(quantize("fp8", -1, true, {"embed"}, "", "block"), Error);
+  EXPECT_THROW(quantize("fp8", 128, true), Error);  // no groups in fp8
+  {
+    // An FP8 checkpoint without a weight scale, and one with a NaN code.
+    const std::string f = quantize("fp8", -1, true);
+    auto cj = nlohmann::json::parse(read_text_file(f + "/config.json"));
+    cj["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] = false;
+    write_file_atomic(f + "/config.json", cj.dump());
+    try {
+      model_load(f);
+      FAIL() << "static activation scales are not supported";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("static"), std::string::npos) << e.what();
+    }
+  }
   EXPECT_THROW(quantize("w4a16", 96, true), Error);  // not a multiple of 32
   const std::string dir = quantize("w4a16", 64, true);
   QuantizeOptions o;

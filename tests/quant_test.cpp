@@ -244,6 +244,103 @@ TEST(Quant, MatmulMatchesDequantizedF32) {
   }
 }
 
+// The bitwise E4M3 rounding used for activations equals the table conversion (itself
+// checked by brute force in quant_model_test) everywhere: random magnitudes over the whole
+// range, every code, every midpoint between neighbouring codes (the ties), and beyond 448.
+TEST(Fp8, RoundMatchesTableConversion) {
+  auto same = [](float x) {
+    const float a = e4m3_round(x), b = e4m3_to_f32(f32_to_e4m3(x));
+    ASSERT_TRUE(a == b && std::signbit(a) == std::signbit(b)) << x << ": " << a << " vs " << b;
+  };
+  for (int c = 0; c < 0x7e; c++) {
+    const float v = e4m3_to_f32((uint8_t)c), w = e4m3_to_f32((uint8_t)(c + 1));
+    for (float x : {v, (v + w) / 2, std::nextafter((v + w) / 2, 0.f), std::nextafter((v + w) / 2, 1e9f)}) {
+      same(x);
+      same(-x);
+    }
+  }
+  for (float x : {448.f, 460.f, 464.f, 500.f, 1e30f, 0.f, -0.f, 1e-30f}) same(x), same(-x);
+  std::mt19937_64 rng(21);
+  for (int i = 0; i < 200000; i++) {
+    const float x = std::ldexp((float)(rng() % 1000000) / 1e6f, (int)(rng() % 30) - 16) * ((rng() & 1) ? -1.f : 1.f);
+    same(x);
+  }
+  EXPECT_TRUE(std::isnan(e4m3_round(NAN)));
+}
+
+// FP8 weights: every weight within half a grid step of its value after scaling (2^-4 |w|
+// for |w/s| >= 2^-6, 2^-10 s below), per channel and per tensor.
+TEST(Fp8, QuantizeWithinHalfAStep) {
+  const int64_t M = 9, K = 200;
+  auto w = nasty_weights(M, K, 13);
+  for (bool per_tensor : {false, true}) {
+    std::vector<float> scale(M);
+    float all = 0.f;
+    for (float v : w) all = std::max(all, std::fabs(v));
+    for (int64_t m = 0; m < M; m++) {
+      float a = 0.f;
+      for (int64_t k = 0; k < K; k++) a = std::max(a, std::fabs(w[m * K + k]));
+      scale[m] = fp8_scale(per_tensor ? all : a);
+    }
+    std::vector<uint8_t> q(M * K);
+    quantize_rows_fp8(w.data(), M, K, scale.data(), q.data());
+    Tensor t = make_fp8_tensor(M, K, q.data(), scale.data(), per_tensor, true);
+    std::vector<float> d(M * K);
+    dequantize_tensor_rows(t, 0, M, d.data());
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++) {
+        const double x = w[m * K + k], s = scale[m];
+        // f32 division w/s adds at most one more rounding (u relative) before the E4M3 one
+        const double bound = std::max(std::ldexp(std::fabs(x), -4), std::ldexp(s, -10)) * (1 + 1e-6);
+        ASSERT_LE(std::fabs(x - d[m * K + k]), bound) << m << "," << k << " per_tensor " << per_tensor;
+      }
+  }
+}
+
+// op_matmul on FP8 weights against the f32 matmul of the dequantized weights: the difference
+// is the E4M3 rounding of the activations (per token or per tensor), |dx| <= max(2^-4 |x|,
+// 2^-10 sx) per element, times |w|, plus f32 accumulation on each side; decode (GEMV) and
+// prefill (sgemm) paths.
+TEST(Fp8, MatmulMatchesDequantizedF32) {
+  const int64_t M = 37, K = 160;
+  auto w = nasty_weights(M, K, 5);
+  std::vector<float> scale(M);
+  for (int64_t m = 0; m < M; m++) {
+    float a = 0.f;
+    for (int64_t k = 0; k < K; k++) a = std::max(a, std::fabs(w[m * K + k]));
+    scale[m] = fp8_scale(a);
+  }
+  std::vector<uint8_t> q(M * K);
+  quantize_rows_fp8(w.data(), M, K, scale.data(), q.data());
+  for (bool per_token : {true, false}) {
+    Tensor Wq = make_fp8_tensor(M, K, q.data(), scale.data(), false, per_token);
+    Tensor Wf = Tensor::empty(DType::F32, {M, K});
+    dequantize_tensor_rows(Wq, 0, M, Wf.host<float>());
+    for (int64_t n : {1, 5, 40}) {
+      auto xv = randn(n * K, 3 + n, 1.f);
+      for (int64_t i = 0; i < n; i++) xv[i * K + 7] = -20.f * (float)(i + 1);  // outliers, different per token
+      Tensor x = Tensor::empty(DType::F32, {n, K}), y = Tensor::empty(DType::F32, {n, M}),
+             yf = Tensor::empty(DType::F32, {n, M});
+      std::memcpy(x.host<float>(), xv.data(), xv.size() * 4);
+      op_matmul(y, x, Wq);
+      op_matmul(yf, x, Wf);
+      std::vector<float> xe, sx;
+      quantize_acts_fp8(xv.data(), n, K, per_token, xe, sx);
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t m = 0; m < M; m++) {
+          double wx = 0, act = 0;
+          for (int64_t c = 0; c < K; c++) {
+            const double wd = Wf.host<float>()[m * K + c], xc = xv[i * K + c];
+            wx += std::fabs(wd * xc);
+            act += std::fabs(wd) * std::max(std::ldexp(std::fabs(xc), -4), std::ldexp((double)sx[i], -10));
+          }
+          const double tol = act * (1 + 1e-5) + 4.0 * K * kU * (wx + act) + 1e-6;
+          ASSERT_NEAR(y.host<float>()[i * M + m], yf.host<float>()[i * M + m], tol)
+              << "per_token " << per_token << " n " << n << " row " << m;
+        }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace llmq
-

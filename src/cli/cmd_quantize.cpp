@@ -15,7 +15,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("-m,--model", o->model, "source model directory (f32, bf16 or f16)")->required();
   cmd->add_option("--out", o->out, "output model directory")->required();
   cmd->add_option("--method", o->method, "rtn (round to nearest; the default)");
-  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w8a8 (default w4a16)");
+  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w8a8 | fp8 (default w4a16)");
+  cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
+  cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor; dynamic, computed per call");
   cmd->add_option("--group", o->group, "input channels per scale: 32, 64, 128, ... or 0 for one per output channel "
                                        "(default: 128 for w4a16, per channel for w8)");
   cmd->add_flag("--sym", o->sym, "symmetric codes (zero point at the middle); w8 schemes are always symmetric");

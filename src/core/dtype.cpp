@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -19,6 +20,7 @@ constexpr DTypeInfo kInfo[] = {
     {DType::F32, 32, "f32", "F32"}, {DType::F16, 16, "f16", "F16"}, {DType::BF16, 16, "bf16", "BF16"},
     {DType::F64, 64, "f64", "F64"}, {DType::I8, 8, "i8", "I8"},     {DType::U8, 8, "u8", "U8"},
     {DType::I32, 32, "i32", "I32"}, {DType::I64, 64, "i64", "I64"}, {DType::Q4, 4, "q4", ""},
+    {DType::F8E4M3, 8, "f8e4m3", "F8_E4M3"},
 };
 const DTypeInfo& info(DType t) { return kInfo[(int)t]; }
 }  // namespace
@@ -108,6 +110,25 @@ uint8_t f32_to_e4m3(float f) {
   const float dl = a - t[lo], dh = t[hi] - a;
   const int c = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
   return (uint8_t)(sign | c);
+}
+
+float e4m3_round(float f) {
+  if (f != f) return f;
+  const float a = std::fabs(f);
+  float r;
+  if (a >= 448.f) {
+    r = 448.f;
+  } else if (a < 0.015625f) {  // below 2^-6: the subnormal grid, steps of 2^-9
+    r = std::nearbyint(a * 512.f) / 512.f;  // exact scalings; default rounding is to nearest even
+  } else {  // 3 mantissa bits kept, rounded to nearest even (a carry moves into the exponent)
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    u &= ~0xfffffu;
+    std::memcpy(&r, &u, 4);
+    r = std::min(r, 448.f);  // [448, 464) rounds to 448 above; nothing here reaches 464
+  }
+  return std::copysign(r, f);
 }
 
 }  // namespace llmq

@@ -7,7 +7,7 @@
 
 namespace llmq {
 
-enum class DType : uint8_t { F32, F16, BF16, F64, I8, U8, I32, I64, Q4 /* packed: 2 per byte */ };
+enum class DType : uint8_t { F32, F16, BF16, F64, I8, U8, I32, I64, Q4 /* packed: 2 per byte */, F8E4M3 };
 
 // Size in bits of one element (Q4 is sub-byte).
 int dtype_bits(DType t);
@@ -39,5 +39,8 @@ uint16_t f32_to_f16(float f);  // round to nearest even, overflow to inf
 // 448, 0x7f/0xff NaN). Conversion rounds to nearest even and saturates at +-448.
 float e4m3_to_f32(uint8_t v);
 uint8_t f32_to_e4m3(float f);
+// f32 -> the nearest E4M3 value (ties to even, saturating at +-448; NaN stays NaN), as f32:
+// e4m3_to_f32(f32_to_e4m3(f)) computed with bit operations, for activations.
+float e4m3_round(float f);
 
 }  // namespace llmq

@@ -74,17 +74,22 @@ class Tensor {
   std::shared_ptr<const QuantInfo> quant_;
 };
 
-// The quantization of an (M, K) weight tensor: weight = scale * code - zs, one scale and zs
-// (= scale * zero point) per `group` weights of a row, stored per 16-row panel as the
-// kernels read them (QMatView: scale[(p*(K/group) + g)*16 + r] for row 16p+r; the padding
-// rows of the last panel have scale and zs 0).
+// The quantization of an (M, K) weight tensor.
+// Integer codes (dtype U8 or Q4): weight = scale * code - zs, one scale and zs (= scale *
+// zero point) per `group` weights of a row, stored per 16-row panel as the kernels read
+// them (QMatView: scale[(p*(K/group) + g)*16 + r] for row 16p+r; the padding rows of the
+// last panel have scale and zs 0).
+// FP8 (dtype F8E4M3, fp8 true): row-major E4M3 bytes, weight = scale[m] * e4m3(byte), one
+// scale per row (the same in every row for a per-tensor scale); zs empty.
 struct QuantInfo {
   int bits = 8;           // 8 or 4 (2 and 3-bit codes are held in the 4-bit layout)
   int code_bits = 8;      // the bits of the scheme the codes came from (<= bits)
   int64_t group = 0;      // weights per scale (K: one per row)
   bool sym = true;
-  bool act_per_token = false;  // w8a8: activations int8 per token, also in prefill
-  std::vector<float> scale, zs;  // (ceil(M/16), K/group, 16)
+  bool act_per_token = false;  // activations quantized per token (w8a8, fp8 per token); else per 32 (int) or per tensor (fp8)
+  bool fp8 = false;
+  bool weight_per_tensor = false;  // fp8: one scale for the whole tensor
+  std::vector<float> scale, zs;    // integer: (ceil(M/16), K/group, 16); fp8: scale (M)
 };
 
 }  // namespace llmq

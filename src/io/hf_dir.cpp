@@ -144,10 +144,48 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
       scale[m * ng + g] = v;
     }
   const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
-  if (rbits == 4 && K % 64 != 0) fail("{}: {} has {} input channels; llmq's 4-bit kernels need a multiple of 64", dir, spec.name, K);
   for (const Tensor* x : {&qw, &qz, &sc, &gi})
     if (x->defined()) release_pages(x->host_data(), x->nbytes());
   return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
+}
+
+// An FP8 linear (compressed-tensors float-quantized or vLLM fp8): .weight in F8_E4M3 and
+// .weight_scale per channel ((M, 1) or (M)) or per tensor ((1) or ()).
+Tensor load_fp8_linear(const WeightFiles& wf, const std::string& dir, const HfTensorSpec& spec, const QuantConfig& q) {
+  const std::string base = spec.name.substr(0, spec.name.size() - std::string("weight").size());
+  const int64_t M = spec.shape[0], K = spec.shape[1];
+  const auto [wfile, we] = wf.where.at(spec.name);
+  if (we->shape != spec.shape)
+    fail("{}: tensor '{}' has shape {} but config.json implies {}", wfile->path(), spec.name, shape_str(we->shape),
+         shape_str(spec.shape));
+  auto it = wf.where.find(base + "weight_scale");
+  if (it == wf.where.end())
+    fail("{}: missing tensor '{}weight_scale' (an FP8 weight needs its scale)", dir, base);
+  const auto [sfile, se] = it->second;
+  const int64_t ns = shape_numel(se->shape);
+  if (ns != M && ns != 1)
+    fail("{}: tensor '{}weight_scale' has shape {}; expected one scale per output channel ({}) or one per tensor",
+         sfile->path(), base, shape_str(se->shape), M);
+  if (se->dtype != DType::F32 && se->dtype != DType::BF16 && se->dtype != DType::F16)
+    fail("{}: tensor '{}weight_scale' has dtype {} (F32, BF16 or F16 expected)", sfile->path(), base,
+         dtype_safetensors_name(se->dtype));
+  Tensor st = sfile->tensor(*se);
+  std::vector<float> scale((size_t)M);
+  for (int64_t m = 0; m < M; m++) {
+    const int64_t i = ns == 1 ? 0 : m;
+    const float v = se->dtype == DType::F32    ? st.host<float>()[i]
+                    : se->dtype == DType::BF16 ? bf16_to_f32(st.host<uint16_t>()[i])
+                                               : f16_to_f32(st.host<uint16_t>()[i]);
+    if (!std::isfinite(v) || v <= 0.f) fail("{}: {}weight_scale has a non-positive or non-finite value ({})", dir, base, v);
+    scale[m] = v;
+  }
+  Tensor w = wfile->tensor(*we);
+  const uint8_t* b = w.host<uint8_t>();
+  for (int64_t i = 0; i < M * K; i++)
+    if ((b[i] & 0x7f) == 0x7f) fail("{}: {} holds an E4M3 NaN (byte {:#04x} at element {})", dir, spec.name, b[i], i);
+  Tensor t = make_fp8_tensor(M, K, b, scale.data(), ns == 1, q.act_per_token);
+  release_pages(w.host_data(), w.nbytes());
+  return t;
 }
 
 }  // namespace
@@ -176,8 +214,14 @@ Model model_load(const std::string& dir, LoadMode mode) {
   WeightFiles wf = open_weights(dir, c.quant.enabled ? LoadMode::Map : mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
-    // A quantized model's linears are GPTQ tensors, except those kept in float (.weight).
-    if (hf_is_quantized_linear(c, spec.name) && !wf.where.count(spec.name)) {
+    // A quantized model's linears are GPTQ tensors, except those kept in float (.weight);
+    // FP8 linears are .weight in F8_E4M3 with a .weight_scale.
+    if (hf_is_quantized_linear(c, spec.name) && c.quant.fp8 && wf.where.count(spec.name) &&
+        wf.where.at(spec.name).second->dtype == DType::F8E4M3) {
+      t[spec.name] = load_fp8_linear(wf, dir, spec, c.quant);
+      continue;
+    }
+    if (hf_is_quantized_linear(c, spec.name) && !c.quant.fp8 && !wf.where.count(spec.name)) {
       t[spec.name] = load_gptq_linear(wf, dir, spec, c.quant);
       continue;
     }

@@ -97,6 +97,60 @@ void require_object(const json& j, const std::string& where) {
 
 }  // namespace
 
+namespace {
+// FP8 checkpoints: llm-compressor's compressed-tensors "float-quantized" format (one config
+// group of Linear targets; weights 8-bit float per channel or per tensor; input activations
+// 8-bit float per token or per tensor, dynamic) and vLLM's "fp8" (per-tensor weight scales).
+void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) {
+  qc.enabled = true;
+  qc.fp8 = true;
+  qc.bits = 8;
+  qc.group = 0;
+  qc.sym = true;
+  qc.scheme = "fp8";
+  qc.zeros_minus_one = false;
+  if (q.value("quant_method", std::string()) == "fp8") {
+    if (q.value("activation_scheme", std::string("dynamic")) != "dynamic")
+      fail("{}: quantization_config.activation_scheme \"{}\": static activation scales are not supported yet "
+           "(dynamic only)", where, q.value("activation_scheme", std::string()));
+    qc.weight_per_tensor = true;
+    qc.act_per_token = false;
+    qc.lm_head = false;
+    return;
+  }
+  if (q.value("format", std::string()) != "float-quantized")
+    fail("{}: quantization_config.format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8)",
+         where, q.contains("format") ? q["format"].dump() : "(missing)");
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
+    fail("{}: quantization_config.config_groups must hold exactly one group", where);
+  const json& g = q["config_groups"].begin().value();
+  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
+    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  const json& w = g["weights"];
+  if (w.value("num_bits", 0) != 8 || w.value("type", std::string()) != "float")
+    fail("{}: quantization_config weights must be 8-bit float (E4M3)", where);
+  const std::string ws = w.value("strategy", std::string());
+  if (ws != "channel" && ws != "tensor")
+    fail("{}: quantization_config weights.strategy \"{}\" is not supported (channel or tensor)", where, ws);
+  qc.weight_per_tensor = ws == "tensor";
+  qc.act_per_token = true;
+  if (g.contains("input_activations") && !g["input_activations"].is_null()) {
+    const json& a = g["input_activations"];
+    if (!a.is_object()) fail("{}: quantization_config input_activations must be an object", where);
+    if (!a.value("dynamic", false))
+      fail("{}: static FP8 activation scales (input_scale) are not supported yet (dynamic only)", where);
+    const std::string as = a.value("strategy", std::string());
+    if (as != "token" && as != "tensor")
+      fail("{}: quantization_config input_activations.strategy \"{}\" is not supported (token or tensor)", where, as);
+    qc.act_per_token = as == "token";
+  }
+  qc.lm_head = true;
+  if (q.contains("ignore") && q["ignore"].is_array())
+    for (const auto& e : q["ignore"])
+      if (e.is_string() && e.get<std::string>() == "lm_head") qc.lm_head = false;
+}
+}  // namespace
+
 ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   require_object(j, where);
   Reader r{j, where};
@@ -128,11 +182,23 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   if (r.has("quantization_config")) {
     const json& q = j["quantization_config"];
     if (!q.is_object()) fail("{}: quantization_config must be an object", where);
+    const std::string method = q.contains("quant_method") && q["quant_method"].is_string()
+                                   ? q["quant_method"].get<std::string>() : std::string();
+    if (method == "compressed-tensors" || method == "fp8") {
+      try {
+        parse_fp8_config(q, where, c.quant);
+      } catch (const json::exception& e) {
+        fail("{}: quantization_config: {}", where, e.what());
+      }
+    } else if (method != "gptq") {
+      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints and FP8 "
+           "\"compressed-tensors\" / \"fp8\" ones)",
+           where, q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
+    }
+  }
+  if (r.has("quantization_config") && !c.quant.fp8) {
+    const json& q = j["quantization_config"];
     Reader rq{q, where};
-    const std::string method = q.value("quant_method", std::string());
-    if (method != "gptq")
-      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints)", where,
-           q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
     QuantConfig& qc = c.quant;
     qc.enabled = true;
     qc.bits = (int)rq.integer("bits");
@@ -247,7 +313,22 @@ json config_to_hf_json(const ModelConfig& c) {
   };
   j["bos_token_id"] = ids(c.bos_token_ids);
   j["eos_token_id"] = ids(c.eos_token_ids);
-  if (c.quant.enabled) {
+  if (c.quant.enabled && c.quant.fp8) {
+    const QuantConfig& q = c.quant;
+    json group = {{"targets", {"Linear"}},
+                  {"weights",
+                   {{"num_bits", 8}, {"type", "float"}, {"strategy", q.weight_per_tensor ? "tensor" : "channel"},
+                    {"symmetric", true}, {"dynamic", false}}},
+                  {"input_activations",
+                   {{"num_bits", 8}, {"type", "float"}, {"strategy", q.act_per_token ? "token" : "tensor"},
+                    {"symmetric", true}, {"dynamic", true}}}};
+    j["quantization_config"] = {{"quant_method", "compressed-tensors"},
+                                {"format", "float-quantized"},
+                                {"quantization_status", "compressed"},
+                                {"config_groups", {{"group_0", group}}},
+                                {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
+                                {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
+  } else if (c.quant.enabled) {
     const QuantConfig& q = c.quant;
     j["quantization_config"] = {{"quant_method", "gptq"},
                                 {"bits", q.bits},

@@ -30,9 +30,11 @@ struct QuantConfig {
   bool desc_act = false;
   bool lm_head = false;            // lm_head is quantized too
   bool zeros_minus_one = true;     // checkpoint_format "gptq" (v1) stores zero - 1
-  std::string scheme = "";         // w8a16, w4a16, w8a8
+  std::string scheme = "";         // w8a16, w4a16, w8a8, fp8
   std::string algorithm = "rtn";   // rtn, gptq, awq, ... (what chose the codes)
-  bool act_per_token = false;      // w8a8
+  bool act_per_token = false;      // w8a8; fp8: per token (else per tensor)
+  bool fp8 = false;                // E4M3 weights (compressed-tensors "float-quantized")
+  bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
 };
 
 struct ModelConfig {

@@ -68,11 +68,46 @@ void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, in
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)K, 1.f, X, (int)K, W, (int)K, 0.f, Y,
               (int)ldy);
 }
+// FP8 weights: activations scaled and rounded to E4M3 (per token or per tensor, dynamic),
+// the products of E4M3 values summed in f32 (decode: the E4M3 GEMV; prefill: the weights
+// converted a panel at a time for sgemm), then both scales applied.
+void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
+  const QuantInfo& qi = *W.quant();
+  thread_local std::vector<float> tl_xe, tl_sx;
+  std::vector<float>& xe = tl_xe;  // the caller's buffers, read by the worker threads
+  std::vector<float>& sx = tl_sx;
+  quantize_acts_fp8(X, n, K, qi.act_per_token, xe, sx);
+  const uint8_t* w8 = W.host<uint8_t>();
+  if (n <= kGemvMaxRows) {
+    parallel_rows(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
+        const int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
+        k.gemv_e4m3(w8, xe.data() + i * K, Y + i * M, K, nb, M, m0, m1);
+      }
+    });
+  } else {
+    const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
+    thread_local std::vector<float> tl_buf;
+    float* b = (tl_buf.resize((size_t)(panel * K)), tl_buf.data());
+    for (int64_t m0 = 0; m0 < M; m0 += panel) {
+      const int64_t mp = std::min(panel, M - m0);
+#pragma omp parallel for num_threads(ops_threads()) schedule(static)
+      for (int64_t i = 0; i < mp * K; i++) b[i] = e4m3_to_f32(w8[m0 * K + i]);
+      sgemm_nt(xe.data(), b, Y + m0, n, mp, K, M);
+    }
+  }
+  const float* sw = qi.scale.data();
+#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t m = 0; m < M; m++) Y[i * M + m] *= sx[i] * sw[m];
+}
+
 // Integer-quantized weights: activations to int8 blocks of 32 (per token for w8a8), then the
 // integer matrix product, decode and prefill alike, rows split over the threads in
 // multiples of the 16-row panel.
 void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   const QuantInfo& qi = *W.quant();
+  if (qi.fp8) return matmul_fp8(k, Y, X, W, n, K, M);
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
   quantize_acts(X, n, K, qi.group, qi.act_per_token, acts);
@@ -118,7 +153,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (q->group == q0->group && q->act_per_token == q0->act_per_token));
+           (!q || (!q->fp8 && q->group == q0->group && q->act_per_token == q0->act_per_token));
   }
   if (n == 0) return;
   if (n > kGemvMaxRows || !same) {

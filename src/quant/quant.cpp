@@ -10,13 +10,27 @@
 
 namespace llmq {
 
-QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym) {
+QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym, const std::string& weight_scale,
+                               const std::string& act_scale) {
   QuantScheme s;
   s.name = name;
   if (name == "w8a16") s.bits = 8, s.group = 0, s.sym = true;
   else if (name == "w4a16") s.bits = 4, s.group = 128, s.sym = sym;
   else if (name == "w8a8") s.bits = 8, s.group = 0, s.sym = true, s.act_per_token = true;
-  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16 or w8a8)", name);
+  else if (name == "fp8") s.bits = 8, s.group = 0, s.sym = true, s.fp8 = true, s.act_per_token = true;
+  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w8a8 or fp8)", name);
+  if (!s.fp8 && (!weight_scale.empty() || !act_scale.empty()))
+    fail("{}: --weight-scale and --act-scale are for the fp8 scheme (E4M3 scales)", name);
+  if (s.fp8) {
+    if (weight_scale != "" && weight_scale != "channel" && weight_scale != "tensor")
+      fail("fp8: --weight-scale '{}' (choose channel or tensor)", weight_scale);
+    if (act_scale != "" && act_scale != "token" && act_scale != "tensor")
+      fail("fp8: --act-scale '{}' (choose token or tensor)", act_scale);
+    if (group > 0) fail("fp8: no groups (one scale per channel or per tensor); leave out --group");
+    s.weight_per_tensor = weight_scale == "tensor";
+    s.act_per_token = act_scale != "tensor";
+    return s;
+  }
   if (group >= 0) s.group = group;
   if (s.group != 0 && (s.group < 32 || s.group % 32 != 0))
     fail("{}: group size {} must be a multiple of 32 (32, 64, 128, ...) or 0 for one per output channel", name,
@@ -119,9 +133,50 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   return t;
 }
 
+float fp8_scale(float amax) { return amax > 0.f ? amax / 448.f : 1.f; }
+
+void quantize_rows_fp8(const float* w, int64_t rows, int64_t K, const float* scale, uint8_t* codes) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t k = 0; k < K; k++) codes[r * K + k] = f32_to_e4m3(w[r * K + k] / scale[r]);
+}
+
+Tensor make_fp8_tensor(int64_t M, int64_t K, const uint8_t* codes, const float* scale, bool weight_per_tensor,
+                       bool act_per_token) {
+  auto info = std::make_shared<QuantInfo>();
+  info->bits = info->code_bits = 8;
+  info->group = K;
+  info->fp8 = true;
+  info->weight_per_tensor = weight_per_tensor;
+  info->act_per_token = act_per_token;
+  info->scale.assign(scale, scale + M);
+  Tensor t = Tensor::empty(DType::F8E4M3, {M, K});
+  std::memcpy(t.host_data(), codes, (size_t)(M * K));
+  t.set_quant(info);
+  return t;
+}
+
+void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std::vector<float>& xe,
+                       std::vector<float>& sx) {
+  xe.resize((size_t)(n * K));
+  sx.resize((size_t)n);
+  float all = 0.f;
+  for (int64_t i = 0; i < n; i++) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; k++) amax = std::max(amax, std::fabs(x[i * K + k]));  // a NaN stays in xe
+    sx[i] = amax;
+    all = std::max(all, amax);
+  }
+  for (int64_t i = 0; i < n; i++) sx[i] = fp8_scale(per_token ? sx[i] : all);
+#pragma omp parallel for schedule(static) if (n >= 8)
+  for (int64_t i = 0; i < n; i++) {
+    const float inv = 1.f / sx[i];
+    for (int64_t k = 0; k < K; k++) xe[i * K + k] = e4m3_round(x[i * K + k] * inv);
+  }
+}
+
 QMatView quant_view(const Tensor& W) {
   const QuantInfo* q = W.quant();
-  LLMQ_CHECK(q != nullptr);
+  LLMQ_CHECK(q != nullptr && !q->fp8);
   return {W.host<uint8_t>(), q->scale.data(), q->zs.data(), q->bits, W.dim(1), q->group};
 }
 
@@ -130,6 +185,10 @@ void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes) {
   LLMQ_CHECK(q != nullptr);
   const int64_t K = W.dim(1), P = kQPanel, p = r / P, i = r % P;
   const uint8_t* src = W.host<uint8_t>();
+  if (q->fp8) {
+    std::memcpy(codes, src + r * K, (size_t)K);
+    return;
+  }
   if (q->bits == 8) {
     const uint8_t* pan = src + p * P * K;
     for (int64_t k = 0; k < K; k++) codes[k] = pan[(k / 4) * 64 + i * 4 + k % 4];
@@ -152,6 +211,10 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
   for (int64_t r = r0; r < r1; r++) {
     tensor_row_codes(W, r, codes.data());
     float* o = out + (r - r0) * K;
+    if (q->fp8) {
+      for (int64_t k = 0; k < K; k++) o[k] = q->scale[r] * e4m3_to_f32(codes[k]);
+      continue;
+    }
     const int64_t base = (r / P) * ng * P + r % P;
     for (int64_t g = 0; g < ng; g++) {
       const float s = q->scale[base + g * P], zs = q->zs[base + g * P];

@@ -14,16 +14,24 @@ namespace llmq {
 //   w8a16: int8 codes, one scale per output channel (or per group), activations stay float
 //          (the decode kernel multiplies int8 activation blocks of 32, as llama.cpp does);
 //   w4a16: int4 codes per group of 32/64/128 input channels, symmetric or asymmetric;
-//   w8a8:  int8 weights per channel and int8 activations per token (dynamic), in prefill too.
+//   w8a8:  int8 weights per channel and int8 activations per token (dynamic), in prefill too;
+//   fp8:   E4M3 weights with a per-channel (default) or per-tensor scale, E4M3 activations
+//          scaled per token (default) or per tensor, dynamically (llm-compressor's FP8_DYNAMIC
+//          by default; per tensor both ways is TensorRT-LLM's fp8 with dynamic scales).
 struct QuantScheme {
   std::string name;
   int bits = 8;
   int64_t group = 0;  // 0: one group per row (per output channel)
   bool sym = true;
   bool act_per_token = false;
+  bool fp8 = false;
+  bool weight_per_tensor = false;  // fp8
 };
 // Fails naming the valid schemes. group < 0 means the scheme's default (w4: 128, w8: row).
-QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym);
+// weight_scale ("channel" | "tensor") and act_scale ("token" | "tensor") are for fp8 only
+// ("" = default).
+QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym, const std::string& weight_scale = "",
+                               const std::string& act_scale = "");
 
 // Round-to-nearest of `rows` rows of K f32 weights into codes in [0, 2^bits), per group of
 // `group` weights (K % group == 0): weight ~ scale * (code - zero).
@@ -47,6 +55,20 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
 // Codes of row r (K, one per byte) of a runtime quantized tensor.
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes);
 QMatView quant_view(const Tensor& W);
+
+// FP8 E4M3 with a scale per row: byte = nearest E4M3 of w / scale (ties to even), so
+// |w - scale*e4m3(byte)| <= 2^-4 |w| where |w/scale| >= 2^-6 (3 mantissa bits), else
+// <= 2^-10 scale (half the subnormal step). fp8_scale(amax) = amax / 448 (1 when amax is 0),
+// so nothing saturates.
+float fp8_scale(float amax);
+void quantize_rows_fp8(const float* w, int64_t rows, int64_t K, const float* scale, uint8_t* codes);
+// The runtime tensor (dtype F8E4M3 with QuantInfo.fp8) from E4M3 bytes and row scales.
+Tensor make_fp8_tensor(int64_t M, int64_t K, const uint8_t* codes, const float* scale, bool weight_per_tensor,
+                       bool act_per_token);
+// Activations for an fp8 product: xe = e4m3_round(x / sx), exact E4M3 values held in f32,
+// with sx = amax / 448 per row (per_token) or over all n rows, dynamic.
+void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std::vector<float>& xe,
+                       std::vector<float>& sx);
 
 // Activations (n, K) quantized to int8 blocks of 32 (per_token: one scale per row) with
 // the per-group sums a QMatView of group `group` needs. value = bscale * q, with

@@ -42,6 +42,8 @@ struct QuantizedLinear {
   std::string name;
   std::vector<int32_t> qweight, qzeros, g_idx;
   std::vector<uint16_t> scales;
+  std::vector<uint8_t> fp8;        // fp8: E4M3 bytes (M, K)
+  std::vector<float> fp8_scale;    // fp8: (M) or (1)
 };
 
 }  // namespace
@@ -51,7 +53,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (o.method != "rtn")
     fail("quantize: method '{}' is not available (rtn; gptq, awq, smoothquant and hqq come with calibrated "
          "quantization)", o.method);
-  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym);
+  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym, o.weight_scale, o.act_scale);
   if (o.out.empty()) fail("quantize: give --out DIR");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
   Model src = model_load(o.model, LoadMode::Map);
@@ -74,10 +76,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.scheme = sc.name;
   c.quant.algorithm = o.method;
   c.quant.act_per_token = sc.act_per_token;
-  c.quant.zeros_minus_one = true;
+  c.quant.fp8 = sc.fp8;
+  c.quant.weight_per_tensor = sc.weight_per_tensor;
+  c.quant.zeros_minus_one = !sc.fp8;
   c.quant.lm_head = !kept("lm_head.weight");
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
-  if (c.dtype == DType::F32) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
+  if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
   const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
   QuantizeResult res;
@@ -87,14 +91,19 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     const Tensor& s = srcs.at(spec.name);
     res.bytes_in += s.nbytes();
     const bool linear = spec.name.ends_with("_proj.weight") || spec.name == "lm_head.weight";
-    if (linear && !kept(spec.name)) {
+    if (linear && !kept(spec.name) && sc.fp8) {  // compressed-tensors float-quantized
+      const std::string base = spec.name.substr(0, spec.name.size() - 6);
+      outs.push_back({spec.name, DType::F8E4M3, spec.shape, spec.name, s});
+      outs.push_back({base + "weight_scale", DType::F32, sc.weight_per_tensor ? Shape{1} : Shape{spec.shape[0], 1},
+                      spec.name, s});
+      res.quantized_tensors++;
+    } else if (linear && !kept(spec.name)) {
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
       if (K % G != 0)
         fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
              G, K, spec.name, K);
-      if (K % P != 0 || M % P != 0 || (sc.bits == 4 && K % 64 != 0))
-        fail("quantize: {} has shape ({}, {}); {}-bit packing needs multiples of {} (and 64 input channels for 4-bit)",
-             spec.name, M, K, sc.bits, P);
+      if (K % P != 0 || M % P != 0)
+        fail("quantize: {} has shape ({}, {}); {}-bit packing needs multiples of {}", spec.name, M, K, sc.bits, P);
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
       outs.push_back({base + "qweight", DType::I32, {K / P, M}, spec.name, s});
       outs.push_back({base + "qzeros", DType::I32, {ng, M / P}, spec.name, s});
@@ -109,10 +118,42 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   // Linears left in float under --keep are written as .weight; the loader takes those.
   fs::create_directories(o.out);
   QuantizedLinear cache;
+  // FP8: row amax, then the row or tensor scale, then E4M3 bytes.
+  auto quantize_linear_fp8 = [&](const OutTensor& t, int64_t M, int64_t K) {
+    const Tensor& s = t.source;
+    std::vector<float> w((size_t)(M * K)), amax((size_t)M);
+    bool finite = true;
+#pragma omp parallel for schedule(static) reduction(&& : finite)
+    for (int64_t m = 0; m < M; m++) {
+      float a = 0.f;
+      for (int64_t k = 0; k < K; k++) {
+        const float v = elem_f32(s, m * K + k);
+        w[m * K + k] = v;
+        finite = finite && std::isfinite(v);
+        a = std::max(a, std::fabs(v));
+      }
+      amax[m] = a;
+    }
+    if (!finite) fail("{}: {} has a non-finite weight (NaN or Inf); refusing to quantize", o.model, t.linear);
+    release_pages(s.host_data(), s.nbytes());
+    std::vector<float> row_scale((size_t)M);
+    const float all = *std::max_element(amax.begin(), amax.end());
+    for (int64_t m = 0; m < M; m++) row_scale[m] = fp8_scale(sc.weight_per_tensor ? all : amax[m]);
+    cache.name = t.linear;
+    cache.fp8.resize((size_t)(M * K));
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; m++) quantize_rows_fp8(w.data() + m * K, 1, K, &row_scale[m], cache.fp8.data() + m * K);
+    if (sc.weight_per_tensor) cache.fp8_scale.assign(1, row_scale[0]);
+    else cache.fp8_scale = row_scale;
+  };
   auto quantize_linear = [&](const OutTensor& t) {
     if (cache.name == t.linear) return;
     const Tensor& s = t.source;
     const int64_t M = s.dim(0), K = s.dim(1), G = sc.group ? sc.group : K, ng = K / G;
+    if (sc.fp8) {
+      quantize_linear_fp8(t, M, K);
+      return;
+    }
     std::vector<uint8_t> codes((size_t)(M * K));
     std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
     const int64_t rows_per = 16;
@@ -165,6 +206,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
     else if (t.name.ends_with("qzeros")) from = reinterpret_cast<const uint8_t*>(cache.qzeros.data());
     else if (t.name.ends_with("scales")) from = reinterpret_cast<const uint8_t*>(cache.scales.data());
+    else if (t.name.ends_with("weight_scale")) from = reinterpret_cast<const uint8_t*>(cache.fp8_scale.data());
+    else if (t.name.ends_with("weight")) from = cache.fp8.data();
     else from = reinterpret_cast<const uint8_t*>(cache.g_idx.data());
     std::memcpy(dst, from + off, n);
   };

@@ -14,6 +14,7 @@ struct QuantizeOptions {
   std::string scheme = "w4a16";
   int64_t group = -1;  // -1: the scheme's default
   bool sym = false;
+  std::string weight_scale, act_scale;  // fp8: channel|tensor, token|tensor ("" = default)
   // Tensors left in float: "lm_head", "embed" (always), or any substring of a tensor name
   // ("down_proj", "layers.0.").
   std::vector<std::string> keep = {"embed"};

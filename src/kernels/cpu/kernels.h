@@ -54,6 +54,9 @@ struct CpuKernels {
   void (*gemv_f32)(const float* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1);
   void (*gemv_bf16)(const uint16_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1);
   void (*gemv_f16)(const uint16_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1);
+  // The same with W in FP8 E4M3 bytes (e4m3fn; the NaN code 0x7f is never stored), each
+  // converted exactly to f32: the fp8 scheme's decode, before its scales.
+  void (*gemv_e4m3)(const uint8_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1);
 
   void (*cvt_bf16_f32)(const uint16_t* x, float* y, int64_t n);
   void (*cvt_f16_f32)(const uint16_t* x, float* y, int64_t n);

@@ -27,6 +27,9 @@ void gemv_bf16(const uint16_t* W, const float* X, float* Y, int64_t K, int n, in
 void gemv_f16(const uint16_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1) {
   gemv(W, X, Y, K, n, ldy, m0, m1, f16_to_f32);
 }
+void gemv_e4m3(const uint8_t* W, const float* X, float* Y, int64_t K, int n, int64_t ldy, int64_t m0, int64_t m1) {
+  gemv(W, X, Y, K, n, ldy, m0, m1, e4m3_to_f32);
+}
 void cvt_bf16_f32(const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(x[i]);
 }
@@ -72,8 +75,8 @@ void rope(float* x, const float* c, const float* s, int n_heads, int hd) {
   }
 }
 
-const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, cvt_bf16_f32, cvt_f16_f32,
-                         dot,   axpy,     rmsnorm,   softmax,  swiglu,       rope, matmul_q_ref};
+const CpuKernels kRef = {"ref",   gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32,
+                         dot,     axpy,     rmsnorm,   softmax,  swiglu,    rope,         matmul_q_ref};
 }  // namespace
 
 // Code of weight k in row m of a quantized matrix (see QMatView's layout).

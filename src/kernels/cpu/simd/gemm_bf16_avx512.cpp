@@ -5,6 +5,11 @@
 // weight load used 4 times and each activation load 4 times, summed across lanes at the end.
 #include <immintrin.h>
 
+// GCC 12 reports the deliberately undefined pass-through operands inside the header's
+// reductions and conversions as uninitialized (a false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 
 #include "kernels/cpu/kernels.h"

@@ -44,6 +44,12 @@ struct V {
     return _mm_cvtss_f32(s);
   }
   static F load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  static F load_e4m3(const uint8_t* p) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p));
+    const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7f)), 20);
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+    return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(mag, sign)), _mm256_set1_ps(0x1p120f));
+  }
   static void load_bf16_pairs(const uint16_t* p, F& even, F& odd) {
     __m256i v = _mm256_loadu_si256((const __m256i*)p);
     even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
