@@ -99,17 +99,11 @@ float e4m3_to_f32(uint8_t v) { return e4m3_table().v[v]; }
 uint8_t f32_to_e4m3(float f) {
   if (std::isnan(f)) return 0x7f;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  const float a = std::min(std::fabs(f), 448.f);
-  // Nearest of the 127 non-negative finite codes (0x00..0x7e, increasing); ties to the even code.
-  const float* t = e4m3_table().v;
-  int lo = 0, hi = 0x7e;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    (t[mid] <= a ? lo : hi) = mid;
-  }
-  const float dl = a - t[lo], dh = t[hi] - a;
-  const int c = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
-  return (uint8_t)(sign | c);
+  const float r = std::fabs(e4m3_round(f));  // an exact E4M3 value, 0 .. 448
+  if (r < 0.015625f) return (uint8_t)(sign | (int)(r * 512.f));  // subnormal (or 0): m * 2^-9
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return (uint8_t)(sign | (((u >> 23) - 120) << 3) | ((u >> 20) & 7));  // exponent bias 127 -> 7
 }
 
 float e4m3_round(float f) {

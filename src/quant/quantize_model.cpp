@@ -118,31 +118,38 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   // Linears left in float under --keep are written as .weight; the loader takes those.
   fs::create_directories(o.out);
   QuantizedLinear cache;
-  // FP8: row amax, then the row or tensor scale, then E4M3 bytes.
+  // FP8: row amax, then the row or tensor scale, then E4M3 bytes, a block of rows at a time
+  // from the mapped source (no float copy of the whole tensor).
   auto quantize_linear_fp8 = [&](const OutTensor& t, int64_t M, int64_t K) {
     const Tensor& s = t.source;
-    std::vector<float> w((size_t)(M * K)), amax((size_t)M);
+    std::vector<float> amax((size_t)M);
     bool finite = true;
 #pragma omp parallel for schedule(static) reduction(&& : finite)
     for (int64_t m = 0; m < M; m++) {
       float a = 0.f;
       for (int64_t k = 0; k < K; k++) {
         const float v = elem_f32(s, m * K + k);
-        w[m * K + k] = v;
         finite = finite && std::isfinite(v);
         a = std::max(a, std::fabs(v));
       }
       amax[m] = a;
     }
     if (!finite) fail("{}: {} has a non-finite weight (NaN or Inf); refusing to quantize", o.model, t.linear);
-    release_pages(s.host_data(), s.nbytes());
     std::vector<float> row_scale((size_t)M);
     const float all = *std::max_element(amax.begin(), amax.end());
     for (int64_t m = 0; m < M; m++) row_scale[m] = fp8_scale(sc.weight_per_tensor ? all : amax[m]);
     cache.name = t.linear;
     cache.fp8.resize((size_t)(M * K));
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++) quantize_rows_fp8(w.data() + m * K, 1, K, &row_scale[m], cache.fp8.data() + m * K);
+#pragma omp parallel
+    {
+      std::vector<float> row((size_t)K);
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; m++) {
+        for (int64_t k = 0; k < K; k++) row[k] = elem_f32(s, m * K + k);
+        quantize_rows_fp8(row.data(), 1, K, &row_scale[m], cache.fp8.data() + m * K);
+      }
+    }
+    release_pages(s.host_data(), s.nbytes());
     if (sc.weight_per_tensor) cache.fp8_scale.assign(1, row_scale[0]);
     else cache.fp8_scale = row_scale;
   };
