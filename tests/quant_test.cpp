@@ -355,5 +355,47 @@ TEST(Fp8, MatmulMatchesDequantizedF32) {
   }
 }
 
+// op_matmuls (one parallel region for several weights) gives exactly what op_matmul gives
+// per weight: the same kernels on the same rows, only scheduled together. Quantized alike
+// (one activation quantization), quantized differently (per-weight fallback), float, and
+// prefill (n > 16, per-weight).
+TEST(Quant, MatmulsEqualsMatmulPerWeight) {
+  const int64_t K = 128;
+  auto quantized = [&](int64_t M, int bits, int64_t G, uint64_t seed) {
+    auto w = nasty_weights(M, K, seed);
+    const int64_t ng = K / G;
+    std::vector<uint8_t> q(M * K);
+    std::vector<float> s(M * ng), z(M * ng);
+    quantize_rows_rtn(w.data(), M, K, bits, G, false, q.data(), s.data(), z.data());
+    return make_quant_tensor(M, K, bits, G, false, false, q.data(), s.data(), z.data());
+  };
+  auto floating = [&](int64_t M, uint64_t seed) {
+    auto w = randn(M * K, seed, 0.1f);
+    Tensor t = Tensor::empty(DType::BF16, {M, K});
+    for (int64_t i = 0; i < M * K; i++) t.host<uint16_t>()[i] = f32_to_bf16(w[i]);
+    return t;
+  };
+  const std::vector<std::vector<Tensor>> sets = {
+      {quantized(96, 4, 64, 1), quantized(37, 4, 64, 2), quantized(200, 4, 64, 3)},
+      {quantized(64, 8, 128, 4), quantized(48, 4, 32, 5)},
+      {floating(70, 6), floating(33, 7), floating(16, 8)}};
+  for (const auto& Ws : sets)
+    for (int64_t n : {1, 3, 20}) {
+      auto xv = randn(n * K, 40 + n, 1.f);
+      Tensor x = Tensor::empty(DType::F32, {n, K});
+      std::memcpy(x.host<float>(), xv.data(), xv.size() * 4);
+      std::vector<Tensor> ys, yr;
+      for (const auto& W : Ws) {
+        ys.push_back(Tensor::zeros(DType::F32, {n, W.dim(0)}));
+        yr.push_back(Tensor::zeros(DType::F32, {n, W.dim(0)}));
+        op_matmul(yr.back(), x, W);
+      }
+      if (Ws.size() == 3) op_matmuls(x, {{&ys[0], &Ws[0]}, {&ys[1], &Ws[1]}, {&ys[2], &Ws[2]}});
+      else op_matmuls(x, {{&ys[0], &Ws[0]}, {&ys[1], &Ws[1]}});
+      for (size_t i = 0; i < Ws.size(); i++)
+        ASSERT_EQ(0, std::memcmp(ys[i].host_data(), yr[i].host_data(), ys[i].nbytes())) << "weight " << i << " n " << n;
+    }
+}
+
 }  // namespace
 }  // namespace llmq

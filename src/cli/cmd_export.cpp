@@ -1,40 +1,58 @@
-// llmq export: a model directory to a GGUF file for llama.cpp (GPTQ-format directories
-// come from `llmq quantize`, which writes that layout directly).
+// llmq export: a model directory to a GGUF file for llama.cpp, or to a GPTQ-format
+// directory for vLLM and transformers (round-to-nearest, the same writer as `llmq quantize`).
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "core/progress.h"
 #include "io/gguf.h"
+#include "quant/quantize_model.h"
 
 namespace llmq::cli {
 
 void register_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "write a model in another tool's format (GGUF for llama.cpp)");
   struct Opts {
-    std::string model, format = "gguf", type = "f16", out;
-    bool json = false;
+    std::string model, format = "gguf", type, out;
+    int64_t group = -1;
+    bool sym = false, json = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer)")->required();
-  cmd->add_option("--format", o->format, "gguf (GPTQ directories come from `llmq quantize`)");
-  cmd->add_option("--type", o->type, "GGUF tensor type: f32, f16 (default), q8_0, q4_0");
-  cmd->add_option("--out", o->out, "output file (.gguf)")->required();
+  cmd->add_option("--format", o->format, "gguf (default) or gptq");
+  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16");
+  cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
+  cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
+  cmd->add_option("--out", o->out, "output file (.gguf) or directory (gptq)")->required();
   cmd->add_flag("--json", o->json, "print a JSON summary");
   cmd->callback([o] {
-    if (o->format == "gptq")
-      fail("export --format gptq: `llmq quantize -m MODEL --scheme w4a16|w8a16 --out DIR` already writes the GPTQ "
-           "checkpoint layout (qweight, qzeros, scales, g_idx; quant_method gptq) that vLLM and transformers load");
-    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf)", o->format);
+    if (o->format == "gptq") {  // AutoGPTQ v1 layout: qweight, qzeros, scales, g_idx
+      QuantizeOptions q;
+      q.model = o->model;
+      q.out = o->out;
+      q.scheme = o->type.empty() ? "w4a16" : o->type;
+      if (q.scheme != "w4a16" && q.scheme != "w8a16")
+        fail("export --format gptq: --type {} (choose w4a16 or w8a16)", q.scheme);
+      q.group = o->group;
+      q.sym = o->sym;
+      q.progress = !o->json;
+      const QuantizeResult r = quantize_model(q);
+      if (o->json)
+        fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", q.scheme}, {"bytes", r.bytes_out}}.dump());
+      else
+        fmt::print("wrote {} (GPTQ {}, {})\n", o->out, q.scheme, format_bytes((double)r.bytes_out));
+      return;
+    }
+    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf or gptq)", o->format);
     GgufExportOptions g;
-    g.type = o->type;
+    g.type = o->type.empty() ? "f16" : o->type;
     g.progress = !o->json;
     gguf_export(o->model, o->out, g);
     const double bytes = (double)std::filesystem::file_size(o->out);
     if (o->json)
-      fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", o->type}, {"bytes", bytes}}.dump());
+      fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", g.type}, {"bytes", bytes}}.dump());
     else
-      fmt::print("wrote {} ({}, {})\n", o->out, o->type, format_bytes(bytes));
+      fmt::print("wrote {} ({}, {})\n", o->out, g.type, format_bytes(bytes));
   });
 }
 

@@ -63,6 +63,11 @@ expect_error "exceeds the model's context" -- bench -m "$T/m" --prompt 200 --gen
 expect_error "give a model directory" -- info
 expect_error "--" -- generate
 expect_error "--" -- bogus-command
+expect_error "choose w4a16 or w8a16" -- export -m "$T/m" --format gptq --type q4_0 --out "$T/g"
+expect_error "not supported (gguf or gptq)" -- export -m "$T/m" --format onnx --out "$T/g"
+expect_error "choose channel or tensor" -- quantize -m "$T/m" --scheme fp8 --weight-scale row --out "$T/f"
+"$LLMQ" export -m "$T/m" --format gptq --type w8a16 --out "$T/gptq" --json >/dev/null 2>&1 &&
+  grep -q '"quant_method": "gptq"' "$T/gptq/config.json" || { echo "FAIL: export --format gptq"; fails=$((fails+1)); }
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all bad-input cases handled"
