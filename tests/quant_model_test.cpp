@@ -4,6 +4,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -12,6 +15,8 @@
 #include "core/file_util.h"
 #include "eval/perplexity.h"
 #include "io/hf_dir.h"
+#include "io/safetensors.h"
+#include "ops/ops.h"
 #include "model/config.h"
 #include "quant/gptq_format.h"
 #include "quant/quant.h"
@@ -155,6 +160,130 @@ TEST_F(QuantFixture, Fp8OracleAndCompare) {
     EXPECT_LT(r.kld_mean, 0.02) << "E4M3 of a random tiny model should stay close";
     EXPECT_GT(r.top1_agreement, 0.7);
   }
+}
+
+// An act-order (desc_act) checkpoint: every linear's input columns in a random order, the
+// groups taken over that order and named by g_idx, as AutoGPTQ writes them. Built here from
+// the source weights; the independent oracle (AutoGPTQ-style g_idx dequantization) confirms
+// the file, and llmq loads it: the same dequantized weights in input-column order, and
+// products within the int8-activation bound of the f32 product with those weights (the
+// activation blocks of 32 run over the permuted columns, so the bound is taken there).
+TEST_F(QuantFixture, ActOrderCheckpointLoads) {
+  const std::string dir = quantize("w4a16", 32, false);
+  const std::string ao = tmp / "actorder";
+  std::filesystem::create_directories(ao);
+  Model srcm = model_load(src);
+  const auto named = hf_named_tensors(srcm);
+  SafetensorsFile in(dir + "/model.safetensors", LoadMode::Read);
+  SafetensorsWriter w;
+  std::map<std::string, std::vector<float>> deq;  // expected dequantized weights per linear
+  std::mt19937_64 rng(17);
+  const int64_t G = 32;
+  for (const auto& e : in.header().tensors) {
+    if (!e.name.ends_with(".qweight") && !e.name.ends_with(".qzeros") && !e.name.ends_with(".scales") &&
+        !e.name.ends_with(".g_idx")) {
+      w.add(e.name, in.tensor(e));
+      continue;
+    }
+    if (!e.name.ends_with(".qweight")) continue;
+    const std::string base = e.name.substr(0, e.name.size() - 7);
+    const Tensor& sw = named.at(base + "weight");
+    const int64_t M = sw.dim(0), K = sw.dim(1), ng = K / G;
+    std::vector<float> Wf(M * K), Wp(M * K);
+    for (int64_t i = 0; i < M * K; i++) Wf[i] = bf16_to_f32(sw.host<uint16_t>()[i]);
+    std::vector<int64_t> perm(K);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t j = 0; j < K; j++) Wp[m * K + j] = Wf[m * K + perm[j]];
+    std::vector<uint8_t> cp(M * K), codes(M * K);
+    std::vector<float> sc(M * ng), z(M * ng);
+    quantize_rows_rtn(Wp.data(), M, K, 4, G, false, cp.data(), sc.data(), z.data());
+    Tensor gidx = Tensor::empty(DType::I32, {K});
+    std::vector<float> d(M * K);
+    for (int64_t j = 0; j < K; j++) {
+      gidx.host<int32_t>()[perm[j]] = (int32_t)(j / G);
+      for (int64_t m = 0; m < M; m++) {
+        codes[m * K + perm[j]] = cp[m * K + j];
+        d[m * K + perm[j]] = sc[m * ng + j / G] * ((float)cp[m * K + j] - z[m * ng + j / G]);
+      }
+    }
+    deq[base + "weight"] = d;
+    auto qw = gptq_pack_qweight(codes.data(), M, K, 4);
+    auto qz = gptq_pack_qzeros(z.data(), M, ng, 4, true);
+    Tensor tqw = Tensor::empty(DType::I32, {K / 8, M}), tqz = Tensor::empty(DType::I32, {ng, M / 8}),
+           tsc = Tensor::empty(DType::F16, {ng, M});
+    std::memcpy(tqw.host_data(), qw.data(), qw.size() * 4);
+    std::memcpy(tqz.host_data(), qz.data(), qz.size() * 4);
+    for (int64_t g = 0; g < ng; g++)
+      for (int64_t m = 0; m < M; m++) tsc.host<uint16_t>()[g * M + m] = f32_to_f16(sc[m * ng + g]);
+    w.add(base + "qweight", tqw);
+    w.add(base + "qzeros", tqz);
+    w.add(base + "scales", tsc);
+    w.add(base + "g_idx", gidx);
+  }
+  w.write(ao + "/model.safetensors");
+  auto cj = nlohmann::json::parse(read_text_file(dir + "/config.json"));
+  cj["quantization_config"]["desc_act"] = true;
+  write_file_atomic(ao + "/config.json", cj.dump(2));
+  auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " + ao +
+                                     " " + src));
+  EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1);
+  EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3);
+  EXPECT_GT(j["worst"].get<double>(), 0.5);
+
+  Model q = model_load(ao);
+  const Tensor& wq = q.weights.layers[1].wq;
+  ASSERT_NE(wq.quant(), nullptr);
+  ASSERT_EQ(wq.quant()->perm.size(), (size_t)wq.dim(1));
+  const int64_t M = wq.dim(0), K = wq.dim(1);
+  const auto& d = deq.at("model.layers.1.self_attn.q_proj.weight");
+  std::vector<float> back(M * K);
+  dequantize_tensor_rows(wq, 0, M, back.data());
+  for (int64_t i = 0; i < M * K; i++) ASSERT_NEAR(back[i], d[i], 4 * test::kU * std::fabs(d[i]) + 1e-7) << i;
+  for (int64_t n : {1, 5, 40}) {
+    auto xv = test::randn(n * K, 60 + n, 1.f);
+    Tensor x = Tensor::empty(DType::F32, {n, K}), y = Tensor::empty(DType::F32, {n, M});
+    std::memcpy(x.host<float>(), xv.data(), xv.size() * 4);
+    op_matmul(y, x, wq);
+    std::vector<float> xp(n * K);  // x in the stored column order, as the product quantizes it
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t c = 0; c < K; c++) xp[i * K + c] = xv[i * K + wq.quant()->perm[c]];
+    QActs a;
+    quantize_acts(xp.data(), n, K, G, false, a);
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t m = 0; m < M; m++) {
+        double ref = 0, act = 0, wx = 0;
+        for (int64_t c = 0; c < K; c++) {
+          const int64_t k = wq.quant()->perm[c];
+          ref += (double)d[m * K + k] * xv[i * K + k];
+          wx += std::fabs((double)d[m * K + k] * xv[i * K + k]);
+          act += std::fabs((double)d[m * K + k]) * a.bscale[i * (K / 32) + c / 32] * 0.5;
+        }
+        ASSERT_NEAR(y.host<float>()[i * M + m], ref, act * (1 + 1e-5) + 2.0 * K * test::kU * (wx + act) + 1e-6)
+            << "n " << n << " row " << m;
+      }
+  }
+  // g_idx with a group of the wrong size is refused.
+  auto cj2 = nlohmann::json::parse(read_text_file(ao + "/config.json"));
+  SafetensorsFile in2(ao + "/model.safetensors", LoadMode::Read);
+  SafetensorsWriter w2;
+  for (const auto& e : in2.header().tensors) {
+    Tensor t = in2.tensor(e);
+    if (e.name == "model.layers.0.mlp.down_proj.g_idx") {
+      Tensor c = Tensor::empty(DType::I32, t.shape());
+      std::memcpy(c.host_data(), t.host_data(), t.nbytes());
+      c.host<int32_t>()[0] = (c.host<int32_t>()[0] + 1) % (int32_t)(t.dim(0) / G);
+      w2.add(e.name, c);
+    } else {
+      w2.add(e.name, t);
+    }
+  }
+  const std::string bad = tmp / "actorder_bad";
+  std::filesystem::create_directories(bad);
+  w2.write(bad + "/model.safetensors");
+  write_file_atomic(bad + "/config.json", cj2.dump(2));
+  EXPECT_THROW(model_load(bad), Error);
 }
 
 TEST_F(QuantFixture, BadInput) {

@@ -90,6 +90,10 @@ struct QuantInfo {
   bool fp8 = false;
   bool weight_per_tensor = false;  // fp8: one scale for the whole tensor
   std::vector<float> scale, zs;    // integer: (ceil(M/16), K/group, 16); fp8: scale (M)
+  // Act-order (desc_act) checkpoints: the columns are stored grouped, storage column j
+  // holding input column perm[j]; the activations are gathered the same way before the
+  // product. Empty: identity.
+  std::vector<int32_t> perm;
 };
 
 }  // namespace llmq

@@ -2,6 +2,7 @@
 #include "io/hf_dir.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -124,10 +125,27 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   Tensor qz = get("qzeros", {DType::I32}, {ng, M / P}, true);
   Tensor sc = get("scales", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true);
   Tensor gi = get("g_idx", {DType::I32}, {K}, false);
-  if (gi.defined())
-    for (int64_t k = 0; k < K; k++)
-      if (gi.host<int32_t>()[k] != (int32_t)(k / G))
-        fail("{}: {}g_idx is not k / group_size (an act-order / desc_act checkpoint): not supported yet", dir, base);
+  // Act-order (desc_act): g_idx names each input column's group in any order. The columns
+  // are stored grouped (perm: by group, then input column), and the activations gathered
+  // the same way at run time.
+  std::vector<int32_t> perm;
+  if (gi.defined()) {
+    const int32_t* g = gi.host<int32_t>();
+    bool identity = true;
+    std::vector<int64_t> count((size_t)ng, 0);
+    for (int64_t k = 0; k < K; k++) {
+      if (g[k] < 0 || g[k] >= ng) fail("{}: {}g_idx[{}] = {} is not a group (0..{})", dir, base, k, g[k], ng - 1);
+      count[g[k]]++;
+      identity = identity && g[k] == (int32_t)(k / G);
+    }
+    for (int64_t c : count)
+      if (c != G) fail("{}: {}g_idx gives a group {} columns; llmq needs {} per group", dir, base, c, G);
+    if (!identity) {
+      perm.resize((size_t)K);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return g[a] < g[b]; });
+    }
+  }
   std::vector<uint8_t> codes((size_t)(M * K));
   std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
   gptq_unpack_qweight(qw.host<int32_t>(), M, K, q.bits, codes.data());
@@ -146,7 +164,16 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
   for (const Tensor* x : {&qw, &qz, &sc, &gi})
     if (x->defined()) release_pages(x->host_data(), x->nbytes());
-  return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
+  if (perm.empty())
+    return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
+  std::vector<uint8_t> stored((size_t)(M * K));
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t j = 0; j < K; j++) stored[m * K + j] = codes[m * K + perm[j]];
+  Tensor t = make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, stored.data(), scale.data(), zero.data(), q.bits);
+  auto info = std::make_shared<QuantInfo>(*t.quant());
+  info->perm = std::move(perm);
+  t.set_quant(info);
+  return t;
 }
 
 // An FP8 linear (compressed-tensors float-quantized or vLLM fp8): .weight in F8_E4M3 and

@@ -107,6 +107,14 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
 // multiples of the 16-row panel.
 void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   const QuantInfo& qi = *W.quant();
+  if (!qi.perm.empty()) {  // act-order: the activations in the weights' column order
+    thread_local std::vector<float> tl_xp;
+    float* xp = (tl_xp.resize((size_t)(n * K)), tl_xp.data());
+    const int32_t* perm = qi.perm.data();
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t j = 0; j < K; j++) xp[i * K + j] = X[i * K + perm[j]];
+    X = xp;
+  }
   if (qi.fp8) return matmul_fp8(k, Y, X, W, n, K, M);
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
@@ -153,7 +161,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (!q->fp8 && q->group == q0->group && q->act_per_token == q0->act_per_token));
+           (!q || (!q->fp8 && q->perm.empty() && q->group == q0->group && q->act_per_token == q0->act_per_token));
   }
   if (n == 0) return;
   if (n > kGemvMaxRows || !same) {

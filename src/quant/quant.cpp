@@ -208,18 +208,21 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
   LLMQ_CHECK(q != nullptr);
   const int64_t K = W.dim(1), G = q->group, ng = K / G, P = kQPanel;
   std::vector<uint8_t> codes(K);
+  std::vector<float> tmp(q->perm.empty() ? 0 : K);
   for (int64_t r = r0; r < r1; r++) {
     tensor_row_codes(W, r, codes.data());
-    float* o = out + (r - r0) * K;
+    float* o = q->perm.empty() ? out + (r - r0) * K : tmp.data();  // storage column order
     if (q->fp8) {
       for (int64_t k = 0; k < K; k++) o[k] = q->scale[r] * e4m3_to_f32(codes[k]);
-      continue;
+    } else {
+      const int64_t base = (r / P) * ng * P + r % P;
+      for (int64_t g = 0; g < ng; g++) {
+        const float s = q->scale[base + g * P], zs = q->zs[base + g * P];
+        for (int64_t k = g * G; k < (g + 1) * G; k++) o[k] = s * (float)codes[k] - zs;
+      }
     }
-    const int64_t base = (r / P) * ng * P + r % P;
-    for (int64_t g = 0; g < ng; g++) {
-      const float s = q->scale[base + g * P], zs = q->zs[base + g * P];
-      for (int64_t k = g * G; k < (g + 1) * G; k++) o[k] = s * (float)codes[k] - zs;
-    }
+    if (!q->perm.empty())  // back to input-column order
+      for (int64_t j = 0; j < K; j++) out[(r - r0) * K + q->perm[j]] = tmp[j];
   }
 }
 

@@ -50,9 +50,10 @@ void dequantize_rows(const uint8_t* codes, const float* scale, const float* zero
 // The runtime tensor (dtype U8 or Q4 with QuantInfo) from one-per-byte codes.
 Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym, bool act_per_token,
                          const uint8_t* codes, const float* scale, const float* zero, int code_bits = 0);
-// Rows [r0, r1) of a runtime quantized tensor as f32 (K per row).
+// Rows [r0, r1) of a runtime quantized tensor as f32 (K per row, input-column order).
 void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out);
-// Codes of row r (K, one per byte) of a runtime quantized tensor.
+// Codes of row r (K, one per byte) of a runtime quantized tensor, in storage column order
+// (QuantInfo::perm maps it to input columns).
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes);
 QMatView quant_view(const Tensor& W);
 
