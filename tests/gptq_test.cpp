@@ -61,7 +61,6 @@ std::vector<float> dequantize(const GptqResult& r, int64_t M, int64_t K) {
 }
 
 std::vector<float> rtn(const std::vector<float>& W, int64_t M, int64_t K, int bits, int64_t G, bool sym) {
-  GptqOptions o;  // RTN on llmq's grid
   const int64_t ng = K / G;
   std::vector<uint8_t> q(M * K);
   std::vector<float> s(M * ng), z(M * ng), d(M * K);

@@ -293,17 +293,23 @@ TEST_F(QuantFixture, BadInput) {
   EXPECT_THROW(quantize("fp8", -1, true, {"embed"}, "", "block"), Error);
   EXPECT_THROW(quantize("fp8", 128, true), Error);  // no groups in fp8
   {
-    // An FP8 checkpoint without a weight scale, and one with a NaN code.
+    // FP8 configs llmq refuses, each with a message naming the field: an unknown weight
+    // strategy, static activation scales.
     const std::string f = quantize("fp8", -1, true);
-    auto cj = nlohmann::json::parse(read_text_file(f + "/config.json"));
-    cj["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] = false;
-    write_file_atomic(f + "/config.json", cj.dump());
-    try {
-      model_load(f);
-      FAIL() << "static activation scales are not supported";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("static"), std::string::npos) << e.what();
-    }
+    const auto cj = nlohmann::json::parse(read_text_file(f + "/config.json"));
+    auto refused = [&](const char* part, const char* key, const nlohmann::json& value, const char* needle) {
+      auto bad = cj;
+      bad["quantization_config"]["config_groups"]["group_0"][part][key] = value;
+      write_file_atomic(f + "/config.json", bad.dump());
+      try {
+        model_load(f);
+        ADD_FAILURE() << part << "." << key << " = " << value.dump() << " must be refused";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    };
+    refused("weights", "strategy", "block", "weights.strategy \"block\"");
+    refused("input_activations", "dynamic", false, "static");
   }
   EXPECT_THROW(quantize("w4a16", 96, true), Error);  // not a multiple of 32
   const std::string dir = quantize("w4a16", 64, true);

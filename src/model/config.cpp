@@ -101,6 +101,14 @@ namespace {
 // FP8 checkpoints: llm-compressor's compressed-tensors "float-quantized" format (one config
 // group of Linear targets; weights 8-bit float per channel or per tensor; input activations
 // 8-bit float per token or per tensor, dynamic) and vLLM's "fp8" (per-tensor weight scales).
+// obj["strategy"] of a compressed-tensors config, which must be a or b.
+std::string strategy_one_of(const json& obj, const char* what, const char* a, const char* b, const std::string& where) {
+  const std::string v = obj.value("strategy", std::string());
+  if (v != a && v != b)
+    fail("{}: quantization_config {}.strategy \"{}\" is not supported ({} or {})", where, what, v, a, b);
+  return v;
+}
+
 void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) {
   qc.enabled = true;
   qc.fp8 = true;
@@ -129,20 +137,14 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
   const json& w = g["weights"];
   if (w.value("num_bits", 0) != 8 || w.value("type", std::string()) != "float")
     fail("{}: quantization_config weights must be 8-bit float (E4M3)", where);
-  const std::string ws = w.value("strategy", std::string());
-  if (ws != "channel" && ws != "tensor")
-    fail("{}: quantization_config weights.strategy \"{}\" is not supported (channel or tensor)", where, ws);
-  qc.weight_per_tensor = ws == "tensor";
+  qc.weight_per_tensor = strategy_one_of(w, "weights", "channel", "tensor", where) == "tensor";
   qc.act_per_token = true;
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
     if (!a.is_object()) fail("{}: quantization_config input_activations must be an object", where);
     if (!a.value("dynamic", false))
       fail("{}: static FP8 activation scales (input_scale) are not supported yet (dynamic only)", where);
-    const std::string as = a.value("strategy", std::string());
-    if (as != "token" && as != "tensor")
-      fail("{}: quantization_config input_activations.strategy \"{}\" is not supported (token or tensor)", where, as);
-    qc.act_per_token = as == "token";
+    qc.act_per_token = strategy_one_of(a, "input_activations", "token", "tensor", where) == "token";
   }
   qc.lm_head = true;
   if (q.contains("ignore") && q["ignore"].is_array())

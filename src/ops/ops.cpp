@@ -30,14 +30,15 @@ void expect_f32(const Tensor& t, const char* op, const char* name) {
   if (t.dtype() != DType::F32) fail("{}: {} must be f32, got {}", op, name, dtype_name(t.dtype()));
 }
 
-// Splits [0, M) into about 8 chunks per thread (multiples of 16 rows, at least 64), handed
-// out dynamically: a thread slowed by a neighbour on the shared host does not hold the
-// others at the barrier. Per-call set-up in the kernel (the bf16 x permutation, K floats)
-// is small next to a chunk's 64+ rows of K weights.
+// Rows per chunk: about 8 chunks per thread, multiples of 16 rows (the quantized panel), at
+// least 64.
 int64_t row_chunk(int64_t M, int nt) {
   const int64_t chunk = std::max<int64_t>(64, (M + 8 * nt - 1) / (8 * nt));
   return (chunk + 15) / 16 * 16;
 }
+// Splits [0, M) into row_chunk()s handed out dynamically: a thread slowed by a neighbour on
+// the shared host does not hold the others at the barrier. Per-call set-up in the kernel
+// (the bf16 x permutation, K floats) is small next to a chunk's 64+ rows of K weights.
 template <class Fn>
 void parallel_rows(int64_t M, Fn fn) {
   const int nt = ops_threads();
@@ -47,7 +48,8 @@ void parallel_rows(int64_t M, Fn fn) {
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
 }
 
-// Rows [m0, m1) of Y (n, M) = X @ W^T for float weights, up to 4 rows of X per pass.
+// Rows [m0, m1) of Y (n, M) = X @ W^T for float weights (E4M3 bytes: their values, before
+// the fp8 scales), up to 4 rows of X per pass.
 void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M,
                int64_t m0, int64_t m1) {
   for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
@@ -56,6 +58,7 @@ void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, i
       case DType::F32: k.gemv_f32(W.host<float>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
       case DType::BF16: k.gemv_bf16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
       case DType::F16: k.gemv_f16(W.host<uint16_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;
+      case DType::F8E4M3: k.gemv_e4m3(W.host<uint8_t>(), X + i * K, Y + i * M, K, nb, M, m0, m1); break;  // unscaled
       default: break;
     }
   }
@@ -68,6 +71,21 @@ void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, in
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)K, 1.f, X, (int)K, W, (int)K, 0.f, Y,
               (int)ldy);
 }
+// Y (n, M) = X @ W^T for weights held in another type: a panel of rows (about 4 MB of f32)
+// at a time converted by row(r, dst) (K floats, rows split over the threads), then sgemm.
+template <class RowFn>
+void sgemm_f32_panels(const float* X, float* Y, int64_t n, int64_t K, int64_t M, RowFn row) {
+  const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
+  thread_local std::vector<float> tl_buf;
+  float* b = (tl_buf.resize((size_t)(panel * K)), tl_buf.data());  // the caller's buffer
+  for (int64_t m0 = 0; m0 < M; m0 += panel) {
+    const int64_t mp = std::min(panel, M - m0);
+#pragma omp parallel for num_threads(ops_threads()) schedule(static)
+    for (int64_t r = 0; r < mp; r++) row(m0 + r, b + r * K);
+    sgemm_nt(X, b, Y + m0, n, mp, K, M);
+  }
+}
+
 // FP8 weights: activations scaled and rounded to E4M3 (per token or per tensor, dynamic),
 // the products of E4M3 values summed in f32 (decode: the E4M3 GEMV; prefill: the weights
 // converted a panel at a time for sgemm), then both scales applied.
@@ -79,22 +97,11 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
   quantize_acts_fp8(X, n, K, qi.act_per_token, xe, sx);
   const uint8_t* w8 = W.host<uint8_t>();
   if (n <= kGemvMaxRows) {
-    parallel_rows(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t i = 0; i < n; i += kGemvMaxBatch) {
-        const int nb = (int)std::min<int64_t>(kGemvMaxBatch, n - i);
-        k.gemv_e4m3(w8, xe.data() + i * K, Y + i * M, K, nb, M, m0, m1);
-      }
-    });
+    gemv(k, Y, xe.data(), W, n, K, M);
   } else {
-    const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
-    thread_local std::vector<float> tl_buf;
-    float* b = (tl_buf.resize((size_t)(panel * K)), tl_buf.data());
-    for (int64_t m0 = 0; m0 < M; m0 += panel) {
-      const int64_t mp = std::min(panel, M - m0);
-#pragma omp parallel for num_threads(ops_threads()) schedule(static)
-      for (int64_t i = 0; i < mp * K; i++) b[i] = e4m3_to_f32(w8[m0 * K + i]);
-      sgemm_nt(xe.data(), b, Y + m0, n, mp, K, M);
-    }
+    sgemm_f32_panels(xe.data(), Y, n, K, M, [&](int64_t r, float* dst) {
+      for (int64_t c = 0; c < K; c++) dst[c] = e4m3_to_f32(w8[r * K + c]);
+    });
   }
   const float* sw = qi.scale.data();
 #pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
@@ -216,19 +223,10 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
     parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
     return;
   }
-  // 16-bit weights: convert a panel of rows (about 4 MB of f32) and multiply it.
-  const int64_t panel = std::clamp<int64_t>((int64_t(1) << 20) / K, 64, M);
-  thread_local std::vector<float> buf;
-  buf.resize((size_t)(panel * K));
+  // 16-bit weights: a panel of rows at a time in f32 for sgemm.
   const uint16_t* w16 = W.host<uint16_t>();
-  for (int64_t m0 = 0; m0 < M; m0 += panel) {
-    int64_t mp = std::min(panel, M - m0);
-    auto cvt = W.dtype() == DType::BF16 ? k.cvt_bf16_f32 : k.cvt_f16_f32;
-    float* b = buf.data();
-#pragma omp parallel for num_threads(ops_threads()) schedule(static)
-    for (int64_t r = 0; r < mp; r++) cvt(w16 + (m0 + r) * K, b + r * K, K);
-    sgemm_nt(X, b, Y + m0, n, mp, K, M);
-  }
+  const auto cvt = W.dtype() == DType::BF16 ? k.cvt_bf16_f32 : k.cvt_f16_f32;
+  sgemm_f32_panels(X, Y, n, K, M, [&](int64_t r, float* dst) { cvt(w16 + r * K, dst, K); });
 }
 
 void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps) {

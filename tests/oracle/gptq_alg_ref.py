@@ -38,10 +38,11 @@ def quantize(x, scale, zero, maxq):
     return scale * (q - zero)
 
 
-def gptq(W, X, bits, groupsize, sym, actorder, static_groups, blocksize=128, percdamp=0.01):
+def fasterquant(W, H, bits, groupsize, sym=False, actorder=False, static_groups=False, blocksize=128,
+                percdamp=0.01):
+    """gptq.py fasterquant on a copy of W with the Hessian H (modified in place)."""
     maxq = 2 ** bits - 1
     rows, columns = W.shape
-    H = 2.0 / X.shape[0] * X.t().matmul(X)
     W = W.clone()
     scale, zero = find_params(W, bits, sym)
     dead = torch.diag(H) == 0
@@ -91,6 +92,12 @@ def gptq(W, X, bits, groupsize, sym, actorder, static_groups, blocksize=128, per
     if actorder:
         Q = Q[:, invperm]
     return Q
+
+
+def gptq(W, X, bits, groupsize, sym, actorder, static_groups):
+    """H = 2/n X^T X from all inputs at once, then fasterquant."""
+    H = 2.0 / X.shape[0] * X.t().matmul(X)
+    return fasterquant(W, H, bits, groupsize, sym, actorder, static_groups)
 
 
 def main():
