@@ -11,24 +11,38 @@ void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "quantize a model's linear layers (streamed from the mapped source)");
   auto o = std::make_shared<QuantizeOptions>();
   auto json = std::make_shared<bool>(false);
-  auto keep = std::make_shared<std::string>("embed");
+  auto keep = std::make_shared<std::string>();
   cmd->add_option("-m,--model", o->model, "source model directory (f32, bf16 or f16)")->required();
   cmd->add_option("--out", o->out, "output model directory")->required();
-  cmd->add_option("--method", o->method, "rtn (round to nearest; the default)");
-  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w8a8 | fp8 (default w4a16)");
+  cmd->add_option("--method", o->method,
+                  "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib)");
+  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w3a16 | w2a16 | w8a8 | fp8 (default w4a16)");
+  cmd->add_option("--calib", o->calib.source,
+                  "calibration data: a text file, a .jsonl file of {\"text\": ...} lines, or a directory from "
+                  "`llmq data prepare` (its train split)");
+  cmd->add_option("--calib-samples", o->calib.samples, "calibration windows (default 128)");
+  cmd->add_option("--calib-seq-len", o->calib.seq_len, "tokens per calibration window (default 2048)");
+  cmd->add_option("--seed", o->calib.seed, "seed for drawing the calibration windows (default 0)");
+  cmd->add_option("--tokenizer", o->calib.tokenizer, "tokenizer for text calibration data (default: the model's)");
+  cmd->add_option("--damp", o->damp, "gptq: damping as a fraction of mean(diag H) (default 0.01)");
+  cmd->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
+  cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
+  cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
   cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
   cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor; dynamic, computed per call");
   cmd->add_option("--group", o->group, "input channels per scale: 32, 64, 128, ... or 0 for one per output channel "
                                        "(default: 128 for w4a16, per channel for w8)");
   cmd->add_flag("--sym", o->sym, "symmetric codes (zero point at the middle); w8 schemes are always symmetric");
   cmd->add_option("--keep", *keep, "comma-separated tensors left in float: lm_head, embed (always kept), or parts of "
-                                   "tensor names such as down_proj or layers.0. (default: embed)");
+                                   "tensor names such as down_proj or layers.0. (default: embed for rtn; embed,lm_head "
+                                   "for the other methods, as their reference tools do)");
   cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", *json, "print a JSON summary");
   cmd->callback([o, json, keep] {
     o->keep.clear();
     std::string k;
-    for (char ch : *keep + ",") {
+    const std::string kept = !keep->empty() ? *keep : o->method == "rtn" ? "embed" : "embed,lm_head";
+    for (char ch : kept + ",") {
       if (ch == ',') {
         if (!k.empty()) o->keep.push_back(k);
         k.clear();
@@ -42,12 +56,15 @@ void register_quantize(CLI::App& app) {
       fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"scheme", o->scheme}, {"method", o->method},
                                         {"quantized_tensors", r.quantized_tensors}, {"kept_tensors", r.kept_tensors},
                                         {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out}, {"seconds", r.seconds},
-                                        {"peak_rss_bytes", peak_rss_bytes()}}
+                                        {"peak_rss_bytes", peak_rss_bytes()}, {"calib_tokens", r.calib_tokens},
+                                        {"messages", r.messages}}
                              .dump());
-    else
+    else {
+      for (const auto& m : r.messages) fmt::print("{}\n", m);
       fmt::print("wrote {}: {} linears quantized ({} {}), {} tensors kept in float; {} -> {} in {}, peak RSS {}\n",
                  o->out, r.quantized_tensors, o->scheme, o->method, r.kept_tensors, format_bytes((double)r.bytes_in),
                  format_bytes((double)r.bytes_out), format_duration(r.seconds), format_bytes(peak_rss_bytes()));
+    }
   });
 }
 

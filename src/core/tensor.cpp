@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/error.h"
+
 namespace llmq {
 
 constexpr size_t kAlign = 64;
@@ -91,6 +93,21 @@ Tensor Tensor::reshape(Shape shape) const {
 void* Tensor::host_data() const {
   LLMQ_CHECK(storage_ && device_ == Device::CPU);
   return static_cast<char*>(storage_->data) + offset_;
+}
+
+Tensor to_f32(const Tensor& t) {
+  if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
+    fail("to_f32: dtype {} is not a float type", dtype_name(t.dtype()));
+  Tensor r = Tensor::empty(DType::F32, t.shape());
+  float* o = r.host<float>();
+  const int64_t n = t.numel();
+  const DType dt = t.dtype();
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; i++)
+    o[i] = dt == DType::F32 ? t.host<float>()[i]
+           : dt == DType::BF16 ? bf16_to_f32(t.host<uint16_t>()[i])
+                               : f16_to_f32(t.host<uint16_t>()[i]);
+  return r;
 }
 
 }  // namespace llmq

@@ -96,4 +96,7 @@ struct QuantInfo {
   std::vector<int32_t> perm;
 };
 
+// A new f32 tensor with the values of an f32, bf16 or f16 tensor (fails for other dtypes).
+Tensor to_f32(const Tensor& t);
+
 }  // namespace llmq

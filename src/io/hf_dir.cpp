@@ -83,28 +83,15 @@ WeightFiles open_weights(const std::string& dir, LoadMode mode) {
   return w;
 }
 
-Tensor to_f32(const Tensor& t) {
-  Tensor r = Tensor::empty(DType::F32, t.shape());
-  float* o = r.host<float>();
-  for (int64_t i = 0; i < t.numel(); i++) {
-    switch (t.dtype()) {
-      case DType::F32: o[i] = t.host<float>()[i]; break;
-      case DType::BF16: o[i] = bf16_to_f32(t.host<uint16_t>()[i]); break;
-      case DType::F16: o[i] = f16_to_f32(t.host<uint16_t>()[i]); break;
-      default: LLMQ_CHECK(false);
-    }
-  }
-  return r;
-}
-
 // A GPTQ-format linear (see quant/gptq_format.h) as a runtime quantized tensor.
 Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfTensorSpec& spec, const QuantConfig& q) {
   const std::string base = spec.name.substr(0, spec.name.size() - std::string("weight").size());
   const int64_t M = spec.shape[0], K = spec.shape[1];
   const int64_t G = q.group ? q.group : K;
-  const int P = 32 / q.bits;
   if (K % G != 0) fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
-  if (K % P != 0 || M % P != 0) fail("{}: {} has shape ({}, {}), not a multiple of {} for {}-bit packing", dir, spec.name, M, K, P, q.bits);
+  if (!gptq_packable(K, q.bits) || !gptq_packable(M, q.bits))
+    fail("{}: {} has shape ({}, {}), which {}-bit GPTQ packing cannot hold (multiples of 32 needed)", dir, spec.name, M,
+         K, q.bits);
   const int64_t ng = K / G;
   auto get = [&](const char* suffix, std::initializer_list<DType> dts, const Shape& shape, bool required) -> Tensor {
     const std::string name = base + suffix;
@@ -121,8 +108,10 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
            shape_str(e->shape), q.bits, G, shape_str(spec.shape), shape_str(shape));
     return file->tensor(*e);
   };
-  Tensor qw = get("qweight", {DType::I32}, {K / P, M}, true);
-  Tensor qz = get("qzeros", {DType::I32}, {ng, M / P}, true);
+  Tensor qw = get("qweight", {DType::I32}, {K * q.bits / 32, M}, true);
+  // HQQ checkpoints (llmq's layout) keep float zero points in "zeros" instead of "qzeros".
+  Tensor qz = q.float_zeros ? Tensor() : get("qzeros", {DType::I32}, {ng, M * q.bits / 32}, true);
+  Tensor fz = q.float_zeros ? get("zeros", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true) : Tensor();
   Tensor sc = get("scales", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true);
   Tensor gi = get("g_idx", {DType::I32}, {K}, false);
   // Act-order (desc_act): g_idx names each input column's group in any order. The columns
@@ -149,20 +138,26 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   std::vector<uint8_t> codes((size_t)(M * K));
   std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
   gptq_unpack_qweight(qw.host<int32_t>(), M, K, q.bits, codes.data());
-  gptq_unpack_qzeros(qz.host<int32_t>(), M, ng, q.bits, q.zeros_minus_one, zero.data());
+  if (qz.defined()) gptq_unpack_qzeros(qz.host<int32_t>(), M, ng, q.bits, q.zeros_minus_one, zero.data());
+  auto elem = [](const Tensor& t, int64_t i) {
+    switch (t.dtype()) {
+      case DType::F16: return f16_to_f32(t.host<uint16_t>()[i]);
+      case DType::BF16: return bf16_to_f32(t.host<uint16_t>()[i]);
+      default: return t.host<float>()[i];
+    }
+  };
   for (int64_t g = 0; g < ng; g++)
     for (int64_t m = 0; m < M; m++) {
-      float v;
-      switch (sc.dtype()) {
-        case DType::F16: v = f16_to_f32(sc.host<uint16_t>()[g * M + m]); break;
-        case DType::BF16: v = bf16_to_f32(sc.host<uint16_t>()[g * M + m]); break;
-        default: v = sc.host<float>()[g * M + m]; break;
-      }
+      const float v = elem(sc, g * M + m);
       if (!std::isfinite(v)) fail("{}: {}scales has a non-finite value at ({}, {})", dir, base, g, m);
       scale[m * ng + g] = v;
+      if (fz.defined()) {
+        zero[m * ng + g] = elem(fz, g * M + m);
+        if (!std::isfinite(zero[m * ng + g])) fail("{}: {}zeros has a non-finite value at ({}, {})", dir, base, g, m);
+      }
     }
   const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
-  for (const Tensor* x : {&qw, &qz, &sc, &gi})
+  for (const Tensor* x : {&qw, &qz, &fz, &sc, &gi})
     if (x->defined()) release_pages(x->host_data(), x->nbytes());
   if (perm.empty())
     return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);

@@ -192,9 +192,15 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       } catch (const json::exception& e) {
         fail("{}: quantization_config: {}", where, e.what());
       }
+    } else if (method == "hqq") {
+      if (q.value("checkpoint_format", std::string()) != "llmq")
+        fail("{}: quantization_config: HQQ checkpoints are read in llmq's layout only (checkpoint_format \"llmq\": "
+             "GPTQ packing with float zeros); this one is the hqq library's",
+             where);
+      c.quant.float_zeros = true;
     } else if (method != "gptq") {
-      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints and FP8 "
-           "\"compressed-tensors\" / \"fp8\" ones)",
+      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints, llmq's \"hqq\" "
+           "ones and FP8 \"compressed-tensors\" / \"fp8\" ones)",
            where, q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
     }
   }
@@ -204,8 +210,8 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     QuantConfig& qc = c.quant;
     qc.enabled = true;
     qc.bits = (int)rq.integer("bits");
-    if (qc.bits != 2 && qc.bits != 4 && qc.bits != 8)
-      fail("{}: quantization_config.bits {} is not supported (2, 4 or 8)", where, qc.bits);
+    if (qc.bits != 2 && qc.bits != 3 && qc.bits != 4 && qc.bits != 8)
+      fail("{}: quantization_config.bits {} is not supported (2, 3, 4 or 8)", where, qc.bits);
     const int64_t g = rq.integer_or("group_size", -1);
     if (g != -1 && (g < 32 || g % 32 != 0 || g > (int64_t(1) << 30)))
       fail("{}: quantization_config.group_size {} is not supported (-1 or a multiple of 32)", where, g);
@@ -214,10 +220,10 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     qc.desc_act = rq.boolean_or("desc_act", false);
     qc.lm_head = rq.boolean_or("lm_head", false);
     const std::string fmt_name = q.value("checkpoint_format", std::string("gptq"));
-    if (fmt_name != "gptq" && fmt_name != "gptq_v2")
+    if (fmt_name != "gptq" && fmt_name != "gptq_v2" && !(qc.float_zeros && fmt_name == "llmq"))
       fail("{}: quantization_config.checkpoint_format \"{}\" is not supported (gptq or gptq_v2)", where, fmt_name);
     qc.zeros_minus_one = fmt_name == "gptq";
-    qc.scheme = qc.bits == 8 ? "w8a16" : "w4a16";
+    qc.scheme = fmt::format("w{}a16", qc.bits);
     if (q.contains("llmq") && q["llmq"].is_object()) {
       const json& l = q["llmq"];
       if (l.contains("scheme") && l["scheme"].is_string()) qc.scheme = l["scheme"].get<std::string>();
@@ -330,6 +336,16 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"config_groups", {{"group_0", group}}},
                                 {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
+  } else if (c.quant.enabled && c.quant.float_zeros) {
+    const QuantConfig& q = c.quant;
+    j["quantization_config"] = {{"quant_method", "hqq"},
+                                {"checkpoint_format", "llmq"},
+                                {"bits", q.bits},
+                                {"group_size", q.group ? q.group : -1},
+                                {"axis", 1},
+                                {"sym", false},
+                                {"lm_head", q.lm_head},
+                                {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
   } else if (c.quant.enabled) {
     const QuantConfig& q = c.quant;
     j["quantization_config"] = {{"quant_method", "gptq"},
@@ -337,9 +353,6 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"group_size", q.group ? q.group : -1},
                                 {"sym", q.sym},
                                 {"desc_act", q.desc_act},
-                                {"static_groups", false},
-                                {"true_sequential", true},
-                                {"damp_percent", 0.01},
                                 {"lm_head", q.lm_head},
                                 {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};

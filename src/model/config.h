@@ -35,6 +35,7 @@ struct QuantConfig {
   bool act_per_token = false;      // w8a8; fp8: per token (else per tensor)
   bool fp8 = false;                // E4M3 weights (compressed-tensors "float-quantized")
   bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
+  bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
 };
 
 struct ModelConfig {

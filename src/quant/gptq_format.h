@@ -1,8 +1,11 @@
 // The GPTQ checkpoint layout (AutoGPTQ / GPTQModel, quant_method "gptq"), for one linear
 // W (M out, K in) quantized to `bits` with groups of G input channels (ng = K/G groups):
-//   qweight  int32 (K*bits/32, M)   codes packed along the input dimension: element (r, m)
-//                                   holds codes[m, r*P + j] in bits [bits*j, bits*(j+1)),
-//                                   P = 32/bits values per int32, j = 0 lowest
+//   qweight  int32 (K*bits/32, M)   codes packed along the input dimension as a little-endian
+//                                   bit stream: code k of column m at stream bits
+//                                   [bits*k, bits*(k+1)), word r = stream bits [32r, 32r+32)
+//                                   (2/4/8 bits: word r holds codes r*P .. r*P+P-1, P = 32/bits,
+//                                   the lowest first; 3 bits: 32 codes in 3 words, codes 10
+//                                   and 21 straddling two words, as AutoGPTQ packs them)
 //   qzeros   int32 (ng, M*bits/32)  zero points packed along the output dimension the same
 //                                   way; checkpoint_format "gptq" (v1) stores zero - 1,
 //                                   "gptq_v2" stores zero
@@ -15,6 +18,8 @@
 
 namespace llmq {
 
+// Whether n values of `bits` bits pack into whole words (2-8 bits; 3 bits: n % 32 == 0).
+bool gptq_packable(int64_t n, int bits);
 // codes (M, K) one per byte -> qweight (K*bits/32, M).
 std::vector<int32_t> gptq_pack_qweight(const uint8_t* codes, int64_t M, int64_t K, int bits);
 // zero (M, ng) (integers stored as float) -> qzeros (ng, M*bits/32).

@@ -16,9 +16,11 @@ QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym,
   s.name = name;
   if (name == "w8a16") s.bits = 8, s.group = 0, s.sym = true;
   else if (name == "w4a16") s.bits = 4, s.group = 128, s.sym = sym;
+  else if (name == "w3a16") s.bits = 3, s.group = 128, s.sym = sym;  // codes run in the 4-bit layout
+  else if (name == "w2a16") s.bits = 2, s.group = 128, s.sym = sym;
   else if (name == "w8a8") s.bits = 8, s.group = 0, s.sym = true, s.act_per_token = true;
   else if (name == "fp8") s.bits = 8, s.group = 0, s.sym = true, s.fp8 = true, s.act_per_token = true;
-  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w8a8 or fp8)", name);
+  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w3a16, w2a16, w8a8 or fp8)", name);
   if (!s.fp8 && (!weight_scale.empty() || !act_scale.empty()))
     fail("{}: --weight-scale and --act-scale are for the fp8 scheme (E4M3 scales)", name);
   if (s.fp8) {

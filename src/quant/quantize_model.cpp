@@ -11,7 +11,9 @@
 #include "core/progress.h"
 #include "io/hf_dir.h"
 #include "io/safetensors.h"
+#include "quant/calibrated.h"
 #include "quant/gptq_format.h"
+#include "quant/hqq.h"
 #include "quant/quant.h"
 
 namespace llmq {
@@ -41,19 +43,34 @@ struct OutTensor {
 struct QuantizedLinear {
   std::string name;
   std::vector<int32_t> qweight, qzeros, g_idx;
-  std::vector<uint16_t> scales;
+  std::vector<uint16_t> scales, zeros;  // zeros: HQQ's float zero points, f16 (ng, M)
   std::vector<uint8_t> fp8;        // fp8: E4M3 bytes (M, K)
   std::vector<float> fp8_scale;    // fp8: (M) or (1)
 };
+
+// The block index of "model.layers.N....", n_layers for tensors after the blocks, -1 before.
+int64_t block_of(const std::string& name, int64_t n_layers) {
+  const std::string p = "model.layers.";
+  if (name.rfind(p, 0) == 0) return std::stoll(name.substr(p.size()));
+  return name == "model.embed_tokens.weight" ? -1 : n_layers;
+}
 
 }  // namespace
 
 QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (o.method != "rtn")
-    fail("quantize: method '{}' is not available (rtn; gptq, awq, smoothquant and hqq come with calibrated "
-         "quantization)", o.method);
-  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym, o.weight_scale, o.act_scale);
+  const bool calibrated = o.method == "gptq" || o.method == "awq" || o.method == "smoothquant";
+  if (o.method != "rtn" && o.method != "hqq" && !calibrated)
+    fail("quantize: unknown method '{}' (choose rtn, hqq, gptq, awq or smoothquant)", o.method);
+  // HQQ's default group is 64 (its paper's and library's setting).
+  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group < 0 && o.method == "hqq" ? 64 : o.group, o.sym,
+                                            o.weight_scale, o.act_scale);
+  if (o.method != "rtn" && sc.fp8)
+    fail("quantize: the fp8 scheme is round-to-nearest only (--method rtn); E4M3 has no integer grid for {}", o.method);
+  if (o.method == "smoothquant" && sc.name != "w8a8")
+    fail("quantize: smoothquant migrates activation outliers for int8 activations: use --scheme w8a8");
+  if (o.method == "hqq" && (sc.act_per_token || sc.sym))
+    fail("quantize: hqq quantizes weights only, with a float zero point per group: use a w*a16 scheme without --sym");
   if (o.out.empty()) fail("quantize: give --out DIR");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
   Model src = model_load(o.model, LoadMode::Map);
@@ -79,6 +96,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.fp8 = sc.fp8;
   c.quant.weight_per_tensor = sc.weight_per_tensor;
   c.quant.zeros_minus_one = !sc.fp8;
+  c.quant.float_zeros = o.method == "hqq";
+  c.quant.desc_act = o.method == "gptq" && o.act_order;
   c.quant.lm_head = !kept("lm_head.weight");
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
@@ -86,7 +105,6 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
   QuantizeResult res;
   std::vector<OutTensor> outs;
-  const int P = 32 / sc.bits;
   for (const auto& spec : hf_tensor_specs(c)) {
     const Tensor& s = srcs.at(spec.name);
     res.bytes_in += s.nbytes();
@@ -102,11 +120,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       if (K % G != 0)
         fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
              G, K, spec.name, K);
-      if (K % P != 0 || M % P != 0)
-        fail("quantize: {} has shape ({}, {}); {}-bit packing needs multiples of {}", spec.name, M, K, sc.bits, P);
+      if (!gptq_packable(K, sc.bits) || !gptq_packable(M, sc.bits))
+        fail("quantize: {} has shape ({}, {}); {}-bit GPTQ packing needs multiples of 32", spec.name, M, K, sc.bits);
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
-      outs.push_back({base + "qweight", DType::I32, {K / P, M}, spec.name, s});
-      outs.push_back({base + "qzeros", DType::I32, {ng, M / P}, spec.name, s});
+      outs.push_back({base + "qweight", DType::I32, {K * sc.bits / 32, M}, spec.name, s});
+      if (c.quant.float_zeros) outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
+      else outs.push_back({base + "qzeros", DType::I32, {ng, M * sc.bits / 32}, spec.name, s});
       outs.push_back({base + "scales", DType::F16, {ng, M}, spec.name, s});
       outs.push_back({base + "g_idx", DType::I32, {K}, spec.name, s});
       res.quantized_tensors++;
@@ -116,6 +135,35 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     }
   }
   // Linears left in float under --keep are written as .weight; the loader takes those.
+  // Calibrated methods: blocks are run in order as the writer reaches their tensors.
+  std::unique_ptr<CalibratedQuantizer> cq;
+  std::map<std::string, LinearCodes> block_codes;
+  std::map<std::string, std::vector<float>> block_floats;
+  int64_t blocks_done = 0;
+  std::unique_ptr<Progress> block_bar;
+  if (calibrated) {
+    const CalibData data = calib_load(o.calib, o.model, c.vocab_size);
+    CalibratedOptions co;
+    co.method = o.method, co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
+    co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha;
+    cq = std::make_unique<CalibratedQuantizer>(src, data, co);
+    res.calib_tokens = data.tokens();
+    block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", o.method, data.tokens()),
+                                           (uint64_t)c.n_layers, o.progress);
+    for (auto& t : outs)  // norms changed by scale folding are written in f32
+      if (t.linear.empty() && t.name.find("layernorm") != std::string::npos && o.method != "gptq") t.dtype = DType::F32;
+  }
+  auto ensure_block = [&](const std::string& name) {
+    if (!cq) return;
+    const int64_t want = std::min(block_of(name, c.n_layers), c.n_layers - 1);
+    while (blocks_done <= want) {
+      CalibratedBlock b = cq->run_block(blocks_done++);
+      for (auto& [k, v] : b.linears) block_codes[k] = std::move(v);
+      for (auto& [k, v] : b.floats) block_floats[k] = std::move(v);
+      for (auto& m : b.messages) res.messages.push_back(std::move(m));
+      block_bar->update((uint64_t)blocks_done);
+    }
+  };
   fs::create_directories(o.out);
   QuantizedLinear cache;
   // FP8: row amax, then the row or tensor scale, then E4M3 bytes, a block of rows at a time
@@ -153,16 +201,33 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     if (sc.weight_per_tensor) cache.fp8_scale.assign(1, row_scale[0]);
     else cache.fp8_scale = row_scale;
   };
-  auto quantize_linear = [&](const OutTensor& t) {
-    if (cache.name == t.linear) return;
-    const Tensor& s = t.source;
-    const int64_t M = s.dim(0), K = s.dim(1), G = sc.group ? sc.group : K, ng = K / G;
-    if (sc.fp8) {
-      quantize_linear_fp8(t, M, K);
-      return;
+  // Codes of one linear: from its block (calibrated methods), HQQ, or round-to-nearest.
+  auto linear_codes = [&](const OutTensor& t, int64_t M, int64_t K, int64_t G, int64_t ng) -> LinearCodes {
+    if (cq) {
+      ensure_block(t.linear);
+      auto it = block_codes.find(t.linear);
+      if (it != block_codes.end()) {
+        LinearCodes q = std::move(it->second);
+        block_codes.erase(it);
+        return q;
+      }
+      if (t.linear == "lm_head.weight") return cq->lm_head();
     }
-    std::vector<uint8_t> codes((size_t)(M * K));
-    std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng));
+    const Tensor& s = t.source;
+    if (o.method == "hqq") {
+      const Tensor w = to_f32(s);
+      for (int64_t i = 0; i < w.numel(); i++)
+        if (!std::isfinite(w.host<float>()[i]))
+          fail("{}: {} has a non-finite weight (NaN or Inf) at row {}; refusing to quantize", o.model, t.linear, i / K);
+      HqqOptions ho;
+      ho.bits = sc.bits, ho.group = G, ho.axis = 1;
+      HqqResult r = hqq_quantize(w.host<float>(), M, K, ho);
+      return {std::move(r.codes), std::move(r.scale), std::move(r.zero), {}};
+    }
+    LinearCodes q;
+    q.codes.resize((size_t)(M * K));
+    q.scale.resize((size_t)(M * ng));
+    q.zero.resize((size_t)(M * ng));
     const int64_t rows_per = 16;
     int64_t bad_row = -1;  // no exceptions may leave an OpenMP region: report after it
 #pragma omp parallel
@@ -181,27 +246,47 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
           bad_row = r0;
           continue;
         }
-        quantize_rows_rtn(buf.data(), r1 - r0, K, sc.bits, G, sc.sym, codes.data() + r0 * K, scale.data() + r0 * ng,
-                          zero.data() + r0 * ng);
+        quantize_rows_rtn(buf.data(), r1 - r0, K, sc.bits, G, sc.sym, q.codes.data() + r0 * K,
+                          q.scale.data() + r0 * ng, q.zero.data() + r0 * ng);
       }
     }
     if (bad_row >= 0)
       fail("{}: {} has a non-finite weight (NaN or Inf) near row {}; refusing to quantize", o.model, t.linear, bad_row);
+    return q;
+  };
+  auto quantize_linear = [&](const OutTensor& t) {
+    if (cache.name == t.linear) return;
+    const Tensor& s = t.source;
+    const int64_t M = s.dim(0), K = s.dim(1), G = sc.group ? sc.group : K, ng = K / G;
+    if (sc.fp8) {
+      quantize_linear_fp8(t, M, K);
+      return;
+    }
+    const LinearCodes q = linear_codes(t, M, K, G, ng);
     release_pages(s.host_data(), s.nbytes());
     cache.name = t.linear;
-    cache.qweight = gptq_pack_qweight(codes.data(), M, K, sc.bits);
-    cache.qzeros = gptq_pack_qzeros(zero.data(), M, ng, sc.bits, true);
+    cache.qweight = gptq_pack_qweight(q.codes.data(), M, K, sc.bits);
     cache.scales.resize((size_t)(ng * M));
     for (int64_t g = 0; g < ng; g++)
-      for (int64_t m = 0; m < M; m++) cache.scales[g * M + m] = f32_to_f16(scale[m * ng + g]);
-    cache.g_idx.resize((size_t)K);
-    for (int64_t k = 0; k < K; k++) cache.g_idx[k] = (int32_t)(k / G);
+      for (int64_t m = 0; m < M; m++) cache.scales[g * M + m] = f32_to_f16(q.scale[m * ng + g]);
+    if (c.quant.float_zeros) {
+      cache.zeros.resize((size_t)(ng * M));
+      for (int64_t g = 0; g < ng; g++)
+        for (int64_t m = 0; m < M; m++) cache.zeros[g * M + m] = f32_to_f16(q.zero[m * ng + g]);
+    } else {
+      cache.qzeros = gptq_pack_qzeros(q.zero.data(), M, ng, sc.bits, true);
+    }
+    cache.g_idx = q.g_idx;
+    if (cache.g_idx.empty())
+      for (int64_t k = 0; k < K; k++) cache.g_idx.push_back((int32_t)(k / G));
   };
   auto fill = [&](const OutTensor& t, uint8_t* dst, uint64_t off, uint64_t n) {
     if (t.linear.empty()) {
+      ensure_block(t.name);
+      const auto folded = block_floats.find(t.name);
       const int64_t es = dtype_bits(t.dtype) / 8, e0 = (int64_t)(off / es), cnt = (int64_t)(n / es);
       for (int64_t i = 0; i < cnt; i++) {
-        const float v = elem_f32(t.source, e0 + i);
+        const float v = folded != block_floats.end() ? folded->second[e0 + i] : elem_f32(t.source, e0 + i);
         if (t.dtype == DType::F32) std::memcpy(dst + 4 * i, &v, 4);
         else { const uint16_t h = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v); std::memcpy(dst + 2 * i, &h, 2); }
       }
@@ -212,6 +297,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     const uint8_t* from = nullptr;
     if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
     else if (t.name.ends_with("qzeros")) from = reinterpret_cast<const uint8_t*>(cache.qzeros.data());
+    else if (t.name.ends_with(".zeros")) from = reinterpret_cast<const uint8_t*>(cache.zeros.data());
     else if (t.name.ends_with("scales")) from = reinterpret_cast<const uint8_t*>(cache.scales.data());
     else if (t.name.ends_with("weight_scale")) from = reinterpret_cast<const uint8_t*>(cache.fp8_scale.data());
     else if (t.name.ends_with("weight")) from = cache.fp8.data();
@@ -228,7 +314,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     shards.back().push_back(i);
     cur += b, total += b;
   }
-  Progress bar("quantizing " + o.model + " -> " + o.out, total, o.progress);
+  Progress bar("quantizing " + o.model + " -> " + o.out, total, o.progress && !cq);
   uint64_t written = 0;
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t si = 0; si < shards.size(); si++) {
@@ -246,6 +332,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     written += w.data_bytes();
   }
   bar.finish();
+  if (block_bar) block_bar->finish();
   for (const auto& e : fs::directory_iterator(o.out)) {  // weight files of an earlier save
     const std::string n = e.path().filename().string();
     if (n.rfind("model", 0) == 0 && n.ends_with(".safetensors") && !weight_map.empty()) {

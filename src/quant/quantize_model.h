@@ -1,16 +1,20 @@
-// `llmq quantize`: a model directory in, a GPTQ-layout quantized model directory out,
-// streamed one tensor at a time from the memory-mapped source (peak memory ~ the largest
-// linear's codes plus buffers, never the whole model).
+// `llmq quantize`: a model directory in, a quantized model directory out (GPTQ layout; HQQ
+// with float zeros in llmq's variant of it; compressed-tensors for fp8), streamed from the
+// memory-mapped source: one tensor at a time for rtn/hqq/fp8 (peak memory ~ the largest
+// linear plus buffers), one block at a time plus the calibration activations for the
+// calibrated methods (calibrated.h). Never the whole model.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "quant/calibration.h"
+
 namespace llmq {
 
 struct QuantizeOptions {
   std::string model, out;
-  std::string method = "rtn";
+  std::string method = "rtn";  // rtn | hqq (no data) | gptq | awq | smoothquant (need calib)
   std::string scheme = "w4a16";
   int64_t group = -1;  // -1: the scheme's default
   bool sym = false;
@@ -19,6 +23,11 @@ struct QuantizeOptions {
   // ("down_proj", "layers.0.").
   std::vector<std::string> keep = {"embed"};
   double max_shard_gb = 5;
+  CalibOptions calib;          // gptq, awq, smoothquant
+  double damp = 0.01;          // gptq: fraction of mean(diag H)
+  bool act_order = false;      // gptq: desc_act
+  bool static_groups = false;  // gptq
+  double alpha = 0.8;          // smoothquant migration strength
   bool progress = true;
 };
 
@@ -26,6 +35,8 @@ struct QuantizeResult {
   int64_t quantized_tensors = 0, kept_tensors = 0;
   uint64_t bytes_in = 0, bytes_out = 0;
   double seconds = 0;
+  int64_t calib_tokens = 0;
+  std::vector<std::string> messages;  // what the methods reported (damping raised, AWQ ratios)
 };
 
 QuantizeResult quantize_model(const QuantizeOptions& o);
