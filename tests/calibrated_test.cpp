@@ -355,6 +355,43 @@ TEST_F(PipelineFixture, HqqCheckpointLoadsAsComputed) {
   EXPECT_LT(compare(o.out).kld_mean, compare(rt.out).kld_mean);
 }
 
+// FP8 with static activation scales: each linear's input_scale is amax/448 of its input over
+// the calibration windows. Layer 0's q/k/v input is rmsnorm(embedding) * attn_norm, computed
+// here in double from the windows alone; the model then runs with those scales.
+TEST_F(PipelineFixture, Fp8StaticScalesFromCalibration) {
+  QuantizeOptions o = opts("rtn", "fp8", -1);
+  o.act_scale = "static";
+  quantize_model(o);
+  Model q = model_load(o.out), f = model_load(src);
+  ASSERT_TRUE(q.config.quant.act_static);
+  const CalibData d = calib_load(o.calib, "", cfg.vocab_size);
+  const Tensor e = to_f32(f.weights.embed);
+  double amax = 0;
+  for (const auto& w : d.seqs)
+    for (int32_t t : w) {
+      const float* x = e.host<float>() + (int64_t)t * cfg.dim;
+      double ss = 0;
+      for (int64_t i = 0; i < cfg.dim; i++) ss += (double)x[i] * x[i];
+      const double r = 1.0 / std::sqrt(ss / cfg.dim + cfg.norm_eps);
+      for (int64_t i = 0; i < cfg.dim; i++)
+        amax = std::max(amax, std::fabs(x[i] * r * f.weights.layers[0].attn_norm.host<float>()[i]));
+    }
+  // f32 norm vs double: a few ulps of the amax.
+  for (const Tensor* W : {&q.weights.layers[0].wq, &q.weights.layers[0].wk, &q.weights.layers[0].wv})
+    EXPECT_NEAR(W->quant()->act_scale, amax / 448, 1e-5 * amax / 448);
+  for (const auto& L : q.weights.layers)
+    for (const Tensor* W : {&L.wo, &L.w_gate, &L.w_up, &L.w_down}) EXPECT_GT(W->quant()->act_scale, 0.f);
+  const CompareResult c = compare(o.out);
+  EXPECT_LT(c.kld_mean, 0.02);
+  EXPECT_GT(c.top1_agreement, 0.8);
+  // Beyond the calibrated range, activations saturate at +-448 scale (as E4M3 casts do).
+  std::vector<float> xe, sx;
+  const float x[4] = {1000.f, -1000.f, 1.f, 0.3f};
+  quantize_acts_fp8(x, 1, 4, false, xe, sx, 1.f);
+  EXPECT_EQ(xe, (std::vector<float>{448.f, -448.f, 1.f, e4m3_round(0.3f)}));
+  EXPECT_EQ(sx[0], 1.f);
+}
+
 TEST_F(PipelineFixture, BadInput) {
   auto expect_error = [](QuantizeOptions o, const std::string& part) {
     try {
@@ -379,6 +416,10 @@ TEST_F(PipelineFixture, BadInput) {
   expect_error(h, "hqq");
   expect_error(opts("gptq", "fp8", -1), "fp8");
   expect_error(opts("sparsegpt", "w4a16", 32), "unknown method");
+  QuantizeOptions s = opts("rtn", "fp8", -1);
+  s.act_scale = "static";
+  s.calib.source = "";
+  expect_error(s, "--calib");
   // NaN in a norm weight: the activations go NaN and the pipeline says so.
   const TensorFill base = init_fill(cfg, 21);
   model_save(tmp / "nan", cfg,

@@ -287,14 +287,15 @@ TEST_F(QuantFixture, ActOrderCheckpointLoads) {
 }
 
 TEST_F(QuantFixture, BadInput) {
-  EXPECT_THROW(quantize("w3a16", -1, true), Error);
+  EXPECT_THROW(quantize("w5a16", -1, true), Error);
   EXPECT_THROW(quantize("w4a16", -1, true, {"embed"}, "tensor"), Error);  // fp8 options on an int scheme
   EXPECT_THROW(quantize("fp8", -1, true, {"embed"}, "row"), Error);
   EXPECT_THROW(quantize("fp8", -1, true, {"embed"}, "", "block"), Error);
   EXPECT_THROW(quantize("fp8", 128, true), Error);  // no groups in fp8
   {
     // FP8 configs llmq refuses, each with a message naming the field: an unknown weight
-    // strategy, static activation scales.
+    // strategy, static activation scales per token (a static scale is per tensor), static
+    // per-tensor scales whose input_scale tensors are missing.
     const std::string f = quantize("fp8", -1, true);
     const auto cj = nlohmann::json::parse(read_text_file(f + "/config.json"));
     auto refused = [&](const char* part, const char* key, const nlohmann::json& value, const char* needle) {
@@ -309,7 +310,17 @@ TEST_F(QuantFixture, BadInput) {
       }
     };
     refused("weights", "strategy", "block", "weights.strategy \"block\"");
-    refused("input_activations", "dynamic", false, "static");
+    refused("input_activations", "dynamic", false, "per token");
+    auto bad = cj;
+    bad["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] = false;
+    bad["quantization_config"]["config_groups"]["group_0"]["input_activations"]["strategy"] = "tensor";
+    write_file_atomic(f + "/config.json", bad.dump());
+    try {
+      model_load(f);
+      ADD_FAILURE() << "static scales without input_scale tensors must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("input_scale"), std::string::npos) << e.what();
+    }
   }
   EXPECT_THROW(quantize("w4a16", 96, true), Error);  // not a multiple of 32
   const std::string dir = quantize("w4a16", 64, true);

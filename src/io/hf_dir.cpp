@@ -207,6 +207,20 @@ Tensor load_fp8_linear(const WeightFiles& wf, const std::string& dir, const HfTe
     if ((b[i] & 0x7f) == 0x7f) fail("{}: {} holds an E4M3 NaN (byte {:#04x} at element {})", dir, spec.name, b[i], i);
   Tensor t = make_fp8_tensor(M, K, b, scale.data(), ns == 1, q.act_per_token);
   release_pages(w.host_data(), w.nbytes());
+  if (q.act_static) {  // the calibrated activation scale
+    auto is = wf.where.find(base + "input_scale");
+    if (is == wf.where.end())
+      fail("{}: missing tensor '{}input_scale' (config.json says the activation scales are static)", dir, base);
+    const auto [ifile, ie] = is->second;
+    if (shape_numel(ie->shape) != 1 || (ie->dtype != DType::F32 && ie->dtype != DType::BF16 && ie->dtype != DType::F16))
+      fail("{}: tensor '{}input_scale' must be one F32/BF16/F16 value, got {} {}", ifile->path(), base,
+           dtype_safetensors_name(ie->dtype), shape_str(ie->shape));
+    const float v = to_f32(ifile->tensor(*ie)).host<float>()[0];
+    if (!std::isfinite(v) || v <= 0.f) fail("{}: {}input_scale is {} (a positive scale expected)", dir, base, v);
+    auto info = std::make_shared<QuantInfo>(*t.quant());
+    info->act_scale = v;
+    t.set_quant(info);
+  }
   return t;
 }
 

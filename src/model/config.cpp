@@ -118,9 +118,10 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
   qc.scheme = "fp8";
   qc.zeros_minus_one = false;
   if (q.value("quant_method", std::string()) == "fp8") {
-    if (q.value("activation_scheme", std::string("dynamic")) != "dynamic")
-      fail("{}: quantization_config.activation_scheme \"{}\": static activation scales are not supported yet "
-           "(dynamic only)", where, q.value("activation_scheme", std::string()));
+    const std::string as = q.value("activation_scheme", std::string("dynamic"));
+    if (as != "dynamic" && as != "static")
+      fail("{}: quantization_config.activation_scheme \"{}\" (dynamic or static expected)", where, as);
+    qc.act_static = as == "static";
     qc.weight_per_tensor = true;
     qc.act_per_token = false;
     qc.lm_head = false;
@@ -142,9 +143,10 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
     if (!a.is_object()) fail("{}: quantization_config input_activations must be an object", where);
-    if (!a.value("dynamic", false))
-      fail("{}: static FP8 activation scales (input_scale) are not supported yet (dynamic only)", where);
     qc.act_per_token = strategy_one_of(a, "input_activations", "token", "tensor", where) == "token";
+    qc.act_static = !a.value("dynamic", false);
+    if (qc.act_static && qc.act_per_token)
+      fail("{}: static FP8 activation scales per token cannot exist (a static scale is per tensor)", where);
   }
   qc.lm_head = true;
   if (q.contains("ignore") && q["ignore"].is_array())
@@ -329,7 +331,7 @@ json config_to_hf_json(const ModelConfig& c) {
                     {"symmetric", true}, {"dynamic", false}}},
                   {"input_activations",
                    {{"num_bits", 8}, {"type", "float"}, {"strategy", q.act_per_token ? "token" : "tensor"},
-                    {"symmetric", true}, {"dynamic", true}}}};
+                    {"symmetric", true}, {"dynamic", !q.act_static}}}};
     j["quantization_config"] = {{"quant_method", "compressed-tensors"},
                                 {"format", "float-quantized"},
                                 {"quantization_status", "compressed"},

@@ -36,6 +36,7 @@ struct QuantConfig {
   bool fp8 = false;                // E4M3 weights (compressed-tensors "float-quantized")
   bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
   bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
+  bool act_static = false;         // fp8: static per-tensor activation scales (NAME.input_scale)
 };
 
 struct ModelConfig {

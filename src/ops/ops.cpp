@@ -94,7 +94,7 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
   thread_local std::vector<float> tl_xe, tl_sx;
   std::vector<float>& xe = tl_xe;  // the caller's buffers, read by the worker threads
   std::vector<float>& sx = tl_sx;
-  quantize_acts_fp8(X, n, K, qi.act_per_token, xe, sx);
+  quantize_acts_fp8(X, n, K, qi.act_per_token, xe, sx, qi.act_scale);
   const uint8_t* w8 = W.host<uint8_t>();
   if (n <= kGemvMaxRows) {
     gemv(k, Y, xe.data(), W, n, K, M);

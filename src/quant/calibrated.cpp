@@ -2,6 +2,7 @@
 #include "quant/calibrated.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/error.h"
@@ -108,7 +109,7 @@ CalibratedQuantizer::CalibratedQuantizer(const Model& src, const CalibData& data
   if (L_ > c.max_seq_len)
     fail("calibration windows of {} tokens are longer than the model's context of {} (give --calib-seq-len {} or less)",
          L_, c.max_seq_len, c.max_seq_len);
-  if (o.method != "gptq" && o.method != "awq" && o.method != "smoothquant")
+  if (o.method != "gptq" && o.method != "awq" && o.method != "smoothquant" && o.method != "amax")
     fail("calibrated quantization: unknown method '{}'", o.method);
   chunk_seqs_ = std::max<int64_t>(1, 4096 / L_);
   std::vector<int32_t> toks;
@@ -219,7 +220,8 @@ CalibratedBlock CalibratedQuantizer::run_block(int64_t l) {
   CalibratedBlock out;
   if (o_.method == "gptq") gptq_block(l, w, out);
   else if (o_.method == "awq") awq_block(l, w, out);
-  else smoothquant_block(l, w, out);
+  else if (o_.method == "smoothquant") smoothquant_block(l, w, out);
+  else amax_block(l, w, out);
   double ss = 0;
   bool finite = true;
   for (int64_t i = 0; i < X_.numel(); i++) {
@@ -415,37 +417,62 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
                                      sc_d.ratio));
 }
 
-void CalibratedQuantizer::smoothquant_block(int64_t l, BlockW& w, CalibratedBlock& out) {
+std::array<std::vector<float>, 4> CalibratedQuantizer::float_amax(int64_t l, const BlockW& w) {
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
+  ChannelStats st[4] = {ChannelStats(c.dim), ChannelStats(c.q_dim()), ChannelStats(c.dim), ChannelStats(c.ffn_dim)};
   op_rmsnorm(XB_, X_, w.an, eps);
-  ChannelStats s_qkv(c.dim), s_gu(c.dim);
-  s_qkv.add(XB_);
+  st[0].add(XB_);
   attn_pass(w, XB_, [&](int64_t r0, int64_t r1, const Tensor& att) {
     Tensor a, x = X_.rows(r0, r1), xb = XB_.rows(r0, r1);
+    st[1].add(att);
     out_pass(att, w.o, r0, r1, a);
     op_add(x, a);
     op_rmsnorm(xb, x, w.fn, eps);
   });
-  s_gu.add(XB_);
-  if (!s_qkv.finite || !s_gu.finite)
-    fail("SmoothQuant: block {}: the calibration activations hold NaN or Inf; check the source model", l);
+  st[2].add(XB_);
   mlp_pass(w, XB_, [&](int64_t r0, int64_t r1, const Tensor& h) {
     Tensor a, x = X_.rows(r0, r1);
+    st[3].add(h);
     out_pass(h, w.d, r0, r1, a);
     op_add(x, a);
   });
-  auto smooth = [&](Tensor& norm, std::initializer_list<Tensor*> ws, const ChannelStats& st) {
+  for (const auto& s : st)
+    if (!s.finite) fail("{}: block {}: the calibration activations hold NaN or Inf; check the source model", o_.method, l);
+  return {st[0].amax, st[1].amax, st[2].amax, st[3].amax};
+}
+
+void CalibratedQuantizer::smoothquant_block(int64_t l, BlockW& w, CalibratedBlock& out) {
+  const auto amax = float_amax(l, w);
+  auto smooth = [&](Tensor& norm, std::initializer_list<Tensor*> ws, const std::vector<float>& act_max) {
     std::vector<WeightRef> refs;
     for (Tensor* W : ws) refs.push_back({F(*W), W->dim(0)});
-    const std::vector<float> s = smoothquant_scales(st.amax, refs, o_.alpha);
+    const std::vector<float> s = smoothquant_scales(act_max, refs, o_.alpha);
     divide_rows(norm, s);
     for (Tensor* W : ws) scale_columns(*W, s);
   };
-  smooth(w.an, {&w.q, &w.k, &w.v}, s_qkv);
-  smooth(w.fn, {&w.g, &w.u}, s_gu);
+  smooth(w.an, {&w.q, &w.k, &w.v}, amax[0]);
+  smooth(w.fn, {&w.g, &w.u}, amax[2]);
   emit_scaled_rtn(l, w, out);
+}
+
+void CalibratedQuantizer::amax_block(int64_t l, const BlockW& w, CalibratedBlock& out) {
+  const auto amax = float_amax(l, w);
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  auto mx = [](const std::vector<float>& v) { return *std::max_element(v.begin(), v.end()); };
+  for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})
+    out.input_amax[p + n + ".weight"] = mx(amax[0]);
+  out.input_amax[p + "self_attn.o_proj.weight"] = mx(amax[1]);
+  for (const char* n : {"mlp.gate_proj", "mlp.up_proj"}) out.input_amax[p + n + ".weight"] = mx(amax[2]);
+  out.input_amax[p + "mlp.down_proj.weight"] = mx(amax[3]);
+}
+
+float CalibratedQuantizer::lm_head_input_amax() {
+  LLMQ_CHECK(next_ == m_.config.n_layers);
+  op_rmsnorm(XB_, X_, m_.weights.norm, (float)m_.config.norm_eps);
+  float a = 0.f;
+  for (int64_t i = 0; i < XB_.numel(); i++) a = std::max(a, std::fabs(F(XB_)[i]));
+  return a;
 }
 
 LinearCodes CalibratedQuantizer::lm_head() {

@@ -12,9 +12,11 @@
 //                down_proj); scales folded, then clipping search on every linear but q and k,
 //                then round-to-nearest; the float block's output feeds the next block;
 //   SmoothQuant: per-channel max |x| of the float block's inputs to q/k/v and gate/up, factors
-//                folded into the two RMSNorms, then int8 per-channel round-to-nearest.
+//                folded into the two RMSNorms, then int8 per-channel round-to-nearest;
+//   amax:        (FP8 static scales) max |x| of every linear's input in the float model.
 // Peak memory: the block's f32 weights, the activations (twice) and one Hessian.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -39,7 +41,7 @@ struct LinearCodes {
 std::vector<float> linear_codes_dequantize(const LinearCodes& q, int64_t M, int64_t K, int64_t group);
 
 struct CalibratedOptions {
-  std::string method;          // gptq | awq | smoothquant
+  std::string method;          // gptq | awq | smoothquant | amax (FP8 static: input maxima only)
   int bits = 4;
   int64_t group = 128;         // 0: one group per row
   bool sym = false;
@@ -53,6 +55,7 @@ struct CalibratedOptions {
 struct CalibratedBlock {
   std::map<std::string, LinearCodes> linears;        // by HF tensor name (".weight")
   std::map<std::string, std::vector<float>> floats;  // RMSNorm weights changed by scale folding
+  std::map<std::string, float> input_amax;           // amax: max |x| of each linear's input
   std::vector<std::string> messages;                 // e.g. GPTQ's damping raised
   double output_rms = 0;                             // RMS of the block's output activations
 };
@@ -66,6 +69,8 @@ class CalibratedQuantizer {
   // The lm_head's codes after the last block: GPTQ on the final RMSNorm's outputs; the other
   // methods round to nearest.
   LinearCodes lm_head();
+  // amax: max |x| of the lm_head's input (the final RMSNorm's output), after the last block.
+  float lm_head_input_amax();
   int64_t tokens() const { return N_; }
 
  private:
@@ -80,6 +85,10 @@ class CalibratedQuantizer {
   void gptq_block(int64_t l, BlockW& w, CalibratedBlock& out);
   void awq_block(int64_t l, BlockW& w, CalibratedBlock& out);
   void smoothquant_block(int64_t l, BlockW& w, CalibratedBlock& out);
+  void amax_block(int64_t l, const BlockW& w, CalibratedBlock& out);
+  // The float block on the activations (X_ becomes its output); per-channel max |x| of the
+  // inputs of q/k/v, o, gate/up and down. Fails on NaN/Inf.
+  std::array<std::vector<float>, 4> float_amax(int64_t l, const BlockW& w);
   LinearCodes rtn(const Tensor& W) const;
   // AWQ / SmoothQuant: the folded norms and round-to-nearest codes of the scaled linears.
   void emit_scaled_rtn(int64_t l, const BlockW& w, CalibratedBlock& out) const;

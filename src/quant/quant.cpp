@@ -26,11 +26,12 @@ QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym,
   if (s.fp8) {
     if (weight_scale != "" && weight_scale != "channel" && weight_scale != "tensor")
       fail("fp8: --weight-scale '{}' (choose channel or tensor)", weight_scale);
-    if (act_scale != "" && act_scale != "token" && act_scale != "tensor")
-      fail("fp8: --act-scale '{}' (choose token or tensor)", act_scale);
+    if (act_scale != "" && act_scale != "token" && act_scale != "tensor" && act_scale != "static")
+      fail("fp8: --act-scale '{}' (choose token, tensor or static)", act_scale);
     if (group > 0) fail("fp8: no groups (one scale per channel or per tensor); leave out --group");
     s.weight_per_tensor = weight_scale == "tensor";
-    s.act_per_token = act_scale != "tensor";
+    s.act_per_token = act_scale != "tensor" && act_scale != "static";
+    s.act_static = act_scale == "static";
     return s;
   }
   if (group >= 0) s.group = group;
@@ -158,17 +159,17 @@ Tensor make_fp8_tensor(int64_t M, int64_t K, const uint8_t* codes, const float* 
 }
 
 void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std::vector<float>& xe,
-                       std::vector<float>& sx) {
+                       std::vector<float>& sx, float static_scale) {
   xe.resize((size_t)(n * K));
   sx.resize((size_t)n);
   float all = 0.f;
-  for (int64_t i = 0; i < n; i++) {
+  for (int64_t i = 0; i < n && static_scale <= 0; i++) {
     float amax = 0.f;
     for (int64_t k = 0; k < K; k++) amax = std::max(amax, std::fabs(x[i * K + k]));  // a NaN stays in xe
     sx[i] = amax;
     all = std::max(all, amax);
   }
-  for (int64_t i = 0; i < n; i++) sx[i] = fp8_scale(per_token ? sx[i] : all);
+  for (int64_t i = 0; i < n; i++) sx[i] = static_scale > 0 ? static_scale : fp8_scale(per_token ? sx[i] : all);
 #pragma omp parallel for schedule(static) if (n >= 8)
   for (int64_t i = 0; i < n; i++) {
     const float inv = 1.f / sx[i];

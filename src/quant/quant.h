@@ -26,9 +26,10 @@ struct QuantScheme {
   bool act_per_token = false;
   bool fp8 = false;
   bool weight_per_tensor = false;  // fp8
+  bool act_static = false;         // fp8: calibrated per-tensor activation scales (needs --calib)
 };
 // Fails naming the valid schemes. group < 0 means the scheme's default (w4: 128, w8: row).
-// weight_scale ("channel" | "tensor") and act_scale ("token" | "tensor") are for fp8 only
+// weight_scale ("channel" | "tensor") and act_scale ("token" | "tensor" | "static") are for fp8 only
 // ("" = default).
 QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym, const std::string& weight_scale = "",
                                const std::string& act_scale = "");
@@ -67,9 +68,10 @@ void quantize_rows_fp8(const float* w, int64_t rows, int64_t K, const float* sca
 Tensor make_fp8_tensor(int64_t M, int64_t K, const uint8_t* codes, const float* scale, bool weight_per_tensor,
                        bool act_per_token);
 // Activations for an fp8 product: xe = e4m3_round(x / sx), exact E4M3 values held in f32,
-// with sx = amax / 448 per row (per_token) or over all n rows, dynamic.
+// with sx = amax / 448 per row (per_token) or over all n rows, dynamic; or sx = static_scale
+// (> 0: calibrated, input_scale), values beyond 448 sx saturating as E4M3 casts do.
 void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std::vector<float>& xe,
-                       std::vector<float>& sx);
+                       std::vector<float>& sx, float static_scale = 0);
 
 // Activations (n, K) quantized to int8 blocks of 32 (per_token: one scale per row) with
 // the per-group sums a QMatView of group `group` needs. value = bscale * q, with

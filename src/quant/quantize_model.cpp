@@ -46,6 +46,7 @@ struct QuantizedLinear {
   std::vector<uint16_t> scales, zeros;  // zeros: HQQ's float zero points, f16 (ng, M)
   std::vector<uint8_t> fp8;        // fp8: E4M3 bytes (M, K)
   std::vector<float> fp8_scale;    // fp8: (M) or (1)
+  float input_scale = 0;           // fp8 static: calibrated amax / 448
 };
 
 // The block index of "model.layers.N....", n_layers for tensors after the blocks, -1 before.
@@ -59,8 +60,8 @@ int64_t block_of(const std::string& name, int64_t n_layers) {
 
 QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  const bool calibrated = o.method == "gptq" || o.method == "awq" || o.method == "smoothquant";
-  if (o.method != "rtn" && o.method != "hqq" && !calibrated)
+  const bool calibrated_method = o.method == "gptq" || o.method == "awq" || o.method == "smoothquant";
+  if (o.method != "rtn" && o.method != "hqq" && !calibrated_method)
     fail("quantize: unknown method '{}' (choose rtn, hqq, gptq, awq or smoothquant)", o.method);
   // HQQ's default group is 64 (its paper's and library's setting).
   const QuantScheme sc = quant_scheme_parse(o.scheme, o.group < 0 && o.method == "hqq" ? 64 : o.group, o.sym,
@@ -69,6 +70,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     fail("quantize: the fp8 scheme is round-to-nearest only (--method rtn); E4M3 has no integer grid for {}", o.method);
   if (o.method == "smoothquant" && sc.name != "w8a8")
     fail("quantize: smoothquant migrates activation outliers for int8 activations: use --scheme w8a8");
+  // FP8 static activation scales come from the calibration data's maxima (the "amax" pass).
+  const bool calibrated = calibrated_method || sc.act_static;
   if (o.method == "hqq" && (sc.act_per_token || sc.sym))
     fail("quantize: hqq quantizes weights only, with a float zero point per group: use a w*a16 scheme without --sym");
   if (o.out.empty()) fail("quantize: give --out DIR");
@@ -95,6 +98,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.act_per_token = sc.act_per_token;
   c.quant.fp8 = sc.fp8;
   c.quant.weight_per_tensor = sc.weight_per_tensor;
+  c.quant.act_static = sc.act_static;
   c.quant.zeros_minus_one = !sc.fp8;
   c.quant.float_zeros = o.method == "hqq";
   c.quant.desc_act = o.method == "gptq" && o.act_order;
@@ -114,6 +118,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       outs.push_back({spec.name, DType::F8E4M3, spec.shape, spec.name, s});
       outs.push_back({base + "weight_scale", DType::F32, sc.weight_per_tensor ? Shape{1} : Shape{spec.shape[0], 1},
                       spec.name, s});
+      if (sc.act_static) outs.push_back({base + "input_scale", DType::F32, Shape{1}, spec.name, s});
       res.quantized_tensors++;
     } else if (linear && !kept(spec.name)) {
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
@@ -139,16 +144,17 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   std::unique_ptr<CalibratedQuantizer> cq;
   std::map<std::string, LinearCodes> block_codes;
   std::map<std::string, std::vector<float>> block_floats;
+  std::map<std::string, float> input_amax;  // fp8 static
   int64_t blocks_done = 0;
   std::unique_ptr<Progress> block_bar;
   if (calibrated) {
     const CalibData data = calib_load(o.calib, o.model, c.vocab_size);
     CalibratedOptions co;
-    co.method = o.method, co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
+    co.method = calibrated_method ? o.method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
     co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha;
     cq = std::make_unique<CalibratedQuantizer>(src, data, co);
     res.calib_tokens = data.tokens();
-    block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", o.method, data.tokens()),
+    block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", co.method, data.tokens()),
                                            (uint64_t)c.n_layers, o.progress);
     for (auto& t : outs)  // norms changed by scale folding are written in f32
       if (t.linear.empty() && t.name.find("layernorm") != std::string::npos && o.method != "gptq") t.dtype = DType::F32;
@@ -160,6 +166,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       CalibratedBlock b = cq->run_block(blocks_done++);
       for (auto& [k, v] : b.linears) block_codes[k] = std::move(v);
       for (auto& [k, v] : b.floats) block_floats[k] = std::move(v);
+      for (auto& [k, v] : b.input_amax) input_amax[k] = v;
       for (auto& m : b.messages) res.messages.push_back(std::move(m));
       block_bar->update((uint64_t)blocks_done);
     }
@@ -200,6 +207,11 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     release_pages(s.host_data(), s.nbytes());
     if (sc.weight_per_tensor) cache.fp8_scale.assign(1, row_scale[0]);
     else cache.fp8_scale = row_scale;
+    if (sc.act_static) {
+      ensure_block(t.linear);
+      const auto it = input_amax.find(t.linear);
+      cache.input_scale = fp8_scale(it != input_amax.end() ? it->second : cq->lm_head_input_amax());
+    }
   };
   // Codes of one linear: from its block (calibrated methods), HQQ, or round-to-nearest.
   auto linear_codes = [&](const OutTensor& t, int64_t M, int64_t K, int64_t G, int64_t ng) -> LinearCodes {
@@ -300,6 +312,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     else if (t.name.ends_with(".zeros")) from = reinterpret_cast<const uint8_t*>(cache.zeros.data());
     else if (t.name.ends_with("scales")) from = reinterpret_cast<const uint8_t*>(cache.scales.data());
     else if (t.name.ends_with("weight_scale")) from = reinterpret_cast<const uint8_t*>(cache.fp8_scale.data());
+    else if (t.name.ends_with("input_scale")) from = reinterpret_cast<const uint8_t*>(&cache.input_scale);
     else if (t.name.ends_with("weight")) from = cache.fp8.data();
     else from = reinterpret_cast<const uint8_t*>(cache.g_idx.data());
     std::memcpy(dst, from + off, n);
