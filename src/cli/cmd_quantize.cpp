@@ -29,8 +29,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
   cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
   cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
-  cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor, dynamic (computed per call); or static "
-                                               "(one calibrated scale per tensor, needs --calib)");
+  cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor, dynamic (computed per call), or static "
+                                               "(one calibrated scale per tensor, needs --calib); w8a8: token (default) "
+                                               "or tensor (one dynamic int8 scale per call)");
   cmd->add_option("--group", o->group, "input channels per scale: 32, 64, 128, ... or 0 for one per output channel "
                                        "(default: 128 for w4a16, per channel for w8)");
   cmd->add_flag("--sym", o->sym, "symmetric codes (zero point at the middle); w8 schemes are always symmetric");

@@ -89,6 +89,7 @@ struct QuantInfo {
   bool act_per_token = false;  // activations quantized per token (w8a8, fp8 per token); else per 32 (int) or per tensor (fp8)
   bool fp8 = false;
   bool weight_per_tensor = false;  // fp8: one scale for the whole tensor
+  bool act_per_tensor = false;  // w8a8: one dynamic activation scale per call (SmoothQuant's per-tensor setting)
   float act_scale = 0;  // fp8 static: the calibrated per-tensor activation scale (input_scale); 0: dynamic
   std::vector<float> scale, zs;    // integer: (ceil(M/16), K/group, 16); fp8: scale (M)
   // Act-order (desc_act) checkpoints: the columns are stored grouped, storage column j

@@ -159,14 +159,17 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   const int rbits = q.bits == 8 ? 8 : 4;  // 2-bit codes run in the 4-bit layout
   for (const Tensor* x : {&qw, &qz, &fz, &sc, &gi})
     if (x->defined()) release_pages(x->host_data(), x->nbytes());
-  if (perm.empty())
-    return make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
-  std::vector<uint8_t> stored((size_t)(M * K));
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t j = 0; j < K; j++) stored[m * K + j] = codes[m * K + perm[j]];
-  Tensor t = make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, stored.data(), scale.data(), zero.data(), q.bits);
+  if (!perm.empty()) {
+    std::vector<uint8_t> stored((size_t)(M * K));
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t j = 0; j < K; j++) stored[m * K + j] = codes[m * K + perm[j]];
+    codes.swap(stored);
+  }
+  Tensor t = make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
+  if (perm.empty() && !q.act_per_tensor) return t;
   auto info = std::make_shared<QuantInfo>(*t.quant());
   info->perm = std::move(perm);
+  info->act_per_tensor = q.act_per_tensor;
   t.set_quant(info);
   return t;
 }

@@ -231,6 +231,7 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       if (l.contains("scheme") && l["scheme"].is_string()) qc.scheme = l["scheme"].get<std::string>();
       if (l.contains("algorithm") && l["algorithm"].is_string()) qc.algorithm = l["algorithm"].get<std::string>();
       qc.act_per_token = qc.scheme == "w8a8";
+      if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
     }
   }
   if (r.has("rope_scaling")) {
@@ -358,6 +359,7 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"lm_head", q.lm_head},
                                 {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
+    if (q.act_per_tensor) j["quantization_config"]["llmq"]["act"] = "tensor";
   }
   if (c.rope_scaling.enabled) {
     j["rope_scaling"] = {{"rope_type", "llama3"},

@@ -37,6 +37,7 @@ struct QuantConfig {
   bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
   bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
   bool act_static = false;         // fp8: static per-tensor activation scales (NAME.input_scale)
+  bool act_per_tensor = false;     // w8a8: one dynamic activation scale per call (llmq.act "tensor")
 };
 
 struct ModelConfig {

@@ -125,7 +125,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   if (qi.fp8) return matmul_fp8(k, Y, X, W, n, K, M);
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
-  quantize_acts(X, n, K, qi.group, qi.act_per_token, acts);
+  quantize_acts(X, n, K, qi.group, qi.act_per_token, acts, qi.act_per_tensor);
   const QMatView wv = quant_view(W);
   const QActView av = acts.view(0, K, qi.group);
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); });
@@ -168,7 +168,8 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (!q->fp8 && q->perm.empty() && q->group == q0->group && q->act_per_token == q0->act_per_token));
+           (!q || (!q->fp8 && q->perm.empty() && q->group == q0->group && q->act_per_token == q0->act_per_token &&
+                    q->act_per_tensor == q0->act_per_tensor));
   }
   if (n == 0) return;
   if (n > kGemvMaxRows || !same) {
@@ -180,7 +181,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   const float* X = x.host<float>();
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;
-  if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts);
+  if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor);
   struct Chunk {
     const MatmulOut* o;
     int64_t m0, m1;

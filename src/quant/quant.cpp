@@ -21,8 +21,12 @@ QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym,
   else if (name == "w8a8") s.bits = 8, s.group = 0, s.sym = true, s.act_per_token = true;
   else if (name == "fp8") s.bits = 8, s.group = 0, s.sym = true, s.fp8 = true, s.act_per_token = true;
   else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w3a16, w2a16, w8a8 or fp8)", name);
-  if (!s.fp8 && (!weight_scale.empty() || !act_scale.empty()))
-    fail("{}: --weight-scale and --act-scale are for the fp8 scheme (E4M3 scales)", name);
+  if (name == "w8a8" && weight_scale.empty() && (act_scale == "token" || act_scale == "tensor")) {
+    s.act_per_tensor = act_scale == "tensor";
+    s.act_per_token = !s.act_per_tensor;
+  } else if (!s.fp8 && (!weight_scale.empty() || !act_scale.empty())) {
+    fail("{}: --weight-scale and --act-scale are for the fp8 scheme (w8a8 takes --act-scale token|tensor)", name);
+  }
   if (s.fp8) {
     if (weight_scale != "" && weight_scale != "channel" && weight_scale != "tensor")
       fail("fp8: --weight-scale '{}' (choose channel or tensor)", weight_scale);
@@ -233,8 +237,14 @@ QActView QActs::view(int64_t row, int64_t K, int64_t group) const {
   return {q.data() + row * K, bscale.data() + row * (K / 32), gsum.data() + row * (K / group)};
 }
 
-void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out) {
+void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out,
+                   bool per_tensor) {
   LLMQ_CHECK(K % 32 == 0 && group % 32 == 0 && K % group == 0);
+  float all = 0.f;
+  if (per_tensor) {
+    per_token = true;
+    for (int64_t i = 0; i < n * K; i++) all = std::max(all, std::fabs(x[i]));
+  }
   const int64_t nb = K / 32, ng = K / group, bpg = group / 32;
   out.q.resize(n * K);
   out.bscale.resize(n * nb);
@@ -245,7 +255,8 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
     const float* xi = x + i * K;
     int8_t* qi = out.q.data() + i * K;
     float row_amax = 0.f;
-    if (per_token)
+    if (per_tensor) row_amax = all;
+    else if (per_token)
       for (int64_t k = 0; k < K; k++) row_amax = std::max(row_amax, std::fabs(xi[k]));
     for (int64_t g = 0; g < ng; g++) {
       float gs = 0.f;

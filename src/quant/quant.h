@@ -27,6 +27,7 @@ struct QuantScheme {
   bool fp8 = false;
   bool weight_per_tensor = false;  // fp8
   bool act_static = false;         // fp8: calibrated per-tensor activation scales (needs --calib)
+  bool act_per_tensor = false;     // w8a8 --act-scale tensor: one dynamic scale per call
 };
 // Fails naming the valid schemes. group < 0 means the scheme's default (w4: 128, w8: row).
 // weight_scale ("channel" | "tensor") and act_scale ("token" | "tensor" | "static") are for fp8 only
@@ -81,6 +82,9 @@ struct QActs {
   std::vector<float> bscale, gsum;
   QActView view(int64_t row, int64_t K, int64_t group) const;
 };
-void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out);
+// per_tensor: one scale for all n rows (amax over the call), as SmoothQuant's per-tensor
+// dynamic W8A8 quantizes.
+void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out,
+                   bool per_tensor = false);
 
 }  // namespace llmq

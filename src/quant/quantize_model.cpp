@@ -99,6 +99,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.fp8 = sc.fp8;
   c.quant.weight_per_tensor = sc.weight_per_tensor;
   c.quant.act_static = sc.act_static;
+  c.quant.act_per_tensor = sc.act_per_tensor;
   c.quant.zeros_minus_one = !sc.fp8;
   c.quant.float_zeros = o.method == "hqq";
   c.quant.desc_act = o.method == "gptq" && o.act_order;
