@@ -5,13 +5,18 @@
 # source pages still resident, so it is the honest figure). Goals (issue 6): RTN and HQQ
 # <= 3 GB, GPTQ with 32x512 calibration tokens <= 6 GB.
 # usage: bench/quant_8b.sh [MODEL] [methods...]   (default: rtn hqq gptq)
+#   LAYERS=4 bench/quant_8b.sh models/llama3-8b-4l-bf16 gptq: the same shapes with 4 blocks
+#   (peak memory is per block, so it is the full model's; wall time scales with the blocks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:-models/llama3-8b-bf16}
 shift $(( $# > 0 ? 1 : 0 ))
 methods=("$@")
 [ ${#methods[@]} -gt 0 ] || methods=(rtn hqq gptq)
-[ -d "$M" ] || build/llmq init --preset llama3-8b --dtype bf16 --tokenizer models/llama3-tokenizer --out "$M"
+[ -d "$M" ] || build/llmq init --preset llama3-8b ${LAYERS:+--layers $LAYERS} --dtype bf16 \
+  --tokenizer models/llama3-tokenizer --out "$M"
+  build/llmq init --preset llama3-8b ${LAYERS:+--layers $LAYERS} --dtype bf16 --tokenizer models/llama3-tokenizer --out "$M"
+fi
 out=$(mktemp -d -p "$(dirname "$M")")
 trap 'rm -rf "$out"' EXIT
 printf "%-6s %-7s %-6s %10s %12s %10s\n" method scheme group "wall s" "peak RSS GB" "out GB"

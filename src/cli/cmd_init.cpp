@@ -13,6 +13,7 @@ void register_init(CLI::App& app) {
   struct Opts {
     std::string preset, config, out, dtype = "bf16", tokenizer;
     uint64_t seed = 0;
+    int64_t layers = 0;
     double shard_gb = 5;
   };
   auto o = std::make_shared<Opts>();
@@ -25,6 +26,8 @@ void register_init(CLI::App& app) {
   p->excludes(c);
   cmd->add_option("--out", o->out, "output directory")->required();
   cmd->add_option("--seed", o->seed, "random seed");
+  cmd->add_option("--layers", o->layers, "number of blocks instead of the shape's (same widths; for benchmarks)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--dtype", o->dtype, "weight dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->add_option("--tokenizer", o->tokenizer,
                   "copy this tokenizer (file or directory) into the model; vocab size, BOS and EOS follow it");
@@ -32,6 +35,7 @@ void register_init(CLI::App& app) {
   cmd->callback([o] {
     if (o->preset.empty() && o->config.empty()) fail("init: give --preset NAME or --config FILE");
     ModelConfig cfg = o->preset.empty() ? config_load(o->config) : config_preset(o->preset);
+    if (o->layers > 0) cfg.n_layers = o->layers;
     std::unique_ptr<Tokenizer> tok;
     if (!o->tokenizer.empty()) {
       tok = tokenizer_load(o->tokenizer);

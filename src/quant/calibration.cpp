@@ -13,11 +13,7 @@ namespace llmq {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-// Documents of a JSONL file: the "text" field of every non-blank line.
-std::vector<std::string> jsonl_texts(const std::string& path) {
-  const std::string all = read_text_file(path);
+std::vector<std::string> calib_jsonl_texts(const std::string& all, const std::string& path) {
   std::vector<std::string> out;
   size_t line = 0, pos = 0;
   while (pos < all.size()) {
@@ -36,6 +32,8 @@ std::vector<std::string> jsonl_texts(const std::string& path) {
   }
   return out;
 }
+
+namespace {
 
 // Windows from one token stream at seeded random starts.
 void draw_windows(const std::vector<int32_t>& toks, const CalibOptions& o, CalibData& d, const std::string& where) {
@@ -92,18 +90,18 @@ CalibData calib_load(const CalibOptions& o, const std::string& model_dir, int64_
     d.source_tokens = sp.tokens;
     return d;
   }
-  auto tok = tokenizer_load(o.tokenizer.empty() ? model_dir : o.tokenizer);
-  if (tok->vocab_size() > vocab)
-    fail("{}: the tokenizer has {} tokens but the model only {} (give the model's tokenizer with --tokenizer)",
-         o.source, tok->vocab_size(), vocab);
-  std::vector<std::string> docs;
+  std::vector<std::string> docs;  // read (and checked) before the tokenizer is needed
   if (o.source.ends_with(".jsonl")) {
     d.kind = "jsonl";
-    docs = jsonl_texts(o.source);
+    docs = calib_jsonl_texts(read_text_file(o.source), o.source);
   } else {
     d.kind = "text";
     docs.push_back(read_text_file(o.source));
   }
+  auto tok = tokenizer_load(o.tokenizer.empty() ? model_dir : o.tokenizer);
+  if (tok->vocab_size() > vocab)
+    fail("{}: the tokenizer has {} tokens but the model only {} (give the model's tokenizer with --tokenizer)",
+         o.source, tok->vocab_size(), vocab);
   std::vector<int32_t> toks;
   for (const auto& doc : docs) {
     if (tok->add_bos && tok->bos_id >= 0) toks.push_back(tok->bos_id);

@@ -28,6 +28,10 @@ struct CalibData {
   int64_t tokens() const { return seqs.empty() ? 0 : (int64_t)(seqs.size() * seqs[0].size()); }
 };
 
+// The documents of a JSONL calibration file's text: the "text" string of every non-blank
+// line; other lines fail naming path:line.
+std::vector<std::string> calib_jsonl_texts(const std::string& text, const std::string& path);
+
 // Fails with the file and the fix when the source is missing, malformed, holds fewer tokens
 // than one window, or has ids outside [0, vocab).
 CalibData calib_load(const CalibOptions& o, const std::string& model_dir, int64_t vocab);

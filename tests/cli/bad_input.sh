@@ -66,6 +66,12 @@ expect_error "--" -- bogus-command
 expect_error "choose w4a16 or w8a16" -- export -m "$T/m" --format gptq --type q4_0 --out "$T/g"
 expect_error "not supported (gguf or gptq)" -- export -m "$T/m" --format onnx --out "$T/g"
 expect_error "choose channel or tensor" -- quantize -m "$T/m" --scheme fp8 --weight-scale row --out "$T/f"
+expect_error "give --calib" -- quantize -m "$T/m" --method gptq --group 32 --out "$T/f"
+expect_error "no such calibration file" -- quantize -m "$T/m" --method awq --group 32 --calib "$T/missing.txt" --out "$T/f"
+expect_error "use --scheme w8a8" -- quantize -m "$T/m" --method smoothquant --scheme w4a16 --out "$T/f"
+expect_error "unknown method" -- quantize -m "$T/m" --method sparsegpt --out "$T/f"
+printf '{"text": "a"}\nnot json\n' > "$T/bad.jsonl"
+expect_error "bad.jsonl:2" -- quantize -m "$T/m" --method gptq --group 32 --calib "$T/bad.jsonl" --out "$T/f"
 "$LLMQ" export -m "$T/m" --format gptq --type w8a16 --out "$T/gptq" --json >/dev/null 2>&1 &&
   grep -q '"quant_method": "gptq"' "$T/gptq/config.json" || { echo "FAIL: export --format gptq"; fails=$((fails+1)); }
 
