@@ -15,8 +15,6 @@ methods=("$@")
 [ ${#methods[@]} -gt 0 ] || methods=(rtn hqq gptq)
 [ -d "$M" ] || build/llmq init --preset llama3-8b ${LAYERS:+--layers $LAYERS} --dtype bf16 \
   --tokenizer models/llama3-tokenizer --out "$M"
-  build/llmq init --preset llama3-8b ${LAYERS:+--layers $LAYERS} --dtype bf16 --tokenizer models/llama3-tokenizer --out "$M"
-fi
 out=$(mktemp -d -p "$(dirname "$M")")
 trap 'rm -rf "$out"' EXIT
 printf "%-6s %-7s %-6s %10s %12s %10s\n" method scheme group "wall s" "peak RSS GB" "out GB"
