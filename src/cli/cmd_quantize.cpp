@@ -33,7 +33,7 @@ void register_quantize(CLI::App& app) {
                                                "(one calibrated scale per tensor, needs --calib); w8a8: token (default) "
                                                "or tensor (one dynamic int8 scale per call)");
   cmd->add_option("--group", o->group, "input channels per scale: 32, 64, 128, ... or 0 for one per output channel "
-                                       "(default: 128 for w4a16, per channel for w8)");
+                                       "(default: 128 for w4/w3/w2, 64 with hqq, per channel for w8)");
   cmd->add_flag("--sym", o->sym, "symmetric codes (zero point at the middle); w8 schemes are always symmetric");
   cmd->add_option("--keep", *keep, "comma-separated tensors left in float: lm_head, embed (always kept), or parts of "
                                    "tensor names such as down_proj or layers.0. (default: embed for rtn; embed,lm_head "
