@@ -257,17 +257,25 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
     quantize("self_attn.k_proj", w.k, H);
     quantize("self_attn.v_proj", w.v, H);
   }
+  // The attention output (o's input), computed once with the quantized q/k/v: o's Hessian,
+  // then, with o quantized, the residual (N x q_dim f32, freed before the MLP's larger Hessian).
+  Tensor att_all = Tensor::empty(DType::F32, {N_, c.q_dim()});
   {
     GptqHessian H(c.q_dim());
-    attn_pass(w, XB_, [&](int64_t, int64_t, const Tensor& att) { H.add(F(att), att.dim(0)); });
+    attn_pass(w, XB_, [&](int64_t r0, int64_t, const Tensor& att) {
+      H.add(F(att), att.dim(0));
+      std::copy(F(att), F(att) + att.numel(), att_all.host<float>() + r0 * c.q_dim());
+    });
     quantize("self_attn.o_proj", w.o, H);
   }
-  attn_pass(w, XB_, [&](int64_t r0, int64_t r1, const Tensor& att) {
+  for (int64_t r0 = 0; r0 < N_; r0 += chunk_seqs_ * L_) {
+    const int64_t r1 = std::min(N_, r0 + chunk_seqs_ * L_);
     Tensor a, x = X_.rows(r0, r1), xb = XB_.rows(r0, r1);
-    out_pass(att, w.o, r0, r1, a);
+    out_pass(att_all.rows(r0, r1), w.o, r0, r1, a);
     op_add(x, a);
     op_rmsnorm(xb, x, w.fn, eps);
-  });
+  }
+  att_all = Tensor();
   {
     GptqHessian H(c.dim);
     H.add(F(XB_), N_);
