@@ -30,15 +30,7 @@ namespace {
 const std::string kRoot = LLMQ_SOURCE_DIR;
 const std::string kTok = kRoot + "/models/llama3-tokenizer";
 
-std::string run(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  pclose(p);
-  return out;
-}
+using test::run_output;
 
 void write_f32(const std::string& path, const std::vector<float>& v) {
   std::ofstream f(path, std::ios::binary);
@@ -107,7 +99,7 @@ TEST(Awq, MatchesReference) {
     const auto wg = test::randn(F * K, 2, 0.1f), wu = test::randn(F * K, 3, 0.1f), wd = test::randn(K * F, 4, 0.1f);
     write_f32(tmp / "x", x), write_f32(tmp / "wg", wg), write_f32(tmp / "wu", wu), write_f32(tmp / "wd", wd);
     const double alpha = 0.8;
-    auto j = nlohmann::json::parse(run(fmt::format("/usr/bin/python3 {}/tests/oracle/awq_ref.py {} {} {} {} {} {} {} {}",
+    auto j = nlohmann::json::parse(run_output(fmt::format("/usr/bin/python3 {}/tests/oracle/awq_ref.py {} {} {} {} {} {} {} {}",
                                                    kRoot, tmp.path.string(), n, K, F, bits, group, sym ? 1 : 0, alpha)));
     // llmq: the same search, the MLP computed in double (the reference's f32 products differ
     // by ~1e-6 relative, far below the loss differences between grid points here).
@@ -303,7 +295,9 @@ TEST_F(PipelineFixture, GptqBeatsRtnAndLoads) {
 }
 
 // AWQ and SmoothQuant fold scales into the RMSNorms (written in f32) and still model the
-// same function: their divergence from the float model is that of quantization alone.
+// same function: their divergence from the float model is that of quantization alone, no
+// more than round-to-nearest's at the same setting (a folding mistake, e.g. a norm divided
+// without the columns multiplied, changes the function and is far above it).
 TEST_F(PipelineFixture, AwqAndSmoothQuantFoldScales) {
   for (auto [method, scheme, group] : {std::tuple{"awq", "w4a16", 32}, std::tuple{"smoothquant", "w8a8", -1}}) {
     QuantizeOptions o = opts(method, scheme, group);
@@ -315,8 +309,10 @@ TEST_F(PipelineFixture, AwqAndSmoothQuantFoldScales) {
       changed += std::fabs(q.weights.layers[0].attn_norm.host<float>()[i] - f.weights.layers[0].attn_norm.host<float>()[i]);
     EXPECT_GT(changed, 1e-3) << method << ": the scales must be folded into input_layernorm";
     const CompareResult c = compare(o.out);
-    EXPECT_LT(c.kld_mean, 0.02) << method;
-    EXPECT_GT(c.top1_agreement, 0.8) << method;
+    QuantizeOptions r = opts("rtn", scheme, group);
+    quantize_model(r);
+    const CompareResult cr = compare(r.out);
+    EXPECT_LT(c.kld_mean, 1.2 * cr.kld_mean) << method;
     if (std::string(method) == "awq") {
       EXPECT_EQ(res.messages.size(), (size_t)cfg.n_layers);
     }
@@ -424,9 +420,14 @@ TEST_F(PipelineFixture, Fp8StaticScalesFromCalibration) {
     EXPECT_NEAR(W->quant()->act_scale, amax / 448, 1e-5 * amax / 448);
   for (const auto& L : q.weights.layers)
     for (const Tensor* W : {&L.wo, &L.w_gate, &L.w_up, &L.w_down}) EXPECT_GT(W->quant()->act_scale, 0.f);
-  const CompareResult c = compare(o.out);
-  EXPECT_LT(c.kld_mean, 0.02);
-  EXPECT_GT(c.top1_agreement, 0.8);
+  // The calibrated scales serve as well as dynamic per-tensor ones on held-out text
+  // (measured KL 4.6e-7 vs 4.8e-7; a scale not applied or wrong by far shows as much more).
+  QuantizeOptions dyn = opts("rtn", "fp8", -1);
+  dyn.act_scale = "tensor";
+  dyn.out = tmp / "fp8_dynamic";
+  quantize_model(dyn);
+  const double ks = compare(o.out).kld_mean, kd = compare(dyn.out).kld_mean;
+  EXPECT_LT(ks, 1.5 * kd);
   // Beyond the calibrated range, activations saturate at +-448 scale (as E4M3 casts do).
   std::vector<float> xe, sx;
   const float x[4] = {1000.f, -1000.f, 1.f, 0.3f};

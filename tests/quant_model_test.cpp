@@ -28,15 +28,7 @@ namespace {
 
 constexpr const char* kPython = "/usr/bin/python3";  // Debian's, which has python3-torch
 
-std::string run(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  pclose(p);
-  return out;
-}
+using test::run_output;
 
 // Known bits: symmetric 4-bit zero points (8) are stored as 7 in every nibble in v1 files
 // (0x77777777), and codes pack lowest-first along the input dimension.
@@ -100,7 +92,7 @@ TEST_F(QuantFixture, OracleDequantizesWithinHalfAStep) {
   for (auto [scheme, group, sym] : {std::tuple{"w4a16", 32, false}, std::tuple{"w4a16", 64, true},
                                     std::tuple{"w8a16", -1, true}}) {
     const std::string dir = quantize(scheme, group, sym);
-    auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " +
+    auto j = nlohmann::json::parse(run_output(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " +
                                        dir + " " + src));
     EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1) << scheme;  // + lm_head
     EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3) << scheme;
@@ -144,7 +136,7 @@ TEST_F(QuantFixture, Fp8OracleAndCompare) {
   for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t)((i * 7919) % cfg.vocab_size);
   for (auto [ws, as] : {std::pair{"", ""}, std::pair{"tensor", "tensor"}, std::pair{"channel", "tensor"}}) {
     const std::string dir = quantize("fp8", -1, true, {"embed"}, ws, as);
-    auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/fp8_ref.py " +
+    auto j = nlohmann::json::parse(run_output(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/fp8_ref.py " +
                                        dir + " " + src));
     EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1) << ws;
     EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3) << ws;
@@ -226,7 +218,7 @@ TEST_F(QuantFixture, ActOrderCheckpointLoads) {
   auto cj = nlohmann::json::parse(read_text_file(dir + "/config.json"));
   cj["quantization_config"]["desc_act"] = true;
   write_file_atomic(ao + "/config.json", cj.dump(2));
-  auto j = nlohmann::json::parse(run(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " + ao +
+  auto j = nlohmann::json::parse(run_output(std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/gptq_ref.py " + ao +
                                      " " + src));
   EXPECT_EQ(j["linears"].get<int>(), cfg.n_layers * 7 + 1);
   EXPECT_LE(j["worst"].get<double>(), 1.0 + 1e-3);

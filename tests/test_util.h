@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -17,6 +18,17 @@ inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(g);
   return v;
+}
+
+// The standard output of a shell command (an oracle script), "" if it cannot start.
+inline std::string run_output(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  return out;
 }
 
 // A fresh directory under the system temp dir, removed at scope exit.

@@ -29,6 +29,7 @@ std::vector<float> linear_codes_dequantize(const LinearCodes& q, int64_t M, int6
 namespace {
 
 const float* F(const Tensor& t) { return t.host<float>(); }
+std::string block_prefix(int64_t l) { return "model.layers." + std::to_string(l) + "."; }
 
 // Per-channel statistics of rows of x (n, K): sum |x| and max |x|; finite is cleared on NaN/Inf.
 struct ChannelStats {
@@ -171,6 +172,13 @@ void CalibratedQuantizer::mlp_pass(const BlockW& w, const Tensor& xb, const Chun
   }
 }
 
+void CalibratedQuantizer::row_chunks(const Tensor& all, const ChunkFn& f) const {
+  for (int64_t r0 = 0; r0 < N_; r0 += chunk_seqs_ * L_) {
+    const int64_t r1 = std::min(N_, r0 + chunk_seqs_ * L_);
+    f(r0, r1, all.rows(r0, r1));
+  }
+}
+
 void CalibratedQuantizer::out_pass(const Tensor& in, const Tensor& W, int64_t r0, int64_t r1, Tensor& out) {
   if (!sc_.out.defined()) sc_.out = Tensor::empty(DType::F32, {std::min(S_, chunk_seqs_) * L_, m_.config.dim});
   out = sc_.out.rows(0, r1 - r0);
@@ -178,7 +186,7 @@ void CalibratedQuantizer::out_pass(const Tensor& in, const Tensor& W, int64_t r0
 }
 
 void CalibratedQuantizer::emit_scaled_rtn(int64_t l, const BlockW& w, CalibratedBlock& out) const {
-  const std::string p = "model.layers." + std::to_string(l) + ".";
+  const std::string p = block_prefix(l);
   const int64_t dim = m_.config.dim;
   out.floats[p + "input_layernorm.weight"].assign(F(w.an), F(w.an) + dim);
   out.floats[p + "post_attention_layernorm.weight"].assign(F(w.fn), F(w.fn) + dim);
@@ -239,7 +247,7 @@ CalibratedBlock CalibratedQuantizer::run_block(int64_t l) {
 void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out) {
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
+  const std::string p = block_prefix(l);
   const GptqOptions go = gptq_options();
   auto quantize = [&](const std::string& name, Tensor& W, const GptqHessian& H) {
     const int64_t M = W.dim(0), K = W.dim(1);
@@ -268,13 +276,12 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
     });
     quantize("self_attn.o_proj", w.o, H);
   }
-  for (int64_t r0 = 0; r0 < N_; r0 += chunk_seqs_ * L_) {
-    const int64_t r1 = std::min(N_, r0 + chunk_seqs_ * L_);
+  row_chunks(att_all, [&](int64_t r0, int64_t r1, const Tensor& att) {
     Tensor a, x = X_.rows(r0, r1), xb = XB_.rows(r0, r1);
-    out_pass(att_all.rows(r0, r1), w.o, r0, r1, a);
+    out_pass(att, w.o, r0, r1, a);
     op_add(x, a);
     op_rmsnorm(xb, x, w.fn, eps);
-  }
+  });
   att_all = Tensor();
   {
     GptqHessian H(c.dim);
@@ -297,7 +304,6 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
 void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) {
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
   const int64_t G = o_.group ? o_.group : 0;
   const bool mha = c.kv_dim() == c.q_dim();  // v -> o only when v's outputs are o's inputs
   const int64_t step = std::max<int64_t>(1, N_ / 512);
@@ -319,6 +325,15 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
     awq_scaled_fake_quant(F(W), W.dim(0), W.dim(1), s.data(), o_.bits, G ? G : W.dim(1), o_.sym, false, r.host<float>());
     return r;
   };
+  // A pass's callback adding the squared error of (its inputs) @ Wout^T against the float
+  // module output A, row for row.
+  auto output_error = [&](Tensor Wout, double& e) -> ChunkFn {
+    return [&, Wout](int64_t r0, int64_t r1, const Tensor& in) {
+      Tensor a;
+      out_pass(in, Wout, r0, r1, a);
+      e += mse_acc(a, F(A) + r0 * c.dim);
+    };
+  };
   auto check = [&](const ChannelStats& s, const char* what) {
     if (!s.finite) fail("AWQ: block {}: the inputs of {} hold NaN or Inf; check the source model", l, what);
   };
@@ -330,23 +345,14 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
     BlockW t = w;
     t.q = fq(w.q, s), t.k = fq(w.k, s), t.v = fq(w.v, s);
     double e = 0;
-    attn_pass(t, XB_, [&](int64_t r0, int64_t r1, const Tensor& att) {
-      Tensor a;
-      out_pass(att, t.o, r0, r1, a);
-      e += mse_acc(a, F(A) + r0 * c.dim);
-    });
+    attn_pass(t, XB_, output_error(t.o, e));
     return e / na;
   });
   AwqScaleResult sc_o;
   if (mha)  // (v -> o), inspected: o_proj
     sc_o = awq_search_scale(s_o.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
-      Tensor wo = fq(w.o, s);
       double e = 0;
-      attn_pass(w, XB_, [&](int64_t r0, int64_t r1, const Tensor& att) {
-        Tensor a;
-        out_pass(att, wo, r0, r1, a);
-        e += mse_acc(a, F(A) + r0 * c.dim);
-      });
+      attn_pass(w, XB_, output_error(fq(w.o, s), e));
       return e / na;
     });
   // The float block's attention residual; XB_ becomes the MLP's input.
@@ -370,25 +376,14 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
     BlockW t = w;
     t.g = fq(w.g, s), t.u = fq(w.u, s);
     double e = 0;
-    mlp_pass(t, XB_, [&](int64_t r0, int64_t r1, const Tensor& h) {
-      Tensor a;
-      out_pass(h, t.d, r0, r1, a);
-      e += mse_acc(a, F(A) + r0 * c.dim);
-    });
+    mlp_pass(t, XB_, output_error(t.d, e));
     return e / na;
   });
   // (up -> down), inspected: down_proj.
   AwqScaleResult sc_d = awq_search_scale(s_d.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
-    Tensor wd = fq(w.d, s);
     double e = 0;
-    auto add = [&](int64_t r0, int64_t r1, const Tensor& h) {
-      Tensor a;
-      out_pass(h, wd, r0, r1, a);
-      e += mse_acc(a, F(A) + r0 * c.dim);
-    };
-    if (!Hd.defined()) mlp_pass(w, XB_, add);
-    for (int64_t r0 = 0; Hd.defined() && r0 < N_; r0 += chunk_seqs_ * L_)
-      add(r0, std::min(N_, r0 + chunk_seqs_ * L_), Hd.rows(r0, std::min(N_, r0 + chunk_seqs_ * L_)));
+    if (Hd.defined()) row_chunks(Hd, output_error(fq(w.d, s), e));
+    else mlp_pass(w, XB_, output_error(fq(w.d, s), e));
     return e / na;
   });
   op_add(X_, A);  // the float block's output is the next block's input
@@ -466,7 +461,7 @@ void CalibratedQuantizer::smoothquant_block(int64_t l, BlockW& w, CalibratedBloc
 
 void CalibratedQuantizer::amax_block(int64_t l, const BlockW& w, CalibratedBlock& out) {
   const auto amax = float_amax(l, w);
-  const std::string p = "model.layers." + std::to_string(l) + ".";
+  const std::string p = block_prefix(l);
   auto mx = [](const std::vector<float>& v) { return *std::max_element(v.begin(), v.end()); };
   for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})
     out.input_amax[p + n + ".weight"] = mx(amax[0]);

@@ -80,6 +80,8 @@ class CalibratedQuantizer {
   using ChunkFn = std::function<void(int64_t r0, int64_t r1, const Tensor& t)>;
   void attn_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f);
   void mlp_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f);
+  // f over all's rows (N x ...) in the chunks of whole sequences the passes use.
+  void row_chunks(const Tensor& all, const ChunkFn& f) const;
   // out = rows r0..r1 of in @ W^T, in scratch valid until the next call.
   void out_pass(const Tensor& in, const Tensor& W, int64_t r0, int64_t r1, Tensor& out);
   void gptq_block(int64_t l, BlockW& w, CalibratedBlock& out);
