@@ -15,6 +15,7 @@
 #include "data/shards.h"
 #include "eval/perplexity.h"
 #include "io/hf_dir.h"
+#include "ops/ops.h"
 #include "quant/awq.h"
 #include "quant/calibration.h"
 #include "quant/gptq_format.h"
@@ -436,6 +437,110 @@ TEST_F(PipelineFixture, Fp8StaticScalesFromCalibration) {
   EXPECT_EQ(sx[0], 1.f);
 }
 
+// Per layer and KV head, the max |x| a whole-sequence forward pass puts in an F32 cache:
+// {k ranges, v ranges} (keys after rope), the reference for calibrated KV-cache scales.
+std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>> cache_ranges(const Model& m,
+                                                                                         const CalibData& d) {
+  const ModelConfig& c = m.config;
+  std::vector<std::vector<float>> k(c.n_layers, std::vector<float>(c.n_kv_heads)), v = k;
+  for (const auto& w : d.seqs) {
+    KVCache cache = KVCache::create(c, 1, (int64_t)w.size());
+    Scratch s;
+    Batch b;
+    for (size_t i = 0; i < w.size(); i++) b.add(w[i], 0, (int32_t)i, i + 1 == w.size());
+    llama_forward(m, cache, b, s);
+    for (int64_t l = 0; l < c.n_layers; l++)
+      for (int64_t i = 0; i < cache.k[l].numel(); i++) {
+        const size_t h = (size_t)(i / ((int64_t)w.size() * c.head_dim));  // (1, H, T, hd)
+        k[l][h] = std::max(k[l][h], std::fabs(cache.k[l].host<float>()[i]));
+        v[l][h] = std::max(v[l][h], std::fabs(cache.v[l].host<float>()[i]));
+      }
+  }
+  return {k, v};
+}
+
+// Calibrated KV-cache scales: per layer and KV head the range of the keys (after rope) and
+// values the calibration windows produce, in the model the method feeds forward; the cache
+// then stores every row with that static scale, saturating beyond it.
+TEST_F(PipelineFixture, KvCacheScalesFromCalibration) {
+  QuantizeOptions o = opts("rtn", "w8a16", -1);
+  o.kv_cache = "fp8";
+  quantize_model(o);
+  Model q = model_load(o.out);
+  ASSERT_EQ(q.config.quant.kv_cache, "fp8");
+  const CalibData d = calib_load(o.calib, "", cfg.vocab_size);
+  // rtn: the float model's ranges. The same f32 operations on other row blockings (sgemm
+  // order, ~hd*eps) and the scale's round trip amax/448*448 (2 ulp): 2e-5 relative.
+  Model f32 = model_load(src);  // in f32, as the pipeline computes (bf16 kernels round activations)
+  for (auto& L : f32.weights.layers)
+    for (Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) *t = to_f32(*t);
+  const auto [fk, fv] = cache_ranges(f32, d);
+  for (int64_t l = 0; l < cfg.n_layers; l++)
+    for (int64_t h = 0; h < cfg.n_kv_heads; h++) {
+      EXPECT_NEAR(q.weights.layers[l].k_amax[h], fk[l][h], 2e-5 * fk[l][h]) << l << " " << h;
+      EXPECT_NEAR(q.weights.layers[l].v_amax[h], fv[l][h], 2e-5 * fv[l][h]) << l << " " << h;
+    }
+  // GPTQ: the quantized model's ranges (its blocks feed the next). Against a forward pass of
+  // the checkpoint, whose scales are f16 where the pipeline's were f32 (2^-11 relative per
+  // weight) and whose int4 kernels take int8 activation blocks (2^-8): measured <= 2.4e-3,
+  // bound 1e-2. The float model's ranges differ from them by the 4-bit error (~5% here).
+  QuantizeOptions g = opts("gptq", "w4a16", 32);
+  g.kv_cache = "int8";
+  quantize_model(g);
+  Model gq = model_load(g.out);
+  const auto [gk, gv] = cache_ranges(gq, d);
+  double moved = 0;
+  for (int64_t l = 0; l < cfg.n_layers; l++)
+    for (int64_t h = 0; h < cfg.n_kv_heads; h++) {
+      EXPECT_NEAR(gq.weights.layers[l].k_amax[h], gk[l][h], 1e-2 * gk[l][h]) << l << " " << h;
+      EXPECT_NEAR(gq.weights.layers[l].v_amax[h], gv[l][h], 1e-2 * gv[l][h]) << l << " " << h;
+      moved = std::max(moved, (double)std::fabs(gk[l][h] - fk[l][h]) / fk[l][h]);
+    }
+  EXPECT_GT(moved, 0.02);
+  // The cache uses the static scales: every stored row's scale is its head's range / 127.
+  {
+    const Model& m = gq;
+    KVCache cache = KVCache::create(cfg, 1, 64, KvType::I8);
+    Scratch s;
+    Batch b;
+    for (int32_t i = 0; i < 64; i++) b.add(eval_tokens[i], 0, i, i == 63);
+    llama_forward(m, cache, b, s);
+    for (int64_t l = 0; l < cfg.n_layers; l++)
+      for (int64_t i = 0; i < cache.k_scale[l].numel(); i++) {
+        ASSERT_EQ(cache.k_scale[l].host<float>()[i], m.weights.layers[l].k_amax[i / 64] / 127.f);
+        ASSERT_EQ(cache.v_scale[l].host<float>()[i], m.weights.layers[l].v_amax[i / 64] / 127.f);
+      }
+  }
+  // Static int8 scales on held-out text: close to the f32 cache (KL within 4x that of dynamic
+  // per-row scales, which fit each row; measured ~2.6x on the trained small model).
+  const Model base = model_load(src);
+  const double k_static = eval_compare(base, gq, eval_tokens, 128, {}, KvType::I8).kld_mean;
+  Model dyn = model_load(g.out);
+  for (auto& L : dyn.weights.layers) L.k_amax.clear(), L.v_amax.clear();
+  const double k_dyn = eval_compare(base, dyn, eval_tokens, 128, {}, KvType::I8).kld_mean;
+  const double k_f32 = eval_compare(base, dyn, eval_tokens, 128, {}, KvType::F32).kld_mean;
+  EXPECT_LT(k_static - k_f32, 4 * (k_dyn - k_f32) + 1e-9) << k_static << " " << k_dyn << " " << k_f32;
+  // Saturation beyond the calibrated range: int8 clamps at +-127, fp8 at +-448 scale.
+  for (DType dt : {DType::I8, DType::U8}) {
+    Tensor kc = Tensor::zeros(dt, {1, 1, 1, 4}), vc = Tensor::zeros(dt, {1, 1, 1, 4});
+    Tensor ks = Tensor::zeros(DType::F32, {1, 1, 1}), vs = Tensor::zeros(DType::F32, {1, 1, 1});
+    Tensor x = Tensor::empty(DType::F32, {1, 4});
+    const float xv[4] = {10.f, -10.f, 0.5f, 0.f}, range = 1.f;
+    std::memcpy(x.host<float>(), xv, sizeof xv);
+    op_kv_store(kc, vc, x, x, {0}, {0}, ks, vs, &range, &range);
+    if (dt == DType::I8) {
+      EXPECT_EQ(ks.host<float>()[0], 1.f / 127.f);
+      EXPECT_EQ(kc.host<int8_t>()[0], 127);
+      EXPECT_EQ(kc.host<int8_t>()[1], -127);
+      EXPECT_EQ(kc.host<int8_t>()[2], 64);  // 63.5 rounds to even
+    } else {
+      EXPECT_EQ(e4m3_to_f32(kc.host<uint8_t>()[0]), 448.f);
+      EXPECT_EQ(e4m3_to_f32(kc.host<uint8_t>()[1]), -448.f);
+      EXPECT_EQ(e4m3_to_f32(kc.host<uint8_t>()[2]), 224.f);
+    }
+  }
+}
+
 TEST_F(PipelineFixture, BadInput) {
   auto expect_error = [](QuantizeOptions o, const std::string& part) {
     try {
@@ -464,6 +569,30 @@ TEST_F(PipelineFixture, BadInput) {
   s.act_scale = "static";
   s.calib.source = "";
   expect_error(s, "--calib");
+  QuantizeOptions kv = opts("rtn", "w8a16", -1);
+  kv.kv_cache = "int4";
+  expect_error(kv, "int8 or fp8");
+  kv.kv_cache = "int8";
+  kv.calib.source = "";
+  expect_error(kv, "--kv-cache int8");
+  // A checkpoint whose config promises KV scales: a missing or non-positive scale is named.
+  kv = opts("rtn", "w8a16", -1);
+  kv.kv_cache = "int8";
+  quantize_model(kv);
+  EXPECT_EQ(model_load(kv.out).weights.layers[1].v_amax.size(), (size_t)cfg.n_kv_heads);
+  const std::string st = kv.out + "/model.safetensors";
+  std::string bytes = read_text_file(st);
+  const std::string key = "model.layers.1.self_attn.v_scale";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + key.size() - 5] = 'X';  // renamed: v_scale missing
+  write_file_atomic(st, bytes);
+  try {
+    model_load(kv.out);
+    ADD_FAILURE() << "a missing v_scale loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.self_attn.v_scale"), std::string::npos) << e.what();
+  }
   // NaN in a norm weight: the activations go NaN and the pipeline says so.
   const TensorFill base = init_fill(cfg, 21);
   model_save(tmp / "nan", cfg,

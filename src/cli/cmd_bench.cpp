@@ -14,13 +14,14 @@ void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "measure prefill and decode tokens/s and peak memory");
   struct Opts {
     std::vector<std::string> models;
-    std::string model, kv = "f32";
+    std::string model;
+    KvOption kv;
     int64_t prompt = 512, gen = 64, batch = 1, reps = 1;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required();
-  cmd->add_option("--kv-cache", o->kv, "KV-cache type: f32 (default), bf16, int8, fp8");
+  o->kv.add(cmd);
   cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(CLI::PositiveNumber);
   cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::Range(1, 64));
@@ -34,6 +35,7 @@ void register_bench(CLI::App& app) {
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     Model m = model_load(o->model, load_mode());
     const ModelConfig& c = m.config;
+    const KvType kv = o->kv.resolve(m);
     const int64_t ctx = o->prompt + o->gen;
     if (ctx > c.max_seq_len) fail("--prompt + --gen = {} exceeds the model's context {}", ctx, c.max_seq_len);
     // Deterministic pseudo-random prompt ids (speed does not depend on which ids).
@@ -41,7 +43,7 @@ void register_bench(CLI::App& app) {
     for (int64_t i = 0; i < o->prompt; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
     double best_pre = 1e30, best_dec = 1e30;
     for (int64_t rep = 0; rep < o->reps; rep++) {
-      KVCache cache = KVCache::create(c, o->batch, ctx, kv_type_parse(o->kv));
+      KVCache cache = KVCache::create(c, o->batch, ctx, kv);
       Scratch s;
       auto t0 = clock::now();
       for (int64_t b = 0; b < o->batch; b++) {
@@ -72,7 +74,7 @@ void register_bench(CLI::App& app) {
                         {"prefill_tok_s", pre_tps},   {"prefill_gflops", pre_flops / best_pre / 1e9},
                         {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()},
                         {"scheme", c.quant.enabled ? c.quant.scheme : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
-                        {"kv_cache", o->kv}};
+                        {"kv_cache", kv_type_name(kv)}};
     if (o->json) {
       fmt::print("{}\n", j.dump());
       continue;

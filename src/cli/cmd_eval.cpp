@@ -55,23 +55,24 @@ void register_eval(CLI::App& app) {
     TokenSource src;
     int64_t ctx = 0;
     bool json = false;
-    std::string kv = "f32";
+    KvOption kv;
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory")->required();
   o->src.add(ppl);
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
-  ppl->add_option("--kv-cache", o->kv, "KV-cache type: f32 (default), bf16, int8, fp8");
+  o->kv.add(ppl);
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
+    const KvType kv = o->kv.resolve(m);
     std::vector<int32_t> toks = o->src.load(o->model);
     if (o->ctx == 0) o->ctx = std::min<int64_t>(512, m.config.max_seq_len);
     Progress bar("perplexity", 1, !o->json);
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {
       bar = Progress("perplexity", (uint64_t)total, !o->json && total > 1);
       bar.update((uint64_t)done);
-    }, kv_type_parse(o->kv));
+    }, kv);
     bar.finish();
     if (o->json) {
       fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"nll", r.nll}, {"ppl", r.ppl}}.dump());
@@ -88,18 +89,18 @@ void register_eval(CLI::App& app) {
   c->src.add(cmp);
   cmp->add_option("--ctx", c->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   cmp->add_flag("--json", c->json, "print the figures as JSON");
-  cmp->add_option("--kv-cache", c->kv, "KV-cache type of the -q run (f32, bf16, int8, fp8); -q may name the base "
-                                        "model itself to measure the KV cache alone");
+  c->kv.add(cmp, " of the -q run (-q may name the base model itself to measure the KV cache alone)");
   cmp->callback([c] {
     Model base = model_load(c->model, load_mode());
     Model quant = model_load(c->quant, load_mode());
+    const KvType kv = c->kv.resolve(quant);
     std::vector<int32_t> toks = c->src.load(c->model);
     if (c->ctx == 0) c->ctx = std::min<int64_t>(512, base.config.max_seq_len);
     Progress bar("compare", 1, !c->json);
     auto r = eval_compare(base, quant, toks, c->ctx, [&](int64_t done, int64_t total) {
       bar = Progress("compare", (uint64_t)total, !c->json && total > 1);
       bar.update((uint64_t)done);
-    }, kv_type_parse(c->kv));
+    }, kv);
     bar.finish();
     if (c->json) {
       fmt::print("{}\n", nlohmann::json{{"tokens", r.predictions}, {"ppl_base", r.ppl_base}, {"ppl_quant", r.ppl_quant},

@@ -19,6 +19,7 @@ struct Opts {
   std::vector<std::string> prompts, stops;
   std::vector<int32_t> eos;
   GenerateOptions g;
+  KvOption kv;
   bool ignore_eos = false, json = false, ids = false, chat = false, interactive = false, no_special = false;
 };
 
@@ -128,11 +129,11 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
   cmd->add_option("--stop", o->stops, "stop once this text (token ids with --ids) has been generated; repeatable");
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
-  cmd->add_option_function<std::string>("--kv-cache", [o](const std::string& t) { o->g.kv_type = kv_type_parse(t); },
-                                        "KV-cache type: f32 (default), bf16, int8, fp8 (E4M3; int8/fp8 scaled per head and position)");
+  o->kv.add(cmd);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());
+    o->g.kv_type = o->kv.resolve(m);
     std::unique_ptr<Tokenizer> tok;
     if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);
     else if (!o->ids && !tokenizer_find(o->model).empty()) tok = tokenizer_load(o->model);

@@ -28,6 +28,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
   cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
   cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
+  cmd->add_option("--kv-cache", o->kv_cache,
+                  "int8 | fp8: also calibrate static KV-cache scales, one per layer and KV head (needs --calib); "
+                  "generate/eval/bench then default to that cache");
   cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
   cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor, dynamic (computed per call), or static "
                                                "(one calibrated scale per tensor, needs --calib); w8a8: token (default) "

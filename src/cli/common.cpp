@@ -96,4 +96,25 @@ double peak_rss_bytes() {
   return (double)ru.ru_maxrss * 1024.0;
 }
 
+void KvOption::add(CLI::App* cmd, const std::string& whose) {
+  cmd->add_option("--kv-cache", type,
+                  "KV-cache type" + whose + ": f32, bf16, int8, fp8 (E4M3), or auto (the default: the model's "
+                  "calibrated KV-cache type if `llmq quantize --kv-cache` gave it one, else f32)");
+  cmd->add_option("--kv-scales", scales,
+                  "int8/fp8 caches: static (the model's calibrated per-head scales; values beyond saturate), dynamic "
+                  "(each cached row scaled by its own max), or auto (static when the model has them, the default)");
+}
+
+KvType KvOption::resolve(Model& m) const {
+  if (scales != "auto" && scales != "static" && scales != "dynamic")
+    fail("--kv-scales {}: choose static, dynamic or auto", scales);
+  const bool has = !m.weights.layers.empty() && !m.weights.layers[0].k_amax.empty();
+  if (scales == "static" && !has)
+    fail("{}: --kv-scales static, but the model has no calibrated KV-cache scales (make them with `llmq quantize "
+         "--kv-cache int8|fp8 --calib ...`)", m.source);
+  if (scales == "dynamic")
+    for (auto& L : m.weights.layers) L.k_amax.clear(), L.v_amax.clear();
+  return kv_type_for(m.config, type);
+}
+
 }  // namespace llmq::cli

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "model/llama.h"
 
 namespace llmq::cli {
 
@@ -33,6 +34,15 @@ double peak_rss_bytes();
 #include <functional>
 std::vector<std::string> expand_options_files(const std::vector<std::string>& args,
                                               const std::function<bool(const std::string&)>& known_option);
+
+// --kv-cache TYPE and --kv-scales static|dynamic, shared by generate, eval and bench.
+struct KvOption {
+  std::string type = "auto", scales = "auto";
+  void add(CLI::App* cmd, const std::string& whose = "");
+  // The cache type for model m ("auto": its calibrated KV-cache type, else f32); with
+  // --kv-scales dynamic, m's calibrated KV ranges are dropped (each row scaled by its own max).
+  KvType resolve(Model& m) const;
+};
 
 // Global --mmap flag: map weights instead of reading them into memory.
 extern bool g_mmap;

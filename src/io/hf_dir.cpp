@@ -227,6 +227,30 @@ Tensor load_fp8_linear(const WeightFiles& wf, const std::string& dir, const HfTe
   return t;
 }
 
+// A calibrated KV-cache scale (one per KV head, or one for the layer) as the per-head range
+// max |x| = scale * 127 (int8) or * 448 (fp8) that op_kv_store takes.
+std::vector<float> load_kv_range(const WeightFiles& wf, const std::string& dir, const std::string& name,
+                                 const ModelConfig& c) {
+  auto it = wf.where.find(name);
+  if (it == wf.where.end())
+    fail("{}: missing tensor '{}' (config.json's quantization_config.kv_cache_scheme says the KV-cache scales are "
+         "calibrated)", dir, name);
+  const auto [file, e] = it->second;
+  const int64_t n = shape_numel(e->shape);
+  if ((n != 1 && n != c.n_kv_heads) || (e->dtype != DType::F32 && e->dtype != DType::BF16 && e->dtype != DType::F16))
+    fail("{}: tensor '{}' must hold 1 or {} (one per KV head) F32/BF16/F16 values, got {} {}", file->path(), name,
+         c.n_kv_heads, dtype_safetensors_name(e->dtype), shape_str(e->shape));
+  const Tensor v = to_f32(file->tensor(*e));
+  const float qmax = c.quant.kv_cache == "int8" ? 127.f : 448.f;
+  std::vector<float> r((size_t)c.n_kv_heads);
+  for (int64_t h = 0; h < c.n_kv_heads; h++) {
+    const float s = v.host<float>()[n == 1 ? 0 : h];
+    if (!std::isfinite(s * qmax) || s <= 0.f) fail("{}: {} holds {} (positive finite scales expected)", dir, name, s);
+    r[h] = s * qmax;
+  }
+  return r;
+}
+
 }  // namespace
 
 bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
@@ -300,6 +324,10 @@ Model model_load(const std::string& dir, LoadMode mode) {
     L.w_gate = t[p + "mlp.gate_proj.weight"];
     L.w_up = t[p + "mlp.up_proj.weight"];
     L.w_down = t[p + "mlp.down_proj.weight"];
+    if (!c.quant.kv_cache.empty()) {
+      L.k_amax = load_kv_range(wf, dir, p + "self_attn.k_scale", c);
+      L.v_amax = load_kv_range(wf, dir, p + "self_attn.v_scale", c);
+    }
     w.layers.push_back(std::move(L));
   }
   w.norm = t["model.norm.weight"];

@@ -234,6 +234,20 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
     }
   }
+  if (r.has("quantization_config") && j["quantization_config"].contains("kv_cache_scheme") &&
+      !j["quantization_config"]["kv_cache_scheme"].is_null()) {
+    const json& k = j["quantization_config"]["kv_cache_scheme"];
+    if (!k.is_object()) fail("{}: quantization_config.kv_cache_scheme must be an object or null", where);
+    const std::string type = k.value("type", std::string());
+    if (k.value("num_bits", 0) != 8 || (type != "int" && type != "float"))
+      fail("{}: quantization_config.kv_cache_scheme: only 8-bit \"int\" or \"float\" (E4M3) caches are supported", where);
+    if (k.value("dynamic", false))
+      fail("{}: quantization_config.kv_cache_scheme.dynamic true: llmq computes dynamic KV scales itself "
+           "(--kv-cache int8|fp8); a checkpoint's scheme must be static",
+           where);
+    strategy_one_of(k, "kv_cache_scheme", "attn_head", "tensor", where);
+    c.quant.kv_cache = type == "int" ? "int8" : "fp8";
+  }
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
     if (!s.is_object()) fail("{}: rope_scaling must be an object or null", where);
@@ -361,6 +375,12 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
     if (q.act_per_tensor) j["quantization_config"]["llmq"]["act"] = "tensor";
   }
+  if (c.quant.enabled && !c.quant.kv_cache.empty())
+    j["quantization_config"]["kv_cache_scheme"] = {{"num_bits", 8},
+                                                   {"type", c.quant.kv_cache == "int8" ? "int" : "float"},
+                                                   {"strategy", "attn_head"},
+                                                   {"symmetric", true},
+                                                   {"dynamic", false}};
   if (c.rope_scaling.enabled) {
     j["rope_scaling"] = {{"rope_type", "llama3"},
                          {"factor", c.rope_scaling.factor},

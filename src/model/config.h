@@ -38,6 +38,10 @@ struct QuantConfig {
   bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
   bool act_static = false;         // fp8: static per-tensor activation scales (NAME.input_scale)
   bool act_per_tensor = false;     // w8a8: one dynamic activation scale per call (llmq.act "tensor")
+  // Calibrated static KV-cache scales (quantization_config.kv_cache_scheme, compressed-tensors
+  // style): "" none, "int8" or "fp8"; per layer self_attn.k_scale / v_scale, one f32 per KV head
+  // ("attn_head") or one per layer ("tensor"): scale = calibrated amax / 127 (int8) or / 448 (fp8).
+  std::string kv_cache;
 };
 
 struct ModelConfig {

@@ -14,7 +14,13 @@ KvType kv_type_parse(const std::string& name) {
   if (name == "bf16") return KvType::BF16;
   if (name == "int8") return KvType::I8;
   if (name == "fp8") return KvType::FP8;
-  fail("unknown KV-cache type '{}' (choose f32, bf16, int8 or fp8)", name);
+  fail("--kv-cache {}: unknown KV-cache type (choose f32, bf16, int8, fp8 or auto)", name);
+}
+
+KvType kv_type_for(const ModelConfig& c, const std::string& name) {
+  if (name != "auto") return kv_type_parse(name);
+  if (c.quant.kv_cache.empty()) return KvType::F32;
+  return kv_type_parse(c.quant.kv_cache);
 }
 
 const char* kv_type_name(KvType t) {
@@ -102,7 +108,8 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_matmuls(xb, {{&q, &L.wq}, {&k, &L.wk}, {&v, &L.wv}});
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
-    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l]);
+    op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l],
+                L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data());
     op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
     op_matmul(xb, att, L.wo);
     op_add(x, xb);

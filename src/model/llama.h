@@ -23,6 +23,9 @@ struct LlamaLayer {
   Tensor w_gate;     // (ffn_dim, dim)
   Tensor w_up;       // (ffn_dim, dim)
   Tensor w_down;     // (dim, ffn_dim)
+  // Calibrated static KV-cache ranges, one per KV head (max |k| after rope, max |v|), from a
+  // checkpoint's self_attn.k_scale / v_scale; empty: int8/fp8 caches scale each row by its own max.
+  std::vector<float> k_amax, v_amax;
 };
 
 struct LlamaWeights {
@@ -40,10 +43,15 @@ struct Model {
 };
 
 // KV-cache element type: f32, bf16, or int8 / fp8 (E4M3) with a scale per (sequence, head,
-// position): the row of head_dim values divided by amax/127 (int8) or amax/448 (fp8).
+// position): the row of head_dim values divided by amax/127 (int8) or amax/448 (fp8), where
+// amax is the row's own max |x| or, for a model with calibrated KV scales, its head's
+// calibrated range (values beyond it saturate).
 enum class KvType { F32, BF16, I8, FP8 };
 KvType kv_type_parse(const std::string& name);  // "f32", "bf16", "int8", "fp8"; fails otherwise
 const char* kv_type_name(KvType t);
+// "auto": the checkpoint's calibrated KV-cache type (quantization_config.kv_cache_scheme) if it
+// has one, else f32; any other name as kv_type_parse.
+KvType kv_type_for(const ModelConfig& c, const std::string& name);
 
 // Keys and values of every layer for n_seq independent sequences.
 struct KVCache {

@@ -315,29 +315,28 @@ inline void kv_row(const Tensor& c, const Tensor& sc, int64_t row, int64_t hd, c
     }
   }
 }
-inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* x) {
+// Stores one row; int8/fp8 rows are divided by amax/127 or amax/448, amax the row's own max |x|
+// or, when given (> 0), a calibrated range (values beyond it saturate).
+inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* x, float fixed_amax) {
   switch (c.dtype()) {
     case DType::F32: std::memcpy(c.host<float>() + row * hd, x, hd * 4); break;
     case DType::BF16:
       for (int64_t i = 0; i < hd; i++) c.host<uint16_t>()[row * hd + i] = f32_to_bf16(x[i]);
       break;
-    case DType::I8: {
-      float amax = 0.f;
-      for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
-      const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+    default: {
+      const bool i8 = c.dtype() == DType::I8;
+      float amax = fixed_amax;
+      if (!(amax > 0.f)) {
+        amax = 0.f;
+        for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
+      }
+      const float s = amax / (i8 ? 127.f : 448.f), inv = s > 0.f ? 1.f / s : 0.f;
       for (int64_t i = 0; i < hd; i++) {
         float r = x[i] * inv;
         if (r != r) r = 0.f;
-        c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
+        if (i8) c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
+        else c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(std::clamp(r, -448.f, 448.f));
       }
-      sc.host<float>()[row] = s;
-      break;
-    }
-    default: {
-      float amax = 0.f;
-      for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
-      const float s = amax / 448.f, inv = s > 0.f ? 1.f / s : 0.f;
-      for (int64_t i = 0; i < hd; i++) c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(x[i] * inv);
       sc.host<float>()[row] = s;
       break;
     }
@@ -346,7 +345,7 @@ inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* 
 }  // namespace
 
 void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
-                 const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc) {
+                 const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc, const float* k_amax, const float* v_amax) {
   const int64_t S = kc.dim(0), H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3);
   const int64_t n = k.dim(0);
   expect(k.dim(1) == H * hd && v.shape() == k.shape(), "kv_store", "shape mismatch");
@@ -357,8 +356,8 @@ void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const
     if (pos[r] < 0 || pos[r] >= T) fail("position {} outside the KV cache's context of {}", pos[r], T);
     for (int64_t h = 0; h < H; h++) {
       const int64_t row = (seq[r] * H + h) * T + pos[r];
-      kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd);
-      kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd);
+      kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd, k_amax ? k_amax[h] : 0.f);
+      kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd, v_amax ? v_amax[h] : 0.f);
     }
   }
 }

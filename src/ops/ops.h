@@ -48,9 +48,12 @@ void op_add(Tensor& x, const Tensor& y);
 void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx);
 // Writes k, v rows (n, kv_dim) into the caches (n_seq, n_kv_heads, max_seq, hd) at (seq, pos).
 // Cache dtype F32, BF16, I8 (int8) or U8 (FP8 E4M3 codes); int8/fp8 store each head's row
-// divided by a scale (amax/127, amax/448) kept in kscale/vscale (n_seq, n_kv_heads, max_seq).
+// divided by a scale (amax/127, amax/448) kept in kscale/vscale (n_seq, n_kv_heads, max_seq);
+// amax is the row's max |x|, or k_amax[head] / v_amax[head] when given (calibrated static
+// ranges; values beyond them saturate).
 void op_kv_store(Tensor& kcache, Tensor& vcache, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
-                 const std::vector<int32_t>& pos, Tensor& kscale, Tensor& vscale);
+                 const std::vector<int32_t>& pos, Tensor& kscale, Tensor& vscale, const float* k_amax = nullptr,
+                 const float* v_amax = nullptr);
 // Causal grouped-query attention: row r (sequence seq[r], position pos[r]) attends to cache
 // positions 0..pos[r] of its sequence. q, out: (n, n_heads*hd).
 void op_attention(Tensor& out, const Tensor& q, const Tensor& kcache, const Tensor& vcache,

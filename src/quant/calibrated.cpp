@@ -29,7 +29,6 @@ std::vector<float> linear_codes_dequantize(const LinearCodes& q, int64_t M, int6
 namespace {
 
 const float* F(const Tensor& t) { return t.host<float>(); }
-std::string block_prefix(int64_t l) { return "model.layers." + std::to_string(l) + "."; }
 
 // Per-channel statistics of rows of x (n, K): sum |x| and max |x|; finite is cleared on NaN/Inf.
 struct ChannelStats {
@@ -130,7 +129,7 @@ CalibratedQuantizer::CalibratedQuantizer(const Model& src, const CalibData& data
     }
 }
 
-void CalibratedQuantizer::attn_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f) {
+void CalibratedQuantizer::attn_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f, CalibratedBlock* kv_out) {
   const ModelConfig& c = m_.config;
   const int64_t rows = std::min(S_, chunk_seqs_) * L_;
   if (!sc_.q.defined()) {  // scratch for one chunk, reused by every pass
@@ -150,6 +149,15 @@ void CalibratedQuantizer::attn_pass(const BlockW& w, const Tensor& xb, const Chu
     op_rope(k, cs, sn, c.head_dim);
     std::vector<int32_t> seq((size_t)n), pos((size_t)n);
     for (int64_t i = 0; i < n; i++) seq[i] = (int32_t)(i / L_), pos[i] = (int32_t)(i % L_);
+    if (kv_out) {
+      kv_out->k_amax.resize((size_t)c.n_kv_heads, 0.f);
+      kv_out->v_amax.resize((size_t)c.n_kv_heads, 0.f);
+      for (int64_t i = 0; i < n * c.kv_dim(); i++) {
+        const size_t h = (size_t)((i % c.kv_dim()) / c.head_dim);
+        kv_out->k_amax[h] = std::max(kv_out->k_amax[h], std::fabs(F(k)[i]));
+        kv_out->v_amax[h] = std::max(kv_out->v_amax[h], std::fabs(F(v)[i]));
+      }
+    }
     op_kv_store(sc_.kc, sc_.vc, k, v, seq, pos, none, none);
     op_attention(att, q, sc_.kc, sc_.vc, seq, pos, c.n_heads, none, none);
     f(r0, r0 + n, att);
@@ -273,7 +281,7 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
     attn_pass(w, XB_, [&](int64_t r0, int64_t, const Tensor& att) {
       H.add(F(att), att.dim(0));
       std::copy(F(att), F(att) + att.numel(), att_all.host<float>() + r0 * c.q_dim());
-    });
+    }, o_.kv_ranges ? &out : nullptr);
     quantize("self_attn.o_proj", w.o, H);
   }
   row_chunks(att_all, [&](int64_t r0, int64_t r1, const Tensor& att) {
@@ -319,7 +327,7 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
     op_matmul(a, att, w.o);
     s_o.add(att);
     x_o.take(r0, att);
-  });
+  }, o_.kv_ranges ? &out : nullptr);
   auto fq = [&](const Tensor& W, const std::vector<float>& s) {
     Tensor r = Tensor::empty(DType::F32, W.shape());
     awq_scaled_fake_quant(F(W), W.dim(0), W.dim(1), s.data(), o_.bits, G ? G : W.dim(1), o_.sym, false, r.host<float>());
@@ -420,7 +428,7 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
                                      sc_d.ratio));
 }
 
-std::array<std::vector<float>, 4> CalibratedQuantizer::float_amax(int64_t l, const BlockW& w) {
+std::array<std::vector<float>, 4> CalibratedQuantizer::float_amax(int64_t l, const BlockW& w, CalibratedBlock& out) {
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
   ChannelStats st[4] = {ChannelStats(c.dim), ChannelStats(c.q_dim()), ChannelStats(c.dim), ChannelStats(c.ffn_dim)};
@@ -432,7 +440,7 @@ std::array<std::vector<float>, 4> CalibratedQuantizer::float_amax(int64_t l, con
     out_pass(att, w.o, r0, r1, a);
     op_add(x, a);
     op_rmsnorm(xb, x, w.fn, eps);
-  });
+  }, o_.kv_ranges ? &out : nullptr);
   st[2].add(XB_);
   mlp_pass(w, XB_, [&](int64_t r0, int64_t r1, const Tensor& h) {
     Tensor a, x = X_.rows(r0, r1);
@@ -446,7 +454,7 @@ std::array<std::vector<float>, 4> CalibratedQuantizer::float_amax(int64_t l, con
 }
 
 void CalibratedQuantizer::smoothquant_block(int64_t l, BlockW& w, CalibratedBlock& out) {
-  const auto amax = float_amax(l, w);
+  const auto amax = float_amax(l, w, out);
   auto smooth = [&](Tensor& norm, std::initializer_list<Tensor*> ws, const std::vector<float>& act_max) {
     std::vector<WeightRef> refs;
     for (Tensor* W : ws) refs.push_back({F(*W), W->dim(0)});
@@ -460,7 +468,7 @@ void CalibratedQuantizer::smoothquant_block(int64_t l, BlockW& w, CalibratedBloc
 }
 
 void CalibratedQuantizer::amax_block(int64_t l, const BlockW& w, CalibratedBlock& out) {
-  const auto amax = float_amax(l, w);
+  const auto amax = float_amax(l, w, out);
   const std::string p = block_prefix(l);
   auto mx = [](const std::vector<float>& v) { return *std::max_element(v.begin(), v.end()); };
   for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})

@@ -14,6 +14,8 @@
 //   SmoothQuant: per-channel max |x| of the float block's inputs to q/k/v and gate/up, factors
 //                folded into the two RMSNorms, then int8 per-channel round-to-nearest;
 //   amax:        (FP8 static scales) max |x| of every linear's input in the float model.
+// With kv_ranges, the KV-cache ranges come from the attention pass of the model the method
+// feeds forward (GPTQ: with the block's quantized q/k/v; the others: the float block).
 // Peak memory: the block's f32 weights, the activations (twice) and one Hessian.
 #pragma once
 #include <array>
@@ -29,6 +31,9 @@
 #include "quant/gptq.h"
 
 namespace llmq {
+
+// "model.layers.L." (the HF name prefix of block l's tensors)
+inline std::string block_prefix(int64_t l) { return "model.layers." + std::to_string(l) + "."; }
 
 // One quantized linear as a checkpoint stores it: weight[m, k] = scale[m, g] * (code - zero[m, g]),
 // g = g_idx[k] (or k / group when g_idx is empty).
@@ -50,12 +55,14 @@ struct CalibratedOptions {
   bool static_groups = false;  // gptq
   int awq_grid = 20;           // awq
   double alpha = 0.8;          // smoothquant
+  bool kv_ranges = false;      // also the per-head KV-cache ranges (CalibratedBlock::k_amax, v_amax)
 };
 
 struct CalibratedBlock {
   std::map<std::string, LinearCodes> linears;        // by HF tensor name (".weight")
   std::map<std::string, std::vector<float>> floats;  // RMSNorm weights changed by scale folding
   std::map<std::string, float> input_amax;           // amax: max |x| of each linear's input
+  std::vector<float> k_amax, v_amax;                 // kv_ranges: per KV head max |k| (after rope), max |v|
   std::vector<std::string> messages;                 // e.g. GPTQ's damping raised
   double output_rms = 0;                             // RMS of the block's output activations
 };
@@ -78,7 +85,9 @@ class CalibratedQuantizer {
     Tensor an, fn, q, k, v, o, g, u, d;  // f32 copies; norms (dim), linears (M, K)
   };
   using ChunkFn = std::function<void(int64_t r0, int64_t r1, const Tensor& t)>;
-  void attn_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f);
+  // The attention of block weights w on the normed inputs xb, chunk by chunk; with kv_out, the
+  // per-head max |k| (after rope) and max |v| of the pass are written to it.
+  void attn_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f, CalibratedBlock* kv_out = nullptr);
   void mlp_pass(const BlockW& w, const Tensor& xb, const ChunkFn& f);
   // f over all's rows (N x ...) in the chunks of whole sequences the passes use.
   void row_chunks(const Tensor& all, const ChunkFn& f) const;
@@ -89,8 +98,8 @@ class CalibratedQuantizer {
   void smoothquant_block(int64_t l, BlockW& w, CalibratedBlock& out);
   void amax_block(int64_t l, const BlockW& w, CalibratedBlock& out);
   // The float block on the activations (X_ becomes its output); per-channel max |x| of the
-  // inputs of q/k/v, o, gate/up and down. Fails on NaN/Inf.
-  std::array<std::vector<float>, 4> float_amax(int64_t l, const BlockW& w);
+  // inputs of q/k/v, o, gate/up and down (and out's KV ranges with kv_ranges). Fails on NaN/Inf.
+  std::array<std::vector<float>, 4> float_amax(int64_t l, const BlockW& w, CalibratedBlock& out);
   LinearCodes rtn(const Tensor& W) const;
   // AWQ / SmoothQuant: the folded norms and round-to-nearest codes of the scaled linears.
   void emit_scaled_rtn(int64_t l, const BlockW& w, CalibratedBlock& out) const;

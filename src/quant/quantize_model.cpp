@@ -70,8 +70,15 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     fail("quantize: the fp8 scheme is round-to-nearest only (--method rtn); E4M3 has no integer grid for {}", o.method);
   if (o.method == "smoothquant" && sc.name != "w8a8")
     fail("quantize: smoothquant migrates activation outliers for int8 activations: use --scheme w8a8");
-  // FP8 static activation scales come from the calibration data's maxima (the "amax" pass).
-  const bool calibrated = calibrated_method || sc.act_static;
+  if (!o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "fp8")
+    fail("quantize: --kv-cache {}: calibrated KV-cache scales are int8 or fp8", o.kv_cache);
+  // FP8 static activation scales and KV-cache scales come from the calibration data's maxima
+  // (the "amax" pass, or the calibrated method's own passes).
+  const bool calibrated = calibrated_method || sc.act_static || !o.kv_cache.empty();
+  if (calibrated && o.calib.source.empty())
+    fail("quantize: {} needs calibration data: give --calib FILE|DATA_DIR",
+         calibrated_method ? "--method " + o.method : sc.act_static ? std::string("--act-scale static")
+                                                                     : "--kv-cache " + o.kv_cache);
   if (o.method == "hqq" && (sc.act_per_token || sc.sym))
     fail("quantize: hqq quantizes weights only, with a float zero point per group: use a w*a16 scheme without --sym");
   if (o.out.empty()) fail("quantize: give --out DIR");
@@ -104,6 +111,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.float_zeros = o.method == "hqq";
   c.quant.desc_act = o.method == "gptq" && o.act_order;
   c.quant.lm_head = !kept("lm_head.weight");
+  c.quant.kv_cache = o.kv_cache;
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
@@ -139,6 +147,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       outs.push_back({spec.name, c.dtype, spec.shape, "", s});
       res.kept_tensors++;
     }
+    if (!o.kv_cache.empty() && spec.name.ends_with("self_attn.v_proj.weight")) {  // after k/v, as a block's tensors
+      const std::string base = spec.name.substr(0, spec.name.size() - std::string("v_proj.weight").size());
+      for (const char* n : {"k_scale", "v_scale"}) outs.push_back({base + n, DType::F32, {c.n_kv_heads}, "", Tensor()});
+    }
   }
   // Linears left in float under --keep are written as .weight; the loader takes those.
   // Calibrated methods: blocks are run in order as the writer reaches their tensors.
@@ -146,13 +158,14 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   std::map<std::string, LinearCodes> block_codes;
   std::map<std::string, std::vector<float>> block_floats;
   std::map<std::string, float> input_amax;  // fp8 static
+  std::map<std::string, std::vector<float>> kv_scales;  // NAME.k_scale / v_scale
   int64_t blocks_done = 0;
   std::unique_ptr<Progress> block_bar;
   if (calibrated) {
     const CalibData data = calib_load(o.calib, o.model, c.vocab_size);
     CalibratedOptions co;
     co.method = calibrated_method ? o.method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
-    co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha;
+    co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty();
     cq = std::make_unique<CalibratedQuantizer>(src, data, co);
     res.calib_tokens = data.tokens();
     block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", co.method, data.tokens()),
@@ -168,6 +181,11 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       for (auto& [k, v] : b.linears) block_codes[k] = std::move(v);
       for (auto& [k, v] : b.floats) block_floats[k] = std::move(v);
       for (auto& [k, v] : b.input_amax) input_amax[k] = v;
+      const float qmax = o.kv_cache == "int8" ? 127.f : 448.f;
+      for (auto [amax, n] : {std::pair{&b.k_amax, "k_scale"}, std::pair{&b.v_amax, "v_scale"}}) {
+        std::vector<float>& s = kv_scales[block_prefix(blocks_done - 1) + "self_attn." + n];
+        for (float a : *amax) s.push_back(a > 0.f ? a / qmax : 1.f);  // an all-zero head: any scale
+      }
       for (auto& m : b.messages) res.messages.push_back(std::move(m));
       block_bar->update((uint64_t)blocks_done);
     }
@@ -294,6 +312,11 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       for (int64_t k = 0; k < K; k++) cache.g_idx.push_back((int32_t)(k / G));
   };
   auto fill = [&](const OutTensor& t, uint8_t* dst, uint64_t off, uint64_t n) {
+    if (t.name.ends_with("_scale") && !t.source.defined()) {  // calibrated KV-cache scales
+      ensure_block(t.name);
+      std::memcpy(dst, reinterpret_cast<const uint8_t*>(kv_scales.at(t.name).data()) + off, n);
+      return;
+    }
     if (t.linear.empty()) {
       ensure_block(t.name);
       const auto folded = block_floats.find(t.name);
