@@ -393,6 +393,30 @@ TEST_F(PipelineFixture, HqqCheckpointLoadsAsComputed) {
   QuantizeOptions rt = opts("rtn", "w4a16", 64);
   quantize_model(rt);
   EXPECT_LT(compare(o.out).kld_mean, compare(rt.out).kld_mean);
+  // Axis 0 (groups along the outputs; 32 divides every row count here): the checkpoint loads
+  // as the solver chose, group j = (m mod M/32)*K + k, within the same f16 bound.
+  QuantizeOptions a0 = opts("hqq", "w4a16", 32);
+  a0.hqq_axis = 0;
+  quantize_model(a0);
+  Model q0 = model_load(a0.out);
+  EXPECT_EQ(q0.config.quant.hqq_axis, 0);
+  ho.group = 32, ho.axis = 0;
+  const HqqResult r0 = hqq_quantize(w32.host<float>(), M, K, ho);
+  const auto ref0 = hqq_dequantize(r0, M, K, ho);
+  dequantize_tensor_rows(q0.weights.layers[1].w_down, 0, M, got.data());
+  worst = 0;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) {
+      const int64_t g = (m % (M / 32)) * K + k;
+      const double s = r0.scale[g], z = r0.zero[g], c = r0.codes[m * K + k];
+      const double bound = s * std::ldexp(1.0, -11) * (std::fabs(c - z) + 1.001 * std::fabs(z)) + 1e-6 * s * 16;
+      worst = std::max(worst, std::fabs(got[m * K + k] - ref0[m * K + k]) / bound);
+    }
+  EXPECT_LE(worst, 1.0);
+  // and runs: close to the float model (KL of the same order as axis 1's at group 32).
+  QuantizeOptions a1 = opts("hqq", "w4a16", 32);
+  quantize_model(a1);
+  EXPECT_LT(compare(a0.out).kld_mean, 2 * compare(a1.out).kld_mean);
 }
 
 // FP8 with static activation scales: each linear's input_scale is amax/448 of its input over
@@ -569,6 +593,12 @@ TEST_F(PipelineFixture, BadInput) {
   s.act_scale = "static";
   s.calib.source = "";
   expect_error(s, "--calib");
+  QuantizeOptions ax = opts("hqq", "w4a16", 64);
+  ax.hqq_axis = 0;
+  expect_error(ax, "does not divide the 32 output channels");  // k_proj has 32 rows
+  ax = opts("rtn", "w4a16", 32);
+  ax.hqq_axis = 0;
+  expect_error(ax, "only hqq takes an axis");
   QuantizeOptions kv = opts("rtn", "w8a16", -1);
   kv.kv_cache = "int4";
   expect_error(kv, "int8 or fp8");

@@ -3,10 +3,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "core/error.h"
 #include "quant/hqq.h"
+#include "ops/ops.h"
 #include "quant/quant.h"
 #include "test_util.h"
 
@@ -68,6 +70,59 @@ TEST(Hqq, MatchesReferenceAndBeatsMinMax) {
       EXPECT_LT(e_ours, mean_abs_err(W, d)) << c.bits << "-bit HQQ must beat RTN";
     }
   }
+}
+
+// HQQ axis 0 at run time (the dequantize-on-the-fly kernels): the product of a random
+// activation batch with the axis-0 tensor equals, in double, X times the weights
+// hqq_dequantize gives, within the activation rounding the decode path adds. Decode (n <= 16)
+// folds each row class's scales into x and rounds s*x to int8 blocks of 32: per element at
+// most half a block step (amax_b/127/2), times the code (<= 15) plus the zero term, which is
+// exact in f32; bound = sum_b amax_b/254 * sum_{k in b} code[r,k] + f32 accumulation
+// (1e-5 relative to sum |w x|). Prefill (n > 16) dequantizes to f32 for sgemm: 1e-5 only.
+// Odd shape: 3 row classes (M = 96, group 32), K = 160, bits 4 and 3.
+TEST(Hqq, Axis0Kernels) {
+  const int64_t M = 96, K = 160, G = 32, P = M / G;
+  for (int bits : {4, 3, 8}) {
+    auto W = test::randn(M * K, 3 + bits, 0.05f);
+    for (int64_t k = 0; k < K; k += 7) W[5 * K + k] *= 8.f;  // an outlier row
+    HqqOptions o;
+    o.bits = bits, o.group = G, o.axis = 0;
+    const HqqResult r = hqq_quantize(W.data(), M, K, o);
+    const std::vector<float> deq = hqq_dequantize(r, M, K, o);
+    const Tensor t = make_hqq_axis0_tensor(M, K, bits, G, r.codes.data(), r.scale.data(), r.zero.data());
+    std::vector<float> back((size_t)(M * K));
+    dequantize_tensor_rows(t, 0, M, back.data());
+    for (int64_t i = 0; i < M * K; i++)  // s*code - s*z in f32 against HQQ's s*(code - z)
+      ASSERT_NEAR(back[i], deq[i], 1e-6 * (std::fabs(deq[i]) + std::fabs(r.scale[(i / K) % P * K + i % K]) * 256)) << i;
+    for (int64_t n : {1, 3, 17}) {
+      auto xv = test::randn(n * K, 40 + n, 1.f);
+      Tensor x = Tensor::empty(DType::F32, {n, K}), y = Tensor::empty(DType::F32, {n, M});
+      std::memcpy(x.host<float>(), xv.data(), xv.size() * 4);
+      op_matmul(y, x, t);
+      double worst = 0;
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t m = 0; m < M; m++) {
+          double ref = 0, mag = 0, bound = 0;
+          const int64_t c = m % P;
+          for (int64_t b = 0; b < K; b += 32) {
+            double amax = 0, codes = 0;
+            for (int64_t k = b; k < b + 32; k++) {
+              amax = std::max(amax, std::fabs((double)r.scale[c * K + k] * xv[i * K + k]));
+              codes += r.codes[m * K + k];
+            }
+            if (n <= 16) bound += amax / 254 * codes * (1 + 1e-6);
+          }
+          for (int64_t k = 0; k < K; k++) {
+            ref += (double)deq[m * K + k] * xv[i * K + k];
+            mag += std::fabs((double)deq[m * K + k] * xv[i * K + k]);
+          }
+          bound += 1e-5 * mag + 1e-30;
+          worst = std::max(worst, std::fabs(y.host<float>()[i * M + m] - ref) / bound);
+        }
+      EXPECT_LE(worst, 1.0) << bits << " bits, n = " << n;
+    }
+  }
+  EXPECT_THROW(make_hqq_axis0_tensor(M, K, 4, 40, nullptr, nullptr, nullptr), Error);  // 40 does not divide 96
 }
 
 TEST(Hqq, BadInput) {

@@ -28,6 +28,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
   cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
   cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
+  cmd->add_option("--axis", o->hqq_axis,
+                  "hqq: 1 (default) groups consecutive input channels of a row; 0 groups along the output "
+                  "channels as HQQ's axis 0 (the group must divide the rows; run by a dequantize-on-the-fly kernel)");
   cmd->add_option("--kv-cache", o->kv_cache,
                   "int8 | fp8: also calibrate static KV-cache scales, one per layer and KV head (needs --calib); "
                   "generate/eval/bench then default to that cache");

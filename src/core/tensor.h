@@ -96,6 +96,12 @@ struct QuantInfo {
   // holding input column perm[j]; the activations are gathered the same way before the
   // product. Empty: identity.
   std::vector<int32_t> perm;
+  // HQQ axis 0 (groups along the output channels): weight[r, c] = s[j] * (code[r, c] - z[j]),
+  // j = (r mod P)*K + c with P = axis0_classes = M/group. The codes are held in the integer
+  // layout with unit scales, rows stored by class (storage row (r mod P)*group + r/P);
+  // axis0_scale and axis0_sz (P, K) hold s and s*z, folded into the activations. 0: not axis 0.
+  int64_t axis0_classes = 0;
+  std::vector<float> axis0_scale, axis0_sz;
 };
 
 // A new f32 tensor with the values of an f32, bf16 or f16 tensor (fails for other dtypes).

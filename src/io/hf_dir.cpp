@@ -88,7 +88,11 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   const std::string base = spec.name.substr(0, spec.name.size() - std::string("weight").size());
   const int64_t M = spec.shape[0], K = spec.shape[1];
   const int64_t G = q.group ? q.group : K;
-  if (K % G != 0) fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
+  if (q.hqq_axis == 0 && (G % 16 != 0 || M % G != 0))
+    fail("{}: HQQ axis 0 groups of {} must divide the {} output channels of {} (and be a multiple of 16)", dir, G, M,
+         spec.name);
+  if (q.hqq_axis != 0 && K % G != 0)
+    fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
   if (!gptq_packable(K, q.bits) || !gptq_packable(M, q.bits))
     fail("{}: {} has shape ({}, {}), which {}-bit GPTQ packing cannot hold (multiples of 32 needed)", dir, spec.name, M,
          K, q.bits);
@@ -109,6 +113,19 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
     return file->tensor(*e);
   };
   Tensor qw = get("qweight", {DType::I32}, {K * q.bits / 32, M}, true);
+  if (q.hqq_axis == 0) {  // HQQ axis 0: zeros and scales (M/G, K), element (r mod M/G, c) for weight (r, c)
+    const int64_t P = M / G;
+    Tensor fz0 = get("zeros", {DType::F16, DType::BF16, DType::F32}, {P, K}, true);
+    Tensor sc0 = get("scales", {DType::F16, DType::BF16, DType::F32}, {P, K}, true);
+    std::vector<uint8_t> codes((size_t)(M * K));
+    gptq_unpack_qweight(qw.host<int32_t>(), M, K, q.bits, codes.data());
+    const Tensor s32 = to_f32(sc0), z32 = to_f32(fz0);
+    for (int64_t j = 0; j < P * K; j++)
+      if (!std::isfinite(s32.host<float>()[j]) || !std::isfinite(z32.host<float>()[j]))
+        fail("{}: {}scales or zeros has a non-finite value at ({}, {})", dir, base, j / K, j % K);
+    for (const Tensor* x : {&qw, &fz0, &sc0}) release_pages(x->host_data(), x->nbytes());
+    return make_hqq_axis0_tensor(M, K, q.bits, G, codes.data(), s32.host<float>(), z32.host<float>());
+  }
   // HQQ checkpoints (llmq's layout) keep float zero points in "zeros" instead of "qzeros".
   Tensor qz = q.float_zeros ? Tensor() : get("qzeros", {DType::I32}, {ng, M * q.bits / 32}, true);
   Tensor fz = q.float_zeros ? get("zeros", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true) : Tensor();

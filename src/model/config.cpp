@@ -200,6 +200,10 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
              "GPTQ packing with float zeros); this one is the hqq library's",
              where);
       c.quant.float_zeros = true;
+      const json ax = q.value("axis", json(1));
+      if (!ax.is_number_integer() || (ax.get<int64_t>() != 0 && ax.get<int64_t>() != 1))
+        fail("{}: quantization_config.axis {} is not supported (0 or 1)", where, ax.dump());
+      c.quant.hqq_axis = (int)ax.get<int64_t>();
     } else if (method != "gptq") {
       fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints, llmq's \"hqq\" "
            "ones and FP8 \"compressed-tensors\" / \"fp8\" ones)",
@@ -359,7 +363,7 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"checkpoint_format", "llmq"},
                                 {"bits", q.bits},
                                 {"group_size", q.group ? q.group : -1},
-                                {"axis", 1},
+                                {"axis", q.hqq_axis},
                                 {"sym", false},
                                 {"lm_head", q.lm_head},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};

@@ -109,11 +109,51 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
     for (int64_t m = 0; m < M; m++) Y[i * M + m] *= sx[i] * sw[m];
 }
 
+// HQQ axis 0 (QuantInfo::axis0_*): the scale varies along each row, so it is folded into the
+// activations. Decode: per row class c (rows c, c+P, ...; stored together as `group` rows),
+// x_c = s[c] * x quantized to int8 blocks, the integer product over that class's rows, minus
+// sum_k s z x. Prefill: rows dequantized a panel at a time for sgemm.
+void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
+  const QuantInfo& qi = *W.quant();
+  const int64_t C = qi.axis0_classes, G = M / C;
+  const float *S = qi.axis0_scale.data(), *SZ = qi.axis0_sz.data();
+  if (n > kGemvMaxRows) {
+    sgemm_f32_panels(X, Y, n, K, M, [&](int64_t r, float* dst) {
+      thread_local std::vector<uint8_t> codes;
+      codes.resize((size_t)K);
+      const int64_t c = r % C;
+      tensor_row_codes(W, c * G + r / C, codes.data());
+      for (int64_t j = 0; j < K; j++) dst[j] = S[c * K + j] * (float)codes[j] - SZ[c * K + j];
+    });
+    return;
+  }
+  const QMatView wv = quant_view(W);
+#pragma omp parallel num_threads(ops_threads())
+  {
+    std::vector<float> xs((size_t)(n * K)), ys((size_t)(n * G));
+    QActs acts;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < C; c++) {
+      const float *s = S + c * K, *sz = SZ + c * K;
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < K; j++) xs[i * K + j] = s[j] * X[i * K + j];
+      quantize_acts(xs.data(), n, K, K, false, acts);
+      const QMatView sub{wv.q + c * G * K * wv.bits / 8, wv.scale + c * G, wv.zs + c * G, wv.bits, K, K};
+      k.matmul_q(sub, acts.view(0, K, K), ys.data(), n, G, 0, G);
+      for (int64_t i = 0; i < n; i++) {
+        const float b = k.dot(sz, X + i * K, K);
+        for (int64_t g = 0; g < G; g++) Y[i * M + c + g * C] = ys[i * G + g] - b;
+      }
+    }
+  }
+}
+
 // Integer-quantized weights: activations to int8 blocks of 32 (per token for w8a8), then the
 // integer matrix product, decode and prefill alike, rows split over the threads in
 // multiples of the 16-row panel.
 void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   const QuantInfo& qi = *W.quant();
+  if (qi.axis0_classes) return matmul_axis0(k, Y, X, W, n, K, M);
   if (!qi.perm.empty()) {  // act-order: the activations in the weights' column order
     thread_local std::vector<float> tl_xp;
     float* xp = (tl_xp.resize((size_t)(n * K)), tl_xp.data());
@@ -168,7 +208,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (!q->fp8 && q->perm.empty() && q->group == q0->group && q->act_per_token == q0->act_per_token &&
+           (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token &&
                     q->act_per_tensor == q0->act_per_tensor));
   }
   if (n == 0) return;

@@ -140,6 +140,27 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   return t;
 }
 
+Tensor make_hqq_axis0_tensor(int64_t M, int64_t K, int bits, int64_t group, const uint8_t* codes, const float* scale,
+                             const float* zero) {
+  if (group <= 0 || group % kQPanel != 0 || M % group != 0)
+    fail("HQQ axis 0 tensor ({}, {}): group {} must divide the {} output channels and be a multiple of {}", M, K, group,
+         M, kQPanel);
+  if (bits < 1 || bits > 8) fail("HQQ axis 0 tensor: {} bits (1..8 expected)", bits);
+  const int64_t P = M / group;
+  std::vector<uint8_t> stored((size_t)(M * K));
+  for (int64_t r = 0; r < M; r++)
+    std::memcpy(stored.data() + ((r % P) * group + r / P) * K, codes + r * K, (size_t)K);
+  const std::vector<float> one((size_t)M, 1.f), none((size_t)M, 0.f);
+  Tensor t = make_quant_tensor(M, K, bits <= 4 ? 4 : 8, K, false, false, stored.data(), one.data(), none.data(), bits);
+  auto info = std::make_shared<QuantInfo>(*t.quant());
+  info->axis0_classes = P;
+  info->axis0_scale.assign(scale, scale + P * K);
+  info->axis0_sz.resize((size_t)(P * K));
+  for (int64_t j = 0; j < P * K; j++) info->axis0_sz[j] = scale[j] * zero[j];
+  t.set_quant(info);
+  return t;
+}
+
 float fp8_scale(float amax) { return amax > 0.f ? amax / 448.f : 1.f; }
 
 void quantize_rows_fp8(const float* w, int64_t rows, int64_t K, const float* scale, uint8_t* codes) {
@@ -217,6 +238,13 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
   std::vector<uint8_t> codes(K);
   std::vector<float> tmp(q->perm.empty() ? 0 : K);
   for (int64_t r = r0; r < r1; r++) {
+    if (q->axis0_classes) {
+      const int64_t C = q->axis0_classes, cls = r % C;
+      tensor_row_codes(W, cls * (W.dim(0) / C) + r / C, codes.data());
+      const float *s = q->axis0_scale.data() + cls * K, *sz = q->axis0_sz.data() + cls * K;
+      for (int64_t k = 0; k < K; k++) out[(r - r0) * K + k] = s[k] * (float)codes[k] - sz[k];
+      continue;
+    }
     tensor_row_codes(W, r, codes.data());
     float* o = q->perm.empty() ? out + (r - r0) * K : tmp.data();  // storage column order
     if (q->fp8) {

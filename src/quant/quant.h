@@ -52,10 +52,15 @@ void dequantize_rows(const uint8_t* codes, const float* scale, const float* zero
 // The runtime tensor (dtype U8 or Q4 with QuantInfo) from one-per-byte codes.
 Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym, bool act_per_token,
                          const uint8_t* codes, const float* scale, const float* zero, int code_bits = 0);
+// HQQ axis 0 (hqq.h): codes (M x K), scale and zero (M/group x K) as hqq_quantize returns
+// them; group a multiple of 16 dividing M. The product folds the scales into the
+// activations: y[r] = sum_c code[r,c] * (s[r',c] x[c]) - sum_c s[r',c] z[r',c] x[c], r' = r mod P.
+Tensor make_hqq_axis0_tensor(int64_t M, int64_t K, int bits, int64_t group, const uint8_t* codes, const float* scale,
+                             const float* zero);
 // Rows [r0, r1) of a runtime quantized tensor as f32 (K per row, input-column order).
 void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out);
-// Codes of row r (K, one per byte) of a runtime quantized tensor, in storage column order
-// (QuantInfo::perm maps it to input columns).
+// Codes of storage row r (K, one per byte) of a runtime quantized tensor, in storage column
+// order (QuantInfo::perm maps it to input columns; for HQQ axis 0, storage rows are by class).
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes);
 QMatView quant_view(const Tensor& W);
 

@@ -81,6 +81,9 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
                                                                      : "--kv-cache " + o.kv_cache);
   if (o.method == "hqq" && (sc.act_per_token || sc.sym))
     fail("quantize: hqq quantizes weights only, with a float zero point per group: use a w*a16 scheme without --sym");
+  if (o.hqq_axis != 1 && (o.method != "hqq" || o.hqq_axis != 0))
+    fail("quantize: --axis {}: only hqq takes an axis, 0 or 1", o.hqq_axis);
+  if (o.hqq_axis == 0 && sc.group == 0) fail("quantize: hqq --axis 0 needs a group size (--group 64)");
   if (o.out.empty()) fail("quantize: give --out DIR");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
   Model src = model_load(o.model, LoadMode::Map);
@@ -109,6 +112,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.act_per_tensor = sc.act_per_tensor;
   c.quant.zeros_minus_one = !sc.fp8;
   c.quant.float_zeros = o.method == "hqq";
+  c.quant.hqq_axis = o.hqq_axis;
   c.quant.desc_act = o.method == "gptq" && o.act_order;
   c.quant.lm_head = !kept("lm_head.weight");
   c.quant.kv_cache = o.kv_cache;
@@ -131,17 +135,25 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       res.quantized_tensors++;
     } else if (linear && !kept(spec.name)) {
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
-      if (K % G != 0)
+      if (o.hqq_axis == 0 && (M % G != 0 || G % 16 != 0))
+        fail("quantize: hqq --axis 0: group {} does not divide the {} output channels of {} (choose one that "
+             "divides {})", G, M, spec.name, M);
+      if (o.hqq_axis == 1 && K % G != 0)
         fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
              G, K, spec.name, K);
       if (!gptq_packable(K, sc.bits) || !gptq_packable(M, sc.bits))
         fail("quantize: {} has shape ({}, {}); {}-bit GPTQ packing needs multiples of 32", spec.name, M, K, sc.bits);
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
       outs.push_back({base + "qweight", DType::I32, {K * sc.bits / 32, M}, spec.name, s});
-      if (c.quant.float_zeros) outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
-      else outs.push_back({base + "qzeros", DType::I32, {ng, M * sc.bits / 32}, spec.name, s});
-      outs.push_back({base + "scales", DType::F16, {ng, M}, spec.name, s});
-      outs.push_back({base + "g_idx", DType::I32, {K}, spec.name, s});
+      if (o.hqq_axis == 0) {  // groups along the outputs: zeros and scales (M/G, K), no g_idx
+        outs.push_back({base + "zeros", DType::F16, {M / G, K}, spec.name, s});
+        outs.push_back({base + "scales", DType::F16, {M / G, K}, spec.name, s});
+      } else {
+        if (c.quant.float_zeros) outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
+        else outs.push_back({base + "qzeros", DType::I32, {ng, M * sc.bits / 32}, spec.name, s});
+        outs.push_back({base + "scales", DType::F16, {ng, M}, spec.name, s});
+        outs.push_back({base + "g_idx", DType::I32, {K}, spec.name, s});
+      }
       res.quantized_tensors++;
     } else {
       outs.push_back({spec.name, c.dtype, spec.shape, "", s});
@@ -251,7 +263,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
         if (!std::isfinite(w.host<float>()[i]))
           fail("{}: {} has a non-finite weight (NaN or Inf) at row {}; refusing to quantize", o.model, t.linear, i / K);
       HqqOptions ho;
-      ho.bits = sc.bits, ho.group = G, ho.axis = 1;
+      ho.bits = sc.bits, ho.group = G, ho.axis = o.hqq_axis;
       HqqResult r = hqq_quantize(w.host<float>(), M, K, ho);
       return {std::move(r.codes), std::move(r.scale), std::move(r.zero), {}};
     }
@@ -297,6 +309,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     release_pages(s.host_data(), s.nbytes());
     cache.name = t.linear;
     cache.qweight = gptq_pack_qweight(q.codes.data(), M, K, sc.bits);
+    if (o.hqq_axis == 0) {  // (M/G, K) in HQQ's group order j = (r mod M/G)*K + c
+      cache.scales.resize(q.scale.size());
+      cache.zeros.resize(q.zero.size());
+      for (size_t j = 0; j < q.scale.size(); j++) cache.scales[j] = f32_to_f16(q.scale[j]), cache.zeros[j] = f32_to_f16(q.zero[j]);
+      return;
+    }
     cache.scales.resize((size_t)(ng * M));
     for (int64_t g = 0; g < ng; g++)
       for (int64_t m = 0; m < M; m++) cache.scales[g * M + m] = f32_to_f16(q.scale[m * ng + g]);

@@ -28,6 +28,7 @@ struct QuantizeOptions {
   bool act_order = false;      // gptq: desc_act
   bool static_groups = false;  // gptq
   double alpha = 0.8;          // smoothquant migration strength
+  int hqq_axis = 1;             // hqq: 1, groups along the inputs; 0, along the outputs
   std::string kv_cache;        // "" | int8 | fp8: calibrated static KV-cache scales (need calib)
   bool progress = true;
 };

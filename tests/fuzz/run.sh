@@ -16,6 +16,7 @@ printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[1],"data_of
 cp "$work/model/config.json" "$work/config/hf.json"
 # A quantized config with calibrated KV-cache scales (quantization_config.kv_cache_scheme).
 /usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['quantization_config']={'quant_method':'gptq','bits':4,'group_size':32,'sym':False,'kv_cache_scheme':{'num_bits':8,'type':'float','strategy':'attn_head','dynamic':False}}; print(json.dumps(c))" "$work/model/config.json" > "$work/config/hf_kv.json"
+/usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['quantization_config']={'quant_method':'hqq','checkpoint_format':'llmq','bits':4,'group_size':64,'axis':0,'sym':False}; print(json.dumps(c))" "$work/model/config.json" > "$work/config/hf_hqq0.json"
 echo '{"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32, "n_kv_heads": 8, "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}' > "$work/config/meta.json"
 # Tokenizer seeds: a small byte-level tokenizer.json (all 256 bytes plus a merge), the head of
 # the real tiktoken file, and real text with special tokens and multi-byte characters.
