@@ -50,9 +50,11 @@ void register_train(CLI::App& app) {
   cmd->callback([o, json] {
     if (o->warmup >= o->steps) o->warmup = std::max<int64_t>(0, o->steps / 10);
     auto r = train::train_run(*o);
+    if (r.rank != 0) return;  // one summary per job
     if (*json)
       fmt::print("{}\n", nlohmann::json{{"steps", r.steps}, {"loss", r.last_loss}, {"val_loss", r.last_val_loss},
-                                        {"tokens_per_s", r.tokens_per_s}, {"peak_rss_bytes", peak_rss_bytes()}}
+                                        {"tokens_per_s", r.tokens_per_s}, {"peak_rss_bytes", peak_rss_bytes()},
+                                        {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent}}
                              .dump());
     else
       fmt::print("trained {} steps: loss {:.4f}, val loss {:.4f}, {:.0f} tok/s, peak RSS {}\n", r.steps, r.last_loss,

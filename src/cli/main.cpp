@@ -1,5 +1,7 @@
 // llmq: one program for training, quantizing and running Llama-family models.
 #include <cstdio>
+#include <cstdlib>
+#include <omp.h>
 #include <algorithm>
 #include <exception>
 #include <functional>
@@ -8,6 +10,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "dist/comm.h"
 #include "ops/ops.h"
 
 int main(int argc, char** argv) {
@@ -29,7 +32,13 @@ int main(int argc, char** argv) {
   llmq::cli::register_report(app);
   llmq::cli::register_quantize(app);
   llmq::cli::register_export(app);
-  app.parse_complete_callback([&] { llmq::ops_set_threads(threads); });
+  app.parse_complete_callback([&] {
+    // Under mpirun the cores are shared by the node's ranks unless --threads says otherwise.
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (threads == 0 && local && std::atoi(local) > 1)
+      threads = std::max(1, omp_get_num_procs() / std::atoi(local));
+    llmq::ops_set_threads(threads);
+  });
   try {
     std::vector<std::string> args(argv + 1, argv + argc);
     std::function<bool(CLI::App*, const std::string&)> known = [&](CLI::App* a, const std::string& key) {
@@ -43,14 +52,15 @@ int main(int argc, char** argv) {
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const llmq::Error& e) {
-    std::fprintf(stderr, "llmq: error: %s\n", e.what());
-    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "llmq: error: out of memory\n");
+    llmq::dist::abort_job(1);  // the other ranks of a job stop too instead of waiting for this one
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "llmq: error: %s\n", e.what());
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");  // which rank of an mpirun job
+    if (rank) std::fprintf(stderr, "llmq: error (rank %s): %s\n", rank, e.what());
+    else std::fprintf(stderr, "llmq: error: %s\n", e.what());
+    llmq::dist::abort_job(1);
     return 1;
   }
   return 0;

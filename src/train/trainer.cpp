@@ -13,6 +13,7 @@
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "data/shards.h"
+#include "dist/comm.h"
 #include "io/hf_dir.h"
 #include "infer/generator.h"
 #include "ops/ops.h"
@@ -307,6 +308,18 @@ TrainResult train_run(const TrainOptions& o) {
 
   if (o.resume && !fs::is_regular_file(fs::path(o.out) / "latest"))
     fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
+  // Data parallel over the job's ranks: each takes B/W of every micro-batch's windows, the
+  // gradients (scaled by 1/W) are summed over ranks, so every rank applies the same update
+  // as one process with the whole batch would.
+  dist::Communicator& comm = dist::world();
+  const int R = comm.rank(), W = comm.size();
+  const bool lead = R == 0;
+  if (o.batch % W != 0)
+    fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
+  comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),
+                  "the training options, model config and paths");
+  fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp=1 tp=1, {} threads\n", R, W, comm.backend(),
+             comm.host(), W, ops_threads());
   LlamaTrain<float> m(cfg);
   m.set_recompute(o.recompute);
   std::vector<AdamW<float>::Range> ranges;
@@ -316,24 +329,35 @@ TrainResult train_run(const TrainOptions& o) {
     ranges.push_back({m.offsets[i], shape_numel(m.specs[i].shape), !m.specs[i].is_norm && (o.decay_embeddings || !emb)});
   }
   AdamW<float> opt(o.adamw, ranges, m.n_params());
-  fs::create_directories(o.out);
-  // Temporary checkpoint directories of a killed run are garbage.
-  for (const auto& e : fs::directory_iterator(o.out))
-    if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
+  if (lead) {
+    fs::create_directories(o.out);
+    // Temporary checkpoint directories of a killed run are garbage.
+    for (const auto& e : fs::directory_iterator(o.out))
+      if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
+  }
   const std::string metrics = (fs::path(o.out) / "metrics.jsonl").string();
   Resumed r;
   if (o.resume) {
     r = load_checkpoint(o, m, opt);
-    trim_metrics(metrics, r.step);
-    fmt::print(stderr, "resuming at step {} of {}\n", r.step, o.steps);
+    if (lead) trim_metrics(metrics, r.step);
+    if (lead) fmt::print(stderr, "resuming at step {} of {}\n", r.step, o.steps);
   } else {
     if (!o.model.empty()) load_params(o.model, m);
     else m.fill(init_fill(cfg, o.seed));
-    write_file_atomic(metrics, "");
+    if (lead) write_file_atomic(metrics, "");
   }
-  std::ofstream log(metrics, std::ios::app);
-  const int64_t B = o.batch, T = o.seq_len, N = B * T;
+  std::ofstream log;
+  if (lead) log.open(metrics, std::ios::app);
+  const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / W;  // Bl: this rank's windows
   std::vector<int32_t> tokens(N), targets(N);
+  const int32_t *my_tokens = tokens.data() + R * Bl * T, *my_targets = targets.data() + R * Bl * T;
+  // Sums a scalar over ranks (the loss of each rank's share).
+  auto rank_sum = [&](double v) {
+    float f = (float)v;
+    if (W == 1) return v;
+    comm.all_reduce_sum(&f, 1);
+    return (double)f;
+  };
   auto evaluate = [&]() -> double {
     if (val_s.total < T + 1) return -1;
     int64_t cur = 0;
@@ -341,7 +365,7 @@ TrainResult train_run(const TrainOptions& o) {
     int64_t n = 0;
     for (int64_t k = 0; k < o.eval_batches && (k + 1) * B * T + 1 <= val_s.total; k++, n++) {
       val_s.batch_in_order(&cur, B, T, tokens.data(), targets.data());
-      sum += m.forward(tokens.data(), targets.data(), B, T);
+      sum += rank_sum(m.forward(my_tokens, my_targets, Bl, T) / W);
     }
     if (n == 0) {  // fewer tokens than a batch: one window
       val_s.batch_in_order(&cur, 1, T, tokens.data(), targets.data());
@@ -359,8 +383,14 @@ TrainResult train_run(const TrainOptions& o) {
     double loss = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
-      loss += m.forward(tokens.data(), targets.data(), B, T) / (double)o.grad_accum;
-      m.backward(1.0 / (double)o.grad_accum);
+      loss += m.forward(my_tokens, my_targets, Bl, T) / (double)(o.grad_accum * W);
+      m.backward(1.0 / (double)(o.grad_accum * W));
+    }
+    if (W > 1) {  // gradients summed over ranks in buckets of 25 MB (PyTorch DDP's default)
+      const size_t bucket = (size_t)25 << 18;
+      for (size_t off = 0; off < m.grads.size(); off += bucket)
+        comm.all_reduce_sum(m.grads.data() + off, std::min(bucket, m.grads.size() - off));
+      loss = rank_sum(loss);
     }
     double ss = 0;
     for (float g : m.grads) ss += (double)g * g;
@@ -385,7 +415,7 @@ TrainResult train_run(const TrainOptions& o) {
       res.tokens_per_s = tps;
       row["tokens_per_s"] = tps;
       row["elapsed_s"] = elapsed;
-      if (o.progress)
+      if (o.progress && lead)
         fmt::print(stderr, "step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}\n", done, o.steps,
                    loss, lr, gnorm, tps, format_duration((double)(o.steps - done) * N * o.grad_accum / std::max(tps, 1e-9)));
       t_log = now;
@@ -395,19 +425,22 @@ TrainResult train_run(const TrainOptions& o) {
       res.last_val_loss = evaluate();
       if (res.last_val_loss >= 0) {
         row["val_loss"] = res.last_val_loss;
-        if (o.progress) fmt::print(stderr, "step {:>6}/{} | val loss {:.4f} | val ppl {:.2f}\n", done, o.steps, res.last_val_loss, std::exp(res.last_val_loss));
+        if (o.progress && lead) fmt::print(stderr, "step {:>6}/{} | val loss {:.4f} | val ppl {:.2f}\n", done, o.steps, res.last_val_loss, std::exp(res.last_val_loss));
       }
     }
-    log << row.dump() << "\n";
-    log.flush();
+    if (lead) {
+      log << row.dump() << "\n";
+      log.flush();
+    }
     const bool stop = o.stop_after > 0 && done >= o.stop_after;
-    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {
+    if (lead && ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop)) {
       save_checkpoint(o, m, opt, done, cursor, tok_src);
       if (o.sample_tokens > 0 && !tok_src.empty() && o.progress) sample(o, done);
     }
     res.steps = done;
     if (stop) break;
   }
+  res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent;
   return res;
 }
 

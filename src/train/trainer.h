@@ -1,4 +1,4 @@
-// The single-process training loop: token windows from prepared shards, gradient
+// The training loop (one process, or data parallel over an mpirun job's ranks, dist/comm.h): token windows from prepared shards, gradient
 // accumulation, global-norm clipping, warm-up then cosine or linear decay, AdamW, validation,
 // JSONL metrics and atomic checkpoints (a Hugging Face model directory plus the optimizer
 // state) that resume bit for bit.
@@ -36,6 +36,8 @@ struct TrainOptions {
 struct TrainResult {
   int64_t steps = 0;
   double last_loss = 0, last_val_loss = -1, tokens_per_s = 0;
+  int rank = 0, world = 1;
+  uint64_t bytes_sent = 0;  // payload this rank sent to the others (gradient all-reduces, ...)
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`

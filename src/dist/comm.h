@@ -1,0 +1,54 @@
+// Collective communication between the ranks of a job: the interface the multi-process code
+// (data-parallel training now; sharded training and tensor parallelism later) is written
+// against. Implemented on MPI (Debian's OpenMPI, `mpirun -np N llmq ...`) and by a local
+// single-rank communicator that needs no MPI runtime; an NCCL implementation takes device
+// pointers through the same calls.
+//
+// Reductions are deterministic: all_reduce is a reduce-scatter (each rank sums its 1/N of
+// the buffer over ranks 0..N-1 in rank order) followed by an all-gather, so the same inputs
+// give bitwise the same sums on every rank and in every run, and each rank sends and
+// receives 2(N-1)/N of the buffer (a ring's volume).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace llmq::dist {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;  // "local", "mpi"
+  virtual std::string host() const = 0;     // this rank's host name
+
+  // data (n f32 on every rank) = the element-wise sum over ranks, on every rank.
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  // out (n/size) = the sum over ranks of in[rank*n/size .. (rank+1)*n/size); n % size == 0.
+  virtual void reduce_scatter_sum(const float* in, float* out, size_t n) = 0;
+  // out (n*size) = every rank's in (n), in rank order.
+  virtual void all_gather(const float* in, float* out, size_t n) = 0;
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  virtual void send(const void* data, size_t bytes, int peer, int tag = 0) = 0;
+  virtual void recv(void* data, size_t bytes, int peer, int tag = 0) = 0;
+  virtual void barrier() = 0;
+  // Every rank fails with `message` unless all ranks pass the same value (a config check).
+  void check_same(uint64_t value, const std::string& what);
+
+  uint64_t bytes_sent = 0, bytes_received = 0;  // payload this rank moved (for the benchmarks)
+};
+
+// The job's communicator: MPI when the process was started by mpirun (and llmq was built
+// with MPI), else the local one. Initialised on first use; later calls return the same one.
+Communicator& world();
+// Whether world() is a multi-rank job (without initialising it).
+bool launched_by_mpirun();
+// Ends the whole job after an error on one rank (MPI_Abort), so no rank waits forever in a
+// collective for a rank that has gone; does nothing in a single process.
+void abort_job(int code);
+
+std::unique_ptr<Communicator> make_local_comm();
+
+}  // namespace llmq::dist

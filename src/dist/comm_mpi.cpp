@@ -1,0 +1,143 @@
+// The MPI communicator (built when CMake finds MPI; OpenMPI's TCP and shared-memory
+// transports carry it within a node and across nodes).
+#ifdef LLMQ_HAVE_MPI
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "dist/comm.h"
+
+namespace llmq::dist {
+
+namespace {
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fail("MPI {} failed: {}", what, std::string(msg, (size_t)len));
+}
+
+// Calls f(offset, count) over [0, n) in pieces MPI's int counts can hold.
+template <class F>
+void pieces(size_t n, F f) {
+  const size_t step = (size_t)INT_MAX / 2;
+  for (size_t off = 0; off < n || off == 0; off += step) {
+    f(off, (int)std::min(step, n - off));
+    if (n == 0) break;
+  }
+}
+
+class MpiComm final : public Communicator {
+ public:
+  MpiComm() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      int provided = 0;
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "init");
+    }
+    // Errors come back as codes (and become llmq errors), not MPI's default abort.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    char name[MPI_MAX_PROCESSOR_NAME];
+    int len = 0;
+    MPI_Get_processor_name(name, &len);
+    host_.assign(name, (size_t)len);
+  }
+  ~MpiComm() override {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+  std::string host() const override { return host_; }
+
+  void reduce_scatter_sum(const float* in, float* out, size_t n) override {
+    const size_t N = (size_t)size_;
+    if (n % N != 0) fail("reduce_scatter: {} elements do not split over {} ranks", n, N);
+    const size_t c = n / N;
+    tmp_.resize(n);
+    // Rank r receives every rank's chunk r, then sums them in rank order (deterministic).
+    pieces(c, [&](size_t off, int cnt) {
+      std::vector<float> sendbuf((size_t)cnt * N), recvbuf((size_t)cnt * N);
+      for (size_t j = 0; j < N; j++) std::memcpy(&sendbuf[j * cnt], in + j * c + off, (size_t)cnt * 4);
+      check(MPI_Alltoall(sendbuf.data(), cnt, MPI_FLOAT, recvbuf.data(), cnt, MPI_FLOAT, MPI_COMM_WORLD), "alltoall");
+      for (int i = 0; i < cnt; i++) {
+        float s = recvbuf[(size_t)i];
+        for (size_t r = 1; r < N; r++) s += recvbuf[r * cnt + i];
+        out[off + i] = s;
+      }
+    });
+    bytes_sent += (N - 1) * c * 4, bytes_received += (N - 1) * c * 4;
+  }
+  void all_gather(const float* in, float* out, size_t n) override {
+    const size_t N = (size_t)size_;
+    if (n > (size_t)INT_MAX) {  // piecewise, then reordered into rank blocks
+      for (size_t off = 0; off < n; off += (size_t)INT_MAX / 2) {
+        const size_t cnt = std::min((size_t)INT_MAX / 2, n - off);
+        std::vector<float> buf(cnt * N);
+        check(MPI_Allgather(in + off, (int)cnt, MPI_FLOAT, buf.data(), (int)cnt, MPI_FLOAT, MPI_COMM_WORLD), "allgather");
+        for (size_t r = 0; r < N; r++) std::memcpy(out + r * n + off, &buf[r * cnt], cnt * 4);
+      }
+    } else {
+      check(MPI_Allgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, MPI_COMM_WORLD), "allgather");
+    }
+    bytes_sent += (N - 1) * n * 4, bytes_received += (N - 1) * n * 4;
+  }
+  void all_reduce_sum(float* data, size_t n) override {
+    const size_t N = (size_t)size_, c = (n + N - 1) / N;
+    padded_.assign(c * N, 0.f);
+    std::memcpy(padded_.data(), data, n * 4);
+    chunk_.resize(c);
+    reduce_scatter_sum(padded_.data(), chunk_.data(), c * N);
+    all_gather(chunk_.data(), padded_.data(), c);
+    std::memcpy(data, padded_.data(), n * 4);
+  }
+  void broadcast(void* data, size_t bytes, int root) override {
+    pieces(bytes, [&](size_t off, int cnt) {
+      check(MPI_Bcast(static_cast<char*>(data) + off, cnt, MPI_BYTE, root, MPI_COMM_WORLD), "broadcast");
+    });
+    if (rank_ == root) bytes_sent += bytes * (size_t)(size_ - 1);
+    else bytes_received += bytes;
+  }
+  void send(const void* data, size_t bytes, int peer, int tag) override {
+    pieces(bytes, [&](size_t off, int cnt) {
+      check(MPI_Send(static_cast<const char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD), "send");
+    });
+    bytes_sent += bytes;
+  }
+  void recv(void* data, size_t bytes, int peer, int tag) override {
+    pieces(bytes, [&](size_t off, int cnt) {
+      check(MPI_Recv(static_cast<char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+            "recv");
+    });
+    bytes_received += bytes;
+  }
+  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+
+ private:
+  int rank_ = 0, size_ = 1;
+  std::string host_;
+  std::vector<float> tmp_, padded_, chunk_;
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_comm() { return std::make_unique<MpiComm>(); }
+
+void mpi_abort(int code) {
+  int inited = 0, fin = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&fin);
+  if (inited && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+}  // namespace llmq::dist
+#endif
