@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Data-parallel training over MPI (mpirun on this machine, ranks oversubscribed on 2 cores):
+#  - 2 and 4 ranks follow the 1-rank loss (and gradient-norm) curve over 20 steps with the same global batch
+#    within 1e-5 relative (only the order of the gradient sums differs: each rank sums its
+#    share of the batch, then the shares are summed in rank order), with and without
+#    gradient accumulation;
+#  - a deterministic run gives bitwise identical weights when repeated;
+#  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
+#  - faults: a batch that does not split, ranks started with different options, a rank that
+#    dies: every rank exits within seconds with a message (no hang).
+# usage: tests/dist/ddp_test.sh LLMQ
+set -euo pipefail
+LLMQ=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed (scripts/setup installs openmpi-bin)"; exit 0; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails+1)); }
+
+# A small model (Llama 3 vocabulary, tied embeddings) and data from the fetched corpus.
+head -c 200000 "$ROOT/data/text/web.txt" > "$T/text.txt"
+"$LLMQ" data prepare --tokenizer "$ROOT/models/llama3-tokenizer" --input "$T/text.txt" --out "$T/data" \
+  --val-fraction 0.05 >/dev/null 2>&1
+cat > "$T/config.json" <<'JSON'
+{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+ "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128256, "max_position_embeddings": 128,
+ "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
+ "bos_token_id": 128000, "eos_token_id": 128001}
+JSON
+TRAIN=(train --config "$T/config.json" --data "$T/data" --seq-len 32 --warmup 2
+       --log-every 1 --eval-every 10 --eval-batches 2 --sample-tokens 0 --save-every 10)  # + --steps, --batch, --lr
+run() {  # run RANKS OUT [extra args]: one job; 1 rank runs without mpirun
+  local n=$1 out=$2; shift 2
+  local args=("${TRAIN[@]}" --out "$out" --lr 3e-3 --steps 20 "$@")
+  [[ " $* " == *" --batch "* ]] || args+=(--batch 4)
+  if [ "$n" = 1 ]; then "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1
+  else timeout 300 mpirun -np "$n" "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1; fi
+}
+same_curve() {  # same_curve A B: every logged loss and val loss within 1e-5 relative
+  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 20, (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    for k in ("loss", "val_loss", "grad_norm"):
+        if k in x:
+            worst = max(worst, abs(x[k] - y[k]) / abs(x[k]))
+print(f"max relative loss difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+}
+
+run 1 "$T/r1" || { cat "$T/r1.log"; exit 1; }
+for n in 2 4; do
+  run $n "$T/r$n" || { cat "$T/r$n.log"; fail "$n ranks"; continue; }
+  grep -q "rank 1 of $n (mpi" "$T/r$n.log" || fail "$n ranks: no rank/mesh line"
+  grep -q "mesh dp=$n" "$T/r$n.log" || fail "$n ranks: no mesh line"
+  echo -n "$n ranks vs 1: "; same_curve "$T/r1" "$T/r$n" || fail "$n ranks: loss curve differs"
+done
+# Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
+run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
+echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
+# Deterministic: the same job twice gives the same bytes.
+run 2 "$T/d1" --deterministic && run 2 "$T/d2" --deterministic || fail "deterministic runs"
+cmp -s "$T/d1/checkpoint-000020/model.safetensors" "$T/d2/checkpoint-000020/model.safetensors" ||
+  fail "deterministic 2-rank runs wrote different weights"
+# Stop at step 10 on 1 rank, resume on 2 ranks: the rest of the 1-rank curve.
+run 1 "$T/s" --stop-after 10 && run 2 "$T/s" --resume || fail "stop/resume runs"
+echo -n "resumed on 2 ranks vs 1: "; same_curve "$T/r1" "$T/s" || fail "resume at another world size"
+
+# Faults: each must end within seconds with one message naming the problem.
+expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
+  local needle=$1; shift 2
+  local t0=$SECONDS
+  if timeout 60 mpirun "$@" >"$T/err.log" 2>&1; then fail "expected an error: $*"; return; fi
+  grep -q -- "$needle" "$T/err.log" || { fail "message lacks '$needle': $*"; tail -5 "$T/err.log"; return; }
+  [ $((SECONDS - t0)) -lt 30 ] || fail "took $((SECONDS - t0)) s: $*"
+  echo "ok: $needle ($((SECONDS - t0)) s)"
+}
+expect_job_error "does not split over 2 ranks" -- -np 2 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 3 --out "$T/f1"
+expect_job_error "disagree on the training options" -- -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/f2" --lr 1e-3 \
+  : -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/f2" --lr 2e-3
+# A rank killed mid-run: mpirun ends the job.
+cat > "$T/die.sh" <<SH
+#!/usr/bin/env bash
+if [ "\$OMPI_COMM_WORLD_RANK" = 1 ]; then ( sleep 3; kill -9 \$\$ ) & fi
+exec "$LLMQ" -t 1 ${TRAIN[*]} --batch 4 --steps 100000 --out "$T/f3"
+SH
+chmod +x "$T/die.sh"
+expect_job_error "exited on signal 9\|killed\|terminated" -- -np 2 "$T/die.sh"
+
+[ $fails -eq 0 ] || { echo "$fails failure(s)"; exit 1; }
+echo "data-parallel training: all cases passed"
