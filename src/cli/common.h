@@ -21,6 +21,7 @@ void register_train(CLI::App& app);
 void register_report(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_export(CLI::App& app);
+void register_plan(CLI::App& app);
 
 // Whitespace- or comma-separated non-negative integers; `what` names the source in errors.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what);

@@ -4,6 +4,7 @@
 #    within 1e-5 relative (only the order of the gradient sums differs: each rank sums its
 #    share of the batch, then the shares are summed in rank order), with and without
 #    gradient accumulation;
+#  - the bytes each rank sends are what `llmq plan` computes;
 #  - a deterministic run gives bitwise identical weights when repeated;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
@@ -32,7 +33,7 @@ TRAIN=(train --config "$T/config.json" --data "$T/data" --seq-len 32 --warmup 2
        --log-every 1 --eval-every 10 --eval-batches 2 --sample-tokens 0 --save-every 10)  # + --steps, --batch, --lr
 run() {  # run RANKS OUT [extra args]: one job; 1 rank runs without mpirun
   local n=$1 out=$2; shift 2
-  local args=("${TRAIN[@]}" --out "$out" --lr 3e-3 --steps 20 "$@")
+  local args=("${TRAIN[@]}" --out "$out" --lr 3e-3 --steps 20 --json "$@")
   [[ " $* " == *" --batch "* ]] || args+=(--batch 4)
   if [ "$n" = 1 ]; then "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1
   else timeout 300 mpirun -np "$n" "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1; fi
@@ -60,6 +61,17 @@ for n in 2 4; do
   grep -q "mesh dp=$n" "$T/r$n.log" || fail "$n ranks: no mesh line"
   echo -n "$n ranks vs 1: "; same_curve "$T/r1" "$T/r$n" || fail "$n ranks: loss curve differs"
 done
+# Bytes each rank sent, against `llmq plan` (gradient all-reduce: 2 (N-1)/N of the f32
+# gradients per step; measured adds the per-step loss sums, the config check and the
+# validation sums, a few hundred bytes): within 0.1%.
+/usr/bin/python3 - "$T" "$("$LLMQ" plan -m "$T" --ranks 2 --seq-len 32 --batch 2 --json)" <<'PY' || fail "bytes vs plan"
+import json, sys
+t, plan = sys.argv[1], json.loads(sys.argv[2])
+run = [json.loads(l) for l in open(f"{t}/r2.log") if l.startswith("{")][-1]
+theory = 20 * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
+print(f"2 ranks: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
+sys.exit(0 if theory <= run["bytes_sent_per_rank"] <= 1.001 * theory else 1)
+PY
 # Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
 run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"

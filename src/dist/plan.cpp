@@ -1,0 +1,90 @@
+#include "dist/plan.h"
+
+#include "core/error.h"
+
+namespace llmq::dist {
+
+double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t tp) {
+  const double N = (double)B * T, C = (double)c.dim, QD = (double)c.q_dim() / tp, KD = (double)c.kv_dim() / tp,
+               FF = (double)c.ffn_dim / tp, H = (double)c.n_heads / tp, V = (double)c.vocab_size;
+  // Per block (LlamaTrain::Acts): ln1, rstd1, q, k, v, attention probabilities (B*H*T*T),
+  // atty, x_mid, ln2, rstd2, gate, up, hsw; plus each block's input x_in.
+  const double block = N * C + N + N * QD + 2 * N * KD + B * H * T * T + N * QD + N * C + N * C + N + 3 * N * FF;
+  const double per_layer = N * C + (recompute ? 0 : block);
+  // Final residual, norm and rstd, the logits/probabilities (N x V), and the backward
+  // scratch (dx, dln, dtmp, dq, dk, dv, datty, dgate, dup, dhsw).
+  const double head = N * C + N * C + N + N * V;
+  const double scratch = 3 * N * C + 2 * N * QD + 2 * N * KD + 3 * N * FF;
+  return 4.0 * ((double)c.n_layers * per_layer + (recompute ? block : 0) + head + scratch);
+}
+
+namespace {
+double quant_bits(const std::string& q) {  // bits per weight including scales and zeros
+  if (q.empty()) return 32;
+  if (q == "int8") return 8 + 32.0 / 4096;   // per-channel f32 scale (negligible)
+  if (q == "int4") return 4 + 32.0 / 128;    // g128: f16 scale + f16 zero
+  if (q == "hqq4") return 4 + 32.0 / 64;     // HQQ's group 64: f16 scale + f16 zero
+  if (q == "hqq3") return 3 + 32.0 / 64;
+  if (q == "hqq2") return 2 + 32.0 / 64;
+  if (q == "nf4") return 4 + 8.0 / 64 + 32.0 / (64 * 256);  // QLoRA's double quantization
+  fail("plan: --quant {} is not known (int8, int4, hqq4, hqq3, hqq2, nf4)", q);
+}
+}  // namespace
+
+Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
+  if (o.ranks < 1 || o.tp < 1 || o.ranks % o.tp != 0)
+    fail("plan: --tp {} must divide --ranks {}", o.tp, o.ranks);
+  if (c.n_heads % o.tp != 0 || c.n_kv_heads % o.tp != 0 || c.ffn_dim % o.tp != 0)
+    fail("plan: --tp {} must divide the heads ({}), KV heads ({}) and FFN width ({})", o.tp, c.n_heads, c.n_kv_heads,
+         c.ffn_dim);
+  if (o.lora_rank < 0 || o.seq_len < 1 || o.batch < 1) fail("plan: --lora-rank, --seq-len and --batch must be positive");
+  if (!o.quant.empty() && o.lora_rank == 0)
+    fail("plan: a quantized base is frozen; give --lora-rank R to plan adapter training on it (QLoRA)");
+  Plan p;
+  p.dp = o.ranks / o.tp;
+  p.params = c.n_params();
+  const double L = (double)c.n_layers, C = (double)c.dim;
+  const double linear_per_block =
+      C * c.q_dim() + 2 * C * c.kv_dim() + (double)c.q_dim() * C + 3 * C * (double)c.ffn_dim;
+  p.block_params = (int64_t)(linear_per_block + 2 * C);
+  const double outside = (double)p.params - L * (double)p.block_params;  // embeddings, final norm, lm_head
+  const double dp = (double)p.dp, tp = (double)o.tp;
+  // State per rank: TP splits the blocks' linears (norms and embeddings replicated, as
+  // Megatron keeps them); FSDP then splits everything over the dp ranks.
+  const double shard_params = L * (linear_per_block / tp + 2 * C) + outside;
+  const double fs = o.fsdp ? dp : 1;
+  if (o.lora_rank > 0) {
+    const double r = (double)o.lora_rank;
+    const double lora_per_block = r * ((C + c.q_dim()) + 2 * (C + c.kv_dim()) + (c.q_dim() + C) + 3 * (C + c.ffn_dim));
+    p.trainable = (int64_t)(L * lora_per_block);
+    const double base_bits = quant_bits(o.quant);
+    const double base = L * linear_per_block / tp * base_bits / 8 + (L * 2 * C + outside) * 2;  // bf16 non-linears
+    p.weight_bytes = base / fs + 4 * L * lora_per_block / tp / fs;
+    p.grad_bytes = 4 * L * lora_per_block / tp / fs;
+    p.optim_bytes = 8 * L * lora_per_block / tp / fs;
+    if (o.fsdp) p.gathered_bytes = (linear_per_block / tp * base_bits / 8 + 2 * C * 2) + 4 * 2 * lora_per_block / tp;
+  } else {
+    p.trainable = p.params;
+    p.weight_bytes = 4 * shard_params / fs;
+    p.grad_bytes = 4 * shard_params / fs;
+    p.optim_bytes = 8 * shard_params / fs;
+    // One block's full parameters and gradients while it runs (FSDP frees them after).
+    if (o.fsdp) p.gathered_bytes = 2 * 4 * (linear_per_block / tp + 2 * C);
+  }
+  p.activation_bytes = train_activation_bytes(c, o.batch, o.seq_len, o.recompute, o.tp);
+  p.kv_cache_bytes = 2.0 * L * ((double)c.kv_dim() / tp) * (double)o.seq_len * (double)o.batch * (double)o.kv_bytes;
+  // Communication: gradients of the trainable parameters this rank holds (per tp shard).
+  const double grad_total = 4 * (o.lora_rank > 0 ? (double)p.trainable / tp : shard_params);
+  if (p.dp > 1) {
+    if (o.fsdp) {
+      const double weights_total = o.lora_rank > 0 ? p.weight_bytes * dp : 4 * shard_params;
+      p.dp_comm_bytes = (dp - 1) / dp * (2 * weights_total + grad_total);  // 2 all-gathers + reduce-scatter
+    } else {
+      p.dp_comm_bytes = 2 * (dp - 1) / dp * grad_total;  // all-reduce = reduce-scatter + all-gather
+    }
+  }
+  if (o.tp > 1) p.tp_comm_bytes = 4 * L * 2 * (tp - 1) / tp * (double)o.batch * o.seq_len * C * 4;
+  return p;
+}
+
+}  // namespace llmq::dist

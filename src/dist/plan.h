@@ -1,0 +1,43 @@
+// `llmq plan`: memory per rank and bytes communicated per optimizer step for a training job
+// laid out over ranks = dp x tp (data parallel replicas, each tensor parallel over tp ranks),
+// with fully sharded (FSDP/ZeRO-3) state over dp, for llmq's trainer: f32 weights, gradients
+// and AdamW moments; activations as LlamaTrain saves them (src/train/llama_train.cpp).
+// QLoRA-style jobs (--quant with --lora-rank) keep a frozen quantized base and train f32
+// low-rank adapters on every linear of the blocks.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+
+namespace llmq::dist {
+
+struct PlanOptions {
+  int64_t ranks = 1, tp = 1;
+  bool fsdp = false;
+  int64_t seq_len = 2048, batch = 1;  // batch: sequences per rank per micro-step
+  std::string quant;                  // "" (f32 weights) | int8 | int4 | hqq4 | hqq3 | hqq2 | nf4
+  int64_t lora_rank = 0;
+  bool recompute = false;
+  int64_t kv_bytes = 2;               // generation KV cache element bytes (bf16)
+};
+
+struct Plan {
+  int64_t dp = 1, params = 0, trainable = 0, block_params = 0;
+  double weight_bytes = 0, grad_bytes = 0, optim_bytes = 0, gathered_bytes = 0, activation_bytes = 0,
+         kv_cache_bytes = 0;
+  double total_bytes() const { return weight_bytes + grad_bytes + optim_bytes + gathered_bytes + activation_bytes; }
+  // Bytes each rank sends per optimizer step (one micro-step): data-parallel gradient
+  // all-reduce or FSDP all-gathers (forward, backward) and reduce-scatter, and the tensor
+  // parallel all-reduces of activations (2 per block forward, 2 backward).
+  double dp_comm_bytes = 0, tp_comm_bytes = 0;
+};
+
+// Activation and backward-scratch bytes of LlamaTrain<float> for B sequences of T tokens
+// (what LlamaTrain::activation_bytes reports after planning), the per-head and per-column
+// tensors divided over tp ranks.
+double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t tp = 1);
+
+Plan make_plan(const ModelConfig& c, const PlanOptions& o);
+
+}  // namespace llmq::dist

@@ -1,0 +1,96 @@
+// The local communicator and `llmq plan`'s arithmetic: activation bytes equal what the
+// trainer allocates, sharding divides the state, communication volumes follow the
+// collectives' definitions. (Multi-rank behaviour: tests/dist/ddp_test.sh under mpirun.)
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "dist/comm.h"
+#include "dist/plan.h"
+#include "train/llama_train.h"
+
+namespace llmq {
+namespace {
+
+TEST(Dist, LocalCommunicator) {
+  auto c = dist::make_local_comm();
+  EXPECT_EQ(c->size(), 1);
+  std::vector<float> a = {1, 2, 3, 4}, b(4);
+  c->all_reduce_sum(a.data(), 4);
+  EXPECT_EQ(a, (std::vector<float>{1, 2, 3, 4}));
+  c->reduce_scatter_sum(a.data(), b.data(), 4);
+  EXPECT_EQ(b, a);
+  c->all_gather(a.data(), b.data(), 4);
+  EXPECT_EQ(b, a);
+  c->check_same(42, "anything");  // one rank always agrees
+  EXPECT_THROW(c->send(a.data(), 4, 1), Error);
+  EXPECT_FALSE(dist::launched_by_mpirun());
+  EXPECT_EQ(dist::world().size(), 1);
+}
+
+// The plan's activation formula is the trainer's allocation, on shapes with GQA, untied and
+// tied embeddings, with and without recomputation.
+TEST(Plan, ActivationsAsTheTrainerAllocates) {
+  for (const char* preset : {"tiny", "tiny-tied"})
+    for (bool rc : {false, true}) {
+      ModelConfig c = config_preset(preset);
+      train::LlamaTrain<float> m(c);
+      m.set_recompute(rc);
+      m.fill(init_fill(c, 1));
+      const int64_t B = 3, T = 17;
+      std::vector<int32_t> tok(B * T), tgt(B * T);
+      for (int64_t i = 0; i < B * T; i++) tok[i] = (int32_t)(i * 7 % c.vocab_size), tgt[i] = (int32_t)(i * 11 % c.vocab_size);
+      m.forward(tok.data(), tgt.data(), B, T);
+      EXPECT_EQ(dist::train_activation_bytes(c, B, T, rc), (double)m.activation_bytes()) << preset << " " << rc;
+    }
+}
+
+TEST(Plan, ShardingAndCommunication) {
+  const ModelConfig c = config_preset("llama3-8b");
+  dist::PlanOptions o;
+  const dist::Plan one = dist::make_plan(c, o);
+  EXPECT_EQ(one.params, c.n_params());
+  EXPECT_DOUBLE_EQ(one.weight_bytes, 4.0 * c.n_params());  // f32 weights
+  EXPECT_DOUBLE_EQ(one.optim_bytes, 8.0 * c.n_params());   // AdamW m and v
+  EXPECT_EQ(one.dp_comm_bytes, 0);
+  // DDP over 4: full state on every rank; the all-reduce sends 2 (N-1)/N of the gradients.
+  o.ranks = 4;
+  const dist::Plan ddp = dist::make_plan(c, o);
+  EXPECT_DOUBLE_EQ(ddp.weight_bytes, one.weight_bytes);
+  EXPECT_DOUBLE_EQ(ddp.dp_comm_bytes, 2 * 0.75 * 4.0 * c.n_params());
+  // FSDP over 4: a quarter of the state plus one gathered block (parameters and gradients);
+  // all-gather forward + all-gather backward + reduce-scatter = 3 (N-1)/N of the model.
+  o.fsdp = true;
+  const dist::Plan fsdp = dist::make_plan(c, o);
+  EXPECT_DOUBLE_EQ(fsdp.weight_bytes, one.weight_bytes / 4);
+  EXPECT_DOUBLE_EQ(fsdp.optim_bytes, one.optim_bytes / 4);
+  EXPECT_DOUBLE_EQ(fsdp.gathered_bytes, 2 * 4.0 * fsdp.block_params);
+  EXPECT_DOUBLE_EQ(fsdp.dp_comm_bytes, 3 * 0.75 * 4.0 * c.n_params());
+  EXPECT_DOUBLE_EQ(fsdp.activation_bytes, one.activation_bytes);
+  // TP 2: the blocks' linears halve, embeddings stay; 4 all-reduces of (B*T, dim) per block.
+  o.fsdp = false, o.ranks = 2, o.tp = 2;
+  const dist::Plan tp = dist::make_plan(c, o);
+  EXPECT_EQ(tp.dp, 1);
+  EXPECT_LT(tp.weight_bytes, 0.6 * one.weight_bytes);
+  EXPECT_GT(tp.weight_bytes, 0.5 * one.weight_bytes);
+  EXPECT_DOUBLE_EQ(tp.tp_comm_bytes, 4.0 * c.n_layers * 2 * 0.5 * 2048 * c.dim * 4);
+  // Bad layouts.
+  o.tp = 3;
+  EXPECT_THROW(dist::make_plan(c, o), Error);  // does not divide the ranks
+  o.ranks = 6;
+  EXPECT_THROW(dist::make_plan(c, o), Error);  // nor the 32 heads
+  o.ranks = 1, o.tp = 1, o.quant = "hqq4";
+  EXPECT_THROW(dist::make_plan(c, o), Error);  // a frozen base needs adapters
+  o.lora_rank = 64;
+  const dist::Plan ql = dist::make_plan(c, o);
+  // The blocks' linears at 4 + 32/64 bits (f16 scale and zero per 64), the rest in bf16, the
+  // adapters (rank 64 on the 7 linears of each block) in f32.
+  const double linear = (double)c.n_layers * (fsdp.block_params - 2 * c.dim);
+  const double lora = 64.0 * c.n_layers * ((c.dim + c.q_dim()) * 2 + 2 * (c.dim + c.kv_dim()) + 3 * (c.dim + c.ffn_dim));
+  EXPECT_EQ(ql.trainable, (int64_t)lora);
+  EXPECT_NEAR(ql.weight_bytes, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 2 + 4 * lora, 1.0);
+  o.quant = "int9";
+  EXPECT_THROW(dist::make_plan(c, o), Error);
+}
+
+}  // namespace
+}  // namespace llmq
