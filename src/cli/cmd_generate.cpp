@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "dist/tensor_parallel.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
 #include "tokenizer/chat.h"
@@ -20,6 +21,7 @@ struct Opts {
   std::vector<int32_t> eos;
   GenerateOptions g;
   KvOption kv;
+  int tp = 1;
   bool ignore_eos = false, json = false, ids = false, chat = false, interactive = false, no_special = false;
 };
 
@@ -131,9 +133,20 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
   o->kv.add(cmd);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
+  cmd->add_option("--tp", o->tp, "tensor-parallel ranks: run under `mpirun -np N` with --tp N (Megatron layout; "
+                               "every rank computes the same tokens, rank 0 prints)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());
     o->g.kv_type = o->kv.resolve(m);
+    if (o->tp > 1 || dist::launched_by_mpirun()) {
+      dist::Communicator& w = dist::world();
+      if (w.size() != o->tp)
+        fail("--tp {} needs a job of {} ranks (mpirun -np {} llmq generate --tp {} ...); this one has {}", o->tp, o->tp,
+             o->tp, o->tp, w.size());
+      dist::shard_model_tp(m, w.rank(), o->tp, w);
+      if (w.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("cannot silence rank {}'s output", w.rank());
+    }
     std::unique_ptr<Tokenizer> tok;
     if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);
     else if (!o->ids && !tokenizer_find(o->model).empty()) tok = tokenizer_load(o->model);

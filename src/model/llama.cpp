@@ -112,12 +112,14 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
                 L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data());
     op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
     op_matmul(xb, att, L.wo);
+    if (m.partial_sum) m.partial_sum(xb);
     op_add(x, xb);
     // SwiGLU feed-forward.
     op_rmsnorm(xb, x, L.ffn_norm, eps);
     op_matmuls(xb, {{&gate, &L.w_gate}, {&up, &L.w_up}});
     op_swiglu(gate, gate, up);
     op_matmul(xb, gate, L.w_down);
+    if (m.partial_sum) m.partial_sum(xb);
     op_add(x, xb);
   }
 

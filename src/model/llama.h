@@ -1,6 +1,7 @@
 // The Llama model: weights, KV cache and the forward pass. Single-device, single-process:
 // parallelism (later) is applied from outside by splitting weights or assigning layers.
 #pragma once
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -40,6 +41,9 @@ struct Model {
   LlamaWeights weights;
   std::string source;       // directory or preset it came from
   std::vector<double> rope_freqs;  // (head_dim/2) with rope scaling applied
+  // Tensor-parallel shards (dist/tensor_parallel.h): completes the partial sums of the
+  // attention and MLP outputs over the ranks. Empty for a whole model.
+  std::function<void(Tensor&)> partial_sum;
 };
 
 // KV-cache element type: f32, bf16, or int8 / fp8 (E4M3) with a scale per (sequence, head,
