@@ -56,6 +56,7 @@ void register_eval(CLI::App& app) {
     int64_t ctx = 0;
     bool json = false;
     KvOption kv;
+    int tp = 1;
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory")->required();
@@ -63,9 +64,11 @@ void register_eval(CLI::App& app) {
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
   o->kv.add(ppl);
+  ppl->add_option("--tp", o->tp, "tensor-parallel ranks (under mpirun -np N)")->check(CLI::PositiveNumber);
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
     const KvType kv = o->kv.resolve(m);
+    shard_for_tp(m, o->tp, "eval ppl");
     std::vector<int32_t> toks = o->src.load(o->model);
     if (o->ctx == 0) o->ctx = std::min<int64_t>(512, m.config.max_seq_len);
     Progress bar("perplexity", 1, !o->json);

@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "dist/tensor_parallel.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
 #include "tokenizer/chat.h"
@@ -139,14 +138,7 @@ void register_generate(CLI::App& app) {
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());
     o->g.kv_type = o->kv.resolve(m);
-    if (o->tp > 1 || dist::launched_by_mpirun()) {
-      dist::Communicator& w = dist::world();
-      if (w.size() != o->tp)
-        fail("--tp {} needs a job of {} ranks (mpirun -np {} llmq generate --tp {} ...); this one has {}", o->tp, o->tp,
-             o->tp, o->tp, w.size());
-      dist::shard_model_tp(m, w.rank(), o->tp, w);
-      if (w.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("cannot silence rank {}'s output", w.rank());
-    }
+    shard_for_tp(m, o->tp, "generate");
     std::unique_ptr<Tokenizer> tok;
     if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);
     else if (!o->ids && !tokenizer_find(o->model).empty()) tok = tokenizer_load(o->model);

@@ -6,6 +6,7 @@
 #include <cctype>
 
 #include "core/error.h"
+#include "dist/tensor_parallel.h"
 #include "core/file_util.h"
 
 namespace llmq::cli {
@@ -115,6 +116,16 @@ KvType KvOption::resolve(Model& m) const {
   if (scales == "dynamic")
     for (auto& L : m.weights.layers) L.k_amax.clear(), L.v_amax.clear();
   return kv_type_for(m.config, type);
+}
+
+void shard_for_tp(Model& m, int tp, const char* command) {
+  if (tp <= 1 && !dist::launched_by_mpirun()) return;
+  dist::Communicator& w = dist::world();
+  if (w.size() != tp)
+    fail("--tp {} needs a job of {} ranks (mpirun -np {} llmq {} --tp {} ...); this one has {}", tp, tp, tp, command,
+         tp, w.size());
+  dist::shard_model_tp(m, w.rank(), tp, w);
+  if (w.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("cannot silence rank {}'s output", w.rank());
 }
 
 }  // namespace llmq::cli

@@ -45,6 +45,11 @@ struct KvOption {
   KvType resolve(Model& m) const;
 };
 
+// --tp N under `mpirun -np N`: cuts m to this rank's tensor-parallel shard and silences the
+// stdout of ranks other than 0 (every rank computes the same results). Fails when the job's
+// size is not N. Nothing happens for N = 1 outside mpirun.
+void shard_for_tp(Model& m, int tp, const char* command);
+
 // Global --mmap flag: map weights instead of reading them into memory.
 extern bool g_mmap;
 inline LoadMode load_mode() { return g_mmap ? LoadMode::Map : LoadMode::Read; }
