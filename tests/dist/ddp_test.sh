@@ -14,44 +14,14 @@ set -euo pipefail
 LLMQ=$(realpath "$1")
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed (scripts/setup installs openmpi-bin)"; exit 0; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails+1)); }
-
-# A small model (Llama 3 vocabulary, tied embeddings) and data from the fetched corpus.
-head -c 200000 "$ROOT/data/text/web.txt" > "$T/text.txt"
-"$LLMQ" data prepare --tokenizer "$ROOT/models/llama3-tokenizer" --input "$T/text.txt" --out "$T/data" \
-  --val-fraction 0.05 >/dev/null 2>&1
-cat > "$T/config.json" <<'JSON'
-{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128256, "max_position_embeddings": 128,
- "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
- "bos_token_id": 128000, "eos_token_id": 128001}
-JSON
-TRAIN=(train --config "$T/config.json" --data "$T/data" --seq-len 32 --warmup 2
-       --log-every 1 --eval-every 10 --eval-batches 2 --sample-tokens 0 --save-every 10)  # + --steps, --batch, --lr
+source "$ROOT/tests/dist/common.sh"
 run() {  # run RANKS OUT [extra args]: one job; 1 rank runs without mpirun
   local n=$1 out=$2; shift 2
   local args=("${TRAIN[@]}" --out "$out" --lr 3e-3 --steps 20 --json "$@")
   [[ " $* " == *" --batch "* ]] || args+=(--batch 4)
   if [ "$n" = 1 ]; then "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1
   else timeout 300 mpirun -np "$n" "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1; fi
-}
-same_curve() {  # same_curve A B: every logged loss and val loss within 1e-5 relative
-  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
-import json, sys
-a = [json.loads(l) for l in open(sys.argv[1])]
-b = [json.loads(l) for l in open(sys.argv[2])]
-assert len(a) == len(b) == 20, (len(a), len(b))
-worst = 0.0
-for x, y in zip(a, b):
-    for k in ("loss", "val_loss", "grad_norm"):
-        if k in x:
-            worst = max(worst, abs(x[k] - y[k]) / abs(x[k]))
-print(f"max relative loss difference {worst:.2e}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
 }
 
 run 1 "$T/r1" || { cat "$T/r1.log"; exit 1; }
