@@ -26,10 +26,7 @@ void check(int rc, const char* what) {
 template <class F>
 void pieces(size_t n, F f) {
   const size_t step = (size_t)INT_MAX / 2;
-  for (size_t off = 0; off < n || off == 0; off += step) {
-    f(off, (int)std::min(step, n - off));
-    if (n == 0) break;
-  }
+  for (size_t off = 0; off < n; off += step) f(off, (int)std::min(step, n - off));
 }
 
 class MpiComm final : public Communicator {
@@ -64,7 +61,6 @@ class MpiComm final : public Communicator {
     const size_t N = (size_t)size_;
     if (n % N != 0) fail("reduce_scatter: {} elements do not split over {} ranks", n, N);
     const size_t c = n / N;
-    tmp_.resize(n);
     // Rank r receives every rank's chunk r, then sums them in rank order (deterministic).
     pieces(c, [&](size_t off, int cnt) {
       std::vector<float> sendbuf((size_t)cnt * N), recvbuf((size_t)cnt * N);
@@ -126,7 +122,7 @@ class MpiComm final : public Communicator {
  private:
   int rank_ = 0, size_ = 1;
   std::string host_;
-  std::vector<float> tmp_, padded_, chunk_;
+  std::vector<float> padded_, chunk_;
 };
 }  // namespace
 
