@@ -42,6 +42,8 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--recompute", o->recompute, "recompute each block's activations in backward (less memory, ~1/3 more compute)");
   cmd->add_flag("--deterministic", o->deterministic,
                 "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
+  cmd->add_flag("--fsdp", o->fsdp, "under mpirun: shard parameters, gradients and AdamW state over the ranks "
+                                  "(each block gathered before use; same results as data parallel)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
   cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
@@ -54,7 +56,8 @@ void register_train(CLI::App& app) {
     if (*json)
       fmt::print("{}\n", nlohmann::json{{"steps", r.steps}, {"loss", r.last_loss}, {"val_loss", r.last_val_loss},
                                         {"tokens_per_s", r.tokens_per_s}, {"peak_rss_bytes", peak_rss_bytes()},
-                                        {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent}}
+                                        {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
+                                        {"rss_end_bytes", r.rss_end_bytes}}
                              .dump());
     else
       fmt::print("trained {} steps: loss {:.4f}, val loss {:.4f}, {:.0f} tok/s, peak RSS {}\n", r.steps, r.last_loss,

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
 
@@ -126,6 +127,13 @@ void release_pages(const void* p, size_t n) {
   const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
   const uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
   if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+}
+
+uint64_t current_rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace llmq

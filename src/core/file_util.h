@@ -21,6 +21,8 @@ std::string read_text_file(const std::string& path);
 // Drops the resident pages of a consumed range of a read-only file mapping (clean pages:
 // the kernel re-reads them if touched again), so streaming a large file does not grow RSS.
 void release_pages(const void* p, size_t n);
+// This process's resident memory now (VmRSS), bytes.
+uint64_t current_rss_bytes();
 // Reads bytes [offset, offset+n) of a file into dst (chunks in parallel); fails on a short file.
 void read_file_range(const std::string& path, uint64_t offset, uint64_t n, uint8_t* dst);
 

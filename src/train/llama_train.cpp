@@ -69,6 +69,24 @@ void LlamaTrain<F>::fill(const TensorFill& f) {
 }
 
 template <class F>
+std::pair<int64_t, int64_t> LlamaTrain<F>::unit_range(int u) const {
+  // Specs are in HF order: embed, the blocks' tensors block by block, norm, lm_head.
+  auto unit_of = [&](const std::string& name) -> int64_t {
+    if (name == "model.embed_tokens.weight") return 0;
+    if (name.rfind("model.layers.", 0) == 0) return 1 + std::stoi(name.substr(13));
+    return config.n_layers + 1;
+  };
+  int64_t b = -1, e = -1;
+  for (size_t i = 0; i < specs.size(); i++)
+    if (unit_of(specs[i].name) == u) {
+      if (b < 0) b = offsets[i];
+      e = offsets[i] + shape_numel(specs[i].shape);
+    }
+  LLMQ_CHECK(b >= 0);
+  return {b, e};
+}
+
+template <class F>
 void LlamaTrain<F>::zero_grad() {
   std::fill(grads.begin(), grads.end(), F(0));
 }
@@ -164,13 +182,25 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
   tokens_.assign(tokens, tokens + N);
   targets_.assign(targets, targets + N);
   const double eps = c.norm_eps;
+  const bool tied = p.lm_head == p.embed;
+  const int head = c.n_layers + 1;
+  auto call = [](const std::function<void(int)>& f, int u) {
+    if (f) f(u);
+  };
+  call(hooks.gather, 0);
   embedding_forward(acts_[0].x_in.data(), tokens, p.embed, N, C);
+  if (!tied) call(hooks.done_forward, 0);
   for (int64_t l = 0; l < c.n_layers; l++) {
     F* next = l + 1 < c.n_layers ? acts_[l + 1].x_in.data() : x_out_.data();
+    call(hooks.gather, (int)l + 1);
     block_forward(l, acts_[l].x_in.data(), recompute_ ? work_ : acts_[l], next);
+    call(hooks.done_forward, (int)l + 1);
   }
+  call(hooks.gather, head);
   rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, eps);
   matmul_forward(probs_.data(), lnf_.data(), p.lm_head, N, C, V);
+  call(hooks.done_forward, head);
+  if (tied) call(hooks.done_forward, 0);
   const double sum = cross_entropy_forward(probs_.data(), targets, N, V, &n_valid_);
   if (n_valid_ == 0) fail("training: a batch with no targets");
   return sum / (double)n_valid_;
@@ -186,10 +216,19 @@ void LlamaTrain<F>::backward(double loss_scale) {
     for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
   };
   // probs become dlogits in place (so backward may run once per forward).
+  const bool tied = p.lm_head == p.embed;
+  const int head = c.n_layers + 1;
+  auto call = [](const std::function<void(int)>& f, int u) {
+    if (f) f(u);
+  };
   cross_entropy_backward(probs_.data(), targets_.data(), N, V, loss_scale / (double)n_valid_);
+  call(hooks.gather, head);
+  if (tied) call(hooks.gather, 0);
   matmul_backward(dln_.data(), g.lm_head, probs_.data(), lnf_.data(), p.lm_head, N, C, V);
   rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
+  call(hooks.done_backward, head);
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
+    call(hooks.gather, (int)l + 1);
     const F* x_in = acts_[l].x_in.data();
     if (recompute_) block_forward(l, x_in, work_, dtmp_.data());  // dtmp_ is free here
     Acts& a = recompute_ ? work_ : acts_[l];
@@ -216,8 +255,10 @@ void LlamaTrain<F>::backward(double loss_scale) {
     add(dln_, dtmp_);
     rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), x_in, L.attn_norm, a.rstd1.data(), N, C);
     add(dx_, dtmp_);
+    call(hooks.done_backward, (int)l + 1);
   }
   embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);
+  call(hooks.done_backward, 0);
   n_valid_ = 0;  // the saved probabilities are gone: a second backward needs a new forward
 }
 

@@ -5,6 +5,7 @@
 // for gradient checks.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,19 @@ struct LlamaTrain {
   bool recompute() const { return recompute_; }
   // Bytes of saved activations and backward scratch for the planned (B, T).
   int64_t activation_bytes() const;
+
+  // Parameter units, for fully sharded training: 0 the embeddings, 1..n_layers the blocks,
+  // n_layers+1 the final norm and (untied) lm_head; each a contiguous range of params/grads.
+  int n_units() const { return config.n_layers + 2; }
+  std::pair<int64_t, int64_t> unit_range(int u) const;  // [begin, end) elements
+  // Called around each unit's use: gather(u) before its parameters are read (forward and
+  // backward), done_forward(u) after its forward, done_backward(u) once its gradients of this
+  // backward are complete. With tied embeddings unit 0 is used at both ends of the pass and
+  // its gradients are complete only after the embedding backward. Empty: no calls.
+  struct UnitHooks {
+    std::function<void(int)> gather, done_forward, done_backward;
+  };
+  UnitHooks hooks;
 
  private:
   void plan(int64_t B, int64_t Tn);

@@ -19,6 +19,7 @@
 #include "ops/ops.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
+#include "train/fsdp.h"
 #include "train/llama_train.h"
 
 namespace llmq::train {
@@ -318,8 +319,8 @@ TrainResult train_run(const TrainOptions& o) {
     fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
   comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),
                   "the training options, model config and paths");
-  fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp=1 tp=1, {} threads\n", R, W, comm.backend(),
-             comm.host(), W, ops_threads());
+  fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
+             comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
   LlamaTrain<float> m(cfg);
   m.set_recompute(o.recompute);
   std::vector<AdamW<float>::Range> ranges;
@@ -345,6 +346,15 @@ TrainResult train_run(const TrainOptions& o) {
     if (!o.model.empty()) load_params(o.model, m);
     else m.fill(init_fill(cfg, o.seed));
     if (lead) write_file_atomic(metrics, "");
+  }
+  // Fully sharded: keep this rank's chunks of the parameters and moments, drop the full
+  // buffers (the full moments come back only while a checkpoint is written).
+  std::unique_ptr<Fsdp> fsdp;
+  auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
+  if (o.fsdp) {
+    fsdp = std::make_unique<Fsdp>(m, comm, o.adamw, ranges);
+    fsdp->shard(o.resume ? &opt : nullptr);
+    free_moments();
   }
   std::ofstream log;
   if (lead) log.open(metrics, std::ios::app);
@@ -379,30 +389,36 @@ TrainResult train_run(const TrainOptions& o) {
   auto t_log = t_start;
   int64_t tokens_since = 0, cursor = r.cursor;
   for (int64_t step = r.step; step < o.steps; step++) {
-    m.zero_grad();
+    if (fsdp) fsdp->zero_grads();
+    else m.zero_grad();
     double loss = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
       loss += m.forward(my_tokens, my_targets, Bl, T) / (double)(o.grad_accum * W);
       m.backward(1.0 / (double)(o.grad_accum * W));
     }
-    if (W > 1) {  // gradients summed over ranks in buckets of 25 MB (PyTorch DDP's default)
+    if (W > 1 && !fsdp) {  // gradients summed over ranks in buckets of 25 MB (PyTorch DDP's default)
       const size_t bucket = (size_t)25 << 18;
       for (size_t off = 0; off < m.grads.size(); off += bucket)
         comm.all_reduce_sum(m.grads.data() + off, std::min(bucket, m.grads.size() - off));
-      loss = rank_sum(loss);
     }
+    loss = rank_sum(loss);
     double ss = 0;
-    for (float g : m.grads) ss += (double)g * g;
+    if (fsdp) ss = fsdp->grad_sq_norm();  // FSDP: already reduce-scattered, block by block
+    else
+      for (float g : m.grads) ss += (double)g * g;
     const double gnorm = std::sqrt(ss);
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
       fail("train: the loss became {} at step {}; stopping (the last good checkpoint is in {})", loss, step + 1, o.out);
     if (o.clip > 0 && gnorm > o.clip) {
       const float s = (float)(o.clip / gnorm);
-      for (float& g : m.grads) g *= s;
+      if (fsdp) fsdp->scale_grads(s);
+      else
+        for (float& g : m.grads) g *= s;
     }
     const double lr = lr_at(o, step);
-    opt.update(m.params.data(), m.grads.data(), lr);
+    if (fsdp) fsdp->step(lr);
+    else opt.update(m.params.data(), m.grads.data(), lr);
     tokens_since += N * o.grad_accum;
     res.last_loss = loss;
     const int64_t done = step + 1;
@@ -433,14 +449,20 @@ TrainResult train_run(const TrainOptions& o) {
       log.flush();
     }
     const bool stop = o.stop_after > 0 && done >= o.stop_after;
-    if (lead && ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop)) {
-      save_checkpoint(o, m, opt, done, cursor, tok_src);
-      if (o.sample_tokens > 0 && !tok_src.empty() && o.progress) sample(o, done);
+    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {
+      if (fsdp) {  // every rank takes part in gathering the full state for rank 0 to write
+        opt.m.assign(m.params.size(), 0.f), opt.v.assign(m.params.size(), 0.f);
+        fsdp->gather_all(&opt);
+      }
+      if (lead) save_checkpoint(o, m, opt, done, cursor, tok_src);
+      if (fsdp) fsdp->release_all(), free_moments();
+      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress) sample(o, done);
     }
     res.steps = done;
     if (stop) break;
   }
   res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent;
+  res.rss_end_bytes = current_rss_bytes();
   return res;
 }
 

@@ -31,6 +31,7 @@ struct TrainOptions {
   bool resume = false, progress = true;
   bool recompute = false;      // per-block activation recomputation (less memory, ~1/3 more compute)
   bool deterministic = false;  // pin the thread count in the checkpoint; a resume uses it
+  bool fsdp = false;           // shard parameters, gradients and AdamW moments over the ranks (train/fsdp.h)
 };
 
 struct TrainResult {
@@ -38,6 +39,7 @@ struct TrainResult {
   double last_loss = 0, last_val_loss = -1, tokens_per_s = 0;
   int rank = 0, world = 1;
   uint64_t bytes_sent = 0;  // payload this rank sent to the others (gradient all-reduces, ...)
+  uint64_t rss_end_bytes = 0;  // this rank's resident memory at the end (after the last step)
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`

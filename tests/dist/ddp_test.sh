@@ -5,6 +5,8 @@
 #    share of the batch, then the shares are summed in rank order), with and without
 #    gradient accumulation;
 #  - the bytes each rank sends are what `llmq plan` computes;
+#  - fully sharded (--fsdp) runs at 2 and 4 ranks follow the same curve, send the plan's bytes,
+#    and resume at another world size;
 #  - a deterministic run gives bitwise identical weights when repeated;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
@@ -42,16 +44,39 @@ theory = 20 * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
 print(f"2 ranks: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
 sys.exit(0 if theory <= run["bytes_sent_per_rank"] <= 1.001 * theory else 1)
 PY
+# Fully sharded (FSDP): the same curve at 2 and 4 ranks; the bytes each rank sends are the
+# plan's per-step figure (all-gather before forward and before backward, reduce-scatter
+# after) for 20 steps, plus the two validation passes (2 batches each: 2/3 of a step's
+# traffic, one all-gather per batch) and the two checkpoints (parameters and both moments
+# gathered: one step's traffic each): within 0.1%.
+for n in 2 4; do
+  run $n "$T/f$n" --fsdp || { tail -20 "$T/f$n.log"; fail "fsdp $n ranks"; continue; }
+  grep -q "mesh dp=1 fsdp=$n" "$T/f$n.log" || fail "fsdp $n ranks: no mesh line"
+  echo -n "fsdp $n ranks vs 1: "; same_curve "$T/r1" "$T/f$n" || fail "fsdp $n ranks: loss curve differs"
+done
+/usr/bin/python3 - "$T" "$("$LLMQ" plan -m "$T" --ranks 2 --fsdp --seq-len 32 --batch 2 --json)" <<'PY' || fail "fsdp bytes vs plan"
+import json, sys
+t, plan = sys.argv[1], json.loads(sys.argv[2])
+run = [json.loads(l) for l in open(f"{t}/f2.log") if l.startswith("{")][-1]
+theory = (20 + 2 * 2 / 3 + 2) * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
+print(f"fsdp 2 ranks: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
+sys.exit(0 if abs(run["bytes_sent_per_rank"] / theory - 1) <= 1e-3 else 1)
+PY
 # Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
 run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
+run 2 "$T/a3" --batch 2 --grad-accum 2 --fsdp || fail "fsdp grad-accum run"
+echo -n "fsdp grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a3" || fail "fsdp grad-accum: loss curve differs"
 # Deterministic: the same job twice gives the same bytes.
 run 2 "$T/d1" --deterministic && run 2 "$T/d2" --deterministic || fail "deterministic runs"
 cmp -s "$T/d1/checkpoint-000020/model.safetensors" "$T/d2/checkpoint-000020/model.safetensors" ||
   fail "deterministic 2-rank runs wrote different weights"
-# Stop at step 10 on 1 rank, resume on 2 ranks: the rest of the 1-rank curve.
+# Stop at step 10 on 1 rank, resume on 2 ranks: the rest of the 1-rank curve; and an FSDP
+# run stopped at 4 ranks resumed at 2 (checkpoints are gathered: no world size in them).
 run 1 "$T/s" --stop-after 10 && run 2 "$T/s" --resume || fail "stop/resume runs"
 echo -n "resumed on 2 ranks vs 1: "; same_curve "$T/r1" "$T/s" || fail "resume at another world size"
+run 4 "$T/fs" --fsdp --stop-after 10 && run 2 "$T/fs" --fsdp --resume || fail "fsdp stop/resume runs"
+echo -n "fsdp 4 ranks stopped, resumed on 2, vs 1 rank: "; same_curve "$T/r1" "$T/fs" || fail "fsdp resume at another world size"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...

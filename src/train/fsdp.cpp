@@ -1,0 +1,146 @@
+#include "train/fsdp.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace llmq::train {
+
+namespace {
+// Zeroes n floats at p, returning the whole pages inside the range to the OS (they read
+// back as zeros without being resident) and clearing the partial pages at its edges.
+void release(float* p, int64_t n) {
+  if (n <= 0) return;
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t b = (uintptr_t)p, e = (uintptr_t)(p + n);
+  const uintptr_t ib = (b + page - 1) / page * page, ie = e / page * page;
+  if (ib >= ie) {
+    std::memset(p, 0, (size_t)n * 4);
+    return;
+  }
+  std::memset(p, 0, ib - b);
+  std::memset(reinterpret_cast<void*>(ie), 0, e - ie);
+  if (madvise(reinterpret_cast<void*>(ib), ie - ib, MADV_DONTNEED) != 0) std::memset(reinterpret_cast<void*>(ib), 0, ie - ib);
+}
+
+// The AdamW ranges of the shard: each tensor's part inside this rank's chunks, padding as
+// no-decay ranges (its gradients stay zero, so its parameters do too).
+std::vector<AdamW<float>::Range> shard_ranges(const std::vector<AdamW<float>::Range>& full, int64_t begin,
+                                              int64_t end, int64_t shard_off, int64_t chunk,
+                                              std::vector<AdamW<float>::Range> out) {
+  int64_t at = shard_off;
+  for (const auto& r : full) {
+    const int64_t b = std::max(begin, r.offset), e = std::min(end, r.offset + r.n);
+    if (b >= e) continue;
+    out.push_back({at, e - b, r.decay});
+    at += e - b;
+  }
+  if (at < shard_off + chunk) out.push_back({at, shard_off + chunk - at, false});
+  return out;
+}
+}  // namespace
+
+Fsdp::Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cfg,
+           const std::vector<AdamW<float>::Range>& ranges)
+    : m_(m), comm_(comm), opt_(cfg, {{0, 0, false}}, 0) {
+  const int64_t W = comm.size(), R = comm.rank();
+  int64_t off = 0;
+  std::vector<AdamW<float>::Range> sr;
+  for (int u = 0; u < m.n_units(); u++) {
+    const auto [b, e] = m.unit_range(u);
+    const int64_t chunk = (e - b + W - 1) / W;
+    units_.push_back({b, e, chunk, off});
+    sr = shard_ranges(ranges, std::min(e, b + R * chunk), std::min(e, b + (R + 1) * chunk), off, chunk, std::move(sr));
+    off += chunk;
+  }
+  param_.assign((size_t)off, 0.f);
+  grad_.assign((size_t)off, 0.f);
+  opt_ = AdamW<float>(cfg, sr, off);
+}
+
+void Fsdp::shard(const AdamW<float>* full_opt) {
+  const int64_t R = comm_.rank();
+  for (auto& u : units_) {
+    const int64_t b = std::min(u.end, u.begin + R * u.chunk), e = std::min(u.end, u.begin + (R + 1) * u.chunk);
+    std::copy(m_.params.begin() + b, m_.params.begin() + e, param_.begin() + u.shard_off);
+    if (full_opt) {
+      std::copy(full_opt->m.begin() + b, full_opt->m.begin() + e, opt_.m.begin() + u.shard_off);
+      std::copy(full_opt->v.begin() + b, full_opt->v.begin() + e, opt_.v.begin() + u.shard_off);
+      opt_.step = full_opt->step;
+    }
+  }
+  release(m_.params.data(), (int64_t)m_.params.size());
+  release(m_.grads.data(), (int64_t)m_.grads.size());
+  for (auto& u : units_) u.gathered = false;
+  m_.hooks.gather = [this](int u) { gather(u); };
+  m_.hooks.done_forward = [this](int u) { drop_params(u); };
+  m_.hooks.done_backward = [this](int u) {
+    reduce_grads(u);
+    drop_params(u);
+  };
+}
+
+void Fsdp::gather_into(const float* src, const Unit& u, float* dst) {
+  tmp_.resize((size_t)(u.chunk * comm_.size()));
+  comm_.all_gather(src + u.shard_off, tmp_.data(), (size_t)u.chunk);
+  std::copy(tmp_.begin(), tmp_.begin() + (u.end - u.begin), dst + u.begin);
+}
+
+void Fsdp::gather(int i) {
+  Unit& u = units_[i];
+  if (u.gathered) return;
+  gather_into(param_.data(), u, m_.params.data());
+  u.gathered = true;
+}
+
+void Fsdp::drop_params(int i) {
+  Unit& u = units_[i];
+  if (!u.gathered) return;
+  release(m_.params.data() + u.begin, u.end - u.begin);
+  u.gathered = false;
+}
+
+void Fsdp::reduce_grads(int i) {
+  const Unit& u = units_[i];
+  tmp_.assign((size_t)(u.chunk * comm_.size()), 0.f);
+  std::copy(m_.grads.begin() + u.begin, m_.grads.begin() + u.end, tmp_.begin());
+  out_.resize((size_t)u.chunk);
+  comm_.reduce_scatter_sum(tmp_.data(), out_.data(), tmp_.size());
+  for (int64_t k = 0; k < u.chunk; k++) grad_[u.shard_off + k] += out_[k];
+  release(m_.grads.data() + u.begin, u.end - u.begin);
+}
+
+double Fsdp::grad_sq_norm() {
+  double ss = 0;
+  for (float g : grad_) ss += (double)g * g;
+  float f = (float)ss;
+  comm_.all_reduce_sum(&f, 1);
+  return f;
+}
+
+void Fsdp::scale_grads(float s) {
+  for (float& g : grad_) g *= s;
+}
+
+void Fsdp::zero_grads() { std::fill(grad_.begin(), grad_.end(), 0.f); }
+
+void Fsdp::gather_all(AdamW<float>* full) {
+  for (int i = 0; i < (int)units_.size(); i++) {
+    gather(i);
+    if (full) {
+      gather_into(opt_.m.data(), units_[i], full->m.data());
+      gather_into(opt_.v.data(), units_[i], full->v.data());
+      full->step = opt_.step;
+    }
+  }
+}
+
+void Fsdp::release_all() {
+  for (int i = 0; i < (int)units_.size(); i++) drop_params(i);
+}
+
+}  // namespace llmq::train

@@ -1,0 +1,53 @@
+// Fully sharded data parallel (ZeRO-3 style) state of one rank: each parameter unit of
+// LlamaTrain (embeddings, each block, the head) is split into equal chunks over the ranks;
+// this rank keeps its chunk of the parameters, gradients and AdamW moments. A unit's full
+// parameters are all-gathered into the model's buffer right before its forward and again
+// before its backward, and their pages are returned to the OS (MADV_DONTNEED) after use; a
+// unit's gradients are reduce-scattered into the gradient chunks as soon as its backward is
+// done, then dropped too. So a rank holds 1/N of the state plus about one unit at a time.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "dist/comm.h"
+#include "train/adamw.h"
+#include "train/llama_train.h"
+
+namespace llmq::train {
+
+class Fsdp {
+ public:
+  // ranges: the AdamW ranges of the whole parameter buffer (decay flags per tensor).
+  Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cfg,
+       const std::vector<AdamW<float>::Range>& ranges);
+  // Takes this rank's chunks of the model's (full, identical on every rank) parameters and,
+  // when given, of full AdamW moments; then releases the full buffers and installs the hooks.
+  void shard(const AdamW<float>* full_opt = nullptr);
+  // Squared L2 norm of the whole gradient (summed over ranks).
+  double grad_sq_norm();
+  void scale_grads(float s);
+  void zero_grads();
+  void step(double lr) { opt_.update(param_.data(), grad_.data(), lr); }
+  // Collective: the full parameters into the model's buffer and the full moments into
+  // `full` (for a checkpoint); release() drops the parameters again.
+  void gather_all(AdamW<float>* full);
+  void release_all();
+  int64_t shard_elements() const { return (int64_t)param_.size(); }
+
+ private:
+  struct Unit {
+    int64_t begin, end, chunk, shard_off;  // model range, chunk length, offset in the shards
+    bool gathered = false;
+  };
+  void gather(int u);
+  void drop_params(int u);
+  void reduce_grads(int u);
+  void gather_into(const float* chunk_src, const Unit& u, float* dst);
+  LlamaTrain<float>& m_;
+  dist::Communicator& comm_;
+  std::vector<Unit> units_;
+  std::vector<float> param_, grad_, tmp_, out_;
+  AdamW<float> opt_;
+};
+
+}  // namespace llmq::train
