@@ -377,18 +377,24 @@ TEST_F(PipelineFixture, HqqCheckpointLoadsAsComputed) {
   HqqOptions ho;
   ho.bits = 4, ho.group = 64;
   const HqqResult r = hqq_quantize(w32.host<float>(), M, K, ho);
-  const auto ref = hqq_dequantize(r, M, K, ho);
-  std::vector<float> got((size_t)(M * K));
-  dequantize_tensor_rows(q.weights.layers[1].w_down, 0, M, got.data());
-  double worst = 0;
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t k = 0; k < K; k++) {
-      const int64_t g = m * (K / 64) + k / 64;
-      const double s = r.scale[g], z = r.zero[g], c = r.codes[m * K + k];
-      const double bound = s * std::ldexp(1.0, -11) * (std::fabs(c - z) + 1.001 * std::fabs(z)) + 1e-6 * s * 16;
-      worst = std::max(worst, std::fabs(got[m * K + k] - ref[m * K + k]) / bound);
-    }
-  EXPECT_LE(worst, 1.0);
+  // The loaded weights against the solver's, relative to the f16 rounding bound of the
+  // stored scale and zero (group_of(m, k): the group of weight (m, k)).
+  auto worst_vs_solver = [&](const Tensor& loaded, const HqqResult& r, const HqqOptions& ho, auto group_of) {
+    const auto ref = hqq_dequantize(r, M, K, ho);
+    std::vector<float> got((size_t)(M * K));
+    dequantize_tensor_rows(loaded, 0, M, got.data());
+    double worst = 0;
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++) {
+        const int64_t g = group_of(m, k);
+        const double s = r.scale[g], z = r.zero[g], c = r.codes[m * K + k];
+        const double bound = s * std::ldexp(1.0, -11) * (std::fabs(c - z) + 1.001 * std::fabs(z)) + 1e-6 * s * 16;
+        worst = std::max(worst, std::fabs(got[m * K + k] - ref[m * K + k]) / bound);
+      }
+    return worst;
+  };
+  EXPECT_LE(worst_vs_solver(q.weights.layers[1].w_down, r, ho, [&](int64_t m, int64_t k) { return m * (K / 64) + k / 64; }),
+            1.0);
   // HQQ beats min-max RTN at the same group, as its paper claims, on this model's weights.
   QuantizeOptions rt = opts("rtn", "w4a16", 64);
   quantize_model(rt);
@@ -402,17 +408,8 @@ TEST_F(PipelineFixture, HqqCheckpointLoadsAsComputed) {
   EXPECT_EQ(q0.config.quant.hqq_axis, 0);
   ho.group = 32, ho.axis = 0;
   const HqqResult r0 = hqq_quantize(w32.host<float>(), M, K, ho);
-  const auto ref0 = hqq_dequantize(r0, M, K, ho);
-  dequantize_tensor_rows(q0.weights.layers[1].w_down, 0, M, got.data());
-  worst = 0;
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t k = 0; k < K; k++) {
-      const int64_t g = (m % (M / 32)) * K + k;
-      const double s = r0.scale[g], z = r0.zero[g], c = r0.codes[m * K + k];
-      const double bound = s * std::ldexp(1.0, -11) * (std::fabs(c - z) + 1.001 * std::fabs(z)) + 1e-6 * s * 16;
-      worst = std::max(worst, std::fabs(got[m * K + k] - ref0[m * K + k]) / bound);
-    }
-  EXPECT_LE(worst, 1.0);
+  EXPECT_LE(worst_vs_solver(q0.weights.layers[1].w_down, r0, ho, [&](int64_t m, int64_t k) { return (m % (M / 32)) * K + k; }),
+            1.0);
   // and runs: close to the float model (KL of the same order as axis 1's at group 32).
   QuantizeOptions a1 = opts("hqq", "w4a16", 32);
   quantize_model(a1);

@@ -6,8 +6,8 @@
 #include <cctype>
 
 #include "core/error.h"
-#include "dist/tensor_parallel.h"
 #include "core/file_util.h"
+#include "dist/tensor_parallel.h"
 
 namespace llmq::cli {
 

@@ -29,9 +29,8 @@ void release(float* p, int64_t n) {
 
 // The AdamW ranges of the shard: each tensor's part inside this rank's chunks, padding as
 // no-decay ranges (its gradients stay zero, so its parameters do too).
-std::vector<AdamW<float>::Range> shard_ranges(const std::vector<AdamW<float>::Range>& full, int64_t begin,
-                                              int64_t end, int64_t shard_off, int64_t chunk,
-                                              std::vector<AdamW<float>::Range> out) {
+void add_shard_ranges(const std::vector<AdamW<float>::Range>& full, int64_t begin, int64_t end, int64_t shard_off,
+                      int64_t chunk, std::vector<AdamW<float>::Range>& out) {
   int64_t at = shard_off;
   for (const auto& r : full) {
     const int64_t b = std::max(begin, r.offset), e = std::min(end, r.offset + r.n);
@@ -40,7 +39,6 @@ std::vector<AdamW<float>::Range> shard_ranges(const std::vector<AdamW<float>::Ra
     at += e - b;
   }
   if (at < shard_off + chunk) out.push_back({at, shard_off + chunk - at, false});
-  return out;
 }
 }  // namespace
 
@@ -54,7 +52,7 @@ Fsdp::Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cf
     const auto [b, e] = m.unit_range(u);
     const int64_t chunk = (e - b + W - 1) / W;
     units_.push_back({b, e, chunk, off});
-    sr = shard_ranges(ranges, std::min(e, b + R * chunk), std::min(e, b + (R + 1) * chunk), off, chunk, std::move(sr));
+    add_shard_ranges(ranges, std::min(e, b + R * chunk), std::min(e, b + (R + 1) * chunk), off, chunk, sr);
     off += chunk;
   }
   param_.assign((size_t)off, 0.f);

@@ -26,42 +26,37 @@ run() {  # run RANKS OUT [extra args]: one job; 1 rank runs without mpirun
   else timeout 300 mpirun -np "$n" "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1; fi
 }
 
-run 1 "$T/r1" || { cat "$T/r1.log"; exit 1; }
-for n in 2 4; do
-  run $n "$T/r$n" || { cat "$T/r$n.log"; fail "$n ranks"; continue; }
-  grep -q "rank 1 of $n (mpi" "$T/r$n.log" || fail "$n ranks: no rank/mesh line"
-  grep -q "mesh dp=$n" "$T/r$n.log" || fail "$n ranks: no mesh line"
-  echo -n "$n ranks vs 1: "; same_curve "$T/r1" "$T/r$n" || fail "$n ranks: loss curve differs"
-done
-# Bytes each rank sent, against `llmq plan` (gradient all-reduce: 2 (N-1)/N of the f32
-# gradients per step; measured adds the per-step loss sums, the config check and the
-# validation sums, a few hundred bytes): within 0.1%.
-/usr/bin/python3 - "$T" "$("$LLMQ" plan -m "$T" --ranks 2 --seq-len 32 --batch 2 --json)" <<'PY' || fail "bytes vs plan"
+bytes_vs_plan() {  # bytes_vs_plan LOG STEPS PLAN_ARGS...: rank 0's bytes sent = STEPS (an expression) x plan's step, within 0.1%
+  local log=$1 worth=$2; shift 2
+  /usr/bin/python3 - "$log" "$worth" "$("$LLMQ" plan -m "$T" --seq-len 32 --batch 2 --json "$@")" <<'PY'
 import json, sys
-t, plan = sys.argv[1], json.loads(sys.argv[2])
-run = [json.loads(l) for l in open(f"{t}/r2.log") if l.startswith("{")][-1]
-theory = 20 * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
-print(f"2 ranks: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
-sys.exit(0 if theory <= run["bytes_sent_per_rank"] <= 1.001 * theory else 1)
-PY
-# Fully sharded (FSDP): the same curve at 2 and 4 ranks; the bytes each rank sends are the
-# plan's per-step figure (all-gather before forward and before backward, reduce-scatter
-# after) for 20 steps, plus the two validation passes (2 batches each: 2/3 of a step's
-# traffic, one all-gather per batch) and the two checkpoints (parameters and both moments
-# gathered: one step's traffic each): within 0.1%.
-for n in 2 4; do
-  run $n "$T/f$n" --fsdp || { tail -20 "$T/f$n.log"; fail "fsdp $n ranks"; continue; }
-  grep -q "mesh dp=1 fsdp=$n" "$T/f$n.log" || fail "fsdp $n ranks: no mesh line"
-  echo -n "fsdp $n ranks vs 1: "; same_curve "$T/r1" "$T/f$n" || fail "fsdp $n ranks: loss curve differs"
-done
-/usr/bin/python3 - "$T" "$("$LLMQ" plan -m "$T" --ranks 2 --fsdp --seq-len 32 --batch 2 --json)" <<'PY' || fail "fsdp bytes vs plan"
-import json, sys
-t, plan = sys.argv[1], json.loads(sys.argv[2])
-run = [json.loads(l) for l in open(f"{t}/f2.log") if l.startswith("{")][-1]
-theory = (20 + 2 * 2 / 3 + 2) * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
-print(f"fsdp 2 ranks: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
+log, worth, plan = sys.argv[1], eval(sys.argv[2]), json.loads(sys.argv[3])  # worth: an arithmetic expression
+run = [json.loads(l) for l in open(log) if l.startswith("{")][-1]
+theory = worth * plan["comm_bytes_per_step_per_rank"]["data_parallel"]
+print(f"{log.rsplit('/', 1)[-1]}: sent {run['bytes_sent_per_rank']} bytes per rank, plan {theory:.0f}")
 sys.exit(0 if abs(run["bytes_sent_per_rank"] / theory - 1) <= 1e-3 else 1)
 PY
+}
+
+run 1 "$T/r1" || { cat "$T/r1.log"; exit 1; }
+# Data parallel (r2, r4) and fully sharded (f2, f4) runs against the 1-rank curve.
+for mode in ddp fsdp; do
+  for n in 2 4; do
+    if [ $mode = ddp ]; then out="$T/r$n" extra=() mesh="dp=$n fsdp=1"; else out="$T/f$n" extra=(--fsdp) mesh="dp=1 fsdp=$n"; fi
+    run $n "$out" "${extra[@]}" || { tail -20 "$out.log"; fail "$mode $n ranks"; continue; }
+    grep -q "rank 1 of $n (mpi" "$out.log" || fail "$mode $n ranks: no rank line"
+    grep -q "mesh $mesh" "$out.log" || fail "$mode $n ranks: no mesh line"
+    echo -n "$mode $n ranks vs 1: "; same_curve "$T/r1" "$out" || fail "$mode $n ranks: loss curve differs"
+  done
+done
+# Bytes each rank sent, against `llmq plan`. Data parallel: the gradient all-reduce, 2 (N-1)/N
+# of the f32 gradients per step, for 20 steps (measured adds the loss sums, the config check
+# and the validation sums, a few hundred bytes). FSDP: the per-step all-gathers before
+# forward and backward and the reduce-scatter after, for 20 steps, plus the two validation
+# passes (2 batches each, one all-gather per batch: 2/3 of a step's traffic) and the two
+# checkpoints (parameters and both moments gathered: one step's traffic each).
+bytes_vs_plan "$T/r2.log" 20 --ranks 2 || fail "bytes vs plan"
+bytes_vs_plan "$T/f2.log" "20 + 2 * 2/3 + 2" --ranks 2 --fsdp || fail "fsdp bytes vs plan"
 # Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
 run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
