@@ -3,9 +3,16 @@
 // collectives' definitions. (Multi-rank behaviour: tests/dist/ddp_test.sh under mpirun.)
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+#include <random>
+
 #include "core/error.h"
+#include "core/file_util.h"
+#include "core/zero_pages.h"
 #include "dist/comm.h"
 #include "dist/plan.h"
+#include "train/checkpoint.h"
 #include "train/llama_train.h"
 
 namespace llmq {
@@ -25,6 +32,89 @@ TEST(Dist, LocalCommunicator) {
   EXPECT_THROW(c->send(a.data(), 4, 1), Error);
   EXPECT_FALSE(dist::launched_by_mpirun());
   EXPECT_EQ(dist::world().size(), 1);
+}
+
+// A sharded checkpoint written by W ranks (each rank's chunks laid out as checkpoint.h says)
+// reads back any range of the parameters and moments exactly, for W = 1..5 on a model whose
+// units do not divide evenly; a truncated or missing shard, a unit layout for another world
+// size, and a state of another model are refused with the file named.
+TEST(Checkpoint, ShardedReadsAnyRangeAtAnyWorldSize) {
+  ModelConfig c = config_preset("tiny");
+  c.ffn_dim = 53, c.vocab_size = 251, c.n_layers = 3;  // odd sizes: units split unevenly
+  const train::FlatLayout L(c);
+  train::LlamaTrain<float> shape(c);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<float> full[3];
+  for (auto& f : full) {
+    f.resize((size_t)L.n);
+    for (float& x : f) x = u(rng);
+  }
+  const std::string dir = (std::filesystem::temp_directory_path() / "llmq_shard_test").string();
+  for (int W = 1; W <= 5; W++) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::vector<train::ShardUnit> units;
+    for (int k = 0; k < shape.n_units(); k++) {
+      const auto [b, e] = shape.unit_range(k);
+      units.push_back({b, e, (e - b + W - 1) / W});
+    }
+    for (int r = 0; r < W; r++) {  // what rank r holds: its chunk of every unit, zero-padded
+      std::vector<float> mine[3];
+      for (int k = 0; k < 3; k++)
+        for (const auto& x : units)
+          for (int64_t i = x.begin + r * x.chunk; i < x.begin + (r + 1) * x.chunk; i++) mine[k].push_back(i < x.end ? full[k][i] : 0.f);
+      train::write_shard(dir, r, W, mine[0].data(), mine[1].data(), mine[2].data(), (int64_t)mine[0].size());
+    }
+    train::CheckpointHead h{12, 345, 12, nlohmann::json{{"lr", 1e-3}}, 0};
+    train::write_shard_meta(dir, c, units, W, h, "");
+    const train::CheckpointSource s = train::open_checkpoint(dir, c);
+    EXPECT_EQ(s.head.world_size, W);
+    EXPECT_EQ(s.head.cursor, 345);
+    for (int t = 0; t < 50; t++) {
+      int64_t b = std::uniform_int_distribution<int64_t>(0, L.n - 1)(rng);
+      int64_t e = std::min(L.n, b + std::uniform_int_distribution<int64_t>(1, 3000)(rng));
+      if (t == 0) b = 0, e = L.n;
+      std::vector<float> got((size_t)(e - b));
+      const train::FlatReader* rd[3] = {&s.params, &s.m, &s.v};
+      for (int k = 0; k < 3; k++) {
+        (*rd[k])(b, e, got.data());
+        ASSERT_TRUE(std::equal(got.begin(), got.end(), full[k].begin() + b)) << "W=" << W << " k=" << k << " [" << b << "," << e << ")";
+      }
+    }
+  }
+  // Bad input: the state of another model, a unit layout for another world size, a short shard, a missing one.
+  ModelConfig other = c;
+  other.ffn_dim = 56;
+  EXPECT_THROW(train::open_checkpoint(dir, other), Error);
+  const std::string meta = dir + "/sharded_state.json", good = read_text_file(meta);
+  auto j = nlohmann::json::parse(good);
+  j["world_size"] = 4;
+  write_file_atomic(meta, j.dump());
+  EXPECT_THROW(train::open_checkpoint(dir, c), Error);
+  write_file_atomic(meta, good);
+  std::filesystem::resize_file(dir + "/shard-00002-of-00005.bin", 100);
+  try {
+    train::open_checkpoint(dir, c);
+    ADD_FAILURE() << "a truncated shard was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shard-00002-of-00005.bin"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(dir + "/shard-00002-of-00005.bin");
+  EXPECT_THROW(train::open_checkpoint(dir, c), Error);
+  std::filesystem::remove_all(dir);
+}
+
+// Zero-page buffers read as zeros and cost no resident memory until written.
+TEST(ZeroPages, UntouchedUntilWritten) {
+  const uint64_t before = current_rss_bytes();
+  ZeroPageVector<float> v((size_t)64 << 20);  // 256 MB
+  EXPECT_LT(current_rss_bytes(), before + (32ull << 20));
+  EXPECT_EQ(v[12345678], 0.f);
+  for (size_t i = 0; i < v.size(); i += 1024) v[i] = 1.f;  // one store per 4 KiB page
+  EXPECT_GT(current_rss_bytes(), before + (200ull << 20));
+  ZeroPageVector<double> small(10);
+  for (double x : small) EXPECT_EQ(x, 0.0);
 }
 
 // The plan's activation formula is the trainer's allocation, on shapes with GQA, untied and

@@ -134,7 +134,7 @@ TEST(Train, GradientsAccumulate) {
   for (int i = 0; i < 12; i++) tok[i] = (i * 37) % cfg.vocab_size, tg[i] = (i * 91 + 5) % cfg.vocab_size;
   m.forward(tok.data(), tg.data(), 2, 6);
   m.backward();
-  std::vector<double> once = m.grads;
+  std::vector<double> once(m.grads.begin(), m.grads.end());
   m.forward(tok.data(), tg.data(), 2, 6);
   m.backward(0.5);
   for (size_t i = 0; i < once.size(); i += 97) EXPECT_NEAR(m.grads[i], 1.5 * once[i], 1e-12 + 1e-9 * std::fabs(once[i]));

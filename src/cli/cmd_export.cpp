@@ -1,5 +1,7 @@
 // llmq export: a model directory to a GGUF file for llama.cpp, or to a GPTQ-format
-// directory for vLLM and transformers (round-to-nearest, the same writer as `llmq quantize`).
+// directory for vLLM and transformers (round-to-nearest, the same writer as `llmq quantize`),
+// or a training checkpoint (sharded by fully sharded training, or full) to a plain model
+// directory.
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -7,20 +9,21 @@
 #include "core/progress.h"
 #include "io/gguf.h"
 #include "quant/quantize_model.h"
+#include "train/checkpoint.h"
 
 namespace llmq::cli {
 
 void register_export(CLI::App& app) {
-  auto* cmd = app.add_subcommand("export", "write a model in another tool's format (GGUF for llama.cpp)");
+  auto* cmd = app.add_subcommand("export", "write a model in another tool's format (GGUF for llama.cpp, GPTQ), or a training checkpoint as a model directory");
   struct Opts {
     std::string model, format = "gguf", type, out;
     int64_t group = -1;
     bool sym = false, json = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer)")->required();
-  cmd->add_option("--format", o->format, "gguf (default) or gptq");
-  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16");
+  cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer), or a training checkpoint for --format hf")->required();
+  cmd->add_option("--format", o->format, "gguf (default), gptq, or hf (a training checkpoint, sharded or full, as a model directory)");
+  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32");
   cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
   cmd->add_option("--out", o->out, "output file (.gguf) or directory (gptq)")->required();
@@ -43,7 +46,15 @@ void register_export(CLI::App& app) {
         fmt::print("wrote {} (GPTQ {}, {})\n", o->out, q.scheme, format_bytes((double)r.bytes_out));
       return;
     }
-    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf or gptq)", o->format);
+    if (o->format == "hf") {
+      const std::string t = o->type.empty() ? "bf16" : o->type;
+      if (t != "bf16" && t != "f16" && t != "f32") fail("export --format hf: --type {} (choose bf16, f16 or f32)", t);
+      train::export_checkpoint_hf(o->model, o->out, t == "f32" ? DType::F32 : t == "f16" ? DType::F16 : DType::BF16);
+      if (o->json) fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", t}}.dump());
+      else fmt::print("wrote {} ({})\n", o->out, t);
+      return;
+    }
+    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf, gptq or hf)", o->format);
     GgufExportOptions g;
     g.type = o->type.empty() ? "f16" : o->type;
     g.progress = !o->json;

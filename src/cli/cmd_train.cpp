@@ -44,6 +44,10 @@ void register_train(CLI::App& app) {
                 "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
   cmd->add_flag("--fsdp", o->fsdp, "under mpirun: shard parameters, gradients and AdamW state over the ranks "
                                   "(each block gathered before use; same results as data parallel)");
+  cmd->add_option("--checkpoint-format", o->checkpoint_format,
+                  "sharded: each rank writes its own shard file (the default with --fsdp; `llmq export --format hf` "
+                  "makes a model directory of it); full: a model directory plus optimizer state, written by rank 0")
+      ->check(CLI::IsMember({"auto", "full", "sharded"}));
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
   cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"

@@ -69,6 +69,9 @@ WeightFiles open_weights(const std::string& dir, LoadMode mode) {
     }
   } else if (fs::exists(fs::path(dir) / "model.safetensors")) {
     names.push_back("model.safetensors");
+  } else if (fs::exists(fs::path(dir) / "sharded_state.json")) {
+    fail("{}: a sharded training checkpoint, not a model directory; make one with `llmq export -m {} --format hf --out DIR`",
+         dir, dir);
   } else {
     fail("{}: no model.safetensors or model.safetensors.index.json (is this a model directory?)", dir);
   }

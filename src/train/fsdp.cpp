@@ -60,17 +60,15 @@ Fsdp::Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cf
   opt_ = AdamW<float>(cfg, sr, off);
 }
 
-void Fsdp::shard(const AdamW<float>* full_opt) {
+void Fsdp::shard(const FlatReader& params, const FlatReader& m, const FlatReader& v, int64_t adam_step) {
   const int64_t R = comm_.rank();
   for (auto& u : units_) {
     const int64_t b = std::min(u.end, u.begin + R * u.chunk), e = std::min(u.end, u.begin + (R + 1) * u.chunk);
-    std::copy(m_.params.begin() + b, m_.params.begin() + e, param_.begin() + u.shard_off);
-    if (full_opt) {
-      std::copy(full_opt->m.begin() + b, full_opt->m.begin() + e, opt_.m.begin() + u.shard_off);
-      std::copy(full_opt->v.begin() + b, full_opt->v.begin() + e, opt_.v.begin() + u.shard_off);
-      opt_.step = full_opt->step;
-    }
+    params(b, e, param_.data() + u.shard_off);
+    if (m) m(b, e, opt_.m.data() + u.shard_off);
+    if (v) v(b, e, opt_.v.data() + u.shard_off);
   }
+  opt_.step = adam_step;
   release(m_.params.data(), (int64_t)m_.params.size());
   release(m_.grads.data(), (int64_t)m_.grads.size());
   for (auto& u : units_) u.gathered = false;
@@ -80,6 +78,16 @@ void Fsdp::shard(const AdamW<float>* full_opt) {
     reduce_grads(u);
     drop_params(u);
   };
+}
+
+std::vector<ShardUnit> Fsdp::units() const {
+  std::vector<ShardUnit> r;
+  for (const auto& u : units_) r.push_back({u.begin, u.end, u.chunk});
+  return r;
+}
+
+void Fsdp::write_shard(const std::string& tmp) const {
+  train::write_shard(tmp, comm_.rank(), comm_.size(), param_.data(), opt_.m.data(), opt_.v.data(), (int64_t)param_.size());
 }
 
 void Fsdp::gather_into(const float* src, const Unit& u, float* dst) {

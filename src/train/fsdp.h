@@ -11,6 +11,7 @@
 
 #include "dist/comm.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/llama_train.h"
 
 namespace llmq::train {
@@ -20,9 +21,11 @@ class Fsdp {
   // ranges: the AdamW ranges of the whole parameter buffer (decay flags per tensor).
   Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cfg,
        const std::vector<AdamW<float>::Range>& ranges);
-  // Takes this rank's chunks of the model's (full, identical on every rank) parameters and,
-  // when given, of full AdamW moments; then releases the full buffers and installs the hooks.
-  void shard(const AdamW<float>* full_opt = nullptr);
+  // Reads this rank's chunks of the parameters and, when given, of the AdamW moments (else
+  // zero) from their source (a fresh initialisation, a model directory, a checkpoint of
+  // either format written at any world size), then installs the hooks. The model's full
+  // buffers are never written here: they stay untouched zero pages until a unit is gathered.
+  void shard(const FlatReader& params, const FlatReader& m = {}, const FlatReader& v = {}, int64_t adam_step = 0);
   // Squared L2 norm of the whole gradient (summed over ranks).
   double grad_sq_norm();
   void scale_grads(float s);
@@ -33,6 +36,10 @@ class Fsdp {
   void gather_all(AdamW<float>* full);
   void release_all();
   int64_t shard_elements() const { return (int64_t)param_.size(); }
+  int64_t adam_step() const { return opt_.step; }
+  std::vector<ShardUnit> units() const;
+  // This rank's file of a sharded checkpoint (checkpoint.h) in the temporary directory.
+  void write_shard(const std::string& tmp) const;
 
  private:
   struct Unit {

@@ -17,8 +17,8 @@ LlamaTrain<F>::LlamaTrain(const ModelConfig& c) : config(c), specs(hf_tensor_spe
     offsets.push_back(n);
     n += shape_numel(s.shape);
   }
-  params.assign(n, F(0));
-  grads.assign(n, F(0));
+  params.resize(n);  // zeros, not yet resident (core/zero_pages.h)
+  grads.resize(n);
   p = views(params.data());
   g = views(grads.data());
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/zero_pages.h"
 #include "io/hf_dir.h"
 #include "model/config.h"
 
@@ -29,7 +30,9 @@ struct LlamaTrain {
   ModelConfig config;
   std::vector<HfTensorSpec> specs;  // names and shapes, in buffer order
   std::vector<int64_t> offsets;     // element offset of each spec in params/grads
-  std::vector<F> params, grads;
+  // Allocated as untouched zero pages: memory becomes resident only where written (fully
+  // sharded training writes one unit at a time).
+  ZeroPageVector<F> params, grads;
   Ptrs p, g;  // views into params and grads
 
   explicit LlamaTrain(const ModelConfig& c);

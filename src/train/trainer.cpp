@@ -19,6 +19,7 @@
 #include "ops/ops.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/fsdp.h"
 #include "train/llama_train.h"
 
@@ -105,57 +106,6 @@ struct TokenStream {
   }
 };
 
-// Copies the parameters of a model directory (f32, bf16 or f16 tensors) into `m`.
-void load_params(const std::string& dir, LlamaTrain<float>& m) {
-  std::vector<std::string> files;
-  if (fs::is_regular_file(fs::path(dir) / "model.safetensors.index.json")) {
-    json idx = json::parse(read_text_file((fs::path(dir) / "model.safetensors.index.json").string()));
-    for (auto& [k, v] : idx["weight_map"].items()) files.push_back(v.get<std::string>());
-    std::sort(files.begin(), files.end());
-    files.erase(std::unique(files.begin(), files.end()), files.end());
-  } else {
-    files.push_back("model.safetensors");
-  }
-  std::vector<std::unique_ptr<SafetensorsFile>> sf;
-  for (const auto& f : files) sf.push_back(std::make_unique<SafetensorsFile>((fs::path(dir) / f).string(), LoadMode::Map));
-  for (size_t i = 0; i < m.specs.size(); i++) {
-    const auto& spec = m.specs[i];
-    const SafetensorsEntry* e = nullptr;
-    const SafetensorsFile* owner = nullptr;
-    for (const auto& f : sf)
-      if ((e = f->find(spec.name))) {
-        owner = f.get();
-        break;
-      }
-    if (!e) fail("{}: tensor {} is missing", dir, spec.name);
-    if (e->shape != spec.shape) fail("{}: tensor {} has shape {}, expected {}", dir, spec.name, shape_str(e->shape), shape_str(spec.shape));
-    Tensor t = owner->tensor(*e);
-    float* dst = m.params.data() + m.offsets[i];
-    const int64_t n = shape_numel(spec.shape);
-    switch (t.dtype()) {
-      case DType::F32: std::memcpy(dst, t.host<float>(), n * 4); break;
-      case DType::BF16: for (int64_t k = 0; k < n; k++) dst[k] = bf16_to_f32(t.host<uint16_t>()[k]); break;
-      case DType::F16: for (int64_t k = 0; k < n; k++) dst[k] = f16_to_f32(t.host<uint16_t>()[k]); break;
-      default: fail("{}: tensor {} has dtype {}, expected f32, bf16 or f16", dir, spec.name, dtype_name(t.dtype()));
-    }
-  }
-}
-
-TensorFill params_fill(const LlamaTrain<float>& m) {
-  return [&m](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
-    size_t i = 0;
-    while (m.specs[i].name != s.name) i++;
-    const float* src = m.params.data() + m.offsets[i];
-    const uint64_t es = dtype_bits(dt) / 8, e0 = off / es;
-    for (uint64_t k = 0; k < n / es; k++) {
-      float f = src[e0 + k];
-      if (dt == DType::F32) std::memcpy(dst + 4 * k, &f, 4);
-      else if (dt == DType::BF16) { uint16_t h = f32_to_bf16(f); std::memcpy(dst + 2 * k, &h, 2); }
-      else { uint16_t h = f32_to_f16(f); std::memcpy(dst + 2 * k, &h, 2); }
-    }
-  };
-}
-
 // What must match between a run and its resumption for the result to be the same.
 json resume_key(const TrainOptions& o) {
   json k = {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
@@ -164,47 +114,6 @@ json resume_key(const TrainOptions& o) {
           {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}};
   if (o.deterministic) k["threads"] = ops_threads();
   return k;
-}
-
-constexpr char kStateMagic[8] = {'L', 'L', 'M', 'Q', 'T', 'R', 'N', '1'};
-
-// A checkpoint: DIR/checkpoint-NNNNNN/ = model directory (f32, exact) + train_state.bin
-// (magic, u64 JSON length, JSON {step, cursor, options}, then m and v as f32). Written into
-// a temporary directory that is renamed into place, then DIR/latest names it.
-void save_checkpoint(const TrainOptions& o, const LlamaTrain<float>& m, const AdamW<float>& opt, int64_t step,
-                     int64_t cursor, const std::string& tokenizer_src) {
-  const std::string name = fmt::format("checkpoint-{:06}", step);
-  const fs::path final_dir = fs::path(o.out) / name, tmp = fs::path(o.out) / (".tmp-" + name);
-  fs::remove_all(tmp);
-  SaveOptions so;
-  so.dtype = DType::F32;
-  model_save(tmp.string(), m.config, params_fill(m), so);
-  if (!tokenizer_src.empty()) {
-    const fs::path src = tokenizer_src;
-    fs::copy_file(src, tmp / src.filename(), fs::copy_options::overwrite_existing);
-    if (fs::is_regular_file(src.parent_path() / "tokenizer_config.json"))
-      fs::copy_file(src.parent_path() / "tokenizer_config.json", tmp / "tokenizer_config.json", fs::copy_options::overwrite_existing);
-  }
-  const std::string head = json{{"step", step}, {"cursor", cursor}, {"adam_step", opt.step}, {"n_params", m.n_params()},
-                                {"options", resume_key(o)}}
-                               .dump();
-  AtomicFile st((tmp / "train_state.bin").string());
-  st.write(kStateMagic, 8);
-  uint64_t len = head.size();
-  st.write(&len, 8);
-  st.write(head.data(), head.size());
-  st.write(opt.m.data(), opt.m.size() * 4);
-  st.write(opt.v.data(), opt.v.size() * 4);
-  st.commit();
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
-  write_file_atomic((fs::path(o.out) / "latest").string(), name + "\n");
-  // Keep the newest `keep` checkpoints.
-  std::vector<std::string> all;
-  for (const auto& e : fs::directory_iterator(o.out))
-    if (e.is_directory() && e.path().filename().string().rfind("checkpoint-", 0) == 0) all.push_back(e.path().string());
-  std::sort(all.begin(), all.end());
-  for (size_t i = 0; i + (size_t)std::max<int64_t>(1, o.keep) < all.size(); i++) fs::remove_all(all[i]);
 }
 
 // A sample from the checkpoint just written, through the inference engine, so what is
@@ -227,50 +136,6 @@ void sample(const TrainOptions& o, int64_t step) {
   fmt::print(stderr, "step {:>6} | sample: {}\n", step, text);
 }
 
-struct Resumed {
-  int64_t step = 0, cursor = 0;
-};
-
-Resumed load_checkpoint(const TrainOptions& o, LlamaTrain<float>& m, AdamW<float>& opt) {
-  const fs::path latest = fs::path(o.out) / "latest";
-  if (!fs::is_regular_file(latest)) fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
-  std::string name = read_text_file(latest.string());
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-  const fs::path dir = fs::path(o.out) / name;
-  if (name.find('/') != std::string::npos || !fs::is_directory(dir)) fail("{}: 'latest' names {}, which is missing", o.out, name);
-  load_params(dir.string(), m);
-  const std::string path = (dir / "train_state.bin").string();
-  const std::string bytes = read_text_file(path);
-  if (bytes.size() < 16 || std::memcmp(bytes.data(), kStateMagic, 8) != 0) fail("{}: not an llmq training state", path);
-  uint64_t len;
-  std::memcpy(&len, bytes.data() + 8, 8);
-  if (len > bytes.size() - 16) fail("{}: truncated", path);
-  json head;
-  try {
-    head = json::parse(bytes.substr(16, len));
-  } catch (const std::exception& e) {
-    fail("{}: corrupt header ({})", path, e.what());
-  }
-  const uint64_t n = (uint64_t)m.n_params();
-  if (head.value("n_params", (int64_t)-1) != (int64_t)n || bytes.size() != 16 + len + 8 * n)
-    fail("{}: the state does not fit this model ({} parameters)", path, n);
-  // A deterministic run resumes on the thread count it started with (the order of the
-  // floating-point reductions depends on it).
-  if (o.deterministic && head["options"].contains("threads") && head["options"]["threads"].is_number_integer() &&
-      head["options"]["threads"].get<int>() != ops_threads()) {
-    const int t = head["options"]["threads"].get<int>();
-    if (t < 1 || t > 4096) fail("{}: corrupt thread count {}", path, t);
-    fmt::print(stderr, "deterministic run: using the {} threads it started with (not {})\n", t, ops_threads());
-    ops_set_threads(t);
-  }
-  if (head["options"] != resume_key(o))
-    fail("{}: the run was started with other options ({}); resume with the same ones", path, head["options"].dump());
-  std::memcpy(opt.m.data(), bytes.data() + 16 + len, 4 * n);
-  std::memcpy(opt.v.data(), bytes.data() + 16 + len + 4 * n, 4 * n);
-  opt.step = head["adam_step"].get<int64_t>();
-  return {head["step"].get<int64_t>(), head["cursor"].get<int64_t>()};
-}
-
 // Keeps metrics.jsonl lines up to `step` (those after it belong to a run that is redone).
 void trim_metrics(const std::string& path, int64_t step) {
   if (!fs::is_regular_file(path)) return;
@@ -289,6 +154,10 @@ TrainResult train_run(const TrainOptions& o) {
   if (o.out.empty()) fail("train: give --out DIR");
   if (o.steps <= 0 || o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("train: steps, batch, seq-len and grad-accum must be positive");
   if (o.decay != "cosine" && o.decay != "linear") fail("train: --decay must be cosine or linear");
+  if (o.checkpoint_format != "auto" && o.checkpoint_format != "full" && o.checkpoint_format != "sharded")
+    fail("train: --checkpoint-format must be auto, full or sharded");
+  if (o.checkpoint_format == "sharded" && !o.fsdp)
+    fail("train: --checkpoint-format sharded needs --fsdp (without it every rank holds the whole state and rank 0 writes it)");
   int sources = !o.model.empty() + !o.preset.empty() + !o.config.empty();
   if (sources != 1) fail("train: give exactly one of --model DIR, --preset NAME, --config FILE");
   ModelConfig cfg = !o.model.empty() ? config_load((fs::path(o.model) / "config.json").string())
@@ -329,33 +198,58 @@ TrainResult train_run(const TrainOptions& o) {
     bool emb = nm == "model.embed_tokens.weight" || nm == "lm_head.weight";
     ranges.push_back({m.offsets[i], shape_numel(m.specs[i].shape), !m.specs[i].is_norm && (o.decay_embeddings || !emb)});
   }
-  AdamW<float> opt(o.adamw, ranges, m.n_params());
+  // Fully sharded: the full AdamW moments are never allocated (they exist only while a
+  // full-format checkpoint is gathered).
+  AdamW<float> opt(o.adamw, o.fsdp ? std::vector<AdamW<float>::Range>{{0, 0, false}} : ranges, o.fsdp ? 0 : m.n_params());
   if (lead) {
     fs::create_directories(o.out);
     // Temporary checkpoint directories of a killed run are garbage.
     for (const auto& e : fs::directory_iterator(o.out))
       if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
   }
+  comm.barrier();
   const std::string metrics = (fs::path(o.out) / "metrics.jsonl").string();
-  Resumed r;
+  // Where the parameters and moments come from: read by ranges, so a sharded rank reads
+  // only its chunks (of a checkpoint written in either format, at any world size).
+  FlatReader src_params, src_m, src_v;
+  int64_t adam_step = 0, start_step = 0, cursor = 0;
   if (o.resume) {
-    r = load_checkpoint(o, m, opt);
-    if (lead) trim_metrics(metrics, r.step);
-    if (lead) fmt::print(stderr, "resuming at step {} of {}\n", r.step, o.steps);
+    const std::string dir = latest_checkpoint(o.out);
+    CheckpointSource cs = open_checkpoint(dir, cfg);
+    const json& opts = cs.head.options;
+    // A deterministic run resumes on the thread count it started with (the order of the
+    // floating-point reductions depends on it).
+    if (o.deterministic && opts.contains("threads") && opts["threads"].is_number_integer() &&
+        opts["threads"].get<int>() != ops_threads()) {
+      const int t = opts["threads"].get<int>();
+      if (t < 1 || t > 4096) fail("{}: corrupt thread count {}", dir, t);
+      fmt::print(stderr, "deterministic run: using the {} threads it started with (not {})\n", t, ops_threads());
+      ops_set_threads(t);
+    }
+    if (opts != resume_key(o))
+      fail("{}: the run was started with other options ({}); resume with the same ones", dir, opts.dump());
+    src_params = cs.params, src_m = cs.m, src_v = cs.v;
+    adam_step = cs.head.adam_step, start_step = cs.head.step, cursor = cs.head.cursor;
+    if (lead) trim_metrics(metrics, start_step);
+    if (lead)
+      fmt::print(stderr, "resuming at step {} of {} from {}{}\n", start_step, o.steps, dir,
+                 cs.head.world_size ? fmt::format(" (sharded over {} ranks)", cs.head.world_size) : "");
   } else {
-    if (!o.model.empty()) load_params(o.model, m);
-    else m.fill(init_fill(cfg, o.seed));
+    src_params = !o.model.empty() ? model_dir_reader(o.model, cfg) : init_reader(cfg, o.seed);
     if (lead) write_file_atomic(metrics, "");
   }
-  // Fully sharded: keep this rank's chunks of the parameters and moments, drop the full
-  // buffers (the full moments come back only while a checkpoint is written).
   std::unique_ptr<Fsdp> fsdp;
   auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
   if (o.fsdp) {
     fsdp = std::make_unique<Fsdp>(m, comm, o.adamw, ranges);
-    fsdp->shard(o.resume ? &opt : nullptr);
-    free_moments();
+    fsdp->shard(src_params, src_m, src_v, adam_step);
+  } else {
+    src_params(0, m.n_params(), m.params.data());
+    if (src_m) src_m(0, m.n_params(), opt.m.data()), src_v(0, m.n_params(), opt.v.data());
+    opt.step = adam_step;
   }
+  src_params = src_m = src_v = nullptr;  // closes the source files
+  const bool sharded_ckpt = o.fsdp && o.checkpoint_format != "full";
   std::ofstream log;
   if (lead) log.open(metrics, std::ios::app);
   const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / W;  // Bl: this rank's windows
@@ -387,8 +281,8 @@ TrainResult train_run(const TrainOptions& o) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   auto t_log = t_start;
-  int64_t tokens_since = 0, cursor = r.cursor;
-  for (int64_t step = r.step; step < o.steps; step++) {
+  int64_t tokens_since = 0;
+  for (int64_t step = start_step; step < o.steps; step++) {
     if (fsdp) fsdp->zero_grads();
     else m.zero_grad();
     double loss = 0;
@@ -450,13 +344,29 @@ TrainResult train_run(const TrainOptions& o) {
     }
     const bool stop = o.stop_after > 0 && done >= o.stop_after;
     if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {
-      if (fsdp) {  // every rank takes part in gathering the full state for rank 0 to write
-        opt.m.assign(m.params.size(), 0.f), opt.v.assign(m.params.size(), 0.f);
-        fsdp->gather_all(&opt);
+      const CheckpointHead head{done, cursor, fsdp ? fsdp->adam_step() : opt.step, resume_key(o), 0};
+      if (sharded_ckpt) {  // every rank writes its own shard; nothing is gathered
+        if (lead) checkpoint_begin(o.out, done);
+        comm.barrier();
+        const std::string tmp = checkpoint_tmp_dir(o.out, done);
+        fsdp->write_shard(tmp);
+        if (lead) write_shard_meta(tmp, cfg, fsdp->units(), W, head, tok_src);
+        comm.barrier();  // all shards committed
+        if (lead) checkpoint_publish(o.out, done, o.keep);
+      } else {
+        if (fsdp) {  // every rank takes part in gathering the full state for rank 0 to write
+          opt.m.assign(m.params.size(), 0.f), opt.v.assign(m.params.size(), 0.f);
+          fsdp->gather_all(&opt);
+        }
+        if (lead) {
+          const std::string tmp = checkpoint_begin(o.out, done);
+          write_full_checkpoint(tmp, cfg, m.params.data(), opt.m.data(), opt.v.data(), head, tok_src);
+          checkpoint_publish(o.out, done, o.keep);
+        }
+        if (fsdp) fsdp->release_all(), free_moments();
       }
-      if (lead) save_checkpoint(o, m, opt, done, cursor, tok_src);
-      if (fsdp) fsdp->release_all(), free_moments();
-      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress) sample(o, done);
+      // A sample through the inference engine (a sharded checkpoint is no model directory).
+      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt) sample(o, done);
     }
     res.steps = done;
     if (stop) break;

@@ -6,7 +6,8 @@
 #    gradient accumulation;
 #  - the bytes each rank sends are what `llmq plan` computes;
 #  - fully sharded (--fsdp) runs at 2 and 4 ranks follow the same curve, send the plan's bytes,
-#    and resume at another world size;
+#    write sharded checkpoints (a file per rank) that resume at another world size (1
+#    included) and export to the same bytes as a gathered checkpoint;
 #  - a deterministic run gives bitwise identical weights when repeated;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
@@ -53,10 +54,10 @@ done
 # of the f32 gradients per step, for 20 steps (measured adds the loss sums, the config check
 # and the validation sums, a few hundred bytes). FSDP: the per-step all-gathers before
 # forward and backward and the reduce-scatter after, for 20 steps, plus the two validation
-# passes (2 batches each, one all-gather per batch: 2/3 of a step's traffic) and the two
-# checkpoints (parameters and both moments gathered: one step's traffic each).
+# passes (2 batches each, one all-gather per batch: 2/3 of a step's traffic); the two
+# checkpoints send nothing (sharded: each rank writes its own file).
 bytes_vs_plan "$T/r2.log" 20 --ranks 2 || fail "bytes vs plan"
-bytes_vs_plan "$T/f2.log" "20 + 2 * 2/3 + 2" --ranks 2 --fsdp || fail "fsdp bytes vs plan"
+bytes_vs_plan "$T/f2.log" "20 + 2 * 2/3" --ranks 2 --fsdp || fail "fsdp bytes vs plan"
 # Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
 run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
@@ -66,12 +67,32 @@ echo -n "fsdp grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a3" || fail "fs
 run 2 "$T/d1" --deterministic && run 2 "$T/d2" --deterministic || fail "deterministic runs"
 cmp -s "$T/d1/checkpoint-000020/model.safetensors" "$T/d2/checkpoint-000020/model.safetensors" ||
   fail "deterministic 2-rank runs wrote different weights"
-# Stop at step 10 on 1 rank, resume on 2 ranks: the rest of the 1-rank curve; and an FSDP
-# run stopped at 4 ranks resumed at 2 (checkpoints are gathered: no world size in them).
+# Stop at step 10 on 1 rank, resume on 2 ranks: the rest of the 1-rank curve.
 run 1 "$T/s" --stop-after 10 && run 2 "$T/s" --resume || fail "stop/resume runs"
 echo -n "resumed on 2 ranks vs 1: "; same_curve "$T/r1" "$T/s" || fail "resume at another world size"
-run 4 "$T/fs" --fsdp --stop-after 10 && run 2 "$T/fs" --fsdp --resume || fail "fsdp stop/resume runs"
+# FSDP checkpoints are sharded: each rank writes its own file. Stopped at 4 ranks, resumed at
+# 2 (FSDP) and at 1 process (no FSDP): both continue the 1-rank curve.
+run 4 "$T/fs" --fsdp --stop-after 10 || fail "fsdp 4-rank run"
+for r in 0 1 2 3; do [ -f "$T/fs/checkpoint-000010/shard-0000$r-of-00004.bin" ] || fail "no shard file of rank $r"; done
+[ ! -e "$T/fs/checkpoint-000010/model.safetensors" ] || fail "a sharded checkpoint holds gathered weights"
+cp -r "$T/fs" "$T/fs1"
+run 2 "$T/fs" --fsdp --resume || fail "fsdp resume at 2 ranks"
 echo -n "fsdp 4 ranks stopped, resumed on 2, vs 1 rank: "; same_curve "$T/r1" "$T/fs" || fail "fsdp resume at another world size"
+run 1 "$T/fs1" --resume || fail "resume of a sharded checkpoint in one process"
+echo -n "fsdp 4 ranks stopped, resumed in 1 process, vs 1 rank: "; same_curve "$T/r1" "$T/fs1" || fail "sharded resume at 1"
+# A sharded checkpoint exported as a model directory is byte for byte the full-format
+# checkpoint of the same (deterministic) run, and generation loads it; a sharded directory
+# given as a model says how to export it; a missing shard is named.
+run 2 "$T/ff" --fsdp --checkpoint-format full || fail "fsdp run with full checkpoints"
+"$LLMQ" export -m "$T/f2/checkpoint-000020" --format hf --type f32 --out "$T/f2hf" >/dev/null || fail "export --format hf"
+cmp -s "$T/f2hf/model.safetensors" "$T/ff/checkpoint-000020/model.safetensors" &&
+  echo "exported sharded checkpoint = full checkpoint, byte for byte" || fail "exported sharded checkpoint differs from the full one"
+"$LLMQ" generate -m "$T/f2hf" --max-new-tokens 4 --prompt "In the" >/dev/null 2>&1 || fail "generate on the exported directory"
+! "$LLMQ" generate -m "$T/f2/checkpoint-000020" --max-new-tokens 4 --prompt "In the" >"$T/err.log" 2>&1 &&
+  grep -q "llmq export" "$T/err.log" || fail "a sharded checkpoint as a model does not name the export"
+rm "$T/fs/checkpoint-000020/shard-00001-of-00002.bin"
+! "$LLMQ" -t 1 "${TRAIN[@]}" --out "$T/fs" --lr 3e-3 --steps 30 --batch 4 --resume >"$T/err.log" 2>&1 &&
+  grep -q "shard-00001-of-00002.bin: missing" "$T/err.log" || fail "a missing shard is not named"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...

@@ -1,0 +1,342 @@
+// Training checkpoints: the full and sharded formats (checkpoint.h), read by ranges.
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "core/error.h"
+#include "core/file_util.h"
+#include "io/safetensors.h"
+
+namespace llmq::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+FlatLayout::FlatLayout(const ModelConfig& c) : specs(hf_tensor_specs(c)) {
+  for (const auto& s : specs) offsets.push_back(n), n += shape_numel(s.shape);
+}
+
+namespace {
+
+constexpr char kStateMagic[8] = {'L', 'L', 'M', 'Q', 'T', 'R', 'N', '1'};
+constexpr char kShardMagic[8] = {'L', 'L', 'M', 'Q', 'S', 'H', 'D', '1'};
+constexpr const char* kShardFormat = "llmq-sharded-1";
+
+// Calls f(spec index, offset in the spec, count, offset in [b, e)) for the pieces of the
+// flat range [b, e), spec by spec.
+template <class Fn>
+void for_specs(const FlatLayout& L, int64_t b, int64_t e, Fn f) {
+  size_t i = std::upper_bound(L.offsets.begin(), L.offsets.end(), b) - L.offsets.begin() - 1;
+  for (int64_t at = b; at < e; i++) {
+    const int64_t end = L.offsets[i] + shape_numel(L.specs[i].shape), n = std::min(e, end) - at;
+    if (n > 0) f(i, at - L.offsets[i], n, at - b);
+    at += std::max<int64_t>(n, 0);
+  }
+}
+
+void check_range(int64_t b, int64_t e, int64_t n) { LLMQ_CHECK(0 <= b && b <= e && e <= n); }
+
+std::string shard_name(int rank, int world) { return fmt::format("shard-{:05}-of-{:05}.bin", rank, world); }
+
+json head_json(const CheckpointHead& h, int64_t n) {
+  return {{"step", h.step}, {"cursor", h.cursor}, {"adam_step", h.adam_step}, {"n_params", n}, {"options", h.options}};
+}
+
+// The common fields of both formats' headers, checked.
+CheckpointHead parse_head(const json& j, const std::string& path, int64_t n) {
+  CheckpointHead h;
+  auto num = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_number_integer() || j[k].get<int64_t>() < 0) fail("{}: missing or bad \"{}\"", path, k);
+    return j[k].get<int64_t>();
+  };
+  if (num("n_params") != n) fail("{}: the state has {} parameters, this model {}", path, num("n_params"), n);
+  h.step = num("step"), h.cursor = num("cursor"), h.adam_step = num("adam_step");
+  if (!j.contains("options") || !j["options"].is_object()) fail("{}: missing \"options\"", path);
+  h.options = j["options"];
+  return h;
+}
+
+CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
+  const FlatLayout L(c);
+  const std::string path = (fs::path(dir) / "train_state.bin").string();
+  if (!fs::is_regular_file(path)) fail("{}: missing (not an llmq training checkpoint)", path);
+  const uint64_t size = fs::file_size(path);
+  char magic[8];
+  uint64_t len = 0;
+  if (size < 16) fail("{}: not an llmq training state", path);
+  read_file_range(path, 0, 8, reinterpret_cast<uint8_t*>(magic));
+  read_file_range(path, 8, 8, reinterpret_cast<uint8_t*>(&len));
+  if (std::memcmp(magic, kStateMagic, 8) != 0) fail("{}: not an llmq training state", path);
+  if (len > size - 16) fail("{}: truncated", path);
+  std::string text(len, '\0');
+  read_file_range(path, 16, len, reinterpret_cast<uint8_t*>(text.data()));
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("{}: corrupt header", path);
+  CheckpointSource s;
+  s.head = parse_head(j, path, L.n);
+  if (size != 16 + len + 8 * (uint64_t)L.n) fail("{}: the state does not fit this model ({} parameters)", path, L.n);
+  s.params = model_dir_reader(dir, c);
+  const int64_t n = L.n;
+  auto moment = [path, len, n](int k) -> FlatReader {
+    return [=](int64_t b, int64_t e, float* dst) {
+      check_range(b, e, n);
+      read_file_range(path, 16 + len + 4 * ((uint64_t)k * n + b), 4 * (uint64_t)(e - b), reinterpret_cast<uint8_t*>(dst));
+    };
+  };
+  s.m = moment(0), s.v = moment(1);
+  return s;
+}
+
+CheckpointSource open_sharded(const std::string& dir, const ModelConfig& c) {
+  const FlatLayout L(c);
+  const std::string meta_path = (fs::path(dir) / "sharded_state.json").string();
+  json j = json::parse(read_text_file(meta_path), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("{}: not valid JSON", meta_path);
+  if (j.value("format", "") != kShardFormat) fail("{}: format is not \"{}\"", meta_path, kShardFormat);
+  CheckpointSource s;
+  s.head = parse_head(j, meta_path, L.n);
+  if (!j.contains("world_size") || !j["world_size"].is_number_integer() || j["world_size"].get<int64_t>() < 1 ||
+      j["world_size"].get<int64_t>() > 65536)
+    fail("{}: missing or bad \"world_size\"", meta_path);
+  const int W = j["world_size"].get<int>();
+  s.head.world_size = W;
+  // Units: contiguous, covering the buffer, each cut into W chunks.
+  struct U {
+    int64_t begin, end, chunk, shard_off;
+  };
+  auto units = std::make_shared<std::vector<U>>();
+  if (!j.contains("units") || !j["units"].is_array()) fail("{}: missing \"units\"", meta_path);
+  int64_t at = 0, per_rank = 0;
+  for (const auto& u : j["units"]) {
+    if (!u.is_array() || u.size() != 3 || !u[0].is_number_integer() || !u[1].is_number_integer() || !u[2].is_number_integer())
+      fail("{}: a unit must be [begin, end, chunk]", meta_path);
+    const int64_t b = u[0].get<int64_t>(), e = u[1].get<int64_t>(), ch = u[2].get<int64_t>();
+    if (b != at || e <= b || e > L.n || ch != (e - b + W - 1) / W)
+      fail("{}: unit [{}, {}, {}] does not continue the layout at {} of {} parameters over {} ranks", meta_path, b, e, ch, at,
+           L.n, W);
+    units->push_back({b, e, ch, per_rank});
+    at = e, per_rank += ch;
+  }
+  if (at != L.n) fail("{}: the units cover {} of {} parameters", meta_path, at, L.n);
+  auto files = std::make_shared<std::vector<std::string>>();
+  for (int r = 0; r < W; r++) {
+    const std::string f = (fs::path(dir) / shard_name(r, W)).string();
+    if (!fs::is_regular_file(f)) fail("{}: missing (the checkpoint was written by {} ranks)", f, W);
+    char magic[8];
+    uint64_t n = 0;
+    const uint64_t size = fs::file_size(f);
+    if (size < 16) fail("{}: truncated", f);
+    read_file_range(f, 0, 8, reinterpret_cast<uint8_t*>(magic));
+    read_file_range(f, 8, 8, reinterpret_cast<uint8_t*>(&n));
+    if (std::memcmp(magic, kShardMagic, 8) != 0) fail("{}: not an llmq shard", f);
+    if (n != (uint64_t)per_rank || size != 16 + 12 * (uint64_t)per_rank)
+      fail("{}: {} bytes, expected {} for {} elements per rank (truncated or from another run)", f, size,
+           16 + 12 * per_rank, per_rank);
+    files->push_back(f);
+  }
+  const int64_t total = L.n;
+  auto reader = [=](int k) -> FlatReader {
+    return [=](int64_t b, int64_t e, float* dst) {
+      check_range(b, e, total);
+      size_t u = 0;
+      while (b < e) {
+        while ((*units)[u].end <= b) u++;
+        const U& x = (*units)[u];
+        const int64_t r = (b - x.begin) / x.chunk, n = std::min({e, x.end, x.begin + (r + 1) * x.chunk}) - b;
+        const int64_t at_shard = x.shard_off + (b - x.begin - r * x.chunk);
+        read_file_range((*files)[r], 16 + 4 * ((uint64_t)k * per_rank + at_shard), 4 * (uint64_t)n,
+                        reinterpret_cast<uint8_t*>(dst));
+        dst += n, b += n;
+      }
+    };
+  };
+  s.params = reader(0), s.m = reader(1), s.v = reader(2);
+  return s;
+}
+
+// Writes a tokenizer file (and its tokenizer_config.json) next to the checkpoint.
+void copy_tokenizer(const std::string& src, const std::string& tmp) {
+  if (src.empty()) return;
+  const fs::path p = src;
+  write_file_atomic((fs::path(tmp) / p.filename()).string(), read_text_file(src));
+  if (fs::is_regular_file(p.parent_path() / "tokenizer_config.json"))
+    write_file_atomic((fs::path(tmp) / "tokenizer_config.json").string(),
+                      read_text_file((p.parent_path() / "tokenizer_config.json").string()));
+}
+
+TensorFill flat_fill(const FlatLayout& L, const FlatReader& read) {
+  return [&L, read](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t nbytes) {
+    size_t i = 0;
+    while (L.specs[i].name != s.name) i++;
+    const uint64_t es = dtype_bits(dt) / 8, e0 = off / es, n = nbytes / es;
+    std::vector<float> buf(n);
+    read(L.offsets[i] + (int64_t)e0, L.offsets[i] + (int64_t)(e0 + n), buf.data());
+    for (uint64_t k = 0; k < n; k++) {
+      const float f = buf[k];
+      if (dt == DType::F32) std::memcpy(dst + 4 * k, &f, 4);
+      else if (dt == DType::BF16) { uint16_t h = f32_to_bf16(f); std::memcpy(dst + 2 * k, &h, 2); }
+      else { uint16_t h = f32_to_f16(f); std::memcpy(dst + 2 * k, &h, 2); }
+    }
+  };
+}
+}  // namespace
+
+FlatReader init_reader(const ModelConfig& c, uint64_t seed) {
+  auto L = std::make_shared<FlatLayout>(c);
+  TensorFill f = init_fill(c, seed);
+  return [L, f](int64_t b, int64_t e, float* dst) {
+    check_range(b, e, L->n);
+    for_specs(*L, b, e, [&](size_t i, int64_t off, int64_t n, int64_t d) {
+      f(L->specs[i], DType::F32, reinterpret_cast<uint8_t*>(dst + d), (uint64_t)off * 4, (uint64_t)n * 4);
+    });
+  };
+}
+
+FlatReader model_dir_reader(const std::string& dir, const ModelConfig& c) {
+  auto L = std::make_shared<FlatLayout>(c);
+  std::vector<std::string> names;
+  if (fs::is_regular_file(fs::path(dir) / "model.safetensors.index.json")) {
+    json idx = json::parse(read_text_file((fs::path(dir) / "model.safetensors.index.json").string()), nullptr, false);
+    if (idx.is_discarded() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
+      fail("{}/model.safetensors.index.json: malformed index", dir);
+    for (auto& [k, v] : idx["weight_map"].items())
+      if (v.is_string() && v.get<std::string>().find('/') == std::string::npos) names.push_back(v.get<std::string>());
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+  } else {
+    names.push_back("model.safetensors");
+  }
+  auto files = std::make_shared<std::vector<std::unique_ptr<SafetensorsFile>>>();
+  for (const auto& f : names) files->push_back(std::make_unique<SafetensorsFile>((fs::path(dir) / f).string(), LoadMode::Map));
+  auto tensors = std::make_shared<std::vector<Tensor>>();
+  for (const auto& spec : L->specs) {
+    const SafetensorsEntry* e = nullptr;
+    const SafetensorsFile* owner = nullptr;
+    for (const auto& f : *files)
+      if ((e = f->find(spec.name))) {
+        owner = f.get();
+        break;
+      }
+    if (!e) fail("{}: tensor {} is missing", dir, spec.name);
+    if (e->shape != spec.shape) fail("{}: tensor {} has shape {}, expected {}", dir, spec.name, shape_str(e->shape), shape_str(spec.shape));
+    Tensor t = owner->tensor(*e);
+    if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
+      fail("{}: tensor {} has dtype {}, expected f32, bf16 or f16", dir, spec.name, dtype_name(t.dtype()));
+    tensors->push_back(std::move(t));
+  }
+  return [L, files, tensors](int64_t b, int64_t e, float* dst) {
+    check_range(b, e, L->n);
+    for_specs(*L, b, e, [&](size_t i, int64_t off, int64_t n, int64_t d) {
+      const Tensor& t = (*tensors)[i];
+      float* out = dst + d;
+      switch (t.dtype()) {
+        case DType::F32: std::memcpy(out, t.host<float>() + off, (size_t)n * 4); break;
+        case DType::BF16: for (int64_t k = 0; k < n; k++) out[k] = bf16_to_f32(t.host<uint16_t>()[off + k]); break;
+        default: for (int64_t k = 0; k < n; k++) out[k] = f16_to_f32(t.host<uint16_t>()[off + k]); break;
+      }
+    });
+  };
+}
+
+CheckpointSource open_checkpoint(const std::string& dir, const ModelConfig& c) {
+  if (fs::is_regular_file(fs::path(dir) / "sharded_state.json")) return open_sharded(dir, c);
+  return open_full(dir, c);
+}
+
+std::string latest_checkpoint(const std::string& out) {
+  const fs::path latest = fs::path(out) / "latest";
+  if (!fs::is_regular_file(latest)) fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", out);
+  std::string name = read_text_file(latest.string());
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  const fs::path dir = fs::path(out) / name;
+  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(dir))
+    fail("{}: 'latest' names {}, which is missing", out, name);
+  return dir.string();
+}
+
+std::string checkpoint_tmp_dir(const std::string& out, int64_t step) {
+  return (fs::path(out) / fmt::format(".tmp-checkpoint-{:06}", step)).string();
+}
+
+std::string checkpoint_begin(const std::string& out, int64_t step) {
+  const fs::path tmp = checkpoint_tmp_dir(out, step);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  return tmp.string();
+}
+
+void checkpoint_publish(const std::string& out, int64_t step, int64_t keep) {
+  const std::string name = fmt::format("checkpoint-{:06}", step);
+  const fs::path final_dir = fs::path(out) / name, tmp = fs::path(out) / (".tmp-" + name);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  write_file_atomic((fs::path(out) / "latest").string(), name + "\n");
+  // Keep the newest `keep` checkpoints.
+  std::vector<std::string> all;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.is_directory() && e.path().filename().string().rfind("checkpoint-", 0) == 0) all.push_back(e.path().string());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + (size_t)std::max<int64_t>(1, keep) < all.size(); i++) fs::remove_all(all[i]);
+}
+
+void write_full_checkpoint(const std::string& tmp, const ModelConfig& c, const float* params, const float* m,
+                           const float* v, const CheckpointHead& head, const std::string& tokenizer_src) {
+  const FlatLayout L(c);
+  SaveOptions so;
+  so.dtype = DType::F32;
+  model_save(tmp, c, flat_fill(L, [params](int64_t b, int64_t e, float* dst) { std::copy(params + b, params + e, dst); }), so);
+  copy_tokenizer(tokenizer_src, tmp);
+  const std::string h = head_json(head, L.n).dump();
+  AtomicFile st((fs::path(tmp) / "train_state.bin").string());
+  st.write(kStateMagic, 8);
+  uint64_t len = h.size();
+  st.write(&len, 8);
+  st.write(h.data(), h.size());
+  const std::vector<float> zeros(m && v ? 0 : (size_t)L.n, 0.f);
+  st.write(m ? m : zeros.data(), (size_t)L.n * 4);
+  st.write(v ? v : zeros.data(), (size_t)L.n * 4);
+  st.commit();
+}
+
+void write_shard(const std::string& tmp, int rank, int world, const float* params, const float* m, const float* v,
+                 int64_t n) {
+  AtomicFile f((fs::path(tmp) / shard_name(rank, world)).string());
+  f.write(kShardMagic, 8);
+  const uint64_t un = (uint64_t)n;
+  f.write(&un, 8);
+  for (const float* p : {params, m, v}) f.write(p, (size_t)n * 4);
+  f.commit();
+}
+
+void write_shard_meta(const std::string& tmp, const ModelConfig& c, const std::vector<ShardUnit>& units, int world,
+                      const CheckpointHead& head, const std::string& tokenizer_src) {
+  write_model_configs(tmp, c);
+  copy_tokenizer(tokenizer_src, tmp);
+  json j = head_json(head, FlatLayout(c).n);
+  j["format"] = kShardFormat;
+  j["world_size"] = world;
+  json us = json::array();
+  for (const auto& u : units) us.push_back({u.begin, u.end, u.chunk});
+  j["units"] = us;
+  write_file_atomic((fs::path(tmp) / "sharded_state.json").string(), j.dump(1) + "\n");
+}
+
+void export_checkpoint_hf(const std::string& dir, const std::string& out, DType dtype) {
+  if (!fs::is_regular_file(fs::path(dir) / "sharded_state.json") && !fs::is_regular_file(fs::path(dir) / "train_state.bin"))
+    fail("{}: not a training checkpoint (no sharded_state.json or train_state.bin)", dir);
+  if (fs::absolute(dir).lexically_normal() == fs::absolute(out).lexically_normal())
+    fail("export: --out must differ from the checkpoint directory");
+  const ModelConfig c = config_load((fs::path(dir) / "config.json").string());
+  const FlatLayout L(c);
+  const CheckpointSource s = open_checkpoint(dir, c);
+  SaveOptions so;
+  so.dtype = dtype;
+  so.progress = true;
+  model_save(out, c, flat_fill(L, s.params), so);
+  copy_tokenizer_files(dir, out);
+}
+
+}  // namespace llmq::train
