@@ -48,6 +48,9 @@ void register_train(CLI::App& app) {
                   "sharded: each rank writes its own shard file (the default with --fsdp; `llmq export --format hf` "
                   "makes a model directory of it); full: a model directory plus optimizer state, written by rank 0")
       ->check(CLI::IsMember({"auto", "full", "sharded"}));
+  cmd->add_flag("!--no-overlap", o->overlap_comm,
+                "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
+                "backward goes on (for comparison; the sums are the same)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
   cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"

@@ -26,6 +26,13 @@ class Communicator {
 
   // data (n f32 on every rank) = the element-wise sum over ranks, on every rank.
   virtual void all_reduce_sum(float* data, size_t n) = 0;
+  // Starts all_reduce_sum(data, n) in the background and returns at once (MPI: on a
+  // communication thread; NCCL: on a stream); wait() returns when every started reduction
+  // is complete. `data` must not be touched, and no other collective called, until then.
+  // Reductions run in the order started, with the same results as all_reduce_sum. Default:
+  // done at once.
+  virtual void all_reduce_sum_start(float* data, size_t n) { all_reduce_sum(data, n); }
+  virtual void wait() {}
   // out (n/size) = the sum over ranks of in[rank*n/size .. (rank+1)*n/size); n % size == 0.
   virtual void reduce_scatter_sum(const float* in, float* out, size_t n) = 0;
   // out (n*size) = every rank's in (n), in rank order.

@@ -5,7 +5,12 @@
 
 #include <algorithm>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -36,8 +41,13 @@ class MpiComm final : public Communicator {
     MPI_Initialized(&inited);
     if (!inited) {
       int provided = 0;
-      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "init");
+      // SERIALIZED: the communication thread of all_reduce_sum_start makes MPI calls, never
+      // at the same time as the main thread (every collective waits for it first).
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "init");
     }
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    async_ok_ = level >= MPI_THREAD_SERIALIZED;
     // Errors come back as codes (and become llmq errors), not MPI's default abort.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
@@ -48,6 +58,12 @@ class MpiComm final : public Communicator {
     host_.assign(name, (size_t)len);
   }
   ~MpiComm() override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin) MPI_Finalize();
@@ -58,6 +74,38 @@ class MpiComm final : public Communicator {
   std::string host() const override { return host_; }
 
   void reduce_scatter_sum(const float* in, float* out, size_t n) override {
+    wait();
+    reduce_scatter(in, out, n);
+  }
+  void all_gather(const float* in, float* out, size_t n) override {
+    wait();
+    gather(in, out, n);
+  }
+  void all_reduce_sum(float* data, size_t n) override {
+    wait();
+    all_reduce(data, n, padded_, chunk_);
+  }
+  void all_reduce_sum_start(float* data, size_t n) override {
+    if (!async_ok_) return all_reduce_sum(data, n);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+      jobs_.push_back({data, n});
+    }
+    cv_.notify_all();
+  }
+  void wait() override {
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return jobs_.empty() && !busy_; });
+    if (error_) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
+ private:
+  void reduce_scatter(const float* in, float* out, size_t n) {
     const size_t N = (size_t)size_;
     if (n % N != 0) fail("reduce_scatter: {} elements do not split over {} ranks", n, N);
     const size_t c = n / N;
@@ -74,7 +122,7 @@ class MpiComm final : public Communicator {
     });
     bytes_sent += (N - 1) * c * 4, bytes_received += (N - 1) * c * 4;
   }
-  void all_gather(const float* in, float* out, size_t n) override {
+  void gather(const float* in, float* out, size_t n) {
     const size_t N = (size_t)size_;
     if (n > (size_t)INT_MAX) {  // piecewise, then reordered into rank blocks
       for (size_t off = 0; off < n; off += (size_t)INT_MAX / 2) {
@@ -88,16 +136,42 @@ class MpiComm final : public Communicator {
     }
     bytes_sent += (N - 1) * n * 4, bytes_received += (N - 1) * n * 4;
   }
-  void all_reduce_sum(float* data, size_t n) override {
+  void all_reduce(float* data, size_t n, std::vector<float>& padded, std::vector<float>& chunk) {
     const size_t N = (size_t)size_, c = (n + N - 1) / N;
-    padded_.assign(c * N, 0.f);
-    std::memcpy(padded_.data(), data, n * 4);
-    chunk_.resize(c);
-    reduce_scatter_sum(padded_.data(), chunk_.data(), c * N);
-    all_gather(chunk_.data(), padded_.data(), c);
-    std::memcpy(data, padded_.data(), n * 4);
+    padded.assign(c * N, 0.f);
+    std::memcpy(padded.data(), data, n * 4);
+    chunk.resize(c);
+    reduce_scatter(padded.data(), chunk.data(), c * N);
+    gather(chunk.data(), padded.data(), c);
+    std::memcpy(data, padded.data(), n * 4);
   }
+  // The communication thread: started reductions, in order, with its own buffers.
+  void work() {
+    std::vector<float> padded, chunk;
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      const Job j = jobs_.front();
+      jobs_.pop_front();
+      busy_ = true;
+      l.unlock();
+      std::exception_ptr err;
+      try {
+        if (!error_) all_reduce(j.data, j.n, padded, chunk);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      l.lock();
+      busy_ = false;
+      if (err && !error_) error_ = err;
+      done_cv_.notify_all();
+    }
+  }
+
+ public:
   void broadcast(void* data, size_t bytes, int root) override {
+    wait();
     pieces(bytes, [&](size_t off, int cnt) {
       check(MPI_Bcast(static_cast<char*>(data) + off, cnt, MPI_BYTE, root, MPI_COMM_WORLD), "broadcast");
     });
@@ -105,24 +179,39 @@ class MpiComm final : public Communicator {
     else bytes_received += bytes;
   }
   void send(const void* data, size_t bytes, int peer, int tag) override {
+    wait();
     pieces(bytes, [&](size_t off, int cnt) {
       check(MPI_Send(static_cast<const char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD), "send");
     });
     bytes_sent += bytes;
   }
   void recv(void* data, size_t bytes, int peer, int tag) override {
+    wait();
     pieces(bytes, [&](size_t off, int cnt) {
       check(MPI_Recv(static_cast<char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
             "recv");
     });
     bytes_received += bytes;
   }
-  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+  void barrier() override {
+    wait();
+    check(MPI_Barrier(MPI_COMM_WORLD), "barrier");
+  }
 
  private:
   int rank_ = 0, size_ = 1;
   std::string host_;
   std::vector<float> padded_, chunk_;
+  struct Job {
+    float* data;
+    size_t n;
+  };
+  bool async_ok_ = false, stop_ = false, busy_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::deque<Job> jobs_;
+  std::exception_ptr error_;
+  std::thread worker_;
 };
 }  // namespace
 

@@ -282,6 +282,26 @@ TrainResult train_run(const TrainOptions& o) {
   const auto t_start = clock::now();
   auto t_log = t_start;
   int64_t tokens_since = 0;
+  // Data parallel: gradients are summed over ranks in buckets of at most 25 MB (PyTorch DDP's
+  // default). Overlapped: each unit's buckets are started on the communication thread as soon
+  // as the last micro-batch's backward has finished that unit (head first, embeddings last),
+  // while backward goes on; the optimizer step waits for them. The sums are the same.
+  const size_t bucket = (size_t)25 << 18;
+  auto reduce_range = [&](int64_t b, int64_t e, bool async) {
+    for (int64_t off = b; off < e; off += (int64_t)bucket) {
+      const size_t n = std::min<size_t>(bucket, (size_t)(e - off));
+      if (async) comm.all_reduce_sum_start(m.grads.data() + off, n);
+      else comm.all_reduce_sum(m.grads.data() + off, n);
+    }
+  };
+  const bool overlap = W > 1 && !fsdp && o.overlap_comm;
+  bool last_micro = false;
+  if (overlap)
+    m.hooks.done_backward = [&](int u) {
+      if (!last_micro) return;
+      const auto [b, e] = m.unit_range(u);
+      reduce_range(b, e, true);
+    };
   for (int64_t step = start_step; step < o.steps; step++) {
     if (fsdp) fsdp->zero_grads();
     else m.zero_grad();
@@ -289,13 +309,11 @@ TrainResult train_run(const TrainOptions& o) {
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
       loss += m.forward(my_tokens, my_targets, Bl, T) / (double)(o.grad_accum * W);
+      last_micro = k == o.grad_accum - 1;
       m.backward(1.0 / (double)(o.grad_accum * W));
     }
-    if (W > 1 && !fsdp) {  // gradients summed over ranks in buckets of 25 MB (PyTorch DDP's default)
-      const size_t bucket = (size_t)25 << 18;
-      for (size_t off = 0; off < m.grads.size(); off += bucket)
-        comm.all_reduce_sum(m.grads.data() + off, std::min(bucket, m.grads.size() - off));
-    }
+    if (overlap) comm.wait();
+    else if (W > 1 && !fsdp) reduce_range(0, m.n_params(), false);
     loss = rank_sum(loss);
     double ss = 0;
     if (fsdp) ss = fsdp->grad_sq_norm();  // FSDP: already reduce-scattered, block by block

@@ -8,7 +8,8 @@
 #  - fully sharded (--fsdp) runs at 2 and 4 ranks follow the same curve, send the plan's bytes,
 #    write sharded checkpoints (a file per rank) that resume at another world size (1
 #    included) and export to the same bytes as a gathered checkpoint;
-#  - a deterministic run gives bitwise identical weights when repeated;
+#  - a deterministic run gives bitwise identical weights when repeated, and so does the
+#    all-reduce after backward (--no-overlap) against the default overlapped one;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
 #    dies: every rank exits within seconds with a message (no hang).
@@ -63,6 +64,11 @@ run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
 run 2 "$T/a3" --batch 2 --grad-accum 2 --fsdp || fail "fsdp grad-accum run"
 echo -n "fsdp grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a3" || fail "fsdp grad-accum: loss curve differs"
+# The gradient all-reduce overlapped with backward (default) gives the same weights, byte for
+# byte, as the all-reduce after backward.
+run 2 "$T/no" --no-overlap || fail "--no-overlap run"
+cmp -s "$T/r2/checkpoint-000020/model.safetensors" "$T/no/checkpoint-000020/model.safetensors" &&
+  echo "overlapped all-reduce = all-reduce after backward, byte for byte" || fail "overlap changes the weights"
 # Deterministic: the same job twice gives the same bytes.
 run 2 "$T/d1" --deterministic && run 2 "$T/d2" --deterministic || fail "deterministic runs"
 cmp -s "$T/d1/checkpoint-000020/model.safetensors" "$T/d2/checkpoint-000020/model.safetensors" ||
