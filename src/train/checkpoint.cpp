@@ -73,10 +73,8 @@ CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
   if (len > size - 16) fail("{}: truncated", path);
   std::string text(len, '\0');
   read_file_range(path, 16, len, reinterpret_cast<uint8_t*>(text.data()));
-  json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) fail("{}: corrupt header", path);
   CheckpointSource s;
-  s.head = parse_head(j, path, L.n);
+  s.head = parse_state_header(text, path, L.n);
   if (size != 16 + len + 8 * (uint64_t)L.n) fail("{}: the state does not fit this model ({} parameters)", path, L.n);
   s.params = model_dir_reader(dir, c);
   const int64_t n = L.n;
@@ -90,37 +88,59 @@ CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
   return s;
 }
 
+}  // namespace
+
+CheckpointHead parse_state_header(const std::string& text, const std::string& path, int64_t n) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("{}: corrupt header", path);
+  return parse_head(j, path, n);
+}
+
+ShardedMeta parse_sharded_meta(const std::string& text, const std::string& path, int64_t n) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("{}: not valid JSON", path);
+  if (!j.contains("format") || !j["format"].is_string() || j["format"].get<std::string>() != kShardFormat)
+    fail("{}: format is not \"{}\"", path, kShardFormat);
+  ShardedMeta meta;
+  meta.head = parse_head(j, path, n);
+  if (!j.contains("world_size") || !j["world_size"].is_number_integer() || j["world_size"].get<int64_t>() < 1 ||
+      j["world_size"].get<int64_t>() > 65536)
+    fail("{}: missing or bad \"world_size\"", path);
+  const int W = j["world_size"].get<int>();
+  meta.head.world_size = W;
+  // Units: contiguous, covering the buffer, each cut into W chunks.
+  if (!j.contains("units") || !j["units"].is_array()) fail("{}: missing \"units\"", path);
+  int64_t at = 0;
+  for (const auto& u : j["units"]) {
+    if (!u.is_array() || u.size() != 3 || !u[0].is_number_integer() || !u[1].is_number_integer() || !u[2].is_number_integer())
+      fail("{}: a unit must be [begin, end, chunk]", path);
+    const int64_t b = u[0].get<int64_t>(), e = u[1].get<int64_t>(), ch = u[2].get<int64_t>();
+    if (b != at || e <= b || e > n || ch != (e - b + W - 1) / W)
+      fail("{}: unit [{}, {}, {}] does not continue the layout at {} of {} parameters over {} ranks", path, b, e, ch, at, n, W);
+    meta.units.push_back({b, e, ch});
+    meta.per_rank += ch;
+    at = e;
+  }
+  if (at != n) fail("{}: the units cover {} of {} parameters", path, at, n);
+  return meta;
+}
+
+namespace {
+
 CheckpointSource open_sharded(const std::string& dir, const ModelConfig& c) {
   const FlatLayout L(c);
   const std::string meta_path = (fs::path(dir) / "sharded_state.json").string();
-  json j = json::parse(read_text_file(meta_path), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) fail("{}: not valid JSON", meta_path);
-  if (j.value("format", "") != kShardFormat) fail("{}: format is not \"{}\"", meta_path, kShardFormat);
+  const ShardedMeta meta = parse_sharded_meta(read_text_file(meta_path), meta_path, L.n);
   CheckpointSource s;
-  s.head = parse_head(j, meta_path, L.n);
-  if (!j.contains("world_size") || !j["world_size"].is_number_integer() || j["world_size"].get<int64_t>() < 1 ||
-      j["world_size"].get<int64_t>() > 65536)
-    fail("{}: missing or bad \"world_size\"", meta_path);
-  const int W = j["world_size"].get<int>();
-  s.head.world_size = W;
-  // Units: contiguous, covering the buffer, each cut into W chunks.
+  s.head = meta.head;
+  const int W = meta.head.world_size;
+  const int64_t per_rank = meta.per_rank;
   struct U {
     int64_t begin, end, chunk, shard_off;
   };
   auto units = std::make_shared<std::vector<U>>();
-  if (!j.contains("units") || !j["units"].is_array()) fail("{}: missing \"units\"", meta_path);
-  int64_t at = 0, per_rank = 0;
-  for (const auto& u : j["units"]) {
-    if (!u.is_array() || u.size() != 3 || !u[0].is_number_integer() || !u[1].is_number_integer() || !u[2].is_number_integer())
-      fail("{}: a unit must be [begin, end, chunk]", meta_path);
-    const int64_t b = u[0].get<int64_t>(), e = u[1].get<int64_t>(), ch = u[2].get<int64_t>();
-    if (b != at || e <= b || e > L.n || ch != (e - b + W - 1) / W)
-      fail("{}: unit [{}, {}, {}] does not continue the layout at {} of {} parameters over {} ranks", meta_path, b, e, ch, at,
-           L.n, W);
-    units->push_back({b, e, ch, per_rank});
-    at = e, per_rank += ch;
-  }
-  if (at != L.n) fail("{}: the units cover {} of {} parameters", meta_path, at, L.n);
+  int64_t off = 0;
+  for (const auto& u : meta.units) units->push_back({u.begin, u.end, u.chunk, off}), off += u.chunk;
   auto files = std::make_shared<std::vector<std::string>>();
   for (int r = 0; r < W; r++) {
     const std::string f = (fs::path(dir) / shard_name(r, W)).string();

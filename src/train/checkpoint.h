@@ -79,6 +79,16 @@ void write_shard(const std::string& tmp, int rank, int world, const float* param
 void write_shard_meta(const std::string& tmp, const ModelConfig& c, const std::vector<ShardUnit>& units, int world,
                       const CheckpointHead& head, const std::string& tokenizer_src);
 
+// The checked headers (exposed for the fuzz target): train_state.bin's JSON, and
+// sharded_state.json with its unit layout, for a model of n parameters.
+CheckpointHead parse_state_header(const std::string& text, const std::string& path, int64_t n);
+struct ShardedMeta {
+  CheckpointHead head;
+  std::vector<ShardUnit> units;
+  int64_t per_rank = 0;  // elements in each rank's file
+};
+ShardedMeta parse_sharded_meta(const std::string& text, const std::string& path, int64_t n);
+
 // A training checkpoint (either format) as a plain model directory in `dtype`.
 void export_checkpoint_hf(const std::string& dir, const std::string& out, DType dtype);
 

@@ -6,9 +6,9 @@ cd "$(dirname "$0")/../.."
 secs=${1:-30}
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
-cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode fuzz_text_formats fuzz_gguf llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz --target fuzz_safetensors fuzz_config fuzz_tokenizer_files fuzz_tokenizer_encode fuzz_text_formats fuzz_gguf fuzz_checkpoint llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 work=build-fuzz/corpus
-rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode" "$work/text_formats" "$work/gguf"
+rm -rf "$work"; mkdir -p "$work/safetensors" "$work/config" "$work/tokenizer_files" "$work/tokenizer_encode" "$work/text_formats" "$work/gguf" "$work/checkpoint"
 # Seeds: a real model directory's files and a Meta params.json.
 ./build-fuzz/llmq init --preset tiny-tied --out "$work/model" --dtype bf16 >/dev/null 2>&1
 head -c 4096 "$work/model/model.safetensors" > "$work/safetensors/head"
@@ -46,7 +46,11 @@ head -c 60000 data/text/web.txt > "$work/spm_in.txt"
 ./build-fuzz/llmq init --preset tiny --tokenizer "$work/spm" --out "$work/gmodel" --dtype f32 >/dev/null 2>&1
 ./build-fuzz/llmq export -m "$work/gmodel" --type q4_0 --out "$work/gguf/q4.gguf" >/dev/null 2>&1
 ./build-fuzz/llmq export -m "$work/gmodel" --type f32 --out "$work/gguf/f32.gguf" >/dev/null 2>&1
-for t in safetensors config tokenizer_files tokenizer_encode text_formats gguf; do
+# Checkpoint seeds: the sharded_state.json and train_state.bin headers the trainer writes, for
+# the fuzz target's 1000-parameter model (two units over 3 ranks).
+printf '\x00{"format":"llmq-sharded-1","world_size":3,"n_params":1000,"step":10,"cursor":40,"adam_step":10,"options":{"lr":0.001,"batch":4},"units":[[0,400,134],[400,1000,200]]}' > "$work/checkpoint/sharded"
+printf '\x01{"step":10,"cursor":40,"adam_step":10,"n_params":1000,"options":{"lr":0.001,"threads":2}}' > "$work/checkpoint/full"
+for t in safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint; do
   echo "fuzzing $t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \
