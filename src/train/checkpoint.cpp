@@ -15,10 +15,6 @@ namespace llmq::train {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-FlatLayout::FlatLayout(const ModelConfig& c) : specs(hf_tensor_specs(c)) {
-  for (const auto& s : specs) offsets.push_back(n), n += shape_numel(s.shape);
-}
-
 namespace {
 
 constexpr char kStateMagic[8] = {'L', 'L', 'M', 'Q', 'T', 'R', 'N', '1'};

@@ -23,16 +23,9 @@
 #include "core/dtype.h"
 #include "io/hf_dir.h"
 #include "model/config.h"
+#include "train/llama_train.h"
 
 namespace llmq::train {
-
-// The flat parameter buffer of a model: its Hugging Face tensors, in order.
-struct FlatLayout {
-  std::vector<HfTensorSpec> specs;
-  std::vector<int64_t> offsets;  // element offset of each spec
-  int64_t n = 0;
-  explicit FlatLayout(const ModelConfig& c);
-};
 
 // Reads elements [b, e) of a flat buffer (the parameters or an AdamW moment) into dst.
 using FlatReader = std::function<void(int64_t b, int64_t e, float* dst)>;

@@ -10,13 +10,15 @@
 
 namespace llmq::train {
 
+FlatLayout::FlatLayout(const ModelConfig& c) : specs(hf_tensor_specs(c)) {
+  for (const auto& s : specs) offsets.push_back(n), n += shape_numel(s.shape);
+}
+
 template <class F>
-LlamaTrain<F>::LlamaTrain(const ModelConfig& c) : config(c), specs(hf_tensor_specs(c)) {
-  int64_t n = 0;
-  for (const auto& s : specs) {
-    offsets.push_back(n);
-    n += shape_numel(s.shape);
-  }
+LlamaTrain<F>::LlamaTrain(const ModelConfig& c) : config(c) {
+  FlatLayout L(c);
+  specs = std::move(L.specs), offsets = std::move(L.offsets);
+  const int64_t n = L.n;
   params.resize(n);  // zeros, not yet resident (core/zero_pages.h)
   grads.resize(n);
   p = views(params.data());

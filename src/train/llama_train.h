@@ -15,6 +15,14 @@
 
 namespace llmq::train {
 
+// The flat parameter buffer of a model: its Hugging Face tensors, in order.
+struct FlatLayout {
+  std::vector<HfTensorSpec> specs;
+  std::vector<int64_t> offsets;  // element offset of each spec
+  int64_t n = 0;
+  explicit FlatLayout(const ModelConfig& c);
+};
+
 template <class F>
 struct LlamaTrain {
   struct Layer {

@@ -17,7 +17,6 @@
 #include "io/hf_dir.h"
 #include "infer/generator.h"
 #include "ops/ops.h"
-#include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/fsdp.h"
