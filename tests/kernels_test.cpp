@@ -188,6 +188,47 @@ TEST_P(KernelsTest, Rope) {
   }
 }
 
+// The activation quantization before every quantized matmul must give the scalar table's
+// bytes exactly (the matmul tests compare against the scalar path end to end): random
+// blocks at several magnitudes (subnormal to 1e30), exact ties (amax 127 makes d = 1, so
+// x = k + 0.5 must round to even), zeros, NaN and infinities, per-block and fixed scales.
+TEST_P(KernelsTest, QuantBlocksI8MatchesScalarBitForBit) {
+  const int64_t nb = 40;
+  std::vector<float> x = randn(nb * 32, 77);
+  const float mags[] = {1e-40f, 1e-3f, 1.f, 300.f, 1e30f};
+  for (int64_t b = 0; b < nb; b++)
+    for (int k = 0; k < 32; k++) x[b * 32 + k] *= mags[b % 5];
+  for (int k = 0; k < 32; k++) x[5 * 32 + k] = 0.f;                                   // block 5: zeros
+  for (int k = 0; k < 32; k++) x[6 * 32 + k] = k == 0 ? 127.f : (float)(k - 16) + 0.5f;  // ties
+  x[7 * 32 + 3] = NAN;                                                                // NaN skipped by amax
+  x[8 * 32 + 9] = INFINITY;                                                           // d = inf: all 0
+  x[9 * 32 + 0] = -INFINITY, x[9 * 32 + 1] = NAN;
+  for (float fixed : {-1.f, 0.f, 2.5f, 127.f}) {
+    std::vector<int8_t> q1(nb * 32, 99), q2(nb * 32, 99);
+    std::vector<float> d1(nb), d2(nb);
+    std::vector<int32_t> s1(nb), s2(nb);
+    k().quant_blocks_i8(x.data(), nb, fixed, q1.data(), d1.data(), s1.data());
+    ref().quant_blocks_i8(x.data(), nb, fixed, q2.data(), d2.data(), s2.data());
+    ASSERT_EQ(0, std::memcmp(q1.data(), q2.data(), q1.size())) << "fixed " << fixed;
+    ASSERT_EQ(0, std::memcmp(d1.data(), d2.data(), d1.size() * 4)) << "fixed " << fixed;
+    ASSERT_EQ(s1, s2) << "fixed " << fixed;
+    // The scalar reference itself: ties to even, |x - d q| <= d/2 (plus the rounding of x/d
+    // and d). Not for the subnormal blocks (b % 5 == 0): 1/d overflows there and every code
+    // saturates, an absolute error below 1e-39 that no activation meets.
+    if (fixed < 0) {
+      EXPECT_EQ(q2[6 * 32 + 1], -14);  // -14.5
+      EXPECT_EQ(q2[6 * 32 + 2], -14);  // -13.5
+      EXPECT_EQ(q2[6 * 32 + 17], 2);   // 1.5
+      for (int k = 0; k < 32; k++) EXPECT_EQ(q2[8 * 32 + k], 0);
+      for (int64_t b : {1, 2, 3, 4, 11, 12, 13, 14})
+        for (int k = 0; k < 32; k++) {
+          const double xv = x[b * 32 + k], dq = (double)d2[b] * q2[b * 32 + k];
+          EXPECT_LE(std::fabs(xv - dq), d2[b] * (0.5 + 4 * kU * 127) + 1e-45) << b << " " << k;
+        }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, KernelsTest, ::testing::ValuesIn(cpu_kernels_supported()),
                          [](const auto& info) { return std::string(info.param->isa); });
 

@@ -278,33 +278,23 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
   out.bscale.resize(n * nb);
   out.gsum.resize(n * ng);
   // Rows are independent; a prompt's worth of rows is split over the threads.
+  const CpuKernels& kern = cpu_kernels();
 #pragma omp parallel for schedule(static) if (n >= 8)
   for (int64_t i = 0; i < n; i++) {
     const float* xi = x + i * K;
-    int8_t* qi = out.q.data() + i * K;
-    float row_amax = 0.f;
+    float row_amax = -1.f;  // per block
     if (per_tensor) row_amax = all;
-    else if (per_token)
+    else if (per_token) {
+      row_amax = 0.f;
       for (int64_t k = 0; k < K; k++) row_amax = std::max(row_amax, std::fabs(xi[k]));
+    }
+    thread_local std::vector<int32_t> tl_sum;
+    int32_t* bsum = (tl_sum.resize((size_t)nb), tl_sum.data());
+    float* bscale = out.bscale.data() + i * nb;
+    kern.quant_blocks_i8(xi, nb, row_amax, out.q.data() + i * K, bscale, bsum);
     for (int64_t g = 0; g < ng; g++) {
       float gs = 0.f;
-      for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
-        float amax = row_amax;
-        if (!per_token)
-          for (int64_t k = b * 32; k < b * 32 + 32; k++) amax = std::max(amax, std::fabs(xi[k]));
-        const float d = amax / 127.f;
-        const float inv = d > 0.f ? 1.f / d : 0.f;
-        int32_t sum = 0;
-        for (int64_t k = b * 32; k < b * 32 + 32; k++) {
-          float r = xi[k] * inv;
-          if (r != r) r = 0.f;  // NaN: the block scale is NaN too, so the result stays NaN
-          const int v = (int)std::clamp(std::nearbyint(r), -127.f, 127.f);
-          qi[k] = (int8_t)v;
-          sum += v;
-        }
-        out.bscale[i * nb + b] = d;
-        gs += d * (float)sum;
-      }
+      for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) gs += bscale[b] * (float)bsum[b];
       out.gsum[i * ng + g] = gs;
     }
   }

@@ -71,6 +71,12 @@ struct CpuKernels {
   // Rotary embedding in rotate-half order (the Hugging Face q/k row order): for each head,
   // pairs (j, j + d/2) rotate by the angle whose cos/sin are cos[j], sin[j], j < d/2.
   void (*rope)(float* x, const float* cos, const float* sin, int n_heads, int head_dim);
+  // Activations to int8 in blocks of 32 (the quantized matmul's input), nb blocks of x:
+  // d[b] = amax/127 with amax = fixed_amax when fixed_amax >= 0 (per-token or per-tensor
+  // scales), else the block's max |x| (NaNs skipped); q = clamp(round-half-even(x/d), -127,
+  // 127), 0 for a NaN quotient (and for every x when d = 0); sum[b] = the block's sum of q.
+  // Every table gives the same bytes as the scalar one (tested bit for bit).
+  void (*quant_blocks_i8)(const float* x, int64_t nb, float fixed_amax, int8_t* q, float* d, int32_t* sum);
 
   // Quantized matrix product, decode and prefill (int8 dot products; see MatmulQFn).
   // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product

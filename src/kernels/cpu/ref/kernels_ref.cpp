@@ -1,5 +1,6 @@
 // Scalar reference kernels: the oracle every SIMD kernel is tested against. Compiled with
 // -fno-tree-vectorize -ffp-contract=off, so each sum is a plain left-to-right f32 loop.
+#include <algorithm>
 #include <cmath>
 
 #include "core/dtype.h"
@@ -75,8 +76,28 @@ void rope(float* x, const float* c, const float* s, int n_heads, int hd) {
   }
 }
 
-const CpuKernels kRef = {"ref",   gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32,
-                         dot,     axpy,     rmsnorm,   softmax,  swiglu,    rope,         matmul_q_ref};
+void quant_blocks_i8(const float* x, int64_t nb, float fixed_amax, int8_t* q, float* d, int32_t* sum) {
+  for (int64_t b = 0; b < nb; b++) {
+    const float* xb = x + b * 32;
+    float amax = fixed_amax >= 0.f ? fixed_amax : 0.f;
+    if (fixed_amax < 0.f)
+      for (int k = 0; k < 32; k++) amax = std::max(amax, std::fabs(xb[k]));  // NaN compares false: skipped
+    const float db = amax / 127.f, inv = db > 0.f ? 1.f / db : 0.f;
+    int32_t s = 0;
+    for (int k = 0; k < 32; k++) {
+      float r = xb[k] * inv;
+      if (r != r) r = 0.f;
+      const int v = (int)std::clamp(std::nearbyint(r), -127.f, 127.f);
+      q[b * 32 + k] = (int8_t)v;
+      s += v;
+    }
+    d[b] = db;
+    sum[b] = s;
+  }
+}
+
+const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
+                         rmsnorm, softmax, swiglu, rope, quant_blocks_i8, matmul_q_ref};
 }  // namespace
 
 // Code of weight k in row m of a quantized matrix (see QMatView's layout).
