@@ -73,9 +73,11 @@ int main(int argc, char** argv) {
         const int64_t G = bits == 8 ? s.K : 128, ng = s.K / G;
         std::vector<uint8_t> codes(s.M * s.K);
         for (size_t i = 0; i < codes.size(); i++) codes[i] = (uint8_t)((i * 2654435761u >> 7) & ((1u << bits) - 1));
-        std::vector<float> sc(s.M * ng, 0.01f), z(s.M * ng, (float)(1 << (bits - 1)));
+        // f16 scales (as checkpoints store them), so the compact scale layout is measured.
+        std::vector<float> sc(s.M * ng, f16_to_f32(f32_to_f16(0.01f))), z(s.M * ng, (float)(1 << (bits - 1)));
         const Tensor proto = make_quant_tensor(s.M, s.K, bits, G, true, false, codes.data(), sc.data(), z.data());
-        const size_t bytes = proto.nbytes() + 2 * sizeof(float) * s.M * ng;
+        const QuantInfo& qi = *proto.quant();
+        const size_t bytes = proto.nbytes() + qi.sz16.size() * 2 + (qi.scale.size() + qi.zs.size()) * 4;
         const int copies = (int)std::max<size_t>(2, (1ull << 30) / bytes);
         std::vector<Tensor> W;
         for (int c = 0; c < copies; c++) {

@@ -130,10 +130,22 @@ TEST(Quant, PanelLayoutKnownBytes) {
   EXPECT_EQ(b8[16 * K + 2 * 4 + 0], 0);               // padding row 18 of panel 1
   EXPECT_EQ(b4[1 * 64 + 2 * 4 + 1], (uint8_t)(c4[2 * K + 9] | (c4[2 * K + 13] << 4)));  // row 2, cols 9 and 13
   EXPECT_EQ(b4[8 * K + 1 * 4 + 3], (uint8_t)(c4[17 * K + 3] | (c4[17 * K + 7] << 4)));  // row 17, cols 3 and 7
-  // scales per panel: (panel, group, 16); the padding rows' scale is 0
-  EXPECT_EQ(t8.quant()->scale.size(), (size_t)32);
-  EXPECT_EQ(t8.quant()->scale[17], 1.f);
-  EXPECT_EQ(t8.quant()->scale[18], 0.f);
+  // f16 scales and zero points (1 and 0 are f16 values) per (panel, group): 16 scales, then
+  // 16 zero points; the padding rows' are 0.
+  ASSERT_EQ(t8.quant()->sz16.size(), (size_t)64);
+  EXPECT_TRUE(t8.quant()->scale.empty());
+  EXPECT_EQ(t8.quant()->sz16[32 + 1], 0x3c00);  // row 17's scale, 1.0
+  EXPECT_EQ(t8.quant()->sz16[32 + 2], 0);       // padding row 18
+  EXPECT_EQ(t8.quant()->sz16[48 + 1], 0);       // row 17's zero point
+  // A scale that is not an f16 value keeps the f32 layout: (panel, group, 16) scales and
+  // zs = scale * zero.
+  std::vector<float> s2(M, 1.1f), z2(M, 3.f);
+  Tensor t8b = make_quant_tensor(M, K, 8, K, true, false, c8.data(), s2.data(), z2.data());
+  EXPECT_TRUE(t8b.quant()->sz16.empty());
+  ASSERT_EQ(t8b.quant()->scale.size(), (size_t)32);
+  EXPECT_EQ(t8b.quant()->scale[17], 1.1f);
+  EXPECT_EQ(t8b.quant()->zs[17], 1.1f * 3.f);
+  EXPECT_EQ(t8b.quant()->scale[18], 0.f);
 }
 
 // Every table's quantized matrix product against the scalar reference. Both compute the same integer
@@ -150,6 +162,9 @@ TEST_P(QMatmulTest, MatchesReference) {
   const CpuKernels& k = *GetParam();
   ASSERT_NE(k.matmul_q, nullptr);
   std::mt19937_64 rng(11);
+  // Both scale layouts: f32 (random scales and zero points) and f16 (the same rounded to
+  // f16 values, integer zero points as checkpoints have).
+  for (bool f16 : {false, true})
   for (int bits : {4, 8})
     for (int64_t K : {64, 128, 320, 1024})
       for (int64_t G : {int64_t(32), int64_t(64), int64_t(128), K}) {
@@ -160,7 +175,10 @@ TEST_P(QMatmulTest, MatchesReference) {
         auto s = randn(M * ng, rng(), 0.01f);
         auto z = randn(M * ng, rng(), 3.f);
         for (auto& v : s) v = std::fabs(v) + 1e-4f;
+        if (f16)
+          for (int64_t i = 0; i < M * ng; i++) s[i] = f16_to_f32(f32_to_f16(s[i])), z[i] = std::nearbyint(z[i]);
         Tensor W = make_quant_tensor(M, K, bits, G, false, false, codes.data(), s.data(), z.data());
+        ASSERT_EQ(W.quant()->sz16.empty(), !f16);
         const QMatView wv = quant_view(W);
         for (int n : {1, 2, 3, 4, 5, 7, 9}) {
           auto x = randn(n * K, rng(), 1.f);

@@ -91,7 +91,11 @@ struct QuantInfo {
   bool weight_per_tensor = false;  // fp8: one scale for the whole tensor
   bool act_per_tensor = false;  // w8a8: one dynamic activation scale per call (SmoothQuant's per-tensor setting)
   float act_scale = 0;  // fp8 static: the calibrated per-tensor activation scale (input_scale); 0: dynamic
-  std::vector<float> scale, zs;    // integer: (ceil(M/16), K/group, 16); fp8: scale (M)
+  // Integer: the QMatView layouts (kernels.h), sz16 when every scale and zero point is an
+  // f16 value (f16 scales, then f16 zero points, per panel and group), else scale and zs in
+  // f32 (ceil(M/16), K/group, 16). fp8: scale (M).
+  std::vector<uint16_t> sz16;
+  std::vector<float> scale, zs;
   // Act-order (desc_act) checkpoints: the columns are stored grouped, storage column j
   // holding input column perm[j]; the activations are gathered the same way before the
   // product. Empty: identity.

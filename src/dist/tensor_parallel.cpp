@@ -25,8 +25,12 @@ Tensor copy_rows(const Tensor& W, int64_t r0, int64_t r1, const std::string& nam
     if (!q->weight_per_tensor) info->scale.assign(q->scale.begin() + r0, q->scale.begin() + r1);
   } else {
     const int64_t ng = W.dim(1) / q->group, a = r0 / kQPanel * ng * kQPanel, b = r1 / kQPanel * ng * kQPanel;
-    info->scale.assign(q->scale.begin() + a, q->scale.begin() + b);
-    info->zs.assign(q->zs.begin() + a, q->zs.begin() + b);
+    if (!q->sz16.empty()) {
+      info->sz16.assign(q->sz16.begin() + 2 * a, q->sz16.begin() + 2 * b);
+    } else {
+      info->scale.assign(q->scale.begin() + a, q->scale.begin() + b);
+      info->zs.assign(q->zs.begin() + a, q->zs.begin() + b);
+    }
   }
   t.set_quant(info);
   return t;
@@ -57,14 +61,22 @@ Tensor copy_cols(const Tensor& W, int64_t k0, int64_t k1, const std::string& nam
                 (size_t)(Kn * per_col));
   auto info = std::make_shared<QuantInfo>(*q);
   info->group = G;
-  info->scale.assign((size_t)(panels * ngn * kQPanel), 0.f);
-  info->zs.assign(info->scale.size(), 0.f);
-  for (int64_t p = 0; p < panels; p++)
-    for (int64_t g = 0; g < ngn; g++)
-      for (int64_t r = 0; r < kQPanel; r++) {
-        info->scale[(p * ngn + g) * kQPanel + r] = q->scale[(p * ng + g0 + g) * kQPanel + r];
-        info->zs[(p * ngn + g) * kQPanel + r] = q->zs[(p * ng + g0 + g) * kQPanel + r];
-      }
+  if (!q->sz16.empty()) {
+    info->sz16.assign((size_t)(panels * ngn * 2 * kQPanel), 0);
+    for (int64_t p = 0; p < panels; p++)
+      for (int64_t g = 0; g < ngn; g++)
+        std::memcpy(&info->sz16[(p * ngn + g) * 2 * kQPanel], &q->sz16[(p * ng + g0 + g) * 2 * kQPanel],
+                    2 * kQPanel * sizeof(uint16_t));
+  } else {
+    info->scale.assign((size_t)(panels * ngn * kQPanel), 0.f);
+    info->zs.assign(info->scale.size(), 0.f);
+    for (int64_t p = 0; p < panels; p++)
+      for (int64_t g = 0; g < ngn; g++)
+        for (int64_t r = 0; r < kQPanel; r++) {
+          info->scale[(p * ngn + g) * kQPanel + r] = q->scale[(p * ng + g0 + g) * kQPanel + r];
+          info->zs[(p * ngn + g) * kQPanel + r] = q->zs[(p * ng + g0 + g) * kQPanel + r];
+        }
+  }
   t.set_quant(info);
   return t;
 }

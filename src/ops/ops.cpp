@@ -30,19 +30,23 @@ void expect_f32(const Tensor& t, const char* op, const char* name) {
   if (t.dtype() != DType::F32) fail("{}: {} must be f32, got {}", op, name, dtype_name(t.dtype()));
 }
 
-// Rows per chunk: about 8 chunks per thread, multiples of 16 rows (the quantized panel), at
-// least 64.
-int64_t row_chunk(int64_t M, int nt) {
-  const int64_t chunk = std::max<int64_t>(64, (M + 8 * nt - 1) / (8 * nt));
+// Rows per chunk, multiples of 16 rows (the quantized panel), at least 64: about 8 chunks per
+// thread for products that compute (n rows of x > kGemvMaxRows), 2 for the memory-bound
+// GEMV, whose kernels stream faster in long runs of rows (decode of w4a16 llama3.2-1b, one
+// run: 74-83 tok/s with 2 chunks per thread against 67-75 with 8; a thread slowed by a
+// neighbour can still hand over half its rows).
+int64_t row_chunk(int64_t M, int nt, int64_t n) {
+  const int per = n <= kGemvMaxRows ? 2 : 8;
+  const int64_t chunk = std::max<int64_t>(64, (M + per * nt - 1) / (per * nt));
   return (chunk + 15) / 16 * 16;
 }
 // Splits [0, M) into row_chunk()s handed out dynamically: a thread slowed by a neighbour on
 // the shared host does not hold the others at the barrier. Per-call set-up in the kernel
 // (the bf16 x permutation, K floats) is small next to a chunk's 64+ rows of K weights.
 template <class Fn>
-void parallel_rows(int64_t M, Fn fn) {
+void parallel_rows(int64_t M, int64_t n, Fn fn) {
   const int nt = ops_threads();
-  const int64_t chunk = row_chunk(M, nt);
+  const int64_t chunk = row_chunk(M, nt, n);
   const int64_t n_chunks = (M + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
@@ -64,7 +68,7 @@ void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, i
   }
 }
 void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
-  parallel_rows(M, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
+  parallel_rows(M, n, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
 }
 
 void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, int64_t K, int64_t ldy) {
@@ -138,7 +142,7 @@ void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W
       for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < K; j++) xs[i * K + j] = s[j] * X[i * K + j];
       quantize_acts(xs.data(), n, K, K, false, acts);
-      const QMatView sub{wv.q + c * G * K * wv.bits / 8, wv.scale + c * G, wv.zs + c * G, wv.bits, K, K};
+      const QMatView sub = wv.from_row(c * G);  // group K: one scale per row
       k.matmul_q(sub, acts.view(0, K, K), ys.data(), n, G, 0, G);
       for (int64_t i = 0; i < n; i++) {
         const float b = k.dot(sz, X + i * K, K);
@@ -168,7 +172,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   quantize_acts(X, n, K, qi.group, qi.act_per_token, acts, qi.act_per_tensor);
   const QMatView wv = quant_view(W);
   const QActView av = acts.view(0, K, qi.group);
-  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); });
+  parallel_rows(M, n, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); });
 }
 }  // namespace
 
@@ -229,7 +233,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   std::vector<Chunk> chunks;
   const int nt = ops_threads();
   for (const auto& o : outs) {
-    const int64_t M = o.W->dim(0), c = row_chunk(M, nt);
+    const int64_t M = o.W->dim(0), c = row_chunk(M, nt, n);
     for (int64_t m0 = 0; m0 < M; m0 += c) chunks.push_back({&o, m0, std::min(M, m0 + c)});
   }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -261,7 +265,7 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
 #pragma omp parallel for num_threads(ops_threads()) schedule(static)
     for (int64_t i = 0; i < n * K; i++) xb[i] = f32_to_bf16(X[i]);
     const uint16_t* w16 = W.host<uint16_t>();
-    parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
+    parallel_rows(M, n, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
     return;
   }
   // 16-bit weights: a panel of rows at a time in f32 for sgemm.

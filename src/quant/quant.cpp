@@ -113,14 +113,30 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   info->sym = sym;
   info->act_per_token = act_per_token;
   const int64_t ng = K / group, P = kQPanel, panels = (M + P - 1) / P;
-  info->scale.assign(panels * ng * P, 0.f);
-  info->zs.assign(panels * ng * P, 0.f);
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t g = 0; g < ng; g++) {
-      const int64_t i = ((m / P) * ng + g) * P + m % P;
-      info->scale[i] = scale[m * ng + g];
-      info->zs[i] = scale[m * ng + g] * zero[m * ng + g];
-    }
+  // f16 scales and zero points when that loses nothing (every checkpoint format stores f16
+  // scales, and zero points are small integers or f16): 4 bytes per group and row instead
+  // of 8, which decode reads with every weight.
+  bool f16_exact = true;
+  for (int64_t i = 0; i < M * ng && f16_exact; i++)
+    f16_exact = f16_to_f32(f32_to_f16(scale[i])) == scale[i] && f16_to_f32(f32_to_f16(zero[i])) == zero[i];
+  if (f16_exact) {
+    info->sz16.assign(panels * ng * 2 * P, 0);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t g = 0; g < ng; g++) {
+        const int64_t i = ((m / P) * ng + g) * 2 * P + m % P;
+        info->sz16[i] = f32_to_f16(scale[m * ng + g]);
+        info->sz16[i + P] = f32_to_f16(zero[m * ng + g]);
+      }
+  } else {
+    info->scale.assign(panels * ng * P, 0.f);
+    info->zs.assign(panels * ng * P, 0.f);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t g = 0; g < ng; g++) {
+        const int64_t i = ((m / P) * ng + g) * P + m % P;
+        info->scale[i] = scale[m * ng + g];
+        info->zs[i] = scale[m * ng + g] * zero[m * ng + g];
+      }
+  }
   // Storage for whole panels (padding rows: code 0), viewed as (M, K).
   Tensor t = Tensor::zeros(bits == 8 ? DType::U8 : DType::Q4, {panels * P, K}).rows(0, M);
   uint8_t* dst = t.host<uint8_t>();
@@ -205,7 +221,8 @@ void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std
 QMatView quant_view(const Tensor& W) {
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr && !q->fp8);
-  return {W.host<uint8_t>(), q->scale.data(), q->zs.data(), q->bits, W.dim(1), q->group};
+  return {W.host<uint8_t>(), q->sz16.empty() ? nullptr : q->sz16.data(), q->scale.data(), q->zs.data(), q->bits,
+          W.dim(1), q->group};
 }
 
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes) {
@@ -250,9 +267,9 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
     if (q->fp8) {
       for (int64_t k = 0; k < K; k++) o[k] = q->scale[r] * e4m3_to_f32(codes[k]);
     } else {
-      const int64_t base = (r / P) * ng * P + r % P;
+      const QMatView v = quant_view(W);
       for (int64_t g = 0; g < ng; g++) {
-        const float s = q->scale[base + g * P], zs = q->zs[base + g * P];
+        const float s = v.scale_at(r / P, g, (int)(r % P)), zs = v.zs_at(r / P, g, (int)(r % P));
         for (int64_t k = g * G; k < (g + 1) * G; k++) o[k] = s * (float)codes[k] - zs;
       }
     }

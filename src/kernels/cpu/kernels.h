@@ -20,14 +20,24 @@ constexpr int64_t kQPanel = 16;
 //   bits 4: 8*K bytes per panel; byte (k/8)*64 + r*4 + j holds row 16p+r's code of column
 //           8*(k/8)+j in its low nibble and of column 8*(k/8)+4+j in its high nibble.
 // Weight = scale*q - zs, with one scale and one zs = scale*zero_point per `group`
-// consecutive weights of a row, stored per panel: scale[(p*(K/group) + g)*16 + r].
+// consecutive weights of a row, stored per panel and group in one of two layouts:
+//   sz16 (when every scale and zero point is an f16 value, as in every checkpoint format):
+//        64 bytes per (panel p, group g) at sz16 + (p*(K/group) + g)*32: the 16 rows' f16
+//        scales, then their f16 zero points; zs = scale*zero is formed in f32 (exact);
+//   f32 (otherwise; sz16 == nullptr): scale[(p*(K/group) + g)*16 + r], zs likewise.
 // Requires K % group == 0 and group % 32 == 0.
 struct QMatView {
   const uint8_t* q;
-  const float* scale;  // (panels, K/group, 16)
-  const float* zs;     // (panels, K/group, 16)
-  int bits;            // 4 or 8
+  const uint16_t* sz16;  // (panels, K/group, 2, 16) f16, or nullptr
+  const float* scale;    // (panels, K/group, 16) when sz16 is nullptr
+  const float* zs;       // (panels, K/group, 16) when sz16 is nullptr
+  int bits;              // 4 or 8
   int64_t K, group;
+  // Scale and zs of row 16p + r, group g.
+  float scale_at(int64_t p, int64_t g, int r) const;
+  float zs_at(int64_t p, int64_t g, int r) const;
+  // The view of rows [r0, ...) (r0 a multiple of 16).
+  QMatView from_row(int64_t r0) const;
 };
 
 // Activations quantized for a QMatView product: int8 in blocks of 32 with a scale per block

@@ -100,6 +100,23 @@ const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf
                          rmsnorm, softmax, swiglu, rope, quant_blocks_i8, matmul_q_ref};
 }  // namespace
 
+float QMatView::scale_at(int64_t p, int64_t g, int r) const {
+  const int64_t i = p * (K / group) + g;
+  return sz16 ? f16_to_f32(sz16[i * 32 + r]) : scale[i * kQPanel + r];
+}
+float QMatView::zs_at(int64_t p, int64_t g, int r) const {
+  const int64_t i = p * (K / group) + g;
+  return sz16 ? f16_to_f32(sz16[i * 32 + r]) * f16_to_f32(sz16[i * 32 + 16 + r]) : zs[i * kQPanel + r];
+}
+QMatView QMatView::from_row(int64_t r0) const {
+  const int64_t p = r0 / kQPanel, ng = K / group;
+  QMatView v = *this;
+  v.q = q + p * kQPanel * K * bits / 8;
+  if (sz16) v.sz16 = sz16 + p * ng * 32;
+  else v.scale = scale + p * ng * kQPanel, v.zs = zs + p * ng * kQPanel;
+  return v;
+}
+
 // Code of weight k in row m of a quantized matrix (see QMatView's layout).
 static inline int q_code(const QMatView& W, int64_t m, int64_t k) {
   const int64_t p = m / kQPanel, r = m % kQPanel;
@@ -111,8 +128,8 @@ static inline int q_code(const QMatView& W, int64_t m, int64_t k) {
 void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1) {
   const int64_t K = W.K, G = W.group, ng = K / G, nb = K / 32;
   for (int64_t m = m0; m < m1; m++) {
-    const float* sc = W.scale + (m / kQPanel) * ng * kQPanel + m % kQPanel;
-    const float* zs = W.zs + (m / kQPanel) * ng * kQPanel + m % kQPanel;
+    const int64_t p = m / kQPanel;
+    const int r = (int)(m % kQPanel);
     for (int64_t i = 0; i < n; i++) {
       const int8_t* xq = X.q + i * K;
       const float* bs = X.bscale + i * nb;
@@ -124,8 +141,8 @@ void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int
           for (int64_t k = b * 32; k < b * 32 + 32; k++) d += q_code(W, m, k) * (int32_t)xq[k];
           accg += (float)d * bs[b];
         }
-        acc += sc[g * kQPanel] * accg;
-        corr += zs[g * kQPanel] * X.gsum[i * ng + g];
+        acc += W.scale_at(p, g, r) * accg;
+        corr += W.zs_at(p, g, r) * X.gsum[i * ng + g];
       }
       Y[i * ldy + m] = acc - corr;
     }

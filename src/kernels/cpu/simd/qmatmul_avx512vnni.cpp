@@ -33,18 +33,26 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// The 16 rows' scales and zero-point terms of (panel, group) index i = p*(K/group) + g.
+inline void group_scales(const QMatView& W, int64_t i, __m512& s, __m512& zs) {
+  if (W.sz16) {
+    const __m512i v = _mm512_loadu_si512(W.sz16 + i * 32);
+    s = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+    zs = _mm512_mul_ps(s, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1)));
+  } else {
+    s = _mm512_loadu_ps(W.scale + i * kQPanel);
+    zs = _mm512_loadu_ps(W.zs + i * kQPanel);
+  }
+}
+
 // Panels p0, p0 + ps, ..., p0 + (NP-1)*ps.
 template <int BITS, int NP, int NT>
 void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p0, int64_t m1, int64_t ps = 1) {
   const int64_t K = W.K, G = W.group, ng = K / G, nb = K / 32, bpg = G / 32;
   constexpr int64_t kBytesPerCol = BITS == 8 ? kQPanel : kQPanel / 2;  // per panel
   const uint8_t* wp[NP];
-  const float *sp[NP], *zp[NP];
-  for (int j = 0; j < NP; j++) {
-    wp[j] = W.q + (p0 + j * ps) * K * kBytesPerCol;
-    sp[j] = W.scale + (p0 + j * ps) * ng * kQPanel;
-    zp[j] = W.zs + (p0 + j * ps) * ng * kQPanel;
-  }
+  int64_t pan[NP];
+  for (int j = 0; j < NP; j++) pan[j] = p0 + j * ps, wp[j] = W.q + pan[j] * K * kBytesPerCol;
   const int8_t* xq[NT];
   const float *xs[NT], *gs[NT];
   for (int t = 0; t < NT; t++) xq[t] = X.q + t * K, xs[t] = X.bscale + t * nb, gs[t] = X.gsum + t * ng;
@@ -105,7 +113,8 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
       }
     }
     for (int j = 0; j < NP; j++) {
-      const __m512 s = _mm512_loadu_ps(sp[j] + g * kQPanel), z = _mm512_loadu_ps(zp[j] + g * kQPanel);
+      __m512 s, z;
+      group_scales(W, pan[j] * ng + g, s, z);
       for (int t = 0; t < NT; t++)
         out[j][t] = _mm512_fnmadd_ps(z, _mm512_set1_ps(gs[t][g]), _mm512_fmadd_ps(accf[j][t], s, out[j][t]));
     }
