@@ -22,6 +22,11 @@ bool g_bf16_dot = true;
 
 // Above this many rows of x, sgemm beats re-reading the weights once per 4 rows.
 constexpr int64_t kGemvMaxRows = 16;
+// Chunks per thread for the integer-quantized GEMV (decode): its kernel streams faster over
+// long runs of rows (w4a16 llama3.2-1b decode, one run: 74-83 tok/s with 2 chunks per
+// thread, 67-75 with 8), and a thread slowed by a neighbour still hands over half its rows.
+// The float GEMV measured faster with the default 8 (bf16: 16-20 tok/s against 16-18).
+constexpr int kQuantGemvChunks = 2;
 
 void expect(bool ok, const char* op, const char* what) {
   if (!ok) fail("{}: {}", op, what);
@@ -30,13 +35,9 @@ void expect_f32(const Tensor& t, const char* op, const char* name) {
   if (t.dtype() != DType::F32) fail("{}: {} must be f32, got {}", op, name, dtype_name(t.dtype()));
 }
 
-// Rows per chunk, multiples of 16 rows (the quantized panel), at least 64: about 8 chunks per
-// thread for products that compute (n rows of x > kGemvMaxRows), 2 for the memory-bound
-// GEMV, whose kernels stream faster in long runs of rows (decode of w4a16 llama3.2-1b, one
-// run: 74-83 tok/s with 2 chunks per thread against 67-75 with 8; a thread slowed by a
-// neighbour can still hand over half its rows).
-int64_t row_chunk(int64_t M, int nt, int64_t n) {
-  const int per = n <= kGemvMaxRows ? 2 : 8;
+// Rows per chunk, multiples of 16 rows (the quantized panel), at least 64, `per` chunks per
+// thread: 8 by default; 2 for the integer GEMV of decode (kQuantGemvChunks).
+int64_t row_chunk(int64_t M, int nt, int per) {
   const int64_t chunk = std::max<int64_t>(64, (M + per * nt - 1) / (per * nt));
   return (chunk + 15) / 16 * 16;
 }
@@ -44,9 +45,9 @@ int64_t row_chunk(int64_t M, int nt, int64_t n) {
 // the shared host does not hold the others at the barrier. Per-call set-up in the kernel
 // (the bf16 x permutation, K floats) is small next to a chunk's 64+ rows of K weights.
 template <class Fn>
-void parallel_rows(int64_t M, int64_t n, Fn fn) {
+void parallel_rows(int64_t M, Fn fn, int per = 8) {
   const int nt = ops_threads();
-  const int64_t chunk = row_chunk(M, nt, n);
+  const int64_t chunk = row_chunk(M, nt, per);
   const int64_t n_chunks = (M + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
@@ -68,7 +69,7 @@ void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, i
   }
 }
 void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
-  parallel_rows(M, n, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
 }
 
 void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, int64_t K, int64_t ldy) {
@@ -172,7 +173,8 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   quantize_acts(X, n, K, qi.group, qi.act_per_token, acts, qi.act_per_tensor);
   const QMatView wv = quant_view(W);
   const QActView av = acts.view(0, K, qi.group);
-  parallel_rows(M, n, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); });
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); },
+                n <= kGemvMaxRows ? kQuantGemvChunks : 8);
 }
 }  // namespace
 
@@ -233,7 +235,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   std::vector<Chunk> chunks;
   const int nt = ops_threads();
   for (const auto& o : outs) {
-    const int64_t M = o.W->dim(0), c = row_chunk(M, nt, n);
+    const int64_t M = o.W->dim(0), c = row_chunk(M, nt, q0 ? kQuantGemvChunks : 8);
     for (int64_t m0 = 0; m0 < M; m0 += c) chunks.push_back({&o, m0, std::min(M, m0 + c)});
   }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -265,7 +267,7 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
 #pragma omp parallel for num_threads(ops_threads()) schedule(static)
     for (int64_t i = 0; i < n * K; i++) xb[i] = f32_to_bf16(X[i]);
     const uint16_t* w16 = W.host<uint16_t>();
-    parallel_rows(M, n, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
+    parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
     return;
   }
   // 16-bit weights: a panel of rows at a time in f32 for sgemm.
