@@ -78,20 +78,22 @@ TEST_P(KernelsTest, GemvAllDtypes) {
 
 // bf16 x bf16 prefill product (AVX512_BF16 CPUs) against the scalar reference: products of
 // two bf16 values (8 significant bits each) are exact in f32, so only the order of the f32
-// sums differs: at most 2*K*u*sum|w x| apart, as for the GEMVs. Rows [1, M) only, n past the
-// 4-token tiles, K past the 32-element steps (masked tail).
+// sums differs: at most 2*K*u*sum|w x| apart, as for the GEMVs. Rows [1, M) only; M past
+// the 8- and 4-row tiles, n past 1, 2 and 3 panels of 16 tokens, K odd and even.
 TEST_P(KernelsTest, GemmBf16) {
   if (!k().gemm_bf16) GTEST_SKIP() << k().isa << ": no bf16 dot products";
   uint64_t seed = 7;
-  for (int64_t M : {1, 3, 5, 9, 33})
-    for (int64_t K : {1, 7, 31, 32, 33, 65, 100, 257})
-      for (int64_t n : {1, 3, 4, 5, 9}) {
+  for (int64_t M : {1, 3, 5, 9, 13, 33})
+    for (int64_t K : {1, 2, 7, 31, 32, 33, 65, 100, 257})
+      for (int64_t n : {1, 3, 16, 17, 35, 49, 70}) {
         auto w = to_bf16(randn((size_t)(M * K), seed++));
-        auto x = to_bf16(randn((size_t)(n * K), seed++));
+        const auto xf = randn((size_t)(n * K), seed++);
+        std::vector<uint16_t> xp((size_t)gemm_bf16_packed_size(n, K), 0xffff);
+        gemm_bf16_pack_x(xf.data(), n, K, xp.data(), 0, (n + 15) / 16);
         const int64_t ldy = M + 2, m0 = M > 1 ? 1 : 0;
         std::vector<float> y(n * ldy, NAN), yr(n * ldy, NAN);
-        k().gemm_bf16(w.data(), x.data(), y.data(), K, n, ldy, m0, M);
-        gemm_bf16_ref(w.data(), x.data(), yr.data(), K, n, ldy, m0, M);
+        k().gemm_bf16(w.data(), xp.data(), y.data(), K, n, ldy, m0, M);
+        gemm_bf16_ref(w.data(), xp.data(), yr.data(), K, n, ldy, m0, M);
         for (int64_t i = 0; i < n; i++)
           for (int64_t m = 0; m < ldy; m++) {
             const float a = y[i * ldy + m], b = yr[i * ldy + m];
@@ -100,10 +102,29 @@ TEST_P(KernelsTest, GemmBf16) {
               continue;
             }
             double mag = 0;
-            for (int64_t kk = 0; kk < K; kk++) mag += std::fabs((double)bf16_to_f32(w[m * K + kk]) * bf16_to_f32(x[i * K + kk]));
+            for (int64_t kk = 0; kk < K; kk++)
+              mag += std::fabs((double)bf16_to_f32(w[m * K + kk]) * bf16_to_f32(f32_to_bf16(xf[i * K + kk])));
             ASSERT_LE(std::fabs((double)a - b), 2 * K * kU * mag + 1e-30) << "M=" << M << " K=" << K << " n=" << n;
           }
       }
+}
+
+// The packed activation layout, element by element as kernels.h defines it: every element
+// rounded to bf16 at its place, the padding (tokens past n, the column past an odd K) zero.
+TEST(GemmBf16Pack, Layout) {
+  for (int64_t n : {1, 16, 21})
+    for (int64_t K : {1, 6, 9}) {
+      const auto x = randn((size_t)(n * K), (uint64_t)(n * 31 + K));
+      const int64_t Kp = (K + 1) / 2 * 2, panels = (n + 15) / 16;
+      std::vector<uint16_t> xp((size_t)gemm_bf16_packed_size(n, K), 0xffff);
+      ASSERT_EQ((int64_t)xp.size(), panels * 16 * Kp);
+      gemm_bf16_pack_x(x.data(), n, K, xp.data(), 0, panels);
+      for (int64_t t = 0; t < panels * 16; t++)
+        for (int64_t kk = 0; kk < Kp; kk++) {
+          const uint16_t want = t < n && kk < K ? f32_to_bf16(x[t * K + kk]) : 0;
+          ASSERT_EQ(xp[((t / 16) * (Kp / 2) + kk / 2) * 32 + (t % 16) * 2 + kk % 2], want) << t << "," << kk;
+        }
+    }
 }
 
 // Conversions are exact: every bf16/f16 value has exactly one f32 value.

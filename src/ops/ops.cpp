@@ -176,6 +176,26 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); },
                 n <= kGemvMaxRows ? kQuantGemvChunks : 8);
 }
+// bf16 weights on a CPU with bf16 dot products: activations rounded to bf16 (as a bf16
+// PyTorch model computes) and packed once (kernels.h), products summed in f32, twice
+// sgemm's multiply rate.
+bool bf16_dot_applies(const CpuKernels& k, const Tensor& W) {
+  return W.dtype() == DType::BF16 && !W.quant() && k.gemm_bf16 && g_bf16_dot;
+}
+const uint16_t* pack_bf16_acts(const float* X, int64_t n, int64_t K) {
+  thread_local std::vector<uint16_t> tl_xp;  // the caller's buffer, read by all threads
+  tl_xp.resize((size_t)gemm_bf16_packed_size(n, K));
+  uint16_t* xp = tl_xp.data();
+  const int64_t panels = (n + 15) / 16;
+#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (panels > 1)
+  for (int64_t p = 0; p < panels; p++) gemm_bf16_pack_x(X, n, K, xp, p, p + 1);
+  return xp;
+}
+void gemm_bf16(const CpuKernels& k, const uint16_t* xp, const Tensor& W, float* Y, int64_t n, int64_t K, int64_t M) {
+  const uint16_t* w16 = W.host<uint16_t>();
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xp, Y, K, n, M, m0, m1); });
+}
+
 }  // namespace
 
 void ops_set_threads(int n) {
@@ -218,13 +238,20 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
                     q->act_per_tensor == q0->act_per_tensor));
   }
   if (n == 0) return;
+  const CpuKernels& k = cpu_kernels();
+  const float* X = x.host<float>();
+  bool all_bf16_dot = n > kGemvMaxRows;
+  for (const auto& o : outs) all_bf16_dot = all_bf16_dot && bf16_dot_applies(k, *o.W);
+  if (all_bf16_dot) {  // prefill of bf16 weights: the activations packed once for all
+    const uint16_t* xp = pack_bf16_acts(X, n, K);
+    for (const auto& o : outs) gemm_bf16(k, xp, *o.W, o.out->host<float>(), n, K, o.W->dim(0));
+    return;
+  }
   if (n > kGemvMaxRows || !same) {
     for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
     return;
   }
   // Decode: the rows of all the weights in one list of chunks, one parallel region.
-  const CpuKernels& k = cpu_kernels();
-  const float* X = x.host<float>();
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;
   if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor);
@@ -259,16 +286,9 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
   if (W.quant()) return matmul_quant(k, Y, X, W, n, K, M);
   if (n <= kGemvMaxRows) return gemv(k, Y, X, W, n, K, M);
   if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
-  if (W.dtype() == DType::BF16 && k.gemm_bf16 && g_bf16_dot) {
-    // bf16 weights on a CPU with bf16 dot products: activations rounded to bf16 (as a bf16
-    // PyTorch model computes), products summed in f32, twice sgemm's multiply rate.
-    thread_local std::vector<uint16_t> tl_xb;
-    uint16_t* xb = (tl_xb.resize((size_t)(n * K)), tl_xb.data());  // the caller's buffer, read by all threads
-#pragma omp parallel for num_threads(ops_threads()) schedule(static)
-    for (int64_t i = 0; i < n * K; i++) xb[i] = f32_to_bf16(X[i]);
-    const uint16_t* w16 = W.host<uint16_t>();
-    parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xb, Y, K, n, M, m0, m1); });
-    return;
+  if (bf16_dot_applies(k, W)) {
+    const uint16_t* xp = pack_bf16_acts(X, n, K);
+    return gemm_bf16(k, xp, W, Y, n, K, M);
   }
   // 16-bit weights: a panel of rows at a time in f32 for sgemm.
   const uint16_t* w16 = W.host<uint16_t>();

@@ -93,9 +93,10 @@ struct CpuKernels {
   // instructions.
   MatmulQFn matmul_q = nullptr;
 
-  // Y[i*ldy + m] = sum_k W[m*K + k] * X[i*K + k] for i < n, m in [m0, m1), W and X both bf16
-  // (row-major), products summed in f32: the prefill of bf16 weights on CPUs with
-  // AVX512_BF16. nullptr elsewhere (the ops layer then converts W to f32 for sgemm).
+  // Y[i*ldy + m] = sum_k W[m*K + k] * X[i, k] for i < n, m in [m0, m1), W bf16 row-major
+  // and X bf16 packed by gemm_bf16_pack_x, products summed in f32: the prefill of bf16
+  // weights on CPUs with AVX512_BF16. nullptr elsewhere (the ops layer then converts W to
+  // f32 for sgemm).
   void (*gemm_bf16)(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
                     int64_t m1) = nullptr;
 };
@@ -108,6 +109,14 @@ void matmul_q_avxvnni(const QMatView& W, const QActView& X, float* Y, int64_t n,
 void matmul_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                          int64_t m1);
 
+// Activations packed for gemm_bf16: rounded to bf16 (round to nearest even), tokens in
+// panels of 16, K padded to an even Kp; element (t, k) at
+//   ((t/16) * (Kp/2) + k/2) * 32 + (t%16) * 2 + k%2,
+// the padding (tokens n.. of the last panel, column K when K is odd) zero. A 32-bit lane
+// then holds one token's pair (x[k], x[k+1]), the operand order of vdpbf16ps.
+inline int64_t gemm_bf16_packed_size(int64_t n, int64_t K) { return (n + 15) / 16 * 16 * ((K + 1) / 2 * 2); }
+// Packs token panels [p0, p1) of X (n, K) f32 into Xp (gemm_bf16_packed_size(n, K) elements).
+void gemm_bf16_pack_x(const float* X, int64_t n, int64_t K, uint16_t* Xp, int64_t p0, int64_t p1);
 // bf16 matrix product: scalar (exact products, f32 sums) and AVX512_BF16 (vdpbf16ps).
 void gemm_bf16_ref(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
                    int64_t m1);
