@@ -60,7 +60,18 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
   __m512 out[NP][NT];
   for (int j = 0; j < NP; j++)
     for (int t = 0; t < NT; t++) out[j][t] = _mm512_setzero_ps();
+  // The scales and zero points are a second stream per panel (64 or 128 bytes per group):
+  // prefetched as far ahead as the codes, so a group's scales are not a demand miss.
+  const int64_t sz_ahead = kPrefetch / (G * kBytesPerCol) + 1;  // groups
   for (int64_t g = 0; g < ng; g++) {
+    if constexpr (NT == 1) {
+      if (g + sz_ahead < ng)
+        for (int j = 0; j < NP; j++) {
+          const int64_t i = pan[j] * ng + g + sz_ahead;
+          if (W.sz16) _mm_prefetch((const char*)(W.sz16 + i * 32), _MM_HINT_T0);
+          else _mm_prefetch((const char*)(W.scale + i * kQPanel), _MM_HINT_T0), _mm_prefetch((const char*)(W.zs + i * kQPanel), _MM_HINT_T0);
+        }
+    }
     __m512 accf[NP][NT];
     for (int j = 0; j < NP; j++)
       for (int t = 0; t < NT; t++) accf[j][t] = _mm512_setzero_ps();
