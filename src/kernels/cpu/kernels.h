@@ -115,6 +115,10 @@ void matmul_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int64_t
 // the padding (tokens n.. of the last panel, column K when K is odd) zero. A 32-bit lane
 // then holds one token's pair (x[k], x[k+1]), the operand order of vdpbf16ps.
 inline int64_t gemm_bf16_packed_size(int64_t n, int64_t K) { return (n + 15) / 16 * 16 * ((K + 1) / 2 * 2); }
+// Index of element (t, k) in that layout.
+inline int64_t gemm_bf16_packed_index(int64_t t, int64_t k, int64_t K) {
+  return ((t / 16) * ((K + 1) / 2) + k / 2) * 32 + (t % 16) * 2 + k % 2;
+}
 // Packs token panels [p0, p1) of X (n, K) f32 into Xp (gemm_bf16_packed_size(n, K) elements).
 void gemm_bf16_pack_x(const float* X, int64_t n, int64_t K, uint16_t* Xp, int64_t p0, int64_t p1);
 // bf16 matrix product: scalar (exact products, f32 sums) and AVX512_BF16 (vdpbf16ps).

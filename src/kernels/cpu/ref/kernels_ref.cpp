@@ -150,25 +150,17 @@ void matmul_q_ref(const QMatView& W, const QActView& X, float* Y, int64_t n, int
 }
 
 void gemm_bf16_pack_x(const float* X, int64_t n, int64_t K, uint16_t* Xp, int64_t p0, int64_t p1) {
-  const int64_t Kp2 = (K + 1) / 2;  // pairs per token
-  for (int64_t p = p0; p < p1; p++) {
-    uint16_t* panel = Xp + p * Kp2 * 32;
-    for (int64_t l = 0; l < 16; l++) {
-      const int64_t t = p * 16 + l;
-      for (int64_t k = 0; k < 2 * Kp2; k++)
-        panel[(k / 2) * 32 + l * 2 + k % 2] = t < n && k < K ? f32_to_bf16(X[t * K + k]) : 0;
-    }
-  }
+  for (int64_t t = p0 * 16; t < p1 * 16; t++)
+    for (int64_t k = 0; k < (K + 1) / 2 * 2; k++)
+      Xp[gemm_bf16_packed_index(t, k, K)] = t < n && k < K ? f32_to_bf16(X[t * K + k]) : 0;
 }
 
 void gemm_bf16_ref(const uint16_t* W, const uint16_t* Xp, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
                    int64_t m1) {
-  const int64_t Kp = (K + 1) / 2 * 2;
   for (int64_t i = 0; i < n; i++)
     for (int64_t m = m0; m < m1; m++) {
       float s = 0.f;
-      for (int64_t k = 0; k < K; k++)
-        s += bf16_to_f32(W[m * K + k]) * bf16_to_f32(Xp[((i / 16) * (Kp / 2) + k / 2) * 32 + (i % 16) * 2 + k % 2]);
+      for (int64_t k = 0; k < K; k++) s += bf16_to_f32(W[m * K + k]) * bf16_to_f32(Xp[gemm_bf16_packed_index(i, k, K)]);
       Y[i * ldy + m] = s;
     }
 }

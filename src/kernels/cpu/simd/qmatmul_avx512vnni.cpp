@@ -68,8 +68,12 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
       if (g + sz_ahead < ng)
         for (int j = 0; j < NP; j++) {
           const int64_t i = pan[j] * ng + g + sz_ahead;
-          if (W.sz16) _mm_prefetch((const char*)(W.sz16 + i * 32), _MM_HINT_T0);
-          else _mm_prefetch((const char*)(W.scale + i * kQPanel), _MM_HINT_T0), _mm_prefetch((const char*)(W.zs + i * kQPanel), _MM_HINT_T0);
+          if (W.sz16) {
+            _mm_prefetch((const char*)(W.sz16 + i * 32), _MM_HINT_T0);
+          } else {
+            _mm_prefetch((const char*)(W.scale + i * kQPanel), _MM_HINT_T0);
+            _mm_prefetch((const char*)(W.zs + i * kQPanel), _MM_HINT_T0);
+          }
         }
     }
     __m512 accf[NP][NT];
