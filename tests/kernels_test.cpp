@@ -188,6 +188,58 @@ TEST_P(KernelsTest, SoftmaxAndSwiglu) {
   EXPECT_NEAR(e[2], 1.f, 1e-6);
 }
 
+// Attention of a GQA group against float64 sums: head sizes on and off the vector width,
+// key counts around the 8/16-key blocks, 1-8 query heads (register blocks of 1/2/4/8),
+// a score stride past n whose gap must stay untouched.
+TEST_P(KernelsTest, AttentionScoresAccum) {
+  for (int64_t hd : {7, 16, 24, 32, 48, 64, 128}) {
+    for (int nq : {1, 3, 4, 8}) {
+      for (int64_t n : {1, 5, 15, 16, 17, 33, 160}) {
+        const uint64_t seed = (uint64_t)(hd * 1000 + nq * 100 + n);
+        auto q = randn((size_t)(nq * hd), seed), K = randn((size_t)(n * hd), seed + 1), Vv = randn((size_t)(n * hd), seed + 2);
+        const int64_t lds = n + 3;
+        const float scale = 0.125f;
+        std::vector<float> s((size_t)(nq * lds), NAN);
+        k().attn_scores(q.data(), nq, K.data(), n, hd, scale, s.data(), lds);
+        for (int h = 0; h < nq; h++)
+          for (int64_t t = 0; t < lds; t++) {
+            const float got = s[h * lds + t];
+            if (t >= n) {
+              ASSERT_TRUE(std::isnan(got)) << "wrote past n at " << t;
+              continue;
+            }
+            double exact = 0, mag = 0;
+            for (int64_t d = 0; d < hd; d++) {
+              exact += (double)q[h * hd + d] * K[t * hd + d];
+              mag += std::fabs((double)q[h * hd + d] * K[t * hd + d]);
+            }
+            // Any order of hd products summed in f32 is within (hd-1)*u*sum|q k| of the exact
+            // sum (fused or not: +u per product); the scale adds u relative: (hd+1)*u.
+            ASSERT_LE(std::fabs(got - scale * exact), (hd + 1) * kU * scale * mag + 1e-30)
+                << "hd=" << hd << " nq=" << nq << " n=" << n << " h=" << h << " t=" << t;
+          }
+        // Probabilities in the score buffer's layout; out starts non-zero (it accumulates).
+        std::vector<float> p((size_t)(nq * lds), NAN), out = randn((size_t)(nq * hd), seed + 3);
+        for (int h = 0; h < nq; h++)
+          for (int64_t t = 0; t < n; t++) p[h * lds + t] = std::fabs(randn(1, seed + 7 * t + h)[0]) / (float)n;
+        const auto out0 = out;
+        k().attn_accum(p.data(), nq, lds, Vv.data(), n, hd, out.data());
+        for (int h = 0; h < nq; h++)
+          for (int64_t d = 0; d < hd; d++) {
+            double exact = out0[h * hd + d], mag = std::fabs(exact);
+            for (int64_t t = 0; t < n; t++) {
+              exact += (double)p[h * lds + t] * Vv[t * hd + d];
+              mag += std::fabs((double)p[h * lds + t] * Vv[t * hd + d]);
+            }
+            // n multiply-adds onto the initial value, in order: within (n+1)*u of the magnitudes.
+            ASSERT_LE(std::fabs(out[h * hd + d] - exact), (n + 1) * kU * mag + 1e-30)
+                << "hd=" << hd << " nq=" << nq << " n=" << n << " h=" << h << " d=" << d;
+          }
+      }
+    }
+  }
+}
+
 TEST_P(KernelsTest, Rope) {
   for (int hd : {2, 4, 6, 16, 30, 64, 128}) {
     for (int heads : {1, 3, 8}) {

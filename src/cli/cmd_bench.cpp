@@ -10,6 +10,50 @@
 
 namespace llmq::cli {
 
+namespace {
+// Bytes a matmul reads from its weights: the codes plus a quantized tensor's scales and zero points.
+double weight_bytes(const Tensor& W) {
+  double b = (double)W.nbytes();
+  if (const QuantInfo* q = W.quant())
+    b += 2.0 * q->sz16.size() + 4.0 * (q->scale.size() + q->zs.size() + q->axis0_scale.size() + q->axis0_sz.size());
+  return b;
+}
+
+// Per kind of op: ms per forward call, share of the decode time, and for the matmuls the
+// weight bytes per call over the time (their streaming rate).
+nlohmann::json decode_profile_json(const Model& m, const ForwardProfile& p, double total_secs) {
+  using P = ForwardProfile;
+  double bytes[P::kKinds] = {};
+  for (const LlamaLayer& L : m.weights.layers) {
+    bytes[P::QKV] += weight_bytes(L.wq) + weight_bytes(L.wk) + weight_bytes(L.wv);
+    bytes[P::Wo] += weight_bytes(L.wo);
+    bytes[P::GateUp] += weight_bytes(L.w_gate) + weight_bytes(L.w_up);
+    bytes[P::Down] += weight_bytes(L.w_down);
+  }
+  bytes[P::Head] = weight_bytes(m.weights.lm_head);
+  nlohmann::json rows = nlohmann::json::array();
+  const double calls = (double)std::max<int64_t>(1, p.calls);
+  double timed = 0;
+  for (int k = 0; k < P::kKinds; k++) {
+    timed += p.secs[k];
+    nlohmann::json r = {{"op", P::name(k)}, {"ms_per_token", 1e3 * p.secs[k] / calls}, {"share", p.secs[k] / total_secs}};
+    if (bytes[k] > 0) r["weight_gb_s"] = bytes[k] * calls / p.secs[k] / 1e9;
+    rows.push_back(r);
+  }
+  // Outside llama_forward: the bench loop itself (batch set-up), normally ~0.
+  rows.push_back({{"op", "outside forward"}, {"ms_per_token", 1e3 * (total_secs - timed) / calls},
+                  {"share", (total_secs - timed) / total_secs}});
+  return rows;
+}
+
+void print_decode_profile(const nlohmann::json& rows) {
+  fmt::print("  decode by op: {:<16} {:>9} {:>7} {:>10}\n", "op", "ms/token", "share", "weight GB/s");
+  for (const auto& r : rows)
+    fmt::print("                {:<16} {:>9.3f} {:>6.1f}% {:>10}\n", r["op"].get<std::string>(), r["ms_per_token"].get<double>(),
+               100 * r["share"].get<double>(), r.contains("weight_gb_s") ? fmt::format("{:.1f}", r["weight_gb_s"].get<double>()) : "");
+}
+}  // namespace
+
 void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "measure prefill and decode tokens/s and peak memory");
   struct Opts {
@@ -17,7 +61,7 @@ void register_bench(CLI::App& app) {
     std::string model;
     KvOption kv;
     int64_t prompt = 512, gen = 64, batch = 1, reps = 1;
-    bool json = false;
+    bool json = false, profile = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required();
@@ -27,6 +71,8 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::Range(1, 64));
   cmd->add_option("--reps", o->reps, "repetitions (the best is reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->add_flag("--profile", o->profile,
+                "also time decode by kind of op (ms per token, share, weight GB/s; last repetition)");
   cmd->callback([o] {
    bool header = false;
    for (const std::string& model_path : o->models) {
@@ -42,6 +88,7 @@ void register_bench(CLI::App& app) {
     std::vector<int32_t> prompt(o->prompt);
     for (int64_t i = 0; i < o->prompt; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
     double best_pre = 1e30, best_dec = 1e30;
+    nlohmann::json profile;
     for (int64_t rep = 0; rep < o->reps; rep++) {
       KVCache cache = KVCache::create(c, o->batch, ctx, kv);
       Scratch s;
@@ -51,6 +98,8 @@ void register_bench(CLI::App& app) {
         for (int64_t i = 0; i < o->prompt; i++) bt.add(prompt[i], (int32_t)b, (int32_t)i, i + 1 == o->prompt);
         llama_forward(m, cache, bt, s);
       }
+      ForwardProfile prof;
+      if (o->profile && rep + 1 == o->reps) s.profile = &prof;
       auto t1 = clock::now();
       for (int64_t g = 0; g < o->gen; g++) {
         Batch bt;
@@ -60,6 +109,7 @@ void register_bench(CLI::App& app) {
       auto t2 = clock::now();
       best_pre = std::min(best_pre, secs(t0, t1));
       best_dec = std::min(best_dec, secs(t1, t2));
+      if (s.profile) profile = decode_profile_json(m, prof, secs(t1, t2));
     }
     const double pre_tps = o->prompt * o->batch / best_pre;
     const double dec_tps = o->gen > 0 ? o->gen * o->batch / best_dec : 0;
@@ -75,6 +125,7 @@ void register_bench(CLI::App& app) {
                         {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()},
                         {"scheme", c.quant.enabled ? c.quant.scheme : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
                         {"kv_cache", kv_type_name(kv)}};
+    if (o->profile) j["decode_profile"] = profile;
     if (o->json) {
       fmt::print("{}\n", j.dump());
       continue;
@@ -86,6 +137,7 @@ void register_bench(CLI::App& app) {
     fmt::print("{:<32} {:<8} {:<8} {:>7} {:>7} {:>6} {:>14.1f} {:>16.1f} {:>13.2f} {:>12}\n", o->model,
                j["scheme"].get<std::string>(), cpu_kernels().isa, ops_threads(), o->prompt, o->batch, pre_tps,
                pre_flops / best_pre / 1e9, dec_tps, format_bytes(peak_rss_bytes()));
+    if (o->profile) print_decode_profile(profile);
    }
   });
 }

@@ -3,6 +3,7 @@
 // then the final norm and the output projection, for the rows whose logits are wanted.
 #include "model/llama.h"
 
+#include <chrono>
 #include <cmath>
 
 #include "ops/ops.h"
@@ -59,7 +60,28 @@ size_t KVCache::bytes() const {
   return b;
 }
 
+const char* ForwardProfile::name(int kind) {
+  static const char* names[kKinds] = {"rmsnorm", "q/k/v matmul", "rope", "kv store", "attention", "o matmul",
+                                      "residual add", "gate/up matmul", "swiglu", "down matmul", "lm_head", "other"};
+  return kind >= 0 && kind < kKinds ? names[kind] : "?";
+}
+
 namespace {
+// Charges the time since the previous mark to a kind of op; free when not profiling.
+struct ProfileClock {
+  ForwardProfile* p;
+  std::chrono::steady_clock::time_point last;
+  explicit ProfileClock(ForwardProfile* prof) : p(prof) {
+    if (p) last = std::chrono::steady_clock::now(), p->calls++;
+  }
+  void mark(ForwardProfile::Kind k) {
+    if (!p) return;
+    const auto now = std::chrono::steady_clock::now();
+    p->secs[k] += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+};
+
 void ensure_rows(Scratch& s, const ModelConfig& c, int64_t n) {
   if (s.rows >= n) return;
   auto f = [&](int64_t w) { return Tensor::empty(DType::F32, {n, w}); };
@@ -82,6 +104,8 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
   const LlamaWeights& w = m.weights;
   const int64_t n = (int64_t)b.size();
   LLMQ_CHECK(b.seq.size() == b.tokens.size() && b.pos.size() == b.tokens.size());
+  ProfileClock pc(s.profile);
+  using P = ForwardProfile;
   ensure_rows(s, c, n);
   Tensor x = s.x.rows(0, n), xb = s.xb.rows(0, n), q = s.q.rows(0, n), k = s.k.rows(0, n), v = s.v.rows(0, n),
          att = s.att.rows(0, n), gate = s.gate.rows(0, n), up = s.up.rows(0, n), cs = s.cos.rows(0, n),
@@ -100,27 +124,40 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
   }
 
   op_embedding(x, w.embed, b.tokens);
+  pc.mark(P::Other);
   const float eps = (float)c.norm_eps;
   for (int64_t l = 0; l < c.n_layers; l++) {
     const LlamaLayer& L = w.layers[l];
     // Attention is the only place where rows (positions) exchange information.
     op_rmsnorm(xb, x, L.attn_norm, eps);
+    pc.mark(P::Norm);
     op_matmuls(xb, {{&q, &L.wq}, {&k, &L.wk}, {&v, &L.wv}});
+    pc.mark(P::QKV);
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
+    pc.mark(P::Rope);
     op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l],
                 L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data());
+    pc.mark(P::KvStore);
     op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
+    pc.mark(P::Attention);
     op_matmul(xb, att, L.wo);
     if (m.partial_sum) m.partial_sum(xb);
+    pc.mark(P::Wo);
     op_add(x, xb);
+    pc.mark(P::Add);
     // SwiGLU feed-forward.
     op_rmsnorm(xb, x, L.ffn_norm, eps);
+    pc.mark(P::Norm);
     op_matmuls(xb, {{&gate, &L.w_gate}, {&up, &L.w_up}});
+    pc.mark(P::GateUp);
     op_swiglu(gate, gate, up);
+    pc.mark(P::Swiglu);
     op_matmul(xb, gate, L.w_down);
     if (m.partial_sum) m.partial_sum(xb);
+    pc.mark(P::Down);
     op_add(x, xb);
+    pc.mark(P::Add);
   }
 
   const int64_t nl = (int64_t)b.logit_rows.size();
@@ -134,7 +171,9 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
   op_gather_rows(last, x, b.logit_rows);
   op_rmsnorm(last, last, w.norm, eps);
   s.logits = s.logits_buf.rows(0, nl);
+  pc.mark(P::Other);
   op_matmul(s.logits, last, w.lm_head);
+  pc.mark(P::Head);
   return s.logits;
 }
 

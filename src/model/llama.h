@@ -82,11 +82,20 @@ struct Batch {
   size_t size() const { return tokens.size(); }
 };
 
+// Wall time of llama_forward by kind of op, summed over calls (llmq bench --profile).
+struct ForwardProfile {
+  enum Kind { Norm, QKV, Rope, KvStore, Attention, Wo, Add, GateUp, Swiglu, Down, Head, Other, kKinds };
+  static const char* name(int kind);
+  double secs[kKinds] = {};
+  int64_t calls = 0;
+};
+
 // Activation buffers reused across calls (grown when a batch has more rows).
 struct Scratch {
   int64_t rows = 0, logit_rows = 0;
   Tensor x, xb, q, k, v, att, gate, up, cos, sin, last, logits_buf;
   Tensor logits;  // view of logits_buf returned by llama_forward
+  ForwardProfile* profile = nullptr;  // when set, llama_forward adds its op timings
 };
 
 // Returns logits (logit_rows.size(), vocab) f32, valid until the next call with `scratch`.

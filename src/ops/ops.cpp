@@ -432,33 +432,31 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
                   const std::vector<int32_t>& pos, int64_t n_heads, const Tensor& ksc, const Tensor& vsc) {
   const int64_t H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3), n = q.dim(0);
   expect(q.dim(1) == n_heads * hd && out.shape() == q.shape() && n_heads % H == 0, "attention", "shape mismatch");
-  const int64_t group = n_heads / H;
+  const int group = (int)(n_heads / H);
   const float scale = 1.f / std::sqrt((float)hd);
   const CpuKernels& k = cpu_kernels();
   const float* Q = q.host<float>();
   float* O = out.host<float>();
   const bool f32 = kc.dtype() == DType::F32;
-#pragma omp parallel num_threads(ops_threads())
-  {
-    std::vector<float> s(T), row(hd);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t rh = 0; rh < n * n_heads; rh++) {
-      const int64_t r = rh / n_heads, h = rh % n_heads, kvh = h / group;
-      const int64_t len = pos[r] + 1;
-      const float* qv = Q + r * n_heads * hd + h * hd;
-      const int64_t base = (seq[r] * H + kvh) * T;
-      for (int64_t t = 0; t < len; t++) {
-        const float* kr = f32 ? kc.host<float>() + (base + t) * hd : (kv_row(kc, ksc, base + t, hd, k, row.data()), row.data());
-        s[t] = k.dot(qv, kr, hd) * scale;
-      }
-      k.softmax(s.data(), len);
-      float* o = O + r * n_heads * hd + h * hd;
-      std::memset(o, 0, hd * 4);
-      for (int64_t t = 0; t < len; t++) {
-        const float* vr = f32 ? vc.host<float>() + (base + t) * hd : (kv_row(vc, vsc, base + t, hd, k, row.data()), row.data());
-        k.axpy(s[t], vr, o, hd);
-      }
-    }
+  // One item per (row, KV head): the group's query heads share each pass over the cached
+  // keys and values (f32 caches read in place, others converted once per item).
+#pragma omp parallel for num_threads(ops_threads()) schedule(dynamic, 1) if (n * H > 1)
+  for (int64_t rk = 0; rk < n * H; rk++) {
+    thread_local std::vector<float> s, kbuf, vbuf;  // grown, never shrunk: no per-call zeroing
+    const int64_t r = rk / H, kvh = rk % H, len = pos[r] + 1, base = (seq[r] * H + kvh) * T;
+    if ((int64_t)s.size() < group * len) s.resize((size_t)(group * len));
+    auto rows = [&](const Tensor& c, const Tensor& sc, std::vector<float>& buf) -> const float* {
+      if (f32) return c.host<float>() + base * hd;
+      if ((int64_t)buf.size() < len * hd) buf.resize((size_t)(len * hd));
+      for (int64_t t = 0; t < len; t++) kv_row(c, sc, base + t, hd, k, buf.data() + t * hd);
+      return buf.data();
+    };
+    const float* qg = Q + r * n_heads * hd + kvh * group * hd;
+    k.attn_scores(qg, group, rows(kc, ksc, kbuf), len, hd, scale, s.data(), len);
+    for (int h = 0; h < group; h++) k.softmax(s.data() + h * len, len);
+    float* og = O + r * n_heads * hd + kvh * group * hd;
+    std::memset(og, 0, group * hd * sizeof(float));
+    k.attn_accum(s.data(), group, len, rows(vc, vsc, vbuf), len, hd, og);
   }
 }
 

@@ -81,6 +81,14 @@ struct CpuKernels {
   // Rotary embedding in rotate-half order (the Hugging Face q/k row order): for each head,
   // pairs (j, j + d/2) rotate by the angle whose cos/sin are cos[j], sin[j], j < d/2.
   void (*rope)(float* x, const float* cos, const float* sin, int n_heads, int head_dim);
+  // Attention of the nq query heads sharing one KV head (a GQA group), q (nq, hd) and rows
+  // K, V (n, hd) contiguous:
+  //   attn_scores: s[h*lds + t] = scale * sum_d q[h*hd + d] * K[t*hd + d]
+  //   attn_accum:  out[h*hd + d] += sum_t p[h*lds + t] * V[t*hd + d]
+  // (h < nq, t < n). Each K and V row is read once for the whole group.
+  void (*attn_scores)(const float* q, int nq, const float* K, int64_t n, int64_t hd, float scale, float* s,
+                      int64_t lds);
+  void (*attn_accum)(const float* p, int nq, int64_t lds, const float* V, int64_t n, int64_t hd, float* out);
   // Activations to int8 in blocks of 32 (the quantized matmul's input), nb blocks of x:
   // d[b] = amax/127 with amax = fixed_amax when fixed_amax >= 0 (per-token or per-tensor
   // scales), else the block's max |x| (NaNs skipped); q = clamp(round-half-even(x/d), -127,

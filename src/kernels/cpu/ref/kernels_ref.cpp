@@ -45,6 +45,14 @@ float dot(const float* a, const float* b, int64_t n) {
 void axpy(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
+void attn_scores(const float* q, int nq, const float* K, int64_t n, int64_t hd, float scale, float* s, int64_t lds) {
+  for (int h = 0; h < nq; h++)
+    for (int64_t t = 0; t < n; t++) s[h * lds + t] = scale * dot(q + h * hd, K + t * hd, hd);
+}
+void attn_accum(const float* p, int nq, int64_t lds, const float* V, int64_t n, int64_t hd, float* out) {
+  for (int h = 0; h < nq; h++)
+    for (int64_t t = 0; t < n; t++) axpy(p[h * lds + t], V + t * hd, out + h * hd, hd);
+}
 void rmsnorm(const float* x, const float* w, float* out, int64_t n, float eps) {
   float ss = 0.f;
   for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
@@ -97,7 +105,7 @@ void quant_blocks_i8(const float* x, int64_t nb, float fixed_amax, int8_t* q, fl
 }
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
-                         rmsnorm, softmax, swiglu, rope, quant_blocks_i8, matmul_q_ref};
+                         rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, matmul_q_ref};
 }  // namespace
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {

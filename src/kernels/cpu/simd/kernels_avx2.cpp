@@ -45,6 +45,19 @@ struct V {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // Lane i = the sum of the lanes of v[i], i < 8 (as in the AVX-512 table, one level fewer:
+  // lane 4l + k ends up holding input l + 2k, so the inputs are taken in that order).
+  static F transpose_sum(const F* v) {
+    auto in = [v](int j) { return v[4 * (j % 2) + j / 2]; };
+    F w[4];
+    for (int i = 0; i < 4; i++) {
+      const F a = in(2 * i), b = in(2 * i + 1);
+      w[i] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    }
+    const F s01 = _mm256_add_ps(_mm256_unpacklo_ps(w[0], w[1]), _mm256_unpackhi_ps(w[0], w[1]));
+    const F s23 = _mm256_add_ps(_mm256_unpacklo_ps(w[2], w[3]), _mm256_unpackhi_ps(w[2], w[3]));
+    return _mm256_add_ps(_mm256_shuffle_ps(s01, s23, 0x44), _mm256_shuffle_ps(s01, s23, 0xee));
+  }
   static float hmax(F v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));

@@ -41,6 +41,23 @@ struct V {
     return _mm512_castsi512_ps(e);
   }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  // Lane i = the sum of the lanes of v[i], i < 16: halving steps that each add two vectors'
+  // halves side by side (4 levels, 45 instructions for 16 sums). After the four levels
+  // lane 4l + k holds the sum of input l + 4k, so the inputs are taken in that order.
+  static F transpose_sum(const F* v) {
+    auto in = [v](int j) { return v[4 * (j % 4) + j / 4]; };
+    F w[8], x[4];
+    for (int i = 0; i < 8; i++) {
+      const F a = in(2 * i), b = in(2 * i + 1);  // 128-bit lanes [a0 a1 b0 b1] + [a2 a3 b2 b3]
+      w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    }
+    for (int j = 0; j < 4; j++)  // [a0 a2 b0 b2] + [a1 a3 b1 b3]: lane l holds input 4j + l
+      x[j] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * j], w[2 * j + 1], 0x88),
+                           _mm512_shuffle_f32x4(w[2 * j], w[2 * j + 1], 0xdd));
+    const F s01 = _mm512_add_ps(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
+    const F s23 = _mm512_add_ps(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+    return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xee));
+  }
   static float hmax(F v) { return _mm512_reduce_max_ps(v); }
   static F load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
   static F load_e4m3(const uint8_t* p) {
