@@ -439,8 +439,17 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
   float* O = out.host<float>();
   const bool f32 = kc.dtype() == DType::F32;
   // One item per (row, KV head): the group's query heads share each pass over the cached
-  // keys and values (f32 caches read in place, others converted once per item).
-#pragma omp parallel for num_threads(ops_threads()) schedule(dynamic, 1) if (n * H > 1)
+  // keys and values (f32 caches read in place, others converted once per item). The items
+  // go round-robin to the threads, and each prefetches its next item's rows: in decode they
+  // come from memory (all the weights streamed through the caches since the last step).
+  const int nt = ops_threads();
+  auto prefetch_item = [&](int64_t rk) {
+    if (!f32 || rk >= n * H) return;
+    const int64_t r = rk / H, kvh = rk % H, base = (seq[r] * H + kvh) * T;
+    const char *Kb = (const char*)(kc.host<float>() + base * hd), *Vb = (const char*)(vc.host<float>() + base * hd);
+    for (int64_t off = 0; off < (pos[r] + 1) * hd * 4; off += 64) __builtin_prefetch(Kb + off, 0, 3), __builtin_prefetch(Vb + off, 0, 3);
+  };
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (n * H > 1)
   for (int64_t rk = 0; rk < n * H; rk++) {
     thread_local std::vector<float> s, kbuf, vbuf;  // grown, never shrunk: no per-call zeroing
     const int64_t r = rk / H, kvh = rk % H, len = pos[r] + 1, base = (seq[r] * H + kvh) * T;
@@ -451,8 +460,11 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
       for (int64_t t = 0; t < len; t++) kv_row(c, sc, base + t, hd, k, buf.data() + t * hd);
       return buf.data();
     };
+    if (rk < nt) prefetch_item(rk);
+    prefetch_item(rk + nt);
     const float* qg = Q + r * n_heads * hd + kvh * group * hd;
-    k.attn_scores(qg, group, rows(kc, ksc, kbuf), len, hd, scale, s.data(), len);
+    const float* Kr = rows(kc, ksc, kbuf);
+    k.attn_scores(qg, group, Kr, len, hd, scale, s.data(), len);
     for (int h = 0; h < group; h++) k.softmax(s.data() + h * len, len);
     float* og = O + r * n_heads * hd + kvh * group * hd;
     std::memset(og, 0, group * hd * sizeof(float));
