@@ -7,10 +7,14 @@
 # build). Same thread count; rounds alternate the engines so both see the same host load.
 # Decode is also shown against the memory-bandwidth floor (bytes of weights read per token /
 # read bandwidth measured just before each pair of engines runs; the summary gives the median share over the rounds).
-# usage: bench/quant.sh [rounds, default 3]    (respects OPENBLAS_CORETYPE; say which)
+# Every engine reports the best of REPS (default 3) timings within one process, as the
+# floor is the best of its readings: like against like on this host, whose speed swings
+# within seconds.
+# usage: [REPS=3] bench/quant.sh [rounds, default 3]    (respects OPENBLAS_CORETYPE; say which)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
+reps=${REPS:-3}
 L=build/llmq
 T=$(nproc)
 P=128; G=64
@@ -41,15 +45,15 @@ for r in $(seq 1 "$rounds"); do
   for pair in "bf16 f16" "w8a16 q8_0" "w4a16 q4_0"; do
     read -r a b <<<"$pair"
     bw=$(membw)
-    js=$($L bench -m models/llama3.2-1b-$a --prompt $P --gen $G --json)
+    js=$($L bench -m models/llama3.2-1b-$a --prompt $P --gen $G --reps $reps --json)
     d=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js"); p=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js")
     # llama.cpp: one untimed evaluation of the prompt first (the driver's warm-up), as its
     # first pass over freshly mapped weights pays for first-touch page faults.
-    js2=$($DRV models/llama3.2-1b-$b.gguf bench $P $G $T)
+    js2=$(REPS=$reps $DRV models/llama3.2-1b-$b.gguf bench $P $G $T)
     d2=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js2"); p2=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js2")
     # llmq on the very GGUF file llama.cpp runs (q8_0/q4_0: groups of 32 in llmq's layout);
-    # the file is mapped, so best of 2 repetitions (the first warms the mapping, as above).
-    js3=$($L bench -m models/llama3.2-1b-$b.gguf --prompt $P --gen $G --reps 2 --json)
+    # the file is mapped, so the first repetition also warms the mapping, as above.
+    js3=$($L bench -m models/llama3.2-1b-$b.gguf --prompt $P --gen $G --reps $(( reps > 1 ? reps : 2 )) --json)
     d3=$(sed -E 's/.*"decode_tok_s":([0-9.e+-]+).*/\1/' <<<"$js3"); p3=$(sed -E 's/.*"prefill_tok_s":([0-9.e+-]+).*/\1/' <<<"$js3")
     for e in "llmq-$a $d $p ${bytes[$a]}" "llmq-gguf-$b $d3 $p3 ${bytes[$b]}" "llama.cpp-$b $d2 $p2 ${bytes[$b]}"; do
       read -r name dd pp by <<<"$e"
@@ -68,4 +72,4 @@ echo "median % of floor over $rounds rounds: llmq bf16 $(median llmq-bf16)%, w8a
 ratio() { awk -v a="${dsum[$1]}" -v b="${dsum[$2]}" 'BEGIN {printf "%.2f", a/b}'; }
 pratio() { awk -v a="${psum[$1]}" -v b="${psum[$2]}" 'BEGIN {printf "%.2f", a/b}'; }
 echo "same GGUF files: decode llmq/llama.cpp f16 $(ratio llmq-gguf-f16 llama.cpp-f16)x, q8_0 $(ratio llmq-gguf-q8_0 llama.cpp-q8_0)x, q4_0 $(ratio llmq-gguf-q4_0 llama.cpp-q4_0)x"
-echo "summary: decode llmq/llama.cpp bf16/f16 $(ratio llmq-bf16 llama.cpp-f16)x, w8a16/q8_0 $(ratio llmq-w8a16 llama.cpp-q8_0)x, w4a16/q4_0 $(ratio llmq-w4a16 llama.cpp-q4_0)x; prefill $(pratio llmq-bf16 llama.cpp-f16)x, $(pratio llmq-w8a16 llama.cpp-q8_0)x, $(pratio llmq-w4a16 llama.cpp-q4_0)x ($T threads, prompt $P, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"
+echo "summary: decode llmq/llama.cpp bf16/f16 $(ratio llmq-bf16 llama.cpp-f16)x, w8a16/q8_0 $(ratio llmq-w8a16 llama.cpp-q8_0)x, w4a16/q4_0 $(ratio llmq-w4a16 llama.cpp-q4_0)x; prefill $(pratio llmq-bf16 llama.cpp-f16)x, $(pratio llmq-w8a16 llama.cpp-q8_0)x, $(pratio llmq-w4a16 llama.cpp-q4_0)x ($T threads, prompt $P, best of $reps, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"

@@ -94,13 +94,15 @@ TEST(Quant, SchemesAndBadInput) {
 
 // The packed tensor gives back its codes and the same dequantized values.
 TEST(Quant, PackedLayoutRoundTrips) {
+  for (bool sym : {false, true})  // sym: one zero point, the scales-only layout
   for (int bits : {4, 8}) {
     const int64_t M = 9, K = 192, G = 64, ng = K / G;
     auto w = nasty_weights(M, K, 3);
     std::vector<uint8_t> q(M * K), back(K);
     std::vector<float> s(M * ng), z(M * ng), d(M * K), d2(M * K);
-    quantize_rows_rtn(w.data(), M, K, bits, G, false, q.data(), s.data(), z.data());
-    Tensor t = make_quant_tensor(M, K, bits, G, false, false, q.data(), s.data(), z.data());
+    quantize_rows_rtn(w.data(), M, K, bits, G, sym, q.data(), s.data(), z.data());
+    Tensor t = make_quant_tensor(M, K, bits, G, sym, false, q.data(), s.data(), z.data());
+    ASSERT_EQ(quant_view(t).szs, sym ? 16 : 32);
     EXPECT_EQ(t.nbytes(), (size_t)(M * K * bits / 8));
     for (int64_t m = 0; m < M; m++) {
       tensor_row_codes(t, m, back.data());
@@ -130,13 +132,24 @@ TEST(Quant, PanelLayoutKnownBytes) {
   EXPECT_EQ(b8[16 * K + 2 * 4 + 0], 0);               // padding row 18 of panel 1
   EXPECT_EQ(b4[1 * 64 + 2 * 4 + 1], (uint8_t)(c4[2 * K + 9] | (c4[2 * K + 13] << 4)));  // row 2, cols 9 and 13
   EXPECT_EQ(b4[8 * K + 1 * 4 + 3], (uint8_t)(c4[17 * K + 3] | (c4[17 * K + 7] << 4)));  // row 17, cols 3 and 7
-  // f16 scales and zero points (1 and 0 are f16 values) per (panel, group): 16 scales, then
-  // 16 zero points; the padding rows' are 0.
-  ASSERT_EQ(t8.quant()->sz16.size(), (size_t)64);
+  // One zero point (0) for every row: f16 scales only (1 is an f16 value), 16 per (panel,
+  // group), the zero point held once; the padding rows' scales are 0.
+  ASSERT_EQ(t8.quant()->sz16.size(), (size_t)32);
+  EXPECT_EQ(t8.quant()->zero_all, 0.f);
   EXPECT_TRUE(t8.quant()->scale.empty());
-  EXPECT_EQ(t8.quant()->sz16[32 + 1], 0x3c00);  // row 17's scale, 1.0
-  EXPECT_EQ(t8.quant()->sz16[32 + 2], 0);       // padding row 18
-  EXPECT_EQ(t8.quant()->sz16[48 + 1], 0);       // row 17's zero point
+  EXPECT_EQ(t8.quant()->sz16[16 + 1], 0x3c00);  // row 17's scale, 1.0
+  EXPECT_EQ(t8.quant()->sz16[16 + 2], 0);       // padding row 18
+  EXPECT_EQ(quant_view(t8).szs, 16);
+  // Zero points that differ (row m: m % 3, f16 values): 16 scales, then 16 zero points.
+  std::vector<float> zv(M);
+  for (int64_t m = 0; m < M; m++) zv[m] = (float)(m % 3);
+  Tensor t8z = make_quant_tensor(M, K, 8, K, false, false, c8.data(), s.data(), zv.data());
+  ASSERT_EQ(t8z.quant()->sz16.size(), (size_t)64);
+  EXPECT_LT(t8z.quant()->zero_all, 0.f);
+  EXPECT_EQ(t8z.quant()->sz16[32 + 1], 0x3c00);  // row 17's scale, 1.0
+  EXPECT_EQ(t8z.quant()->sz16[32 + 2], 0);       // padding row 18
+  EXPECT_EQ(t8z.quant()->sz16[48 + 1], 0x4000);  // row 17's zero point, 17 % 3 = 2.0
+  EXPECT_EQ(quant_view(t8z).szs, 32);
   // A scale that is not an f16 value keeps the f32 layout: (panel, group, 16) scales and
   // zs = scale * zero.
   std::vector<float> s2(M, 1.1f), z2(M, 3.f);
@@ -162,9 +175,10 @@ TEST_P(QMatmulTest, MatchesReference) {
   const CpuKernels& k = *GetParam();
   ASSERT_NE(k.matmul_q, nullptr);
   std::mt19937_64 rng(11);
-  // Both scale layouts: f32 (random scales and zero points) and f16 (the same rounded to
-  // f16 values, integer zero points as checkpoints have).
-  for (bool f16 : {false, true})
+  // Every scale layout: f32 (random scales and zero points), f16 (the same rounded to f16
+  // values, integer zero points as checkpoints have) and f16 scales with one zero point for
+  // all rows (symmetric schemes).
+  for (int layout : {0, 1, 2})
   for (int bits : {4, 8})
     for (int64_t K : {64, 128, 320, 1024})
       for (int64_t G : {int64_t(32), int64_t(64), int64_t(128), K}) {
@@ -175,10 +189,13 @@ TEST_P(QMatmulTest, MatchesReference) {
         auto s = randn(M * ng, rng(), 0.01f);
         auto z = randn(M * ng, rng(), 3.f);
         for (auto& v : s) v = std::fabs(v) + 1e-4f;
+        const bool f16 = layout > 0;
         if (f16)
-          for (int64_t i = 0; i < M * ng; i++) s[i] = f16_to_f32(f32_to_f16(s[i])), z[i] = std::nearbyint(z[i]);
-        Tensor W = make_quant_tensor(M, K, bits, G, false, false, codes.data(), s.data(), z.data());
+          for (int64_t i = 0; i < M * ng; i++)
+            s[i] = f16_to_f32(f32_to_f16(s[i])), z[i] = layout == 2 ? (float)(1 << (bits - 1)) : std::nearbyint(z[i]);
+        Tensor W = make_quant_tensor(M, K, bits, G, layout == 2, false, codes.data(), s.data(), z.data());
         ASSERT_EQ(W.quant()->sz16.empty(), !f16);
+        ASSERT_EQ(quant_view(W).szs, layout == 2 ? 16 : 32);
         const QMatView wv = quant_view(W);
         for (int n : {1, 2, 3, 4, 5, 7, 9}) {
           auto x = randn(n * K, rng(), 1.f);

@@ -96,6 +96,9 @@ struct QuantInfo {
   // f32 (ceil(M/16), K/group, 16). fp8: scale (M).
   std::vector<uint16_t> sz16;
   std::vector<float> scale, zs;
+  // >= 0: every zero point equals zero_all and sz16 holds the scales only (QMatView szs 16).
+  float zero_all = -1.f;
+  int64_t sz16_per_group() const { return zero_all >= 0.f ? 16 : 32; }  // halves per (panel, group)
   // Act-order (desc_act) checkpoints: the columns are stored grouped, storage column j
   // holding input column perm[j]; the activations are gathered the same way before the
   // product. Empty: identity.

@@ -26,7 +26,8 @@ Tensor copy_rows(const Tensor& W, int64_t r0, int64_t r1, const std::string& nam
   } else {
     const int64_t ng = W.dim(1) / q->group, a = r0 / kQPanel * ng * kQPanel, b = r1 / kQPanel * ng * kQPanel;
     if (!q->sz16.empty()) {
-      info->sz16.assign(q->sz16.begin() + 2 * a, q->sz16.begin() + 2 * b);
+      const int64_t per = q->sz16_per_group() / kQPanel;  // halves per row and group
+      info->sz16.assign(q->sz16.begin() + per * a, q->sz16.begin() + per * b);
     } else {
       info->scale.assign(q->scale.begin() + a, q->scale.begin() + b);
       info->zs.assign(q->zs.begin() + a, q->zs.begin() + b);
@@ -62,11 +63,11 @@ Tensor copy_cols(const Tensor& W, int64_t k0, int64_t k1, const std::string& nam
   auto info = std::make_shared<QuantInfo>(*q);
   info->group = G;
   if (!q->sz16.empty()) {
-    info->sz16.assign((size_t)(panels * ngn * 2 * kQPanel), 0);
+    const int64_t per = q->sz16_per_group();
+    info->sz16.assign((size_t)(panels * ngn * per), 0);
     for (int64_t p = 0; p < panels; p++)
       for (int64_t g = 0; g < ngn; g++)
-        std::memcpy(&info->sz16[(p * ngn + g) * 2 * kQPanel], &q->sz16[(p * ng + g0 + g) * 2 * kQPanel],
-                    2 * kQPanel * sizeof(uint16_t));
+        std::memcpy(&info->sz16[(p * ngn + g) * per], &q->sz16[(p * ng + g0 + g) * per], per * sizeof(uint16_t));
   } else {
     info->scale.assign((size_t)(panels * ngn * kQPanel), 0.f);
     info->zs.assign(info->scale.size(), 0.f);

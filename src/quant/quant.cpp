@@ -119,13 +119,18 @@ Tensor make_quant_tensor(int64_t M, int64_t K, int bits, int64_t group, bool sym
   bool f16_exact = true;
   for (int64_t i = 0; i < M * ng && f16_exact; i++)
     f16_exact = f16_to_f32(f32_to_f16(scale[i])) == scale[i] && f16_to_f32(f32_to_f16(zero[i])) == zero[i];
+  // One zero point for every group (symmetric schemes): the scales alone are stored.
+  bool zero_same = true;
+  for (int64_t i = 1; i < M * ng && zero_same; i++) zero_same = zero[i] == zero[0];
   if (f16_exact) {
-    info->sz16.assign(panels * ng * 2 * P, 0);
+    if (zero_same && M * ng > 0) info->zero_all = zero[0];
+    const int64_t per = info->sz16_per_group();
+    info->sz16.assign(panels * ng * per, 0);
     for (int64_t m = 0; m < M; m++)
       for (int64_t g = 0; g < ng; g++) {
-        const int64_t i = ((m / P) * ng + g) * 2 * P + m % P;
+        const int64_t i = ((m / P) * ng + g) * per + m % P;
         info->sz16[i] = f32_to_f16(scale[m * ng + g]);
-        info->sz16[i + P] = f32_to_f16(zero[m * ng + g]);
+        if (per == 2 * P) info->sz16[i + P] = f32_to_f16(zero[m * ng + g]);
       }
   } else {
     info->scale.assign(panels * ng * P, 0.f);
@@ -222,7 +227,7 @@ QMatView quant_view(const Tensor& W) {
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr && !q->fp8);
   return {W.host<uint8_t>(), q->sz16.empty() ? nullptr : q->sz16.data(), q->scale.data(), q->zs.data(), q->bits,
-          W.dim(1), q->group};
+          W.dim(1), q->group, (int)q->sz16_per_group(), q->zero_all >= 0.f ? q->zero_all : 0.f};
 }
 
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes) {

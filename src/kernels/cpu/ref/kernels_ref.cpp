@@ -110,17 +110,18 @@ const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {
   const int64_t i = p * (K / group) + g;
-  return sz16 ? f16_to_f32(sz16[i * 32 + r]) : scale[i * kQPanel + r];
+  return sz16 ? f16_to_f32(sz16[i * szs + r]) : scale[i * kQPanel + r];
 }
 float QMatView::zs_at(int64_t p, int64_t g, int r) const {
   const int64_t i = p * (K / group) + g;
-  return sz16 ? f16_to_f32(sz16[i * 32 + r]) * f16_to_f32(sz16[i * 32 + 16 + r]) : zs[i * kQPanel + r];
+  if (!sz16) return zs[i * kQPanel + r];
+  return f16_to_f32(sz16[i * szs + r]) * (szs == 16 ? zero : f16_to_f32(sz16[i * szs + 16 + r]));
 }
 QMatView QMatView::from_row(int64_t r0) const {
   const int64_t p = r0 / kQPanel, ng = K / group;
   QMatView v = *this;
   v.q = q + p * kQPanel * K * bits / 8;
-  if (sz16) v.sz16 = sz16 + p * ng * 32;
+  if (sz16) v.sz16 = sz16 + p * ng * szs;
   else v.scale = scale + p * ng * kQPanel, v.zs = zs + p * ng * kQPanel;
   return v;
 }

@@ -35,7 +35,10 @@ inline __m512i bcast4(const int8_t* p) {
 
 // The 16 rows' scales and zero-point terms of (panel, group) index i = p*(K/group) + g.
 inline void group_scales(const QMatView& W, int64_t i, __m512& s, __m512& zs) {
-  if (W.sz16) {
+  if (W.sz16 && W.szs == 16) {
+    s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(W.sz16 + i * 16)));
+    zs = _mm512_mul_ps(s, _mm512_set1_ps(W.zero));
+  } else if (W.sz16) {
     const __m512i v = _mm512_loadu_si512(W.sz16 + i * 32);
     s = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
     zs = _mm512_mul_ps(s, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1)));
@@ -60,7 +63,7 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
   __m512 out[NP][NT];
   for (int j = 0; j < NP; j++)
     for (int t = 0; t < NT; t++) out[j][t] = _mm512_setzero_ps();
-  // The scales and zero points are a second stream per panel (64 or 128 bytes per group):
+  // The scales and zero points are a second stream per panel (32, 64 or 128 bytes per group):
   // prefetched as far ahead as the codes, so a group's scales are not a demand miss.
   const int64_t sz_ahead = kPrefetch / (G * kBytesPerCol) + 1;  // groups
   for (int64_t g = 0; g < ng; g++) {
@@ -69,7 +72,7 @@ void tile(const QMatView& W, const QActView& X, float* Y, int64_t ldy, int64_t p
         for (int j = 0; j < NP; j++) {
           const int64_t i = pan[j] * ng + g + sz_ahead;
           if (W.sz16) {
-            _mm_prefetch((const char*)(W.sz16 + i * 32), _MM_HINT_T0);
+            _mm_prefetch((const char*)(W.sz16 + i * W.szs), _MM_HINT_T0);
           } else {
             _mm_prefetch((const char*)(W.scale + i * kQPanel), _MM_HINT_T0);
             _mm_prefetch((const char*)(W.zs + i * kQPanel), _MM_HINT_T0);
