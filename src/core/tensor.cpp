@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace llmq {
 
@@ -112,11 +113,11 @@ Tensor to_f32(const Tensor& t) {
   float* o = r.host<float>();
   const int64_t n = t.numel();
   const DType dt = t.dtype();
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; i++)
+  parallel_for_if(n > (1 << 16), n, 0, [&](int64_t i) {
     o[i] = dt == DType::F32 ? t.host<float>()[i]
            : dt == DType::BF16 ? bf16_to_f32(t.host<uint16_t>()[i])
                                : f16_to_f32(t.host<uint16_t>()[i]);
+  });
   return r;
 }
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "kernels/cpu/kernels.h"
 #include "quant/quant.h"
 
@@ -49,7 +50,8 @@ void parallel_rows(int64_t M, Fn fn, int per = 8) {
   const int nt = ops_threads();
   const int64_t chunk = row_chunk(M, nt, per);
   const int64_t n_chunks = (M + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_chunks > 1)
+  if (n_chunks == 1) return fn(0, M);  // no OpenMP team of one (core/parallel.h)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
 }
 
@@ -109,9 +111,9 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
     });
   }
   const float* sw = qi.scale.data();
-#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
-  for (int64_t i = 0; i < n; i++)
+  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) {
     for (int64_t m = 0; m < M; m++) Y[i * M + m] *= sx[i] * sw[m];
+  });
 }
 
 // HQQ axis 0 (QuantInfo::axis0_*): the scale varies along each row, so it is folded into the
@@ -187,8 +189,7 @@ const uint16_t* pack_bf16_acts(const float* X, int64_t n, int64_t K) {
   tl_xp.resize((size_t)gemm_bf16_packed_size(n, K));
   uint16_t* xp = tl_xp.data();
   const int64_t panels = (n + 15) / 16;
-#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (panels > 1)
-  for (int64_t p = 0; p < panels; p++) gemm_bf16_pack_x(X, n, K, xp, p, p + 1);
+  parallel_for_if(panels > 1, panels, ops_threads(), [&](int64_t p) { gemm_bf16_pack_x(X, n, K, xp, p, p + 1); });
   return xp;
 }
 void gemm_bf16(const CpuKernels& k, const uint16_t* xp, const Tensor& W, float* Y, int64_t n, int64_t K, int64_t M) {
@@ -304,8 +305,7 @@ void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps) {
   const CpuKernels& k = cpu_kernels();
   const float *X = x.host<float>(), *Wt = w.host<float>();
   float* O = out.host<float>();
-#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
-  for (int64_t i = 0; i < n; i++) k.rmsnorm(X + i * d, Wt, O + i * d, d, eps);
+  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.rmsnorm(X + i * d, Wt, O + i * d, d, eps); });
 }
 
 void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
@@ -314,8 +314,7 @@ void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
   const int64_t n = gate.dim(0), f = gate.dim(1);
   const float *G = gate.host<float>(), *U = up.host<float>();
   float* O = out.host<float>();
-#pragma omp parallel for num_threads(ops_threads()) schedule(static) if (n > 1)
-  for (int64_t i = 0; i < n; i++) k.swiglu(G + i * f, U + i * f, O + i * f, f);
+  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.swiglu(G + i * f, U + i * f, O + i * f, f); });
 }
 
 void op_rope(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t hd) {
@@ -449,8 +448,7 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
     const char *Kb = (const char*)(kc.host<float>() + base * hd), *Vb = (const char*)(vc.host<float>() + base * hd);
     for (int64_t off = 0; off < (pos[r] + 1) * hd * 4; off += 64) __builtin_prefetch(Kb + off, 0, 3), __builtin_prefetch(Vb + off, 0, 3);
   };
-#pragma omp parallel for num_threads(nt) schedule(static, 1) if (n * H > 1)
-  for (int64_t rk = 0; rk < n * H; rk++) {
+  auto item = [&](int64_t rk) {
     thread_local std::vector<float> s, kbuf, vbuf;  // grown, never shrunk: no per-call zeroing
     const int64_t r = rk / H, kvh = rk % H, len = pos[r] + 1, base = (seq[r] * H + kvh) * T;
     if ((int64_t)s.size() < group * len) s.resize((size_t)(group * len));
@@ -469,7 +467,10 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
     float* og = O + r * n_heads * hd + kvh * group * hd;
     std::memset(og, 0, group * hd * sizeof(float));
     k.attn_accum(s.data(), group, len, rows(vc, vsc, vbuf), len, hd, og);
-  }
+  };
+  if (n * H == 1) return item(0);  // no OpenMP team of one (core/parallel.h)
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+  for (int64_t rk = 0; rk < n * H; rk++) item(rk);
 }
 
 }  // namespace llmq

@@ -7,6 +7,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace llmq {
 
@@ -216,11 +217,10 @@ void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std
     all = std::max(all, amax);
   }
   for (int64_t i = 0; i < n; i++) sx[i] = static_scale > 0 ? static_scale : fp8_scale(per_token ? sx[i] : all);
-#pragma omp parallel for schedule(static) if (n >= 8)
-  for (int64_t i = 0; i < n; i++) {
+  parallel_for_if(n >= 8, n, 0, [&](int64_t i) {
     const float inv = 1.f / sx[i];
     for (int64_t k = 0; k < K; k++) xe[i * K + k] = e4m3_round(x[i * K + k] * inv);
-  }
+  });
 }
 
 QMatView quant_view(const Tensor& W) {
@@ -301,8 +301,7 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
   out.gsum.resize(n * ng);
   // Rows are independent; a prompt's worth of rows is split over the threads.
   const CpuKernels& kern = cpu_kernels();
-#pragma omp parallel for schedule(static) if (n >= 8)
-  for (int64_t i = 0; i < n; i++) {
+  parallel_for_if(n >= 8, n, 0, [&](int64_t i) {
     const float* xi = x + i * K;
     float row_amax = -1.f;  // per block
     if (per_tensor) row_amax = all;
@@ -319,7 +318,7 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
       for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) gs += bscale[b] * (float)bsum[b];
       out.gsum[i * ng + g] = gs;
     }
-  }
+  });
 }
 
 }  // namespace llmq
