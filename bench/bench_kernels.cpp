@@ -76,8 +76,7 @@ int main(int argc, char** argv) {
         // f16 scales (as checkpoints store them), so the compact scale layout is measured.
         std::vector<float> sc(s.M * ng, f16_to_f32(f32_to_f16(0.01f))), z(s.M * ng, (float)(1 << (bits - 1)));
         const Tensor proto = make_quant_tensor(s.M, s.K, bits, G, true, false, codes.data(), sc.data(), z.data());
-        const QuantInfo& qi = *proto.quant();
-        const size_t bytes = proto.nbytes() + qi.sz16.size() * 2 + (qi.scale.size() + qi.zs.size()) * 4;
+        const size_t bytes = (size_t)weight_bytes(proto);
         const int copies = (int)std::max<size_t>(2, (1ull << 30) / bytes);
         std::vector<Tensor> W;
         for (int c = 0; c < copies; c++) {

@@ -7,18 +7,11 @@
 #include "io/hf_dir.h"
 #include "kernels/cpu/kernels.h"
 #include "ops/ops.h"
+#include "quant/quant.h"
 
 namespace llmq::cli {
 
 namespace {
-// Bytes a matmul reads from its weights: the codes plus a quantized tensor's scales and zero points.
-double weight_bytes(const Tensor& W) {
-  double b = (double)W.nbytes();
-  if (const QuantInfo* q = W.quant())
-    b += 2.0 * q->sz16.size() + 4.0 * (q->scale.size() + q->zs.size() + q->axis0_scale.size() + q->axis0_sz.size());
-  return b;
-}
-
 // Per kind of op: ms per forward call, share of the decode time, and for the matmuls the
 // weight bytes per call over the time (their streaming rate).
 nlohmann::json decode_profile_json(const Model& m, const ForwardProfile& p, double total_secs) {

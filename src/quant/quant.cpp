@@ -223,6 +223,13 @@ void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std
   });
 }
 
+double weight_bytes(const Tensor& W) {
+  double b = (double)W.nbytes();
+  if (const QuantInfo* q = W.quant())
+    b += 2.0 * q->sz16.size() + 4.0 * (q->scale.size() + q->zs.size() + q->axis0_scale.size() + q->axis0_sz.size());
+  return b;
+}
+
 QMatView quant_view(const Tensor& W) {
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr && !q->fp8);

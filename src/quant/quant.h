@@ -63,6 +63,9 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
 // order (QuantInfo::perm maps it to input columns; for HQQ axis 0, storage rows are by class).
 void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes);
 QMatView quant_view(const Tensor& W);
+// Bytes a product reads from a weight tensor: its codes or values plus a quantized tensor's
+// scales and zero points (what a decode streams per token).
+double weight_bytes(const Tensor& W);
 
 // FP8 E4M3 with a scale per row: byte = nearest E4M3 of w / scale (ties to even), so
 // |w - scale*e4m3(byte)| <= 2^-4 |w| where |w/scale| >= 2^-6 (3 mantissa bits), else
