@@ -25,7 +25,7 @@
 namespace llmq {
 namespace {
 
-constexpr int64_t kPrefetch = 2048;  // bytes ahead in each weight stream (decode)
+constexpr int64_t kPrefetch = 1024;  // bytes ahead in each weight stream (decode)
 
 inline __m512i bcast4(const int8_t* p) {
   int32_t v;
