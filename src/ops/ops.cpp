@@ -252,29 +252,39 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
     for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
     return;
   }
-  // Decode: the rows of all the weights in one list of chunks, one parallel region.
+  // Decode: the weights' rows as one row space (each matrix's rows padded to whole 16-row
+  // panels) cut into chunks sized for the largest matrix, a chunk running on into the next
+  // matrix: q/k/v (2048 + 512 + 512 rows for Llama 3.2 1B) are six chunks of 512 rows
+  // rather than four of 512 for q and four of 128 for each of k and v, whose short runs of
+  // rows stream slowly; gate/up stay eight chunks of 2048.
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;
   if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor);
-  struct Chunk {
-    const MatmulOut* o;
-    int64_t m0, m1;
-  };
-  std::vector<Chunk> chunks;
   const int nt = ops_threads();
+  int64_t rows = 0, max_rows = 0;
   for (const auto& o : outs) {
-    const int64_t M = o.W->dim(0), c = row_chunk(M, nt, q0 ? kQuantGemvChunks : 8);
-    for (int64_t m0 = 0; m0 < M; m0 += c) chunks.push_back({&o, m0, std::min(M, m0 + c)});
+    rows += (o.W->dim(0) + kQPanel - 1) / kQPanel * kQPanel;
+    max_rows = std::max(max_rows, o.W->dim(0));
   }
+  const int64_t chunk = row_chunk(max_rows, nt, q0 ? kQuantGemvChunks : 8), n_chunks = (rows + chunk - 1) / chunk;
+  // Rows [r0, r1) of the row space, matrix by matrix.
+  auto run = [&](int64_t r0, int64_t r1) {
+    int64_t base = 0;
+    for (const auto& o : outs) {
+      const Tensor& W = *o.W;
+      const int64_t M = W.dim(0), end = base + (M + kQPanel - 1) / kQPanel * kQPanel;
+      const int64_t m0 = std::max(r0, base) - base, m1 = std::min({r1, end, base + M}) - base;
+      if (m0 < m1) {
+        float* Y = o.out->host<float>();
+        if (q0) k.matmul_q(quant_view(W), acts.view(0, K, W.quant()->group), Y, n, M, m0, m1);
+        else gemv_rows(k, Y, X, W, n, K, M, m0, m1);
+      }
+      base = end;
+    }
+  };
+  if (n_chunks == 1) return run(0, rows);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (size_t i = 0; i < chunks.size(); i++) {
-    const Chunk& c = chunks[i];
-    const Tensor& W = *c.o->W;
-    float* Y = c.o->out->host<float>();
-    const int64_t M = W.dim(0);
-    if (q0) k.matmul_q(quant_view(W), acts.view(0, K, W.quant()->group), Y, n, M, c.m0, c.m1);
-    else gemv_rows(k, Y, X, W, n, K, M, c.m0, c.m1);
-  }
+  for (int64_t c = 0; c < n_chunks; c++) run(c * chunk, std::min(rows, (c + 1) * chunk));
 }
 
 void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
