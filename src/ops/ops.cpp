@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -21,8 +22,9 @@ namespace {
 int g_threads = 0;
 bool g_bf16_dot = true;
 
-// Above this many rows of x, sgemm beats re-reading the weights once per 4 rows.
-constexpr int64_t kGemvMaxRows = 16;
+// Above this many rows of x, sgemm beats re-reading the weights once per 4 rows (and the
+// step is no longer decode-sized: OpenMP rather than the spin pool, core/parallel.h).
+constexpr int64_t kGemvMaxRows = kDecodeMaxRows;
 // Chunks per thread for the integer-quantized GEMV (decode): its kernel streams faster over
 // long runs of rows (w4a16 llama3.2-1b decode, one run: 74-83 tok/s with 2 chunks per
 // thread, 67-75 with 8), and a thread slowed by a neighbour still hands over half its rows.
@@ -45,12 +47,14 @@ int64_t row_chunk(int64_t M, int nt, int per) {
 // Splits [0, M) into row_chunk()s handed out dynamically: a thread slowed by a neighbour on
 // the shared host does not hold the others at the barrier. Per-call set-up in the kernel
 // (the bf16 x permutation, K floats) is small next to a chunk's 64+ rows of K weights.
+// `spin`: a decode-sized product, on the spin pool (core/parallel.h).
 template <class Fn>
-void parallel_rows(int64_t M, Fn fn, int per = 8) {
+void parallel_rows(int64_t M, Fn fn, int per, bool spin) {
   const int nt = ops_threads();
   const int64_t chunk = row_chunk(M, nt, per);
   const int64_t n_chunks = (M + chunk - 1) / chunk;
   if (n_chunks == 1) return fn(0, M);  // no OpenMP team of one (core/parallel.h)
+  if (spin) return spin_for_dynamic(nt, n_chunks, [&](int64_t c) { fn(c * chunk, std::min(M, (c + 1) * chunk)); });
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t c = 0; c < n_chunks; c++) fn(c * chunk, std::min(M, (c + 1) * chunk));
 }
@@ -71,7 +75,7 @@ void gemv_rows(const CpuKernels& k, float* Y, const float* X, const Tensor& W, i
   }
 }
 void gemv(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
-  parallel_rows(M, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); });
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { gemv_rows(k, Y, X, W, n, K, M, m0, m1); }, 8, true);
 }
 
 void sgemm_nt(const float* X, const float* W, float* Y, int64_t n, int64_t m, int64_t K, int64_t ldy) {
@@ -113,7 +117,7 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
   const float* sw = qi.scale.data();
   parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) {
     for (int64_t m = 0; m < M; m++) Y[i * M + m] *= sx[i] * sw[m];
-  });
+  }, n <= kDecodeMaxRows);
 }
 
 // HQQ axis 0 (QuantInfo::axis0_*): the scale varies along each row, so it is folded into the
@@ -135,12 +139,11 @@ void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W
     return;
   }
   const QMatView wv = quant_view(W);
-#pragma omp parallel num_threads(ops_threads())
-  {
+  alignas(64) std::atomic<int64_t> next{0};
+  spin_run(ops_threads(), [&](int, int) {
     std::vector<float> xs((size_t)(n * K)), ys((size_t)(n * G));
     QActs acts;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < C; c++) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < C; c = next.fetch_add(1, std::memory_order_relaxed)) {
       const float *s = S + c * K, *sz = SZ + c * K;
       for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < K; j++) xs[i * K + j] = s[j] * X[i * K + j];
@@ -152,7 +155,7 @@ void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W
         for (int64_t g = 0; g < G; g++) Y[i * M + c + g * C] = ys[i * G + g] - b;
       }
     }
-  }
+  });
 }
 
 // Integer-quantized weights: activations to int8 blocks of 32 (per token for w8a8), then the
@@ -176,7 +179,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   const QMatView wv = quant_view(W);
   const QActView av = acts.view(0, K, qi.group);
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); },
-                n <= kGemvMaxRows ? kQuantGemvChunks : 8);
+                n <= kGemvMaxRows ? kQuantGemvChunks : 8, n <= kGemvMaxRows);
 }
 // bf16 weights on a CPU with bf16 dot products: activations rounded to bf16 (as a bf16
 // PyTorch model computes) and packed once (kernels.h), products summed in f32, twice
@@ -194,7 +197,7 @@ const uint16_t* pack_bf16_acts(const float* X, int64_t n, int64_t K) {
 }
 void gemm_bf16(const CpuKernels& k, const uint16_t* xp, const Tensor& W, float* Y, int64_t n, int64_t K, int64_t M) {
   const uint16_t* w16 = W.host<uint16_t>();
-  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xp, Y, K, n, M, m0, m1); });
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.gemm_bf16(w16, xp, Y, K, n, M, m0, m1); }, 8, false);
 }
 
 }  // namespace
@@ -282,9 +285,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
       base = end;
     }
   };
-  if (n_chunks == 1) return run(0, rows);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t c = 0; c < n_chunks; c++) run(c * chunk, std::min(rows, (c + 1) * chunk));
+  spin_for_dynamic(nt, n_chunks, [&](int64_t c) { run(c * chunk, std::min(rows, (c + 1) * chunk)); });
 }
 
 void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
@@ -315,7 +316,8 @@ void op_rmsnorm(Tensor& out, const Tensor& x, const Tensor& w, float eps) {
   const CpuKernels& k = cpu_kernels();
   const float *X = x.host<float>(), *Wt = w.host<float>();
   float* O = out.host<float>();
-  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.rmsnorm(X + i * d, Wt, O + i * d, d, eps); });
+  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.rmsnorm(X + i * d, Wt, O + i * d, d, eps); },
+                  n <= kDecodeMaxRows);
 }
 
 void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
@@ -324,7 +326,8 @@ void op_swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
   const int64_t n = gate.dim(0), f = gate.dim(1);
   const float *G = gate.host<float>(), *U = up.host<float>();
   float* O = out.host<float>();
-  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.swiglu(G + i * f, U + i * f, O + i * f, f); });
+  parallel_for_if(n > 1, n, ops_threads(), [&](int64_t i) { k.swiglu(G + i * f, U + i * f, O + i * f, f); },
+                  n <= kDecodeMaxRows);
 }
 
 void op_rope(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t hd) {
@@ -479,6 +482,10 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
     k.attn_accum(s.data(), group, len, rows(vc, vsc, vbuf), len, hd, og);
   };
   if (n * H == 1) return item(0);  // no OpenMP team of one (core/parallel.h)
+  if (n <= kDecodeMaxRows)
+    return spin_run(nt, [&](int t, int T) {
+      for (int64_t rk = t; rk < n * H; rk += T) item(rk);
+    });
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
   for (int64_t rk = 0; rk < n * H; rk++) item(rk);
 }

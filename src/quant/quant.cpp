@@ -220,7 +220,7 @@ void quantize_acts_fp8(const float* x, int64_t n, int64_t K, bool per_token, std
   parallel_for_if(n >= 8, n, 0, [&](int64_t i) {
     const float inv = 1.f / sx[i];
     for (int64_t k = 0; k < K; k++) xe[i * K + k] = e4m3_round(x[i * K + k] * inv);
-  });
+  }, n <= kDecodeMaxRows);
 }
 
 double weight_bytes(const Tensor& W) {
@@ -325,7 +325,7 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
       for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) gs += bscale[b] * (float)bsum[b];
       out.gsum[i * ng + g] = gs;
     }
-  });
+  }, n <= kDecodeMaxRows);
 }
 
 }  // namespace llmq
