@@ -16,14 +16,18 @@ namespace llmq {
 namespace {
 
 struct Pool {
-  // The job: written by the caller before it bumps gen, read by the workers after they see it.
-  void (*call)(const void*, int, int) = nullptr;
-  const void* ctx = nullptr;
-  int nt = 0;
+  // One cache line for a job's hand-over: the job (written by the caller before it bumps
+  // gen, read by the workers after they see it), gen and the count of workers yet to
+  // finish. Each crossing between the cores moves this one line (~0.1 us here).
+  struct alignas(64) {
+    void (*call)(const void*, int, int) = nullptr;
+    const void* ctx = nullptr;
+    int nt = 0;
+    std::atomic<uint32_t> gen{0};
+    std::atomic<int> pending{0};
+  } job;
   int workers = 0;
   std::atomic<bool> oversubscribed{false};  // more threads (workers + caller) than cores
-  alignas(64) std::atomic<uint32_t> gen{0};
-  alignas(64) std::atomic<int> pending{0};  // workers yet to finish the current job
   alignas(64) std::atomic<int> sleepers{0};
   std::mutex err_mu;
   std::exception_ptr err;
@@ -47,29 +51,29 @@ void worker(Pool* p, int t, uint32_t seen) {
     uint32_t g;
     unsigned spins = 0;
     auto idle_since = std::chrono::steady_clock::now();
-    while ((g = p->gen.load(std::memory_order_acquire)) == seen) {
+    while ((g = p->job.gen.load(std::memory_order_acquire)) == seen) {
       if (p->oversubscribed.load(std::memory_order_relaxed)) std::this_thread::yield();  // more threads than cores: let them run
       else _mm_pause();
       if (++spins % 4096 == 0 && std::chrono::steady_clock::now() - idle_since > kSpinFor) {
         // Dekker with spin_run: the caller bumps gen then reads sleepers (both seq_cst), so
         // either it sees this sleeper and notifies, or this wait sees the new gen.
         p->sleepers.fetch_add(1, std::memory_order_seq_cst);
-        p->gen.wait(seen, std::memory_order_seq_cst);
+        p->job.gen.wait(seen, std::memory_order_seq_cst);
         p->sleepers.fetch_sub(1, std::memory_order_seq_cst);
         idle_since = std::chrono::steady_clock::now();
       }
     }
     seen = g;
-    if (t < p->nt) {
+    if (t < p->job.nt) {
       try {
-        p->call(p->ctx, t, p->nt);
+        p->job.call(p->job.ctx, t, p->job.nt);
       } catch (...) {
         record(*p);
       }
     }
     // Every worker acknowledges every job (also those it sits out), so none can lag behind
     // into the next job's fields.
-    p->pending.fetch_sub(1, std::memory_order_release);
+    p->job.pending.fetch_sub(1, std::memory_order_release);
   }
 }
 
@@ -87,7 +91,7 @@ Pool& pool_with(int n) {
   Pool& p = *g_pool;
   while (p.workers < n) {
     p.oversubscribed.store(p.workers + 2 > (int)std::thread::hardware_concurrency(), std::memory_order_relaxed);
-    std::thread(worker, &p, p.workers + 1, p.gen.load()).detach();
+    std::thread(worker, &p, p.workers + 1, p.job.gen.load()).detach();
     p.workers++;
   }
   return p;
@@ -99,13 +103,13 @@ void spin_run(int nt, void (*call)(const void*, int, int), const void* ctx) {
   std::unique_lock<std::mutex> lk(g_run_mu, std::defer_lock);
   if (nt <= 1 || tl_in_job || omp_in_parallel() || !lk.try_lock()) return call(ctx, 0, 1);
   Pool& p = pool_with(nt - 1);
-  p.call = call;
-  p.ctx = ctx;
-  p.nt = nt;
+  p.job.call = call;
+  p.job.ctx = ctx;
+  p.job.nt = nt;
   p.err = nullptr;
-  p.pending.store(p.workers, std::memory_order_relaxed);
-  p.gen.fetch_add(1, std::memory_order_seq_cst);
-  if (p.sleepers.load(std::memory_order_seq_cst) > 0) p.gen.notify_all();
+  p.job.pending.store(p.workers, std::memory_order_relaxed);
+  p.job.gen.fetch_add(1, std::memory_order_seq_cst);
+  if (p.sleepers.load(std::memory_order_seq_cst) > 0) p.job.gen.notify_all();
   tl_in_job = true;
   try {
     call(ctx, 0, nt);
@@ -113,7 +117,7 @@ void spin_run(int nt, void (*call)(const void*, int, int), const void* ctx) {
     record(p);
   }
   tl_in_job = false;
-  while (p.pending.load(std::memory_order_acquire) > 0) _mm_pause();
+  while (p.job.pending.load(std::memory_order_acquire) > 0) _mm_pause();
   if (p.err) std::rethrow_exception(p.err);
 }
 
