@@ -12,6 +12,7 @@
 // threads; two pools spinning at once on two cores would steal each other's time): use this
 // only for work that is short and frequent.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 namespace llmq {
@@ -28,14 +29,6 @@ void spin_run(int nt, const Fn& fn) {
 
 // fn(i) for i in [0, n) on up to nt threads, items handed out one at a time from a shared
 // counter (a thread slowed by a neighbour on a shared host takes fewer).
-template <class Fn>
-void spin_for_dynamic(int nt, int64_t n, const Fn& fn);
-
-}  // namespace llmq
-
-#include <atomic>
-
-namespace llmq {
 template <class Fn>
 void spin_for_dynamic(int nt, int64_t n, const Fn& fn) {
   if (n <= 0) return;
