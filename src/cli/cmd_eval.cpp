@@ -1,6 +1,7 @@
 // llmq eval ppl | compare: perplexity of a model, and a quantized model against its base
 // (perplexity ratio, KL divergence, top-1 agreement), on a token file, a text file or the
 // held-out split of prepared data.
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
@@ -11,6 +12,8 @@
 #include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
+
+namespace fs = std::filesystem;
 
 namespace {
 struct TokenSource {
@@ -36,7 +39,8 @@ struct TokenSource {
       auto v = tok->encode(read_text_file(text), false);
       toks.insert(toks.end(), v.begin(), v.end());
     } else if (!data.empty()) {
-      toks = data_split_tokens(data, split, max_tokens);
+      const std::string tk = !tokenizer.empty() ? tokenizer : fs::is_directory(model_dir) ? tokenizer_find(model_dir) : "";
+      toks = data_split_tokens(data, split, max_tokens, tk);
     } else {
       toks = read_token_file(tokens);
     }

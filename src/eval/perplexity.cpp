@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "data/shards.h"
+#include "tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <vector>
@@ -124,8 +125,14 @@ CompareResult eval_compare(const Model& base, const Model& quant, const std::vec
   return r;
 }
 
-std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string& split, int64_t max_tokens) {
+std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string& split, int64_t max_tokens,
+                                       const std::string& tokenizer) {
   TokenDataset d = token_dataset_open(dir);
+  if (!tokenizer.empty())
+    d.require_tokenizer(tokenizer_load(tokenizer)->fingerprint(), tokenizer);
+  else
+    fmt::print(stderr, "warning: the model has no tokenizer, so {}'s tokenizer ({}) cannot be checked against it\n", dir,
+               d.manifest.tokenizer_source);
   if (split != "val" && split != "train") fail("--split must be val or train, got '{}'", split);
   const TokenSplit& s = split == "val" ? d.val : d.train;
   std::vector<int32_t> out;

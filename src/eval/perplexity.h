@@ -36,7 +36,11 @@ CompareResult eval_compare(const Model& base, const Model& quant, const std::vec
 
 // Tokens of the held-out (val) or train split of a prepared data directory, in order,
 // at most max_tokens (0: all).
-std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string& split, int64_t max_tokens);
+// tokenizer: the model's tokenizer file ("" when it has none); the shards must have been made
+// with it (their manifest's fingerprint), as train requires, else one error; without one, a
+// warning says the check could not be made.
+std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string& split, int64_t max_tokens,
+                                       const std::string& tokenizer);
 
 // -log softmax(logits)[target], in double with max subtraction.
 double nll_of(const float* logits, int64_t vocab, int32_t target);

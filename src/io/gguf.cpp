@@ -450,6 +450,38 @@ T kv_get(const GgufFile& f, const std::string& key) {
 
 Model gguf_load_model(const std::string& path) { return gguf_model_from(gguf_parse(path)); }
 
+std::optional<RopeScaling> gguf_fit_llama3_scaling(const ModelConfig& c, const std::vector<double>& freqs) {
+  // The factors are f32 in the file: candidates must reproduce every frequency to a few f32
+  // roundings (1e-6 relative); distinct parameter sets differ by far more somewhere.
+  auto matches = [&](const RopeScaling& s) {
+    ModelConfig t = c;
+    t.rope_scaling = s;
+    const std::vector<double> f = rope_frequencies(t);
+    for (size_t i = 0; i < f.size(); i++)
+      if (std::fabs(f[i] - freqs[i]) > 1e-6 * std::fabs(freqs[i])) return false;
+    return true;
+  };
+  if (matches(RopeScaling{})) return std::nullopt;  // every factor 1: no scaling to state
+  double fmax = 1;  // the largest factor is the scale factor when any dimension is low-frequency
+  for (size_t i = 0; i < freqs.size(); i++)
+    fmax = std::max(fmax, std::pow(c.rope_theta, -2.0 * (double)i / (double)c.head_dim) / freqs[i]);
+  const double factors[] = {8, 32, 16, 4, 2, 64, std::round(fmax * 1e4) / 1e4};
+  const double lows[] = {1, 0.5, 2, 0.25}, highs[] = {4, 2, 8, 16, 1};
+  std::vector<int64_t> origs = {8192};
+  for (int64_t o = 16; o <= (int64_t(1) << 20); o *= 2) origs.push_back(o);
+  // Only original/low and original/high are identifiable (scaling all three gives the same
+  // frequencies), so the usual low 1, high 4 are tried first, then other pairs.
+  for (double fa : factors)
+    for (double lo : lows)
+      for (double hi : highs)
+        for (int64_t o : origs) {
+          if (hi <= lo || fa < 1) continue;
+          const RopeScaling s{true, fa, lo, hi, o};
+          if (matches(s)) return s;
+        }
+  return std::nullopt;
+}
+
 Model gguf_model_from(GgufFile f) {
   const std::string path = f.path;
   const std::string arch = f.kv.count("general.architecture") && std::holds_alternative<std::string>(f.kv["general.architecture"])
@@ -492,6 +524,10 @@ Model gguf_model_from(GgufFile f) {
       if (!(factor > 0.f) || !std::isfinite(factor)) fail("{}: rope_freqs.weight[{}] = {} is not a positive factor", path, i, factor);
       m.rope_freqs[i] = std::pow(c.rope_theta, -2.0 * (double)i / (double)c.head_dim) / (double)factor;
     }
+    // config.json says the same thing as Llama 3 rope_scaling parameters; GGUF keeps only the
+    // factors, so find the parameters that give them (quantize and export write configs from
+    // this; without it a GGUF's scaling was silently dropped from every config written).
+    if (auto rs = gguf_fit_llama3_scaling(c, m.rope_freqs)) m.config.rope_scaling = *rs;
   }
   const int64_t hd = c.head_dim;
   // One tensor: shape check, then f32/f16/bf16 as is, q8_0/q4_0 into llmq's layout.

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -88,5 +89,8 @@ GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string&
 Model gguf_load_model(const std::string& path);
 // The same from a parsed file (its data must stay valid while the model is built).
 Model gguf_model_from(GgufFile f);
+// Llama 3 rope_scaling parameters (factor, low/high frequency factors, original context)
+// that reproduce a GGUF's rope frequencies (rope_freqs.weight), if a common set does.
+std::optional<RopeScaling> gguf_fit_llama3_scaling(const ModelConfig& c, const std::vector<double>& freqs);
 
 }  // namespace llmq

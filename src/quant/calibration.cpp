@@ -61,6 +61,15 @@ CalibData calib_load(const CalibOptions& o, const std::string& model_dir, int64_
   if (fs::is_directory(o.source)) {
     d.kind = "shards";
     TokenDataset ds = token_dataset_open(o.source);
+    // The shards must come from the model's tokenizer, as train requires.
+    const std::string tk = !o.tokenizer.empty() ? o.tokenizer : fs::is_directory(model_dir) ? tokenizer_find(model_dir) : "";
+    if (!tk.empty())
+      ds.require_tokenizer(tokenizer_load(tk)->fingerprint(), tk);
+    else
+      fmt::print(stderr, "warning: the model has no tokenizer, so {}'s tokenizer ({}) cannot be checked against it\n",
+                 o.source, ds.manifest.tokenizer_source);
+    if (ds.manifest.vocab_size > vocab)
+      fail("{}: the data's tokenizer has {} ids but the model's vocabulary is {}", o.source, ds.manifest.vocab_size, vocab);
     const TokenSplit& sp = ds.train.tokens > 0 ? ds.train : ds.val;
     // Starts that keep the window inside one shard, numbered across shards.
     std::vector<int64_t> starts;  // cumulative count of valid starts per shard

@@ -2,6 +2,7 @@
 #include "quant/quantize_model.h"
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -120,6 +121,19 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
   const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
+  // Quantization reads float weights; a quantized GGUF (q8_0, q4_0) is refused here, before
+  // anything is written, rather than half-way through the output file.
+  for (const auto& [name, t] : srcs)
+    if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
+      fail("{}: tensor {} is {}, not a float type; quantize from the float model (its directory, or an f16/f32 GGUF)",
+           o.model, name, dtype_name(t.dtype()));
+  // The config written must give the model's rotary frequencies (a GGUF stores only factors;
+  // gguf_model_from recovers Llama 3 rope_scaling from them when it can).
+  const std::vector<double> want = rope_frequencies(src.config);
+  for (size_t i = 0; i < want.size() && i < src.rope_freqs.size(); i++)
+    if (std::fabs(want[i] - src.rope_freqs[i]) > 1e-6 * std::fabs(src.rope_freqs[i]))
+      fail("{}: the model's rope frequencies (rope_freqs) match no Llama 3 rope_scaling that config.json could hold; "
+           "quantize from the model directory instead", o.model);
   QuantizeResult res;
   std::vector<OutTensor> outs;
   for (const auto& spec : hf_tensor_specs(c)) {

@@ -111,6 +111,13 @@ bool base64_decode(std::string_view in, std::string& out) {
 
 uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
 
+// Token ids index dense tables (bytes_, kind_of_), so an id read from a file must be bounded
+// by what the file holds, not only by a global cap: a file of n entries may use ids below
+// 2n + 1024 (real vocabularies are dense: Llama 3's 128,256 ids are 0..128255; the slack
+// allows reserved holes). A one-line file claiming id 55,555,555 would otherwise allocate
+// 55M strings (1.8 GB) before failing.
+int64_t id_bound(size_t entries) { return std::min<int64_t>(2 * (int64_t)entries + 1024, int64_t(1) << 24); }
+
 // Llama 3.1's special tokens (Meta's tokenizer.py): ids 128000.. after the 128000 ranks.
 std::vector<SpecialToken> llama31_specials(int32_t base) {
   const char* named[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
@@ -166,9 +173,14 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_hf_json_checked(const std::stri
       for (const auto& p : j["pre_tokenizer"]["pretokenizers"]) scan(p);
   }
   std::string bytes;
+  const size_t n_added = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"].size() : 0;
+  const int64_t max_id = id_bound(m["vocab"].size() + n_added);
   for (const auto& [k, v] : m["vocab"].items()) {
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (1 << 24))
-      throw bad(fmt::format("vocab entry \"{}\" has an invalid id", k));
+    if (!v.is_number_integer() || v.get<int64_t>() < 0)
+      throw bad(fmt::format("model.vocab: entry \"{}\" has an invalid id", k));
+    if (v.get<int64_t>() >= max_id)
+      throw bad(fmt::format("model.vocab: entry \"{}\" has id {}, beyond what {} entries can use (ids below {}; "
+                            "a vocabulary's ids are dense)", k, v.get<int64_t>(), m["vocab"].size() + n_added, max_id));
     if (!byte_level_decode(k, bytes)) throw bad(fmt::format("vocab entry \"{}\" is not a ByteLevel string", k));
     int32_t id = v.get<int32_t>();
     if ((size_t)id >= t->bytes_.size()) t->bytes_.resize(id + 1), t->kind_of_.resize(id + 1);
@@ -205,7 +217,10 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_hf_json_checked(const std::stri
         throw bad("added_tokens entries need an integer \"id\" and a string \"content\"");
       int64_t id = at["id"].get<int64_t>();
       std::string content = at["content"].get<std::string>();
-      if (id < 0 || id >= (1 << 24) || content.empty()) throw bad(fmt::format("added token \"{}\" is invalid", content));
+      if (id < 0 || content.empty()) throw bad(fmt::format("added_tokens: token \"{}\" is invalid", content));
+      if (id >= max_id)
+        throw bad(fmt::format("added_tokens: token \"{}\" has id {}, beyond what {} entries can use (ids below {})", content,
+                              id, m["vocab"].size() + n_added, max_id));
       t->specials_.push_back({content, (int32_t)id, at.value("special", true)});
     }
   }
@@ -218,6 +233,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
   std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
   t->ignore_merges_ = true;  // tiktoken looks a whole piece up before merging
   std::string bytes;
+  // Ranks are bounded by the number of lines the file really has (id_bound).
+  const size_t n_lines = (size_t)std::count(text.begin(), text.end(), '\n') + (text.empty() || text.back() != '\n');
+  const int64_t max_rank = id_bound(n_lines);
   size_t pos = 0, line = 0;
   while (pos < text.size()) {
     size_t eol = text.find('\n', pos);
@@ -237,6 +255,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
       if (c < '0' || c > '9') fail("{}:{}: invalid rank \"{}\"", path, line, r);
       rank = rank * 10 + (c - '0');
     }
+    if (rank >= max_rank)
+      fail("{}:{}: rank {} is beyond what a file of {} lines can use (ranks below {}; tiktoken ranks are dense)", path,
+           line, rank, n_lines, max_rank);
     if ((size_t)rank >= t->bytes_.size()) t->bytes_.resize(rank + 1), t->kind_of_.resize(rank + 1);
     if (t->kind_of_[rank]) fail("{}:{}: rank {} appears twice", path, line, rank);
     if (!t->ids_.emplace(bytes, (int32_t)rank).second) fail("{}:{}: token appears twice", path, line);
@@ -266,7 +287,13 @@ void BpeTokenizer::finish(const std::string& path, const std::string& pattern) {
     if (it == ids_.end()) fail("{}: byte 0x{:02x} has no token (byte-level BPE needs all 256)", path, b);
     byte_ids_[b] = it->second;
   }
+  // Added/special tokens (tokenizer_config.json's added_tokens_decoder for tiktoken files)
+  // are bounded the same way, by every entry the files hold.
+  const int64_t max_id = id_bound(ids_.size() + specials_.size());
   for (const auto& s : specials_) {
+    if (s.id >= max_id)
+      fail("{}: added token \"{}\" has id {}, beyond what {} tokens can use (ids below {})", path, s.text, s.id,
+           ids_.size() + specials_.size(), max_id);
     if ((size_t)s.id >= bytes_.size()) bytes_.resize(s.id + 1), kind_of_.resize(s.id + 1);
     if (kind_of_[s.id] == 1 && bytes_[s.id] == s.text) continue;  // an added token that is also in the vocab
     if (kind_of_[s.id]) fail("{}: added token \"{}\" reuses id {}", path, s.text, s.id);

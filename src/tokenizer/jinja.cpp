@@ -33,6 +33,11 @@ struct Val {
 
 [[noreturn]] void jfail(const std::string& what, const std::string& msg) { fail("{}: {}", what, msg); }
 
+// Bounds on what a template may build: any string (and the output) up to 16 MiB, any list up
+// to a million items. A rendered chat prompt is a few hundred KB at most.
+constexpr size_t kMaxText = size_t(16) << 20;
+constexpr size_t kMaxItems = 1'000'000;
+
 std::vector<Tok> lex_expr(const std::string& src, const std::string& what) {
   std::vector<Tok> out;
   size_t i = 0;
@@ -248,11 +253,21 @@ class Expr {
     if (test == "equalto" || test == "eq" || test == "sameas") return a.j == arg.j;
     err(fmt::format("unknown test '{}'", test));
   }
+  // Every string a template builds is bounded (kMaxText), so a few statements cannot double a
+  // string until memory runs out; a chat prompt is far below it.
+  std::string bounded(std::string s) {
+    if (s.size() > kMaxText) err(fmt::format("a string of {} bytes exceeds the {} MiB limit", s.size(), kMaxText >> 20));
+    return s;
+  }
   Val concat(bool live) {
     Val a = additive(live);
     while (accept_op("~")) {
       Val b = additive(live);
-      if (live) a = {json(to_str(a) + to_str(b))};
+      if (live) {
+        const std::string x = to_str(a), y = to_str(b);
+        if (x.size() + y.size() > kMaxText) bounded(std::string(kMaxText + 1, '\0'));
+        a = {json(x + y)};
+      }
     }
     return a;
   }
@@ -263,8 +278,12 @@ class Expr {
       if (!plus && !accept_op("-")) return a;
       Val b = mul(live);
       if (!live) continue;
-      if (plus && a.j.is_string() && b.j.is_string()) a = {json(a.j.get<std::string>() + b.j.get<std::string>())};
-      else if (plus && a.j.is_array() && b.j.is_array()) {
+      if (plus && a.j.is_string() && b.j.is_string()) {
+        if (a.j.get_ref<const std::string&>().size() + b.j.get_ref<const std::string&>().size() > kMaxText)
+          err(fmt::format("a string longer than the {} MiB limit", kMaxText >> 20));
+        a = {json(a.j.get<std::string>() + b.j.get<std::string>())};
+      } else if (plus && a.j.is_array() && b.j.is_array()) {
+        if (a.j.size() + b.j.size() > kMaxItems) err("a list longer than 1 million items");
         json r = a.j;
         for (auto& x : b.j) r.push_back(x);
         a = {r};
@@ -293,7 +312,7 @@ class Expr {
       if (!live) continue;
       if (op == "*" && a.j.is_string() && b.j.is_number_integer()) {
         std::string r;
-        if ((double)b.j.get<int64_t>() * (double)a.j.get<std::string>().size() > (1 << 26)) err("string repetition too long");
+        if ((double)b.j.get<int64_t>() * (double)a.j.get<std::string>().size() > kMaxText) err("string repetition too long");
         for (int64_t k = 0; k < b.j.get<int64_t>(); k++) r += a.j.get<std::string>();
         a = {json(r)};
         continue;
@@ -384,7 +403,10 @@ class Expr {
     if (f == "join") {
       if (!v.j.is_array()) err("join of a non-list");
       std::string sep = arg(0, "d", "").is_string() ? arg(0, "d", "").get<std::string>() : "", s;
-      for (size_t i = 0; i < v.j.size(); i++) s += (i ? sep : "") + to_str({v.j[i]});
+      for (size_t i = 0; i < v.j.size(); i++) {
+        s += (i ? sep : "") + to_str({v.j[i]});
+        if (s.size() > kMaxText) err(fmt::format("join: a string longer than the {} MiB limit", kMaxText >> 20));
+      }
       return {json(s)};
     }
     if (f == "list") {
@@ -418,10 +440,16 @@ class Expr {
     if (f == "safe" || f == "e" || f == "escape") return v;
     err(fmt::format("unknown filter '{}'", f));
   }
-  static std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  // Linear (a new string, not replace() in place, which moves the tail at every match) and bounded.
+  std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
     if (from.empty()) return s;
-    for (size_t i = 0; (i = s.find(from, i)) != std::string::npos; i += to.size()) s.replace(i, from.size(), to);
-    return s;
+    std::string r;
+    size_t i = 0;
+    for (size_t j; (j = s.find(from, i)) != std::string::npos; i = j + from.size()) {
+      r.append(s, i, j - i).append(to);
+      if (r.size() > kMaxText) err(fmt::format("replace: a string longer than the {} MiB limit", kMaxText >> 20));
+    }
+    return r.append(s, i, std::string::npos);
   }
   Val postfix(bool live) {
     Val v = primary(live);
@@ -574,7 +602,8 @@ class Expr {
         if (t.s == "namespace") return {kw};
         json r = json::array();
         int64_t lo = args.size() > 1 ? args[0].j.get<int64_t>() : 0, hi = args.empty() ? 0 : args.back().j.get<int64_t>();
-        for (int64_t i = lo; i < hi && r.size() < 1000000; i++) r.push_back(i);
+        if (hi > lo && (uint64_t)hi - (uint64_t)lo > kMaxItems) err("range() of more than 1 million items");
+        for (int64_t i = lo; i < hi; i++) r.push_back(i);
         return {r};
       }
       return live ? sc_.get(t.s) : Val::undefined();
@@ -738,7 +767,7 @@ struct Renderer {
   Val eval(const std::vector<Tok>& e) { return Expr(e, sc, what).parse_all(); }
   void run(const std::vector<Node>& nodes) {
     for (const auto& n : nodes) {
-      if (out.size() > (size_t(64) << 20)) jfail(what, "output exceeds 64 MB");
+      if (out.size() > kMaxText) jfail(what, fmt::format("output exceeds {} MiB", kMaxText >> 20));
       if (++steps > 10'000'000) jfail(what, "more than 10 million steps (a runaway loop?)");
       switch (n.kind) {
         case Node::Text: out += n.text; break;

@@ -66,6 +66,9 @@ CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
   read_file_range(path, 0, 8, reinterpret_cast<uint8_t*>(magic));
   read_file_range(path, 8, 8, reinterpret_cast<uint8_t*>(&len));
   if (std::memcmp(magic, kStateMagic, 8) != 0) fail("{}: not an llmq training state", path);
+  // The header is a small JSON object (step, cursor, options): a length field beyond 16 MiB
+  // is corruption, not a header to allocate for.
+  if (len > (16u << 20)) fail("{}: header length {} exceeds the 16 MiB limit (corrupt file?)", path, len);
   if (len > size - 16) fail("{}: truncated", path);
   std::string text(len, '\0');
   read_file_range(path, 16, len, reinterpret_cast<uint8_t*>(text.data()));
@@ -101,7 +104,7 @@ ShardedMeta parse_sharded_meta(const std::string& text, const std::string& path,
   meta.head = parse_head(j, path, n);
   if (!j.contains("world_size") || !j["world_size"].is_number_integer() || j["world_size"].get<int64_t>() < 1 ||
       j["world_size"].get<int64_t>() > 65536)
-    fail("{}: missing or bad \"world_size\"", path);
+    fail("{}: \"world_size\" must be an integer in 1..65536", path);
   const int W = j["world_size"].get<int>();
   meta.head.world_size = W;
   // Units: contiguous, covering the buffer, each cut into W chunks.
