@@ -59,10 +59,10 @@ void register_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required();
   o->kv.add(cmd);
-  cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(CLI::PositiveNumber);
-  cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(llmq::cli::kPositive);
+  cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(llmq::cli::kNonNegative);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::Range(1, 64));
-  cmd->add_option("--reps", o->reps, "repetitions (the best is reported)")->check(CLI::PositiveNumber);
+  cmd->add_option("--reps", o->reps, "repetitions (the best is reported)")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->add_flag("--profile", o->profile,
                 "also time decode by kind of op (ms per token, share, weight GB/s; last repetition)");

@@ -24,7 +24,7 @@ void register_data(CLI::App& app) {
   prep->add_option("--docs", o->docs, "text documents: lines (one per line), blank (blank-line separated) or file")
       ->check(CLI::IsMember({"lines", "blank", "file"}));
   prep->add_option("--text-field", o->text_field, "JSONL field with the text (default \"text\")");
-  prep->add_option("--shard-tokens", o->shard_tokens, "tokens per shard file (default 67108864)")->check(CLI::PositiveNumber);
+  prep->add_option("--shard-tokens", o->shard_tokens, "tokens per shard file (default 67108864)")->check(llmq::cli::kPositive);
   prep->add_flag("--no-bos", *no_bos, "do not start documents with BOS");
   prep->add_flag("--no-eos", *no_eos, "do not end documents with EOS");
   prep->add_flag("--json", *json, "print a JSON summary");

@@ -68,7 +68,7 @@ void register_eval(CLI::App& app) {
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
   o->kv.add(ppl);
-  ppl->add_option("--tp", o->tp, "tensor-parallel ranks (under mpirun -np N)")->check(CLI::PositiveNumber);
+  ppl->add_option("--tp", o->tp, "tensor-parallel ranks (under mpirun -np N)")->check(llmq::cli::kPositive);
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
     const KvType kv = o->kv.resolve(m);

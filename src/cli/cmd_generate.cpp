@@ -118,23 +118,23 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--system", o->system, "system message for --chat and --interactive");
   cmd->add_option("--messages", o->messages, "JSON file of [{\"role\", \"content\"}] messages (implies --chat)");
   cmd->add_flag("-i,--interactive", o->interactive, "chat in the terminal, one user line per turn");
-  cmd->add_option("-n,--max-new-tokens", o->g.max_new_tokens, "tokens to generate per prompt")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temperature", o->g.sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-k", o->g.sampling.top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--max-new-tokens", o->g.max_new_tokens, "tokens to generate per prompt")->check(llmq::cli::kNonNegative);
+  cmd->add_option("--temperature", o->g.sampling.temperature, "0 = greedy")->check(llmq::cli::kNonNegative);
+  cmd->add_option("--top-k", o->g.sampling.top_k, "keep the k most likely tokens (0 = off)")->check(llmq::cli::kNonNegative);
   cmd->add_option("--top-p", o->g.sampling.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--min-p", o->g.sampling.min_p, "drop tokens below min-p x p(max) (0 = off)")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--repeat-penalty", o->g.sampling.repeat_penalty, "penalty for recent tokens (1 = off)")->check(CLI::PositiveNumber);
+  cmd->add_option("--repeat-penalty", o->g.sampling.repeat_penalty, "penalty for recent tokens (1 = off)")->check(llmq::cli::kPositive);
   cmd->add_option("--repeat-last-n", o->g.sampling.repeat_last_n, "window for the penalty (-1 = whole sequence)");
   cmd->add_option("--seed", o->g.sampling.seed, "random seed (same seed, same output)");
   cmd->add_option("--eos", o->eos, "stop token ids (default: the model's and tokenizer's end-of-sequence ids)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
   cmd->add_option("--stop", o->stops, "stop once this text (token ids with --ids) has been generated; repeatable");
-  cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(llmq::cli::kNonNegative);
   o->kv.add(cmd);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks: run under `mpirun -np N` with --tp N (Megatron layout; "
                                "every rank computes the same tokens, rank 0 prints)")
-      ->check(CLI::PositiveNumber);
+      ->check(llmq::cli::kPositive);
   cmd->callback([o] {
     Model m = model_load(o->model, load_mode());
     o->g.kv_type = o->kv.resolve(m);

@@ -21,7 +21,7 @@ void register_info(CLI::App& app) {
   auto* p = cmd->add_option("--preset", o->preset, "built-in preset instead of a directory");
   d->excludes(p);
   cmd->add_option("--ctx", o->ctx, "context length for the KV-cache estimate (default: 4096 or the model's maximum)");
-  cmd->add_option("--batch", o->batch, "sequences for the KV-cache estimate")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", o->batch, "sequences for the KV-cache estimate")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
     if (o->dir.empty() && o->preset.empty()) fail("info: give a model directory or --preset NAME");

@@ -27,11 +27,11 @@ void register_init(CLI::App& app) {
   cmd->add_option("--out", o->out, "output directory")->required();
   cmd->add_option("--seed", o->seed, "random seed");
   cmd->add_option("--layers", o->layers, "number of blocks instead of the shape's (same widths; for benchmarks)")
-      ->check(CLI::PositiveNumber);
+      ->check(llmq::cli::kPositive);
   cmd->add_option("--dtype", o->dtype, "weight dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->add_option("--tokenizer", o->tokenizer,
                   "copy this tokenizer (file or directory) into the model; vocab size, BOS and EOS follow it");
-  cmd->add_option("--max-shard-size", o->shard_gb, "largest safetensors shard, GB")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-shard-size", o->shard_gb, "largest safetensors shard, GB")->check(llmq::cli::kPositive);
   cmd->callback([o] {
     if (o->preset.empty() && o->config.empty()) fail("init: give --preset NAME or --config FILE");
     ModelConfig cfg = o->preset.empty() ? config_load(o->config) : config_preset(o->preset);

@@ -18,12 +18,12 @@ void register_plan(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--preset", o->preset, "model shape: a preset (llmq info --preset lists them in --help)");
   cmd->add_option("-m,--model", o->model, "or a model directory (its config.json)");
-  cmd->add_option("--ranks", o->p.ranks, "ranks in the job (default 1)")->check(CLI::PositiveNumber);
+  cmd->add_option("--ranks", o->p.ranks, "ranks in the job (default 1)")->check(llmq::cli::kPositive);
   cmd->add_option("--tp", o->p.tp, "tensor-parallel ranks per replica (default 1; dp = ranks / tp)")
-      ->check(CLI::PositiveNumber);
+      ->check(llmq::cli::kPositive);
   cmd->add_flag("--fsdp", o->p.fsdp, "shard parameters, gradients and optimizer state over the dp ranks");
-  cmd->add_option("--seq-len", o->p.seq_len, "tokens per sequence (default 2048)")->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o->p.batch, "sequences per rank per micro-step (default 1)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o->p.seq_len, "tokens per sequence (default 2048)")->check(llmq::cli::kPositive);
+  cmd->add_option("--batch", o->p.batch, "sequences per rank per micro-step (default 1)")->check(llmq::cli::kPositive);
   cmd->add_option("--quant", o->p.quant, "frozen quantized base for adapter training: int8, int4, hqq4, hqq3, hqq2, nf4");
   cmd->add_option("--lora-rank", o->p.lora_rank, "train rank-R adapters on every block linear (QLoRA with --quant)");
   cmd->add_flag("--recompute", o->p.recompute, "per-block activation recomputation");

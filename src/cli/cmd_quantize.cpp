@@ -44,7 +44,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--keep", *keep, "comma-separated tensors left in float: lm_head, embed (always kept), or parts of "
                                    "tensor names such as down_proj or layers.0. (default: embed for rtn; embed,lm_head "
                                    "for the other methods, as their reference tools do)");
-  cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", *json, "print a JSON summary");
   cmd->callback([o, json, keep] {
     o->keep.clear();

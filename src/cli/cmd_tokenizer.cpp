@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "ops/ops.h"
 #include "tokenizer/spm.h"
 #include "tokenizer/tokenizer.h"
 
@@ -84,6 +85,7 @@ void register_tokenizer(CLI::App& app) {
   train->add_option("--seed", o->seed, "random seed");
   train->add_option("--out", *out, "directory to write tokenizer.model and tokenizer_config.json into")->required();
   train->callback([o, out] {
+    if (o->threads <= 0) o->threads = ops_threads();  // llmq --threads N (default: all cores)
     spm_train(*o, *out);
     auto t = tokenizer_load(*out);
     fmt::print(stderr, "wrote {}/tokenizer.model: {} pieces, fingerprint {}\n", *out, t->vocab_size(), t->fingerprint());

@@ -10,6 +10,23 @@
 
 namespace llmq::cli {
 
+// Number checks with plain messages ("must be a positive number, got 'abc'"), where CLI11's
+// PositiveNumber/NonNegativeNumber print a range whose upper end is DBL_MAX in 309 digits.
+inline CLI::Validator number_check(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || end != s.c_str() + s.size()) return "must be a number, got '" + s + "'";
+        if (allow_zero ? !(v >= 0) : !(v > 0))
+          return std::string("must be ") + (allow_zero ? "zero or positive" : "positive") + ", got " + s;
+        return "";
+      },
+      allow_zero ? "NONNEGATIVE" : "POSITIVE");
+}
+inline const CLI::Validator kPositive = number_check(false);
+inline const CLI::Validator kNonNegative = number_check(true);
+
 void register_info(CLI::App& app);
 void register_init(CLI::App& app);
 void register_generate(CLI::App& app);

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   CLI::App app{"llmq: train, quantize and run Llama-family models on the CPU", "llmq"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(llmq::cli::kNonNegative);
   app.add_flag("--mmap", llmq::cli::g_mmap,
                "map weight files instead of reading them into memory (faster start, slower decode here)");
   app.set_version_flag("--version", "llmq 0.1.0");
@@ -52,7 +52,11 @@ int main(int argc, char** argv) {
     std::reverse(args.begin(), args.end());  // CLI11 takes the vector last-first
     app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version print and exit 0; every other parse error is one line and exit
+    // status 1, as the README promises for all errors.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "llmq: error: %s (see --help)\n", e.what());
+    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "llmq: error: out of memory\n");
     llmq::dist::abort_job(1);  // the other ranks of a job stop too instead of waiting for this one

@@ -23,7 +23,8 @@ echo "campaign $t: ${minutes} min, seed $s, corpus $dir ($(ls "$dir" | wc -l) in
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 before=$(ls "$findings" | wc -l)
 set +e
-"$bin" -max_len=65536 -rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -seed="$s" \
+ml=65536; [ "$t" = gguf ] && ml=262144  # as run.sh: whole one-block GGUF models are seeds
+"$bin" -max_len=$ml -rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -seed="$s" \
   -max_total_time=$((minutes * 60)) -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
   -artifact_prefix="$findings/$t-" "$dir" > "$findings/$t-$s.log" 2>&1
 rc=$?

@@ -3,7 +3,7 @@
 #  1. replays the regression corpus (tests/fuzz/corpus/TARGET: every past finding and the
 #     hand-written seeds) and the generated seeds (seeds.sh) once each, then
 #  2. runs a fixed number of mutations from a fixed seed per target.
-# Same binary, same inputs, same seed: the same executions, so a CI run fails only when a
+# Same binary, same inputs, same seed, no ASLR: the same executions, so a CI run fails only when a
 # change breaks something. Allocations out of proportion to a 64 KB input are findings
 # (-malloc_limit_mb for one allocation, -rss_limit_mb for the process), as are inputs that
 # take longer than -timeout seconds. Random-seed campaigns: tests/fuzz/campaign.sh.
@@ -13,8 +13,10 @@ cd "$(dirname "$0")/../.."
 pct=${1:-100}
 targets=(safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint)
 # Mutation runs per target: about 20-40 s each under ASan on a 2-core machine.
-declare -A runs=([safetensors]=60000 [config]=60000 [tokenizer_files]=20000 [tokenizer_encode]=20000
-                 [text_formats]=40000 [gguf]=20000 [checkpoint]=60000)
+declare -A runs=([safetensors]=400000 [config]=300000 [tokenizer_files]=100000 [tokenizer_encode]=100000
+                 [text_formats]=15000 [gguf]=40000 [checkpoint]=400000)
+# Longest input: 64 KB, but whole GGUF seeds (a one-block model) are larger.
+declare -A max_len=([gguf]=262144)
 # A fixed seed per target (any number: changing one changes which inputs CI tries).
 declare -A seed=([safetensors]=101 [config]=102 [tokenizer_files]=103 [tokenizer_encode]=104
                  [text_formats]=105 [gguf]=106 [checkpoint]=107)
@@ -25,7 +27,11 @@ gen=build-fuzz/seeds work=build-fuzz/corpus findings=build-fuzz/findings
 rm -rf "$gen" "$work" "$findings"; mkdir -p "$findings"
 tests/fuzz/seeds.sh ./build-fuzz/llmq "$gen"
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-common=(-max_len=65536 -rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -print_final_stats=1)
+common=(-rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -reload=0 -print_final_stats=1)
+# Determinism: -reload=0 (libFuzzer rereads the corpus directory on a timer by default) and
+# no address-space randomisation (setarch -R: some code paths depend on where allocations
+# land, which changed the coverage libFuzzer sees and so the inputs it tries next).
+norand=(setarch "$(uname -m)" -R)
 failed=0
 for t in "${targets[@]}"; do
   bin=./build-fuzz/tests/fuzz/fuzz_$t
@@ -38,14 +44,14 @@ for t in "${targets[@]}"; do
   for phase in replay mutate; do
     if [ $phase = replay ]; then extra=(-runs=0); else extra=(-runs="$n" -seed="${seed[$t]}"); fi
     set +e
-    "$bin" "${common[@]}" "${extra[@]}" -artifact_prefix="$findings/$t-" "$work/$t" > "$findings/$t-$phase.log" 2>&1
+    "${norand[@]}" "$bin" "${common[@]}" -max_len="${max_len[$t]:-65536}" "${extra[@]}" -artifact_prefix="$findings/$t-" "$work/$t" > "$findings/$t-$phase.log" 2>&1
     rc=$?
     set -e
     grep -E "^stat::number_of_executed_units|^SUMMARY" "$findings/$t-$phase.log" | sed "s/^/  $phase: /" || true
     if [ $rc -ne 0 ] || compgen -G "$findings/$t-*-*" >/dev/null; then
       echo "fuzz_$t found a bug in the $phase phase (exit $rc): $(ls "$findings" | grep -v '\.log$' | tr '\n' ' ')"
       grep -E "ERROR|==[0-9]+==|^    #[0-9]+ " "$findings/$t-$phase.log" | head -30
-      echo "reproduce: $bin ${common[*]} FILE; add the file to tests/fuzz/corpus/$t/ once fixed"
+      echo "reproduce: $bin ${common[*]} -max_len=${max_len[$t]:-65536} FILE; add the file to tests/fuzz/corpus/$t/ once fixed"
       failed=1
       break
     fi

@@ -39,17 +39,17 @@ open(sys.argv[1], "w").write("\x01" + json.dumps(tok))
 PY
 { printf '\x00'; head -c 3000 models/llama3-tiktoken/tokenizer.model; } > "$out/tokenizer_files/gen-tiktoken"
 head -c 60000 data/text/web.txt > "$tmp/spm_in.txt"
-L tokenizer train --input "$tmp/spm_in.txt" --vocab 300 --out "$tmp/spm300"
-{ printf '\x02'; cat "$tmp/spm300/tokenizer.model"; } > "$out/tokenizer_files/gen-spm300"
+L tokenizer train --input "$tmp/spm_in.txt" --vocab 400 --out "$tmp/spm400"
+{ printf '\x02'; cat "$tmp/spm400/tokenizer.model"; } > "$out/tokenizer_files/gen-spm400"
 head -c 2000 data/text/moby_dick.txt > "$out/tokenizer_encode/gen-moby"
 # Text formats: a real shard manifest (first byte 0) and the Llama 3 chat template (1).
 printf 'one\ntwo\n' > "$tmp/in.txt"
 L data prepare --tokenizer models/llama3-tokenizer --input "$tmp/in.txt" --out "$tmp/shards"
 { printf '\x00'; cat "$tmp/shards/manifest.json"; } > "$out/text_formats/gen-manifest"
 { printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$out/text_formats/gen-llama3_template"
-# GGUF: a tiny model with a small SentencePiece vocabulary, as f32 and q4_0 files.
-L tokenizer train --input "$tmp/spm_in.txt" --vocab 500 --out "$tmp/spm"
-L init --preset tiny --tokenizer "$tmp/spm" --out "$tmp/gmodel" --dtype f32
+# GGUF: a one-block tiny model with a small SentencePiece vocabulary, as f16 and q4_0 files
+# (~100 KB and ~40 KB: run.sh lets gguf inputs grow to 256 KB so that whole files are seeds).
+L init --preset tiny --layers 1 --tokenizer "$tmp/spm400" --out "$tmp/gmodel" --dtype f32
 L export -m "$tmp/gmodel" --type q4_0 --out "$out/gguf/gen-q4.gguf"
-L export -m "$tmp/gmodel" --type f32 --out "$out/gguf/gen-f32.gguf"
+L export -m "$tmp/gmodel" --type f16 --out "$out/gguf/gen-f16.gguf"
 rm -rf "$tmp"
