@@ -24,7 +24,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step (default 1)")->check(llmq::cli::kPositive);
   cmd->add_option("--lr", o->lr, "peak learning rate (default 1e-3)")->check(llmq::cli::kPositive);
   cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr (default 0.1)")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100)")->check(llmq::cli::kNonNegative);
+  auto* warmup_opt = cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100; a tenth of --steps when that is fewer)")->check(llmq::cli::kNonNegative);
   cmd->add_option("--decay", o->decay, "cosine or linear (default cosine)")->check(CLI::IsMember({"cosine", "linear"}));
   cmd->add_option("--weight-decay", o->adamw.weight_decay, "AdamW decoupled weight decay (default 0.1; never on norms)");
   cmd->add_option("--beta1", o->adamw.beta1, "AdamW beta1 (default 0.9)");
@@ -56,19 +56,37 @@ void register_train(CLI::App& app) {
   cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
               "`recompute = true`); flags given on the command line win.");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
-  cmd->callback([o, json] {
-    if (o->warmup >= o->steps) o->warmup = std::max<int64_t>(0, o->steps / 10);
+  cmd->callback([o, json, warmup_opt] {
+    if (o->warmup >= o->steps) {
+      const int64_t w = std::max<int64_t>(0, o->steps / 10);
+      // Said, not silent: a warm-up as long as the run would never reach the peak rate.
+      if (warmup_opt->count() > 0)
+        fmt::print(stderr, "warning: --warmup {} is not below --steps {}: warming up for {} steps (a tenth of the run)\n",
+                   o->warmup, o->steps, w);
+      o->warmup = w;
+    }
     auto r = train::train_run(*o);
     if (r.rank != 0) return;  // one summary per job
-    if (*json)
-      fmt::print("{}\n", nlohmann::json{{"steps", r.steps}, {"loss", r.last_loss}, {"val_loss", r.last_val_loss},
-                                        {"tokens_per_s", r.tokens_per_s}, {"peak_rss_bytes", peak_rss_bytes()},
-                                        {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
-                                        {"rss_end_bytes", r.rss_end_bytes}}
-                             .dump());
-    else
-      fmt::print("trained {} steps: loss {:.4f}, val loss {:.4f}, {:.0f} tok/s, peak RSS {}\n", r.steps, r.last_loss,
-                 r.last_val_loss, r.tokens_per_s, format_bytes(peak_rss_bytes()));
+    // No placeholders: a value that was not measured is null in JSON and said so in text.
+    const bool trained = r.steps > r.start_step, has_val = trained && r.last_val_loss >= 0;
+    const std::string why_no_val = !trained ? "nothing was trained" : r.val_note.empty() ? "not evaluated" : r.val_note;
+    if (*json) {
+      nlohmann::json j{{"steps", r.steps}, {"start_step", r.start_step},
+                       {"loss", trained ? nlohmann::json(r.last_loss) : nlohmann::json()},
+                       {"val_loss", has_val ? nlohmann::json(r.last_val_loss) : nlohmann::json()},
+                       {"tokens_per_s", trained ? nlohmann::json(r.tokens_per_s) : nlohmann::json()},
+                       {"peak_rss_bytes", peak_rss_bytes()}, {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
+                       {"rss_end_bytes", r.rss_end_bytes}};
+      if (!has_val) j["val_loss_note"] = why_no_val;
+      fmt::print("{}\n", j.dump());
+    } else if (!trained) {
+      fmt::print("nothing to train: {} is at step {} of --steps {} (give a larger --steps to train on)\n", o->out,
+                 r.steps, o->steps);
+    } else {
+      fmt::print("trained steps {}-{} of {}: loss {:.4f}, {}, {:.0f} tok/s, peak RSS {}\n", r.start_step + 1, r.steps,
+                 o->steps, r.last_loss, has_val ? fmt::format("val loss {:.4f}", r.last_val_loss) : "no val loss (" + why_no_val + ")",
+                 r.tokens_per_s, format_bytes(peak_rss_bytes()));
+    }
   });
 }
 

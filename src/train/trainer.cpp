@@ -166,7 +166,25 @@ TrainResult train_run(const TrainOptions& o) {
   // The tokenizer that goes into checkpoints: the model's, else the one the data names.
   std::string tok_src = !o.model.empty() ? tokenizer_find(o.model) : "";
   if (tok_src.empty() && fs::is_regular_file(data.manifest.tokenizer_source)) tok_src = data.manifest.tokenizer_source;
-  if (!tok_src.empty()) data.require_tokenizer(tokenizer_load(tok_src)->fingerprint(), tok_src);
+  std::unique_ptr<Tokenizer> tok = tok_src.empty() ? nullptr : tokenizer_load(tok_src);
+  if (tok) data.require_tokenizer(tok->fingerprint(), tok_src);
+  // A new model (--preset/--config) takes its vocabulary, BOS and EOS from the data's
+  // tokenizer, as `llmq init --tokenizer` does: a preset's 8,192 ids over a 4,000-piece
+  // tokenizer would train ids no text has and sample ids nothing can decode.
+  if (o.model.empty() && data.manifest.vocab_size != cfg.vocab_size) {
+    fmt::print(stderr, "vocabulary: {} ids from the data's tokenizer ({}), not the {}'s {}\n", data.manifest.vocab_size,
+               data.manifest.tokenizer_source, o.preset.empty() ? "config" : "preset", cfg.vocab_size);
+    cfg.vocab_size = data.manifest.vocab_size;
+    cfg.bos_token_ids.clear();
+    cfg.eos_token_ids.clear();
+    if (tok) {
+      if (tok->bos_id >= 0) cfg.bos_token_ids.push_back(tok->bos_id);
+      for (auto e : tok->eos_ids) cfg.eos_token_ids.push_back(e);
+    } else {
+      if (data.manifest.bos_id >= 0) cfg.bos_token_ids.push_back(data.manifest.bos_id);
+      if (data.manifest.eos_id >= 0) cfg.eos_token_ids.push_back(data.manifest.eos_id);
+    }
+  }
   if (data.manifest.vocab_size > cfg.vocab_size)
     fail("{}: the data's tokenizer has {} ids but the model's vocabulary is {}", o.data, data.manifest.vocab_size, cfg.vocab_size);
   if (o.seq_len > cfg.max_seq_len) fail("train: --seq-len {} exceeds the model's context of {} tokens", o.seq_len, cfg.max_seq_len);
@@ -277,6 +295,12 @@ TrainResult train_run(const TrainOptions& o) {
     return sum / (double)n;
   };
   TrainResult res;
+  res.start_step = res.steps = start_step;
+  if (val_s.total < T + 1)
+    res.val_note = val_s.total == 0 ? "the data has no validation split; see data prepare --val-fraction"
+                                    : "the validation split is shorter than one window of --seq-len";
+  else if (o.eval_every <= 0)
+    res.val_note = "no evaluation ran";
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   auto t_log = t_start;

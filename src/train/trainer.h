@@ -39,8 +39,10 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  int64_t steps = 0;
-  double last_loss = 0, last_val_loss = -1, tokens_per_s = 0;
+  int64_t steps = 0;        // the step the run reached (its last checkpoint's)
+  int64_t start_step = 0;   // the step this invocation started from (a resume's checkpoint)
+  double last_loss = 0, last_val_loss = -1, tokens_per_s = 0;  // only when steps > start_step
+  std::string val_note;     // why there is no validation loss (last_val_loss < 0)
   int rank = 0, world = 1;
   uint64_t bytes_sent = 0;  // payload this rank sent to the others (gradient all-reduces, ...)
   uint64_t rss_end_bytes = 0;  // this rank's resident memory at the end (after the last step)

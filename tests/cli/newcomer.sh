@@ -63,5 +63,34 @@ expect_error "fingerprint" -- quantize -m "$T/m" --scheme w4a16 --group 32 --met
 L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/shards" --val-fraction 0.5 >/dev/null 2>&1 || bad "prepare"
 L eval ppl -m "$T/m" --data "$T/shards" --max-tokens 200 >/dev/null 2>&1 && ok "eval ppl --data with the model's tokenizer" || bad "eval ppl --data"
 
+# Bug 4: train --preset over a 400-piece tokenizer trains a 400-id vocabulary (not the preset's),
+# and the sample and generate work on the result.
+L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/shards-noval" --val-fraction 0 >/dev/null 2>&1 || bad "prepare noval"
+L train --preset tiny --data "$T/shards" --out "$T/run" --steps 3 --batch 2 --seq-len 16 --json > "$T/train.json" 2> "$T/train.err" \
+  || bad "train: $(tail -3 "$T/train.err")"
+ck="$T/run/$(cat "$T/run/latest" 2>/dev/null)"
+v=$(json_get "$ck/config.json" "d['vocab_size']" 2>/dev/null)
+[ "$v" = 400 ] && ok "preset vocabulary follows the data's tokenizer ($v)" || bad "checkpoint vocab_size $v (want 400)"
+grep -q "vocabulary: 400 ids" "$T/train.err" && ok "the vocabulary change is said" || bad "no vocabulary note: $(head -3 "$T/train.err")"
+L generate -m "$ck" -p "the" -n 8 >/dev/null 2>&1 && ok "generate on the trained model" || bad "generate on $ck"
+
+# Bug 10: no placeholders. A finished run says there is nothing to train; without a validation
+# split the val loss is null in JSON (with the reason) and said so in text.
+out=$(L train --preset tiny --data "$T/shards" --out "$T/run" --steps 3 --batch 2 --seq-len 16 --resume 2>/dev/null)
+grep -q "nothing to train" <<<"$out" && ok "resume of a finished run: $out" || bad "resume of a finished run printed: $out"
+L train --preset tiny --data "$T/shards-noval" --out "$T/run-noval" --steps 2 --batch 2 --seq-len 16 --json > "$T/nv.json" 2>/dev/null || bad "train noval"
+[ "$(json_get "$T/nv.json" "d['val_loss']")" = None ] && ok "val_loss null: $(json_get "$T/nv.json" "d['val_loss_note']")" || bad "val_loss: $(cat "$T/nv.json")"
+out=$(L train --preset tiny --data "$T/shards-noval" --out "$T/run-noval2" --steps 2 --batch 2 --seq-len 16 2>/dev/null)
+grep -q "no val loss (the data has no validation split" <<<"$out" && ok "text: $out" || bad "text summary: $out"
+
+# Bug 9: a warm-up capped to the run is said.
+err=$(L train --preset tiny --data "$T/shards" --out "$T/run-w" --steps 2 --warmup 100 --batch 2 --seq-len 16 2>&1 >/dev/null | tr -d "\\0")
+grep -q "warning: --warmup 100 is not below --steps 2" <<<"$err" && ok "warm-up cap said" || bad "warm-up cap silent: $(head -5 <<<"$err")"
+
+# Bug 13: flag parse errors are one "llmq: error:" line, exit 1, no 300-digit range.
+expect_error "--lr: must be a number, got 'abc'" -- train --preset tiny --data "$T/shards" --out "$T/x" --lr abc
+expect_error "--reps: must be positive, got 0" -- bench -m "$T/m" --reps 0
+expect_error "--no-such-flag" -- info --preset tiny --no-such-flag
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]

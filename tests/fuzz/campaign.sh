@@ -12,8 +12,12 @@ cd "$(dirname "$0")/../.."
 t=$1 minutes=$2 jobs=${3:-1}
 bin=./build-fuzz/tests/fuzz/fuzz_$t
 [ -d tests/fuzz/corpus/$t ] || { echo "campaign.sh: unknown target $t"; exit 2; }
-cmake --preset fuzz >/dev/null
-cmake --build build-fuzz --target fuzz_$t llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+# Builds the target unless it exists (CAMPAIGN_REBUILD=1 forces it), so a long campaign is not
+# held up by rebuilding the instrumented library after unrelated edits.
+if [ ! -x "$bin" ] || [ "${CAMPAIGN_REBUILD:-0}" = 1 ]; then
+  cmake --preset fuzz >/dev/null
+  cmake --build build-fuzz --target fuzz_$t llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+fi
 dir=build-fuzz/campaign/$t findings=build-fuzz/campaign/findings
 mkdir -p "$dir" "$findings"
 [ -d build-fuzz/seeds/$t ] || tests/fuzz/seeds.sh ./build-fuzz/llmq build-fuzz/seeds
@@ -25,7 +29,7 @@ before=$(ls "$findings" | wc -l)
 set +e
 ml=65536; [ "$t" = gguf ] && ml=262144  # as run.sh: whole one-block GGUF models are seeds
 "$bin" -max_len=$ml -rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -seed="$s" \
-  -max_total_time=$((minutes * 60)) -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
+  -max_total_time=$((minutes * 60)) $([ "$jobs" -gt 1 ] && echo "-jobs=$jobs -workers=$jobs") -print_final_stats=1 \
   -artifact_prefix="$findings/$t-" "$dir" > "$findings/$t-$s.log" 2>&1
 rc=$?
 set -e
