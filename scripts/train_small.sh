@@ -21,7 +21,7 @@ TEXT="data/text/web.txt data/text/moby_dick.txt data/text/brown.txt data/text/so
 [ -f models/small-init/config.json ] || $L init --preset small --tokenizer $TOK --out models/small-init --dtype f32 --seed 1
 resume=""
 [ -f runs/small/latest ] && resume="--resume"
-$L train --model models/small-init --data data/small --out runs/small --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ" \
+$L train --model models/small-init --data data/small --out runs/small --overwrite --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ" \
   --lr "$LR" --warmup 100 --eval-every 100 --eval-batches 16 --save-every 100 --log-every 20 $resume --json
 CK=runs/small/$(cat runs/small/latest)
 echo "--- held-out (validation split) loss by step"

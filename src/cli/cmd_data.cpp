@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/output_dir.h"
 #include "data/prepare.h"
 #include "tokenizer/tokenizer.h"
 
@@ -28,12 +29,20 @@ void register_data(CLI::App& app) {
   prep->add_flag("--no-bos", *no_bos, "do not start documents with BOS");
   prep->add_flag("--no-eos", *no_eos, "do not end documents with EOS");
   prep->add_flag("--json", *json, "print a JSON summary");
-  prep->callback([o, tok_path, json, no_bos, no_eos] {
+  auto overwrite = std::make_shared<bool>(false);
+  prep->add_flag("--overwrite", *overwrite,
+                 "replace an --out directory that llmq did not write (the dataset appears whole: built under a "
+                 "temporary name and swapped in, so an interrupted run leaves the previous dataset intact)");
+  prep->callback([o, tok_path, json, no_bos, no_eos, overwrite] {
     auto tok = tokenizer_load(*tok_path);
     o->bos = !*no_bos;
     o->eos = !*no_eos;
     o->progress = !*json;
-    PrepareStats s = data_prepare(*tok, *o);
+    OutputDir od(o->out_dir, "data prepare", *overwrite);
+    PrepareOptions po = *o;
+    po.out_dir = od.path();
+    PrepareStats s = data_prepare(*tok, po);
+    od.commit();
     const double mbs = s.bytes / 1e6 / std::max(s.seconds, 1e-9);
     if (*json) {
       fmt::print("{}\n", nlohmann::json{{"out", o->out_dir},

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/output_dir.h"
 #include "core/progress.h"
 #include "io/gguf.h"
 #include "quant/quantize_model.h"
@@ -18,7 +19,7 @@ void register_export(CLI::App& app) {
   struct Opts {
     std::string model, format = "gguf", type, out;
     int64_t group = -1;
-    bool sym = false, json = false;
+    bool sym = false, json = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer), or a training checkpoint for --format hf")->required();
@@ -28,11 +29,15 @@ void register_export(CLI::App& app) {
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
   cmd->add_option("--out", o->out, "output file (.gguf) or directory (gptq)")->required();
   cmd->add_flag("--json", o->json, "print a JSON summary");
+  cmd->add_flag("--overwrite", o->overwrite,
+                "gptq/hf: replace an --out directory that llmq did not write (outputs appear whole; a .gguf file is "
+                "written to a temporary name and renamed)");
   cmd->callback([o] {
     if (o->format == "gptq") {  // AutoGPTQ v1 layout: qweight, qzeros, scales, g_idx
       QuantizeOptions q;
       q.model = o->model;
-      q.out = o->out;
+      OutputDir od(o->out, "export gptq", o->overwrite);
+      q.out = od.path(), q.out_label = o->out;
       q.scheme = o->type.empty() ? "w4a16" : o->type;
       if (q.scheme != "w4a16" && q.scheme != "w8a16")
         fail("export --format gptq: --type {} (choose w4a16 or w8a16)", q.scheme);
@@ -40,6 +45,7 @@ void register_export(CLI::App& app) {
       q.sym = o->sym;
       q.progress = !o->json;
       const QuantizeResult r = quantize_model(q);
+      od.commit();
       if (o->json)
         fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", q.scheme}, {"bytes", r.bytes_out}}.dump());
       else
@@ -49,7 +55,9 @@ void register_export(CLI::App& app) {
     if (o->format == "hf") {
       const std::string t = o->type.empty() ? "bf16" : o->type;
       if (t != "bf16" && t != "f16" && t != "f32") fail("export --format hf: --type {} (choose bf16, f16 or f32)", t);
-      train::export_checkpoint_hf(o->model, o->out, t == "f32" ? DType::F32 : t == "f16" ? DType::F16 : DType::BF16);
+      OutputDir od(o->out, "export hf", o->overwrite);
+      train::export_checkpoint_hf(o->model, od.path(), t == "f32" ? DType::F32 : t == "f16" ? DType::F16 : DType::BF16);
+      od.commit();
       if (o->json) fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", t}}.dump());
       else fmt::print("wrote {} ({})\n", o->out, t);
       return;

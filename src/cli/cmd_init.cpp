@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "io/hf_dir.h"
+#include "core/output_dir.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
@@ -15,6 +16,7 @@ void register_init(CLI::App& app) {
     uint64_t seed = 0;
     int64_t layers = 0;
     double shard_gb = 5;
+    bool overwrite = false;
   };
   auto o = std::make_shared<Opts>();
   auto* p = cmd->add_option("--preset", o->preset, "built-in shape: " + [] {
@@ -32,6 +34,8 @@ void register_init(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer,
                   "copy this tokenizer (file or directory) into the model; vocab size, BOS and EOS follow it");
   cmd->add_option("--max-shard-size", o->shard_gb, "largest safetensors shard, GB")->check(llmq::cli::kPositive);
+  cmd->add_flag("--overwrite", o->overwrite,
+                "replace an --out directory that llmq did not write (one it wrote is replaced whole without asking)");
   cmd->callback([o] {
     if (o->preset.empty() && o->config.empty()) fail("init: give --preset NAME or --config FILE");
     ModelConfig cfg = o->preset.empty() ? config_load(o->config) : config_preset(o->preset);
@@ -49,15 +53,19 @@ void register_init(CLI::App& app) {
     so.dtype = dtype_parse(o->dtype);
     so.max_shard_bytes = (uint64_t)(o->shard_gb * 1e9);
     so.progress = true;
-    model_save(o->out, cfg, init_fill(cfg, o->seed), so);
+    // The directory appears whole: written under a temporary name, swapped in at the end, so
+    // nothing of an earlier output (another tokenizer, more shards) survives beside it.
+    OutputDir od(o->out, "init", o->overwrite);
+    model_save(od.path(), cfg, init_fill(cfg, o->seed), so);
     if (tok) {
       // The tokenizer file and its tokenizer_config.json (BOS/EOS, chat template) go beside.
       namespace fs = std::filesystem;
       const fs::path src = tok->source(), dir = src.parent_path();
-      fs::copy_file(src, fs::path(o->out) / src.filename(), fs::copy_options::overwrite_existing);
+      fs::copy_file(src, fs::path(od.path()) / src.filename(), fs::copy_options::overwrite_existing);
       if (fs::is_regular_file(dir / "tokenizer_config.json"))
-        fs::copy_file(dir / "tokenizer_config.json", fs::path(o->out) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+        fs::copy_file(dir / "tokenizer_config.json", fs::path(od.path()) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
     }
+    od.commit();
     fmt::print(stderr, "wrote {}: {} parameters, {}\n", o->out, cfg.n_params(),
                format_bytes((double)dtype_bytes(so.dtype, cfg.n_params())));
   });

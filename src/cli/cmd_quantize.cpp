@@ -3,6 +3,7 @@
 
 #include "cli/common.h"
 #include "core/progress.h"
+#include "core/output_dir.h"
 #include "quant/quantize_model.h"
 
 namespace llmq::cli {
@@ -46,7 +47,11 @@ void register_quantize(CLI::App& app) {
                                    "for the other methods, as their reference tools do)");
   cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", *json, "print a JSON summary");
-  cmd->callback([o, json, keep] {
+  auto overwrite = std::make_shared<bool>(false);
+  cmd->add_flag("--overwrite", *overwrite,
+                "replace an --out directory that llmq did not write (one it wrote is replaced without asking); "
+                "the output appears whole, under a temporary name until it is complete");
+  cmd->callback([o, json, keep, overwrite] {
     o->keep.clear();
     std::string k;
     const std::string kept = !keep->empty() ? *keep : o->method == "rtn" ? "embed" : "embed,lm_head";
@@ -59,7 +64,14 @@ void register_quantize(CLI::App& app) {
       }
     }
     o->progress = !*json;
-    auto r = quantize_model(*o);
+    if (o->out.empty()) fail("quantize: give --out DIR");
+    if (std::filesystem::exists(o->out) && std::filesystem::exists(o->model) && std::filesystem::equivalent(o->out, o->model))
+      fail("quantize: --out must differ from the source model");
+    OutputDir od(o->out, "quantize", *overwrite);
+    QuantizeOptions q = *o;
+    q.out = od.path(), q.out_label = o->out;
+    auto r = quantize_model(q);
+    od.commit();
     if (*json)
       fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"scheme", o->scheme}, {"method", o->method},
                                         {"quantized_tensors", r.quantized_tensors}, {"kept_tensors", r.kept_tensors},

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/output_dir.h"
 #include "ops/ops.h"
 #include "tokenizer/spm.h"
 #include "tokenizer/tokenizer.h"
@@ -84,9 +85,16 @@ void register_tokenizer(CLI::App& app) {
   train->add_option("--max-sentences", o->max_sentences, "lines sampled for training (default 2,000,000)");
   train->add_option("--seed", o->seed, "random seed");
   train->add_option("--out", *out, "directory to write tokenizer.model and tokenizer_config.json into")->required();
-  train->callback([o, out] {
+  auto overwrite = std::make_shared<bool>(false);
+  train->add_flag("--overwrite", *overwrite, "replace an --out directory that llmq did not write");
+  train->callback([o, out, overwrite] {
     if (o->threads <= 0) o->threads = ops_threads();  // llmq --threads N (default: all cores)
-    spm_train(*o, *out);
+    {
+      OutputDir od(*out, "tokenizer train", *overwrite);
+      spm_train(*o, od.path());
+      tokenizer_load(od.path());  // what is swapped in loads
+      od.commit();
+    }
     auto t = tokenizer_load(*out);
     fmt::print(stderr, "wrote {}/tokenizer.model: {} pieces, fingerprint {}\n", *out, t->vocab_size(), t->fingerprint());
   });

@@ -1,4 +1,5 @@
 // llmq: one program for training, quantizing and running Llama-family models.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <omp.h>
@@ -14,6 +15,10 @@
 #include "ops/ops.h"
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) or a full quota makes write() fail with EFBIG, which every
+  // writer reports and cleans up after, instead of the default SIGXFSZ that kills the process
+  // and leaves temporary files behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"llmq: train, quantize and run Llama-family models on the CPU", "llmq"};
   app.require_subcommand(1);
   int threads = 0;

@@ -383,7 +383,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     shards.back().push_back(i);
     cur += b, total += b;
   }
-  Progress bar("quantizing " + o.model + " -> " + o.out, total, o.progress && !cq);
+  Progress bar("quantizing " + o.model + " -> " + (o.out_label.empty() ? o.out : o.out_label), total, o.progress && !cq);
   uint64_t written = 0;
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t si = 0; si < shards.size(); si++) {

@@ -14,6 +14,7 @@ namespace llmq {
 
 struct QuantizeOptions {
   std::string model, out;
+  std::string out_label;  // the name shown for out (the target when out is a temporary directory)
   std::string method = "rtn";  // rtn | hqq (no data) | gptq | awq | smoothquant (need calib)
   std::string scheme = "w4a16";
   int64_t group = -1;  // -1: the scheme's default

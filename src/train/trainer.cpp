@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/output_dir.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "data/shards.h"
@@ -201,6 +202,19 @@ TrainResult train_run(const TrainOptions& o) {
   dist::Communicator& comm = dist::world();
   const int R = comm.rank(), W = comm.size();
   const bool lead = R == 0;
+  // The run directory is rank 0's: locked for the whole run (a second train, or a resume beside
+  // a running one, is refused naming the holder), and a new run never starts over an earlier
+  // one's checkpoints (their steps would sort among the new ones and --keep prune the wrong ones).
+  std::unique_ptr<DirLock> lock;
+  if (lead) {
+    lock = std::make_unique<DirLock>(o.out, "train");
+    if (!o.resume && fs::is_directory(o.out) && !fs::is_empty(o.out)) {
+      if (!o.overwrite)
+        fail("{}: holds an earlier run; give --resume to continue it, --overwrite to delete it and start again, or "
+             "another --out", o.out);
+      for (const auto& e : fs::directory_iterator(o.out)) fs::remove_all(e.path());
+    }
+  }
   if (o.batch % W != 0)
     fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
   comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),

@@ -19,6 +19,7 @@ struct TrainOptions {
   int64_t steps = 1000, batch = 8, seq_len = 256, grad_accum = 1;
   double lr = 1e-3, min_lr_ratio = 0.1;  // the decay ends at lr * min_lr_ratio
   int64_t warmup = 100;
+  bool overwrite = false;  // start over in a run directory that holds an earlier run
   std::string decay = "cosine";  // cosine | linear
   AdamWConfig adamw;
   bool decay_embeddings = true;  // weight decay on the embedding / output matrices

@@ -92,5 +92,27 @@ expect_error "--lr: must be a number, got 'abc'" -- train --preset tiny --data "
 expect_error "--reps: must be positive, got 0" -- bench -m "$T/m" --reps 0
 expect_error "--no-such-flag" -- info --preset tiny --no-such-flag
 
+# Bug 7 (and issue 30's whole outputs): an output is exactly what the command wrote. A second
+# init without a tokenizer leaves none behind; a directory llmq did not write is refused
+# without --overwrite; nothing is left beside the output but its lock file.
+L init --preset tiny --tokenizer "$T/tok" --out "$T/o" >/dev/null 2>&1 || bad "init o"
+L init --preset tiny --out "$T/o" >/dev/null 2>&1 || bad "init o again"
+[ ! -e "$T/o/tokenizer.model" ] && ok "no stale tokenizer after a second init" || bad "stale files: $(ls "$T/o")"
+L generate -m "$T/o" --ids -p "1 2 3" -n 3 >/dev/null 2>&1 && ok "generate on the re-initialised model" || bad "generate on $T/o"
+mkdir -p "$T/foreign"; echo keep > "$T/foreign/notes.txt"
+expect_error "give --overwrite to replace it" -- init --preset tiny --out "$T/foreign"
+[ "$(cat "$T/foreign/notes.txt")" = keep ] && ok "the foreign directory is untouched" || bad "foreign directory changed"
+expect_error "give --overwrite to replace it" -- quantize -m "$T/m" --scheme w8a16 --out "$T/foreign"
+L init --preset tiny --out "$T/foreign" --overwrite >/dev/null 2>&1 && [ ! -e "$T/foreign/notes.txt" ] && ok "--overwrite replaces it whole" || bad "--overwrite"
+# A second writer while the first holds the lock (held here by flock(1), with a known holder).
+L init --preset tiny --out "$T/busy" >/dev/null 2>&1 || bad "init busy"
+echo "4242 quantize" > "$T/.busy.lock"
+( flock "$T/.busy.lock" sleep 5 ) & holder=$!; sleep 0.5
+expect_error "another llmq process (pid 4242 quantize) is writing it" -- quantize -m "$T/m" --scheme w8a16 --out "$T/busy"
+wait $holder
+[ -f "$T/busy/model.safetensors" ] && ok "the first writer's output is intact" || bad "busy output damaged"
+left=$(ls -a "$T" | grep -E '\.tmp\.|\.old\.' || true)
+[ -z "$left" ] && ok "no temporary directories left" || bad "left behind: $left"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Whole outputs under faults (issue 30): every command that writes a directory is killed
+# (SIGKILL injected by strace) at each of its renames in turn, over a previous complete
+# output. After each kill the target must be the previous output, byte for byte, or the
+# complete new one (with its marker); a rerun must succeed and leave no temporary
+# directories. Also: a full disk (ulimit -f) fails cleanly with the previous output intact,
+# and a training run directory is never restarted over without --resume/--overwrite.
+set -u
+LLMQ=${1:?usage: outputs.sh path/to/llmq}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+command -v strace >/dev/null || { echo "SKIP: strace is not installed (scripts/setup installs it)"; exit 0; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAIL: $*"; fails=$((fails+1)); }
+L() { timeout 300 "$LLMQ" --threads 1 "$@"; }
+sum_dir() { (cd "$1" 2>/dev/null && find . -type f -print0 | sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-16; }
+leftovers() { ls -a "$(dirname "$1")" | grep -E "^\.$(basename "$1")\.(tmp|old)\." || true; }
+
+head -c 100000 "$ROOT/data/text/web.txt" > "$T/text.txt"
+L tokenizer train --input "$T/text.txt" --vocab 400 --out "$T/tok" >/dev/null 2>&1 || { bad "tokenizer train"; exit 1; }
+L init --preset tiny --tokenizer "$T/tok" --out "$T/m" --dtype f32 >/dev/null 2>&1 || { bad "init"; exit 1; }
+
+# kill_each_rename TARGET -- ARGS...: TARGET holds a previous output; run ARGS with a SIGKILL at
+# rename 1, 2, ... until a run completes.
+kill_each_rename() {
+  local target=$1; shift; shift
+  local prev n rc cur kills=0
+  prev=$(sum_dir "$target")
+  for n in $(seq 1 40); do
+    strace -f -qq -o /dev/null -e trace=rename -e inject=rename:signal=KILL:when=$n "$LLMQ" --threads 1 "$@" >/dev/null 2>&1
+    rc=$?
+    [ $rc -eq 0 ] && break
+    kills=$((kills+1))
+    cur=$(sum_dir "$target")
+    if [ "$cur" != "$prev" ] && [ ! -f "$target/.llmq-output.json" ]; then
+      bad "${*:1:2}: killed at rename $n, the target is neither the previous output nor a complete one: $(ls -a "$target" 2>&1 | tr '\n' ' ')"
+      return
+    fi
+  done
+  [ $rc -eq 0 ] || { bad "${*:1:2}: never completed"; return; }
+  # The swap into place (renameat2 RENAME_EXCHANGE over an existing output) killed too.
+  prev=$(sum_dir "$target")
+  strace -f -qq -o /dev/null -e trace=renameat2 -e inject=renameat2:signal=KILL:when=1 "$LLMQ" --threads 1 "$@" >/dev/null 2>&1
+  [ "$(sum_dir "$target")" = "$prev" ] || [ -f "$target/.llmq-output.json" ] || { bad "${*:1:2}: killed at the swap"; return; }
+  L "$@" >/dev/null 2>&1 || { bad "${*:1:2}: rerun failed"; return; }
+  [ -z "$(leftovers "$target")" ] || { bad "${*:1:2}: left $(leftovers "$target")"; return; }
+  ok "${*:1:2}: killed at each of $kills renames, target always previous-or-complete; rerun clean"
+}
+
+L quantize -m "$T/m" --scheme w4a16 --group 32 --out "$T/q" >/dev/null 2>&1 || bad "quantize"
+kill_each_rename "$T/q" -- quantize -m "$T/m" --scheme w8a16 --out "$T/q"
+L export -m "$T/m" --format gptq --type w4a16 --group 32 --out "$T/g" >/dev/null 2>&1 || bad "export gptq"
+kill_each_rename "$T/g" -- export -m "$T/m" --format gptq --type w8a16 --out "$T/g"
+kill_each_rename "$T/m" -- init --preset tiny --tokenizer "$T/tok" --out "$T/m" --dtype f32 --seed 7
+L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d" >/dev/null 2>&1 || bad "prepare"
+kill_each_rename "$T/d" -- data prepare --tokenizer "$T/tok" --input "$T/text.txt" "$T/text.txt" --out "$T/d" --shard-tokens 20000
+kill_each_rename "$T/tok" -- tokenizer train --input "$T/text.txt" --vocab 420 --out "$T/tok"
+
+# A full disk while replacing an output: one error, the previous output intact, nothing left.
+prev=$(sum_dir "$T/q")
+err=$(bash -c "ulimit -f 100; exec $LLMQ --threads 1 quantize -m $T/m --scheme w8a16 --keep lm_head --out $T/q" 2>&1 >/dev/null); rc=$?
+[ $rc -ne 0 ] && [ "$(sum_dir "$T/q")" = "$prev" ] && [ -z "$(leftovers "$T/q")" ] \
+  && ok "full disk (ulimit -f): exit $rc, previous output intact: $(head -c 120 <<<"$err")" \
+  || bad "full disk: rc=$rc, changed=$([ "$(sum_dir "$T/q")" = "$prev" ] && echo no || echo yes), left=$(leftovers "$T/q")"
+
+# A new train into a run directory with checkpoints is refused; --resume and --overwrite work.
+L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d" >/dev/null 2>&1 || bad "prepare for train"
+L train --preset tiny --data "$T/d" --out "$T/run" --steps 4 --save-every 2 --batch 2 --seq-len 16 >/dev/null 2>&1 || bad "train"
+before=$(sum_dir "$T/run")
+err=$(L train --preset tiny --data "$T/d" --out "$T/run" --steps 2 --save-every 1 --keep 1 --batch 2 --seq-len 16 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q "holds an earlier run; give --resume" <<<"$err" && [ "$(sum_dir "$T/run")" = "$before" ] \
+  && ok "train over an earlier run refused, run intact" || bad "train over an earlier run: rc=$rc $err"
+L train --preset tiny --data "$T/d" --out "$T/run" --steps 2 --batch 2 --seq-len 16 --overwrite >/dev/null 2>&1 \
+  && [ "$(cat "$T/run/latest")" = checkpoint-000002 ] && [ ! -d "$T/run/checkpoint-000004" ] \
+  && ok "--overwrite starts the run again" || bad "--overwrite: $(ls "$T/run")"
+
+echo "faults/outputs: $fails failure(s)"
+[ $fails -eq 0 ]
