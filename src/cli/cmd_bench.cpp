@@ -57,7 +57,7 @@ void register_bench(CLI::App& app) {
     bool json = false, profile = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required();
+  cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required()->transform(llmq::cli::kRunLatest);
   o->kv.add(cmd);
   cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(llmq::cli::kPositive);
   cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(llmq::cli::kNonNegative);

@@ -63,7 +63,7 @@ void register_eval(CLI::App& app) {
     int tp = 1;
   };
   auto o = std::make_shared<Opts>();
-  ppl->add_option("-m,--model", o->model, "model directory")->required();
+  ppl->add_option("-m,--model", o->model, "model directory, .gguf file, or a training run (its latest checkpoint)")->required()->transform(llmq::cli::kRunLatest);
   o->src.add(ppl);
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
@@ -91,8 +91,8 @@ void register_eval(CLI::App& app) {
   auto* cmp = cmd->add_subcommand("compare", "a quantized model against its base: perplexity ratio, KL divergence, "
                                              "top-1 agreement");
   auto c = std::make_shared<Opts>();
-  cmp->add_option("-m,--model", c->model, "base model directory")->required();
-  cmp->add_option("-q,--quant", c->quant, "quantized (or otherwise changed) model directory")->required();
+  cmp->add_option("-m,--model", c->model, "base model directory, .gguf file or training run")->required()->transform(llmq::cli::kRunLatest);
+  cmp->add_option("-q,--quant", c->quant, "quantized (or otherwise changed) model directory or .gguf file")->required()->transform(llmq::cli::kRunLatest);
   c->src.add(cmp);
   cmp->add_option("--ctx", c->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   cmp->add_flag("--json", c->json, "print the figures as JSON");

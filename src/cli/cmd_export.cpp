@@ -22,12 +22,12 @@ void register_export(CLI::App& app) {
     bool sym = false, json = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer), or a training checkpoint for --format hf")->required();
+  cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer), or a training checkpoint for --format hf")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("--format", o->format, "gguf (default), gptq, or hf (a training checkpoint, sharded or full, as a model directory)");
   cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32");
   cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
-  cmd->add_option("--out", o->out, "output file (.gguf) or directory (gptq)")->required();
+  cmd->add_option("--out", o->out, "output file (gguf) or directory (gptq, hf)")->required();
   cmd->add_flag("--json", o->json, "print a JSON summary");
   cmd->add_flag("--overwrite", o->overwrite,
                 "gptq/hf: replace an --out directory that llmq did not write (outputs appear whole; a .gguf file is "

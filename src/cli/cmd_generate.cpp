@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "dist/comm.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
 #include "tokenizer/chat.h"
@@ -109,7 +110,7 @@ void interactive(const Model& m, const Tokenizer& tok, const std::string& tmpl, 
 void register_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "generate text from prompts, or chat");
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->model, "model directory")->required();
+  cmd->add_option("-m,--model", o->model, "model directory, .gguf file, or a training run (its latest checkpoint)")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("-p,--prompt", o->prompts, "prompt text (token ids with --ids or without a tokenizer); repeat for a batch");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory's)");
   cmd->add_flag("--ids", o->ids, "prompts and --stop are token ids, output is token ids");
@@ -159,6 +160,9 @@ void register_generate(CLI::App& app) {
     const std::string tmpl = tok ? chat_template_find(o->tokenizer.empty() ? o->model : o->tokenizer) : "";
     if (o->interactive) return interactive(m, *tok, tmpl, *o);
 
+    // Why prompts are token ids here: --ids, or a model without a tokenizer.
+    const std::string ids_hint = o->ids ? "--ids makes prompts and --stop token ids (drop it to give text)"
+                                        : "text prompts need a tokenizer: the model directory has none (give --tokenizer PATH)";
     std::vector<std::vector<int32_t>> prompts;
     if (chat) {
       std::vector<ChatMessage> msgs;
@@ -174,10 +178,11 @@ void register_generate(CLI::App& app) {
       if (o->prompts.empty()) fail("give a --prompt (or --chat/--messages/--interactive)");
       for (size_t i = 0; i < o->prompts.size(); i++)
         prompts.push_back(tok ? encode_prompt(*tok, o->prompts[i], !o->no_special, true)
-                              : parse_token_ids(o->prompts[i], fmt::format("prompt {}", i + 1)));
+                              : parse_token_ids(o->prompts[i], fmt::format("prompt {}", i + 1), ids_hint));
     }
     if (!tok)
-      for (size_t i = 0; i < o->stops.size(); i++) o->g.stop_sequences.push_back(parse_token_ids(o->stops[i], "--stop"));
+      for (size_t i = 0; i < o->stops.size(); i++)
+        o->g.stop_sequences.push_back(parse_token_ids(o->stops[i], "--stop", ids_hint));
     // Stream a single prompt as it is generated; a batch prints one block per prompt.
     const bool stream = !o->json && prompts.size() == 1;
     std::unique_ptr<TextStreams> ts;
@@ -215,8 +220,9 @@ void register_generate(CLI::App& app) {
         fmt::print("[{}] {}\n", i + 1, s);
       }
     }
-    fmt::print(stderr, "stop: {}; prefill {:.1f} tok/s, decode {:.1f} tok/s\n", stop_reason_name(res[0].reason), pre_tps,
-               dec_tps);
+    if (dist::world().rank() == 0)  // one line per job (tensor-parallel ranks all decode)
+      fmt::print(stderr, "stop: {}; prefill {:.1f} tok/s, decode {:.1f} tok/s\n", stop_reason_name(res[0].reason),
+                 pre_tps, dec_tps);
   });
 }
 

@@ -17,8 +17,8 @@ void register_info(CLI::App& app) {
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
-  auto* d = cmd->add_option("model", o->dir, "model directory");
-  auto* p = cmd->add_option("--preset", o->preset, "built-in preset instead of a directory");
+  auto* d = cmd->add_option("model", o->dir, "model directory, .gguf file or training run")->transform(llmq::cli::kRunLatest);
+  auto* p = cmd->add_option("--preset", o->preset, "built-in shape instead of a model: " + preset_list());
   d->excludes(p);
   cmd->add_option("--ctx", o->ctx, "context length for the KV-cache estimate (default: 4096 or the model's maximum)");
   cmd->add_option("--batch", o->batch, "sequences for the KV-cache estimate")->check(llmq::cli::kPositive);

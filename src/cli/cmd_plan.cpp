@@ -16,8 +16,8 @@ void register_plan(CLI::App& app) {
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--preset", o->preset, "model shape: a preset (llmq info --preset lists them in --help)");
-  cmd->add_option("-m,--model", o->model, "or a model directory (its config.json)");
+  cmd->add_option("--preset", o->preset, "built-in shape: " + preset_list());
+  cmd->add_option("-m,--model", o->model, "or a model directory (its config.json) or training run")->transform(llmq::cli::kRunLatest);
   cmd->add_option("--ranks", o->p.ranks, "ranks in the job (default 1)")->check(llmq::cli::kPositive);
   cmd->add_option("--tp", o->p.tp, "tensor-parallel ranks per replica (default 1; dp = ranks / tp)")
       ->check(llmq::cli::kPositive);
@@ -29,7 +29,8 @@ void register_plan(CLI::App& app) {
   cmd->add_flag("--recompute", o->p.recompute, "per-block activation recomputation");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
-    if (o->preset.empty() == o->model.empty()) fail("plan: give --preset NAME or -m DIR");
+    if (o->preset.empty() && o->model.empty()) fail("plan: give --preset NAME or -m DIR");
+    if (!o->preset.empty() && !o->model.empty()) fail("plan: give --preset NAME or -m DIR, not both");
     const ModelConfig c = o->preset.empty() ? config_load(o->model + "/config.json") : config_preset(o->preset);
     const dist::Plan p = dist::make_plan(c, o->p);
     const double tokens = (double)o->p.seq_len * o->p.batch * p.dp;

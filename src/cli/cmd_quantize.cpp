@@ -13,7 +13,7 @@ void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto json = std::make_shared<bool>(false);
   auto keep = std::make_shared<std::string>();
-  cmd->add_option("-m,--model", o->model, "source model directory (f32, bf16 or f16)")->required();
+  cmd->add_option("-m,--model", o->model, "source model: a directory or an f32/f16 .gguf file (float weights)")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("--out", o->out, "output model directory")->required();
   cmd->add_option("--method", o->method,
                   "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib)");

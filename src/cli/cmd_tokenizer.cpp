@@ -56,7 +56,7 @@ void register_tokenizer(CLI::App& app) {
     auto t = tokenizer_load(*path);
     int64_t n = 0;
     for_each_stdin_line([&](const std::string& line) {
-      auto ids = parse_token_ids(line, fmt::format("stdin line {}", ++n));
+      auto ids = parse_token_ids(line, fmt::format("stdin line {}", ++n), "tokenizer decode reads token ids, one sequence per line");
       std::string s = t->decode(ids, *skip) + "\n";
       std::fwrite(s.data(), 1, s.size(), stdout);
     });

@@ -30,7 +30,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--beta1", o->adamw.beta1, "AdamW beta1 (default 0.9)");
   cmd->add_option("--beta2", o->adamw.beta2, "AdamW beta2 (default 0.95)");
   cmd->add_option("--eps", o->adamw.eps, "AdamW epsilon (default 1e-8)");
-  cmd->add_flag("!--no-decay-embeddings", o->decay_embeddings, "no weight decay on the embedding and output matrices");
+  // Flag functions rather than CLI11's "!--flag" (whose help prints "--flag{false}").
+  cmd->add_flag_function("--no-decay-embeddings", [o](std::int64_t) { o->decay_embeddings = false; },
+                         "no weight decay on the embedding and output matrices");
   cmd->add_option("--clip", o->clip, "clip the global gradient norm to this (default 1; 0 = off)")->check(llmq::cli::kNonNegative);
   cmd->add_option("--seed", o->seed, "initialisation seed");
   cmd->add_option("--eval-every", o->eval_every, "validation every N steps (default 100)");
@@ -48,7 +50,7 @@ void register_train(CLI::App& app) {
                   "sharded: each rank writes its own shard file (the default with --fsdp; `llmq export --format hf` "
                   "makes a model directory of it); full: a model directory plus optimizer state, written by rank 0")
       ->check(CLI::IsMember({"auto", "full", "sharded"}));
-  cmd->add_flag("!--no-overlap", o->overlap_comm,
+  cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
                 "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
                 "backward goes on (for comparison; the sums are the same)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");

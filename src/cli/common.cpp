@@ -4,24 +4,27 @@
 #include <sys/resource.h>
 
 #include <cctype>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/file_util.h"
 #include "dist/tensor_parallel.h"
+#include "model/config.h"
 
 namespace llmq::cli {
 
 bool g_mmap = false;
 
-std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& what) {
+std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& what, const std::string& hint) {
   std::vector<int32_t> ids;
   size_t i = 0;
   while (i < s.size()) {
     unsigned char ch = (unsigned char)s[i];
     if (std::isspace(ch) || ch == ',') { i++; continue; }
     if (!std::isdigit(ch))
-      fail("{}: expected token ids (integers separated by spaces), found '{}' at byte {}; "
-           "text prompts need a tokenizer in the model directory", what, s.substr(i, 12), i);
+      fail("{}: expected token ids (integers separated by spaces), found '{}' at byte {}{}", what,
+           s.substr(i, std::min<size_t>(12, s.find_first_of(" \t\r\n", i) - i)), i,
+           hint.empty() ? "" : "; " + hint);
     int64_t v = 0;
     while (i < s.size() && std::isdigit((unsigned char)s[i])) {
       v = v * 10 + (s[i++] - '0');
@@ -32,8 +35,27 @@ std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& wh
   return ids;
 }
 
+std::string resolve_run_dir(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path), latest = p / "latest";
+  if (!fs::is_directory(p) || fs::exists(p / "config.json") || !fs::is_regular_file(latest)) return path;
+  std::string name = read_text_file(latest.string());
+  while (!name.empty() && std::isspace((unsigned char)name.back())) name.pop_back();
+  const fs::path ck = p / name;
+  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(ck))
+    fail("{}: the run's 'latest' names {}, which is not a checkpoint directory in it", path, name.empty() ? "nothing" : name);
+  fmt::print(stderr, "{}: a training run; using its latest checkpoint {}\n", path, ck.string());
+  return ck.string();
+}
+
+std::string preset_list() {
+  std::string s;
+  for (const auto& n : config_preset_names()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
 std::vector<int32_t> read_token_file(const std::string& path) {
-  return parse_token_ids(read_text_file(path), path);
+  return parse_token_ids(read_text_file(path), path, "a --tokens file holds token ids (give --text FILE for text)");
 }
 
 std::vector<std::string> expand_options_files(const std::vector<std::string>& args,
@@ -121,6 +143,9 @@ KvType KvOption::resolve(Model& m) const {
 void shard_for_tp(Model& m, int tp, const char* command) {
   if (tp <= 1 && !dist::launched_by_mpirun()) return;
   dist::Communicator& w = dist::world();
+  if (w.size() != tp && tp <= 1)
+    fail("this job has {} ranks: give --tp {} to split the model over them (mpirun -np {} llmq {} --tp {} ...), or run "
+         "one process without mpirun", w.size(), w.size(), w.size(), command, w.size());
   if (w.size() != tp)
     fail("--tp {} needs a job of {} ranks (mpirun -np {} llmq {} --tp {} ...); this one has {}", tp, tp, tp, command,
          tp, w.size());

@@ -24,6 +24,17 @@ inline CLI::Validator number_check(bool allow_zero) {
       },
       allow_zero ? "NONNEGATIVE" : "POSITIVE");
 }
+// -m RUN_DIR means the run's latest checkpoint (the directory `latest` names), as a user of
+// a training run expects; a model directory (config.json) or a file is left as it is.
+std::string resolve_run_dir(const std::string& path);
+inline const CLI::Validator kRunLatest = CLI::Validator(
+    [](std::string& s) -> std::string {
+      s = resolve_run_dir(s);
+      return "";
+    },
+    "", "run-latest");
+// The built-in presets, for help texts.
+std::string preset_list();
 inline const CLI::Validator kPositive = number_check(false);
 inline const CLI::Validator kNonNegative = number_check(true);
 
@@ -41,7 +52,7 @@ void register_export(CLI::App& app);
 void register_plan(CLI::App& app);
 
 // Whitespace- or comma-separated non-negative integers; `what` names the source in errors.
-std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what);
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what, const std::string& hint = "");
 std::vector<int32_t> read_token_file(const std::string& path);
 double peak_rss_bytes();
 

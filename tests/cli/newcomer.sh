@@ -114,5 +114,27 @@ wait $holder
 left=$(ls -a "$T" | grep -E '\.tmp\.|\.old\.' || true)
 [ -z "$left" ] && ok "no temporary directories left" || bad "left behind: $left"
 
+# Bug 12: hints that fit the mistake.
+err=$(echo "x y" | "$LLMQ" tokenizer decode --tokenizer "$T/tok" 2>&1); grep -q "tokenizer decode reads token ids" <<<"$err" && ok "decode hint" || bad "decode hint: $err"
+echo "1 2 three" > "$T/badids.txt"
+expect_error "a --tokens file holds token ids (give --text FILE for text)" -- eval ppl -m "$T/m" --tokens "$T/badids.txt"
+expect_error "--ids makes prompts and --stop token ids" -- generate -m "$T/m" --ids -p "hello"
+expect_error "give --preset NAME or -m DIR, not both" -- plan --preset tiny -m "$T/m"
+if command -v mpirun >/dev/null; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  err=$(timeout 120 mpirun -np 2 "$LLMQ" -t 1 generate -m "$T/m" --ids -p "1 2" -n 2 2>&1)
+  grep -q "this job has 2 ranks: give --tp 2" <<<"$err" && ok "mpirun without --tp: says --tp 2" || bad "mpirun without --tp: $err"
+  # Bug 11: one stop/speed line per tensor-parallel job (rank 0's).
+  n=$(timeout 120 mpirun -np 2 "$LLMQ" -t 1 generate -m "$T/m" --ids -p "1 2" -n 2 --tp 2 2>&1 | grep -c "^stop:")
+  [ "$n" = 1 ] && ok "one stop line from --tp 2" || bad "$n stop lines from --tp 2"
+fi
+
+# Bug 14: help texts. -m RUN_DIR follows the run's latest checkpoint.
+"$LLMQ" train --help | grep -q "{false}" && bad "train --help shows {false}" || ok "train --help without {false}"
+"$LLMQ" info --help | grep -q "llama3.2-1b" && ok "info --help lists the presets" || bad "info --help lacks presets"
+"$LLMQ" export --help | grep -- "--out" | grep -q hf && ok "export --out mentions hf" || bad "export --out"
+"$LLMQ" generate --help | grep -- "-m,--model" | grep -q gguf && ok "generate -m mentions .gguf" || bad "generate -m help"
+L generate -m "$T/run" -p "the" -n 2 >/dev/null 2>&1 && ok "generate -m RUN_DIR uses its latest checkpoint" || bad "generate -m RUN_DIR"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
