@@ -70,6 +70,7 @@ void register_bench(CLI::App& app) {
    bool header = false;
    for (const std::string& model_path : o->models) {
     o->model = model_path;
+    reset_peak_rss();  // this model's peak, whatever the models before it used
     using clock = std::chrono::steady_clock;
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     Model m = model_load(o->model, load_mode());

@@ -27,19 +27,23 @@ void register_info(CLI::App& app) {
     if (o->dir.empty() && o->preset.empty()) fail("info: give a model directory or --preset NAME");
     ModelConfig c;
     std::map<std::string, uint64_t> by_dtype;
+    uint64_t weight_bytes = 0;
     if (!o->preset.empty()) {
+      // A preset's tensors as bf16 would hold them.
       c = config_preset(o->preset);
+      for (const auto& s : hf_tensor_specs(c)) {
+        const uint64_t b = dtype_bytes(DType::BF16, shape_numel(s.shape));
+        by_dtype["bf16"] += b;
+        weight_bytes += b;
+      }
     } else {
+      // A model: the tensors as loaded (quantized ones packed: codes, scales, zero points).
       Model m = model_load(o->dir, LoadMode::Map);
       c = m.config;
-    }
-    // Bytes by dtype from the tensor list: what the files hold (or would hold as bf16).
-    uint64_t weight_bytes = 0;
-    DType dt = o->preset.empty() ? c.dtype : DType::BF16;
-    for (const auto& s : hf_tensor_specs(c)) {
-      uint64_t b = dtype_bytes(dt, shape_numel(s.shape));
-      by_dtype[std::string(dtype_name(dt))] += b;
-      weight_bytes += b;
+      for (const auto& [name, t] : hf_named_tensors(m)) {
+        by_dtype[std::string(dtype_name(t.dtype()))] += t.nbytes();
+        weight_bytes += t.nbytes();
+      }
     }
     int64_t ctx = o->ctx > 0 ? o->ctx : std::min<int64_t>(c.max_seq_len, 4096);
     uint64_t kv = (uint64_t)(2 * c.n_layers * c.kv_dim() * ctx * o->batch * 4);
@@ -50,6 +54,7 @@ void register_info(CLI::App& app) {
         {"source", o->preset.empty() ? o->dir : "preset " + o->preset},
         {"config", config_to_hf_json(c)},
         {"parameters", c.n_params()},
+        {"bits_per_weight", 8.0 * (double)weight_bytes / (double)c.n_params()},
         {"bytes_by_dtype", by_dtype},
         {"memory", {{"ctx", ctx}, {"batch", o->batch}, {"weights", weight_bytes}, {"kv_cache_f32", kv},
                     {"activations", act}, {"total", weight_bytes + kv + act}}},
@@ -69,6 +74,7 @@ void register_info(CLI::App& app) {
     fmt::print("embeddings  {}\n", c.tie_embeddings ? "tied" : "untied");
     fmt::print("parameters  {} ({:.2f} B)\n", c.n_params(), c.n_params() / 1e9);
     for (auto& [k, v] : by_dtype) fmt::print("weights     {}: {}\n", k, format_bytes((double)v));
+    fmt::print("bits/weight {:.2f} (all weights, scales and zero points included)\n", 8.0 * (double)weight_bytes / (double)c.n_params());
     fmt::print("memory      ctx {} x batch {}: weights {} + KV cache (f32) {} + activations {} = {}\n", ctx, o->batch,
                format_bytes((double)weight_bytes), format_bytes((double)kv), format_bytes((double)act),
                format_bytes((double)(weight_bytes + kv + act)));

@@ -114,9 +114,26 @@ std::vector<std::string> expand_options_files(const std::vector<std::string>& ar
 }
 
 double peak_rss_bytes() {
+  // VmHWM, which reset_peak_rss() can reset (getrusage's maxrss never goes down).
+  if (FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long kb = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    std::fclose(f);
+    if (kb >= 0) return (double)kb * 1024.0;
+  }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return (double)ru.ru_maxrss * 1024.0;
+}
+
+void reset_peak_rss() {
+  // Linux: writing 5 to clear_refs resets the peak resident set size to the current one.
+  if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fputs("5", f);
+    std::fclose(f);
+  }
 }
 
 void KvOption::add(CLI::App* cmd, const std::string& whose) {

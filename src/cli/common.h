@@ -55,6 +55,8 @@ void register_plan(CLI::App& app);
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what, const std::string& hint = "");
 std::vector<int32_t> read_token_file(const std::string& path);
 double peak_rss_bytes();
+// Resets the peak (bench: one peak per model, not the process's high-water mark).
+void reset_peak_rss();
 
 // `--options FILE` anywhere on the command line: the file's `key = value` lines (TOML-like:
 // `# comments`, [section] headers ignored, values optionally quoted, `true` for a flag,

@@ -114,6 +114,21 @@ wait $holder
 left=$(ls -a "$T" | grep -E '\.tmp\.|\.old\.' || true)
 [ -z "$left" ] && ok "no temporary directories left" || bad "left behind: $left"
 
+# Bug 5: info counts what is loaded: quantized tensors packed, not as f16/f32.
+L quantize -m "$T/m" --scheme w4a16 --group 32 --out "$T/q4" >/dev/null 2>&1 || bad "quantize w4a16"
+b=$(L info "$T/q4" --json 2>/dev/null | json_get /dev/stdin "round(d['bits_per_weight'], 2)")
+# tiny: 57% of its weights are linears at 4 bits + 16-bit scale/zero per 32 (4.5-5 bits); the
+# rest (embeddings, norms) stay 16-bit: about 6.5 bits per weight, far from 16.
+/usr/bin/python3 -c "import sys; sys.exit(not (4 < float(sys.argv[1]) < 9))" "${b:-99}" && ok "w4a16 info: $b bits/weight" || bad "w4a16 info: $b bits/weight"
+L info "$T/m-q4.gguf" | grep -q "weights     q4:" && ok "q4_0 GGUF info shows q4 weights" || bad "q4_0 GGUF info: $(L info "$T/m-q4.gguf" | grep weights)"
+
+# Bug 6: bench's peak RSS is each model's own, not the process's high-water mark so far.
+L init --preset small --layers 2 --out "$T/big" --dtype f32 >/dev/null 2>&1 || bad "init big"
+rss() { L bench "$@" --prompt 16 --gen 2 --json 2>/dev/null | /usr/bin/python3 -c "import sys,json; print(' '.join(str(int(json.loads(l)['peak_rss_bytes']) >> 20) for l in sys.stdin if l.startswith('{')))"; }
+read -r big small_after <<<"$(rss -m "$T/big" -m "$T/m")"
+/usr/bin/python3 -c "import sys; sys.exit(not (int(sys.argv[2]) < int(sys.argv[1]) / 2))" "${big:-0}" "${small_after:-0}" \
+  && ok "bench peak RSS per model: big $big MiB, tiny after it $small_after MiB" || bad "bench peak RSS: big $big MiB, tiny after it $small_after MiB"
+
 # Bug 12: hints that fit the mistake.
 err=$(echo "x y" | "$LLMQ" tokenizer decode --tokenizer "$T/tok" 2>&1); grep -q "tokenizer decode reads token ids" <<<"$err" && ok "decode hint" || bad "decode hint: $err"
 echo "1 2 three" > "$T/badids.txt"
