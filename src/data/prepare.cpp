@@ -2,6 +2,9 @@
 // train/validation split by a seeded hash of the document index, atomic shard writes.
 #include "data/prepare.h"
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -19,14 +22,62 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Yields the documents of one input file in order.
+// The compression of a file from its first bytes ("" for none).
+std::string compression_of(const std::string& path) {
+  unsigned char m[6] = {};
+  std::ifstream f(path, std::ios::binary);
+  f.read(reinterpret_cast<char*>(m), 6);
+  if (f.gcount() >= 2 && m[0] == 0x1f && m[1] == 0x8b) return "gzip";
+  if (f.gcount() >= 6 && m[0] == 0xfd && m[1] == '7' && m[2] == 'z' && m[3] == 'X' && m[4] == 'Z' && m[5] == 0) return "xz";
+  if (f.gcount() >= 4 && m[0] == 0x28 && m[1] == 0xb5 && m[2] == 0x2f && m[3] == 0xfd) return "zstd";
+  if (f.gcount() >= 3 && m[0] == 'B' && m[1] == 'Z' && m[2] == 'h') return "bzip2";
+  return "";
+}
+
+// A gzip file read as a stream (zlib), so .gz inputs are tokenized as the text they hold.
+class GzBuf : public std::streambuf {
+ public:
+  explicit GzBuf(const std::string& path) : path_(path), gz_(gzopen(path.c_str(), "rb")) {
+    if (!gz_) fail("{}: cannot open", path);
+    gzbuffer(gz_, 1 << 17);
+  }
+  ~GzBuf() override { gzclose(gz_); }
+
+ protected:
+  int_type underflow() override {
+    const int n = gzread(gz_, buf_, sizeof buf_);
+    if (n < 0) {
+      int err = 0;
+      fail("{}: corrupt gzip data ({})", path_, gzerror(gz_, &err));
+    }
+    if (n == 0) return traits_type::eof();
+    setg(buf_, buf_, buf_ + n);
+    return traits_type::to_int_type(buf_[0]);
+  }
+
+ private:
+  std::string path_;
+  gzFile gz_;
+  char buf_[1 << 16];
+};
+
+// Yields the documents of one input file in order (plain or gzip-compressed).
 class DocReader {
  public:
-  DocReader(const std::string& path, const PrepareOptions& o) : path_(path), o_(o), in_(path, std::ios::binary) {
-    if (!in_) fail("{}: cannot open", path);
+  DocReader(const std::string& path, const PrepareOptions& o) : path_(path), o_(o), in_(nullptr) {
+    if (compression_of(path) == "gzip") {
+      buf_ = std::make_unique<GzBuf>(path);
+    } else {
+      auto fb = std::make_unique<std::filebuf>();
+      if (!fb->open(path, std::ios::in | std::ios::binary)) fail("{}: cannot open", path);
+      buf_ = std::move(fb);
+    }
+    in_.rdbuf(buf_.get());
     std::string fmt = o.format;
     if (fmt == "auto") {
-      auto ext = fs::path(path).extension().string();
+      fs::path p(path);
+      if (p.extension() == ".gz") p = p.stem();
+      const auto ext = p.extension().string();
       fmt = (ext == ".jsonl" || ext == ".json") ? "jsonl" : "text";
     }
     jsonl_ = fmt == "jsonl";
@@ -84,7 +135,8 @@ class DocReader {
   }
   std::string path_;
   const PrepareOptions& o_;
-  std::ifstream in_;
+  std::unique_ptr<std::streambuf> buf_;
+  std::istream in_;
   bool jsonl_ = false, done_ = false;
   int64_t line_no_ = 0;
 };
@@ -144,10 +196,36 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
   if (o.val_fraction < 0 || o.val_fraction >= 1) fail("data prepare: --val-fraction must be in [0, 1)");
   if (o.docs != "lines" && o.docs != "blank" && o.docs != "file") fail("data prepare: --docs must be lines, blank or file");
   if (o.format != "auto" && o.format != "text" && o.format != "jsonl") fail("data prepare: --format must be auto, text or jsonl");
-  uint64_t total = 0;
+  // Inputs: files, and directories walked (recursively, in name order, hidden files skipped).
+  std::vector<std::string> inputs;
   for (const auto& f : o.inputs) {
-    if (!fs::is_regular_file(f)) fail("{}: no such input file", f);
-    total += fs::file_size(f);
+    if (fs::is_directory(f)) {
+      std::vector<std::string> found;
+      for (const auto& e : fs::recursive_directory_iterator(f))
+        if (e.is_regular_file() && e.path().filename().string()[0] != '.') found.push_back(e.path().string());
+      if (found.empty()) fail("{}: the directory holds no files", f);
+      std::sort(found.begin(), found.end());
+      inputs.insert(inputs.end(), found.begin(), found.end());
+    } else if (fs::is_regular_file(f)) {
+      inputs.push_back(f);
+    } else {
+      fail("{}: no such input file or directory", f);
+    }
+  }
+  uint64_t total = 0;
+  for (const auto& f : inputs) {
+    const std::string c = compression_of(f);
+    if (!c.empty() && c != "gzip")
+      fail("{}: {}-compressed input; llmq reads plain text, JSONL and gzip (.gz): decompress it first", f, c);
+    uint64_t n = fs::file_size(f);
+    if (c == "gzip" && n >= 18) {  // progress counts text bytes: the gzip trailer's size (mod 2^32)
+      unsigned char t[4];
+      std::ifstream g(f, std::ios::binary);
+      g.seekg(-4, std::ios::end);
+      g.read(reinterpret_cast<char*>(t), 4);
+      n = (uint64_t)t[0] | (uint64_t)t[1] << 8 | (uint64_t)t[2] << 16 | (uint64_t)t[3] << 24;
+    }
+    total += n;
   }
   fs::create_directories(o.out_dir);
   const auto t0 = std::chrono::steady_clock::now();
@@ -186,7 +264,7 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
   };
   int64_t batch_bytes = 0;
   std::string doc;
-  for (const auto& f : o.inputs) {
+  for (const auto& f : inputs) {
     DocReader r(f, o);
     while (r.next(doc, st.bytes)) {
       if (doc.empty()) {

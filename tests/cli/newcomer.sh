@@ -129,6 +129,21 @@ read -r big small_after <<<"$(rss -m "$T/big" -m "$T/m")"
 /usr/bin/python3 -c "import sys; sys.exit(not (int(sys.argv[2]) < int(sys.argv[1]) / 2))" "${big:-0}" "${small_after:-0}" \
   && ok "bench peak RSS per model: big $big MiB, tiny after it $small_after MiB" || bad "bench peak RSS: big $big MiB, tiny after it $small_after MiB"
 
+# Bug 8: data prepare reads .gz as the text it holds, walks directories, refuses other
+# compressions clearly.
+mkdir -p "$T/in/sub"; cp "$T/text.txt" "$T/in/a.txt"; gzip -c "$T/text.txt" > "$T/in/sub/b.txt.gz"
+L data prepare --tokenizer "$T/tok" --input "$T/in/a.txt" --out "$T/p-plain" >/dev/null 2>&1 || bad "prepare plain"
+L data prepare --tokenizer "$T/tok" --input "$T/in/sub/b.txt.gz" --out "$T/p-gz" >/dev/null 2>&1 || bad "prepare gz"
+[ -f "$T/p-gz/train_000000.bin" ] && cmp -s <(cat "$T"/p-plain/train_*.bin "$T"/p-plain/val_*.bin) <(cat "$T"/p-gz/train_*.bin "$T"/p-gz/val_*.bin) \
+  && ok "a .gz input gives the same tokens as the plain text" || bad ".gz tokens differ: $(ls "$T/p-gz")"
+n=$(L data prepare --tokenizer "$T/tok" --input "$T/in" --out "$T/p-dir" --json 2>/dev/null | json_get /dev/stdin "d['documents']")
+n1=$(L data prepare --tokenizer "$T/tok" --input "$T/in/a.txt" --out "$T/p-one" --json 2>/dev/null | json_get /dev/stdin "d['documents']")
+[ -n "$n" ] && [ "$n" = $((2 * n1)) ] && ok "a directory input: both files ($n documents)" || bad "directory input: $n documents vs $n1 per file"
+if command -v xz >/dev/null; then
+  xz -c "$T/text.txt" > "$T/text.txt.xz"
+  expect_error "xz-compressed input" -- data prepare --tokenizer "$T/tok" --input "$T/text.txt.xz" --out "$T/p-xz"
+fi
+
 # Bug 12: hints that fit the mistake.
 err=$(echo "x y" | "$LLMQ" tokenizer decode --tokenizer "$T/tok" 2>&1); grep -q "tokenizer decode reads token ids" <<<"$err" && ok "decode hint" || bad "decode hint: $err"
 echo "1 2 three" > "$T/badids.txt"
