@@ -58,9 +58,9 @@ void register_data(CLI::App& app) {
                              .dump());
       return;
     }
-    fmt::print("wrote {}: {} documents ({} train, {} val), {} train tokens, {} val tokens, {:.1f} MB in {:.2f}s ({:.1f} MB/s)\n",
-               o->out_dir, s.documents, s.train_docs, s.val_docs, s.train_tokens, s.val_tokens, s.bytes / 1e6,
-               s.seconds, mbs);
+    fmt::print("wrote {}: {} document{} ({} train, {} val), {} train tokens, {} val tokens, {:.1f} MB in {:.2f}s ({:.1f} MB/s)\n",
+               o->out_dir, s.documents, s.documents == 1 ? "" : "s", s.train_docs, s.val_docs, s.train_tokens,
+               s.val_tokens, s.bytes / 1e6, s.seconds, mbs);
     if (s.val_docs == 0 && o->val_fraction > 0)
       fmt::print(stderr, "llmq: warning: the validation split is empty; raise --val-fraction\n");
   });

@@ -144,6 +144,12 @@ void register_generate(CLI::App& app) {
     if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);
     else if (!o->ids && !tokenizer_find(o->model).empty()) tok = tokenizer_load(o->model);
     if (o->ids) tok.reset();
+    // Options that would be ignored in this combination are refused.
+    if (!o->messages.empty() && (!o->prompts.empty() || !o->system.empty()))
+      fail("--messages holds the whole conversation: drop -p/--system (or put them in the file)");
+    if (!o->system.empty() && !o->chat && !o->interactive)
+      fail("--system is a chat message: add --chat (or -i)");
+    if (o->interactive && !o->prompts.empty()) fail("-i reads the prompts from the terminal: drop -p");
     const bool chat = o->chat || !o->messages.empty() || o->interactive;
     if (chat && !tok) fail("--chat, --messages and --interactive need a tokenizer (none in {}; pass --tokenizer)", o->model);
     if (tok && tok->vocab_size() > m.config.vocab_size)

@@ -18,17 +18,17 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--method", o->method,
                   "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib)");
   cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w3a16 | w2a16 | w8a8 | fp8 (default w4a16)");
-  cmd->add_option("--calib", o->calib.source,
+  auto* calib = cmd->add_option("--calib", o->calib.source,
                   "calibration data: a text file, a .jsonl file of {\"text\": ...} lines, or a directory from "
                   "`llmq data prepare` (its train split)");
   cmd->add_option("--calib-samples", o->calib.samples, "calibration windows (default 128)");
   cmd->add_option("--calib-seq-len", o->calib.seq_len, "tokens per calibration window (default 2048)");
   cmd->add_option("--seed", o->calib.seed, "seed for drawing the calibration windows (default 0)");
   cmd->add_option("--tokenizer", o->calib.tokenizer, "tokenizer for text calibration data (default: the model's)");
-  cmd->add_option("--damp", o->damp, "gptq: damping as a fraction of mean(diag H) (default 0.01)");
-  cmd->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
-  cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
-  cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
+  auto* damp = cmd->add_option("--damp", o->damp, "gptq: damping as a fraction of mean(diag H) (default 0.01)");
+  auto* act_order = cmd->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
+  auto* static_groups = cmd->add_flag("--static-groups", o->static_groups, "gptq: group parameters from the unmodified weights");
+  auto* alpha = cmd->add_option("--alpha", o->alpha, "smoothquant: migration strength (default 0.8)");
   cmd->add_option("--axis", o->hqq_axis,
                   "hqq: 1 (default) groups consecutive input channels of a row; 0 groups along the output "
                   "channels as HQQ's axis 0 (the group must divide the rows; run by a dequantize-on-the-fly kernel)");
@@ -51,7 +51,16 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--overwrite", *overwrite,
                 "replace an --out directory that llmq did not write (one it wrote is replaced without asking); "
                 "the output appears whole, under a temporary name until it is complete");
-  cmd->callback([o, json, keep, overwrite] {
+  cmd->callback([o, json, keep, overwrite, damp, act_order, static_groups, alpha, calib] {
+    // Options the chosen method would ignore are refused, not silently dropped.
+    for (auto [opt, method] : {std::pair{damp, "gptq"}, {act_order, "gptq"}, {static_groups, "gptq"}, {alpha, "smoothquant"}})
+      if (opt->count() > 0 && o->method != method)
+        fail("quantize: {} applies to --method {} only (this run uses {})", opt->get_name(), method, o->method);
+    const bool needs_calib = o->method == "gptq" || o->method == "awq" || o->method == "smoothquant" ||
+                             o->act_scale == "static" || !o->kv_cache.empty();
+    if (calib->count() > 0 && !needs_calib)
+      fail("quantize: --calib is not used by --method {} without --act-scale static or --kv-cache (it would be ignored)",
+           o->method);
     o->keep.clear();
     std::string k;
     const std::string kept = !keep->empty() ? *keep : o->method == "rtn" ? "embed" : "embed,lm_head";

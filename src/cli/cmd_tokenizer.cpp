@@ -31,7 +31,10 @@ void register_tokenizer(CLI::App& app) {
   auto bos = std::make_shared<bool>(false), special = std::make_shared<bool>(false);
   enc->add_option("--tokenizer", *path, "tokenizer file or model directory")->required();
   enc->add_flag("--bos", *bos, "start every line with the BOS token");
-  enc->add_flag("--special", *special, "parse special-token text such as <|eot_id|> into its id");
+  enc->add_flag("--special", *special,
+                "parse special-token text such as <|eot_id|> into its id. Off by default, as tiktoken's encode "
+                "and data prepare treat it: text from files must not turn into control tokens (generate parses "
+                "them, since a prompt is the user's own; --no-special there)");
   enc->callback([path, bos, special] {
     auto t = tokenizer_load(*path);
     if (*bos && t->bos_id < 0) fail("{}: this tokenizer has no BOS token", *path);

@@ -11,7 +11,7 @@ void register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "train a model on token shards (from `llmq data prepare`)");
   auto o = std::make_shared<train::TrainOptions>();
   auto json = std::make_shared<bool>(false);
-  auto* m = cmd->add_option("--model", o->model, "start from this model directory");
+  auto* m = cmd->add_option("-m,--model", o->model, "start from this model directory");
   auto* p = cmd->add_option("--preset", o->preset, "start from a random model of this preset shape");
   auto* c = cmd->add_option("--config", o->config, "start from a random model of this config.json / params.json")->check(CLI::ExistingFile);
   m->excludes(p)->excludes(c);

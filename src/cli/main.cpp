@@ -21,8 +21,12 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"llmq: train, quantize and run Llama-family models on the CPU", "llmq"};
   app.require_subcommand(1);
+  // -t/--threads and --mmap are accepted after the subcommand too (`llmq generate ... -t 1`).
+  app.fallthrough();
   int threads = 0;
-  app.add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(llmq::cli::kNonNegative);
+  app.add_option("-t,--threads", threads, "worker threads (default: all cores); before or after the command")
+      ->check(llmq::cli::kNonNegative)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_flag("--mmap", llmq::cli::g_mmap,
                "map weight files instead of reading them into memory (faster start, slower decode here)");
   app.set_version_flag("--version", "llmq 0.1.0");

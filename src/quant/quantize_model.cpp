@@ -121,6 +121,15 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
   const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
+  // A --keep pattern that names no tensor is a typo, said rather than ignored.
+  for (const auto& k : o.keep) {
+    bool any = false;
+    for (const auto& [name, t] : srcs)
+      any = any || (k == "embed" && name == "model.embed_tokens.weight") || (k == "lm_head" && name == "lm_head.weight") ||
+            (k != "embed" && k != "lm_head" && name.find(k) != std::string::npos);
+    if (!any && !(k == "lm_head" && src.config.tie_embeddings))
+      fmt::print(stderr, "warning: --keep {} matches no tensor of {}\n", k, o.model);
+  }
   // Quantization reads float weights; a quantized GGUF (q8_0, q4_0) is refused here, before
   // anything is written, rather than half-way through the output file.
   for (const auto& [name, t] : srcs)

@@ -2,6 +2,11 @@
 // training. Control symbols (<s>, </s>) are parsed from text only with allow_special.
 #include "tokenizer/spm.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 #include <unistd.h>
@@ -151,7 +156,15 @@ void spm_train(const SpmTrainOptions& o, const std::string& out_dir) {
       inputs, o.type, o.vocab_size, threads, o.max_sentences);
   sentencepiece::SetRandomGeneratorSeed((unsigned)(o.seed ? o.seed : 1));
   std::string proto;
+  // SentencePiece logs its whole command line before it reads --minloglevel: stderr is
+  // silenced for the call (errors come back in the status and are reported below).
+  std::fflush(stderr);
+  const int saved = dup(2), devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (saved >= 0 && devnull >= 0) dup2(devnull, 2);
   auto st = sentencepiece::SentencePieceTrainer::Train(args, nullptr, &proto);
+  std::fflush(stderr);
+  if (saved >= 0) dup2(saved, 2), close(saved);
+  if (devnull >= 0) close(devnull);
   if (!st.ok()) fail("tokenizer train: {}", st.ToString());
   std::filesystem::create_directories(out_dir);
   write_file_atomic(out_dir + "/tokenizer.model", proto);

@@ -166,5 +166,19 @@ fi
 "$LLMQ" generate --help | grep -- "-m,--model" | grep -q gguf && ok "generate -m mentions .gguf" || bad "generate -m help"
 L generate -m "$T/run" -p "the" -n 2 >/dev/null 2>&1 && ok "generate -m RUN_DIR uses its latest checkpoint" || bad "generate -m RUN_DIR"
 
+# Friction: -t/--mmap after the subcommand, train -m, ignored options refused, --keep typos
+# warned, SentencePiece's log line gone.
+L info "$T/m" -t 1 --mmap >/dev/null 2>&1 && ok "-t and --mmap after the subcommand" || bad "-t after the subcommand"
+L train -m "$T/m" --data "$T/shards" --out "$T/run-m" --steps 1 --batch 2 --seq-len 16 >/dev/null 2>&1 && ok "train -m" || bad "train -m"
+expect_error "--system is a chat message" -- generate -m "$T/m" -p hi --system be-brief
+echo '[{"role": "user", "content": "hi"}]' > "$T/msgs.json"
+expect_error "--messages holds the whole conversation" -- generate -m "$T/m" --messages "$T/msgs.json" -p hi
+expect_error "--damp applies to --method gptq only" -- quantize -m "$T/m" --scheme w8a16 --damp 0.1 --out "$T/qd"
+expect_error "--calib is not used by --method rtn" -- quantize -m "$T/m" --scheme w8a16 --calib "$T/text.txt" --out "$T/qd"
+err=$(L quantize -m "$T/m" --scheme w8a16 --keep lm_haed --out "$T/qk" 2>&1 >/dev/null)
+grep -q "warning: --keep lm_haed matches no tensor" <<<"$err" && ok "--keep typo warned" || bad "--keep typo: $err"
+err=$(L tokenizer train --input "$T/text.txt" --vocab 400 --out "$T/tok2" 2>&1)
+grep -q "LOG(INFO)" <<<"$err" && bad "tokenizer train prints SentencePiece's log: $err" || ok "tokenizer train: $err"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]

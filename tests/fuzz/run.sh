@@ -22,10 +22,13 @@ declare -A seed=([safetensors]=101 [config]=102 [tokenizer_files]=103 [tokenizer
                  [text_formats]=105 [gguf]=106 [checkpoint]=107)
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
-cmake --build build-fuzz --target "${targets[@]/#/fuzz_}" llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz --target "${targets[@]/#/fuzz_}" > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 gen=build-fuzz/seeds work=build-fuzz/corpus findings=build-fuzz/findings
 rm -rf "$gen" "$work" "$findings"; mkdir -p "$findings"
-tests/fuzz/seeds.sh ./build-fuzz/llmq "$gen"
+# Seeds come from the release build when there is one (scripts/test builds it first; the same
+# code writes the same bytes), else from the instrumented one.
+seeder=./build/llmq; [ -x "$seeder" ] || { cmake --build build-fuzz --target llmq > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }; seeder=./build-fuzz/llmq; }
+tests/fuzz/seeds.sh "$seeder" "$gen"
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 common=(-rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -reload=0 -print_final_stats=1)
 # Determinism: -reload=0 (libFuzzer rereads the corpus directory on a timer by default) and
