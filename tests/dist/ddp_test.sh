@@ -109,14 +109,14 @@ expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
   [ $((SECONDS - t0)) -lt 30 ] || fail "took $((SECONDS - t0)) s: $*"
   echo "ok: $needle ($((SECONDS - t0)) s)"
 }
-expect_job_error "does not split over 2 ranks" -- -np 2 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 3 --out "$T/f1"
-expect_job_error "disagree on the training options" -- -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/f2" --lr 1e-3 \
-  : -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/f2" --lr 2e-3
+expect_job_error "does not split over 2 ranks" -- -np 2 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 3 --out "$T/e1"
+expect_job_error "disagree on the training options" -- -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/e2" --lr 1e-3 \
+  : -np 1 "$LLMQ" -t 1 "${TRAIN[@]}" --steps 20 --batch 4 --out "$T/e2" --lr 2e-3
 # A rank killed mid-run: mpirun ends the job.
 cat > "$T/die.sh" <<SH
 #!/usr/bin/env bash
 if [ "\$OMPI_COMM_WORLD_RANK" = 1 ]; then ( sleep 3; kill -9 \$\$ ) & fi
-exec "$LLMQ" -t 1 ${TRAIN[*]} --batch 4 --steps 100000 --out "$T/f3"
+exec "$LLMQ" -t 1 ${TRAIN[*]} --batch 4 --steps 100000 --out "$T/e3"
 SH
 chmod +x "$T/die.sh"
 expect_job_error "exited on signal 9\|killed\|terminated" -- -np 2 "$T/die.sh"
