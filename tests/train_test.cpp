@@ -355,12 +355,22 @@ TEST(Train, NonFiniteLossStopsClearly) {
   o.model = f.tmp / "bad";
   o.steps = 4;
   o.save_every = 0;
+  // A new run over the finished one is refused before it starts (no --resume/--overwrite).
+  try {
+    train::train_run(o);
+    ADD_FAILURE() << "a new run started over an earlier one";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds an earlier run"), std::string::npos) << e.what();
+  }
+  // In its own directory the NaN run stops at once and writes no checkpoint.
+  o.out = f.tmp / "run2";
   try {
     train::train_run(o);
     ADD_FAILURE() << "no error for a NaN loss";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("the loss became nan at step 1"), std::string::npos) << e.what();
   }
+  EXPECT_FALSE(std::filesystem::exists(f.tmp / "run2/latest"));
   EXPECT_EQ(read_text_file(f.tmp / "run/checkpoint-000002/model.safetensors"), before);
   EXPECT_EQ(read_text_file(f.tmp / "run/latest"), "checkpoint-000002\n");
 }
