@@ -26,35 +26,54 @@ struct Opts {
 };
 
 // Text mode: per sequence, the text so far (for stop strings) and a UTF-8-safe decoder.
+// The texts of the sequences as they are generated. A stop string ends its sequence and is
+// not part of the text (as vLLM and the OpenAI API return it); while streaming, the last
+// (longest stop - 1) bytes are held back until they cannot begin a stop string.
 struct TextStreams {
   const Tokenizer& tok;
   const std::vector<std::string>& stops;
   bool print;
   std::vector<std::string> text;
+  std::vector<size_t> printed;  // bytes of text[i] written to stdout
+  std::vector<char> stopped;    // sequence i ended at a stop string
   std::vector<StreamDecoder> dec;
-  TextStreams(const Tokenizer& t, const std::vector<std::string>& s, size_t n, bool p) : tok(t), stops(s), print(p), text(n) {
+  size_t hold = 0;
+  TextStreams(const Tokenizer& t, const std::vector<std::string>& s, size_t n, bool p)
+      : tok(t), stops(s), print(p), text(n), printed(n, 0), stopped(n, 0) {
     for (size_t i = 0; i < n; i++) dec.emplace_back(t);
+    for (const auto& x : stops) hold = std::max(hold, x.empty() ? 0 : x.size() - 1);
+  }
+  void emit(size_t i, size_t upto) {
+    if (print && upto > printed[i]) {
+      std::fwrite(text[i].data() + printed[i], 1, upto - printed[i], stdout);
+      std::fflush(stdout);  // a token at a time, also into a pipe
+    }
+    printed[i] = std::max(printed[i], upto);
   }
   // Returns true when a stop string has appeared (generation of sequence i ends there).
   bool on_token(size_t i, int32_t id) {
-    std::string piece = dec[i].push(id);
+    const std::string piece = dec[i].push(id);
     text[i] += piece;
-    if (print && !piece.empty()) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    }
+    size_t first = std::string::npos;
     for (const auto& s : stops) {
+      if (s.empty()) continue;
       // Only the tail that the new piece could have completed needs a look.
-      size_t from = text[i].size() > piece.size() + s.size() ? text[i].size() - piece.size() - s.size() : 0;
-      if (!s.empty() && text[i].find(s, from) != std::string::npos) return true;
+      const size_t from = text[i].size() > piece.size() + s.size() ? text[i].size() - piece.size() - s.size() : 0;
+      first = std::min(first, text[i].find(s, from));
     }
+    if (first != std::string::npos) {
+      text[i].resize(first);
+      emit(i, first);
+      stopped[i] = 1;
+      return true;
+    }
+    emit(i, text[i].size() > hold ? text[i].size() - hold : 0);
     return false;
   }
   void finish() {
     for (size_t i = 0; i < text.size(); i++) {
-      std::string rest = dec[i].flush();
-      text[i] += rest;
-      if (print) std::fwrite(rest.data(), 1, rest.size(), stdout);
+      if (!stopped[i]) text[i] += dec[i].flush();
+      emit(i, text[i].size());
     }
   }
 };
@@ -226,9 +245,11 @@ void register_generate(CLI::App& app) {
         fmt::print("[{}] {}\n", i + 1, s);
       }
     }
+    std::string reasons;  // one per prompt
+    for (size_t i = 0; i < res.size(); i++)
+      reasons += (i ? ", " : "") + (res.size() > 1 ? fmt::format("[{}] ", i + 1) : "") + stop_reason_name(res[i].reason);
     if (dist::world().rank() == 0)  // one line per job (tensor-parallel ranks all decode)
-      fmt::print(stderr, "stop: {}; prefill {:.1f} tok/s, decode {:.1f} tok/s\n", stop_reason_name(res[0].reason),
-                 pre_tps, dec_tps);
+      fmt::print(stderr, "stop: {}; prefill {:.1f} tok/s, decode {:.1f} tok/s\n", reasons, pre_tps, dec_tps);
   });
 }
 

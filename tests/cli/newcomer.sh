@@ -180,5 +180,23 @@ grep -q "warning: --keep lm_haed matches no tensor" <<<"$err" && ok "--keep typo
 err=$(L tokenizer train --input "$T/text.txt" --vocab 400 --out "$T/tok2" 2>&1)
 grep -q "LOG(INFO)" <<<"$err" && bad "tokenizer train prints SentencePiece's log: $err" || ok "tokenizer train: $err"
 
+# Friction: a --stop string ends the text and is not part of it (as vLLM and the OpenAI API
+# return it), also when streamed; a batch's summary gives each prompt's stop reason.
+ck2="$T/run/$(cat "$T/run/latest")"
+full=$(L generate -m "$ck2" -p "the" -n 24 --seed 3 --temperature 1 --json 2>/dev/null)
+stop=$(/usr/bin/python3 -c "import json,sys; t=json.loads(sys.argv[1])['results'][0]['text']; b=t.encode(); print(b[len(b)//2:len(b)//2+2].decode('utf-8','ignore') or t[:1])" "$full")
+want=$(/usr/bin/python3 -c "import json,sys; t=json.loads(sys.argv[1])['results'][0]['text']; print(t[:t.find(sys.argv[2])], end='')" "$full" "$stop")
+got=$(L generate -m "$ck2" -p "the" -n 24 --seed 3 --temperature 1 --stop "$stop" --json 2>/dev/null | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['results'][0]['text'], end='')")
+# Streamed: raw bytes (the model writes invalid UTF-8 that JSON replaces), so compared as bytes.
+L generate -m "$ck2" -p "the" -n 24 --seed 3 --temperature 1 > "$T/s-full" 2>/dev/null
+L generate -m "$ck2" -p "the" -n 24 --seed 3 --temperature 1 --stop "$stop" > "$T/s-stop" 2>/dev/null
+/usr/bin/python3 -c "
+import sys; f=open(sys.argv[1],'rb').read(); s=open(sys.argv[2],'rb').read(); st=sys.argv[3].encode()
+sys.exit(not (f.find(st) >= 0 and s == f[:f.find(st)] + b'\n'))" "$T/s-full" "$T/s-stop" "$stop"; srv=$?
+[ -n "$stop" ] && [ "$got" = "$want" ] && [ $srv -eq 0 ] && ok "--stop '$stop' stripped (json and streamed)" \
+  || bad "--stop '$stop': json '$got' want '$want', streamed ok=$srv"
+err=$(L generate -m "$ck2" -p "the" -p "and" -n 4 2>&1 >/dev/null)
+grep -q "stop: \[1\] length, \[2\] length" <<<"$err" && ok "batch stop reasons per prompt" || bad "batch summary: $err"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
