@@ -2,10 +2,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/file_util.h"
 #include "dist/comm.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
@@ -139,13 +142,23 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--messages", o->messages, "JSON file of [{\"role\", \"content\"}] messages (implies --chat)");
   cmd->add_flag("-i,--interactive", o->interactive, "chat in the terminal, one user line per turn");
   cmd->add_option("-n,--max-new-tokens", o->g.max_new_tokens, "tokens to generate per prompt")->check(llmq::cli::kNonNegative);
-  cmd->add_option("--temperature", o->g.sampling.temperature, "0 = greedy")->check(llmq::cli::kNonNegative);
-  cmd->add_option("--top-k", o->g.sampling.top_k, "keep the k most likely tokens (0 = off)")->check(llmq::cli::kNonNegative);
-  cmd->add_option("--top-p", o->g.sampling.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--min-p", o->g.sampling.min_p, "drop tokens below min-p x p(max) (0 = off)")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--repeat-penalty", o->g.sampling.repeat_penalty, "penalty for recent tokens (1 = off)")->check(llmq::cli::kPositive);
-  cmd->add_option("--repeat-last-n", o->g.sampling.repeat_last_n, "window for the penalty (-1 = whole sequence)");
-  cmd->add_option("--seed", o->g.sampling.seed, "random seed (same seed, same output)");
+  // Sampling defaults: the model's generation_config.json (temperature, top_p, top_k,
+  // do_sample) when it has one, as transformers and vLLM use it; else the values shown.
+  auto* temp = cmd->add_option("--temperature", o->g.sampling.temperature, "0 = greedy (default: the model's generation_config.json, else this)")
+      ->check(llmq::cli::kNonNegative)->capture_default_str();
+  auto* topk = cmd->add_option("--top-k", o->g.sampling.top_k, "keep the k most likely tokens (0 = off)")
+      ->check(llmq::cli::kNonNegative)->capture_default_str();
+  auto* topp = cmd->add_option("--top-p", o->g.sampling.top_p, "nucleus sampling mass (1 = off; default: generation_config.json, else this)")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--min-p", o->g.sampling.min_p, "drop tokens below min-p x p(max) (0 = off)")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--repeat-penalty", o->g.sampling.repeat_penalty, "penalty for recent tokens (1 = off)")
+      ->check(llmq::cli::kPositive)->capture_default_str();
+  cmd->add_option("--repeat-last-n", o->g.sampling.repeat_last_n, "window for the penalty (-1 = whole sequence)")
+      ->capture_default_str();
+  auto seed = std::make_shared<int64_t>(0);
+  cmd->add_option("--seed", *seed, "random seed (same seed, same output); -1 = a random seed, printed on stderr")
+      ->capture_default_str();
   cmd->add_option("--eos", o->eos, "stop token ids (default: the model's and tokenizer's end-of-sequence ids)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
   cmd->add_option("--stop", o->stops, "stop once this text (token ids with --ids) has been generated; repeatable");
@@ -155,7 +168,24 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks: run under `mpirun -np N` with --tp N (Megatron layout; "
                                "every rank computes the same tokens, rank 0 prints)")
       ->check(llmq::cli::kPositive);
-  cmd->callback([o] {
+  cmd->callback([o, temp, topk, topp, seed] {
+    if (*seed < -1) fail("--seed must be -1 (random) or a non-negative number");
+    if (*seed == -1) {
+      o->g.sampling.seed = std::random_device{}() ^ (uint64_t)std::random_device{}() << 32;
+      fmt::print(stderr, "seed {}\n", o->g.sampling.seed);
+    } else {
+      o->g.sampling.seed = (uint64_t)*seed;
+    }
+    const std::string gen_cfg = (std::filesystem::path(o->model) / "generation_config.json").string();
+    if (std::filesystem::is_regular_file(gen_cfg)) {
+      const nlohmann::json gc = nlohmann::json::parse(read_text_file(gen_cfg), nullptr, false);
+      if (!gc.is_object()) fail("{}: not a JSON object", gen_cfg);
+      auto number = [&](const char* k) { return gc.contains(k) && gc[k].is_number(); };
+      if (temp->count() == 0 && gc.contains("do_sample") && gc["do_sample"] == false) o->g.sampling.temperature = 0;
+      else if (temp->count() == 0 && number("temperature")) o->g.sampling.temperature = gc["temperature"].get<float>();
+      if (topp->count() == 0 && number("top_p")) o->g.sampling.top_p = gc["top_p"].get<float>();
+      if (topk->count() == 0 && number("top_k")) o->g.sampling.top_k = gc["top_k"].get<int>();
+    }
     Model m = model_load(o->model, load_mode());
     o->g.kv_type = o->kv.resolve(m);
     shard_for_tp(m, o->tp, "generate");

@@ -198,5 +198,13 @@ sys.exit(not (f.find(st) >= 0 and s == f[:f.find(st)] + b'\n'))" "$T/s-full" "$T
 err=$(L generate -m "$ck2" -p "the" -p "and" -n 4 2>&1 >/dev/null)
 grep -q "stop: \[1\] length, \[2\] length" <<<"$err" && ok "batch stop reasons per prompt" || bad "batch summary: $err"
 
+# Friction: sampling follows generation_config.json (do_sample false: greedy, so any seed gives
+# the same text); defaults are shown in --help; --seed -1 draws a seed and says it.
+cp -r "$ck2" "$T/greedy"; echo '{"do_sample": false}' > "$T/greedy/generation_config.json"
+a=$(L generate -m "$T/greedy" -p "the" -n 12 --seed 1 2>/dev/null); b=$(L generate -m "$T/greedy" -p "the" -n 12 --seed 2 2>/dev/null)
+[ "$a" = "$b" ] && ok "generation_config.json do_sample false: greedy" || bad "generation_config.json ignored"
+"$LLMQ" generate --help | grep -q -- "--temperature FLOAT:NONNEGATIVE=0.8" && ok "sampling defaults in --help" || bad "no defaults in --help"
+L generate -m "$ck2" -p "the" -n 2 --seed -1 2>&1 >/dev/null | grep -q "^seed [0-9]" && ok "--seed -1 prints its seed" || bad "--seed -1"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
