@@ -26,6 +26,7 @@ struct Opts {
   KvOption kv;
   int tp = 1;
   bool ignore_eos = false, json = false, ids = false, chat = false, interactive = false, no_special = false;
+  bool show_prompt = false;
 };
 
 // Text mode: per sequence, the text so far (for stop strings) and a UTF-8-safe decoder.
@@ -141,6 +142,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--system", o->system, "system message for --chat and --interactive");
   cmd->add_option("--messages", o->messages, "JSON file of [{\"role\", \"content\"}] messages (implies --chat)");
   cmd->add_flag("-i,--interactive", o->interactive, "chat in the terminal, one user line per turn");
+  cmd->add_flag("--show-prompt", o->show_prompt, "print the rendered chat prompt on stderr before generating");
   cmd->add_option("-n,--max-new-tokens", o->g.max_new_tokens, "tokens to generate per prompt")->check(llmq::cli::kNonNegative);
   // Sampling defaults: the model's generation_config.json (temperature, top_p, top_k,
   // do_sample) when it has one, as transformers and vLLM use it; else the values shown.
@@ -213,6 +215,11 @@ void register_generate(CLI::App& app) {
       }
     }
     const std::string tmpl = tok ? chat_template_find(o->tokenizer.empty() ? o->model : o->tokenizer) : "";
+    // Without a template the Llama 3 format is used; a model trained on other text will not
+    // know its header tokens, so say so (--show-prompt prints what the model is given).
+    if (chat && tmpl.empty())
+      fmt::print(stderr, "warning: {} has no chat_template in tokenizer_config.json; using the Llama 3 chat format\n",
+                 o->tokenizer.empty() ? o->model : o->tokenizer);
     if (o->interactive) return interactive(m, *tok, tmpl, *o);
 
     // Why prompts are token ids here: --ids, or a model without a tokenizer.
@@ -228,7 +235,9 @@ void register_generate(CLI::App& app) {
         msgs.push_back({"user", o->prompts[0]});
       }
       const std::string bos = tok->bos_id >= 0 ? tok->token_bytes(tok->bos_id) : "";
-      prompts.push_back(tok->encode(chat_render(msgs, tmpl, bos), true));
+      const std::string rendered = chat_render(msgs, tmpl, bos);
+      if (o->show_prompt) fmt::print(stderr, "--- prompt ---\n{}\n--- end of prompt ---\n", rendered);
+      prompts.push_back(tok->encode(rendered, true));
     } else {
       if (o->prompts.empty()) fail("give a --prompt (or --chat/--messages/--interactive)");
       for (size_t i = 0; i < o->prompts.size(); i++)

@@ -22,7 +22,8 @@ void register_quantize(CLI::App& app) {
                   "calibration data: a text file, a .jsonl file of {\"text\": ...} lines, or a directory from "
                   "`llmq data prepare` (its train split)");
   cmd->add_option("--calib-samples", o->calib.samples, "calibration windows (default 128)");
-  cmd->add_option("--calib-seq-len", o->calib.seq_len, "tokens per calibration window (default 2048)");
+  cmd->add_option("--calib-seq-len", o->calib.seq_len, "tokens per calibration window (default 2048; at most the model's context)");
+  cmd->add_option("--text-field", o->calib.text_field, "JSONL calibration: the field with the text (default \"text\")");
   cmd->add_option("--seed", o->calib.seed, "seed for drawing the calibration windows (default 0)");
   cmd->add_option("--tokenizer", o->calib.tokenizer, "tokenizer for text calibration data (default: the model's)");
   auto* damp = cmd->add_option("--damp", o->damp, "gptq: damping as a fraction of mean(diag H) (default 0.01)");

@@ -13,7 +13,7 @@ namespace llmq {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> calib_jsonl_texts(const std::string& all, const std::string& path) {
+std::vector<std::string> calib_jsonl_texts(const std::string& all, const std::string& path, const std::string& field) {
   std::vector<std::string> out;
   size_t line = 0, pos = 0;
   while (pos < all.size()) {
@@ -25,10 +25,10 @@ std::vector<std::string> calib_jsonl_texts(const std::string& all, const std::st
     if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json j = nlohmann::json::parse(s, nullptr, false);
     if (j.is_discarded()) fail("{}:{}: not a JSON object (JSONL calibration files hold one {{\"text\": ...}} per line)", path, line);
-    if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
-      fail("{}:{}: the line has no \"text\" string (JSONL calibration files hold one {{\"text\": ...}} per line)", path,
-           line);
-    out.push_back(j["text"].get<std::string>());
+    if (!j.is_object() || !j.contains(field) || !j[field].is_string())
+      fail("{}:{}: the line has no \"{}\" string (JSONL calibration files hold one {{\"{}\": ...}} per line; "
+           "--text-field names another field)", path, line, field, field);
+    out.push_back(j[field].get<std::string>());
   }
   return out;
 }
@@ -47,6 +47,11 @@ void draw_windows(const std::vector<int32_t>& toks, const CalibOptions& o, Calib
     d.seqs.emplace_back(toks.begin() + start, toks.begin() + start + o.seq_len);
   }
   d.source_tokens = n;
+  // Windows drawn from too little text repeat it: say how often each token is seen.
+  if (o.samples * o.seq_len > 2 * n)
+    fmt::print(stderr, "warning: {} calibration windows of {} tokens from {} tokens of {}: each token is in ~{:.0f} windows "
+               "(give more text, or fewer --calib-samples)\n", o.samples, o.seq_len, n, where,
+               (double)(o.samples * o.seq_len) / (double)n);
 }
 
 }  // namespace
@@ -102,7 +107,7 @@ CalibData calib_load(const CalibOptions& o, const std::string& model_dir, int64_
   std::vector<std::string> docs;  // read (and checked) before the tokenizer is needed
   if (o.source.ends_with(".jsonl")) {
     d.kind = "jsonl";
-    docs = calib_jsonl_texts(read_text_file(o.source), o.source);
+    docs = calib_jsonl_texts(read_text_file(o.source), o.source, o.text_field);
   } else {
     d.kind = "text";
     docs.push_back(read_text_file(o.source));

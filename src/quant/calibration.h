@@ -19,6 +19,7 @@ struct CalibOptions {
   int64_t seq_len = 2048;   // tokens per window
   uint64_t seed = 0;
   std::string tokenizer;    // for text sources; "" = the model directory's
+  std::string text_field = "text";  // JSONL: the field holding each document
 };
 
 struct CalibData {
@@ -30,7 +31,8 @@ struct CalibData {
 
 // The documents of a JSONL calibration file's text: the "text" string of every non-blank
 // line; other lines fail naming path:line.
-std::vector<std::string> calib_jsonl_texts(const std::string& text, const std::string& path);
+std::vector<std::string> calib_jsonl_texts(const std::string& text, const std::string& path,
+                                           const std::string& field = "text");
 
 // Fails with the file and the fix when the source is missing, malformed, holds fewer tokens
 // than one window, or has ids outside [0, vocab).

@@ -197,7 +197,14 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   int64_t blocks_done = 0;
   std::unique_ptr<Progress> block_bar;
   if (calibrated) {
-    const CalibData data = calib_load(o.calib, o.model, c.vocab_size);
+    // Windows longer than the model's context are clamped to it, with a note (the default 2048
+    // is the reference tools' setting; small models have less).
+    CalibOptions cal = o.calib;
+    if (cal.seq_len > c.max_seq_len) {
+      fmt::print(stderr, "note: --calib-seq-len {} is longer than the model's context; using {}\n", cal.seq_len, c.max_seq_len);
+      cal.seq_len = c.max_seq_len;
+    }
+    const CalibData data = calib_load(cal, o.model, c.vocab_size);
     CalibratedOptions co;
     co.method = calibrated_method ? o.method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
     co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty();

@@ -206,5 +206,18 @@ a=$(L generate -m "$T/greedy" -p "the" -n 12 --seed 1 2>/dev/null); b=$(L genera
 "$LLMQ" generate --help | grep -q -- "--temperature FLOAT:NONNEGATIVE=0.8" && ok "sampling defaults in --help" || bad "no defaults in --help"
 L generate -m "$ck2" -p "the" -n 2 --seed -1 2>&1 >/dev/null | grep -q "^seed [0-9]" && ok "--seed -1 prints its seed" || bad "--seed -1"
 
+# Friction: calibration clamps windows to the model's context (note), warns when few tokens
+# repeat across windows, reads another JSONL field with --text-field; chat without a template
+# warns, --show-prompt prints the rendered prompt.
+for i in $(seq 40); do /usr/bin/python3 -c "import json,sys; print(json.dumps({'content': sys.argv[1]}))" "$(head -c 400 "$T/text.txt")"; done > "$T/c.jsonl"
+err=$(L quantize -m "$T/m" --scheme w4a16 --group 32 --method gptq --calib "$T/c.jsonl" --text-field content \
+        --calib-seq-len 4096 --calib-samples 16 --out "$T/qg" 2>&1 >/dev/null); rc=$?
+[ $rc -eq 0 ] && grep -q "note: --calib-seq-len 4096 is longer than the model's context; using 2048" <<<"$err" \
+  && grep -q "warning: 16 calibration windows of 2048 tokens" <<<"$err" && ok "calibration: clamp, repeat warning, --text-field" \
+  || bad "calibration: rc=$rc $(grep -v '^\[' <<<"$err" | head -3)"
+err=$(L generate -m "$ck2" --chat -p hi -n 2 --show-prompt 2>&1 >/dev/null)
+grep -q "has no chat_template" <<<"$err" && grep -q "<|start_header_id|>user" <<<"$err" && ok "chat without a template: warned, prompt shown" \
+  || bad "chat warning/show-prompt: $err"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
