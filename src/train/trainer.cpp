@@ -150,7 +150,8 @@ void trim_metrics(const std::string& path, int64_t step) {
 }
 }  // namespace
 
-TrainResult train_run(const TrainOptions& o) {
+TrainResult train_run(const TrainOptions& options) {
+  TrainOptions o = options;  // a resume that extends the run adopts its warm-up
   if (o.out.empty()) fail("train: give --out DIR");
   if (o.steps <= 0 || o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("train: steps, batch, seq-len and grad-accum must be positive");
   if (o.decay != "cosine" && o.decay != "linear") fail("train: --decay must be cosine or linear");
@@ -247,7 +248,7 @@ TrainResult train_run(const TrainOptions& o) {
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);
     CheckpointSource cs = open_checkpoint(dir, cfg);
-    const json& opts = cs.head.options;
+    json opts = cs.head.options;
     // A deterministic run resumes on the thread count it started with (the order of the
     // floating-point reductions depends on it).
     if (o.deterministic && opts.contains("threads") && opts["threads"].is_number_integer() &&
@@ -257,8 +258,27 @@ TrainResult train_run(const TrainOptions& o) {
       fmt::print(stderr, "deterministic run: using the {} threads it started with (not {})\n", t, ops_threads());
       ops_set_threads(t);
     }
-    if (opts != resume_key(o))
-      fail("{}: the run was started with other options ({}); resume with the same ones", dir, opts.dump());
+    // Raising --steps extends the run: the decay is recomputed over the new total from here on;
+    // the warm-up stays the run's (it may have been derived from the old --steps).
+    if (opts.contains("steps") && opts["steps"].is_number_integer() && opts["steps"].get<int64_t>() != o.steps) {
+      if (o.steps < cs.head.step)
+        fail("{}: --steps {} is below the checkpoint's step {}; give at least that", dir, o.steps, cs.head.step);
+      if (opts.contains("warmup") && opts["warmup"].is_number_integer()) o.warmup = opts["warmup"].get<int64_t>();
+      if (lead)
+        fmt::print(stderr, "extending the run from {} to {} steps: the learning-rate decay is recomputed over {} steps "
+                   "from step {} on (warm-up stays {})\n", opts["steps"].get<int64_t>(), o.steps, o.steps, cs.head.step, o.warmup);
+      opts["steps"] = o.steps;
+    }
+    const json now = resume_key(o);
+    if (opts != now) {
+      std::string diff;  // only the keys that differ
+      for (const auto& [k, v] : now.items())
+        if (!opts.contains(k) || opts[k] != v)
+          diff += fmt::format("{}{} {} (now {})", diff.empty() ? "" : ", ", k, opts.contains(k) ? opts[k].dump() : "unset", v.dump());
+      for (const auto& [k, v] : opts.items())
+        if (!now.contains(k)) diff += fmt::format("{}{} {} (now unset)", diff.empty() ? "" : ", ", k, v.dump());
+      fail("{}: the run was started with other options: {}; resume with the same ones", dir, diff);
+    }
     src_params = cs.params, src_m = cs.m, src_v = cs.v;
     adam_step = cs.head.adam_step, start_step = cs.head.step, cursor = cs.head.cursor;
     if (lead) trim_metrics(metrics, start_step);

@@ -219,5 +219,12 @@ err=$(L generate -m "$ck2" --chat -p hi -n 2 --show-prompt 2>&1 >/dev/null)
 grep -q "has no chat_template" <<<"$err" && grep -q "<|start_header_id|>user" <<<"$err" && ok "chat without a template: warned, prompt shown" \
   || bad "chat warning/show-prompt: $err"
 
+# Friction: a finished run is extended by raising --steps; other differing options are named.
+err=$(L train --preset tiny --data "$T/shards" --out "$T/run" --steps 3 --batch 2 --seq-len 16 --resume --lr 5e-3 2>&1 >/dev/null)
+grep -q "other options: lr 0.001 (now 0.005)" <<<"$err" && ok "differing option named: lr" || bad "option diff: $err"
+out=$(L train --preset tiny --data "$T/shards" --out "$T/run" --steps 5 --batch 2 --seq-len 16 --resume 2>"$T/ext.err")
+grep -q "extending the run from 3 to 5 steps" "$T/ext.err" && grep -q "trained steps 4-5 of 5" <<<"$out" \
+  && [ "$(cat "$T/run/latest")" = checkpoint-000005 ] && ok "run extended: $out" || bad "extension: $out $(tail -2 "$T/ext.err")"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
