@@ -9,6 +9,7 @@
 
 #include "cli/common.h"
 #include "core/file_util.h"
+#include "core/progress.h"
 #include "dist/comm.h"
 #include "infer/generator.h"
 #include "io/hf_dir.h"
@@ -247,6 +248,23 @@ void register_generate(CLI::App& app) {
     if (!tok)
       for (size_t i = 0; i < o->stops.size(); i++)
         o->g.stop_sequences.push_back(parse_token_ids(o->stops[i], "--stop", ids_hint));
+    {
+      // The KV cache is sized to the longest prompt + -n (at most the model's context): say
+      // when that is large, and when -n runs past the context.
+      const ModelConfig& c = m.config;
+      size_t longest = 0;
+      for (const auto& p : prompts) longest = std::max(longest, p.size());
+      const int64_t want = (int64_t)longest + o->g.max_new_tokens;
+      const int64_t ctx = o->g.context > 0 ? o->g.context : std::min<int64_t>(c.max_seq_len, want);
+      const int eb = o->g.kv_type == KvType::F32 ? 4 : o->g.kv_type == KvType::BF16 ? 2 : 1;
+      const double bytes = 2.0 * (double)c.n_layers * (double)c.kv_dim() * (double)ctx * (double)prompts.size() * eb;
+      if (want > c.max_seq_len && o->g.context <= 0)
+        fmt::print(stderr, "note: prompt + -n = {} tokens is more than the model's context of {}; generation stops there\n",
+                   want, c.max_seq_len);
+      if (bytes >= 1e9)
+        fmt::print(stderr, "note: KV cache of {} x {} tokens takes {} ({}); --kv-cache bf16 or int8 halves or quarters it\n",
+                   prompts.size(), ctx, format_bytes(bytes), kv_type_name(o->g.kv_type));
+    }
     // Stream a single prompt as it is generated; a batch prints one block per prompt.
     const bool stream = !o->json && prompts.size() == 1;
     std::unique_ptr<TextStreams> ts;

@@ -226,5 +226,9 @@ out=$(L train --preset tiny --data "$T/shards" --out "$T/run" --steps 5 --batch 
 grep -q "extending the run from 3 to 5 steps" "$T/ext.err" && grep -q "trained steps 4-5 of 5" <<<"$out" \
   && [ "$(cat "$T/run/latest")" = checkpoint-000005 ] && ok "run extended: $out" || bad "extension: $out $(tail -2 "$T/ext.err")"
 
+# Friction: generate says when -n runs past the context and what a large KV cache costs.
+err=$(L generate -m "$T/m" --ids -p "1 2" -n 5000 2>&1 >/dev/null)
+grep -q "note: prompt + -n = 5002 tokens is more than the model's context of 2048" <<<"$err" && ok "context note" || bad "context note: $err"
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]
