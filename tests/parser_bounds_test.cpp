@@ -184,6 +184,30 @@ TEST(ParserBounds, GgufCounts) {
   expect_bounded_error(parse(f), {"m.gguf", "tokenizer.ggml.scores", "past the end"});
 }
 
+// GGUF tensors may not share bytes (issue 30): an offset pointed into another tensor.
+TEST(ParserBounds, GgufOverlappingTensors) {
+  auto file = [](uint64_t second_offset) {
+    std::string b = "GGUF";
+    put<uint32_t>(b, 3);
+    put<uint64_t>(b, 2);  // tensors
+    put<uint64_t>(b, 0);  // metadata
+    for (int i = 0; i < 2; i++) {
+      put_str(b, i ? "b" : "a");
+      put<uint32_t>(b, 1);   // dims
+      put<uint64_t>(b, 8);   // 8 f32 = 32 bytes
+      put<uint32_t>(b, 0);   // f32
+      put<uint64_t>(b, i ? second_offset : 0);
+    }
+    b.resize((b.size() + 31) / 32 * 32, '\0');
+    return b + std::string(64, '\1');
+  };
+  const std::string ok = file(32);
+  EXPECT_NO_THROW(gguf_parse_bytes(reinterpret_cast<const uint8_t*>(ok.data()), ok.size(), "m.gguf"));
+  const std::string bad = file(0);
+  expect_bounded_error([bad] { gguf_parse_bytes(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(), "m.gguf"); },
+                       {"m.gguf", "overlaps"});
+}
+
 // config.json sizes the model; numbers beyond any model (and a quantization group beyond any
 // row) are refused before anything is sized by them.
 TEST(ParserBounds, ConfigNumbers) {

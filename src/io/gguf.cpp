@@ -1,6 +1,8 @@
 // GGUF v3 writer, Llama export, parser and loader (see gguf.h).
 #include "io/gguf.h"
 
+#include <set>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -426,6 +428,18 @@ GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string&
     if (f.data_start > size || t.offset > size - f.data_start || t.bytes > size - f.data_start - t.offset)
       fail("{}: tensor {} ({} bytes at {}) runs past the end of the file ({} bytes); the file is truncated", path,
            t.name, t.bytes, t.offset, size);
+  // No two tensors share bytes (an offset pointed at another tensor, or a type that makes one
+  // read into its neighbour), and no name appears twice: as the safetensors reader requires.
+  std::vector<const GgufFile::Tensor*> by_off;
+  for (const auto& t : f.tensors) by_off.push_back(&t);
+  std::sort(by_off.begin(), by_off.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_off.size(); i++)
+    if (by_off[i]->offset < by_off[i - 1]->offset + by_off[i - 1]->bytes && by_off[i - 1]->bytes > 0)
+      fail("{}: tensor {} (at {}) overlaps tensor {} ({} bytes at {})", path, by_off[i]->name, by_off[i]->offset,
+           by_off[i - 1]->name, by_off[i - 1]->bytes, by_off[i - 1]->offset);
+  std::set<std::string> names;
+  for (const auto& t : f.tensors)
+    if (!names.insert(t.name).second) fail("{}: tensor {} appears twice", path, t.name);
   return f;
 }
 

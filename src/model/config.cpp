@@ -181,7 +181,11 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   c.eos_token_ids = r.ids("eos_token_id");
   if (r.has("torch_dtype")) {
     if (!j["torch_dtype"].is_string()) fail("{}: torch_dtype must be a string", where);
-    c.dtype = dtype_parse(j["torch_dtype"].get<std::string>());
+    try {
+      c.dtype = dtype_parse(j["torch_dtype"].get<std::string>());
+    } catch (const Error& e) {
+      fail("{}: torch_dtype: {}", where, e.what());
+    }
   }
   if (r.has("quantization_config")) {
     const json& q = j["quantization_config"];

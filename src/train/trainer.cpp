@@ -49,6 +49,18 @@ struct TokenStream {
   void init(const TokenSplit& s, int64_t v, const std::string& d) {
     split = &s, vocab = v, dir = d;
     for (const auto& sh : s.shards) starts.push_back(total), total += sh.tokens;
+    // Every id is checked once here (one pass over the mapped shards, ~1 GB/s), so a bad id
+    // stops the run at the start, not hours in when its window is drawn (and again at every resume).
+    for (const auto& sh : s.shards) {
+      const uint32_t* ids = sh.ids();
+      uint32_t mx = 0;
+      int64_t at = 0;
+      for (int64_t i = 0; i < sh.tokens; i++)
+        if (ids[i] > mx) mx = ids[i], at = i;
+      if ((int64_t)mx >= vocab)
+        fail("{}: token id {} at position {} of a shard is outside the model's vocabulary ({}); prepare the data with the "
+             "model's tokenizer", d, mx, at, vocab);
+    }
   }
   void read(int64_t pos, int64_t n, int32_t* out) const {
     size_t k = std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin() - 1;
