@@ -3,6 +3,8 @@
 
 #include <sys/resource.h>
 
+#include <omp.h>
+
 #include <cctype>
 #include <filesystem>
 
@@ -126,6 +128,20 @@ double peak_rss_bytes() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return (double)ru.ru_maxrss * 1024.0;
+}
+
+void warn_if_busy() {
+  // The default is one thread per core (what the benchmarks measure best on an idle machine);
+  // with other work running, threads wait on each other at every barrier, so say so.
+  double load = 0;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = 0;
+    std::fclose(f);
+  }
+  const int cores = omp_get_num_procs();
+  if (dist::launched_by_mpirun() || load < cores + 0.5) return;
+  fmt::print(stderr, "note: the machine is busy (load {:.1f} on {} cores); with other work running, fewer threads "
+             "(-t {}) can be much faster\n", load, cores, std::max(1, cores / 2));
 }
 
 void reset_peak_rss() {

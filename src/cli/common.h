@@ -57,6 +57,8 @@ std::vector<int32_t> read_token_file(const std::string& path);
 double peak_rss_bytes();
 // Resets the peak (bench: one peak per model, not the process's high-water mark).
 void reset_peak_rss();
+// A note on stderr when the 1-minute load exceeds the cores (default thread count only).
+void warn_if_busy();
 
 // `--options FILE` anywhere on the command line: the file's `key = value` lines (TOML-like:
 // `# comments`, [section] headers ignored, values optionally quoted, `true` for a flag,

@@ -24,7 +24,9 @@ int main(int argc, char** argv) {
   // -t/--threads and --mmap are accepted after the subcommand too (`llmq generate ... -t 1`).
   app.fallthrough();
   int threads = 0;
-  app.add_option("-t,--threads", threads, "worker threads (default: all cores); before or after the command")
+  app.add_option("-t,--threads", threads,
+                 "worker threads (default: one per core, fastest on an idle machine; a note says when the machine "
+                 "is busy, where fewer threads can be much faster); before or after the command")
       ->check(llmq::cli::kNonNegative)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_flag("--mmap", llmq::cli::g_mmap,
@@ -48,6 +50,9 @@ int main(int argc, char** argv) {
     if (threads == 0 && local && std::atoi(local) > 1)
       threads = std::max(1, omp_get_num_procs() / std::atoi(local));
     llmq::ops_set_threads(threads);
+    if (threads == 0)
+      for (const char* c : {"generate", "bench", "eval", "train"})
+        if (app.got_subcommand(c)) llmq::cli::warn_if_busy();
   });
   try {
     std::vector<std::string> args(argv + 1, argv + argc);
