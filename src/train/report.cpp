@@ -94,7 +94,11 @@ std::string report_html(const std::string& run_dir) {
   if (!loss.pts.empty()) html += fmt::format("; last train loss {:.4f}", loss.pts.back().second);
   if (!val.pts.empty())
     html += fmt::format("; last validation loss {:.4f} (perplexity {:.2f})", val.pts.back().second, std::exp(val.pts.back().second));
-  if (bad) html += fmt::format("; {} unreadable lines skipped", bad);
+  if (bad) {
+    html += fmt::format("; {} unreadable lines skipped", bad);
+    fmt::print(stderr, "warning: {}: skipped {} unreadable line{} (a row cut by a kill or a full disk)\n", path, bad,
+               bad == 1 ? "" : "s");
+  }
   html += ".</p>";
   html += chart("Loss (nats/token)", {loss, val}, false) + "<br>";
   html += chart("Learning rate", {lr}, false) + "<br>";

@@ -153,11 +153,16 @@ void trim_metrics(const std::string& path, int64_t step) {
   if (!fs::is_regular_file(path)) return;
   std::ifstream in(path);
   std::string line, kept;
+  int64_t torn = 0;
   while (std::getline(in, line)) {
     auto j = json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= step)
-      kept += line + "\n";
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
+      torn++;  // a row cut by a kill or a full disk
+      continue;
+    }
+    if (j["step"].get<int64_t>() <= step) kept += line + "\n";
   }
+  if (torn) fmt::print(stderr, "note: {}: dropped {} unreadable (torn) line{}\n", path, torn, torn == 1 ? "" : "s");
   write_file_atomic(path, kept);
 }
 }  // namespace
@@ -314,7 +319,10 @@ TrainResult train_run(const TrainOptions& options) {
   src_params = src_m = src_v = nullptr;  // closes the source files
   const bool sharded_ckpt = o.fsdp && o.checkpoint_format != "full";
   std::ofstream log;
-  if (lead) log.open(metrics, std::ios::app);
+  if (lead) {
+    log.open(metrics, std::ios::app);
+    if (!log) fail("{}: cannot open for appending", metrics);
+  }
   const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / W;  // Bl: this rank's windows
   std::vector<int32_t> tokens(N), targets(N);
   const int32_t *my_tokens = tokens.data() + R * Bl * T, *my_targets = targets.data() + R * Bl * T;
@@ -428,6 +436,10 @@ TrainResult train_run(const TrainOptions& options) {
     if (lead) {
       log << row.dump() << "\n";
       log.flush();
+      // A failed append (a full disk) stops the run loudly instead of losing rows silently.
+      if (!log)
+        fail("{}: writing the metrics failed at step {} (disk full?); the last checkpoint is in {}: free space and "
+             "resume with --resume", metrics, done, o.out);
     }
     const bool stop = o.stop_after > 0 && done >= o.stop_after;
     if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {

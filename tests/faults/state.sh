@@ -31,5 +31,16 @@ cp -r "$T/m" "$T/m8"; sed -i 's/"torch_dtype": "[a-z0-9]*"/"torch_dtype": "int8"
 err=$(L info "$T/m8" 2>&1); grep -q "config.json: torch_dtype: unknown dtype 'int8'" <<<"$err" && ok "torch_dtype error names the file" \
   || bad "torch_dtype: $err"
 
+# Item 6: a failed metrics append (file-size limit standing in for a full disk) stops the run
+# with a clear message at that step; a torn last row is said by report and dropped on resume.
+err=$(bash -c "ulimit -f 2; exec $LLMQ --threads 1 train -m $T/m --data $T/d --out $T/full --steps 60 --log-every 1 --save-every 0 --batch 1 --seq-len 16 --sample-tokens 0" 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q "writing the metrics failed at step" <<<"$err" && ok "metrics write failure stops the run: $(grep error <<<"$err" | head -c 150)" \
+  || bad "metrics write failure: rc=$rc $(tail -2 <<<"$err")"
+L train -m "$T/m" --data "$T/d" --out "$T/torn" --steps 4 --save-every 2 --batch 1 --seq-len 16 >/dev/null 2>&1 || bad "train torn"
+printf '{"step": 5, "loss": 3.' >> "$T/torn/metrics.jsonl"
+L report "$T/torn" 2>&1 | grep -q "warning: .*skipped 1 unreadable line" && ok "report says the torn line" || bad "report on a torn file"
+L train -m "$T/m" --data "$T/d" --out "$T/torn" --steps 6 --save-every 2 --batch 1 --seq-len 16 --resume 2>&1 >/dev/null \
+  | grep -q "dropped 1 unreadable (torn) line" && ok "resume drops the torn line, said" || bad "resume on a torn file"
+
 echo "faults/state: $fails failure(s)"
 [ $fails -eq 0 ]
