@@ -226,12 +226,19 @@ TrainResult train_run(const TrainOptions& options) {
   std::unique_ptr<DirLock> lock;
   if (lead) {
     lock = std::make_unique<DirLock>(o.out, "train");
-    if (!o.resume && fs::is_directory(o.out) && !fs::is_empty(o.out)) {
-      if (!o.overwrite)
-        fail("{}: holds an earlier run; give --resume to continue it, --overwrite to delete it and start again, or "
-             "another --out", o.out);
+    // An earlier run is one with a checkpoint; a run killed before its first one left only
+    // metrics and temporaries, which a fresh start replaces.
+    bool earlier = false;
+    if (!o.resume && fs::is_directory(o.out))
+      for (const auto& e : fs::directory_iterator(o.out)) {
+        const std::string n = e.path().filename().string();
+        earlier = earlier || n == "latest" || n.rfind("checkpoint-", 0) == 0;
+      }
+    if (earlier && !o.overwrite)
+      fail("{}: holds an earlier run; give --resume to continue it, --overwrite to delete it and start again, or "
+           "another --out", o.out);
+    if (!o.resume && fs::is_directory(o.out) && (earlier || o.overwrite))
       for (const auto& e : fs::directory_iterator(o.out)) fs::remove_all(e.path());
-    }
   }
   if (o.batch % W != 0)
     fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);

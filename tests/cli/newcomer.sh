@@ -155,7 +155,8 @@ if command -v mpirun >/dev/null; then
   err=$(timeout 120 mpirun -np 2 "$LLMQ" -t 1 generate -m "$T/m" --ids -p "1 2" -n 2 2>&1)
   grep -q "this job has 2 ranks: give --tp 2" <<<"$err" && ok "mpirun without --tp: says --tp 2" || bad "mpirun without --tp: $err"
   # Bug 11: one stop/speed line per tensor-parallel job (rank 0's).
-  n=$(timeout 120 mpirun -np 2 "$LLMQ" -t 1 generate -m "$T/m" --ids -p "1 2" -n 2 --tp 2 2>&1 | grep -c "^stop:")
+  # (counted anywhere in a line: mpirun interleaves rank 0's stdout tokens and stderr)
+  n=$(timeout 120 mpirun -np 2 "$LLMQ" -t 1 generate -m "$T/m" --ids -p "1 2" -n 2 --tp 2 2>&1 | grep -o "stop: " | wc -l)
   [ "$n" = 1 ] && ok "one stop line from --tp 2" || bad "$n stop lines from --tp 2"
 fi
 
