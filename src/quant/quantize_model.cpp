@@ -432,7 +432,11 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   else if (fs::exists(fs::path(o.out) / "model.safetensors.index.json"))
     fs::remove(fs::path(o.out) / "model.safetensors.index.json");
   write_model_configs(o.out, c);
-  copy_tokenizer_files(o.model, o.out);
+  if (!copy_tokenizer_files(o.model, o.out))
+    fmt::print(stderr, "warning: {} has no tokenizer to copy{}, so the output has none: copy tokenizer.json (or "
+               "tokenizer.model) and tokenizer_config.json into {} for text prompts\n", o.model,
+               fs::is_regular_file(o.model) ? " (a GGUF's own tokenizer is not converted yet)" : "",
+               o.out_label.empty() ? o.out : o.out_label);
   res.bytes_out = total;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
