@@ -574,12 +574,11 @@ TEST_F(PipelineFixture, BadInput) {
   QuantizeOptions o = opts("gptq", "w4a16", 32);
   o.calib.source = "";
   expect_error(o, "--calib");
+  // Windows longer than the tiny model's context of 256 are clamped to it (with a note), as a
+  // user of the reference tools' default 2048 on a small model expects.
   o = opts("gptq", "w4a16", 32);
-  o.calib.seq_len = 100000;
-  expect_error(o, "calibration window");
-  o = opts("gptq", "w4a16", 32);
-  o.calib.seq_len = 512;  // longer than the tiny model's context of 256
-  expect_error(o, "context");
+  o.calib.seq_len = 512;
+  EXPECT_NO_THROW(quantize_model(o));
   expect_error(opts("smoothquant", "w4a16", 32), "w8a8");
   QuantizeOptions h = opts("hqq", "w4a16", 32);
   h.sym = true;

@@ -139,6 +139,14 @@ TEST(ParserBounds, SentencePieceLength) {
   expect_bounded_error([proto] { spm_load("s.model", proto); }, {"s.model"});
 }
 
+// A SentencePiece piece holding a NUL byte made libsentencepiece's trie builder throw through
+// code that cannot pass it on (abort); found by tests/fuzz/campaign.sh tokenizer_files.
+TEST(ParserBounds, SentencePieceNulPiece) {
+  const std::string proto("\x0a\x0e\x0a\x05<unk>\x15\0\0\0\0\x18\x02\x0a\x0d\x0a\x04</s>\x15\0\0\0\0\x18\x03"
+                          "\x0a\x0f\x0a\x06\0<\0\0?>\x15\0\0\0\0\x18\x0f", 50);
+  expect_bounded_error([proto] { spm_load("s.model", proto); }, {"s.model", "piece 2 is empty or holds a NUL byte"});
+}
+
 // safetensors: a header length beyond the file, and one beyond the format's limit.
 TEST(ParserBounds, SafetensorsHeaderLength) {
   auto parse = [](uint64_t n) {
