@@ -282,6 +282,19 @@ TrainResult train_run(const TrainOptions& options) {
       fmt::print(stderr, "deterministic run: using the {} threads it started with (not {})\n", t, ops_threads());
       ops_set_threads(t);
     }
+    // The state must agree with its run: a step within the run's steps and the checkpoint's
+    // name, and the data cursor every step advances by batch x grad-accum windows.
+    {
+      const auto num = [&](const char* k) { return opts.contains(k) && opts[k].is_number_integer() ? opts[k].get<int64_t>() : -1; };
+      const int64_t run_steps = num("steps"), batch = num("batch"), accum = num("grad_accum");
+      if (cs.head.step < 1 || (run_steps > 0 && cs.head.step > run_steps) ||
+          fs::path(dir).filename().string() != fmt::format("checkpoint-{:06}", cs.head.step))
+        fail("{}: train_state.bin says step {}, which is not this checkpoint's step (of a {}-step run): a corrupt state",
+             dir, cs.head.step, run_steps);
+      if (batch > 0 && accum > 0 && cs.head.cursor != cs.head.step * batch * accum)
+        fail("{}: train_state.bin's data cursor {} is not step {} x batch {} x grad-accum {}: a corrupt state", dir,
+             cs.head.cursor, cs.head.step, batch, accum);
+    }
     // Raising --steps extends the run: the decay is recomputed over the new total from here on;
     // the warm-up stays the run's (it may have been derived from the old --steps).
     if (opts.contains("steps") && opts["steps"].is_number_integer() && opts["steps"].get<int64_t>() != o.steps) {

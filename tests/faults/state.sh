@@ -42,5 +42,16 @@ L report "$T/torn" 2>&1 | grep -q "warning: .*skipped 1 unreadable line" && ok "
 L train -m "$T/m" --data "$T/d" --out "$T/torn" --steps 6 --save-every 2 --batch 1 --seq-len 16 --resume 2>&1 >/dev/null \
   | grep -q "dropped 1 unreadable (torn) line" && ok "resume drops the torn line, said" || bad "resume on a torn file"
 
+# Item 9: a train_state.bin whose step or cursor does not fit its run is refused, not resumed
+# as "nothing to train" (same-length edits of the JSON header).
+L train -m "$T/m" --data "$T/d" --out "$T/cs" --steps 4 --save-every 2 --batch 1 --seq-len 16 --keep 1 >/dev/null 2>&1 || bad "train cs"
+st="$T/cs/checkpoint-000004/train_state.bin"; cp "$st" "$T/st.bak"
+sed -i 's/"step":4}/"step":9}/' "$st"
+err=$(L train -m "$T/m" --data "$T/d" --out "$T/cs" --steps 4 --save-every 2 --batch 1 --seq-len 16 --keep 1 --resume 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q "says step 9, which is not this checkpoint's step" <<<"$err" && ok "corrupt step refused" || bad "corrupt step: rc=$rc $err"
+cp "$T/st.bak" "$st"; sed -i 's/"cursor":4,/"cursor":7,/' "$st"
+err=$(L train -m "$T/m" --data "$T/d" --out "$T/cs" --steps 6 --save-every 2 --batch 1 --seq-len 16 --keep 1 --resume 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q "data cursor 7 is not step 4" <<<"$err" && ok "corrupt cursor refused" || bad "corrupt cursor: rc=$rc $err"
+
 echo "faults/state: $fails failure(s)"
 [ $fails -eq 0 ]
