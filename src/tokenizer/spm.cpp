@@ -171,21 +171,25 @@ std::unique_ptr<Tokenizer> spm_load(const std::string& path, const std::string& 
   // libsentencepiece's trie builder (Darts) throws from code that cannot propagate it (the
   // process aborts) on a piece that is empty or holds a NUL byte: such pieces (field 1 of
   // each ModelProto.pieces entry) are refused here first. Found by tests/fuzz/campaign.sh.
+  // Only well-formed messages are judged: anything else libsentencepiece rejects itself.
   const uint8_t* b = reinterpret_cast<const uint8_t*>(data.data());
+  const auto noop = [](uint64_t, int, uint64_t, const uint8_t*) {};
   int64_t index = 0;
-  pb_fields(b, b + data.size(), [&](uint64_t field, int wt, uint64_t len, const uint8_t* msg) {
-    if (field != 1 || wt != 2) return;
-    bool has_piece = false;
-    pb_fields(msg, msg + len, [&](uint64_t f, int w, uint64_t n, const uint8_t* s) {
-      if (f != 1 || w != 2) return;
-      has_piece = true;
-      const std::string_view piece(reinterpret_cast<const char*>(s), n);
-      if (piece.empty() || piece.find('\0') != std::string_view::npos)
-        fail("{}: SentencePiece model piece {} is empty or holds a NUL byte (a corrupt tokenizer.model)", path, index);
+  if (pb_fields(b, b + data.size(), noop)) {
+    pb_fields(b, b + data.size(), [&](uint64_t field, int wt, uint64_t len, const uint8_t* msg) {
+      if (field != 1 || wt != 2 || !pb_fields(msg, msg + len, noop)) return;
+      bool has_piece = false;
+      pb_fields(msg, msg + len, [&](uint64_t f, int w, uint64_t n, const uint8_t* s) {
+        if (f != 1 || w != 2) return;
+        has_piece = true;
+        const std::string_view piece(reinterpret_cast<const char*>(s), n);
+        if (piece.empty() || piece.find('\0') != std::string_view::npos)
+          fail("{}: SentencePiece model piece {} is empty or holds a NUL byte (a corrupt tokenizer.model)", path, index);
+      });
+      if (!has_piece) fail("{}: SentencePiece model piece {} has no text (a corrupt tokenizer.model)", path, index);
+      index++;
     });
-    if (!has_piece) fail("{}: SentencePiece model piece {} has no text (a corrupt tokenizer.model)", path, index);
-    index++;
-  });
+  }
   return std::make_unique<SpmTokenizer>(path, data);
 }
 
