@@ -91,12 +91,15 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (src.config.quant.enabled)
     fail("{}: the model is already quantized ({}, {}-bit); quantize from the original float model", o.model,
          src.config.quant.scheme, src.config.quant.bits);
+  // One --keep pattern: "embed", "lm_head", or a part of tensor names.
+  auto keep_matches = [](const std::string& k, const std::string& name) {
+    if (k == "embed") return name == "model.embed_tokens.weight";
+    if (k == "lm_head") return name == "lm_head.weight";
+    return !k.empty() && name.find(k) != std::string::npos;
+  };
   auto kept = [&](const std::string& name) {
-    for (const auto& k : o.keep) {
-      if (k == "embed" && name == "model.embed_tokens.weight") return true;
-      if (k == "lm_head" && name == "lm_head.weight") return true;
-      if (!k.empty() && k != "embed" && k != "lm_head" && name.find(k) != std::string::npos) return true;
-    }
+    for (const auto& k : o.keep)
+      if (keep_matches(k, name)) return true;
     return name == "model.embed_tokens.weight";  // embeddings are a lookup, always float
   };
   ModelConfig c = src.config;
@@ -124,9 +127,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   // A --keep pattern that names no tensor is a typo, said rather than ignored.
   for (const auto& k : o.keep) {
     bool any = false;
-    for (const auto& [name, t] : srcs)
-      any = any || (k == "embed" && name == "model.embed_tokens.weight") || (k == "lm_head" && name == "lm_head.weight") ||
-            (k != "embed" && k != "lm_head" && name.find(k) != std::string::npos);
+    for (const auto& [name, t] : srcs) any = any || keep_matches(k, name);
     if (!any && !(k == "lm_head" && src.config.tie_embeddings))
       fmt::print(stderr, "warning: --keep {} matches no tensor of {}\n", k, o.model);
   }

@@ -3,13 +3,7 @@
 # tokenizer; every error case must exit 1 with one "llmq: error:" line and leave nothing behind.
 set -u
 LLMQ=${1:?usage: newcomer.sh path/to/llmq}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-L() { timeout 300 "$LLMQ" --threads 1 "$@"; }
+source "$(dirname "$0")/../lib.sh"
 
 expect_error() {  # expect_error NEEDLE -- ARGS...
   local needle=$1; shift; shift

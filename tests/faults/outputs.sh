@@ -7,14 +7,8 @@
 # and a training run directory is never restarted over without --resume/--overwrite.
 set -u
 LLMQ=${1:?usage: outputs.sh path/to/llmq}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 command -v strace >/dev/null || { echo "SKIP: strace is not installed (scripts/setup installs it)"; exit 0; }
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-L() { timeout 300 "$LLMQ" --threads 1 "$@"; }
+source "$(dirname "$0")/../lib.sh"
 sum_dir() { (cd "$1" 2>/dev/null && find . -type f -print0 | sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-16; }
 leftovers() { ls -a "$(dirname "$1")" | grep -E "^\.$(basename "$1")\.(tmp|old)\." || true; }
 

@@ -4,13 +4,7 @@
 # torch_dtype names the file; GGUF tensors that overlap are refused (parser_bounds_test).
 set -u
 LLMQ=${1:?usage: state.sh path/to/llmq}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-L() { timeout 300 "$LLMQ" --threads 1 "$@"; }
+source "$(dirname "$0")/../lib.sh"
 
 head -c 100000 "$ROOT/data/text/web.txt" > "$T/text.txt"
 L tokenizer train --input "$T/text.txt" --vocab 400 --out "$T/tok" >/dev/null 2>&1 || { bad "tokenizer train"; exit 1; }
