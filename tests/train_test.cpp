@@ -352,6 +352,17 @@ TEST(Train, NonFiniteLossStopsClearly) {
                }
              },
              SaveOptions{DType::F32});
+  // Finite but huge: f32 overflows in the forward pass, so the loss is not finite.
+  model_save(f.tmp / "huge", cfg,
+             [&](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
+               good(s, dt, dst, off, n);
+               if (s.name == "model.norm.weight")
+                 for (uint64_t k = 0; k < n; k += 4) {
+                   const float big = 3e38f;
+                   std::memcpy(dst + k, &big, 4);
+                 }
+             },
+             SaveOptions{DType::F32});
   o.model = f.tmp / "bad";
   o.steps = 4;
   o.save_every = 0;
@@ -362,13 +373,22 @@ TEST(Train, NonFiniteLossStopsClearly) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds an earlier run"), std::string::npos) << e.what();
   }
-  // In its own directory the NaN run stops at once and writes no checkpoint.
+  // In its own directory NaN weights are refused at load, naming the tensor...
   o.out = f.tmp / "run2";
   try {
     train::train_run(o);
-    ADD_FAILURE() << "no error for a NaN loss";
+    ADD_FAILURE() << "no error for a NaN weight";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("the loss became nan at step 1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the weights of 'model.norm.weight' hold nan at element 0"), std::string::npos) << e.what();
+  }
+  // ... and a loss that overflows stops the run at once, writing no checkpoint.
+  o.model = f.tmp / "huge";
+  try {
+    train::train_run(o);
+    ADD_FAILURE() << "no error for a non-finite loss";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the loss became"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at step 1"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(std::filesystem::exists(f.tmp / "run2/latest"));
   EXPECT_EQ(read_text_file(f.tmp / "run/checkpoint-000002/model.safetensors"), before);

@@ -29,12 +29,13 @@ struct TokenSource {
     c->add_option("--tokenizer", tokenizer, "tokenizer for --text (default: the model directory's)");
     c->add_option("--max-tokens", max_tokens, "score at most this many tokens (default: all)");
   }
-  std::vector<int32_t> load(const std::string& model_dir) const {
+  std::vector<int32_t> load(const std::string& model_dir, const ModelConfig& cfg) const {
     if ((int)!tokens.empty() + (int)!text.empty() + (int)!data.empty() != 1)
       fail("give one of --tokens FILE, --text FILE or --data DIR");
     std::vector<int32_t> toks;
     if (!text.empty()) {
       auto tok = tokenizer_load(tokenizer.empty() ? model_dir : tokenizer);
+      check_tokenizer_fits(*tok, cfg, model_dir);
       if (tok->add_bos && tok->bos_id >= 0) toks.push_back(tok->bos_id);
       auto v = tok->encode(read_text_file(text), false);
       toks.insert(toks.end(), v.begin(), v.end());
@@ -73,7 +74,7 @@ void register_eval(CLI::App& app) {
     Model m = model_load(o->model, load_mode());
     const KvType kv = o->kv.resolve(m);
     shard_for_tp(m, o->tp, "eval ppl");
-    std::vector<int32_t> toks = o->src.load(o->model);
+    std::vector<int32_t> toks = o->src.load(o->model, m.config);
     if (o->ctx == 0) o->ctx = std::min<int64_t>(512, m.config.max_seq_len);
     Progress bar("perplexity", 1, !o->json);
     auto r = eval_perplexity(m, toks, o->ctx, [&](int64_t done, int64_t total) {
@@ -101,7 +102,7 @@ void register_eval(CLI::App& app) {
     Model base = model_load(c->model, load_mode());
     Model quant = model_load(c->quant, load_mode());
     const KvType kv = c->kv.resolve(quant);
-    std::vector<int32_t> toks = c->src.load(c->model);
+    std::vector<int32_t> toks = c->src.load(c->model, base.config);
     if (c->ctx == 0) c->ctx = std::min<int64_t>(512, base.config.max_seq_len);
     Progress bar("compare", 1, !c->json);
     auto r = eval_compare(base, quant, toks, c->ctx, [&](int64_t done, int64_t total) {

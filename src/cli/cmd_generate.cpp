@@ -204,8 +204,7 @@ void register_generate(CLI::App& app) {
     if (o->interactive && !o->prompts.empty()) fail("-i reads the prompts from the terminal: drop -p");
     const bool chat = o->chat || !o->messages.empty() || o->interactive;
     if (chat && !tok) fail("--chat, --messages and --interactive need a tokenizer (none in {}; pass --tokenizer)", o->model);
-    if (tok && tok->vocab_size() > m.config.vocab_size)
-      fail("the tokenizer has {} ids but the model's vocabulary is {}", tok->vocab_size(), m.config.vocab_size);
+    if (tok) check_tokenizer_fits(*tok, m.config, o->model);
     if (!o->ignore_eos) {
       if (!o->eos.empty()) o->g.eos_ids = o->eos;
       else {

@@ -1,4 +1,5 @@
 // llmq train: train a Llama from scratch or from a checkpoint on prepared token shards.
+#include <csignal>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
@@ -70,6 +71,12 @@ void register_train(CLI::App& app) {
       o->warmup = w;
     }
     auto r = train::train_run(*o);
+    // Stopped by SIGINT/SIGTERM: the checkpoint at the stop is saved; exit as the signal's
+    // conventional status (130/143) after the summary, so scripts see the interruption.
+    if (r.stop_signal) g_exit_code = 128 + r.stop_signal;
+    if (r.stop_signal && r.rank == 0)
+      fmt::print(stderr, "stopped by {} after step {}: checkpoint saved in {}; continue with --resume\n",
+                 r.stop_signal == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM", r.steps, o->out);
     if (r.rank != 0) return;  // one summary per job
     // No placeholders: a value that was not measured is null in JSON and said so in text.
     const bool trained = r.steps > r.start_step, has_val = trained && r.last_val_loss >= 0;

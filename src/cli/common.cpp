@@ -1,5 +1,6 @@
 // Token-id parsing and process resource figures for the CLI.
 #include "cli/common.h"
+#include "train/checkpoint.h"
 
 #include <sys/resource.h>
 
@@ -16,6 +17,7 @@
 namespace llmq::cli {
 
 bool g_mmap = false;
+int g_exit_code = 0;
 
 std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& what, const std::string& hint) {
   std::vector<int32_t> ids;
@@ -39,15 +41,26 @@ std::vector<int32_t> parse_token_ids(const std::string& s, const std::string& wh
 
 std::string resolve_run_dir(const std::string& path) {
   namespace fs = std::filesystem;
-  const fs::path p(path), latest = p / "latest";
-  if (!fs::is_directory(p) || fs::exists(p / "config.json") || !fs::is_regular_file(latest)) return path;
-  std::string name = read_text_file(latest.string());
-  while (!name.empty() && std::isspace((unsigned char)name.back())) name.pop_back();
-  const fs::path ck = p / name;
-  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(ck))
-    fail("{}: the run's 'latest' names {}, which is not a checkpoint directory in it", path, name.empty() ? "nothing" : name);
-  fmt::print(stderr, "{}: a training run; using its latest checkpoint {}\n", path, ck.string());
-  return ck.string();
+  const fs::path p(path);
+  if (!fs::is_directory(p) || fs::exists(p / "config.json") || !train::has_checkpoint(path)) return path;
+  const std::string ck = train::latest_checkpoint(path);  // the newest complete checkpoint
+  fmt::print(stderr, "{}: a training run; using its latest checkpoint {}\n", path, ck);
+  return ck;
+}
+
+void check_tokenizer_fits(const Tokenizer& t, const ModelConfig& c, const std::string& model) {
+  if (t.vocab_size() > c.vocab_size)
+    fail("{}: the tokenizer has {} ids but the model's vocabulary is {} (a tokenizer from another model?)", t.source(),
+         t.vocab_size(), c.vocab_size);
+  if (t.bos_id >= 0 && !c.bos_token_ids.empty() &&
+      std::find(c.bos_token_ids.begin(), c.bos_token_ids.end(), (int64_t)t.bos_id) == c.bos_token_ids.end())
+    fail("{}: the tokenizer's BOS is id {} but {}'s config.json says bos_token_id {}: the tokenizer does not belong to "
+         "this model (truncated or from another one?)", t.source(), t.bos_id, model, c.bos_token_ids[0]);
+  bool eos_shared = t.eos_ids.empty() || c.eos_token_ids.empty();
+  for (auto e : t.eos_ids) eos_shared = eos_shared || std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), (int64_t)e) != c.eos_token_ids.end();
+  if (!eos_shared)
+    fail("{}: the tokenizer's EOS id {} is none of {}'s config.json eos_token_id ({}): the tokenizer does not belong "
+         "to this model (truncated or from another one?)", t.source(), t.eos_ids[0], model, c.eos_token_ids[0]);
 }
 
 std::string preset_list() {

@@ -7,6 +7,7 @@
 
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmq::cli {
 
@@ -82,8 +83,16 @@ struct KvOption {
 // size is not N. Nothing happens for N = 1 outside mpirun.
 void shard_for_tp(Model& m, int tp, const char* command);
 
+// A tokenizer used with a model must fit it: no more ids than the model's vocabulary, and
+// the model's BOS/EOS ids (config.json) among the tokenizer's. Fails naming both otherwise
+// (a truncated or foreign tokenizer file would encode into ids the model reads as other tokens).
+void check_tokenizer_fits(const Tokenizer& t, const ModelConfig& c, const std::string& model);
+
 // Global --mmap flag: map weights instead of reading them into memory.
 extern bool g_mmap;
+// The process exit status when the command returns normally (set by a command that ends early
+// without an error, e.g. train stopped by SIGINT: 130).
+extern int g_exit_code;
 inline LoadMode load_mode() { return g_mmap ? LoadMode::Map : LoadMode::Read; }
 
 }  // namespace llmq::cli

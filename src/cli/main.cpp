@@ -5,6 +5,8 @@
 #include <omp.h>
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
+#include <system_error>
 #include <functional>
 #include <string>
 #include <vector>
@@ -71,6 +73,20 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "llmq: error: %s (see --help)\n", e.what());
     return 1;
+  } catch (const std::system_error& e) {
+    // fmt's "cannot write to file: ..." is a failed write of the command's own output (stdout
+    // to a full disk or a closed pipe); every file llmq writes names itself in its errors.
+    const std::string what = e.what();
+    if (what.rfind("cannot write to file", 0) == 0)
+      std::fprintf(stderr, "llmq: error: writing to standard output failed: %s\n", e.code().message().c_str());
+    else
+      std::fprintf(stderr, "llmq: error: %s\n", e.what());
+    llmq::dist::abort_job(1);
+    return 1;
+  } catch (const std::length_error& e) {  // a size beyond what a container can hold
+    std::fprintf(stderr, "llmq: error: a size is too large to allocate (%s); check the sizes in the input\n", e.what());
+    llmq::dist::abort_job(1);
+    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "llmq: error: out of memory\n");
     llmq::dist::abort_job(1);  // the other ranks of a job stop too instead of waiting for this one
@@ -82,5 +98,5 @@ int main(int argc, char** argv) {
     llmq::dist::abort_job(1);
     return 1;
   }
-  return 0;
+  return llmq::cli::g_exit_code;  // 0, or a command's own status (train stopped by a signal: 130/143)
 }

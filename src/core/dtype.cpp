@@ -126,3 +126,45 @@ float e4m3_round(float f) {
 }
 
 }  // namespace llmq
+
+namespace llmq {
+namespace {
+template <class U, class Bad>
+int64_t scan_nonfinite(const U* p, int64_t n, Bad bad) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  int64_t first = -1;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; c++) {
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    bool any = false;
+    for (int64_t i = b; i < e; i++) any |= bad(p[i]);  // branch-free, vectorizes
+    if (!any) continue;
+    for (int64_t i = b; i < e; i++)
+      if (bad(p[i])) {
+#pragma omp critical(llmq_first_nonfinite)
+        if (first < 0 || i < first) first = i;
+        break;
+      }
+  }
+  return first;
+}
+}  // namespace
+
+int64_t first_nonfinite(const void* data, DType dt, int64_t n) {
+  switch (dt) {
+    case DType::F32:
+      return scan_nonfinite(static_cast<const uint32_t*>(data), n, [](uint32_t u) { return (u & 0x7f800000u) == 0x7f800000u; });
+    case DType::BF16:
+      return scan_nonfinite(static_cast<const uint16_t*>(data), n, [](uint16_t u) { return (u & 0x7f80u) == 0x7f80u; });
+    case DType::F16:
+      return scan_nonfinite(static_cast<const uint16_t*>(data), n, [](uint16_t u) { return (u & 0x7c00u) == 0x7c00u; });
+    case DType::F64:
+      return scan_nonfinite(static_cast<const uint64_t*>(data), n,
+                            [](uint64_t u) { return (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull; });
+    case DType::F8E4M3:
+      return scan_nonfinite(static_cast<const uint8_t*>(data), n, [](uint8_t u) { return (u & 0x7fu) == 0x7fu; });
+    default: return -1;
+  }
+}
+}  // namespace llmq

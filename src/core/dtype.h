@@ -44,3 +44,11 @@ uint8_t f32_to_e4m3(float f);
 float e4m3_round(float f);
 
 }  // namespace llmq
+
+namespace llmq {
+// Index of the first NaN or Inf among n elements of a float type (f32, bf16, f16, f64;
+// F8E4M3's NaN codes 0x7f/0xff), or -1 when all are finite; other dtypes hold no such
+// values (-1). Bit tests only, parallel over chunks: one pass at memory speed, which is what
+// checking every tensor once at load costs (DESIGN.md invariant 11).
+int64_t first_nonfinite(const void* data, DType dt, int64_t n);
+}  // namespace llmq

@@ -94,7 +94,7 @@ void AtomicFile::write(const void* data, size_t n) {
   while (n) {
     ssize_t w = ::write(fd_, p, n);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("{}: write failed: {} (the previous file, if any, is intact)", path_, std::strerror(errno));
+    if (w <= 0) fail("{}: write failed: {}; nothing was replaced (a previous version, if any, is intact)", path_, std::strerror(errno));
     p += w;
     n -= (size_t)w;
   }

@@ -593,6 +593,7 @@ Model gguf_model_from(GgufFile f) {
     Tensor out = Tensor::empty(dt, shape);
     for (int64_t r = 0; r < M; r++)
       std::memcpy(out.host<uint8_t>() + r * row_bytes, src + gguf_row(r) * row_bytes, row_bytes);
+    check_finite(out, path, name);
     if (dt != DType::F32 && shape.size() == 1) {  // norms run in f32
       Tensor f32 = Tensor::empty(DType::F32, shape);
       for (int64_t k = 0; k < K; k++)

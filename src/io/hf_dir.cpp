@@ -273,6 +273,14 @@ std::vector<float> load_kv_range(const WeightFiles& wf, const std::string& dir, 
 
 }  // namespace
 
+void check_finite(const Tensor& x, const std::string& file, const std::string& name) {
+  const int64_t i = first_nonfinite(x.host_data(), x.dtype(), x.numel());
+  if (i < 0) return;
+  const int64_t K = x.ndim() == 2 ? x.dim(1) : x.numel();
+  fail("{}: tensor '{}' holds a non-finite value (NaN or Inf) at row {}, column {}: the weights are corrupt (a "
+       "diverged run or a damaged file); use an earlier checkpoint or re-export the model", file, name, i / K, i % K);
+}
+
 bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
   if (!c.quant.enabled) return false;
   if (name == "lm_head.weight") return c.quant.lm_head;
@@ -294,7 +302,8 @@ Model model_load(const std::string& dir, LoadMode mode) {
   const ModelConfig& c = m.config;
   // Quantized checkpoints are unpacked into the kernels' layout, so their files are mapped
   // (and each consumed tensor's pages dropped) rather than read into a second copy.
-  WeightFiles wf = open_weights(dir, c.quant.enabled ? LoadMode::Map : mode);
+  const LoadMode file_mode = c.quant.enabled ? LoadMode::Map : mode;
+  WeightFiles wf = open_weights(dir, file_mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
     // A quantized model's linears are GPTQ tensors, except those kept in float (.weight);
@@ -318,6 +327,10 @@ Model model_load(const std::string& dir, LoadMode mode) {
       fail("{}: tensor '{}' has shape {} but config.json implies {}", file->path(), spec.name, shape_str(e->shape),
            shape_str(spec.shape));
     Tensor x = file->tensor(*e);
+    check_finite(x, file->path(), spec.name);
+    // A mapped file's pages were touched only by the check: drop them from this process
+    // (they stay in the page cache), so a streaming reader such as quantize keeps its peak.
+    if (file_mode == LoadMode::Map && !spec.is_norm) release_pages(x.host_data(), x.nbytes());
     t[spec.name] = spec.is_norm ? to_f32(x) : x;
   }
   LlamaWeights& w = m.weights;

@@ -26,6 +26,11 @@ bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name);
 // every tensor's presence, dtype (f32, bf16, f16) and shape against config.json.
 Model model_load(const std::string& dir, LoadMode mode = LoadMode::Read);
 
+// Fails, naming the file, tensor, row and column, when a float tensor holds a NaN or an Inf.
+// Every loader checks every tensor once (a corrupt model is refused by every command alike,
+// not printed as "######" by one and quantized into a finite-looking model by another).
+void check_finite(const Tensor& x, const std::string& file, const std::string& name);
+
 // Fills the bytes [offset, offset+n) of one tensor's data; used to stream writes.
 using TensorFill = std::function<void(const HfTensorSpec& spec, DType dtype, uint8_t* dst, uint64_t offset, uint64_t n)>;
 

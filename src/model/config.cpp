@@ -238,6 +238,13 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       const json& l = q["llmq"];
       if (l.contains("scheme") && l["scheme"].is_string()) qc.scheme = l["scheme"].get<std::string>();
       if (l.contains("algorithm") && l["algorithm"].is_string()) qc.algorithm = l["algorithm"].get<std::string>();
+      // The stated scheme must be what the tensors are: its weight bits are quantization_config's
+      // bits (which the qweight shapes are checked against), and only 8-bit weights pair with
+      // 8-bit activations; a w8a8 label on a 4-bit file would silently quantize activations.
+      const std::string want16 = fmt::format("w{}a16", qc.bits);
+      if (qc.scheme != want16 && !(qc.scheme == "w8a8" && qc.bits == 8))
+        fail("{}: quantization_config.llmq.scheme \"{}\" contradicts bits {} (the tensors hold {}-bit codes: {} expected{})",
+             where, qc.scheme, qc.bits, qc.bits, want16, qc.bits == 8 ? " or w8a8" : "");
       qc.act_per_token = qc.scheme == "w8a8";
       if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
     }

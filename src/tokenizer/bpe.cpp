@@ -119,6 +119,8 @@ uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (
 int64_t id_bound(size_t entries) { return std::min<int64_t>(2 * (int64_t)entries + 1024, int64_t(1) << 24); }
 
 // Llama 3.1's special tokens (Meta's tokenizer.py): ids 128000.. after the 128000 ranks.
+constexpr int32_t kLlama3Ranks = 128000;  // lines of Llama 3's tokenizer.model
+
 std::vector<SpecialToken> llama31_specials(int32_t base) {
   const char* named[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
                          "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
@@ -274,8 +276,28 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
       if (ia != t->ids_.end() && ib != t->ids_.end()) t->merges_.emplace(pair_key(ia->second, ib->second), Merge{id, id});
     }
   }
-  t->specials_ = specials.empty() ? llama31_specials((int32_t)t->bytes_.size()) : std::move(specials);
+  // Special tokens follow the ranks. From tokenizer_config.json they have fixed ids: a gap
+  // between the last rank and the first of them means lines are missing (a truncated file
+  // would otherwise load, with every id above the cut unknown). Without a config the Llama 3
+  // layout is assumed, whose file has 128,000 ranks: other counts are said, since the special
+  // tokens then move (BOS would be 64000 for a file cut at 64,000 lines).
+  const int32_t n_ranks = (int32_t)t->bytes_.size();
+  if (!specials.empty()) {
+    int32_t first = INT32_MAX;
+    for (const auto& sp : specials) first = std::min(first, sp.id);
+    if (first > n_ranks)
+      fail("{}: the ranks end at {} but tokenizer_config.json's first added token \"{}\" has id {}: {} ranks are "
+           "missing (a truncated file?)", path, n_ranks - 1,
+           std::min_element(specials.begin(), specials.end(), [](auto& a, auto& b) { return a.id < b.id; })->text, first,
+           first - n_ranks);
+  }
+  const bool assumed = specials.empty();
+  t->specials_ = assumed ? llama31_specials(n_ranks) : std::move(specials);
   t->finish(path, kLlama3Pattern);
+  if (assumed && n_ranks != kLlama3Ranks)
+    fmt::print(stderr, "warning: {}: {} ranks, not Llama 3's {}: without a tokenizer_config.json beside it the Llama 3 "
+               "special tokens are placed at {}..{} (BOS {}); a truncated file?\n", path, n_ranks, kLlama3Ranks, n_ranks,
+               n_ranks + 255, n_ranks);
   return t;
 }
 

@@ -225,7 +225,18 @@ void spm_train(const SpmTrainOptions& o, const std::string& out_dir) {
   std::fflush(stderr);
   if (saved >= 0) dup2(saved, 2), close(saved);
   if (devnull >= 0) close(devnull);
-  if (!st.ok()) fail("tokenizer train: {}", st.ToString());
+  if (!st.ok()) {
+    // SentencePiece's own words name its source line ("Internal: ./src/trainer_interface.cc(428)
+    // [!sentences_.empty()]"); the usual causes get a plain sentence.
+    const std::string why = st.ToString();
+    if (why.find("sentences_.empty()") != std::string::npos)
+      fail("tokenizer train: the input holds no text to learn from ({}): give non-empty --input files", inputs);
+    if (why.find("Vocabulary size is smaller than required_chars") != std::string::npos ||
+        why.find("Vocabulary size too high") != std::string::npos)
+      fail("tokenizer train: --vocab {} does not fit this input ({}); try a {} --vocab", o.vocab_size, why,
+           why.find("too high") != std::string::npos ? "smaller" : "larger");
+    fail("tokenizer train: SentencePiece failed: {}", why);
+  }
   std::filesystem::create_directories(out_dir);
   write_file_atomic(out_dir + "/tokenizer.model", proto);
   nlohmann::json cfg = {{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},

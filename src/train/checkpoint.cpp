@@ -35,6 +35,25 @@ void for_specs(const FlatLayout& L, int64_t b, int64_t e, Fn f) {
 
 void check_range(int64_t b, int64_t e, int64_t n) { LLMQ_CHECK(0 <= b && b <= e && e <= n); }
 
+// A reader that checks what it read: every value finite (and a second moment not negative),
+// else one error naming the checkpoint, the buffer and the tensor. A NaN in the state would
+// otherwise be trained on from the resume and reported as "the last good checkpoint".
+FlatReader checked(FlatReader read, std::shared_ptr<FlatLayout> L, std::string dir, std::string what, bool nonneg,
+                   std::string advice = "a corrupt or diverged state; resume from an earlier checkpoint (give it as "
+                                        "--model to start a new run from its weights) or start again") {
+  return [=](int64_t b, int64_t e, float* dst) {
+    read(b, e, dst);
+    int64_t bad = first_nonfinite(dst, DType::F32, e - b);
+    if (bad < 0 && nonneg)
+      for (int64_t i = 0; i < e - b && bad < 0; i++)
+        if (dst[i] < 0.f) bad = i;
+    if (bad < 0) return;
+    const int64_t at = b + bad;
+    const size_t k = std::upper_bound(L->offsets.begin(), L->offsets.end(), at) - L->offsets.begin() - 1;
+    fail("{}: the {} of '{}' hold {} at element {}: {}", dir, what, L->specs[k].name, dst[bad], at - L->offsets[k], advice);
+  };
+}
+
 std::string shard_name(int rank, int world) { return fmt::format("shard-{:05}-of-{:05}.bin", rank, world); }
 
 json head_json(const CheckpointHead& h, int64_t n) {
@@ -246,7 +265,7 @@ FlatReader model_dir_reader(const std::string& dir, const ModelConfig& c) {
       fail("{}: tensor {} has dtype {}, expected f32, bf16 or f16", dir, spec.name, dtype_name(t.dtype()));
     tensors->push_back(std::move(t));
   }
-  return [L, files, tensors](int64_t b, int64_t e, float* dst) {
+  FlatReader read = [L, files, tensors](int64_t b, int64_t e, float* dst) {
     check_range(b, e, L->n);
     for_specs(*L, b, e, [&](size_t i, int64_t off, int64_t n, int64_t d) {
       const Tensor& t = (*tensors)[i];
@@ -258,22 +277,56 @@ FlatReader model_dir_reader(const std::string& dir, const ModelConfig& c) {
       }
     });
   };
+  return checked(read, L, dir, "weights", false, "the weights are corrupt (a diverged run or a damaged file); use an "
+                 "earlier checkpoint or re-export the model");
 }
 
 CheckpointSource open_checkpoint(const std::string& dir, const ModelConfig& c) {
-  if (fs::is_regular_file(fs::path(dir) / "sharded_state.json")) return open_sharded(dir, c);
-  return open_full(dir, c);
+  CheckpointSource s = fs::is_regular_file(fs::path(dir) / "sharded_state.json") ? open_sharded(dir, c) : open_full(dir, c);
+  auto L = std::make_shared<FlatLayout>(c);
+  s.params = checked(s.params, L, dir, "parameters", false);
+  s.m = checked(s.m, L, dir, "AdamW first moments", false);
+  s.v = checked(s.v, L, dir, "AdamW second moments", true);
+  return s;
 }
 
 std::string latest_checkpoint(const std::string& out) {
+  // A checkpoint-N directory exists only once complete (it is renamed into place from its
+  // temporary name), and `latest` is updated after that rename: a kill between the two leaves
+  // a newer complete checkpoint than `latest` names. Resume from the newest one.
+  std::string newest;
+  if (fs::is_directory(out))
+    for (const auto& e : fs::directory_iterator(out)) {
+      const std::string n = e.path().filename().string();
+      if (e.is_directory() && n.size() == 17 && n.rfind("checkpoint-", 0) == 0 &&
+          n.find_first_not_of("0123456789", 11) == std::string::npos && n > newest)
+        newest = n;
+    }
   const fs::path latest = fs::path(out) / "latest";
-  if (!fs::is_regular_file(latest)) fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", out);
-  std::string name = read_text_file(latest.string());
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-  const fs::path dir = fs::path(out) / name;
-  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(dir))
-    fail("{}: 'latest' names {}, which is missing", out, name);
-  return dir.string();
+  if (fs::is_regular_file(latest)) {
+    std::string name = read_text_file(latest.string());
+    while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+    if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(fs::path(out) / name)) {
+      if (newest.empty()) fail("{}: 'latest' names {}, which is missing", out, name);
+      fmt::print(stderr, "note: {}/latest names {}, which is missing; resuming from {}\n", out, name, newest);
+    } else if (name < newest) {
+      fmt::print(stderr, "note: {}/latest names {}, but {} is newer and complete (a run stopped between the two); "
+                 "resuming from it\n", out, name, newest);
+    } else {
+      newest = name;
+    }
+  }
+  if (newest.empty()) fail("{}: nothing to resume (no checkpoint); run without --resume", out);
+  return (fs::path(out) / newest).string();
+}
+
+bool has_checkpoint(const std::string& out) {
+  if (!fs::is_directory(out)) return false;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string n = e.path().filename().string();
+    if (n == "latest" || (e.is_directory() && n.rfind("checkpoint-", 0) == 0)) return true;
+  }
+  return false;
 }
 
 std::string checkpoint_tmp_dir(const std::string& out, int64_t step) {

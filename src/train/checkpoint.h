@@ -50,8 +50,12 @@ struct CheckpointSource {
 // Opens a checkpoint directory of either format for `c` (fails naming the file on a
 // mismatch, truncation or corruption).
 CheckpointSource open_checkpoint(const std::string& dir, const ModelConfig& c);
-// The checkpoint DIR/latest names (fails with the fix when there is none).
+// The checkpoint to resume from: the newest complete checkpoint-N in DIR (normally the one
+// DIR/latest names; newer when a run stopped between publishing it and updating latest).
+// Fails with the fix when there is none.
 std::string latest_checkpoint(const std::string& out);
+// Whether DIR holds a checkpoint or a `latest` (an earlier run).
+bool has_checkpoint(const std::string& out);
 
 struct ShardUnit {
   int64_t begin, end, chunk;

@@ -1,6 +1,9 @@
 // Training loop, data windows, checkpoints and exact resume.
 #include "train/trainer.h"
 
+#include <signal.h>
+#include <unistd.h>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -167,6 +170,49 @@ void trim_metrics(const std::string& path, int64_t step) {
 }
 }  // namespace
 
+namespace {
+// Ctrl-C (SIGINT) or SIGTERM during training: the run finishes its step, saves a checkpoint
+// and stops, as a user of a training script expects; a second signal aborts at once.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) {
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+    return;
+  }
+  static const char msg[] = "\nllmq: stopping after this step, with a checkpoint (signal again to abort without one)\n";
+  [[maybe_unused]] ssize_t r = ::write(2, msg, sizeof msg - 1);
+}
+// Installs the handler for the run and restores the previous ones after it.
+struct StopSignals {
+  struct sigaction old_int{}, old_term{};
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa{};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+// Temporary files that killed writers left in a run directory (`latest.tmp.PID`,
+// `metrics.jsonl.tmp.PID`, checkpoint temporaries): garbage once this run holds the lock.
+void remove_run_leftovers(const std::string& out) {
+  if (!fs::is_directory(out)) return;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string n = e.path().filename().string();
+    const size_t t = n.rfind(".tmp.");
+    const bool tmp_file = t != std::string::npos && t + 5 < n.size() && n.find_first_not_of("0123456789", t + 5) == std::string::npos;
+    if (tmp_file || n.rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
+  }
+}
+}  // namespace
+
 TrainResult train_run(const TrainOptions& options) {
   TrainOptions o = options;  // a resume that extends the run adopts its warm-up
   if (o.out.empty()) fail("train: give --out DIR");
@@ -212,8 +258,7 @@ TrainResult train_run(const TrainOptions& options) {
   val_s.init(data.val, cfg.vocab_size, o.data);
   if (train_s.total < o.seq_len + 1) fail("{}: {} training tokens, fewer than one window of --seq-len {} + 1", o.data, train_s.total, o.seq_len);
 
-  if (o.resume && !fs::is_regular_file(fs::path(o.out) / "latest"))
-    fail("{}: nothing to resume (no 'latest' checkpoint); run without --resume", o.out);
+  if (o.resume && !has_checkpoint(o.out)) fail("{}: nothing to resume (no checkpoint); run without --resume", o.out);
   // Data parallel over the job's ranks: each takes B/W of every micro-batch's windows, the
   // gradients (scaled by 1/W) are summed over ranks, so every rank applies the same update
   // as one process with the whole batch would.
@@ -246,6 +291,16 @@ TrainResult train_run(const TrainOptions& options) {
                   "the training options, model config and paths");
   fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
              comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
+  {
+    // Weights, gradients and the two AdamW moments are f32: 16 bytes a parameter (FSDP: the
+    // moments and gradients sharded, the weights whole). Refused before allocating, with the
+    // figures, instead of a raw allocator message for a config far beyond the machine.
+    const double n = (double)cfg.n_params(), need = n * (o.fsdp ? 4.0 + 12.0 / W : 16.0);
+    const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (need > have)
+      fail("train: the model has {:.3g} parameters; its f32 weights, gradients and AdamW moments need {} per rank, "
+           "more than this machine's {} of memory (see `llmq plan`)", n, format_bytes(need), format_bytes(have));
+  }
   LlamaTrain<float> m(cfg);
   m.set_recompute(o.recompute);
   std::vector<AdamW<float>::Range> ranges;
@@ -259,9 +314,7 @@ TrainResult train_run(const TrainOptions& options) {
   AdamW<float> opt(o.adamw, o.fsdp ? std::vector<AdamW<float>::Range>{{0, 0, false}} : ranges, o.fsdp ? 0 : m.n_params());
   if (lead) {
     fs::create_directories(o.out);
-    // Temporary checkpoint directories of a killed run are garbage.
-    for (const auto& e : fs::directory_iterator(o.out))
-      if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path());
+    remove_run_leftovers(o.out);
   }
   comm.barrier();
   const std::string metrics = (fs::path(o.out) / "metrics.jsonl").string();
@@ -316,6 +369,10 @@ TrainResult train_run(const TrainOptions& options) {
         if (!now.contains(k)) diff += fmt::format("{}{} {} (now unset)", diff.empty() ? "" : ", ", k, v.dump());
       fail("{}: the run was started with other options: {}; resume with the same ones", dir, diff);
     }
+    // `latest` names the checkpoint resumed from (it lagged when a run stopped between
+    // publishing a checkpoint and updating it; a run that has nothing left to train fixes it).
+    const std::string latest = (fs::path(o.out) / "latest").string(), want = fs::path(dir).filename().string() + "\n";
+    if (lead && (!fs::is_regular_file(latest) || read_text_file(latest) != want)) write_file_atomic(latest, want);
     src_params = cs.params, src_m = cs.m, src_v = cs.v;
     adam_step = cs.head.adam_step, start_step = cs.head.step, cursor = cs.head.cursor;
     if (lead) trim_metrics(metrics, start_step);
@@ -399,6 +456,7 @@ TrainResult train_run(const TrainOptions& options) {
       const auto [b, e] = m.unit_range(u);
       reduce_range(b, e, true);
     };
+  StopSignals signals;
   for (int64_t step = start_step; step < o.steps; step++) {
     if (fsdp) fsdp->zero_grads();
     else m.zero_grad();
@@ -461,7 +519,12 @@ TrainResult train_run(const TrainOptions& options) {
         fail("{}: writing the metrics failed at step {} (disk full?); the last checkpoint is in {}: free space and "
              "resume with --resume", metrics, done, o.out);
     }
-    const bool stop = o.stop_after > 0 && done >= o.stop_after;
+    // A signal on any rank stops every rank after the same step (one more tiny all-reduce).
+    const int my_sig = g_stop_signal.load();
+    float sig = (float)my_sig;
+    if (W > 1) comm.all_reduce_sum(&sig, 1);
+    res.stop_signal = my_sig ? my_sig : sig > 0 ? SIGTERM : 0;
+    const bool stop = (o.stop_after > 0 && done >= o.stop_after) || sig != 0;
     if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps || stop) {
       const CheckpointHead head{done, cursor, fsdp ? fsdp->adam_step() : opt.step, resume_key(o), 0};
       if (sharded_ckpt) {  // every rank writes its own shard; nothing is gathered
@@ -485,7 +548,7 @@ TrainResult train_run(const TrainOptions& options) {
         if (fsdp) fsdp->release_all(), free_moments();
       }
       // A sample through the inference engine (a sharded checkpoint is no model directory).
-      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt) sample(o, done);
+      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal) sample(o, done);
     }
     res.steps = done;
     if (stop) break;

@@ -47,6 +47,7 @@ struct TrainResult {
   int rank = 0, world = 1;
   uint64_t bytes_sent = 0;  // payload this rank sent to the others (gradient all-reduces, ...)
   uint64_t rss_end_bytes = 0;  // this rank's resident memory at the end (after the last step)
+  int stop_signal = 0;      // SIGINT/SIGTERM stopped the run (with a checkpoint at `steps`)
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`

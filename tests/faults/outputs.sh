@@ -3,8 +3,8 @@
 # (SIGKILL injected by strace) at each of its renames in turn, over a previous complete
 # output. After each kill the target must be the previous output, byte for byte, or the
 # complete new one (with its marker); a rerun must succeed and leave no temporary
-# directories. Also: a full disk (ulimit -f) fails cleanly with the previous output intact,
-# and a training run directory is never restarted over without --resume/--overwrite.
+# directories. A full disk (ENOSPC injected at each write, and ulimit -f) fails cleanly with
+# the previous output intact, and a training run directory is never restarted over without --resume/--overwrite.
 set -u
 LLMQ=${1:?usage: outputs.sh path/to/llmq}
 command -v strace >/dev/null || { echo "SKIP: strace is not installed (scripts/setup installs it)"; exit 0; }
@@ -23,7 +23,7 @@ kill_each_rename() {
   local prev n rc cur kills=0
   prev=$(sum_dir "$target")
   for n in $(seq 1 40); do
-    strace -f -qq -o /dev/null -e trace=rename -e inject=rename:signal=KILL:when=$n "$LLMQ" --threads 1 "$@" >/dev/null 2>&1
+    ( strace -f -qq -o /dev/null -e trace=rename -e inject=rename:signal=KILL:when=$n "$LLMQ" --threads 1 "$@" >/dev/null 2>&1; exit $? ) 2>/dev/null
     rc=$?
     [ $rc -eq 0 ] && break
     kills=$((kills+1))
@@ -36,11 +36,38 @@ kill_each_rename() {
   [ $rc -eq 0 ] || { bad "${*:1:2}: never completed"; return; }
   # The swap into place (renameat2 RENAME_EXCHANGE over an existing output) killed too.
   prev=$(sum_dir "$target")
-  strace -f -qq -o /dev/null -e trace=renameat2 -e inject=renameat2:signal=KILL:when=1 "$LLMQ" --threads 1 "$@" >/dev/null 2>&1
+  ( strace -f -qq -o /dev/null -e trace=renameat2 -e inject=renameat2:signal=KILL:when=1 "$LLMQ" --threads 1 "$@" >/dev/null 2>&1; exit $? ) 2>/dev/null
   [ "$(sum_dir "$target")" = "$prev" ] || [ -f "$target/.llmq-output.json" ] || { bad "${*:1:2}: killed at the swap"; return; }
   L "$@" >/dev/null 2>&1 || { bad "${*:1:2}: rerun failed"; return; }
   [ -z "$(leftovers "$target")" ] || { bad "${*:1:2}: left $(leftovers "$target")"; return; }
   ok "${*:1:2}: killed at each of $kills renames, target always previous-or-complete; rerun clean"
+}
+
+# enospc_each_write TARGET -- ARGS...: TARGET holds a previous output; run ARGS with write n
+# failing with ENOSPC (a full disk), for every write (40 spread over them when there are more).
+# Each run must exit 0 or 1 (one error line), leave the previous output or a complete new one,
+# and no temporaries.
+enospc_each_write() {
+  local target=$1; shift; shift
+  local prev writes stride n rc err hit=0 runs=0 msg=""
+  writes=$(strace -f -qq -c -e trace=write "$LLMQ" --threads 1 "$@" 2>&1 >/dev/null | awk '$NF=="write"{print $4}')
+  [ -n "$writes" ] || { bad "${*:1:2}: could not count writes"; return; }
+  stride=$(( writes > 40 ? writes / 40 : 1 ))
+  for n in $(seq 1 "$stride" "$writes"); do
+    prev=$(sum_dir "$target")
+    err=$(strace -f -qq -o /dev/null -e trace=write -e inject=write:error=ENOSPC:when=$n "$LLMQ" --threads 1 "$@" 2>&1 >/dev/null); rc=$?
+    runs=$((runs+1))
+    if [ $rc -ne 0 ]; then
+      hit=$((hit+1))
+      [ $rc -eq 1 ] && [ "$(grep -c 'llmq: error' <<<"$err")" -eq 1 ] || { bad "${*:1:2}: ENOSPC at write $n: exit $rc: $(tail -2 <<<"$err")"; return; }
+      # Unchanged, or (the failed write came after the swap: the summary line) the complete new one.
+      [ "$(sum_dir "$target")" = "$prev" ] || [ -f "$target/.llmq-output.json" ] || { bad "${*:1:2}: ENOSPC at write $n broke the output"; return; }
+      msg=$(grep -o 'error: .*' <<<"$err" | head -c 100)
+    fi
+    [ -z "$(leftovers "$target")" ] || { bad "${*:1:2}: ENOSPC at write $n left $(leftovers "$target")"; return; }
+  done
+  L "$@" >/dev/null 2>&1 && [ -f "$target/.llmq-output.json" ] || { bad "${*:1:2}: rerun failed"; return; }
+  ok "${*:1:2}: ENOSPC at $runs of $writes writes ($hit failed cleanly, exit 1, previous output intact), no leftovers; e.g. $msg"
 }
 
 L quantize -m "$T/m" --scheme w4a16 --group 32 --out "$T/q" >/dev/null 2>&1 || bad "quantize"
@@ -51,6 +78,12 @@ kill_each_rename "$T/m" -- init --preset tiny --tokenizer "$T/tok" --out "$T/m" 
 L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d" >/dev/null 2>&1 || bad "prepare"
 kill_each_rename "$T/d" -- data prepare --tokenizer "$T/tok" --input "$T/text.txt" "$T/text.txt" --out "$T/d" --shard-tokens 20000
 kill_each_rename "$T/tok" -- tokenizer train --input "$T/text.txt" --vocab 420 --out "$T/tok"
+
+enospc_each_write "$T/q" -- quantize -m "$T/m" --scheme w8a16 --out "$T/q"
+enospc_each_write "$T/g" -- export -m "$T/m" --format gptq --type w4a16 --group 32 --out "$T/g"
+enospc_each_write "$T/m" -- init --preset tiny --tokenizer "$T/tok" --out "$T/m" --dtype f32 --seed 9
+enospc_each_write "$T/d" -- data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d" --shard-tokens 30000
+enospc_each_write "$T/tok" -- tokenizer train --input "$T/text.txt" --vocab 410 --out "$T/tok"
 
 # A full disk while replacing an output: one error, the previous output intact, nothing left.
 prev=$(sum_dir "$T/q")
