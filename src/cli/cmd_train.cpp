@@ -54,11 +54,12 @@ void register_train(CLI::App& app) {
   cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
                 "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
                 "backward goes on (for comparison; the sums are the same)");
-  cmd->add_flag("--resume", o->resume, "continue from the run directory's latest checkpoint");
+  cmd->add_flag("--resume", o->resume, "continue from the run directory's newest complete checkpoint");
   cmd->add_flag("--overwrite", o->overwrite,
                 "delete an earlier run in --out and start again (without it, or --resume, a non-empty --out is refused)");
   cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
-  cmd->footer("Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
+  cmd->footer("Ctrl-C (or SIGTERM) saves a checkpoint at the current step and stops (exit 130/143); a second one aborts.\n"
+              "Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
               "`recompute = true`); flags given on the command line win.");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
   cmd->callback([o, json, warmup_opt] {

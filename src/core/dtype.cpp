@@ -129,19 +129,24 @@ float e4m3_round(float f) {
 
 namespace llmq {
 namespace {
-template <class U, class Bad>
-int64_t scan_nonfinite(const U* p, int64_t n, Bad bad) {
+// flag(u) has the top bit of U set exactly when u is NaN/Inf: the exponent field masked out
+// and one added to its lowest bit carries into the top bit only when the field is all ones.
+// An OR over a chunk is then adds, ands and ors that vectorize.
+template <class U, U kExp, U kOne>
+int64_t scan_nonfinite(const U* p, int64_t n) {
+  constexpr U kTop = (U)((U)1 << (sizeof(U) * 8 - 1));
+  auto flag = [](U u) { return (U)((U)(u & kExp) + kOne); };
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   int64_t first = -1;
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; c++) {
     const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
-    bool any = false;
-    for (int64_t i = b; i < e; i++) any |= bad(p[i]);  // branch-free, vectorizes
-    if (!any) continue;
+    U any = 0;
+    for (int64_t i = b; i < e; i++) any |= flag(p[i]);
+    if (!(any & kTop)) continue;
     for (int64_t i = b; i < e; i++)
-      if (bad(p[i])) {
+      if (flag(p[i]) & kTop) {
 #pragma omp critical(llmq_first_nonfinite)
         if (first < 0 || i < first) first = i;
         break;
@@ -153,17 +158,12 @@ int64_t scan_nonfinite(const U* p, int64_t n, Bad bad) {
 
 int64_t first_nonfinite(const void* data, DType dt, int64_t n) {
   switch (dt) {
-    case DType::F32:
-      return scan_nonfinite(static_cast<const uint32_t*>(data), n, [](uint32_t u) { return (u & 0x7f800000u) == 0x7f800000u; });
-    case DType::BF16:
-      return scan_nonfinite(static_cast<const uint16_t*>(data), n, [](uint16_t u) { return (u & 0x7f80u) == 0x7f80u; });
-    case DType::F16:
-      return scan_nonfinite(static_cast<const uint16_t*>(data), n, [](uint16_t u) { return (u & 0x7c00u) == 0x7c00u; });
+    case DType::F32: return scan_nonfinite<uint32_t, 0x7f800000u, 0x00800000u>(static_cast<const uint32_t*>(data), n);
+    case DType::BF16: return scan_nonfinite<uint16_t, 0x7f80u, 0x0080u>(static_cast<const uint16_t*>(data), n);
+    case DType::F16: return scan_nonfinite<uint16_t, 0x7c00u, 0x0400u>(static_cast<const uint16_t*>(data), n);
     case DType::F64:
-      return scan_nonfinite(static_cast<const uint64_t*>(data), n,
-                            [](uint64_t u) { return (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull; });
-    case DType::F8E4M3:
-      return scan_nonfinite(static_cast<const uint8_t*>(data), n, [](uint8_t u) { return (u & 0x7fu) == 0x7fu; });
+      return scan_nonfinite<uint64_t, 0x7ff0000000000000ull, 0x0010000000000000ull>(static_cast<const uint64_t*>(data), n);
+    case DType::F8E4M3: return scan_nonfinite<uint8_t, 0x7fu, 0x01u>(static_cast<const uint8_t*>(data), n);  // NaN: 0x7f/0xff
     default: return -1;
   }
 }

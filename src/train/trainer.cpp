@@ -258,7 +258,6 @@ TrainResult train_run(const TrainOptions& options) {
   val_s.init(data.val, cfg.vocab_size, o.data);
   if (train_s.total < o.seq_len + 1) fail("{}: {} training tokens, fewer than one window of --seq-len {} + 1", o.data, train_s.total, o.seq_len);
 
-  if (o.resume && !has_checkpoint(o.out)) fail("{}: nothing to resume (no checkpoint); run without --resume", o.out);
   // Data parallel over the job's ranks: each takes B/W of every micro-batch's windows, the
   // gradients (scaled by 1/W) are summed over ranks, so every rank applies the same update
   // as one process with the whole batch would.
@@ -285,6 +284,8 @@ TrainResult train_run(const TrainOptions& options) {
     if (!o.resume && fs::is_directory(o.out) && (earlier || o.overwrite))
       for (const auto& e : fs::directory_iterator(o.out)) fs::remove_all(e.path());
   }
+  // After the lock: beside a running train the message is about that run, not its checkpoints.
+  if (o.resume && !has_checkpoint(o.out)) fail("{}: nothing to resume (no checkpoint); run without --resume", o.out);
   if (o.batch % W != 0)
     fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
   comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),

@@ -85,6 +85,28 @@ enospc_each_write "$T/m" -- init --preset tiny --tokenizer "$T/tok" --out "$T/m"
 enospc_each_write "$T/d" -- data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d" --shard-tokens 30000
 enospc_each_write "$T/tok" -- tokenizer train --input "$T/text.txt" --vocab 410 --out "$T/tok"
 
+# Two writers to one output: the second is refused naming the first (its renames are slowed
+# by strace so that it holds the lock), and the first's output is complete and loads.
+( strace -f -qq -o /dev/null -e trace=rename -e inject=rename:delay_enter=1500000 "$LLMQ" --threads 1 quantize -m "$T/m" \
+    --scheme w8a16 --group 32 --out "$T/q2" >/dev/null 2>"$T/first.err" ) & first=$!
+for i in $(seq 100); do [ -d "$T/.q2.tmp."* ] 2>/dev/null && break; ls -a "$T" | grep -q '^\.q2\.tmp\.' && break; sleep 0.05; done
+err=$(L quantize -m "$T/m" --scheme w8a16 --out "$T/q2" 2>&1 >/dev/null); rc=$?
+wait $first; rc1=$?
+[ $rc -eq 1 ] && grep -q "another llmq process (pid [0-9]* quantize) is writing it" <<<"$err" && [ $rc1 -eq 0 ] \
+  && grep -q '"group_size": 32' "$T/q2/config.json" && L info "$T/q2" >/dev/null 2>&1 \
+  && ok "second quantize into one output refused: $(grep -o 'another.*' <<<"$err" | head -c 80); the first's output complete" \
+  || bad "two quantize writers: rc=$rc rc1=$rc1 $err; first: $(tail -1 "$T/first.err")"
+L data prepare --tokenizer "$T/tok" --input "$T/text.txt" --out "$T/d3" >/dev/null 2>&1
+"$LLMQ" --threads 1 train --preset tiny --data "$T/d3" --out "$T/busy" --steps 100000 --save-every 0 --batch 2 --seq-len 16 >/dev/null 2>"$T/busy.err" & first=$!
+for i in $(seq 100); do grep -q "step " "$T/busy.err" 2>/dev/null && break; sleep 0.1; done
+for extra in "" "--resume"; do
+  err=$(L train --preset tiny --data "$T/d3" --out "$T/busy" --steps 10 --batch 2 --seq-len 16 $extra 2>&1 >/dev/null); rc=$?
+  [ $rc -eq 1 ] && grep -q "another llmq process (pid $first train) is writing it" <<<"$err" \
+    && ok "train ${extra:-(new)} beside a running train into one run directory: refused naming pid $first" || bad "two trains $extra: rc=$rc $err"
+done
+kill -INT $first; wait $first
+[ -f "$T/busy/$(cat "$T/busy/latest" 2>/dev/null)/train_state.bin" ] && ok "...the running train saved its checkpoint at Ctrl-C" || bad "busy run lost"
+
 # A full disk while replacing an output: one error, the previous output intact, nothing left.
 prev=$(sum_dir "$T/q")
 err=$(bash -c "ulimit -f 100; exec $LLMQ --threads 1 quantize -m $T/m --scheme w8a16 --keep lm_head --out $T/q" 2>&1 >/dev/null); rc=$?
