@@ -462,7 +462,17 @@ T kv_get(const GgufFile& f, const std::string& key) {
 }
 }  // namespace
 
-Model gguf_load_model(const std::string& path) { return gguf_model_from(gguf_parse(path)); }
+Model gguf_load_model(const std::string& path, LoadMode mode) {
+  if (mode == LoadMode::Map) return gguf_model_from(gguf_parse(path));
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec) fail("{}: {}", path, ec.message());
+  auto buf = Storage::allocate(size);
+  read_file_range(path, 0, size, static_cast<uint8_t*>(buf->data));
+  GgufFile f = gguf_parse_bytes(static_cast<const uint8_t*>(buf->data), size, path);
+  f.buffer = buf;
+  return gguf_model_from(std::move(f));
+}
 
 std::optional<RopeScaling> gguf_fit_llama3_scaling(const ModelConfig& c, const std::vector<double>& freqs) {
   // The factors are f32 in the file: candidates must reproduce every frequency to a few f32
@@ -544,6 +554,11 @@ Model gguf_model_from(GgufFile f) {
     if (auto rs = gguf_fit_llama3_scaling(c, m.rope_freqs)) m.config.rope_scaling = *rs;
   }
   const int64_t hd = c.head_dim;
+  // The file's mapping as tensor storage (float tensors are views of it); none when the bytes
+  // are not a file mapping (gguf_parse_bytes: the fuzz target), whose pages are never released.
+  std::shared_ptr<Storage> file_storage = f.buffer;
+  const bool mapped = f.mapping != nullptr && !f.buffer;
+  if (mapped) file_storage = Storage::borrow(const_cast<uint8_t*>(f.data), f.size, std::const_pointer_cast<void>(f.mapping));
   // One tensor: shape check, then f32/f16/bf16 as is, q8_0/q4_0 into llmq's layout.
   auto load = [&](const std::string& name, Shape shape, bool permute) -> Tensor {
     auto it = byname.find(name);
@@ -587,12 +602,23 @@ Model gguf_model_from(GgufFile f) {
       }
       for (float s : scale)
         if (!std::isfinite(s)) fail("{}: {} has a non-finite block scale", path, name);
+      if (file_storage) release_pages(src, (uint64_t)M * row_bytes);  // converted: the file's pages are done
       return make_quant_tensor(M, K, q8 ? 8 : 4, 32, true, false, codes.data(), scale.data(), zero.data());
     }
     const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
-    Tensor out = Tensor::empty(dt, shape);
+    Tensor out;
+    if (!permute && shape.size() == 2 && file_storage) {
+      // Rows already in order: a view of the file's bytes, no copy (a 1B f16 GGUF used to
+      // take its size twice: the copy plus the pages read to make it).
+      out = Tensor::view(file_storage, (size_t)(src - static_cast<const uint8_t*>(file_storage->data)), dt, shape);
+      check_finite(out, path, name);
+      if (mapped) release_pages(out.host_data(), out.nbytes());  // touched only by the check
+      return out;
+    }
+    out = Tensor::empty(dt, shape);
     for (int64_t r = 0; r < M; r++)
       std::memcpy(out.host<uint8_t>() + r * row_bytes, src + gguf_row(r) * row_bytes, row_bytes);
+    if (file_storage) release_pages(src, (uint64_t)M * row_bytes);
     check_finite(out, path, name);
     if (dt != DType::F32 && shape.size() == 1) {  // norms run in f32
       Tensor f32 = Tensor::empty(DType::F32, shape);
@@ -603,13 +629,9 @@ Model gguf_model_from(GgufFile f) {
     return out;
   };
   LlamaWeights& w = m.weights;
+  // A quantized table stays quantized: lookups dequantize their rows (op_embedding), so a
+  // q4_0 1B model no longer holds a 1 GB f32 copy of its 128k x 2048 embeddings.
   w.embed = load("token_embd.weight", {c.vocab_size, c.dim}, false);
-  if (w.embed.quant()) {  // lookups need float rows: dequantize the table (vocab x dim f32)
-    Tensor e = Tensor::empty(DType::F32, {c.vocab_size, c.dim});
-    dequantize_tensor_rows(w.embed, 0, c.vocab_size, e.host<float>());
-    m.weights.lm_head = w.embed;  // the quantized copy serves the output projection when tied
-    w.embed = e;
-  }
   for (int64_t l = 0; l < c.n_layers; l++) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LlamaLayer L;

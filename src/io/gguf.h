@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "model/llama.h"
 #include "quant/ggml_blocks.h"
 
@@ -76,7 +77,8 @@ struct GgufFile {
   std::map<std::string, GgufValue> kv;
   std::vector<Tensor> tensors;
   uint64_t data_start = 0;
-  std::shared_ptr<const void> mapping;  // keeps the file mapped
+  std::shared_ptr<const void> mapping;  // keeps the file mapped (gguf_parse)
+  std::shared_ptr<Storage> buffer;      // or the file read into memory (gguf_load_model, LoadMode::Read)
   const uint8_t* data = nullptr;
   uint64_t size = 0;
 };
@@ -86,7 +88,11 @@ GgufFile gguf_parse(const std::string& path);
 GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string& path);
 // A Llama GGUF (f32/f16/bf16/q8_0/q4_0 tensors) as a model: q8_0/q4_0 become llmq's 8/4-bit
 // layout with groups of 32 (exact), q/k rows go back to Hugging Face order.
-Model gguf_load_model(const std::string& path);
+// Float tensors whose rows need no reordering are views of the file's bytes (no copy): of
+// the mapping under LoadMode::Map (pages dropped after the NaN check, so a streaming reader
+// keeps its peak), of the file read into memory under LoadMode::Read. A quantized
+// token_embd stays quantized (lookups dequantize rows).
+Model gguf_load_model(const std::string& path, LoadMode mode = LoadMode::Read);
 // The same from a parsed file (its data must stay valid while the model is built).
 Model gguf_model_from(GgufFile f);
 // Llama 3 rope_scaling parameters (factor, low/high frequency factors, original context)

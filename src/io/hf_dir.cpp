@@ -289,7 +289,7 @@ bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
 
 Model model_load(const std::string& dir, LoadMode mode) {
   if (fs::is_regular_file(dir)) {  // a GGUF file (llama.cpp's format) as a model source
-    if (dir.ends_with(".gguf")) return gguf_load_model(dir);
+    if (dir.ends_with(".gguf")) return gguf_load_model(dir, mode);
     fail("{}: a file; give a model directory (config.json + safetensors) or a .gguf file", dir);
   }
   fs::path cfg = fs::path(dir) / "config.json";

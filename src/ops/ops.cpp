@@ -349,6 +349,10 @@ void op_embedding(Tensor& out, const Tensor& table, const std::vector<int32_t>& 
     int64_t t = tokens[i];
     if (t < 0 || t >= V) fail("token id {} is outside the vocabulary (0..{})", t, V - 1);
     float* o = O + i * d;
+    if (table.quant()) {  // a quantized table (a GGUF's q8_0/q4_0 token_embd): one row dequantized
+      dequantize_tensor_rows(table, t, t + 1, o);
+      continue;
+    }
     switch (table.dtype()) {
       case DType::F32: std::memcpy(o, table.host<float>() + t * d, d * 4); break;
       case DType::BF16: k.cvt_bf16_f32(table.host<uint16_t>() + t * d, o, d); break;
