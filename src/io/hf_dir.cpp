@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "tokenizer/gguf_tokenizer.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "core/rng.h"
@@ -442,6 +443,13 @@ void write_model_configs(const std::string& dir, const ModelConfig& c) {
 }
 
 bool copy_tokenizer_files(const std::string& model_dir, const std::string& out_dir) {
+  if (model_dir.ends_with(".gguf") && fs::is_regular_file(model_dir)) {  // the tokenizer the GGUF carries
+    if (!gguf_has_tokenizer(model_dir)) return false;
+    const TokenizerFiles t = gguf_tokenizer_files(model_dir);
+    write_file_atomic((fs::path(out_dir) / t.main_name).string(), t.main);
+    write_file_atomic((fs::path(out_dir) / "tokenizer_config.json").string(), t.config);
+    return true;
+  }
   bool found = false;
   for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
     const fs::path src = fs::path(model_dir) / f;

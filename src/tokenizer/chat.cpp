@@ -1,5 +1,6 @@
 // Chat prompts: the built-in Llama 3 instruct format, or tokenizer_config.json's template.
 #include "tokenizer/chat.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -32,6 +33,7 @@ std::vector<ChatMessage> chat_messages_load(const std::string& path) {
 }
 
 std::string chat_template_find(const std::string& tokenizer_path) {
+  if (tokenizer_path.ends_with(".gguf") && fs::is_regular_file(tokenizer_path)) return gguf_chat_template(tokenizer_path);
   fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
   fs::path cfg = dir / "tokenizer_config.json";
   if (!fs::is_regular_file(cfg)) return "";

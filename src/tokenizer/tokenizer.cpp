@@ -1,5 +1,6 @@
 // Tokenizer discovery and loading, BOS/EOS from tokenizer_config.json, streaming decode.
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -53,6 +54,7 @@ std::string StreamDecoder::flush() {
 }
 
 std::string tokenizer_find(const std::string& dir) {
+  if (dir.ends_with(".gguf") && fs::is_regular_file(dir)) return gguf_has_tokenizer(dir) ? dir : "";
   for (const char* name : {"tokenizer.json", "tokenizer.model"})
     if (fs::is_regular_file(fs::path(dir) / name)) return (fs::path(dir) / name).string();
   return "";
@@ -127,6 +129,7 @@ std::unique_ptr<Tokenizer> tokenizer_load_checked(const std::string& path) {
   } else if (!fs::exists(path)) {
     fail("{}: no such tokenizer file or directory", path);
   }
+  if (file.ends_with(".gguf")) return gguf_tokenizer_load(file);  // the tokenizer a GGUF carries
   const fs::path dir = fs::path(file).parent_path();
   const nlohmann::json cfg = read_json_if_present(dir / "tokenizer_config.json");
   const std::string data = read_text_file(file);
@@ -138,6 +141,13 @@ std::unique_ptr<Tokenizer> tokenizer_load_checked(const std::string& path) {
     t = BpeTokenizer::from_tiktoken(file, data, specials_from_config(cfg));
   else
     t = spm_load(file, data);
+  tokenizer_apply_config(*t, cfg);
+  return t;
+}
+}  // namespace
+
+void tokenizer_apply_config(Tokenizer& tk, const nlohmann::json& cfg) {
+  Tokenizer* t = &tk;
   if (cfg.is_object()) {
     if (cfg.contains("bos_token")) {
       std::string b = token_text(cfg["bos_token"]);
@@ -151,8 +161,6 @@ std::unique_ptr<Tokenizer> tokenizer_load_checked(const std::string& path) {
     if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) t->add_bos = cfg["add_bos_token"].get<bool>();
   }
   if (t->bos_id < 0) t->add_bos = false;
-  return t;
 }
-}  // namespace
 
 }  // namespace llmq

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace llmq {
 
 // A vocabulary as GGUF (llama.cpp) describes it: tokenizer.ggml.model "gpt2" (byte-level
@@ -56,8 +58,11 @@ class Tokenizer {
 // tokenizer.model) or from a directory holding one (tokenizer.json preferred). BOS/EOS come
 // from tokenizer_config.json and config.json beside it when present.
 std::unique_ptr<Tokenizer> tokenizer_load(const std::string& path);
-// The tokenizer file in a model directory, or "" if it has none.
+// The tokenizer file in a model directory, or "" if it has none; a .gguf file that carries a
+// tokenizer is its own tokenizer file (tokenizer/gguf_tokenizer.h).
 std::string tokenizer_find(const std::string& dir);
+// Applies tokenizer_config.json's bos_token, eos_token and add_bos_token.
+void tokenizer_apply_config(Tokenizer& t, const nlohmann::json& cfg);
 
 // Incremental decode for streamed output: feed ids, get back only complete UTF-8 sequences;
 // bytes of a character split across tokens are held until the rest arrives.

@@ -225,5 +225,13 @@ grep -q "extending the run from 3 to 5 steps" "$T/ext.err" && grep -q "trained s
 err=$(L generate -m "$T/m" --ids -p "1 2" -n 5000 2>&1 >/dev/null)
 grep -q "note: prompt + -n = 5002 tokens is more than the model's context of 2048" <<<"$err" && ok "context note" || bad "context note: $err"
 
+# GGUF float tensors are views of the file (read into memory, or mapped under --mmap) and a
+# q4_0 token_embd stays quantized (rows dequantized per lookup): both ways give the same
+# figures (llama.cpp's own runs of these files: tests/llamacpp/gguf_test.sh).
+for g in m-f16 m-q4; do
+  a=$(L eval ppl -m "$T/$g.gguf" --tokens "$T/ids.txt" --json 2>/dev/null); b=$("$LLMQ" --threads 1 --mmap eval ppl -m "$T/$g.gguf" --tokens "$T/ids.txt" --json 2>/dev/null)
+  [ -n "$a" ] && [ "$a" = "$b" ] && ok "$g.gguf: eval ppl read == mapped ($a)" || bad "$g.gguf read vs mapped: $a / $b"
+done
+
 echo "newcomer: $fails failure(s)"
 [ $fails -eq 0 ]

@@ -77,5 +77,27 @@ for ty in f32 q8_0 q4_0; do
   else bad "$ty perplexity llmq $a vs llama.cpp $b (more than $tol apart)"; fi
 done
 
+# 4. The tokenizer a GGUF carries (issues 27, 29): llmq reads it back from the file alone, with
+# ids (and fingerprint) identical to the tokenizer it was made from, for both vocabulary
+# kinds; text prompts, perplexity over text and quantize-from-GGUF then work on a .gguf.
+for pair in "$T/tl3.gguf:$ROOT/models/llama3-tokenizer" "$T/ts.gguf:$T/spm"; do
+  g=${pair%%:*}; src=${pair#*:}
+  for special in "" --special; do
+    a=$("$LLMQ" tokenizer encode --tokenizer "$src" $special < "$T/lines.txt"); b=$("$LLMQ" tokenizer encode --tokenizer "$g" $special < "$T/lines.txt")
+    [ -n "$a" ] && [ "$a" = "$b" ] && ok "$(basename "$g"): llmq's tokenizer read from the GGUF encodes like $(basename "$src") ${special:-(no specials)}" \
+      || bad "$(basename "$g") tokenizer differs ${special}: $(diff <(echo "$a") <(echo "$b") | head -3)"
+  done
+  fa=$("$LLMQ" tokenizer info --tokenizer "$src" | grep fingerprint); fb=$("$LLMQ" tokenizer info --tokenizer "$g" | grep fingerprint)
+  [ "$fa" = "$fb" ] && ok "$(basename "$g"): same $fa" || bad "$(basename "$g"): $fa vs $fb"
+done
+a=$("$LLMQ" eval ppl -m "$M" --text "$T/corpus.txt" --max-tokens 2000 --json 2>/dev/null)
+b=$("$LLMQ" eval ppl -m "$T/m-f32.gguf" --text "$T/corpus.txt" --max-tokens 2000 --json 2>/dev/null)
+[ -n "$b" ] && [ "$(cut -c1-30 <<<"$a")" = "$(cut -c1-30 <<<"$b")" ] && ok "eval ppl --text on the .gguf alone: $b" || bad "eval ppl --text: dir $a vs gguf $b"
+"$LLMQ" generate -m "$T/m-q8_0.gguf" -p "And God said" -n 8 --temperature 0 >/dev/null 2>"$T/gen.err" \
+  && ok "generate -p TEXT on the .gguf alone" || bad "generate -p on a .gguf: $(tail -1 "$T/gen.err")"
+"$LLMQ" quantize -m "$T/m-f32.gguf" --scheme w8a16 --out "$T/q-from-gguf" >/dev/null 2>&1 || bad "quantize from the GGUF"
+[ -f "$T/q-from-gguf/tokenizer.model" ] && [ "$("$LLMQ" tokenizer info --tokenizer "$T/q-from-gguf" | grep fingerprint)" = "$("$LLMQ" tokenizer info --tokenizer "$TOK" | grep fingerprint)" ] \
+  && ok "quantize from a GGUF writes its tokenizer (same fingerprint)" || bad "quantize from a GGUF: $(ls "$T/q-from-gguf")"
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "GGUF exports agree with llama.cpp"
