@@ -170,6 +170,41 @@ TEST(Train, RecomputeGivesIdenticalGradients) {
   for (size_t i = 0; i < a.grads.size(); i++) ASSERT_EQ(a.grads[i], b.grads[i]) << i;
 }
 
+// The output projection and cross-entropy fused over chunks of rows: chunks of 5 rows (not
+// dividing N = 27, so a short last chunk) against one chunk of all rows, which is the
+// unfused computation (full (N, V) logits). In double: the loss and every gradient agree to
+// rounding (dW sums its rows in chunk order, ~1e-16 relative per add over 27 rows; 1e-12 is
+// loose for that and tight against any wrong row, target or scale). In float the fused path
+// must stay within f32 rounding of the double reference's gradients like the unfused one.
+TEST(Train, FusedHeadMatchesFullLogits) {
+  ModelConfig cfg = config_preset("tiny-tied");
+  std::vector<int32_t> tok(3 * 9), tg(3 * 9);
+  for (size_t i = 0; i < tok.size(); i++) tok[i] = (i * 53 + 1) % cfg.vocab_size, tg[i] = i % 7 == 3 ? -1 : (i * 29 + 7) % cfg.vocab_size;
+  train::LlamaTrain<double> a(cfg), b(cfg);
+  a.fill(test::test_fill(cfg, 5));
+  b.fill(test::test_fill(cfg, 5));
+  a.set_head_chunk_rows(27);
+  b.set_head_chunk_rows(5);
+  const double la = a.forward(tok.data(), tg.data(), 3, 9), lb = b.forward(tok.data(), tg.data(), 3, 9);
+  EXPECT_NEAR(la, lb, 1e-12 * std::fabs(la));
+  a.backward(0.7);
+  b.backward(0.7);
+  double gmax = 0;
+  for (double x : a.grads) gmax = std::max(gmax, std::fabs(x));
+  for (size_t i = 0; i < a.grads.size(); i++) ASSERT_NEAR(a.grads[i], b.grads[i], 1e-12 * gmax) << i;
+  EXPECT_LT(b.activation_bytes(), a.activation_bytes());  // (5, V) logits instead of (27, V)
+  // float, default chunking (one chunk here) and 4-row chunks, against the double gradients:
+  // both within 1e-4 of the largest gradient (f32 sums over C = 64 and N = 27 terms).
+  for (int64_t rows : {0, 4}) {
+    train::LlamaTrain<float> f(cfg);
+    f.fill(test::test_fill(cfg, 5));
+    f.set_head_chunk_rows(rows);
+    EXPECT_NEAR(f.forward(tok.data(), tg.data(), 3, 9), la, 1e-5 * std::fabs(la));
+    f.backward(0.7);
+    for (size_t i = 0; i < a.grads.size(); i++) ASSERT_NEAR(f.grads[i], a.grads[i], 1e-4 * gmax) << i;
+  }
+}
+
 }  // namespace
 }  // namespace llmq
 

@@ -1,5 +1,7 @@
 #include "dist/plan.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace llmq::dist {
@@ -11,9 +13,11 @@ double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool r
   // atty, x_mid, ln2, rstd2, gate, up, hsw; plus each block's input x_in.
   const double block = N * C + N + N * QD + 2 * N * KD + B * H * T * T + N * QD + N * C + N * C + N + 3 * N * FF;
   const double per_layer = N * C + (recompute ? 0 : block);
-  // Final residual, norm and rstd, the logits/probabilities (N x V), and the backward
-  // scratch (dx, dln, dtmp, dq, dk, dv, datty, dgate, dup, dhsw).
-  const double head = N * C + N * C + N + N * V;
+  // Final residual, norm and rstd, one chunk of logits (the output projection and loss are
+  // fused over chunks of rows: LlamaTrain::head_chunk_rows, 32 MB of f32 logits, at least 16
+  // rows), and the backward scratch (dx, dln, dtmp, dq, dk, dv, datty, dgate, dup, dhsw).
+  const double rows = std::min(N, (double)std::max<int64_t>(16, ((int64_t)32 << 20) / (4 * c.vocab_size)));
+  const double head = N * C + N * C + N + rows * V;
   const double scratch = 3 * N * C + 2 * N * QD + 2 * N * KD + 3 * N * FF;
   return 4.0 * ((double)c.n_layers * per_layer + (recompute ? block : 0) + head + scratch);
 }

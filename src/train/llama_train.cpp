@@ -112,7 +112,8 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
     if (!recompute_) size_block(a);
   }
   if (recompute_) size_block(work_);
-  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), probs_.resize(N * c.vocab_size);
+  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N);
+  logits_.assign((size_t)(std::min(head_chunk_rows(), N) * c.vocab_size), F(0));
   dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
       dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
   pos_.resize(N);
@@ -152,6 +153,12 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
 }
 
 template <class F>
+int64_t LlamaTrain<F>::head_chunk_rows() const {
+  if (head_rows_ > 0) return head_rows_;
+  return std::max<int64_t>(16, ((int64_t)32 << 20) / ((int64_t)sizeof(F) * config.vocab_size));
+}
+
+template <class F>
 void LlamaTrain<F>::set_recompute(bool on) {
   if (on != recompute_) recompute_ = on, B_ = T_ = 0;  // re-plan at the next forward
 }
@@ -167,7 +174,7 @@ int64_t LlamaTrain<F>::activation_bytes() const {
   };
   for (const auto& a : acts_) add_acts(a);
   add_acts(work_);
-  for (auto* v : {&x_out_, &lnf_, &rstdf_, &probs_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
+  for (auto* v : {&x_out_, &lnf_, &rstdf_, &logits_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
     add(*v);
   return n * (int64_t)sizeof(F);
 }
@@ -200,10 +207,19 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
   }
   call(hooks.gather, head);
   rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, eps);
-  matmul_forward(probs_.data(), lnf_.data(), p.lm_head, N, C, V);
+  // Output projection and cross-entropy, fused over chunks of rows (set_head_chunk_rows).
+  const int64_t R = std::min(head_chunk_rows(), N);
+  double sum = 0;
+  n_valid_ = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    int64_t nv = 0;
+    matmul_forward(logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+    sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, &nv);
+    n_valid_ += nv;
+  }
   call(hooks.done_forward, head);
   if (tied) call(hooks.done_forward, 0);
-  const double sum = cross_entropy_forward(probs_.data(), targets, N, V, &n_valid_);
   if (n_valid_ == 0) fail("training: a batch with no targets");
   return sum / (double)n_valid_;
 }
@@ -217,16 +233,24 @@ void LlamaTrain<F>::backward(double loss_scale) {
   auto add = [](std::vector<F>& y, const std::vector<F>& x) {
     for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
   };
-  // probs become dlogits in place (so backward may run once per forward).
   const bool tied = p.lm_head == p.embed;
   const int head = c.n_layers + 1;
   auto call = [](const std::function<void(int)>& f, int u) {
     if (f) f(u);
   };
-  cross_entropy_backward(probs_.data(), targets_.data(), N, V, loss_scale / (double)n_valid_);
   call(hooks.gather, head);
   if (tied) call(hooks.gather, 0);
-  matmul_backward(dln_.data(), g.lm_head, probs_.data(), lnf_.data(), p.lm_head, N, C, V);
+  // Each chunk's logits again (the same products as forward, so the same probabilities),
+  // turned into dlogits in place, then its rows of dln and its share of dW.
+  const int64_t R = std::min(head_chunk_rows(), N);
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    int64_t nv = 0;
+    matmul_forward(logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+    cross_entropy_forward(logits_.data(), targets_.data() + r0, rows, V, &nv);
+    cross_entropy_backward(logits_.data(), targets_.data() + r0, rows, V, loss_scale / (double)n_valid_);
+    matmul_backward(dln_.data() + r0 * C, g.lm_head, logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+  }
   rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
   call(hooks.done_backward, head);
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
@@ -261,7 +285,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
   }
   embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);
   call(hooks.done_backward, 0);
-  n_valid_ = 0;  // the saved probabilities are gone: a second backward needs a new forward
+  n_valid_ = 0;  // one backward per forward
 }
 
 template struct LlamaTrain<float>;

@@ -62,6 +62,13 @@ struct LlamaTrain {
   bool recompute() const { return recompute_; }
   // Bytes of saved activations and backward scratch for the planned (B, T).
   int64_t activation_bytes() const;
+  // The output projection and cross-entropy run fused over chunks of rows: forward computes
+  // each chunk's logits, its loss, and drops them; backward recomputes them chunk by chunk
+  // and turns them into the chunk's dlogits, dx and dW. Only (rows, V) logits exist at a time,
+  // never (B*T, V) (1 GB at T 2048 for a 128k vocabulary), for one more (rows, C) x (C, V)
+  // product per chunk. 0 (default): as many rows as keep a chunk under 32 MB (at least 16).
+  void set_head_chunk_rows(int64_t rows) { head_rows_ = rows, B_ = T_ = 0; }
+  int64_t head_chunk_rows() const;
 
   // Parameter units, for fully sharded training: 0 the embeddings, 1..n_layers the blocks,
   // n_layers+1 the final norm and (untied) lm_head; each a contiguous range of params/grads.
@@ -91,7 +98,9 @@ struct LlamaTrain {
   Acts work_;                // with recompute: the one block being recomputed
   // One block's forward from its input x_in, saving into `a` (all but x_in), output to next.
   void block_forward(int64_t l, const F* x_in, Acts& a, F* next);
-  std::vector<F> x_out_, lnf_, rstdf_, probs_;  // final residual (N, C), final norm, (N, V)
+  std::vector<F> x_out_, lnf_, rstdf_;  // final residual (N, C), final norm (N, C), rstd (N)
+  std::vector<F> logits_;                // one chunk of rows: (head_chunk_rows, V)
+  int64_t head_rows_ = 0;
   // Backward scratch.
   std::vector<F> dx_, dln_, dq_, dk_, dv_, datty_, dgate_, dup_, dhsw_, dtmp_;
 };
