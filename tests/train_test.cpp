@@ -121,7 +121,9 @@ TEST_P(TrainRef, LossGradientsAndAdamWMatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, TrainRef,
-                         ::testing::Values(Case{"gqa_untied", "tiny", 2, 7}, Case{"tied_ropescaling", "tiny-tied", 3, 5}),
+                         ::testing::Values(Case{"gqa_untied", "tiny", 2, 7}, Case{"tied_ropescaling", "tiny-tied", 3, 5},
+                                           // T 150: three causal attention tiles of 64, the last partial
+                                           Case{"causal_tiles", "tiny", 1, 150}),
                          [](const auto& info) { return info.param.name; });
 
 // Gradient accumulation: two backward passes add up (parameter grads +=), and loss_scale

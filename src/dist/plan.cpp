@@ -9,9 +9,10 @@ namespace llmq::dist {
 double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t tp) {
   const double N = (double)B * T, C = (double)c.dim, QD = (double)c.q_dim() / tp, KD = (double)c.kv_dim() / tp,
                FF = (double)c.ffn_dim / tp, H = (double)c.n_heads / tp, V = (double)c.vocab_size;
-  // Per block (LlamaTrain::Acts): ln1, rstd1, q, k, v, attention probabilities (B*H*T*T),
-  // atty, x_mid, ln2, rstd2, gate, up, hsw; plus each block's input x_in.
-  const double block = N * C + N + N * QD + 2 * N * KD + B * H * T * T + N * QD + N * C + N * C + N + 3 * N * FF;
+  // Per block (LlamaTrain::Acts): ln1, rstd1, q, k, v, the attention rows' log-sum-exp
+  // (B*H*T: the T x T probabilities are recomputed in backward), atty, x_mid, ln2, rstd2,
+  // gate, up, hsw; plus each block's input x_in.
+  const double block = N * C + N + N * QD + 2 * N * KD + B * H * T + N * QD + N * C + N * C + N + 3 * N * FF;
   const double per_layer = N * C + (recompute ? 0 : block);
   // Final residual, norm and rstd, one chunk of logits (the output projection and loss are
   // fused over chunks of rows: LlamaTrain::head_chunk_rows, 32 MB of f32 logits, at least 16

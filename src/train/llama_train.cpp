@@ -102,7 +102,7 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
   const int64_t N = B * Tn, C = c.dim, QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim;
   auto size_block = [&](Acts& a) {
     a.ln1.resize(N * C), a.rstd1.resize(N), a.q.resize(N * QD), a.k.resize(N * KD), a.v.resize(N * KD),
-        a.att.resize(B * c.n_heads * Tn * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C), a.ln2.resize(N * C),
+        a.lse.resize(B * c.n_heads * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C), a.ln2.resize(N * C),
         a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
   };
   acts_.assign(c.n_layers, Acts{});
@@ -141,7 +141,7 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   matmul_forward(a.v.data(), a.ln1.data(), L.wv, N, C, KD);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
   rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
-  attention_forward(a.atty.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd);
+  attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd);
   matmul_forward(a.x_mid.data(), a.atty.data(), L.wo, N, QD, C);
   for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += x_in[i];
   rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
@@ -168,7 +168,7 @@ int64_t LlamaTrain<F>::activation_bytes() const {
   int64_t n = 0;
   auto add = [&](const std::vector<F>& v) { n += (int64_t)v.size(); };
   auto add_acts = [&](const Acts& a) {
-    for (auto* v : {&a.x_in, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.atty, &a.x_mid, &a.ln2, &a.rstd2, &a.gate,
+    for (auto* v : {&a.x_in, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.lse, &a.atty, &a.x_mid, &a.ln2, &a.rstd2, &a.gate,
                     &a.up, &a.hsw})
       add(*v);
   };
@@ -270,8 +270,8 @@ void LlamaTrain<F>::backward(double loss_scale) {
     add(dx_, dtmp_);
     // x_mid = x_in + wo(attention(rope(wq ln1), rope(wk ln1), wv ln1))
     matmul_backward(datty_.data(), G.wo, dx_.data(), a.atty.data(), L.wo, N, QD, C);
-    attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.att.data(), a.q.data(), a.k.data(),
-                       a.v.data(), B, Tn, H, KV, hd);
+    attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.atty.data(), a.lse.data(), a.q.data(),
+                       a.k.data(), a.v.data(), B, Tn, H, KV, hd);
     rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
     rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
     matmul_backward(dln_.data(), G.wq, dq_.data(), a.ln1.data(), L.wq, N, C, QD);

@@ -56,7 +56,7 @@ struct LlamaTrain {
   int64_t n_params() const { return (int64_t)params.size(); }
   // Per-block recomputation: forward keeps only each block's input; backward runs the
   // block's forward again into one shared set of buffers before reversing it. Saves the
-  // per-layer activations (the B*H*T*T attention probabilities above all) for ~1/3 more
+  // per-layer activations for ~1/3 more
   // compute; gradients are bitwise identical. Set before the first forward.
   void set_recompute(bool on);
   bool recompute() const { return recompute_; }
@@ -92,7 +92,7 @@ struct LlamaTrain {
   std::vector<F> cos_, sin_;  // (Tn, hd/2)
   // Saved activations, per layer l, N = B*Tn rows:
   struct Acts {
-    std::vector<F> x_in, ln1, rstd1, q, k, v, att, atty, x_mid, ln2, rstd2, gate, up, hsw;
+    std::vector<F> x_in, ln1, rstd1, q, k, v, lse, atty, x_mid, ln2, rstd2, gate, up, hsw;  // lse (B, H, T)
   };
   std::vector<Acts> acts_;  // with recompute, only x_in is kept per layer
   Acts work_;                // with recompute: the one block being recomputed

@@ -131,65 +131,91 @@ void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_
 // faster than scalar loops did (small preset, B 8, T 256: attention went from 34% of the
 // step's time to a small share, training 1,293 -> 1,909 tok/s). The (b, h) loop is serial
 // so BLAS can use every thread; the softmax rows are split over threads.
+// Causal attention in row tiles (flash-attention's recomputation, on the CPU): rows t in
+// [r0, r1) attend to keys [0, r1) only, so each product covers the lower triangle and the
+// diagonal tiles (about half of T x T plus a tile width) instead of computing the masked
+// half. A tile's whole key range is in one (tile, r1) block of scores, so its softmax is exact
+// without online rescaling; only each row's log-sum-exp is kept, and backward recomputes the
+// probabilities from it: no (T, T) matrix is stored per head and layer.
+constexpr int64_t kAttTile = 64;
+
 template <class T>
-void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
                        int64_t hd) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
+  std::vector<T> S((size_t)(std::min(Tn, kAttTile) * Tn));
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++) {
       const int64_t g = h / group;
-      T* S = att + (b * H + h) * Tn * Tn;
       const T* qh = q + b * Tn * H * hd + h * hd;
       const T* kg = k + b * Tn * KV * hd + g * hd;
       const T* vg = v + b * Tn * KV * hd + g * hd;
-      gemm(false, true, Tn, Tn, hd, qh, H * hd, kg, KV * hd, T(0), S, Tn, scale);
+      T* oh = out + b * Tn * H * hd + h * hd;
+      T* lh = lse + (b * H + h) * Tn;
+      for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
+        const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
+        gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale);  // (n, r1) = q k^T
 #pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < Tn; t++) {
-        T* a = S + t * Tn;
-        T mx = a[0];
-        for (int64_t s = 1; s <= t; s++) mx = std::max(mx, a[s]);
-        T sum = 0;
-        for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
-        const T inv = T(1) / sum;
-        for (int64_t s = 0; s <= t; s++) a[s] *= inv;
-        for (int64_t s = t + 1; s < Tn; s++) a[s] = 0;
+        for (int64_t i = 0; i < n; i++) {
+          const int64_t t = r0 + i;
+          T* a = S.data() + i * r1;
+          T mx = a[0];
+          for (int64_t s = 1; s <= t; s++) mx = std::max(mx, a[s]);
+          T sum = 0;
+          for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
+          const T inv = T(1) / sum;
+          for (int64_t s = 0; s <= t; s++) a[s] *= inv;
+          for (int64_t s = t + 1; s < r1; s++) a[s] = 0;
+          lh[t] = mx + std::log(sum);
+        }
+        gemm(false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
       }
-      gemm(false, false, Tn, hd, Tn, S, Tn, vg, KV * hd, T(0), out + b * Tn * H * hd + h * hd, H * hd);
     }
 }
 
 template <class T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v, int64_t B,
-                        int64_t Tn, int64_t H, int64_t KV, int64_t hd) {
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
+                        const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
-  std::vector<T> dS(Tn * Tn);
+  const int64_t tile = std::min(Tn, kAttTile);
+  std::vector<T> P((size_t)(tile * Tn)), dS((size_t)(tile * Tn)), D((size_t)tile);
   std::fill(dk, dk + B * Tn * KV * hd, T(0));
   std::fill(dv, dv + B * Tn * KV * hd, T(0));
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++) {
       const int64_t g = h / group;
-      const T* P = att + (b * H + h) * Tn * Tn;
       const T* doh = dout + b * Tn * H * hd + h * hd;
+      const T* oh = out + b * Tn * H * hd + h * hd;
       const T* qh = q + b * Tn * H * hd + h * hd;
       const T* kg = k + b * Tn * KV * hd + g * hd;
       const T* vg = v + b * Tn * KV * hd + g * hd;
+      const T* lh = lse + (b * H + h) * Tn;
       T* dkg = dk + b * Tn * KV * hd + g * hd;
       T* dvg = dv + b * Tn * KV * hd + g * hd;
-      gemm(false, true, Tn, Tn, hd, doh, H * hd, vg, KV * hd, T(0), dS.data(), Tn);      // dP = dO V^T
-      gemm(true, false, Tn, hd, Tn, P, Tn, doh, H * hd, T(1), dvg, KV * hd);             // dV += P^T dO
+      T* dqh = dq + b * Tn * H * hd + h * hd;
+      for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
+        const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
+        gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);     // scores again
+        gemm(false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);         // dP = dO v^T
 #pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < Tn; t++) {  // softmax backward: dS = P * (dP - sum(P * dP))
-        T* d = dS.data() + t * Tn;
-        const T* p = P + t * Tn;
-        T dot = 0;
-        for (int64_t s = 0; s <= t; s++) dot += p[s] * d[s];
-        for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
-        for (int64_t s = t + 1; s < Tn; s++) d[s] = 0;
+        for (int64_t i = 0; i < n; i++) {
+          const int64_t t = r0 + i;
+          T* p = P.data() + i * r1;
+          T* d = dS.data() + i * r1;
+          for (int64_t s = 0; s <= t; s++) p[s] = std::exp(p[s] - lh[t]);  // P from the row's log-sum-exp
+          for (int64_t s = t + 1; s < r1; s++) p[s] = 0;
+          // softmax backward: dS = P * (dP - rowsum(P * dP)), rowsum(P * dP) = rowsum(dO * O)
+          T dot = 0;
+          for (int64_t j = 0; j < hd; j++) dot += doh[t * H * hd + j] * oh[t * H * hd + j];
+          for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
+          for (int64_t s = t + 1; s < r1; s++) d[s] = 0;
+        }
+        gemm(true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);                 // dV += P^T dO
+        gemm(false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);         // dQ = dS k
+        gemm(true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);          // dK += dS^T q
       }
-      gemm(false, false, Tn, hd, Tn, dS.data(), Tn, kg, KV * hd, T(0), dq + b * Tn * H * hd + h * hd, H * hd, scale);  // dQ
-      gemm(true, false, Tn, hd, Tn, dS.data(), Tn, qh, H * hd, T(1), dkg, KV * hd, scale);  // dK += dS^T Q
     }
 }
 
@@ -257,8 +283,8 @@ void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t
   template void rope_backward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);              \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \
                                      int64_t);                                                                    \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,      \
-                                      int64_t, int64_t, int64_t, int64_t);                                        \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const T*,     \
+                                      int64_t, int64_t, int64_t, int64_t, int64_t);                               \
   template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                                               \
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                                \
   template double cross_entropy_forward<T>(T*, const int32_t*, int64_t, int64_t, int64_t*);                       \

@@ -31,16 +31,18 @@ void rope_forward(T* x, const int32_t* pos, const T* cos, const T* sin, int64_t 
 template <class T>
 void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_t N, int64_t heads, int64_t hd);
 
-// Causal grouped-query attention over B sequences of length Tn:
-// q (B, Tn, H, hd), k/v (B, Tn, KV, hd) -> out (B, Tn, H, hd); att (B, H, Tn, Tn) keeps the
-// softmax probabilities for backward (entries above the diagonal are zero).
+// Causal grouped-query attention over B sequences of length Tn, in row tiles (train_ops.cpp):
+// q (B, Tn, H, hd), k/v (B, Tn, KV, hd) -> out (B, Tn, H, hd); lse (B, H, Tn) keeps each
+// row's log-sum-exp of its scores, from which backward recomputes the probabilities (no
+// (T, T) matrix is kept).
 template <class T>
-void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
                        int64_t hd);
-// dq assigned; dk, dv assigned (summed over the heads that share them).
+// dq assigned; dk, dv assigned (summed over the heads that share them). out and lse are the
+// forward's.
 template <class T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v, int64_t B,
-                        int64_t Tn, int64_t H, int64_t KV, int64_t hd);
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k, const T* v,
+                        int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd);
 
 // out = silu(gate) * up
 template <class T> void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
