@@ -345,7 +345,7 @@ TEST(Train, ReportDrawsEveryMetric) {
   }
   m += "not json\n";
   write_file_atomic(t / "metrics.jsonl", m);
-  const std::string html = train::report_html(t.path.string());
+  const std::string html = train::report_html({t.path.string()});
   auto count = [&](const std::string& needle) {
     size_t n = 0;
     for (size_t i = 0; (i = html.find(needle, i)) != std::string::npos; i++) n++;
@@ -356,7 +356,25 @@ TEST(Train, ReportDrawsEveryMetric) {
   EXPECT_NE(html.find("30 steps logged"), std::string::npos);
   EXPECT_NE(html.find("1 unreadable lines skipped"), std::string::npos);
   EXPECT_NE(html.find("validation loss 0.2000"), std::string::npos);
-  EXPECT_THROW(train::report_html((t / "missing")), Error);
+  EXPECT_THROW(train::report_html({t / "missing"}), Error);
+  // Throughput starts at 0 (1010..1030 tok/s would otherwise fill the chart) and ticks are
+  // round values: 0, 500, 1000, 1500 on y; steps 0, 5, ..., 30 on x.
+  const std::string tps = html.substr(html.rfind("<svg"));
+  EXPECT_NE(tps.find(">0</text>"), std::string::npos);
+  EXPECT_NE(tps.find(">500</text>"), std::string::npos);
+  EXPECT_NE(tps.find(">1500</text>"), std::string::npos);
+  EXPECT_NE(html.find(">25</text>"), std::string::npos);
+  EXPECT_EQ(html.find("1030.0"), std::string::npos);
+
+  // Two runs overlaid: one page, each chart holds both runs' series, named by directory.
+  test::TempDir u("report_b");
+  write_file_atomic(u / "metrics.jsonl", m);
+  const std::string two = train::report_html({t.path.string(), u.path.string()});
+  size_t lines = 0;
+  for (size_t i = 0; (i = two.find("<polyline", i)) != std::string::npos; i++) lines++;
+  EXPECT_EQ(lines, 10u);
+  EXPECT_NE(two.find(t.path.filename().string() + ": train loss"), std::string::npos);
+  EXPECT_NE(two.find(u.path.filename().string() + ": tokens/s"), std::string::npos);
 }
 
 }  // namespace

@@ -6,14 +6,15 @@
 namespace llmq::cli {
 
 void register_report(CLI::App& app) {
-  auto* cmd = app.add_subcommand("report", "write an HTML page with charts of a training run (loss, lr, tokens/s)");
-  auto dir = std::make_shared<std::string>();
+  auto* cmd = app.add_subcommand("report", "write an HTML page with charts of training runs (loss, lr, tokens/s); "
+                                            "several runs are overlaid on the same charts");
+  auto dirs = std::make_shared<std::vector<std::string>>();
   auto out = std::make_shared<std::string>();
-  cmd->add_option("RUN_DIR", *dir, "the --out directory of `llmq train`")->required();
-  cmd->add_option("-o,--out", *out, "output file (default RUN_DIR/report.html)");
-  cmd->callback([dir, out] {
-    const std::string path = out->empty() ? *dir + "/report.html" : *out;
-    write_file_atomic(path, train::report_html(*dir));
+  cmd->add_option("RUN_DIR", *dirs, "--out directories of `llmq train` (one, or several to compare)")->required();
+  cmd->add_option("-o,--out", *out, "output file (default: the first RUN_DIR's report.html)");
+  cmd->callback([dirs, out] {
+    const std::string path = out->empty() ? dirs->front() + "/report.html" : *out;
+    write_file_atomic(path, train::report_html(*dirs));
     fmt::print("wrote {}\n", path);
   });
 }

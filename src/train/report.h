@@ -1,9 +1,11 @@
 // Training-run report: an HTML page with SVG charts built from RUN_DIR/metrics.jsonl.
 #pragma once
 #include <string>
+#include <vector>
 
 namespace llmq::train {
 
-std::string report_html(const std::string& run_dir);
+// One run, or several overlaid (each its own colour, named by its directory).
+std::string report_html(const std::vector<std::string>& run_dirs);
 
 }  // namespace llmq::train
