@@ -53,7 +53,8 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "full", "sharded"}));
   cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
                 "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
-                "backward goes on (for comparison; the sums are the same)");
+                "backward goes on; --fsdp: gather each unit when it is needed instead of prefetching it, and "
+                "reduce-scatter without overlap (for comparison; the results are the same)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's newest complete checkpoint");
   cmd->add_flag("--overwrite", o->overwrite,
                 "delete an earlier run in --out and start again (without it, or --resume, a non-empty --out is refused)");

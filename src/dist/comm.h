@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <string>
 
 namespace llmq::dist {
@@ -32,6 +33,10 @@ class Communicator {
   // Reductions run in the order started, with the same results as all_reduce_sum. Default:
   // done at once.
   virtual void all_reduce_sum_start(float* data, size_t n) { all_reduce_sum(data, n); }
+  // Any work that makes collective calls (all_gather, reduce_scatter_sum, ... of this
+  // communicator, which run inline there), queued behind the started reductions on the same
+  // thread: FSDP's prefetched gathers and overlapped reduce-scatters. Default: at once.
+  virtual void start(std::function<void()> job) { job(); }
   virtual void wait() {}
   // out (n/size) = the sum over ranks of in[rank*n/size .. (rank+1)*n/size); n % size == 0.
   virtual void reduce_scatter_sum(const float* in, float* out, size_t n) = 0;

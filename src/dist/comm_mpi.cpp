@@ -10,6 +10,7 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -73,13 +74,24 @@ class MpiComm final : public Communicator {
   std::string backend() const override { return "mpi"; }
   std::string host() const override { return host_; }
 
+  // On the communication thread (inside a started job) the collectives run inline; on the
+  // main thread they first wait for the started work (MPI_THREAD_SERIALIZED).
   void reduce_scatter_sum(const float* in, float* out, size_t n) override {
-    wait();
+    if (!on_worker()) wait();
     reduce_scatter(in, out, n);
   }
   void all_gather(const float* in, float* out, size_t n) override {
-    wait();
+    if (!on_worker()) wait();
     gather(in, out, n);
+  }
+  void start(std::function<void()> job) override {
+    if (!async_ok_) return job();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+      jobs_.push_back({nullptr, 0, std::move(job)});
+    }
+    cv_.notify_all();
   }
   void all_reduce_sum(float* data, size_t n) override {
     wait();
@@ -90,7 +102,7 @@ class MpiComm final : public Communicator {
     {
       std::lock_guard<std::mutex> l(mu_);
       if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
-      jobs_.push_back({data, n});
+      jobs_.push_back({data, n, nullptr});
     }
     cv_.notify_all();
   }
@@ -158,7 +170,10 @@ class MpiComm final : public Communicator {
       l.unlock();
       std::exception_ptr err;
       try {
-        if (!error_) all_reduce(j.data, j.n, padded, chunk);
+        if (!error_) {
+          if (j.fn) j.fn();
+          else all_reduce(j.data, j.n, padded, chunk);
+        }
       } catch (...) {
         err = std::current_exception();
       }
@@ -205,7 +220,9 @@ class MpiComm final : public Communicator {
   struct Job {
     float* data;
     size_t n;
+    std::function<void()> fn;  // a started job; else an all-reduce of (data, n)
   };
+  bool on_worker() const { return worker_.joinable() && std::this_thread::get_id() == worker_.get_id(); }
   bool async_ok_ = false, stop_ = false, busy_ = false;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;

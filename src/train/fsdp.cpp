@@ -58,6 +58,38 @@ Fsdp::Fsdp(LlamaTrain<float>& m, dist::Communicator& comm, const AdamWConfig& cf
   param_.assign((size_t)off, 0.f);
   grad_.assign((size_t)off, 0.f);
   opt_ = AdamW<float>(cfg, sr, off);
+  // LlamaTrain's gather calls: forward 0, 1..L, head; backward head, (0 when tied), L..1.
+  const int L = m.config.n_layers, head = L + 1;
+  for (int u = 0; u <= head; u++) order_.push_back(u);
+  order_.push_back(head);
+  if (m.p.lm_head == m.p.embed) order_.push_back(0);
+  for (int u = L; u >= 1; u--) order_.push_back(u);
+}
+
+void Fsdp::settle() {
+  comm_.wait();
+  for (auto& u : units_)
+    if (u.in_flight) u.in_flight = false, u.gathered = true;
+}
+
+void Fsdp::prefetch_after(int u) {
+  // The next gather after this one (not across the end of a step: the optimizer changes the
+  // parameters between steps, so nothing is fetched ahead of it).
+  size_t i = pos_;
+  for (size_t k = 0; k < order_.size(); k++, i = (i + 1) % order_.size())
+    if (order_[i] == u) break;
+  pos_ = i;
+  if (i + 1 >= order_.size()) return;
+  Unit& n = units_[order_[i + 1]];
+  if (order_[i + 1] == u || n.gathered || n.in_flight) return;
+  for (const auto& x : units_)
+    if (x.in_flight) return;  // one prefetch at a time (pre_tmp_ is its buffer)
+  n.in_flight = true;
+  pre_tmp_.resize((size_t)(n.chunk * comm_.size()));
+  comm_.start([this, &n] {
+    comm_.all_gather(param_.data() + n.shard_off, pre_tmp_.data(), (size_t)n.chunk);
+    std::copy(pre_tmp_.begin(), pre_tmp_.begin() + (n.end - n.begin), m_.params.data() + n.begin);
+  });
 }
 
 void Fsdp::shard(const FlatReader& params, const FlatReader& m, const FlatReader& v, int64_t adam_step) {
@@ -98,13 +130,17 @@ void Fsdp::gather_into(const float* src, const Unit& u, float* dst) {
 
 void Fsdp::gather(int i) {
   Unit& u = units_[i];
-  if (u.gathered) return;
-  gather_into(param_.data(), u, m_.params.data());
-  u.gathered = true;
+  if (u.in_flight) settle();
+  if (!u.gathered) {
+    gather_into(param_.data(), u, m_.params.data());
+    u.gathered = true;
+  }
+  if (overlap_ && comm_.size() > 1) prefetch_after(i);
 }
 
 void Fsdp::drop_params(int i) {
   Unit& u = units_[i];
+  if (u.in_flight) settle();
   if (!u.gathered) return;
   release(m_.params.data() + u.begin, u.end - u.begin);
   u.gathered = false;
@@ -112,6 +148,22 @@ void Fsdp::drop_params(int i) {
 
 void Fsdp::reduce_grads(int i) {
   const Unit& u = units_[i];
+  if (overlap_ && comm_.size() > 1) {
+    // One reduce-scatter in flight at a time (its buffers are reused): the previous one (and
+    // the prefetched gather queued with it) is finished first, then this one is started and
+    // runs while the next unit's backward computes.
+    settle();
+    red_tmp_.assign((size_t)(u.chunk * comm_.size()), 0.f);
+    std::copy(m_.grads.begin() + u.begin, m_.grads.begin() + u.end, red_tmp_.begin());
+    release(m_.grads.data() + u.begin, u.end - u.begin);
+    red_out_.resize((size_t)u.chunk);
+    const int64_t off = u.shard_off, n = u.chunk;
+    comm_.start([this, off, n] {
+      comm_.reduce_scatter_sum(red_tmp_.data(), red_out_.data(), red_tmp_.size());
+      for (int64_t k = 0; k < n; k++) grad_[off + k] += red_out_[k];
+    });
+    return;
+  }
   tmp_.assign((size_t)(u.chunk * comm_.size()), 0.f);
   std::copy(m_.grads.begin() + u.begin, m_.grads.begin() + u.end, tmp_.begin());
   out_.resize((size_t)u.chunk);
@@ -121,6 +173,7 @@ void Fsdp::reduce_grads(int i) {
 }
 
 double Fsdp::grad_sq_norm() {
+  settle();  // the last reduce-scatters
   double ss = 0;
   for (float g : grad_) ss += (double)g * g;
   float f = (float)ss;
@@ -132,7 +185,11 @@ void Fsdp::scale_grads(float s) {
   for (float& g : grad_) g *= s;
 }
 
-void Fsdp::zero_grads() { std::fill(grad_.begin(), grad_.end(), 0.f); }
+void Fsdp::zero_grads() {
+  settle();
+  std::fill(grad_.begin(), grad_.end(), 0.f);
+  pos_ = 0;  // a new step starts at the embeddings
+}
 
 void Fsdp::gather_all(AdamW<float>* full) {
   for (int i = 0; i < (int)units_.size(); i++) {

@@ -59,6 +59,13 @@ done
 # checkpoints send nothing (sharded: each rank writes its own file).
 bytes_vs_plan "$T/r2.log" 20 --ranks 2 || fail "bytes vs plan"
 bytes_vs_plan "$T/f2.log" "20 + 2 * 2/3" --ranks 2 --fsdp || fail "fsdp bytes vs plan"
+# FSDP's overlap (prefetched gathers, reduce-scatters behind the next unit's backward) runs the
+# same collectives on the same data in the same order: bitwise the same weights as --no-overlap.
+run 2 "$T/f2n" --fsdp --no-overlap --checkpoint-format full || fail "fsdp --no-overlap run"
+run 2 "$T/f2o" --fsdp --checkpoint-format full || fail "fsdp overlap run"
+cmp -s "$T/f2n/checkpoint-000020/model.safetensors" "$T/f2o/checkpoint-000020/model.safetensors" \
+  && cmp -s "$T/f2n/checkpoint-000020/train_state.bin" "$T/f2o/checkpoint-000020/train_state.bin" \
+  && echo "fsdp overlapped vs not: bitwise equal weights and optimizer state" || fail "fsdp overlap changes the result"
 # Gradient accumulation: 2 micro-batches of 2 windows = the same global batch of 4.
 run 1 "$T/a1" --batch 2 --grad-accum 2 && run 2 "$T/a2" --batch 2 --grad-accum 2 || fail "grad-accum runs"
 echo -n "grad-accum 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "grad-accum: loss curve differs"
