@@ -144,10 +144,14 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
                        int64_t hd) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
-  std::vector<T> S((size_t)(std::min(Tn, kAttTile) * Tn));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++) {
-      const int64_t g = h / group;
+  // Heads in parallel, each thread with its own (tile, T) scores (BLAS runs single-threaded
+  // inside the parallel region): 64-row tiles are too small to split further.
+#pragma omp parallel
+  {
+    std::vector<T> S((size_t)(std::min(Tn, kAttTile) * Tn));
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+      const int64_t b = bh / H, h = bh % H, g = h / group;
       const T* qh = q + b * Tn * H * hd + h * hd;
       const T* kg = k + b * Tn * KV * hd + g * hd;
       const T* vg = v + b * Tn * KV * hd + g * hd;
@@ -156,7 +160,6 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
       for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
         const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
         gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale);  // (n, r1) = q k^T
-#pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++) {
           const int64_t t = r0 + i;
           T* a = S.data() + i * r1;
@@ -172,6 +175,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
         gemm(false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
       }
     }
+  }
 }
 
 template <class T>
@@ -180,43 +184,49 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
   const int64_t tile = std::min(Tn, kAttTile);
-  std::vector<T> P((size_t)(tile * Tn)), dS((size_t)(tile * Tn)), D((size_t)tile);
   std::fill(dk, dk + B * Tn * KV * hd, T(0));
   std::fill(dv, dv + B * Tn * KV * hd, T(0));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++) {
-      const int64_t g = h / group;
-      const T* doh = dout + b * Tn * H * hd + h * hd;
-      const T* oh = out + b * Tn * H * hd + h * hd;
-      const T* qh = q + b * Tn * H * hd + h * hd;
+  // KV groups in parallel: the heads of a group add into the same dK/dV, so a group is one
+  // thread's (in head order, as the sequential loop adds them).
+#pragma omp parallel
+  {
+    std::vector<T> P((size_t)(tile * Tn)), dS((size_t)(tile * Tn));
+#pragma omp for schedule(dynamic)
+    for (int64_t bg = 0; bg < B * KV; bg++) {
+      const int64_t b = bg / KV, g = bg % KV;
       const T* kg = k + b * Tn * KV * hd + g * hd;
       const T* vg = v + b * Tn * KV * hd + g * hd;
-      const T* lh = lse + (b * H + h) * Tn;
       T* dkg = dk + b * Tn * KV * hd + g * hd;
       T* dvg = dv + b * Tn * KV * hd + g * hd;
-      T* dqh = dq + b * Tn * H * hd + h * hd;
-      for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
-        const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
-        gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);     // scores again
-        gemm(false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);         // dP = dO v^T
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-          const int64_t t = r0 + i;
-          T* p = P.data() + i * r1;
-          T* d = dS.data() + i * r1;
-          for (int64_t s = 0; s <= t; s++) p[s] = std::exp(p[s] - lh[t]);  // P from the row's log-sum-exp
-          for (int64_t s = t + 1; s < r1; s++) p[s] = 0;
-          // softmax backward: dS = P * (dP - rowsum(P * dP)), rowsum(P * dP) = rowsum(dO * O)
-          T dot = 0;
-          for (int64_t j = 0; j < hd; j++) dot += doh[t * H * hd + j] * oh[t * H * hd + j];
-          for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
-          for (int64_t s = t + 1; s < r1; s++) d[s] = 0;
+      for (int64_t h = g * group; h < (g + 1) * group; h++) {
+        const T* doh = dout + b * Tn * H * hd + h * hd;
+        const T* oh = out + b * Tn * H * hd + h * hd;
+        const T* qh = q + b * Tn * H * hd + h * hd;
+        const T* lh = lse + (b * H + h) * Tn;
+        T* dqh = dq + b * Tn * H * hd + h * hd;
+        for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
+          const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
+          gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);  // scores again
+          gemm(false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);      // dP = dO v^T
+          for (int64_t i = 0; i < n; i++) {
+            const int64_t t = r0 + i;
+            T* p = P.data() + i * r1;
+            T* d = dS.data() + i * r1;
+            for (int64_t s = 0; s <= t; s++) p[s] = std::exp(p[s] - lh[t]);  // P from the row's log-sum-exp
+            for (int64_t s = t + 1; s < r1; s++) p[s] = 0;
+            // softmax backward: dS = P * (dP - rowsum(P * dP)), rowsum(P * dP) = rowsum(dO * O)
+            T dot = 0;
+            for (int64_t j = 0; j < hd; j++) dot += doh[t * H * hd + j] * oh[t * H * hd + j];
+            for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
+            for (int64_t s = t + 1; s < r1; s++) d[s] = 0;
+          }
+          gemm(true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);          // dV += P^T dO
+          gemm(false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);  // dQ = dS k
+          gemm(true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);   // dK += dS^T q
         }
-        gemm(true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);                 // dV += P^T dO
-        gemm(false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);         // dQ = dS k
-        gemm(true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);          // dK += dS^T q
       }
     }
+  }
 }
 
 template <class T>
