@@ -2,7 +2,8 @@
 # Multi-process training speed and memory on this machine, the same global batch throughout:
 # 1 process with 2 threads; 2 ranks (mpirun) with 1 thread each, data parallel with the
 # gradient all-reduce overlapped with backward (default) and after it (--no-overlap); and
-# 2 ranks fully sharded (--fsdp). Per row: tokens/s and its ratio to 1 process, per-rank
+# 2 ranks fully sharded (--fsdp), and with the next unit's gather prefetched and reduce-scatters
+# overlapped (--fsdp-overlap). Per row: tokens/s and its ratio to 1 process, per-rank
 # bytes sent per step against `llmq plan`, rank 0's peak RSS against the plan's per-rank
 # memory (the difference is the process: binary, libraries, MPI's shared-memory segments).
 # usage: bench/ddp.sh [STEPS] [PRESET] [DATA]    (default 20 small data/small)
@@ -40,4 +41,5 @@ row "1 process x 2 threads" 1
 row "2 ranks DDP" 2
 row "2 ranks DDP no-overlap" 2 --no-overlap
 row "2 ranks FSDP" 2 --fsdp
+row "2 ranks FSDP --fsdp-overlap" 2 --fsdp --fsdp-overlap
 echo "summary: $(date -u +%F), preset $P, global batch 8 x 256 tokens, $STEPS steps, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; tok/s is the last $STEPS steps' rate"

@@ -53,8 +53,11 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "full", "sharded"}));
   cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
                 "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
-                "backward goes on; --fsdp: gather each unit when it is needed instead of prefetching it, and "
-                "reduce-scatter without overlap (for comparison; the results are the same)");
+                "backward goes on (for comparison; the sums are the same)");
+  cmd->add_flag("--fsdp-overlap", o->fsdp_overlap,
+                "--fsdp: start the next unit's all-gather while a unit computes and reduce-scatter behind the next "
+                "unit's backward, on a communication thread (same results and bytes; measured slower on a 2-core "
+                "host, where that thread competes with compute: for machines with cores to spare)");
   cmd->add_flag("--resume", o->resume, "continue from the run directory's newest complete checkpoint");
   cmd->add_flag("--overwrite", o->overwrite,
                 "delete an earlier run in --out and start again (without it, or --resume, a non-empty --out is refused)");

@@ -36,7 +36,7 @@ class Fsdp {
   void gather_all(AdamW<float>* full);
   void release_all();
   int64_t shard_elements() const { return (int64_t)param_.size(); }
-  // Overlap (default on): when a unit is gathered, the gather of the unit used after it (in
+  // Overlap (off unless set; train --fsdp-overlap): when a unit is gathered, the gather of the unit used after it (in
   // forward, then backward order) is started on the communicator's thread, and a unit's
   // reduce-scatter runs there while the next unit's backward computes. The same collectives
   // on the same data in the same order: results and bytes per step are unchanged.
@@ -62,7 +62,7 @@ class Fsdp {
   dist::Communicator& comm_;
   std::vector<Unit> units_;
   std::vector<float> param_, grad_, tmp_, out_;
-  bool overlap_ = true;
+  bool overlap_ = false;
   std::vector<int> order_;  // units in the order one forward and backward gather them
   size_t pos_ = 0;          // where in order_ the last gather was
   std::vector<float> pre_tmp_, red_tmp_, red_out_;  // buffers of the started gather / reduce-scatter

@@ -388,7 +388,7 @@ TrainResult train_run(const TrainOptions& options) {
   auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
   if (o.fsdp) {
     fsdp = std::make_unique<Fsdp>(m, comm, o.adamw, ranges);
-    fsdp->set_overlap(o.overlap_comm);
+    fsdp->set_overlap(o.fsdp_overlap);
     fsdp->shard(src_params, src_m, src_v, adam_step);
   } else {
     src_params(0, m.n_params(), m.params.data());

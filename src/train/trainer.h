@@ -33,6 +33,7 @@ struct TrainOptions {
   bool recompute = false;      // per-block activation recomputation (less memory, ~1/3 more compute)
   bool deterministic = false;  // pin the thread count in the checkpoint; a resume uses it
   bool overlap_comm = true;    // data parallel: all-reduce each unit's gradients while backward goes on
+  bool fsdp_overlap = false;   // FSDP: prefetch the next unit's gather, overlap reduce-scatters (off: slower on 2 cores)
   bool fsdp = false;           // shard parameters, gradients and AdamW moments over the ranks (train/fsdp.h)
   // Checkpoint format (train/checkpoint.h): "sharded" (each rank writes its own file; the
   // default with fsdp) or "full" (a model directory + optimizer state, written by rank 0).

@@ -60,9 +60,9 @@ done
 bytes_vs_plan "$T/r2.log" 20 --ranks 2 || fail "bytes vs plan"
 bytes_vs_plan "$T/f2.log" "20 + 2 * 2/3" --ranks 2 --fsdp || fail "fsdp bytes vs plan"
 # FSDP's overlap (prefetched gathers, reduce-scatters behind the next unit's backward) runs the
-# same collectives on the same data in the same order: bitwise the same weights as --no-overlap.
-run 2 "$T/f2n" --fsdp --no-overlap --checkpoint-format full || fail "fsdp --no-overlap run"
-run 2 "$T/f2o" --fsdp --checkpoint-format full || fail "fsdp overlap run"
+# same collectives on the same data in the same order: bitwise the same weights as without.
+run 2 "$T/f2n" --fsdp --checkpoint-format full || fail "fsdp run"
+run 2 "$T/f2o" --fsdp --fsdp-overlap --checkpoint-format full || fail "fsdp --fsdp-overlap run"
 cmp -s "$T/f2n/checkpoint-000020/model.safetensors" "$T/f2o/checkpoint-000020/model.safetensors" \
   && cmp -s "$T/f2n/checkpoint-000020/train_state.bin" "$T/f2o/checkpoint-000020/train_state.bin" \
   && echo "fsdp overlapped vs not: bitwise equal weights and optimizer state" || fail "fsdp overlap changes the result"
