@@ -30,7 +30,8 @@ fs::path normal(const std::string& target) {
 }
 fs::path parent_of(const fs::path& p) { return p.has_parent_path() ? p.parent_path() : fs::path("."); }
 std::string hidden(const fs::path& p, const std::string& suffix) {
-  return (parent_of(p) / ("." + p.filename().string() + suffix)).string();
+  // fmt::format, not "." + string: GCC 12 warns falsely (-Wrestrict) on that concatenation.
+  return (parent_of(p) / fmt::format(".{}{}", p.filename().string(), suffix)).string();
 }
 
 int lock_target(const fs::path& p, const std::string& what) {
@@ -67,7 +68,7 @@ OutputDir::OutputDir(const std::string& target, const std::string& what, bool ov
   lock_fd_ = lock_target(p, what);
   try {
     // Holding the lock, any temporary or set-aside directory of ours is a dead writer's.
-    const std::string stem = "." + p.filename().string();
+    const std::string stem = fmt::format(".{}", p.filename().string());
     for (const auto& e : fs::directory_iterator(parent_of(p))) {
       const std::string n = e.path().filename().string();
       if (n.rfind(stem + ".tmp.", 0) == 0 || n.rfind(stem + ".old.", 0) == 0) fs::remove_all(e.path());
