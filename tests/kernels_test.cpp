@@ -109,6 +109,84 @@ TEST_P(KernelsTest, GemmBf16) {
       }
 }
 
+// Training's row-major bf16 product (AVX512_BF16) against the scalar reference, the same
+// bound as above (exact products, f32 sums in another order: the kernel also splits k into
+// blocks of 256 pairs, adding each block's alpha*sum to C). Rows [1, M) of C only, with and
+// without accumulation into C; K past one k block (600 > 512), n past the 16-panel column
+// block (300 > 256).
+TEST_P(KernelsTest, GemmBf16Rows) {
+  if (!k().gemm_bf16_rows) GTEST_SKIP() << k().isa << ": no bf16 dot products";
+  uint64_t seed = 11;
+  for (int64_t M : {1, 3, 5, 9, 13, 33})
+    for (int64_t K : {2, 8, 34, 64, 258, 600})
+      for (int64_t n : {1, 5, 16, 17, 35, 49, 300})
+        for (bool acc : {false, true}) {
+          const int64_t lda = K + 2, ldc = n + 3, m0 = M > 1 ? 1 : 0;
+          auto a = to_bf16(randn((size_t)(M * lda), seed++));
+          const auto bf = randn((size_t)(n * K), seed++);
+          std::vector<uint16_t> bp((size_t)gemm_bf16_packed_size(n, K), 0xffff);
+          gemm_bf16_pack_x(bf.data(), n, K, bp.data(), 0, (n + 15) / 16);
+          const auto c0 = randn((size_t)(M * ldc), seed++);
+          std::vector<float> c = c0, cr = c0;
+          const float alpha = 0.75f;
+          // A row-major, or (every other case) in the panel layout as a transposed A packs.
+          const bool panels = (M + K + n) % 2 == 1;
+          std::vector<uint16_t> apan((size_t)gemm_bf16_packed_size(M, K));
+          for (int64_t i = 0; i < M; i++)
+            for (int64_t kk = 0; kk < K; kk++) apan[gemm_bf16_packed_index(i, kk, K)] = a[i * lda + kk];
+          GemmBf16Args g{panels ? apan.data() : a.data(), lda, bp.data(), K / 2, c.data(), ldc, n, alpha, acc, panels};
+          k().gemm_bf16_rows(g, m0, M);
+          g.C = cr.data();
+          gemm_bf16_rows_ref(g, m0, M);
+          for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < ldc; j++) {
+              if (i < m0 || j >= n) {
+                ASSERT_EQ(c[i * ldc + j], c0[i * ldc + j]) << "wrote outside rows [m0, M), columns [0, n)";
+                continue;
+              }
+              double mag = 0;
+              for (int64_t kk = 0; kk < K; kk++)
+                mag += std::fabs((double)bf16_to_f32(a[i * lda + kk]) * bf16_to_f32(f32_to_bf16(bf[j * K + kk])));
+              // alpha*sum (+ c): the sums' bound scaled by alpha, plus one rounding of the result each.
+              const double tol = alpha * 2 * K * kU * mag + 4 * kU * (std::fabs(c0[i * ldc + j]) + alpha * mag) + 1e-30;
+              ASSERT_LE(std::fabs((double)c[i * ldc + j] - cr[i * ldc + j]), tol)
+                  << "M=" << M << " K=" << K << " n=" << n << " acc=" << acc;
+            }
+        }
+}
+
+// The training packers give the reference's bytes (round to nearest even; randn values are
+// never denormal, where vcvtne2ps2bf16 would flush): rows, panels, transposed panels, with
+// odd k, partial panels and a row stride past the used columns.
+TEST_P(KernelsTest, PackBf16MatchesReference) {
+  if (!k().pack_bf16_rows) GTEST_SKIP() << k().isa << ": no bf16 dot products";
+  for (int64_t n : {1, 15, 16, 17, 40})
+    for (int64_t kk : {1, 2, 31, 33, 64, 77}) {
+      const int64_t ld = std::max(n, kk) + 5, Kp = (kk + 1) / 2 * 2, panels = (n + 15) / 16;
+      const auto S = randn((size_t)(ld * std::max(n, kk)), (uint64_t)(n * 100 + kk));
+      std::vector<uint16_t> a((size_t)(n * Kp), 0xffff), b = a;
+      k().pack_bf16_rows(S.data(), ld, n, kk, a.data());
+      pack_bf16_rows_ref(S.data(), ld, n, kk, b.data());
+      ASSERT_EQ(a, b) << "rows n=" << n << " k=" << kk;
+      a.assign((size_t)gemm_bf16_packed_size(n, kk), 0xffff), b = a;
+      k().pack_bf16_panels(S.data(), ld, n, kk, a.data(), 0, panels);
+      pack_bf16_panels_ref(S.data(), ld, n, kk, b.data(), 0, panels);
+      ASSERT_EQ(a, b) << "panels n=" << n << " k=" << kk;
+      a.assign(a.size(), 0xffff), b = a;
+      k().pack_bf16_panels_t(S.data(), ld, n, kk, a.data(), 0, panels);
+      pack_bf16_panels_t_ref(S.data(), ld, n, kk, b.data(), 0, panels);
+      ASSERT_EQ(a, b) << "transposed panels n=" << n << " k=" << kk;
+      // The reference against gemm_bf16_pack_x, the prefill's packer (same layout).
+      std::vector<float> X((size_t)(n * kk));
+      for (int64_t j = 0; j < n; j++)
+        for (int64_t c = 0; c < kk; c++) X[j * kk + c] = S[j * ld + c];
+      a.assign(a.size(), 0xffff);
+      gemm_bf16_pack_x(X.data(), n, kk, a.data(), 0, panels);
+      pack_bf16_panels_ref(S.data(), ld, n, kk, b.data(), 0, panels);
+      ASSERT_EQ(a, b);
+    }
+}
+
 // The packed activation layout, element by element as kernels.h defines it: every element
 // rounded to bf16 at its place, the padding (tokens past n, the column past an odd K) zero.
 TEST(GemmBf16Pack, Layout) {

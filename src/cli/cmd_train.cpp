@@ -42,6 +42,10 @@ void register_train(CLI::App& app) {
   cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(llmq::cli::kPositive);
   cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(llmq::cli::kPositive);
   cmd->add_option("--sample-tokens", o->sample_tokens, "tokens sampled from each checkpoint (default 32; 0 = none)");
+  cmd->add_option("--precision", o->precision,
+                  "products of every linear, forward and backward: f32, or bf16 (bf16 operands, f32 sums; weights, "
+                  "gradients and AdamW stay f32; default f32, or the run's own on --resume)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--recompute", o->recompute, "recompute each block's activations in backward (less memory, ~1/3 more compute)");
   cmd->add_flag("--deterministic", o->deterministic,
                 "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
@@ -92,6 +96,7 @@ void register_train(CLI::App& app) {
                        {"val_loss", has_val ? nlohmann::json(r.last_val_loss) : nlohmann::json()},
                        {"tokens_per_s", trained ? nlohmann::json(r.tokens_per_s) : nlohmann::json()},
                        {"peak_rss_bytes", peak_rss_bytes()}, {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
+                       {"precision", r.precision},
                        {"rss_end_bytes", r.rss_end_bytes}};
       if (!has_val) j["val_loss_note"] = why_no_val;
       fmt::print("{}\n", j.dump());

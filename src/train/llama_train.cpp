@@ -129,26 +129,42 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
 }
 
 template <class F>
+typename LlamaTrain<F>::BlockLinears LlamaTrain<F>::linears(int64_t l) const {
+  const ModelConfig& c = config;
+  const Layer &L = p.layers[l], &G = g.layers[l];
+  const int64_t C = c.dim, QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim;
+  auto lin = [&](const F* W, F* dW, int64_t in, int64_t out) { return Linear<F>{W, dW, in, out, precision_}; };
+  return {lin(L.wq, G.wq, C, QD),        lin(L.wk, G.wk, C, KD),      lin(L.wv, G.wv, C, KD),
+          lin(L.wo, G.wo, QD, C),        lin(L.w_gate, G.w_gate, C, FF), lin(L.w_up, G.w_up, C, FF),
+          lin(L.w_down, G.w_down, FF, C)};
+}
+
+template <class F>
+Linear<F> LlamaTrain<F>::head_linear() const {
+  return Linear<F>{p.lm_head, g.lm_head, config.dim, config.vocab_size, precision_};
+}
+
+template <class F>
 void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   const ModelConfig& c = config;
-  const int64_t N = B_ * T_, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, QD = c.q_dim(),
-                KD = c.kv_dim(), FF = c.ffn_dim;
+  const int64_t N = B_ * T_, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, FF = c.ffn_dim;
   const double eps = c.norm_eps;
   const Layer& L = p.layers[l];
+  const BlockLinears lin = linears(l);
   rmsnorm_forward(a.ln1.data(), a.rstd1.data(), x_in, L.attn_norm, N, C, eps);
-  matmul_forward(a.q.data(), a.ln1.data(), L.wq, N, C, QD);
-  matmul_forward(a.k.data(), a.ln1.data(), L.wk, N, C, KD);
-  matmul_forward(a.v.data(), a.ln1.data(), L.wv, N, C, KD);
+  linear_forward(a.q.data(), a.ln1.data(), lin.q, N);
+  linear_forward(a.k.data(), a.ln1.data(), lin.k, N);
+  linear_forward(a.v.data(), a.ln1.data(), lin.v, N);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
   rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
   attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd);
-  matmul_forward(a.x_mid.data(), a.atty.data(), L.wo, N, QD, C);
+  linear_forward(a.x_mid.data(), a.atty.data(), lin.o, N);
   for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += x_in[i];
   rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
-  matmul_forward(a.gate.data(), a.ln2.data(), L.w_gate, N, C, FF);
-  matmul_forward(a.up.data(), a.ln2.data(), L.w_up, N, C, FF);
+  linear_forward(a.gate.data(), a.ln2.data(), lin.gate, N);
+  linear_forward(a.up.data(), a.ln2.data(), lin.up, N);
   swiglu_forward(a.hsw.data(), a.gate.data(), a.up.data(), N * FF);
-  matmul_forward(next, a.hsw.data(), L.w_down, N, FF, C);
+  linear_forward(next, a.hsw.data(), lin.down, N);
   for (int64_t i = 0; i < N * C; i++) next[i] += a.x_mid[i];
 }
 
@@ -214,7 +230,7 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     int64_t nv = 0;
-    matmul_forward(logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+    linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
     sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, &nv);
     n_valid_ += nv;
   }
@@ -229,7 +245,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
   LLMQ_CHECK(B_ > 0 && n_valid_ > 0);
   const ModelConfig& c = config;
   const int64_t B = B_, Tn = T_, N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim,
-                QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim, V = c.vocab_size;
+                FF = c.ffn_dim, V = c.vocab_size;
   auto add = [](std::vector<F>& y, const std::vector<F>& x) {
     for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
   };
@@ -246,10 +262,10 @@ void LlamaTrain<F>::backward(double loss_scale) {
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     int64_t nv = 0;
-    matmul_forward(logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+    linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
     cross_entropy_forward(logits_.data(), targets_.data() + r0, rows, V, &nv);
     cross_entropy_backward(logits_.data(), targets_.data() + r0, rows, V, loss_scale / (double)n_valid_);
-    matmul_backward(dln_.data() + r0 * C, g.lm_head, logits_.data(), lnf_.data() + r0 * C, p.lm_head, rows, C, V);
+    linear_backward(dln_.data() + r0 * C, logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
   }
   rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
   call(hooks.done_backward, head);
@@ -260,24 +276,25 @@ void LlamaTrain<F>::backward(double loss_scale) {
     Acts& a = recompute_ ? work_ : acts_[l];
     const Layer& L = p.layers[l];
     const Layer& G = g.layers[l];
+    const BlockLinears lin = linears(l);
     // x_next = x_mid + w_down(swiglu(w_gate ln2, w_up ln2)): dx flows to x_mid unchanged.
-    matmul_backward(dhsw_.data(), G.w_down, dx_.data(), a.hsw.data(), L.w_down, N, FF, C);
+    linear_backward(dhsw_.data(), dx_.data(), a.hsw.data(), lin.down, N);
     swiglu_backward(dgate_.data(), dup_.data(), dhsw_.data(), a.gate.data(), a.up.data(), N * FF);
-    matmul_backward(dln_.data(), G.w_gate, dgate_.data(), a.ln2.data(), L.w_gate, N, C, FF);
-    matmul_backward(dtmp_.data(), G.w_up, dup_.data(), a.ln2.data(), L.w_up, N, C, FF);
+    linear_backward(dln_.data(), dgate_.data(), a.ln2.data(), lin.gate, N);
+    linear_backward(dtmp_.data(), dup_.data(), a.ln2.data(), lin.up, N);
     add(dln_, dtmp_);
     rmsnorm_backward(dtmp_.data(), G.ffn_norm, dln_.data(), a.x_mid.data(), L.ffn_norm, a.rstd2.data(), N, C);
     add(dx_, dtmp_);
     // x_mid = x_in + wo(attention(rope(wq ln1), rope(wk ln1), wv ln1))
-    matmul_backward(datty_.data(), G.wo, dx_.data(), a.atty.data(), L.wo, N, QD, C);
+    linear_backward(datty_.data(), dx_.data(), a.atty.data(), lin.o, N);
     attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.atty.data(), a.lse.data(), a.q.data(),
                        a.k.data(), a.v.data(), B, Tn, H, KV, hd);
     rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
     rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
-    matmul_backward(dln_.data(), G.wq, dq_.data(), a.ln1.data(), L.wq, N, C, QD);
-    matmul_backward(dtmp_.data(), G.wk, dk_.data(), a.ln1.data(), L.wk, N, C, KD);
+    linear_backward(dln_.data(), dq_.data(), a.ln1.data(), lin.q, N);
+    linear_backward(dtmp_.data(), dk_.data(), a.ln1.data(), lin.k, N);
     add(dln_, dtmp_);
-    matmul_backward(dtmp_.data(), G.wv, dv_.data(), a.ln1.data(), L.wv, N, C, KD);
+    linear_backward(dtmp_.data(), dv_.data(), a.ln1.data(), lin.v, N);
     add(dln_, dtmp_);
     rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), x_in, L.attn_norm, a.rstd1.data(), N, C);
     add(dx_, dtmp_);

@@ -12,6 +12,7 @@
 #include "core/zero_pages.h"
 #include "io/hf_dir.h"
 #include "model/config.h"
+#include "train/train_ops.h"
 
 namespace llmq::train {
 
@@ -60,6 +61,10 @@ struct LlamaTrain {
   // compute; gradients are bitwise identical. Set before the first forward.
   void set_recompute(bool on);
   bool recompute() const { return recompute_; }
+  // The precision of every linear's products (forward and both backward products); weights,
+  // activations, gradients and the optimizer stay f32 (train_ops.h, Precision).
+  void set_precision(Precision prec) { precision_ = prec; }
+  Precision precision() const { return precision_; }
   // Bytes of saved activations and backward scratch for the planned (B, T).
   int64_t activation_bytes() const;
   // The output projection and cross-entropy run fused over chunks of rows: forward computes
@@ -86,7 +91,15 @@ struct LlamaTrain {
  private:
   void plan(int64_t B, int64_t Tn);
   Ptrs views(F* base);
+  // The block's linears over the current parameters and gradients (gradient pointers are
+  // those of `g`, so FSDP's hooks see them where they always were).
+  struct BlockLinears {
+    Linear<F> q, k, v, o, gate, up, down;
+  };
+  BlockLinears linears(int64_t l) const;
+  Linear<F> head_linear() const;
   bool recompute_ = false;
+  Precision precision_ = Precision::F32;
   int64_t B_ = 0, T_ = 0, n_valid_ = 0;
   std::vector<int32_t> tokens_, targets_, pos_;
   std::vector<F> cos_, sin_;  // (Tn, hd/2)

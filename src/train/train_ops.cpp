@@ -9,7 +9,18 @@
 #include <cmath>
 #include <vector>
 
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/cpu/kernels.h"
+
 namespace llmq::train {
+
+const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "f32"; }
+Precision precision_parse(const std::string& s) {
+  if (s == "f32") return Precision::F32;
+  if (s == "bf16") return Precision::BF16;
+  fail("unknown precision '{}' (choose f32 or bf16)", s);
+}
 
 namespace {
 // C (m, n) = alpha * op(A) op(B) + beta * C, row-major, through the BLAS of T.
@@ -22,6 +33,82 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, in
           double beta, double* C, int64_t ldc, double alpha = 1.0) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha,
               A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+// The bf16 product C (m, n) = alpha * op(A) op(B) + beta * C with beta 0 or 1, in the same
+// row-major BLAS terms as gemm() above. op(A) is converted to bf16 rows, op(B) to the
+// kernel's panels of 16 columns; both conversions read each float once (O(mk + kn) against
+// the product's O(mnk)). Threads take disjoint row ranges of C.
+thread_local std::vector<uint16_t> tl_a, tl_b;
+
+inline uint16_t to_bf16(float f) { return f32_to_bf16(f); }
+
+void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+               int64_t ldb, float beta, float* C, int64_t ldc, float alpha) {
+  const CpuKernels& K = cpu_kernels();
+  const int64_t Kp2 = (k + 1) / 2, Kp = 2 * Kp2, panels = (n + 15) / 16;
+  if (!K.gemm_bf16_rows) {
+    // No bf16 instructions: the operands rounded to bf16 values, multiplied by sgemm.
+    std::vector<float> a((size_t)(m * k)), b((size_t)(k * n));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t c = 0; c < k; c++) a[i * k + c] = bf16_to_f32(to_bf16(ta ? A[c * lda + i] : A[i * lda + c]));
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < k; c++)
+      for (int64_t j = 0; j < n; j++) b[c * n + j] = bf16_to_f32(to_bf16(tb ? B[j * ldb + c] : B[c * ldb + j]));
+    gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
+    return;
+  }
+  // op(A) as bf16 rows when A is stored row-major, else (stored transposed) as panels; op(B)
+  // as panels of its columns (kernels.h, pack_bf16_*).
+  std::vector<uint16_t>& ap = tl_a;
+  std::vector<uint16_t>& bp = tl_b;
+  const int64_t apanels = (m + 15) / 16;
+  ap.resize((size_t)(ta ? apanels * 16 * Kp : m * Kp));
+  bp.resize((size_t)(panels * 16 * Kp));
+#pragma omp parallel
+  {
+    if (!ta) {
+#pragma omp for schedule(static) nowait
+      for (int64_t i0 = 0; i0 < m; i0 += 16)
+        K.pack_bf16_rows(A + i0 * lda, lda, std::min<int64_t>(16, m - i0), k, ap.data() + i0 * Kp);
+    } else {  // op(A)(i, c) = A[c*lda + i]
+#pragma omp for schedule(static) nowait
+      for (int64_t p = 0; p < apanels; p++) K.pack_bf16_panels_t(A, lda, m, k, ap.data(), p, p + 1);
+    }
+    // Kernel B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else B[c*ldb + j].
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; p++) {
+      if (tb) K.pack_bf16_panels(B, ldb, n, k, bp.data(), p, p + 1);
+      else K.pack_bf16_panels_t(B, ldb, n, k, bp.data(), p, p + 1);
+    }
+    // Rows of C split over the threads in multiples of 8 (the kernel's tile height).
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t blocks = (m + 7) / 8, b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    if (b1 > b0) {
+      GemmBf16Args g{ap.data(), Kp, bp.data(), Kp2, C, ldc, n, alpha, beta != 0.f, ta};
+      K.gemm_bf16_rows(g, b0 * 8, std::min(m, b1 * 8));
+    }
+  }
+}
+
+// The double reference of the same: operands rounded to bf16 values, products and sums in double.
+void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda, const double* B,
+               int64_t ldb, double beta, double* C, int64_t ldc, double alpha) {
+  auto r = [](double v) { return (double)bf16_to_f32(to_bf16((float)v)); };
+  std::vector<double> a((size_t)(m * k)), b((size_t)(k * n));
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t c = 0; c < k; c++) a[i * k + c] = r(ta ? A[c * lda + i] : A[i * lda + c]);
+  for (int64_t c = 0; c < k; c++)
+    for (int64_t j = 0; j < n; j++) b[c * n + j] = r(tb ? B[j * ldb + c] : B[c * ldb + j]);
+  gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
+}
+
+template <class T>
+void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+            int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (prec == Precision::BF16) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, T(1));
+  else gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 }  // namespace
 
@@ -81,14 +168,25 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
 }
 
 template <class T>
-void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M) {
-  gemm(false, true, N, M, K, x, K, W, K, T(0), out, M);
+void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec) {
+  gemm_p(prec, false, true, N, M, K, x, K, W, K, T(0), out, M);
 }
 
 template <class T>
-void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M) {
-  if (dx) gemm(false, false, N, K, M, dout, M, W, K, T(0), dx, K);
-  gemm(true, false, M, K, N, dout, M, x, K, T(1), dW, K);
+void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M,
+                     Precision prec) {
+  if (dx) gemm_p(prec, false, false, N, K, M, dout, M, W, K, T(0), dx, K);
+  if (dW) gemm_p(prec, true, false, M, K, N, dout, M, x, K, T(1), dW, K);
+}
+
+template <class T>
+void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
+  matmul_forward(y, x, L.W, N, L.in, L.out, L.prec);
+}
+
+template <class T>
+void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N) {
+  matmul_backward(dx, L.dW, dy, x, L.W, N, L.in, L.out, L.prec);
 }
 
 template <class T>
@@ -287,8 +385,10 @@ void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t
   template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t);                            \
   template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t, double);                         \
   template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t);            \
-  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t);                             \
-  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);              \
+  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, Precision);                  \
+  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Precision);   \
+  template void linear_forward<T>(T*, const T*, const Linear<T>&, int64_t);                                       \
+  template void linear_backward<T>(T*, const T*, const T*, const Linear<T>&, int64_t);                            \
   template void rope_forward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);               \
   template void rope_backward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);              \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \

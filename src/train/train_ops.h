@@ -4,6 +4,7 @@
 // assigned (=). Shapes in comments: N = rows (batch x time), C = model dim.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace llmq::train {
 
@@ -18,11 +19,36 @@ template <class T> void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w,
 template <class T>
 void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int64_t N, int64_t C);
 
-// out (N, M) = x (N, K) @ W (M, K)^T     (BLAS sgemm / dgemm)
-template <class T> void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M);
+// The precision of the training matmuls. bf16: both operands of every product rounded to
+// bfloat16 (round to nearest even), products exact, sums in f32 (AVX512_BF16's vdpbf16ps
+// through CpuKernels::gemm_bf16_rows where the CPU has it; elsewhere the rounded operands go
+// to sgemm, the same products). What is stored (weights, activations, gradients) stays f32.
+// For T = double, bf16 rounds the operands and multiplies in double: the float64 reference.
+enum class Precision { F32, BF16 };
+const char* precision_name(Precision p);  // "f32", "bf16"
+Precision precision_parse(const std::string& s);  // throws a plain error on anything else
+
+// out (N, M) = x (N, K) @ W (M, K)^T     (BLAS sgemm / dgemm, or bf16 products)
+template <class T>
+void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec = Precision::F32);
 // dx (N, K) = dout @ W (dx may be nullptr: not needed);  dW (M, K) += dout^T @ x
 template <class T>
-void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M);
+void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M,
+                     Precision prec = Precision::F32);
+
+// A training linear layer, y (N, out) = x (N, in) @ W^T: the one place a block's products go
+// through (DESIGN.md, invariant 3), so what a linear is (its precision today; a frozen or
+// quantized base with an adapter, fake quantizers) changes here and not in the block code.
+template <class T>
+struct Linear {
+  const T* W;  // (out, in)
+  T* dW;       // (out, in) gradient, accumulated; nullptr: frozen
+  int64_t in, out;
+  Precision prec = Precision::F32;
+};
+template <class T> void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N);
+// dx (N, in) assigned (nullptr: not needed); L.dW += dy^T x.
+template <class T> void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N);
 
 // Rotate-half RoPE in place on x (N, heads, hd); row n has position pos[n]; cos/sin tables
 // (max_pos, hd/2). backward rotates by the opposite angle (the rotation is orthogonal).

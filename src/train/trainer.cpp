@@ -126,7 +126,7 @@ json resume_key(const TrainOptions& o) {
   json k = {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"steps", o.steps},
           {"lr", o.lr},       {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
           {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1}, {"seed", o.seed},
-          {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}};
+          {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}, {"precision", o.precision.empty() ? "f32" : o.precision}};
   if (o.deterministic) k["threads"] = ops_threads();
   return k;
 }
@@ -360,6 +360,12 @@ TrainResult train_run(const TrainOptions& options) {
                    "from step {} on (warm-up stays {})\n", opts["steps"].get<int64_t>(), o.steps, o.steps, cs.head.step, o.warmup);
       opts["steps"] = o.steps;
     }
+    // The products' precision is the run's: a resume keeps it unless told otherwise (and then
+    // is refused below, as any other changed option is). Checkpoints from before the option
+    // were f32.
+    if (!opts.contains("precision")) opts["precision"] = "f32";
+    if (!opts["precision"].is_string()) fail("{}: corrupt precision {}", dir, opts["precision"].dump());
+    if (o.precision.empty()) o.precision = opts["precision"].get<std::string>();
     const json now = resume_key(o);
     if (opts != now) {
       std::string diff;  // only the keys that differ
@@ -384,6 +390,8 @@ TrainResult train_run(const TrainOptions& options) {
     src_params = !o.model.empty() ? model_dir_reader(o.model, cfg) : init_reader(cfg, o.seed);
     if (lead) write_file_atomic(metrics, "");
   }
+  if (o.precision.empty()) o.precision = "f32";
+  m.set_precision(precision_parse(o.precision));
   std::unique_ptr<Fsdp> fsdp;
   auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
   if (o.fsdp) {
@@ -428,6 +436,7 @@ TrainResult train_run(const TrainOptions& options) {
     return sum / (double)n;
   };
   TrainResult res;
+  res.precision = o.precision;
   res.start_step = res.steps = start_step;
   if (val_s.total < T + 1)
     res.val_note = val_s.total == 0 ? "the data has no validation split; see data prepare --val-fraction"

@@ -30,6 +30,9 @@ struct TrainOptions {
   int64_t stop_after = 0;  // stop (with a checkpoint) after this step; the schedule still
                            // assumes `steps` (to split a run in parts, as a kill would)
   bool resume = false, progress = true;
+  // Products of every linear: "f32" or "bf16" (bf16 operands, f32 sums; weights, gradients and
+  // AdamW stay f32). Empty: f32 for a new run, the checkpoint's for a resume.
+  std::string precision;
   bool recompute = false;      // per-block activation recomputation (less memory, ~1/3 more compute)
   bool deterministic = false;  // pin the thread count in the checkpoint; a resume uses it
   bool overlap_comm = true;    // data parallel: all-reduce each unit's gradients while backward goes on
@@ -48,6 +51,7 @@ struct TrainResult {
   int rank = 0, world = 1;
   uint64_t bytes_sent = 0;  // payload this rank sent to the others (gradient all-reduces, ...)
   uint64_t rss_end_bytes = 0;  // this rank's resident memory at the end (after the last step)
+  std::string precision;    // of the linears' products ("f32", "bf16"), as resolved (a resume's)
   int stop_signal = 0;      // SIGINT/SIGTERM stopped the run (with a checkpoint at `steps`)
 };
 

@@ -63,7 +63,13 @@ const CpuKernels* table_avx512() {
                           features().avx512_vnni ? matmul_q_avx512vnni
                           : features().avx_vnni  ? matmul_q_avxvnni
                                                  : matmul_q_avx2);
-    if (features().avx512_bf16) t.gemm_bf16 = gemm_bf16_avx512bf16;
+    if (features().avx512_bf16) {
+      t.gemm_bf16 = gemm_bf16_avx512bf16;
+      t.gemm_bf16_rows = gemm_bf16_rows_avx512bf16;
+      t.pack_bf16_rows = pack_bf16_rows_avx512bf16;
+      t.pack_bf16_panels = pack_bf16_panels_avx512bf16;
+      t.pack_bf16_panels_t = pack_bf16_panels_t_avx512bf16;
+    }
     return t;
   }();
   return &k;

@@ -61,6 +61,29 @@ struct QActView {
 using MatmulQFn = void (*)(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                            int64_t m1);
 
+// Training's bf16 product (mixed-precision training, train/train_ops.cpp): for rows i in
+// [m0, m1) and columns j < n,
+//   C[i*ldc + j] = alpha * sum_{k < 2*Kp2} A[i*lda + k] * B(j, k)   (+ C[i*ldc + j] if accumulate)
+// with A bf16 row-major (each row 2*Kp2 elements, an odd K's last column padded with 0) and
+// B(j, k) = Bp[gemm_bf16_packed_index(j, k, 2*Kp2)] (packed as gemm_bf16_pack_x packs tokens:
+// panels of 16 rows j, pairs of k interleaved). Products of bf16 are exact in f32; the sums
+// are f32.
+// A may also come in the panel layout (a_panels: A(i, k) at
+// gemm_bf16_packed_index(i, k, 2*Kp2), lda unused), which is how a transposed operand packs
+// fastest.
+struct GemmBf16Args {
+  const uint16_t* A;  // (m, lda) bf16
+  int64_t lda;
+  const uint16_t* Bp;  // (ceil(n/16)*16, 2*Kp2) packed
+  int64_t Kp2;         // pairs of k
+  float* C;            // (m, ldc) f32
+  int64_t ldc, n;
+  float alpha = 1.f;
+  bool accumulate = false;
+  bool a_panels = false;
+};
+using GemmBf16RowsFn = void (*)(const GemmBf16Args& a, int64_t m0, int64_t m1);
+
 struct CpuKernels {
   const char* isa;  // "ref", "avx2", "avx2vnni", "avx512"
 
@@ -112,6 +135,20 @@ struct CpuKernels {
   // f32 for sgemm).
   void (*gemm_bf16)(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy, int64_t m0,
                     int64_t m1) = nullptr;
+  // Training's bf16 product (GemmBf16Args) with vdpbf16ps on AVX512_BF16; nullptr elsewhere
+  // (train_ops then rounds both operands to bf16 and runs sgemm: the same products, f32 sums).
+  GemmBf16RowsFn gemm_bf16_rows = nullptr;
+  // Its operands from f32 (each value rounded to nearest even; S's rows ld floats apart):
+  //   pack_bf16_rows: dst (rows, Kp) row-major, Kp = k rounded up to even, the pad column 0;
+  //   pack_bf16_panels: panels [p0, p1) of X(j, c) = S[j*ld + c] (j < n, c < k) in the
+  //     layout of gemm_bf16_packed_index(j, c, Kp), rows past n and the pad column 0;
+  //   pack_bf16_panels_t: the same of X(j, c) = S[c*ld + j] (S stored transposed).
+  // Set together with gemm_bf16_rows.
+  void (*pack_bf16_rows)(const float* S, int64_t ld, int64_t rows, int64_t k, uint16_t* dst) = nullptr;
+  void (*pack_bf16_panels)(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0,
+                           int64_t p1) = nullptr;
+  void (*pack_bf16_panels_t)(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0,
+                             int64_t p1) = nullptr;
 };
 
 // Quantized matrix product variants: scalar, AVX2 (vpmaddubsw), AVX-VNNI (256-bit
@@ -139,6 +176,18 @@ void gemm_bf16_ref(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, in
                    int64_t m1);
 void gemm_bf16_avx512bf16(const uint16_t* W, const uint16_t* X, float* Y, int64_t K, int64_t n, int64_t ldy,
                           int64_t m0, int64_t m1);
+
+// Training's bf16 product: scalar (exact products, f32 sums in k order) and AVX512_BF16.
+void gemm_bf16_rows_ref(const GemmBf16Args& a, int64_t m0, int64_t m1);
+void gemm_bf16_rows_avx512bf16(const GemmBf16Args& a, int64_t m0, int64_t m1);
+void pack_bf16_rows_ref(const float* S, int64_t ld, int64_t rows, int64_t k, uint16_t* dst);
+void pack_bf16_panels_ref(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0, int64_t p1);
+void pack_bf16_panels_t_ref(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0, int64_t p1);
+void pack_bf16_rows_avx512bf16(const float* S, int64_t ld, int64_t rows, int64_t k, uint16_t* dst);
+void pack_bf16_panels_avx512bf16(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0,
+                                 int64_t p1);
+void pack_bf16_panels_t_avx512bf16(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0,
+                                   int64_t p1);
 
 const CpuKernels& cpu_kernels_ref();
 const CpuKernels* cpu_kernels_avx2();    // compiled for AVX2+FMA+F16C

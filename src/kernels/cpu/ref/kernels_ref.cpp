@@ -174,6 +174,35 @@ void gemm_bf16_ref(const uint16_t* W, const uint16_t* Xp, float* Y, int64_t K, i
     }
 }
 
+void gemm_bf16_rows_ref(const GemmBf16Args& a, int64_t m0, int64_t m1) {
+  const int64_t K = 2 * a.Kp2;
+  for (int64_t i = m0; i < m1; i++)
+    for (int64_t j = 0; j < a.n; j++) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; k++)
+        s += bf16_to_f32(a.A[a.a_panels ? gemm_bf16_packed_index(i, k, K) : i * a.lda + k]) *
+             bf16_to_f32(a.Bp[gemm_bf16_packed_index(j, k, K)]);
+      float& c = a.C[i * a.ldc + j];
+      c = a.accumulate ? c + a.alpha * s : a.alpha * s;
+    }
+}
+
+void pack_bf16_rows_ref(const float* S, int64_t ld, int64_t rows, int64_t k, uint16_t* dst) {
+  const int64_t Kp = (k + 1) / 2 * 2;
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t c = 0; c < Kp; c++) dst[i * Kp + c] = c < k ? f32_to_bf16(S[i * ld + c]) : 0;
+}
+void pack_bf16_panels_ref(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0, int64_t p1) {
+  const int64_t Kp = (k + 1) / 2 * 2;
+  for (int64_t j = p0 * 16; j < p1 * 16; j++)
+    for (int64_t c = 0; c < Kp; c++) dst[gemm_bf16_packed_index(j, c, Kp)] = j < n && c < k ? f32_to_bf16(S[j * ld + c]) : 0;
+}
+void pack_bf16_panels_t_ref(const float* S, int64_t ld, int64_t n, int64_t k, uint16_t* dst, int64_t p0, int64_t p1) {
+  const int64_t Kp = (k + 1) / 2 * 2;
+  for (int64_t j = p0 * 16; j < p1 * 16; j++)
+    for (int64_t c = 0; c < Kp; c++) dst[gemm_bf16_packed_index(j, c, Kp)] = j < n && c < k ? f32_to_bf16(S[c * ld + j]) : 0;
+}
+
 const CpuKernels& cpu_kernels_ref() { return kRef; }
 
 }  // namespace llmq
