@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "core/file_util.h"
@@ -207,6 +208,97 @@ TEST(Train, FusedHeadMatchesFullLogits) {
   }
 }
 
+// bf16 products (forward, dx, dW) against float64. Two references:
+//  (1) the same operands rounded to bf16 and multiplied in double (the double instantiation's
+//      bf16 path): the products of two bf16 values are exact in f32, so the only difference
+//      is f32 summation, within K*u*sum|a b| for recursive or blocked sums of K terms (u =
+//      2^-24; dW adds one rounding of the accumulated C: u*|C|);
+//  (2) the unrounded operands in double: rounding each operand to nearest bf16 moves it by at
+//      most 2^-9 of itself, so each product by (2^-8 + 2^-18)|a b|; plus (1)'s bound.
+// The bf16 result must also be measurably off the exact product somewhere (the operands
+// really were rounded): more than f32 products could be (K*u*sum|a b|).
+// Odd K and N (an odd pair column, partial panels) and a K past the kernel's 512-column block.
+TEST(Train, Bf16MatmulsAgainstFloat64) {
+  for (auto [N, K, M] : {std::tuple<int64_t, int64_t, int64_t>{37, 45, 29}, {16, 70, 33}, {50, 600, 17}}) {
+    const auto xf = test::randn((size_t)(N * K), 1 + N), wf = test::randn((size_t)(M * K), 2 + K),
+               df = test::randn((size_t)(N * M), 3 + M), dw0 = test::randn((size_t)(M * K), 4);
+    auto dbl = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    const auto xd = dbl(xf), wd = dbl(wf), dd = dbl(df);
+    // float bf16, double bf16 (rounded operands), double exact.
+    std::vector<float> out(N * M), dx(N * K), dW = dw0;
+    train::matmul_forward(out.data(), xf.data(), wf.data(), N, K, M, train::Precision::BF16);
+    train::matmul_backward(dx.data(), dW.data(), df.data(), xf.data(), wf.data(), N, K, M, train::Precision::BF16);
+    std::vector<double> out_r(N * M), dx_r(N * K), dW_r = dbl(dw0), out_e(N * M), dx_e(N * K), dW_e = dbl(dw0);
+    train::matmul_forward(out_r.data(), xd.data(), wd.data(), N, K, M, train::Precision::BF16);
+    train::matmul_backward(dx_r.data(), dW_r.data(), dd.data(), xd.data(), wd.data(), N, K, M, train::Precision::BF16);
+    train::matmul_forward(out_e.data(), xd.data(), wd.data(), N, K, M);
+    train::matmul_backward(dx_e.data(), dW_e.data(), dd.data(), xd.data(), wd.data(), N, K, M);
+    // Each element: its value, the two references, sum|a b| over its terms and the term count.
+    bool rounded = false;
+    auto check = [&](const char* what, float got, double ref_r, double ref_e, double mag, int64_t terms, double c) {
+      const double sum_tol = terms * test::kU * mag + test::kU * std::fabs(c);
+      ASSERT_LE(std::fabs(got - ref_r), sum_tol + 1e-30) << what << " vs bf16-rounded float64";
+      ASSERT_LE(std::fabs(got - ref_e), (1.0 / 256 + 1.0 / 262144) * mag + sum_tol + 1e-30) << what << " vs float64";
+      rounded |= std::fabs(got - ref_e) > terms * test::kU * mag;
+    };
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t m = 0; m < M; m++) {
+        double mag = 0;
+        for (int64_t k = 0; k < K; k++) mag += std::fabs(xd[n * K + k] * wd[m * K + k]);
+        check("forward", out[n * M + m], out_r[n * M + m], out_e[n * M + m], mag, K, 0);
+      }
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t k = 0; k < K; k++) {
+        double mag = 0;
+        for (int64_t m = 0; m < M; m++) mag += std::fabs(dd[n * M + m] * wd[m * K + k]);
+        check("dx", dx[n * K + k], dx_r[n * K + k], dx_e[n * K + k], mag, M, 0);
+      }
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++) {
+        double mag = 0;
+        for (int64_t n = 0; n < N; n++) mag += std::fabs(dd[n * M + m] * xd[n * K + k]);
+        check("dW", dW[m * K + k], dW_r[m * K + k], dW_e[m * K + k], mag, N, dw0[m * K + k] + dW_e[m * K + k]);
+      }
+    EXPECT_TRUE(rounded) << "the bf16 path gave f32-exact products: its operands were not rounded";
+  }
+}
+
+// The whole model in bf16 against float64 (exact products), at the training initialisation:
+// the loss and every gradient. Each product's operands carry bf16's relative rounding
+// (<= 2^-9 each, so <= 2^-8 = 0.0039 per product), and the errors of the products on a
+// gradient's path (forward, then backward through the tiny model's 2 blocks) add: measured
+// 0.1-0.9% of each tensor's largest gradient, the loss 1e-4 relative (its error averages over
+// many products). Bands: each tensor within 3% (~8 bf16 roundings) of its largest element,
+// the loss within 1e-3; f32 gives ~1e-6, and a wrong operand, transpose or missing term is off
+// by O(1).
+TEST(Train, Bf16ModelGradientsNearFloat64) {
+  for (const char* preset : {"tiny", "tiny-tied"}) {
+    ModelConfig cfg = config_preset(preset);
+    std::vector<int32_t> tok(2 * 21), tg(2 * 21);
+    for (size_t i = 0; i < tok.size(); i++) tok[i] = (i * 53 + 1) % cfg.vocab_size, tg[i] = (i * 29 + 7) % cfg.vocab_size;
+    train::LlamaTrain<double> e(cfg);
+    train::LlamaTrain<float> b(cfg);
+    e.fill(init_fill(cfg, 6));  // the training initialisation (a trained model's scales)
+    b.fill(init_fill(cfg, 6));
+    b.set_precision(train::Precision::BF16);
+    const double le = e.forward(tok.data(), tg.data(), 2, 21), lb = b.forward(tok.data(), tg.data(), 2, 21);
+    EXPECT_NEAR(lb, le, 1e-3 * le) << preset;
+    EXPECT_NE(lb, (double)(float)le) << "bf16 gave the f32 loss";
+    e.backward();
+    b.backward();
+    double worst = 0;
+    for (size_t t = 0; t < e.specs.size(); t++) {
+      const int64_t o = e.offsets[t], n = shape_numel(e.specs[t].shape);
+      std::vector<double> bg(b.grads.begin() + o, b.grads.begin() + o + n);
+      const double r = rel_err(bg.data(), e.grads.data() + o, n);
+      worst = std::max(worst, r);
+      EXPECT_LT(r, 0.03) << preset << " " << e.specs[t].name;
+    }
+    RecordProperty(std::string("worst_rel_err_") + preset, std::to_string(worst));
+    std::printf("%s: bf16 loss %.6f vs float64 %.6f, worst gradient error %.4f of its tensor's max\n", preset, lb, le, worst);
+  }
+}
+
 }  // namespace
 }  // namespace llmq
 
@@ -259,19 +351,27 @@ TEST(Train, ResumeIsBitwiseIdentical) {
   a.config = f.tmp / "config.json";
   a.steps = 10;
   a.grad_accum = 2;
-  train::train_run(a);
+  a.precision = "bf16";  // f32 resumes are bitwise too (DeterministicResumeKeepsTheThreadCount)
+  EXPECT_EQ(train::train_run(a).precision, "bf16");
   auto b = a;
   b.out = f.tmp / "b";
   b.stop_after = 5;
   EXPECT_EQ(train::train_run(b).steps, 5);
   b.stop_after = 0;
   b.resume = true;
-  EXPECT_EQ(train::train_run(b).steps, 10);
+  b.precision = "";  // the resume keeps the run's precision
+  const auto rb = train::train_run(b);
+  EXPECT_EQ(rb.steps, 10);
+  EXPECT_EQ(rb.precision, "bf16");
   for (const char* file : {"model.safetensors", "train_state.bin"})
     EXPECT_EQ(read_text_file(f.tmp / ("a/checkpoint-000010/" + std::string(file))),
               read_text_file(f.tmp / ("b/checkpoint-000010/" + std::string(file))))
         << file;
-  // Resuming with other options is refused.
+  // Resuming with other options is refused, a precision among them.
+  b.steps = 12;
+  b.precision = "f32";
+  EXPECT_THROW(train::train_run(b), Error);
+  b.precision = "";
   b.lr = 2e-3;
   EXPECT_THROW(train::train_run(b), Error);
 }

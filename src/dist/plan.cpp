@@ -18,7 +18,7 @@ double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool r
   // fused over chunks of rows: LlamaTrain::head_chunk_rows, 32 MB of f32 logits, at least 16
   // rows), and the backward scratch (dx, dln, dtmp, dq, dk, dv, datty, dgate, dup, dhsw).
   const double rows = std::min(N, (double)std::max<int64_t>(16, ((int64_t)32 << 20) / (4 * c.vocab_size)));
-  const double head = N * C + N * C + N + rows * V;
+  const double head = N * C + N * C + N + N + rows * V;  // ... and each row's log-sum-exp
   const double scratch = 3 * N * C + 2 * N * QD + 2 * N * KD + 3 * N * FF;
   return 4.0 * ((double)c.n_layers * per_layer + (recompute ? block : 0) + head + scratch);
 }

@@ -112,7 +112,7 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
     if (!recompute_) size_block(a);
   }
   if (recompute_) size_block(work_);
-  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N);
+  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), head_lse_.resize(N);
   logits_.assign((size_t)(std::min(head_chunk_rows(), N) * c.vocab_size), F(0));
   dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
       dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
@@ -190,7 +190,7 @@ int64_t LlamaTrain<F>::activation_bytes() const {
   };
   for (const auto& a : acts_) add_acts(a);
   add_acts(work_);
-  for (auto* v : {&x_out_, &lnf_, &rstdf_, &logits_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
+  for (auto* v : {&x_out_, &lnf_, &rstdf_, &head_lse_, &logits_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
     add(*v);
   return n * (int64_t)sizeof(F);
 }
@@ -231,7 +231,7 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
     const int64_t rows = std::min(R, N - r0);
     int64_t nv = 0;
     linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
-    sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, &nv);
+    sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, head_lse_.data() + r0, &nv);
     n_valid_ += nv;
   }
   call(hooks.done_forward, head);
@@ -261,10 +261,9 @@ void LlamaTrain<F>::backward(double loss_scale) {
   const int64_t R = std::min(head_chunk_rows(), N);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
-    int64_t nv = 0;
     linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
-    cross_entropy_forward(logits_.data(), targets_.data() + r0, rows, V, &nv);
-    cross_entropy_backward(logits_.data(), targets_.data() + r0, rows, V, loss_scale / (double)n_valid_);
+    cross_entropy_backward(logits_.data(), head_lse_.data() + r0, targets_.data() + r0, rows, V,
+                           loss_scale / (double)n_valid_);
     linear_backward(dln_.data() + r0 * C, logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
   }
   rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);

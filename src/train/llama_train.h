@@ -113,6 +113,7 @@ struct LlamaTrain {
   void block_forward(int64_t l, const F* x_in, Acts& a, F* next);
   std::vector<F> x_out_, lnf_, rstdf_;  // final residual (N, C), final norm (N, C), rstd (N)
   std::vector<F> logits_;                // one chunk of rows: (head_chunk_rows, V)
+  std::vector<F> head_lse_;              // (N) each row's log-sum-exp of its logits, for backward
   int64_t head_rows_ = 0;
   // Backward scratch.
   std::vector<F> dx_, dln_, dq_, dk_, dv_, datty_, dgate_, dup_, dhsw_, dtmp_;

@@ -343,40 +343,49 @@ void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up
   }
 }
 
+namespace {
+// log(sum_v exp(x[v])): the kernel table's vectorised exp for float, plain loops for double.
+double row_logsumexp(const float* x, int64_t V) { return cpu_kernels().logsumexp(x, V); }
+double row_logsumexp(const double* x, int64_t V) {
+  double mx = x[0];
+  for (int64_t v = 1; v < V; v++) mx = std::max(mx, x[v]);
+  double sum = 0;
+  for (int64_t v = 0; v < V; v++) sum += std::exp(x[v] - mx);
+  return mx + std::log(sum);
+}
+void row_softmax_scaled(float* x, int64_t V, float lse, double scale) {
+  cpu_kernels().softmax_scaled(x, V, lse, (float)scale);
+}
+void row_softmax_scaled(double* x, int64_t V, double lse, double scale) {
+  for (int64_t v = 0; v < V; v++) x[v] = std::exp(x[v] - lse) * scale;
+}
+}  // namespace
+
 template <class T>
-double cross_entropy_forward(T* logits, const int32_t* targets, int64_t N, int64_t V, int64_t* n_valid) {
+double cross_entropy_forward(const T* logits, const int32_t* targets, int64_t N, int64_t V, T* lse, int64_t* n_valid) {
   double loss = 0;
   int64_t valid = 0;
 #pragma omp parallel for schedule(static) reduction(+ : loss, valid)
   for (int64_t n = 0; n < N; n++) {
-    T* l = logits + n * V;
-    T mx = l[0];
-    for (int64_t v = 1; v < V; v++) mx = std::max(mx, l[v]);
-    double sum = 0;  // the normaliser in double: V terms
-    for (int64_t v = 0; v < V; v++) sum += (double)(l[v] = std::exp(l[v] - mx));
-    const int32_t tg = targets[n];
-    if (tg >= 0) {
-      loss += std::log(sum) - std::log((double)l[tg]);
-      valid++;
-    }
-    const T inv = T(1.0 / sum);
-    for (int64_t v = 0; v < V; v++) l[v] *= inv;
+    const double l = row_logsumexp(logits + n * V, V);
+    lse[n] = T(l);
+    if (targets[n] >= 0) loss += l - (double)logits[n * V + targets[n]], valid++;
   }
   *n_valid = valid;
   return loss;
 }
 
 template <class T>
-void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t V, double scale) {
+void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int64_t N, int64_t V, double scale) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++) {
-    T* p = probs + n * V;
+    T* p = logits + n * V;
     if (targets[n] < 0) {
       std::fill(p, p + V, T(0));
       continue;
     }
-    p[targets[n]] -= T(1);
-    for (int64_t v = 0; v < V; v++) p[v] *= T(scale);
+    row_softmax_scaled(p, V, lse[n], scale);
+    p[targets[n]] -= T(scale);
   }
 }
 
@@ -397,8 +406,8 @@ void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t
                                       int64_t, int64_t, int64_t, int64_t, int64_t);                               \
   template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                                               \
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                                \
-  template double cross_entropy_forward<T>(T*, const int32_t*, int64_t, int64_t, int64_t*);                       \
-  template void cross_entropy_backward<T>(T*, const int32_t*, int64_t, int64_t, double);
+  template double cross_entropy_forward<T>(const T*, const int32_t*, int64_t, int64_t, T*, int64_t*);             \
+  template void cross_entropy_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, double);
 LLMQ_TRAIN_OPS(float)
 LLMQ_TRAIN_OPS(double)
 

@@ -74,10 +74,14 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 template <class T> void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
 template <class T> void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n);
 
-// Cross-entropy fused with softmax: logits (N, V) are replaced by softmax probabilities;
-// returns the summed loss over rows whose target is >= 0 (-1 = ignored) and counts them.
-template <class T> double cross_entropy_forward(T* logits, const int32_t* targets, int64_t N, int64_t V, int64_t* n_valid);
-// probs (N, V) -> dlogits in place: (probs - onehot(target)) * scale; ignored rows get 0.
-template <class T> void cross_entropy_backward(T* probs, const int32_t* targets, int64_t N, int64_t V, double scale);
+// Cross-entropy of logits (N, V) (left unchanged): lse[n] = log sum_v exp(logits[n, v]) for
+// every row; returns the summed loss lse - logit[target] over rows whose target is >= 0
+// (-1 = ignored) and counts them.
+template <class T>
+double cross_entropy_forward(const T* logits, const int32_t* targets, int64_t N, int64_t V, T* lse, int64_t* n_valid);
+// The same logits (N, V) -> dlogits in place: (exp(logits - lse) - onehot(target)) * scale,
+// the probabilities from forward's lse (one pass); ignored rows get 0.
+template <class T>
+void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int64_t N, int64_t V, double scale);
 
 }  // namespace llmq::train

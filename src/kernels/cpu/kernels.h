@@ -124,6 +124,12 @@ struct CpuKernels {
   // Every table gives the same bytes as the scalar one (tested bit for bit).
   void (*quant_blocks_i8)(const float* x, int64_t nb, float fixed_amax, int8_t* q, float* d, int32_t* sum);
 
+  // The training loss over a row of logits: log(sum_i exp(x[i])) (max-subtracted, the sum
+  // in double over f32 blocks), and x[i] = exp(x[i] - lse) * scale in place (softmax from a
+  // saved log-sum-exp, scaled: the cross-entropy gradient before its -scale at the target).
+  double (*logsumexp)(const float* x, int64_t n) = nullptr;
+  void (*softmax_scaled)(float* x, int64_t n, float lse, float scale) = nullptr;
+
   // Quantized matrix product, decode and prefill (int8 dot products; see MatmulQFn).
   // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product
   // instructions.

@@ -104,8 +104,20 @@ void quant_blocks_i8(const float* x, int64_t nb, float fixed_amax, int8_t* q, fl
   }
 }
 
+double logsumexp(const float* x, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, x[i]);
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += (double)std::exp(x[i] - mx);
+  return (double)mx + std::log(s);
+}
+void softmax_scaled(float* x, int64_t n, float lse, float scale) {
+  for (int64_t i = 0; i < n; i++) x[i] = std::exp(x[i] - lse) * scale;
+}
+
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
-                         rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, matmul_q_ref};
+                         rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, logsumexp,
+                         softmax_scaled, matmul_q_ref};
 }  // namespace
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {
