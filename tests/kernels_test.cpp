@@ -187,6 +187,28 @@ TEST_P(KernelsTest, PackBf16MatchesReference) {
     }
 }
 
+// The loss kernels against the scalar reference (std::exp, double sums). The vector exp is
+// within ~2 ulp (vec_exp.inc) and each lane sums at most 64 positive terms in f32 before the
+// block goes to double (<= 64u relative), so the sum is within ~67u relative; log turns that
+// into an absolute error of lse, plus the rounding of max: |lse - ref| <= 70u + u*|max|. Each
+// softmax_scaled element: exp's 2 ulp, one rounding of x - lse (u*|x - lse| absolute in the
+// argument, the same relative in the result) and the scaling: 4u + u*|x - lse| relative.
+TEST_P(KernelsTest, LossKernels) {
+  uint64_t seed = 21;
+  for (int64_t n : kSizes) {
+    auto x = randn((size_t)n, seed++, 3.f);
+    const double a = k().logsumexp(x.data(), n), b = ref().logsumexp(x.data(), n);
+    float mx = x[0];
+    for (float v : x) mx = std::max(mx, v);
+    ASSERT_NEAR(a, b, 70 * kU + kU * std::fabs(mx)) << "n=" << n;
+    auto y = x, yr = x;
+    k().softmax_scaled(y.data(), n, (float)b, 0.37f);
+    ref().softmax_scaled(yr.data(), n, (float)b, 0.37f);
+    for (int64_t i = 0; i < n; i++)
+      ASSERT_NEAR(y[i], yr[i], (4 * kU + kU * std::fabs(x[i] - b)) * yr[i] + 1e-38) << "n=" << n << " i=" << i;
+  }
+}
+
 // The packed activation layout, element by element as kernels.h defines it: every element
 // rounded to bf16 at its place, the padding (tokens past n, the column past an odd K) zero.
 TEST(GemmBf16Pack, Layout) {
