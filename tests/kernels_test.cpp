@@ -112,8 +112,8 @@ TEST_P(KernelsTest, GemmBf16) {
 // Training's row-major bf16 product (AVX512_BF16) against the scalar reference, the same
 // bound as above (exact products, f32 sums in another order: the kernel also splits k into
 // blocks of 256 pairs, adding each block's alpha*sum to C). Rows [1, M) of C only, with and
-// without accumulation into C; K past one k block (600 > 512), n past the 16-panel column
-// block (300 > 256).
+// without accumulation into C; K past one k block (600 > 512), n past the 18-panel column
+// block (300 > 288).
 TEST_P(KernelsTest, GemmBf16Rows) {
   if (!k().gemm_bf16_rows) GTEST_SKIP() << k().isa << ": no bf16 dot products";
   uint64_t seed = 11;
@@ -193,6 +193,25 @@ TEST_P(KernelsTest, PackBf16MatchesReference) {
 // into an absolute error of lse, plus the rounding of max: |lse - ref| <= 70u + u*|max|. Each
 // softmax_scaled element: exp's 2 ulp, one rounding of x - lse (u*|x - lse| absolute in the
 // argument, the same relative in the result) and the scaling: 4u + u*|x - lse| relative.
+// swiglu's backward against the reference: exp within ~2 ulp moves sig by as much relative,
+// and each output is a product of ~4 rounded factors: 8u relative of each output's size.
+TEST_P(KernelsTest, SwigluBackward) {
+  uint64_t seed = 31;
+  for (int64_t n : kSizes) {
+    const auto d = randn((size_t)n, seed++), g = randn((size_t)n, seed++, 3.f), u = randn((size_t)n, seed++);
+    std::vector<float> dg(n), du(n), dgr(n), dur(n);
+    k().swiglu_backward(d.data(), g.data(), u.data(), dg.data(), du.data(), n);
+    ref().swiglu_backward(d.data(), g.data(), u.data(), dgr.data(), dur.data(), n);
+    for (int64_t i = 0; i < n; i++) {
+      ASSERT_NEAR(du[i], dur[i], 8 * kU * std::fabs(dur[i]) + 1e-30) << n << " " << i;
+      // dg's factor 1 + g(1 - sig) can cancel (g near -1.28): bound by its terms' sizes.
+      const float sig = 1.f / (1.f + std::exp(-g[i]));
+      const double mag = std::fabs(d[i] * u[i]) * sig * (1 + std::fabs(g[i]) * (1 - sig));
+      ASSERT_NEAR(dg[i], dgr[i], 8 * kU * mag + 1e-30) << n << " " << i;
+    }
+  }
+}
+
 TEST_P(KernelsTest, LossKernels) {
   uint64_t seed = 21;
   for (int64_t n : kSizes) {

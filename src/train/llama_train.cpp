@@ -157,7 +157,7 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   linear_forward(a.v.data(), a.ln1.data(), lin.v, N);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
   rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
-  attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd);
+  attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd, precision_);
   linear_forward(a.x_mid.data(), a.atty.data(), lin.o, N);
   for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += x_in[i];
   rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
@@ -287,7 +287,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
     // x_mid = x_in + wo(attention(rope(wq ln1), rope(wk ln1), wv ln1))
     linear_backward(datty_.data(), dx_.data(), a.atty.data(), lin.o, N);
     attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.atty.data(), a.lse.data(), a.q.data(),
-                       a.k.data(), a.v.data(), B, Tn, H, KV, hd);
+                       a.k.data(), a.v.data(), B, Tn, H, KV, hd, precision_);
     rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
     rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
     linear_backward(dln_.data(), dq_.data(), a.ln1.data(), lin.q, N);

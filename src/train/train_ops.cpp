@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/dtype.h"
@@ -106,9 +107,9 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* 
 
 template <class T>
 void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-            int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (prec == Precision::BF16) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, T(1));
-  else gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+            int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1)) {
+  if (prec == Precision::BF16) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
+  else gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
 }
 }  // namespace
 
@@ -239,7 +240,7 @@ constexpr int64_t kAttTile = 64;
 
 template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
-                       int64_t hd) {
+                       int64_t hd, Precision prec) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
   // Heads in parallel, each thread with its own (tile, T) scores (BLAS runs single-threaded
@@ -257,7 +258,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
       T* lh = lse + (b * H + h) * Tn;
       for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
         const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
-        gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale);  // (n, r1) = q k^T
+        gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale);  // (n, r1) = q k^T
         for (int64_t i = 0; i < n; i++) {
           const int64_t t = r0 + i;
           T* a = S.data() + i * r1;
@@ -270,7 +271,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
           for (int64_t s = t + 1; s < r1; s++) a[s] = 0;
           lh[t] = mx + std::log(sum);
         }
-        gemm(false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
+        gemm_p(prec, false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
       }
     }
   }
@@ -278,7 +279,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
 
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
-                        const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd) {
+                        const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd, Precision prec) {
   const T scale = T(1) / std::sqrt(T(hd));
   const int64_t group = H / KV;
   const int64_t tile = std::min(Tn, kAttTile);
@@ -304,8 +305,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
         T* dqh = dq + b * Tn * H * hd + h * hd;
         for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
           const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
-          gemm(false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);  // scores again
-          gemm(false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);      // dP = dO v^T
+          gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);  // scores again
+          gemm_p(prec, false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);      // dP = dO v^T
           for (int64_t i = 0; i < n; i++) {
             const int64_t t = r0 + i;
             T* p = P.data() + i * r1;
@@ -318,9 +319,9 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             for (int64_t s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
             for (int64_t s = t + 1; s < r1; s++) d[s] = 0;
           }
-          gemm(true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);          // dV += P^T dO
-          gemm(false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);  // dQ = dS k
-          gemm(true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);   // dK += dS^T q
+          gemm_p(prec, true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);          // dV += P^T dO
+          gemm_p(prec, false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);  // dQ = dS k
+          gemm_p(prec, true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);   // dK += dS^T q
         }
       }
     }
@@ -329,12 +330,25 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 
 template <class T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {  // the kernels' vector exp, in blocks over threads
+    const CpuKernels& k = cpu_kernels();
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
+    for (int64_t i = 0; i < n; i += 4096) k.swiglu(gate + i, up + i, out + i, std::min<int64_t>(4096, n - i));
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
+  }
 }
 
 template <class T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    const CpuKernels& k = cpu_kernels();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i += 4096)
+      k.swiglu_backward(dout + i, gate + i, up + i, dgate + i, dup + i, std::min<int64_t>(4096, n - i));
+    return;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const T g = gate[i], sig = T(1) / (T(1) + std::exp(-g)), silu = g * sig;
@@ -401,9 +415,9 @@ void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int
   template void rope_forward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);               \
   template void rope_backward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);              \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \
-                                     int64_t);                                                                    \
+                                     int64_t, Precision);                                                         \
   template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const T*,     \
-                                      int64_t, int64_t, int64_t, int64_t, int64_t);                               \
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, Precision);                    \
   template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                                               \
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                                \
   template double cross_entropy_forward<T>(const T*, const int32_t*, int64_t, int64_t, T*, int64_t*);             \

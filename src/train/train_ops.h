@@ -63,12 +63,12 @@ void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_
 // (T, T) matrix is kept).
 template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
-                       int64_t hd);
+                       int64_t hd, Precision prec = Precision::F32);
 // dq assigned; dk, dv assigned (summed over the heads that share them). out and lse are the
 // forward's.
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k, const T* v,
-                        int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd);
+                        int64_t B, int64_t Tn, int64_t H, int64_t KV, int64_t hd, Precision prec = Precision::F32);
 
 // out = silu(gate) * up
 template <class T> void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);

@@ -129,6 +129,9 @@ struct CpuKernels {
   // saved log-sum-exp, scaled: the cross-entropy gradient before its -scale at the target).
   double (*logsumexp)(const float* x, int64_t n) = nullptr;
   void (*softmax_scaled)(float* x, int64_t n, float lse, float scale) = nullptr;
+  // swiglu's backward: du = dout * silu(g), dg = dout * u * silu'(g),
+  // silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
+  void (*swiglu_backward)(const float* dout, const float* g, const float* u, float* dg, float* du, int64_t n) = nullptr;
 
   // Quantized matrix product, decode and prefill (int8 dot products; see MatmulQFn).
   // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product

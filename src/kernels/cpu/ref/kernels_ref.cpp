@@ -111,13 +111,20 @@ double logsumexp(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; i++) s += (double)std::exp(x[i] - mx);
   return (double)mx + std::log(s);
 }
+void swiglu_backward(const float* dout, const float* g, const float* u, float* dg, float* du, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    const float sig = 1.f / (1.f + std::exp(-g[i]));
+    du[i] = dout[i] * (g[i] * sig);
+    dg[i] = dout[i] * u[i] * (sig * (1.f + g[i] * (1.f - sig)));
+  }
+}
 void softmax_scaled(float* x, int64_t n, float lse, float scale) {
   for (int64_t i = 0; i < n; i++) x[i] = std::exp(x[i] - lse) * scale;
 }
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
                          rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, logsumexp,
-                         softmax_scaled, matmul_q_ref};
+                         softmax_scaled, swiglu_backward, matmul_q_ref};
 }  // namespace
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {

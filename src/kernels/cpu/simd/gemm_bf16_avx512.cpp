@@ -206,10 +206,11 @@ void pack_bf16_panels_avx512bf16(const float* S, int64_t ld, int64_t n, int64_t 
   }
 }
 
-// Blocked like GotoBLAS: 256 columns (16 panels) by 256 pairs of B is 256 KB, which stays in
-// L2 while the rows stream past it 8 at a time (8 rows x 256 pairs = 4 KB of A in L1).
+// Blocked like GotoBLAS: 288 columns (18 panels, a multiple of the 3-panel tile) by 256 pairs
+// of B is 288 KB, which stays in L2 while the rows stream past it 8 at a time (8 rows x 256
+// pairs = 8 KB of A in L1).
 void gemm_bf16_rows_avx512bf16(const GemmBf16Args& a, int64_t m0, int64_t m1) {
-  constexpr int64_t kPanelBlock = 16, kPairBlock = 256;
+  constexpr int64_t kPanelBlock = 18, kPairBlock = 256;
   const int64_t np = (a.n + 15) / 16;
   for (int64_t tp0 = 0; tp0 < np; tp0 += kPanelBlock) {
     const int64_t tp1 = std::min(np, tp0 + kPanelBlock);
