@@ -2,17 +2,22 @@
 """Plain PyTorch training of the same Llama as `llmq train` (llama_ref.py's architecture as
 nn.Modules: RMSNorm, rotary embeddings, grouped-query attention via
 an explicit masked softmax, SwiGLU, untied output), float32, torch.optim.AdamW, with the
-given threads. Prints "torch TOKENS_PER_S" for bench/train.sh.
+given threads. PRECISION bf16 runs forward and loss under CPU autocast to bfloat16
+(torch.autocast("cpu", dtype=torch.bfloat16): matmuls in bf16, master weights and AdamW in
+f32), as a PyTorch user would train in mixed precision on a CPU. Prints
+"torch TOKENS_PER_S PEAK_RSS_BYTES" for bench/train.sh.
 
-usage: train_peer.py DIM LAYERS HEADS KV_HEADS FFN VOCAB BATCH SEQ STEPS THREADS
+usage: train_peer.py DIM LAYERS HEADS KV_HEADS FFN VOCAB BATCH SEQ STEPS THREADS [f32|bf16]
 """
-import math, sys, time
+import contextlib, math, resource, sys, time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 dim, layers, heads, kv, ffn, vocab, B, T, steps, threads = map(int, sys.argv[1:11])
+precision = sys.argv[11] if len(sys.argv) > 11 else "f32"
+autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 hd = dim // heads
@@ -84,7 +89,8 @@ idx = torch.randint(0, vocab, (B, T))
 tgt = torch.randint(0, vocab, (B, T))
 def step():
     opt.zero_grad(set_to_none=True)
-    loss = m(idx, tgt)
+    with autocast():
+        loss = m(idx, tgt)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step()
@@ -92,4 +98,4 @@ step()  # warm-up (allocations, thread pool)
 t0 = time.time()
 for _ in range(steps):
     step()
-print(f"torch {B * T * steps / (time.time() - t0):.1f}")
+print(f"torch {B * T * steps / (time.time() - t0):.1f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
