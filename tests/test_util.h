@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,5 +48,17 @@ struct TempDir {
 
 // Unit roundoff of f32.
 constexpr double kU = 1.0 / (1 << 24);
+
+// Runs f, which must throw an exception whose message contains every one of `parts`;
+// `what` names the case in the failure message.
+template <class F>
+void expect_error_containing(F&& f, const std::string& what, std::initializer_list<const char*> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error: " << what;
+  } catch (const std::exception& e) {
+    for (const char* p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << what << ": " << e.what();
+  }
+}
 
 }  // namespace llmq::test

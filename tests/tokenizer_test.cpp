@@ -214,7 +214,10 @@ TEST(SentencePiece, TrainAndMatchSpmEncode) {
     ASSERT_TRUE(std::getline(res, want));
     auto ids = tok->encode(l, false);
     std::string got;
-    for (size_t i = 0; i < ids.size(); i++) got += (i ? " " : "") + std::to_string(ids[i]);
+    for (size_t i = 0; i < ids.size(); i++) {  // (appended in parts: GCC 12 warns on "" + string)
+      if (i) got += ' ';
+      got += std::to_string(ids[i]);
+    }
     EXPECT_EQ(got, want) << l;
     EXPECT_EQ(tok->decode(ids), l);
   }

@@ -98,6 +98,9 @@ struct LlamaTrain {
   };
   BlockLinears linears(int64_t l) const;
   Linear<F> head_linear() const;
+  // Packs (on) or drops the bf16 copies of lm_head for the chunks of one pass (see .cpp).
+  void pack_head(bool on, bool backward = false);
+  std::vector<uint16_t> head_pack_, head_pack_t_;
   bool recompute_ = false;
   Precision precision_ = Precision::F32;
   int64_t B_ = 0, T_ = 0, n_valid_ = 0;

@@ -45,7 +45,7 @@ thread_local std::vector<uint16_t> tl_a, tl_b;
 inline uint16_t to_bf16(float f) { return f32_to_bf16(f); }
 
 void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
-               int64_t ldb, float beta, float* C, int64_t ldc, float alpha) {
+               int64_t ldb, float beta, float* C, int64_t ldc, float alpha, const uint16_t* b_packed = nullptr) {
   const CpuKernels& K = cpu_kernels();
   const int64_t Kp2 = (k + 1) / 2, Kp = 2 * Kp2, panels = (n + 15) / 16;
   if (!K.gemm_bf16_rows) {
@@ -66,7 +66,7 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
   std::vector<uint16_t>& bp = tl_b;
   const int64_t apanels = (m + 15) / 16;
   ap.resize((size_t)(ta ? apanels * 16 * Kp : m * Kp));
-  bp.resize((size_t)(panels * 16 * Kp));
+  if (!b_packed) bp.resize((size_t)(panels * 16 * Kp));
 #pragma omp parallel
   {
     if (!ta) {
@@ -78,16 +78,20 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
       for (int64_t p = 0; p < apanels; p++) K.pack_bf16_panels_t(A, lda, m, k, ap.data(), p, p + 1);
     }
     // Kernel B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else B[c*ldb + j].
+    if (!b_packed) {
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels; p++) {
-      if (tb) K.pack_bf16_panels(B, ldb, n, k, bp.data(), p, p + 1);
-      else K.pack_bf16_panels_t(B, ldb, n, k, bp.data(), p, p + 1);
+      for (int64_t p = 0; p < panels; p++) {
+        if (tb) K.pack_bf16_panels(B, ldb, n, k, bp.data(), p, p + 1);
+        else K.pack_bf16_panels_t(B, ldb, n, k, bp.data(), p, p + 1);
+      }
+    } else {
+#pragma omp barrier
     }
     // Rows of C split over the threads in multiples of 8 (the kernel's tile height).
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t blocks = (m + 7) / 8, b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     if (b1 > b0) {
-      GemmBf16Args g{ap.data(), Kp, bp.data(), Kp2, C, ldc, n, alpha, beta != 0.f, ta};
+      GemmBf16Args g{ap.data(), Kp, b_packed ? b_packed : bp.data(), Kp2, C, ldc, n, alpha, beta != 0.f, ta};
       K.gemm_bf16_rows(g, b0 * 8, std::min(m, b1 * 8));
     }
   }
@@ -107,9 +111,10 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* 
 
 template <class T>
 void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-            int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1)) {
-  if (prec == Precision::BF16) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
-  else gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
+            int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1), const uint16_t* b_packed = nullptr) {
+  if (prec != Precision::BF16) return gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
+  if constexpr (std::is_same_v<T, float>) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed);
+  else gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
 }
 }  // namespace
 
@@ -169,25 +174,41 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
 }
 
 template <class T>
-void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec) {
-  gemm_p(prec, false, true, N, M, K, x, K, W, K, T(0), out, M);
+void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec,
+                    const uint16_t* W_packed) {
+  gemm_p(prec, false, true, N, M, K, x, K, W, K, T(0), out, M, T(1), W_packed);
 }
 
 template <class T>
 void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M,
-                     Precision prec) {
-  if (dx) gemm_p(prec, false, false, N, K, M, dout, M, W, K, T(0), dx, K);
+                     Precision prec, const uint16_t* W_packed_t) {
+  if (dx) gemm_p(prec, false, false, N, K, M, dout, M, W, K, T(0), dx, K, T(1), W_packed_t);
   if (dW) gemm_p(prec, true, false, M, K, N, dout, M, x, K, T(1), dW, K);
+}
+
+bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std::vector<uint16_t>& out) {
+  const CpuKernels& k = cpu_kernels();
+  if (!k.gemm_bf16_rows) return false;
+  // The B operand of matmul_forward (rows m of W, pairs along k) or of matmul_backward's dx
+  // product (rows k, pairs along m: W read transposed), as gemm_bf16 would pack it.
+  const int64_t n = transposed ? K : M, kk = transposed ? M : K, panels = (n + 15) / 16;
+  out.resize((size_t)gemm_bf16_packed_size(n, kk));
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; p++) {
+    if (transposed) k.pack_bf16_panels_t(W, K, n, kk, out.data(), p, p + 1);
+    else k.pack_bf16_panels(W, K, n, kk, out.data(), p, p + 1);
+  }
+  return true;
 }
 
 template <class T>
 void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
-  matmul_forward(y, x, L.W, N, L.in, L.out, L.prec);
+  matmul_forward(y, x, L.W, N, L.in, L.out, L.prec, L.packed);
 }
 
 template <class T>
 void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N) {
-  matmul_backward(dx, L.dW, dy, x, L.W, N, L.in, L.out, L.prec);
+  matmul_backward(dx, L.dW, dy, x, L.W, N, L.in, L.out, L.prec, L.packed_t);
 }
 
 template <class T>
@@ -408,8 +429,9 @@ void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int
   template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t);                            \
   template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t, double);                         \
   template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t);            \
-  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, Precision);                  \
-  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Precision);   \
+  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, Precision, const uint16_t*); \
+  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Precision,    \
+                                   const uint16_t*);                                                              \
   template void linear_forward<T>(T*, const T*, const Linear<T>&, int64_t);                                       \
   template void linear_backward<T>(T*, const T*, const T*, const Linear<T>&, int64_t);                            \
   template void rope_forward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);               \

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace llmq::train {
 
@@ -29,12 +30,20 @@ const char* precision_name(Precision p);  // "f32", "bf16"
 Precision precision_parse(const std::string& s);  // throws a plain error on anything else
 
 // out (N, M) = x (N, K) @ W (M, K)^T     (BLAS sgemm / dgemm, or bf16 products)
+// W_packed: W already packed by pack_weight_bf16(W, M, K, false) (bf16 on a CPU with the
+// bf16 product only; nullptr: packed here).
 template <class T>
-void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec = Precision::F32);
+void matmul_forward(T* out, const T* x, const T* W, int64_t N, int64_t K, int64_t M, Precision prec = Precision::F32,
+                    const uint16_t* W_packed = nullptr);
 // dx (N, K) = dout @ W (dx may be nullptr: not needed);  dW (M, K) += dout^T @ x
+// W_packed_t: pack_weight_bf16(W, M, K, true), as above.
 template <class T>
 void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int64_t K, int64_t M,
-                     Precision prec = Precision::F32);
+                     Precision prec = Precision::F32, const uint16_t* W_packed_t = nullptr);
+// A weight (M, K) packed once for many bf16 products (the output head's row chunks, which
+// otherwise repack all of it per chunk): for matmul_forward, or (transposed) for
+// matmul_backward's dx. False, out untouched, where there is no bf16 product kernel.
+bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std::vector<uint16_t>& out);
 
 // A training linear layer, y (N, out) = x (N, in) @ W^T: the one place a block's products go
 // through (DESIGN.md, invariant 3), so what a linear is (its precision today; a frozen or
@@ -45,6 +54,8 @@ struct Linear {
   T* dW;       // (out, in) gradient, accumulated; nullptr: frozen
   int64_t in, out;
   Precision prec = Precision::F32;
+  const uint16_t* packed = nullptr;    // bf16: W packed for forward (pack_weight_bf16), or nullptr
+  const uint16_t* packed_t = nullptr;  // bf16: W packed for backward's dx, or nullptr
 };
 template <class T> void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N);
 // dx (N, in) assigned (nullptr: not needed); L.dW += dy^T x.
