@@ -283,14 +283,20 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
         for (int64_t i = 0; i < n; i++) {
           const int64_t t = r0 + i;
           T* a = S.data() + i * r1;
-          T mx = a[0];
-          for (int64_t s = 1; s <= t; s++) mx = std::max(mx, a[s]);
-          T sum = 0;
-          for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
-          const T inv = T(1) / sum;
-          for (int64_t s = 0; s <= t; s++) a[s] *= inv;
+          if constexpr (std::is_same_v<T, float>) {  // the kernels' vector exp: P = exp(s - lse)
+            const CpuKernels& kk = cpu_kernels();
+            lh[t] = (float)kk.logsumexp(a, t + 1);
+            kk.softmax_scaled(a, t + 1, lh[t], 1.f);
+          } else {
+            T mx = a[0];
+            for (int64_t s = 1; s <= t; s++) mx = std::max(mx, a[s]);
+            T sum = 0;
+            for (int64_t s = 0; s <= t; s++) sum += (a[s] = std::exp(a[s] - mx));
+            const T inv = T(1) / sum;
+            for (int64_t s = 0; s <= t; s++) a[s] *= inv;
+            lh[t] = mx + std::log(sum);
+          }
           for (int64_t s = t + 1; s < r1; s++) a[s] = 0;
-          lh[t] = mx + std::log(sum);
         }
         gemm_p(prec, false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
       }
@@ -332,7 +338,10 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             const int64_t t = r0 + i;
             T* p = P.data() + i * r1;
             T* d = dS.data() + i * r1;
-            for (int64_t s = 0; s <= t; s++) p[s] = std::exp(p[s] - lh[t]);  // P from the row's log-sum-exp
+            if constexpr (std::is_same_v<T, float>)  // P from the row's log-sum-exp
+              cpu_kernels().softmax_scaled(p, t + 1, lh[t], 1.f);
+            else
+              for (int64_t s = 0; s <= t; s++) p[s] = std::exp(p[s] - lh[t]);
             for (int64_t s = t + 1; s < r1; s++) p[s] = 0;
             // softmax backward: dS = P * (dP - rowsum(P * dP)), rowsum(P * dP) = rowsum(dO * O)
             T dot = 0;
