@@ -24,7 +24,7 @@ printf "%-6s %-5s %-11s %10s %8s %9s\n" shape round run "tok/s" MFU "peak RSS"
 summary=""
 for shape in $shapes; do
   case $shape in
-    small) init="--preset small"; B=8; T=256; steps=12; logs=6; tsteps=8 ;;
+    small) init="--preset small"; B=8; T=256; steps=26; logs=12; tsteps=16 ;;
     1b-8L) init="--preset llama3.2-1b --layers 8"; B=1; T=1024; steps=4; logs=2; tsteps=2 ;;
     *) echo "unknown shape $shape"; exit 1 ;;
   esac
