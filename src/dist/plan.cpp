@@ -83,7 +83,10 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   if (p.dp > 1) {
     if (o.fsdp) {
       const double weights_total = o.lora_rank > 0 ? p.weight_bytes * dp : 4 * shard_params;
-      p.dp_comm_bytes = (dp - 1) / dp * (2 * weights_total + grad_total);  // 2 all-gathers + reduce-scatter
+      // Every unit is gathered for its forward and again for its backward, except an untied
+      // input embedding, whose backward (a scatter-add of dx rows) reads no weights.
+      const double embed_once = o.lora_rank > 0 || c.tie_embeddings ? 0 : 4 * (double)c.vocab_size * C;
+      p.dp_comm_bytes = (dp - 1) / dp * (2 * weights_total - embed_once + grad_total);  // all-gathers + reduce-scatter
     } else {
       p.dp_comm_bytes = 2 * (dp - 1) / dp * grad_total;  // all-reduce = reduce-scatter + all-gather
     }
