@@ -515,6 +515,9 @@ TrainResult train_run(const TrainOptions& options) {
       t_log = now;
       tokens_since = 0;
     }
+    // Time spent evaluating, checkpointing and sampling is not training: it is left out of
+    // the next interval's tokens/s (by moving that interval's start past it).
+    const auto t_pause = clock::now();
     if ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps) {
       res.last_val_loss = evaluate();
       if (res.last_val_loss >= 0) {
@@ -561,6 +564,7 @@ TrainResult train_run(const TrainOptions& options) {
       // A sample through the inference engine (a sharded checkpoint is no model directory).
       if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal) sample(o, done);
     }
+    t_log += clock::now() - t_pause;
     res.steps = done;
     if (stop) break;
   }
