@@ -16,7 +16,6 @@
 
 namespace llmq::train {
 
-const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "f32"; }
 Precision precision_parse(const std::string& s) {
   if (s == "f32") return Precision::F32;
   if (s == "bf16") return Precision::BF16;
@@ -42,24 +41,35 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, in
 // the product's O(mnk)). Threads take disjoint row ranges of C.
 thread_local std::vector<uint16_t> tl_a, tl_b;
 
-inline uint16_t to_bf16(float f) { return f32_to_bf16(f); }
+// The operands rounded to bf16 values, then the plain BLAS product: the bf16 path where the
+// CPU has no bf16 product (f32 sums, the same products), and for T = double the reference
+// (products and sums in double).
+template <class T>
+void gemm_rounded(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
+                  T beta, T* C, int64_t ldc, T alpha) {
+  auto r = [](T v) { return (T)bf16_to_f32(f32_to_bf16((float)v)); };
+  std::vector<T> a((size_t)(m * k)), b((size_t)(k * n));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t c = 0; c < k; c++) a[i * k + c] = r(ta ? A[c * lda + i] : A[i * lda + c]);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < k; c++)
+    for (int64_t j = 0; j < n; j++) b[c * n + j] = r(tb ? B[j * ldb + c] : B[c * ldb + j]);
+  gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
+}
+
+// Panel p of the kernel's B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else B[c*ldb + j].
+void pack_b_panel(const CpuKernels& K, bool tb, const float* B, int64_t ldb, int64_t n, int64_t k, uint16_t* dst,
+                  int64_t p) {
+  if (tb) K.pack_bf16_panels(B, ldb, n, k, dst, p, p + 1);
+  else K.pack_bf16_panels_t(B, ldb, n, k, dst, p, p + 1);
+}
 
 void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                int64_t ldb, float beta, float* C, int64_t ldc, float alpha, const uint16_t* b_packed = nullptr) {
   const CpuKernels& K = cpu_kernels();
+  if (!K.gemm_bf16_rows) return gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
   const int64_t Kp2 = (k + 1) / 2, Kp = 2 * Kp2, panels = (n + 15) / 16;
-  if (!K.gemm_bf16_rows) {
-    // No bf16 instructions: the operands rounded to bf16 values, multiplied by sgemm.
-    std::vector<float> a((size_t)(m * k)), b((size_t)(k * n));
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t c = 0; c < k; c++) a[i * k + c] = bf16_to_f32(to_bf16(ta ? A[c * lda + i] : A[i * lda + c]));
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < k; c++)
-      for (int64_t j = 0; j < n; j++) b[c * n + j] = bf16_to_f32(to_bf16(tb ? B[j * ldb + c] : B[c * ldb + j]));
-    gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
-    return;
-  }
   // op(A) as bf16 rows when A is stored row-major, else (stored transposed) as panels; op(B)
   // as panels of its columns (kernels.h, pack_bf16_*).
   std::vector<uint16_t>& ap = tl_a;
@@ -77,13 +87,9 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
 #pragma omp for schedule(static) nowait
       for (int64_t p = 0; p < apanels; p++) K.pack_bf16_panels_t(A, lda, m, k, ap.data(), p, p + 1);
     }
-    // Kernel B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else B[c*ldb + j].
     if (!b_packed) {
 #pragma omp for schedule(static)
-      for (int64_t p = 0; p < panels; p++) {
-        if (tb) K.pack_bf16_panels(B, ldb, n, k, bp.data(), p, p + 1);
-        else K.pack_bf16_panels_t(B, ldb, n, k, bp.data(), p, p + 1);
-      }
+      for (int64_t p = 0; p < panels; p++) pack_b_panel(K, tb, B, ldb, n, k, bp.data(), p);
     } else {
 #pragma omp barrier
     }
@@ -97,24 +103,12 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
   }
 }
 
-// The double reference of the same: operands rounded to bf16 values, products and sums in double.
-void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda, const double* B,
-               int64_t ldb, double beta, double* C, int64_t ldc, double alpha) {
-  auto r = [](double v) { return (double)bf16_to_f32(to_bf16((float)v)); };
-  std::vector<double> a((size_t)(m * k)), b((size_t)(k * n));
-  for (int64_t i = 0; i < m; i++)
-    for (int64_t c = 0; c < k; c++) a[i * k + c] = r(ta ? A[c * lda + i] : A[i * lda + c]);
-  for (int64_t c = 0; c < k; c++)
-    for (int64_t j = 0; j < n; j++) b[c * n + j] = r(tb ? B[j * ldb + c] : B[c * ldb + j]);
-  gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
-}
-
 template <class T>
 void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
             int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1), const uint16_t* b_packed = nullptr) {
   if (prec != Precision::BF16) return gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
   if constexpr (std::is_same_v<T, float>) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed);
-  else gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
+  else gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
 }
 }  // namespace
 
@@ -194,10 +188,7 @@ bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std
   const int64_t n = transposed ? K : M, kk = transposed ? M : K, panels = (n + 15) / 16;
   out.resize((size_t)gemm_bf16_packed_size(n, kk));
 #pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < panels; p++) {
-    if (transposed) k.pack_bf16_panels_t(W, K, n, kk, out.data(), p, p + 1);
-    else k.pack_bf16_panels(W, K, n, kk, out.data(), p, p + 1);
-  }
+  for (int64_t p = 0; p < panels; p++) pack_b_panel(k, !transposed, W, K, n, kk, out.data(), p);
   return true;
 }
 

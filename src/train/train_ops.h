@@ -26,7 +26,6 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
 // to sgemm, the same products). What is stored (weights, activations, gradients) stays f32.
 // For T = double, bf16 rounds the operands and multiplies in double: the float64 reference.
 enum class Precision { F32, BF16 };
-const char* precision_name(Precision p);  // "f32", "bf16"
 Precision precision_parse(const std::string& s);  // throws a plain error on anything else
 
 // out (N, M) = x (N, K) @ W (M, K)^T     (BLAS sgemm / dgemm, or bf16 products)
