@@ -294,6 +294,19 @@ TEST(Train, Bf16ModelGradientsNearFloat64) {
       worst = std::max(worst, r);
       EXPECT_LT(r, 0.03) << preset << " " << e.specs[t].name;
     }
+    // The fused head in chunks of 5 rows (lm_head then packed once per pass for all chunks,
+    // llama_train.cpp pack_head) against the one-chunk path above: the same products, only
+    // dW's rows summed in chunk order, so within f32 rounding of each other, far inside the
+    // bf16 band (a wrong packed layout would be off by O(1)).
+    train::LlamaTrain<float> c(cfg);
+    c.fill(init_fill(cfg, 6));
+    c.set_precision(train::Precision::BF16);
+    c.set_head_chunk_rows(5);
+    EXPECT_NEAR(c.forward(tok.data(), tg.data(), 2, 21), lb, 1e-5 * lb) << preset;
+    c.backward();
+    double gmax = 0;
+    for (float x : b.grads) gmax = std::max(gmax, (double)std::fabs(x));
+    for (size_t i = 0; i < b.grads.size(); i++) ASSERT_NEAR(c.grads[i], b.grads[i], 1e-4 * gmax) << preset << " " << i;
     RecordProperty(std::string("worst_rel_err_") + preset, std::to_string(worst));
     std::printf("%s: bf16 loss %.6f vs float64 %.6f, worst gradient error %.4f of its tensor's max\n", preset, lb, le, worst);
   }
