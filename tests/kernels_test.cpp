@@ -212,6 +212,31 @@ TEST_P(KernelsTest, SwigluBackward) {
   }
 }
 
+// AdamW against the scalar reference. The vector form may fuse a multiply and an add (one
+// rounding fewer), so each moment is within 2u of its size (two rounded terms, each at most
+// the sum's size as both are >= 0 for v; for m bound by |b1 m| + |(1-b1) g|). p's update
+// term step*m/(sqrt(v)/bc2 + eps) is a chain of ~6 roundings on top of the moments' 2u:
+// 8u of the term, plus 2u of |p*decay|.
+TEST_P(KernelsTest, AdamW) {
+  uint64_t seed = 41;
+  for (int64_t n : kSizes) {
+    const auto g = randn((size_t)n, seed++), p0 = randn((size_t)n, seed++), m0 = randn((size_t)n, seed++, 0.1f);
+    auto v0 = randn((size_t)n, seed++, 0.01f);
+    for (auto& x : v0) x = x * x;
+    const AdamWStep st{0.99f, 0.9f, 0.95f, 3e-3f, 0.3f, 1e-8f};
+    auto p = p0, m = m0, v = v0, pr = p0, mr = m0, vr = v0;
+    k().adamw(p.data(), m.data(), v.data(), g.data(), n, st);
+    ref().adamw(pr.data(), mr.data(), vr.data(), g.data(), n, st);
+    for (int64_t i = 0; i < n; i++) {
+      const double mmag = std::fabs(st.b1 * m0[i]) + std::fabs((1 - st.b1) * g[i]);
+      ASSERT_NEAR(m[i], mr[i], 2 * kU * mmag + 1e-30) << n << " " << i;
+      ASSERT_NEAR(v[i], vr[i], 2 * kU * vr[i] + 1e-30) << n << " " << i;
+      const double term = st.step_size * mmag / (std::sqrt(vr[i]) / st.sqrt_bc2 + st.eps);
+      ASSERT_NEAR(p[i], pr[i], 8 * kU * term + 2 * kU * std::fabs(p0[i] * st.decay) + 1e-30) << n << " " << i;
+    }
+  }
+}
+
 TEST_P(KernelsTest, LossKernels) {
   uint64_t seed = 21;
   for (int64_t n : kSizes) {

@@ -172,20 +172,17 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   const Layer& L = p.layers[l];
   const BlockLinears lin = linears(l);
   rmsnorm_forward(a.ln1.data(), a.rstd1.data(), x_in, L.attn_norm, N, C, eps);
-  linear_forward(a.q.data(), a.ln1.data(), lin.q, N);
-  linear_forward(a.k.data(), a.ln1.data(), lin.k, N);
-  linear_forward(a.v.data(), a.ln1.data(), lin.v, N);
+  linears_forward<F>({{a.q.data(), &lin.q}, {a.k.data(), &lin.k}, {a.v.data(), &lin.v}}, a.ln1.data(), N);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
   rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
   attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd, precision_);
   linear_forward(a.x_mid.data(), a.atty.data(), lin.o, N);
-  for (int64_t i = 0; i < N * C; i++) a.x_mid[i] += x_in[i];
+  add_into(a.x_mid.data(), x_in, N * C);
   rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), L.ffn_norm, N, C, eps);
-  linear_forward(a.gate.data(), a.ln2.data(), lin.gate, N);
-  linear_forward(a.up.data(), a.ln2.data(), lin.up, N);
+  linears_forward<F>({{a.gate.data(), &lin.gate}, {a.up.data(), &lin.up}}, a.ln2.data(), N);
   swiglu_forward(a.hsw.data(), a.gate.data(), a.up.data(), N * FF);
   linear_forward(next, a.hsw.data(), lin.down, N);
-  for (int64_t i = 0; i < N * C; i++) next[i] += a.x_mid[i];
+  add_into(next, a.x_mid.data(), N * C);
 }
 
 template <class F>
@@ -268,9 +265,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
   const ModelConfig& c = config;
   const int64_t B = B_, Tn = T_, N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim,
                 FF = c.ffn_dim, V = c.vocab_size;
-  auto add = [](std::vector<F>& y, const std::vector<F>& x) {
-    for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
-  };
+  auto add = [](std::vector<F>& y, const std::vector<F>& x) { add_into(y.data(), x.data(), (int64_t)y.size()); };
   const bool tied = p.lm_head == p.embed;
   const int head = c.n_layers + 1;
   auto call = [](const std::function<void(int)>& f, int u) {
@@ -303,9 +298,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
     // x_next = x_mid + w_down(swiglu(w_gate ln2, w_up ln2)): dx flows to x_mid unchanged.
     linear_backward(dhsw_.data(), dx_.data(), a.hsw.data(), lin.down, N);
     swiglu_backward(dgate_.data(), dup_.data(), dhsw_.data(), a.gate.data(), a.up.data(), N * FF);
-    linear_backward(dln_.data(), dgate_.data(), a.ln2.data(), lin.gate, N);
-    linear_backward(dtmp_.data(), dup_.data(), a.ln2.data(), lin.up, N);
-    add(dln_, dtmp_);
+    linears_backward<F>(dln_.data(), {{dgate_.data(), &lin.gate}, {dup_.data(), &lin.up}}, a.ln2.data(), N);
     rmsnorm_backward(dtmp_.data(), G.ffn_norm, dln_.data(), a.x_mid.data(), L.ffn_norm, a.rstd2.data(), N, C);
     add(dx_, dtmp_);
     // x_mid = x_in + wo(attention(rope(wq ln1), rope(wk ln1), wv ln1))
@@ -314,11 +307,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
                        a.k.data(), a.v.data(), B, Tn, H, KV, hd, precision_);
     rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
     rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
-    linear_backward(dln_.data(), dq_.data(), a.ln1.data(), lin.q, N);
-    linear_backward(dtmp_.data(), dk_.data(), a.ln1.data(), lin.k, N);
-    add(dln_, dtmp_);
-    linear_backward(dtmp_.data(), dv_.data(), a.ln1.data(), lin.v, N);
-    add(dln_, dtmp_);
+    linears_backward<F>(dln_.data(), {{dq_.data(), &lin.q}, {dk_.data(), &lin.k}, {dv_.data(), &lin.v}}, a.ln1.data(), N);
     rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), x_in, L.attn_norm, a.rstd1.data(), N, C);
     add(dx_, dtmp_);
     call(hooks.done_backward, (int)l + 1);

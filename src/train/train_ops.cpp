@@ -65,31 +65,40 @@ void pack_b_panel(const CpuKernels& K, bool tb, const float* B, int64_t ldb, int
   else K.pack_bf16_panels_t(B, ldb, n, k, dst, p, p + 1);
 }
 
+// A scratch vector of at least n elements that only ever grows (resize up and down between
+// calls of different sizes would zero-fill the regrown part every time).
+uint16_t* scratch(std::vector<uint16_t>& v, int64_t n) {
+  if ((int64_t)v.size() < n) v.resize((size_t)n);
+  return v.data();
+}
+
 void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
-               int64_t ldb, float beta, float* C, int64_t ldc, float alpha, const uint16_t* b_packed = nullptr) {
+               int64_t ldb, float beta, float* C, int64_t ldc, float alpha, const uint16_t* b_packed = nullptr,
+               const uint16_t* a_packed = nullptr) {
   const CpuKernels& K = cpu_kernels();
   if (!K.gemm_bf16_rows) return gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
   const int64_t Kp2 = (k + 1) / 2, Kp = 2 * Kp2, panels = (n + 15) / 16;
   // op(A) as bf16 rows when A is stored row-major, else (stored transposed) as panels; op(B)
-  // as panels of its columns (kernels.h, pack_bf16_*).
-  std::vector<uint16_t>& ap = tl_a;
-  std::vector<uint16_t>& bp = tl_b;
+  // as panels of its columns (kernels.h, pack_bf16_*). Either may come packed already
+  // (a_packed: op(A) as rows, only with !ta).
+  LLMQ_CHECK(!(a_packed && ta));
   const int64_t apanels = (m + 15) / 16;
-  ap.resize((size_t)(ta ? apanels * 16 * Kp : m * Kp));
-  if (!b_packed) bp.resize((size_t)(panels * 16 * Kp));
+  uint16_t* ap = a_packed ? nullptr : scratch(tl_a, ta ? apanels * 16 * Kp : m * Kp);
+  uint16_t* bp = b_packed ? nullptr : scratch(tl_b, panels * 16 * Kp);
 #pragma omp parallel
   {
-    if (!ta) {
+    if (a_packed) {
+    } else if (!ta) {
 #pragma omp for schedule(static) nowait
       for (int64_t i0 = 0; i0 < m; i0 += 16)
-        K.pack_bf16_rows(A + i0 * lda, lda, std::min<int64_t>(16, m - i0), k, ap.data() + i0 * Kp);
+        K.pack_bf16_rows(A + i0 * lda, lda, std::min<int64_t>(16, m - i0), k, ap + i0 * Kp);
     } else {  // op(A)(i, c) = A[c*lda + i]
 #pragma omp for schedule(static) nowait
-      for (int64_t p = 0; p < apanels; p++) K.pack_bf16_panels_t(A, lda, m, k, ap.data(), p, p + 1);
+      for (int64_t p = 0; p < apanels; p++) K.pack_bf16_panels_t(A, lda, m, k, ap, p, p + 1);
     }
     if (!b_packed) {
 #pragma omp for schedule(static)
-      for (int64_t p = 0; p < panels; p++) pack_b_panel(K, tb, B, ldb, n, k, bp.data(), p);
+      for (int64_t p = 0; p < panels; p++) pack_b_panel(K, tb, B, ldb, n, k, bp, p);
     } else {
 #pragma omp barrier
     }
@@ -97,7 +106,7 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t blocks = (m + 7) / 8, b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     if (b1 > b0) {
-      GemmBf16Args g{ap.data(), Kp, b_packed ? b_packed : bp.data(), Kp2, C, ldc, n, alpha, beta != 0.f, ta};
+      GemmBf16Args g{a_packed ? a_packed : ap, Kp, b_packed ? b_packed : bp, Kp2, C, ldc, n, alpha, beta != 0.f, ta};
       K.gemm_bf16_rows(g, b0 * 8, std::min(m, b1 * 8));
     }
   }
@@ -105,12 +114,47 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
 
 template <class T>
 void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-            int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1), const uint16_t* b_packed = nullptr) {
+            int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1), const uint16_t* b_packed = nullptr,
+            const uint16_t* a_packed = nullptr) {
   if (prec != Precision::BF16) return gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
-  if constexpr (std::is_same_v<T, float>) gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed);
+  if constexpr (std::is_same_v<T, float>)
+    gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed, a_packed);
   else gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
 }
+
+// The shared input of several linears, converted once: as the A operand (rows) of their
+// forward products, or as the B operand (panels) of their weight-gradient products. nullptr
+// where nothing is shared (f32, one linear, or no bf16 product kernel).
+thread_local std::vector<uint16_t> tl_x;
+template <class T>
+const uint16_t* pack_shared_input(const T* x, int64_t N, int64_t in, Precision prec, size_t users, bool for_dW) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return nullptr;
+  } else {
+    const CpuKernels& K = cpu_kernels();
+    if (users < 2 || prec != Precision::BF16 || !K.gemm_bf16_rows) return nullptr;
+    if (!for_dW) {  // op(A) = x (N, in) as rows
+      const int64_t Kp = (in + 1) / 2 * 2;
+      uint16_t* d = scratch(tl_x, N * Kp);
+#pragma omp parallel for schedule(static)
+      for (int64_t i0 = 0; i0 < N; i0 += 16) K.pack_bf16_rows(x + i0 * in, in, std::min<int64_t>(16, N - i0), in, d + i0 * Kp);
+      return d;
+    }
+    // op(B) = x (k = N rows, n = in columns), as gemm_bf16 packs it with tb false
+    const int64_t panels = (in + 15) / 16;
+    uint16_t* d = scratch(tl_x, gemm_bf16_packed_size(in, N));
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < panels; p++) pack_b_panel(K, false, x, in, in, N, d, p);
+    return d;
+  }
+}
 }  // namespace
+
+template <class T>
+void add_into(T* y, const T* x, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= 65536)
+  for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
 
 template <class T>
 void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C) {
@@ -200,6 +244,36 @@ void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
 template <class T>
 void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N) {
   matmul_backward(dx, L.dW, dy, x, L.W, N, L.in, L.out, L.prec, L.packed_t);
+}
+
+template <class T>
+void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64_t N) {
+  LLMQ_CHECK(outs.size() > 0);
+  const Linear<T>& L0 = *outs.begin()->L;
+  for (const auto& o : outs) LLMQ_CHECK(o.L->in == L0.in && o.L->prec == L0.prec);
+  const uint16_t* xp = pack_shared_input(x, N, L0.in, L0.prec, outs.size(), false);
+  for (const auto& o : outs)
+    gemm_p(o.L->prec, false, true, N, o.L->out, o.L->in, x, o.L->in, o.L->W, o.L->in, T(0), o.y, o.L->out, T(1),
+           o.L->packed, xp);
+}
+
+template <class T>
+void linears_backward(T* dx, std::initializer_list<LinearGrad<T>> grads, const T* x, int64_t N) {
+  LLMQ_CHECK(grads.size() > 0);
+  const Linear<T>& L0 = *grads.begin()->L;
+  size_t trained = 0;
+  for (const auto& g : grads) {
+    LLMQ_CHECK(g.L->in == L0.in && g.L->prec == L0.prec);
+    trained += g.L->dW != nullptr;
+  }
+  const uint16_t* xb = pack_shared_input(x, N, L0.in, L0.prec, trained, true);
+  bool first = true;
+  for (const auto& g : grads) {
+    const Linear<T>& L = *g.L;
+    if (dx) gemm_p(L.prec, false, false, N, L.in, L.out, g.dy, L.out, L.W, L.in, first ? T(0) : T(1), dx, L.in, T(1), L.packed_t);
+    if (L.dW) gemm_p(L.prec, true, false, L.out, L.in, N, g.dy, L.out, x, L.in, T(1), L.dW, L.in, T(1), xb);
+    first = false;
+  }
 }
 
 template <class T>
@@ -434,6 +508,9 @@ void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int
                                    const uint16_t*);                                                              \
   template void linear_forward<T>(T*, const T*, const Linear<T>&, int64_t);                                       \
   template void linear_backward<T>(T*, const T*, const T*, const Linear<T>&, int64_t);                            \
+  template void add_into<T>(T*, const T*, int64_t);                                                               \
+  template void linears_forward<T>(std::initializer_list<LinearOut<T>>, const T*, int64_t);                       \
+  template void linears_backward<T>(T*, std::initializer_list<LinearGrad<T>>, const T*, int64_t);                 \
   template void rope_forward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);               \
   template void rope_backward<T>(T*, const int32_t*, const T*, const T*, int64_t, int64_t, int64_t);              \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \

@@ -4,6 +4,7 @@
 // assigned (=). Shapes in comments: N = rows (batch x time), C = model dim.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,9 @@ namespace llmq::train {
 template <class T> void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C);
 // dtable[tok[n]] += dout[n]
 template <class T> void embedding_backward(T* dtable, const T* dout, const int32_t* tok, int64_t N, int64_t C);
+
+// y += x (residual connections, gradient sums), over the threads.
+template <class T> void add_into(T* y, const T* x, int64_t n);
 
 // out = x * rstd * w, rstd (N) = 1/sqrt(mean(x^2) + eps)
 template <class T> void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps);
@@ -59,6 +63,13 @@ struct Linear {
 template <class T> void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N);
 // dx (N, in) assigned (nullptr: not needed); L.dW += dy^T x.
 template <class T> void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N);
+// Several linears of one input (q/k/v of ln1, gate/up of ln2), the same in and precision:
+// y_i = x W_i^T; backward dx = sum_i dy_i W_i (assigned, summed inside the products: no
+// temporary) and each W_i's dW += dy_i^T x. In bf16, x is converted once for all of them.
+template <class T> struct LinearOut { T* y; const Linear<T>* L; };
+template <class T> struct LinearGrad { const T* dy; const Linear<T>* L; };
+template <class T> void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64_t N);
+template <class T> void linears_backward(T* dx, std::initializer_list<LinearGrad<T>> grads, const T* x, int64_t N);
 
 // Rotate-half RoPE in place on x (N, heads, hd); row n has position pos[n]; cos/sin tables
 // (max_pos, hd/2). backward rotates by the opposite angle (the rotation is orthogonal).

@@ -82,6 +82,12 @@ struct GemmBf16Args {
   bool accumulate = false;
   bool a_panels = false;
 };
+// One AdamW step's constants (train/adamw.h): decay = 1 - lr*wd (1 for no-decay tensors),
+// step_size = lr / (1 - b1^t), sqrt_bc2 = sqrt(1 - b2^t).
+struct AdamWStep {
+  float decay, b1, b2, step_size, sqrt_bc2, eps;
+};
+
 using GemmBf16RowsFn = void (*)(const GemmBf16Args& a, int64_t m0, int64_t m1);
 
 struct CpuKernels {
@@ -132,6 +138,10 @@ struct CpuKernels {
   // swiglu's backward: du = dout * silu(g), dg = dout * u * silu'(g),
   // silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
   void (*swiglu_backward)(const float* dout, const float* g, const float* u, float* dg, float* du, int64_t n) = nullptr;
+  // AdamW on n parameters: p *= decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+  // p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps)   (the optimizer's whole pass, one read
+  // and write of each array; the scalar form has a libm sqrt call per element).
+  void (*adamw)(float* p, float* m, float* v, const float* g, int64_t n, const AdamWStep& s) = nullptr;
 
   // Quantized matrix product, decode and prefill (int8 dot products; see MatmulQFn).
   // Filled in by dispatch.cpp from the variants below according to the CPU's dot-product

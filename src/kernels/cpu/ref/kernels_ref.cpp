@@ -118,13 +118,20 @@ void swiglu_backward(const float* dout, const float* g, const float* u, float* d
     dg[i] = dout[i] * u[i] * (sig * (1.f + g[i] * (1.f - sig)));
   }
 }
+void adamw(float* p, float* m, float* v, const float* g, int64_t n, const AdamWStep& s) {
+  for (int64_t i = 0; i < n; i++) {
+    m[i] = s.b1 * m[i] + (1.f - s.b1) * g[i];
+    v[i] = s.b2 * v[i] + (1.f - s.b2) * g[i] * g[i];
+    p[i] = p[i] * s.decay - s.step_size * m[i] / (std::sqrt(v[i]) / s.sqrt_bc2 + s.eps);
+  }
+}
 void softmax_scaled(float* x, int64_t n, float lse, float scale) {
   for (int64_t i = 0; i < n; i++) x[i] = std::exp(x[i] - lse) * scale;
 }
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
                          rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, logsumexp,
-                         softmax_scaled, swiglu_backward, matmul_q_ref};
+                         softmax_scaled, swiglu_backward, adamw, matmul_q_ref};
 }  // namespace
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {
