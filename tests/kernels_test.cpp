@@ -113,7 +113,7 @@ TEST_P(KernelsTest, GemmBf16) {
 // bound as above (exact products, f32 sums in another order: the kernel also splits k into
 // blocks of 256 pairs, adding each block's alpha*sum to C). Rows [1, M) of C only, with and
 // without accumulation into C; K past one k block (600 > 512), n past the 18-panel column
-// block (300 > 288).
+// block (300 > 288); B packed over more of k than the product uses (b_kp2) in some cases.
 TEST_P(KernelsTest, GemmBf16Rows) {
   if (!k().gemm_bf16_rows) GTEST_SKIP() << k().isa << ": no bf16 dot products";
   uint64_t seed = 11;
@@ -123,9 +123,14 @@ TEST_P(KernelsTest, GemmBf16Rows) {
         for (bool acc : {false, true}) {
           const int64_t lda = K + 2, ldc = n + 3, m0 = M > 1 ? 1 : 0;
           auto a = to_bf16(randn((size_t)(M * lda), seed++));
-          const auto bf = randn((size_t)(n * K), seed++);
-          std::vector<uint16_t> bp((size_t)gemm_bf16_packed_size(n, K), 0xffff);
-          gemm_bf16_pack_x(bf.data(), n, K, bp.data(), 0, (n + 15) / 16);
+          // Every third case B is packed over KB = K + 6 columns (random, so using them shows).
+          const int64_t KB = (M + K + n) % 3 == 0 ? K + 6 : K;
+          const auto bfull = randn((size_t)(n * KB), seed++);
+          std::vector<uint16_t> bp((size_t)gemm_bf16_packed_size(n, KB), 0xffff);
+          gemm_bf16_pack_x(bfull.data(), n, KB, bp.data(), 0, (n + 15) / 16);
+          std::vector<float> bf((size_t)(n * K));
+          for (int64_t j = 0; j < n; j++)
+            for (int64_t kk = 0; kk < K; kk++) bf[j * K + kk] = bfull[j * KB + kk];
           const auto c0 = randn((size_t)(M * ldc), seed++);
           std::vector<float> c = c0, cr = c0;
           const float alpha = 0.75f;
@@ -134,7 +139,7 @@ TEST_P(KernelsTest, GemmBf16Rows) {
           std::vector<uint16_t> apan((size_t)gemm_bf16_packed_size(M, K));
           for (int64_t i = 0; i < M; i++)
             for (int64_t kk = 0; kk < K; kk++) apan[gemm_bf16_packed_index(i, kk, K)] = a[i * lda + kk];
-          GemmBf16Args g{panels ? apan.data() : a.data(), lda, bp.data(), K / 2, c.data(), ldc, n, alpha, acc, panels};
+          GemmBf16Args g{panels ? apan.data() : a.data(), lda, bp.data(), K / 2, c.data(), ldc, n, alpha, acc, panels, KB / 2};
           k().gemm_bf16_rows(g, m0, M);
           g.C = cr.data();
           gemm_bf16_rows_ref(g, m0, M);

@@ -218,6 +218,38 @@ TEST(Train, FusedHeadMatchesFullLogits) {
 // The bf16 result must also be measurably off the exact product somewhere (the operands
 // really were rounded): more than f32 products could be (K*u*sum|a b|).
 // Odd K and N (an odd pair column, partial panels) and a K past the kernel's 512-column block.
+// bf16 attention over several row tiles (T 150: tiles of 64, 64 and 22 rows; each head's K
+// and V packed once, every tile multiplying by its prefix of keys) against the f32 path. Each
+// bf16 operand carries a relative rounding of at most 2^-9 (random signs), so products and
+// sums of random data land about 2^-9 * a few from f32 in relative (Frobenius) terms, and
+// the softmax passes the scores' error on at the same relative size: 0.03 leaves ~5x margin,
+// while a tile reading the wrong keys (a wrong prefix or panel stride) is off by O(1).
+TEST(Train, Bf16AttentionAcrossTilesNearF32) {
+  const int64_t B = 2, Tn = 150, H = 4, KV = 2, hd = 32, nq = B * Tn * H * hd, nk = B * Tn * KV * hd;
+  const auto q = test::randn((size_t)nq, 71), k = test::randn((size_t)nk, 72), v = test::randn((size_t)nk, 73),
+             dout = test::randn((size_t)nq, 74);
+  struct R { std::vector<float> out, lse, dq, dk, dv; };
+  auto run = [&](train::Precision prec) {
+    R r{std::vector<float>(nq), std::vector<float>(B * H * Tn), std::vector<float>(nq), std::vector<float>(nk),
+        std::vector<float>(nk)};
+    train::attention_forward(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), B, Tn, H, KV, hd, prec);
+    train::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), r.out.data(), r.lse.data(), q.data(),
+                              k.data(), v.data(), B, Tn, H, KV, hd, prec);
+    return r;
+  };
+  const R a = run(train::Precision::F32), b = run(train::Precision::BF16);
+  auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
+    double d = 0, n = 0;
+    for (size_t i = 0; i < x.size(); i++) d += (x[i] - y[i]) * (double)(x[i] - y[i]), n += (double)x[i] * x[i];
+    return std::sqrt(d / n);
+  };
+  EXPECT_LT(rel(a.out, b.out), 0.03);
+  EXPECT_LT(rel(a.dq, b.dq), 0.03);
+  EXPECT_LT(rel(a.dk, b.dk), 0.03);
+  EXPECT_LT(rel(a.dv, b.dv), 0.03);
+  EXPECT_GT(rel(a.out, b.out), 0.0) << "bf16 ran as f32";
+}
+
 TEST(Train, Bf16MatmulsAgainstFloat64) {
   for (auto [N, K, M] : {std::tuple<int64_t, int64_t, int64_t>{37, 45, 29}, {16, 70, 33}, {50, 600, 17}}) {
     const auto xf = test::randn((size_t)(N * K), 1 + N), wf = test::randn((size_t)(M * K), 2 + K),

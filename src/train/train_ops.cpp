@@ -74,7 +74,7 @@ uint16_t* scratch(std::vector<uint16_t>& v, int64_t n) {
 
 void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                int64_t ldb, float beta, float* C, int64_t ldc, float alpha, const uint16_t* b_packed = nullptr,
-               const uint16_t* a_packed = nullptr) {
+               const uint16_t* a_packed = nullptr, int64_t b_kp2 = 0) {
   const CpuKernels& K = cpu_kernels();
   if (!K.gemm_bf16_rows) return gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
   const int64_t Kp2 = (k + 1) / 2, Kp = 2 * Kp2, panels = (n + 15) / 16;
@@ -106,7 +106,8 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t blocks = (m + 7) / 8, b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     if (b1 > b0) {
-      GemmBf16Args g{a_packed ? a_packed : ap, Kp, b_packed ? b_packed : bp, Kp2, C, ldc, n, alpha, beta != 0.f, ta};
+      GemmBf16Args g{a_packed ? a_packed : ap, Kp, b_packed ? b_packed : bp, Kp2, C, ldc, n, alpha, beta != 0.f, ta,
+                     b_packed ? b_kp2 : 0};
       K.gemm_bf16_rows(g, b0 * 8, std::min(m, b1 * 8));
     }
   }
@@ -115,10 +116,10 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
 template <class T>
 void gemm_p(Precision prec, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
             int64_t ldb, T beta, T* C, int64_t ldc, T alpha = T(1), const uint16_t* b_packed = nullptr,
-            const uint16_t* a_packed = nullptr) {
+            const uint16_t* a_packed = nullptr, int64_t b_kp2 = 0) {
   if (prec != Precision::BF16) return gemm(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
   if constexpr (std::is_same_v<T, float>)
-    gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed, a_packed);
+    gemm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha, b_packed, a_packed, b_kp2);
   else gemm_rounded(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, alpha);
 }
 
@@ -324,6 +325,28 @@ void rope_backward(T* dx, const int32_t* pos, const T* cos, const T* sin, int64_
 // probabilities from it: no (T, T) matrix is stored per head and layer.
 constexpr int64_t kAttTile = 64;
 
+// bf16 with the product kernel: one head's K or V packed once as the B operand of every row
+// tile's product (a tile's keys are a prefix of the head's: the first panels when keys are
+// the columns, the first pairs of each panel, b_kp2 apart, when they are k). Elsewhere p
+// stays nullptr and each product converts its operands itself.
+struct HeadB {
+  std::vector<uint16_t> buf;
+  const uint16_t* p = nullptr;
+  int64_t kp2 = 0;
+  template <class T>
+  void pack(Precision prec, bool tb, const T* B, int64_t ldb, int64_t n, int64_t k) {
+    if constexpr (std::is_same_v<T, float>) {
+      const CpuKernels& K = cpu_kernels();
+      if (prec != Precision::BF16 || !K.gemm_bf16_rows) return;
+      kp2 = (k + 1) / 2;
+      const int64_t panels = (n + 15) / 16;
+      if ((int64_t)buf.size() < gemm_bf16_packed_size(n, k)) buf.resize((size_t)gemm_bf16_packed_size(n, k));
+      for (int64_t q = 0; q < panels; q++) pack_b_panel(K, tb, B, ldb, n, k, buf.data(), q);
+      p = buf.data();
+    }
+  }
+};
+
 template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t KV,
                        int64_t hd, Precision prec) {
@@ -334,6 +357,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
 #pragma omp parallel
   {
     std::vector<T> S((size_t)(std::min(Tn, kAttTile) * Tn));
+    HeadB kb, vb;
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < B * H; bh++) {
       const int64_t b = bh / H, h = bh % H, g = h / group;
@@ -342,9 +366,12 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
       const T* vg = v + b * Tn * KV * hd + g * hd;
       T* oh = out + b * Tn * H * hd + h * hd;
       T* lh = lse + (b * H + h) * Tn;
+      kb.pack(prec, true, kg, KV * hd, Tn, hd);   // keys as columns (q k^T)
+      vb.pack(prec, false, vg, KV * hd, hd, Tn);  // keys as k (P v)
       for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
         const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
-        gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale);  // (n, r1) = q k^T
+        gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), S.data(), r1, scale, kb.p,
+               nullptr, kb.kp2);  // (n, r1) = q k^T
         for (int64_t i = 0; i < n; i++) {
           const int64_t t = r0 + i;
           T* a = S.data() + i * r1;
@@ -363,7 +390,8 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64
           }
           for (int64_t s = t + 1; s < r1; s++) a[s] = 0;
         }
-        gemm_p(prec, false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd);  // out = P v
+        gemm_p(prec, false, false, n, hd, r1, S.data(), r1, vg, KV * hd, T(0), oh + r0 * H * hd, H * hd, T(1), vb.p,
+               nullptr, vb.kp2);  // out = P v
       }
     }
   }
@@ -382,11 +410,15 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 #pragma omp parallel
   {
     std::vector<T> P((size_t)(tile * Tn)), dS((size_t)(tile * Tn));
+    HeadB kb, vb, kt;
 #pragma omp for schedule(dynamic)
     for (int64_t bg = 0; bg < B * KV; bg++) {
       const int64_t b = bg / KV, g = bg % KV;
       const T* kg = k + b * Tn * KV * hd + g * hd;
       const T* vg = v + b * Tn * KV * hd + g * hd;
+      kb.pack(prec, true, kg, KV * hd, Tn, hd);   // keys as columns: q k^T
+      vb.pack(prec, true, vg, KV * hd, Tn, hd);   // dO v^T
+      kt.pack(prec, false, kg, KV * hd, hd, Tn);  // keys as k: dS k
       T* dkg = dk + b * Tn * KV * hd + g * hd;
       T* dvg = dv + b * Tn * KV * hd + g * hd;
       for (int64_t h = g * group; h < (g + 1) * group; h++) {
@@ -397,8 +429,10 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
         T* dqh = dq + b * Tn * H * hd + h * hd;
         for (int64_t r0 = 0; r0 < Tn; r0 += kAttTile) {
           const int64_t r1 = std::min(Tn, r0 + kAttTile), n = r1 - r0;
-          gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale);  // scores again
-          gemm_p(prec, false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1);      // dP = dO v^T
+          gemm_p(prec, false, true, n, r1, hd, qh + r0 * H * hd, H * hd, kg, KV * hd, T(0), P.data(), r1, scale, kb.p,
+                 nullptr, kb.kp2);  // scores again
+          gemm_p(prec, false, true, n, r1, hd, doh + r0 * H * hd, H * hd, vg, KV * hd, T(0), dS.data(), r1, T(1), vb.p,
+                 nullptr, vb.kp2);  // dP = dO v^T
           for (int64_t i = 0; i < n; i++) {
             const int64_t t = r0 + i;
             T* p = P.data() + i * r1;
@@ -415,7 +449,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             for (int64_t s = t + 1; s < r1; s++) d[s] = 0;
           }
           gemm_p(prec, true, false, r1, hd, n, P.data(), r1, doh + r0 * H * hd, H * hd, T(1), dvg, KV * hd);          // dV += P^T dO
-          gemm_p(prec, false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale);  // dQ = dS k
+          gemm_p(prec, false, false, n, hd, r1, dS.data(), r1, kg, KV * hd, T(0), dqh + r0 * H * hd, H * hd, scale, kt.p,
+                 nullptr, kt.kp2);  // dQ = dS k
           gemm_p(prec, true, false, r1, hd, n, dS.data(), r1, qh + r0 * H * hd, H * hd, T(1), dkg, KV * hd, scale);   // dK += dS^T q
         }
       }

@@ -81,6 +81,10 @@ struct GemmBf16Args {
   float alpha = 1.f;
   bool accumulate = false;
   bool a_panels = false;
+  // Pairs per packed panel of Bp when B was packed over more of k than this product uses (0:
+  // Kp2). The product takes each panel's first Kp2 pairs: causal attention packs a head's
+  // keys once and each row tile multiplies by the prefix it attends to.
+  int64_t b_kp2 = 0;
 };
 // One AdamW step's constants (train/adamw.h): decay = 1 - lr*wd (1 for no-decay tensors),
 // step_size = lr / (1 - b1^t), sqrt_bc2 = sqrt(1 - b2^t).

@@ -201,13 +201,13 @@ void gemm_bf16_ref(const uint16_t* W, const uint16_t* Xp, float* Y, int64_t K, i
 }
 
 void gemm_bf16_rows_ref(const GemmBf16Args& a, int64_t m0, int64_t m1) {
-  const int64_t K = 2 * a.Kp2;
+  const int64_t K = 2 * a.Kp2, KB = 2 * (a.b_kp2 ? a.b_kp2 : a.Kp2);
   for (int64_t i = m0; i < m1; i++)
     for (int64_t j = 0; j < a.n; j++) {
       float s = 0.f;
       for (int64_t k = 0; k < K; k++)
         s += bf16_to_f32(a.A[a.a_panels ? gemm_bf16_packed_index(i, k, K) : i * a.lda + k]) *
-             bf16_to_f32(a.Bp[gemm_bf16_packed_index(j, k, K)]);
+             bf16_to_f32(a.Bp[gemm_bf16_packed_index(j, k, KB)]);
       float& c = a.C[i * a.ldc + j];
       c = a.accumulate ? c + a.alpha * s : a.alpha * s;
     }

@@ -25,7 +25,7 @@ namespace {
 
 // Row m+r of W starts at w(r) and its pair kp at w(r) + kp*ps (ps 2 for row-major rows, 32
 // for rows in packed panels). Rows [m, m+NR) against token panels [tp, tp+NJ) over the pairs
-// [kp0, kp1) of the Kp2 pairs each packed panel holds (the odd tail column, if any, is the
+// [kp0, kp1) of the Kp2 pairs each packed panel holds (its stride) (the odd tail column, if any, is the
 // caller's: see gemm_bf16_avx512bf16). The NR x NJ accumulators go to `store(r, j, acc)`.
 template <int NR, int NJ, class RowAt, class Store>
 inline void tile(RowAt&& row_at, int64_t ps, const uint16_t* Xp, int64_t Kp2, int64_t kp0, int64_t kp1, int64_t tp,
@@ -105,7 +105,7 @@ void tile_rows(const GemmBf16Args& a, int64_t kp0, int64_t kp1, int64_t m, int64
     const int64_t i = m + r;
     return a.a_panels ? a.A + ((i / 16) * a.Kp2 * 16 + i % 16) * 2 : a.A + i * a.lda;
   };
-  tile<NR, NJ>(row_at, a.a_panels ? 32 : 2, a.Bp, a.Kp2, kp0, kp1, tp, [&](int r, int j, __m512 acc) {
+  tile<NR, NJ>(row_at, a.a_panels ? 32 : 2, a.Bp, a.b_kp2 ? a.b_kp2 : a.Kp2, kp0, kp1, tp, [&](int r, int j, __m512 acc) {
     const int64_t c0 = (tp + j) * 16, nc = std::min<int64_t>(16, a.n - c0);
     const __mmask16 mask = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
     float* c = a.C + (m + r) * a.ldc + c0;
