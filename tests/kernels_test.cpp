@@ -181,6 +181,16 @@ TEST_P(KernelsTest, PackBf16MatchesReference) {
       k().pack_bf16_panels_t(S.data(), ld, n, kk, a.data(), 0, panels);
       pack_bf16_panels_t_ref(S.data(), ld, n, kk, b.data(), 0, panels);
       ASSERT_EQ(a, b) << "transposed panels n=" << n << " k=" << kk;
+      if (panels > 1) {  // a range not starting at panel 0 (each thread packs one), panel 0 untouched
+        a.assign(a.size(), 0xffff), b = a;
+        k().pack_bf16_panels_t(S.data(), ld, n, kk, a.data(), 1, panels);
+        pack_bf16_panels_t_ref(S.data(), ld, n, kk, b.data(), 1, panels);
+        ASSERT_EQ(a, b) << "transposed panels [1, " << panels << ") n=" << n << " k=" << kk;
+        a.assign(a.size(), 0xffff), b = a;
+        k().pack_bf16_panels(S.data(), ld, n, kk, a.data(), 1, panels);
+        pack_bf16_panels_ref(S.data(), ld, n, kk, b.data(), 1, panels);
+        ASSERT_EQ(a, b) << "panels [1, " << panels << ") n=" << n << " k=" << kk;
+      }
       // The reference against gemm_bf16_pack_x, the prefill's packer (same layout).
       std::vector<float> X((size_t)(n * kk));
       for (int64_t j = 0; j < n; j++)

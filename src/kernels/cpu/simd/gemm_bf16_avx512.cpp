@@ -162,15 +162,22 @@ void pack_bf16_panels_t_avx512bf16(const float* S, int64_t ld, int64_t n, int64_
   alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i idx = _mm512_load_si512(kIdx);
-  for (int64_t p = p0; p < p1; p++) {
-    const int64_t nr = std::clamp<int64_t>(n - p * 16, 0, 16);
-    const __mmask16 mr = (__mmask16)((1u << nr) - 1);
-    for (int64_t kp = 0; kp < Kp2; kp++) {
-      const float* r0 = S + 2 * kp * ld + p * 16;
-      const __m512 a = _mm512_maskz_loadu_ps(mr, r0);
-      const __m512 b = 2 * kp + 1 < k ? _mm512_maskz_loadu_ps(mr, r0 + ld) : _mm512_setzero_ps();
-      const __m512i v = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-      _mm512_storeu_si512(dst + (p * Kp2 + kp) * 32, v);
+  // Blocks of 4 pairs (8 rows of S) across all the panels: each row is read as one run of
+  // (p1 - p0) * 64 bytes. Panel by panel instead, the reads step down a column ld floats apart,
+  // and with ld a multiple of 1024 every row lands in the same L1 set (9 GB/s against 36 for
+  // the row packer at n 1024).
+  for (int64_t kb = 0; kb < Kp2; kb += 4) {
+    const int64_t ke = std::min(Kp2, kb + 4);
+    for (int64_t p = p0; p < p1; p++) {
+      const int64_t nr = std::clamp<int64_t>(n - p * 16, 0, 16);
+      const __mmask16 mr = (__mmask16)((1u << nr) - 1);
+      for (int64_t kp = kb; kp < ke; kp++) {
+        const float* r0 = S + 2 * kp * ld + p * 16;
+        const __m512 a = _mm512_maskz_loadu_ps(mr, r0);
+        const __m512 b = 2 * kp + 1 < k ? _mm512_maskz_loadu_ps(mr, r0 + ld) : _mm512_setzero_ps();
+        const __m512i v = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+        _mm512_storeu_si512(dst + (p * Kp2 + kp) * 32, v);
+      }
     }
   }
 }
@@ -186,7 +193,7 @@ void pack_bf16_panels_avx512bf16(const float* S, int64_t ld, int64_t n, int64_t 
                                             _mm512_set1_epi32(16));
   for (int64_t p = p0; p < p1; p++) {
     const int64_t nr = std::clamp<int64_t>(n - p * 16, 0, 16);
-    for (int64_t kb = 0; kb < Kp2; kb += 16) {
+    for (int64_t kb = 0; kb < Kp2; kb += 4) {
       const int64_t c = 2 * kb, nl = std::clamp<int64_t>(k - c, 0, 16), nh = std::clamp<int64_t>(k - c - 16, 0, 16);
       for (int r = 0; r < 16; r++) {
         __m512i v = _mm512_setzero_si512();
