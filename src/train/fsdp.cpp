@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "train/train_ops.h"
 
 namespace llmq::train {
 
@@ -174,15 +175,13 @@ void Fsdp::reduce_grads(int i) {
 
 double Fsdp::grad_sq_norm() {
   settle();  // the last reduce-scatters
-  double ss = 0;
-  for (float g : grad_) ss += (double)g * g;
-  float f = (float)ss;
+  float f = (float)sum_squares(grad_.data(), (int64_t)grad_.size());
   comm_.all_reduce_sum(&f, 1);
   return f;
 }
 
 void Fsdp::scale_grads(float s) {
-  for (float& g : grad_) g *= s;
+  scale_in_place(grad_.data(), (int64_t)grad_.size(), s);
 }
 
 void Fsdp::zero_grads() {

@@ -168,6 +168,30 @@ void add_into(T* y, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+double sum_squares(const float* x, int64_t n) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part((size_t)chunks);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; c++) {
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    double s[4] = {0, 0, 0, 0};
+    int64_t i = b;
+    for (; i + 4 <= e; i += 4)
+      for (int j = 0; j < 4; j++) s[j] += (double)x[i + j] * x[i + j];
+    for (; i < e; i++) s[0] += (double)x[i] * x[i];
+    part[(size_t)c] = (s[0] + s[1]) + (s[2] + s[3]);
+  }
+  double t = 0;
+  for (double p : part) t += p;
+  return t;
+}
+
+void scale_in_place(float* x, int64_t n, float s) {
+#pragma omp parallel for simd schedule(static) if (n >= 65536)
+  for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
 template <class T>
 void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C) {
 #pragma omp parallel for schedule(static)

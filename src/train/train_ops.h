@@ -17,6 +17,11 @@ template <class T> void embedding_backward(T* dtable, const T* dout, const int32
 
 // y += x (residual connections, gradient sums), over the threads.
 template <class T> void add_into(T* y, const T* x, int64_t n);
+// sum of x^2 in double over the threads, in fixed chunks summed in order, so the value does
+// not depend on the thread count (the gradient norm; resumes compare it bit for bit).
+double sum_squares(const float* x, int64_t n);
+// x *= s over the threads (gradient clipping).
+void scale_in_place(float* x, int64_t n, float s);
 
 // out = x * rstd * w, rstd (N) = 1/sqrt(mean(x^2) + eps)
 template <class T> void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps);

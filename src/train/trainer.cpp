@@ -483,16 +483,14 @@ TrainResult train_run(const TrainOptions& options) {
     loss = rank_sum(loss);
     double ss = 0;
     if (fsdp) ss = fsdp->grad_sq_norm();  // FSDP: already reduce-scattered, block by block
-    else
-      for (float g : m.grads) ss += (double)g * g;
+    else ss = sum_squares(m.grads.data(), m.n_params());
     const double gnorm = std::sqrt(ss);
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
       fail("train: the loss became {} at step {}; stopping (the last good checkpoint is in {})", loss, step + 1, o.out);
     if (o.clip > 0 && gnorm > o.clip) {
       const float s = (float)(o.clip / gnorm);
       if (fsdp) fsdp->scale_grads(s);
-      else
-        for (float& g : m.grads) g *= s;
+      else scale_in_place(m.grads.data(), m.n_params(), s);
     }
     const double lr = lr_at(o, step);
     if (fsdp) fsdp->step(lr);
