@@ -58,7 +58,6 @@ void gemm_rounded(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A,
   gemm(false, false, m, n, k, a.data(), k, b.data(), n, beta, C, ldc, alpha);
 }
 
-// Panel p of the kernel's B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else B[c*ldb + j].
 // Panels [p0, p1) of the kernel's B(j, c) = op(B)(c, j): B[j*ldb + c] when tb, else
 // B[c*ldb + j]. Callers give each thread one contiguous range: the transposed packer reads
 // rows of all its panels at once, panel by panel it runs at a third of the speed.
@@ -96,12 +95,11 @@ void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A
   uint16_t* bp = b_packed ? nullptr : scratch(tl_b, panels * 16 * Kp);
 #pragma omp parallel
   {
-    if (a_packed) {
-    } else if (!ta) {
+    if (!a_packed && !ta) {
 #pragma omp for schedule(static) nowait
       for (int64_t i0 = 0; i0 < m; i0 += 16)
         K.pack_bf16_rows(A + i0 * lda, lda, std::min<int64_t>(16, m - i0), k, ap + i0 * Kp);
-    } else {  // op(A)(i, c) = A[c*lda + i]
+    } else if (!a_packed) {  // op(A)(i, c) = A[c*lda + i]
       const auto [p0, p1] = thread_share(apanels);
       if (p1 > p0) K.pack_bf16_panels_t(A, lda, m, k, ap, p0, p1);
     }
@@ -276,16 +274,6 @@ bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std
 }
 
 template <class T>
-void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
-  matmul_forward(y, x, L.W, N, L.in, L.out, L.prec, L.packed);
-}
-
-template <class T>
-void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N) {
-  matmul_backward(dx, L.dW, dy, x, L.W, N, L.in, L.out, L.prec, L.packed_t);
-}
-
-template <class T>
 void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64_t N) {
   LLMQ_CHECK(outs.size() > 0);
   const Linear<T>& L0 = *outs.begin()->L;
@@ -313,6 +301,16 @@ void linears_backward(T* dx, std::initializer_list<LinearGrad<T>> grads, const T
     if (L.dW) gemm_p(L.prec, true, false, L.out, L.in, N, g.dy, L.out, x, L.in, T(1), L.dW, L.in, T(1), xb);
     first = false;
   }
+}
+
+template <class T>
+void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
+  linears_forward<T>({{y, &L}}, x, N);
+}
+
+template <class T>
+void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N) {
+  linears_backward<T>(dx, {{dy, &L}}, x, N);
 }
 
 template <class T>
@@ -377,10 +375,8 @@ struct HeadB {
       const CpuKernels& K = cpu_kernels();
       if (prec != Precision::BF16 || !K.gemm_bf16_rows) return;
       kp2 = (k + 1) / 2;
-      const int64_t panels = (n + 15) / 16;
-      if ((int64_t)buf.size() < gemm_bf16_packed_size(n, k)) buf.resize((size_t)gemm_bf16_packed_size(n, k));
-      pack_b_panels(K, tb, B, ldb, n, k, buf.data(), 0, panels);
-      p = buf.data();
+      p = scratch(buf, gemm_bf16_packed_size(n, k));
+      pack_b_panels(K, tb, B, ldb, n, k, buf.data(), 0, (n + 15) / 16);
     }
   }
 };
