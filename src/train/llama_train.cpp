@@ -7,6 +7,8 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/rng.h"
+#include "quant/quant.h"
 #include "train/train_ops.h"
 
 namespace llmq::train {
@@ -22,18 +24,77 @@ LlamaTrain<F>::LlamaTrain(const ModelConfig& c) : config(c) {
   const int64_t n = L.n;
   params.resize(n);  // zeros, not yet resident (core/zero_pages.h)
   grads.resize(n);
-  p = views(params.data());
-  g = views(grads.data());
+  p = views(params.data(), specs, offsets);
+  g = views(grads.data(), specs, offsets);
+}
+
+namespace {
+// "base_model.model.model.layers.12.self_attn.q_proj.lora_A.weight" -> 12, the rest after "12."
+bool parse_layer(const std::string& name, int& l, std::string& rest) {
+  const size_t at = name.find("model.layers.");
+  if (at == std::string::npos) return false;
+  size_t i = at + 13, j = i;
+  while (j < name.size() && std::isdigit((unsigned char)name[j])) j++;
+  if (j == i || j >= name.size() || name[j] != '.') return false;
+  l = std::stoi(name.substr(i, j - i));
+  rest = name.substr(j + 1);
+  return true;
+}
+}  // namespace
+
+template <class F>
+LlamaTrain<F>::LlamaTrain(const ModelConfig& c, const AdapterConfig& ad) : config(c), adapters_(true), ad_(ad) {
+  ad.check();
+  FlatLayout L(c);
+  base_specs = std::move(L.specs), base_offsets = std::move(L.offsets);
+  base.resize(L.n);  // untouched zero pages until filled (a quantized base's linears never are)
+  p = views(base.data(), base_specs, base_offsets);
+  g = Ptrs{};
+  g.embed = g.norm = g.lm_head = nullptr;
+  g.layers.assign(c.n_layers, Layer{});
+  specs = adapter_specs(c, ad);
+  int64_t n = 0;
+  for (const auto& sp : specs) offsets.push_back(n), n += shape_numel(sp.shape);
+  params.resize(n);
+  grads.resize(n);
+  ap_.assign(c.n_layers, {});
+  ag_.assign(c.n_layers, {});
+  for (size_t i = 0; i < specs.size(); i++) {
+    const std::string& name = specs[i].name;
+    F *P = params.data() + offsets[i], *G = grads.data() + offsets[i];
+    int l = -1;
+    std::string rest;
+    if (!parse_layer(name, l, rest)) {
+      LLMQ_CHECK(name.size() >= 17 && name.compare(name.size() - 17, 17, "model.norm.weight") == 0);
+      p.norm = P, g.norm = G;
+      continue;
+    }
+    LLMQ_CHECK(l >= 0 && l < c.n_layers);
+    if (rest == "input_layernorm.weight") p.layers[l].attn_norm = P, g.layers[l].attn_norm = G;
+    else if (rest == "post_attention_layernorm.weight") p.layers[l].ffn_norm = P, g.layers[l].ffn_norm = G;
+    else {
+      int t = 0;
+      while (t < kBlockLinears && rest.rfind(std::string(kLinearModules[t]) + ".", 0) != 0) t++;
+      LLMQ_CHECK(t < kBlockLinears);
+      const std::string what = rest.substr(std::string(kLinearModules[t]).size() + 1);
+      AdPtrs &a = ap_[l][t], &ga = ag_[l][t];
+      if (what == "lora_A.weight") a.A = P, ga.A = G;
+      else if (what == "lora_B.weight") a.B = P, ga.B = G;
+      else if (what == "lora_magnitude_vector") a.mag = P, ga.mag = G;
+      else fail("training: unexpected adapter tensor {}", name);
+    }
+  }
 }
 
 template <class F>
-typename LlamaTrain<F>::Ptrs LlamaTrain<F>::views(F* base) {
+typename LlamaTrain<F>::Ptrs LlamaTrain<F>::views(F* base_at, const std::vector<HfTensorSpec>& sp,
+                                                  const std::vector<int64_t>& off) {
   Ptrs v;
   v.layers.resize(config.n_layers);
   v.lm_head = nullptr;
-  for (size_t i = 0; i < specs.size(); i++) {
-    const std::string& name = specs[i].name;
-    F* at = base + offsets[i];
+  for (size_t i = 0; i < sp.size(); i++) {
+    const std::string& name = sp[i].name;
+    F* at = base_at + off[i];
     if (name == "model.embed_tokens.weight") v.embed = at;
     else if (name == "model.norm.weight") v.norm = at;
     else if (name == "lm_head.weight") v.lm_head = at;
@@ -63,12 +124,72 @@ typename LlamaTrain<F>::Ptrs LlamaTrain<F>::views(F* base) {
 template <class F>
 void LlamaTrain<F>::fill(const TensorFill& f) {
   std::vector<float> buf;
-  for (size_t i = 0; i < specs.size(); i++) {
-    const int64_t n = shape_numel(specs[i].shape);
+  const auto& sp = adapters_ ? base_specs : specs;
+  const auto& off = adapters_ ? base_offsets : offsets;
+  F* dst = adapters_ ? base.data() : params.data();
+  for (size_t i = 0; i < sp.size(); i++) {
+    const int64_t n = shape_numel(sp[i].shape);
     buf.resize(n);
-    f(specs[i], DType::F32, reinterpret_cast<uint8_t*>(buf.data()), 0, (uint64_t)n * 4);
-    std::copy(buf.begin(), buf.end(), params.begin() + offsets[i]);
+    f(sp[i], DType::F32, reinterpret_cast<uint8_t*>(buf.data()), 0, (uint64_t)n * 4);
+    std::copy(buf.begin(), buf.end(), dst + off[i]);
   }
+}
+
+template <class F>
+void LlamaTrain<F>::init_adapters(uint64_t seed) {
+  LLMQ_CHECK(adapters_);
+  const Ptrs b = views(base.data(), base_specs, base_offsets);  // the base's own norms
+  for (int64_t l = 0; l < config.n_layers; l++) {
+    if (ad_.train_norms) {
+      std::copy(b.layers[l].attn_norm, b.layers[l].attn_norm + config.dim, p.layers[l].attn_norm);
+      std::copy(b.layers[l].ffn_norm, b.layers[l].ffn_norm + config.dim, p.layers[l].ffn_norm);
+    }
+    const auto w = block_weights(l);
+    for (int t = 0; t < kBlockLinears; t++) {
+      const AdPtrs& a = ap_[l][t];
+      if (!a.A) continue;
+      const auto [in, out] = linear_shape(config, t);
+      // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)): bound = sqrt(6 / ((1 + 5) fan_in)) = 1/sqrt(in).
+      const double bound = 1.0 / std::sqrt((double)in);
+      const uint64_t stream = splitmix64(seed * 0x9e3779b97f4a7c15ull + (uint64_t)(l * kBlockLinears + t) + 1);
+      for (int64_t i = 0; i < ad_.rank * in; i++) a.A[i] = F((2 * rng_uniform(stream, (uint64_t)i) - 1) * bound);
+      std::fill(a.B, a.B + out * ad_.rank, F(0));
+      if (a.mag) dora_row_norms(w[t], out, in, a.mag);
+    }
+  }
+  if (ad_.train_norms) std::copy(b.norm, b.norm + config.dim, p.norm);
+}
+
+template <class F>
+std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
+  if (qbase.empty()) {
+    const Layer& L = p.layers[l];
+    return {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down};
+  }
+  std::array<int64_t, kBlockLinears + 1> at{};
+  for (int t = 0; t < kBlockLinears; t++) {
+    const auto [in, out] = linear_shape(config, t);
+    at[t + 1] = at[t] + in * out;
+  }
+  if (wl_layer_ != l) {
+    wl_.resize((size_t)at[kBlockLinears]);
+    std::vector<float> tmp;
+    for (int t = 0; t < kBlockLinears; t++) {
+      const auto [in, out] = linear_shape(config, t);
+      const Tensor& W = qbase[l][t];
+      if constexpr (std::is_same_v<F, float>) {
+        dequantize_tensor_rows(W, 0, out, wl_.data() + at[t]);
+      } else {
+        tmp.resize((size_t)(in * out));
+        dequantize_tensor_rows(W, 0, out, tmp.data());
+        std::copy(tmp.begin(), tmp.end(), wl_.begin() + at[t]);
+      }
+    }
+    wl_layer_ = l;
+  }
+  std::array<const F*, kBlockLinears> w;
+  for (int t = 0; t < kBlockLinears; t++) w[t] = wl_.data() + at[t];
+  return w;
 }
 
 template <class F>
@@ -76,7 +197,9 @@ std::pair<int64_t, int64_t> LlamaTrain<F>::unit_range(int u) const {
   // Specs are in HF order: embed, the blocks' tensors block by block, norm, lm_head.
   auto unit_of = [&](const std::string& name) -> int64_t {
     if (name == "model.embed_tokens.weight") return 0;
-    if (name.rfind("model.layers.", 0) == 0) return 1 + std::stoi(name.substr(13));
+    int l = -1;
+    std::string rest;
+    if (parse_layer(name, l, rest)) return 1 + l;
     return config.n_layers + 1;
   };
   int64_t b = -1, e = -1;
@@ -85,7 +208,7 @@ std::pair<int64_t, int64_t> LlamaTrain<F>::unit_range(int u) const {
       if (b < 0) b = offsets[i];
       e = offsets[i] + shape_numel(specs[i].shape);
     }
-  LLMQ_CHECK(b >= 0);
+  if (b < 0) return {0, 0};  // adapters: a unit with nothing trained
   return {b, e};
 }
 
@@ -130,14 +253,21 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
 }
 
 template <class F>
-typename LlamaTrain<F>::BlockLinears LlamaTrain<F>::linears(int64_t l) const {
-  const ModelConfig& c = config;
-  const Layer &L = p.layers[l], &G = g.layers[l];
-  const int64_t C = c.dim, QD = c.q_dim(), KD = c.kv_dim(), FF = c.ffn_dim;
-  auto lin = [&](const F* W, F* dW, int64_t in, int64_t out) { return Linear<F>{W, dW, in, out, precision_}; };
-  return {lin(L.wq, G.wq, C, QD),        lin(L.wk, G.wk, C, KD),      lin(L.wv, G.wv, C, KD),
-          lin(L.wo, G.wo, QD, C),        lin(L.w_gate, G.w_gate, C, FF), lin(L.w_up, G.w_up, C, FF),
-          lin(L.w_down, G.w_down, FF, C)};
+void LlamaTrain<F>::linears(int64_t l, Acts& a, BlockLinears& b) {
+  const Layer& G = g.layers[l];
+  const auto w = block_weights(l);
+  F* dW[kBlockLinears] = {G.wq, G.wk, G.wv, G.wo, G.w_gate, G.w_up, G.w_down};
+  Linear<F>* lin[kBlockLinears] = {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down};
+  for (int t = 0; t < kBlockLinears; t++) {
+    const auto [in, out] = linear_shape(config, t);
+    *lin[t] = Linear<F>{w[t], dW[t], in, out, precision_};
+    if (!adapters_ || !ap_[l][t].A) continue;
+    const AdPtrs &A = ap_[l][t], &GA = ag_[l][t];
+    const uint64_t mask_seed = splitmix64(splitmix64(dropout_key + 1) + (uint64_t)(l * kBlockLinears + t));
+    b.ad[t] = Adapter<F>{A.A, A.B, GA.A, GA.B, ad_.rank, ad_.scale(), A.mag, GA.mag, training_ ? ad_.dropout : 0.0,
+                         mask_seed, &a.ad[t]};
+    lin[t]->ad = &b.ad[t];
+  }
 }
 
 template <class F>
@@ -170,7 +300,8 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   const int64_t N = B_ * T_, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, FF = c.ffn_dim;
   const double eps = c.norm_eps;
   const Layer& L = p.layers[l];
-  const BlockLinears lin = linears(l);
+  BlockLinears lin;
+  linears(l, a, lin);
   rmsnorm_forward(a.ln1.data(), a.rstd1.data(), x_in, L.attn_norm, N, C, eps);
   linears_forward<F>({{a.q.data(), &lin.q}, {a.k.data(), &lin.k}, {a.v.data(), &lin.v}}, a.ln1.data(), N);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
@@ -294,7 +425,8 @@ void LlamaTrain<F>::backward(double loss_scale) {
     Acts& a = recompute_ ? work_ : acts_[l];
     const Layer& L = p.layers[l];
     const Layer& G = g.layers[l];
-    const BlockLinears lin = linears(l);
+    BlockLinears lin;
+    linears(l, a, lin);
     // x_next = x_mid + w_down(swiglu(w_gate ln2, w_up ln2)): dx flows to x_mid unchanged.
     linear_backward(dhsw_.data(), dx_.data(), a.hsw.data(), lin.down, N);
     swiglu_backward(dgate_.data(), dup_.data(), dhsw_.data(), a.gate.data(), a.up.data(), N * FF);

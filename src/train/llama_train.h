@@ -5,6 +5,7 @@
 // for gradient checks.
 #pragma once
 #include <cstdint>
+#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "core/zero_pages.h"
 #include "io/hf_dir.h"
 #include "model/config.h"
+#include "train/adapter.h"
 #include "train/train_ops.h"
 
 namespace llmq::train {
@@ -45,6 +47,27 @@ struct LlamaTrain {
   Ptrs p, g;  // views into params and grads
 
   explicit LlamaTrain(const ModelConfig& c);
+  // Adapter fine-tuning (train/adapter.h): the model's own tensors are a frozen base, in
+  // `base` (f32, the Hugging Face layout; fill() fills it) or, for a quantized base, its
+  // linears in `qbase` (dequantized one block at a time for the products, never held in f32
+  // whole; their ranges of `base` stay untouched zero pages). params/grads hold only what is
+  // trained (adapter_specs: LoRA A/B, DoRA magnitudes, norms with train_norms); nothing of
+  // the base has a gradient or optimizer state.
+  LlamaTrain(const ModelConfig& c, const AdapterConfig& ad);
+  bool has_adapters() const { return adapters_; }
+  const AdapterConfig& adapter_config() const { return ad_; }
+  std::vector<HfTensorSpec> base_specs;  // adapters: the frozen model's tensors, in `base` order
+  std::vector<int64_t> base_offsets;
+  ZeroPageVector<F> base;
+  std::vector<std::array<Tensor, kBlockLinears>> qbase;  // per block (q, k, v, o, gate, up, down); empty: f32 base
+  // A fresh adapter, deterministic in seed: A kaiming-uniform (PEFT's bound 1/sqrt(in)), B zero,
+  // DoRA magnitude the row norms of the base as the model runs it (dequantized), trained
+  // norms copied from the base. Call after the base is filled.
+  void init_adapters(uint64_t seed);
+  // Adapter dropout is on only while training (evaluation runs without it, as PyTorch's
+  // eval mode); the mask of a micro-batch is a hash of dropout_key, set per micro-batch.
+  void set_training(bool on) { training_ = on; }
+  uint64_t dropout_key = 0;
   // Fills the parameters from a TensorFill (init_fill, or a loaded checkpoint's values).
   void fill(const TensorFill& fill);
   // Mean cross-entropy over targets >= 0 of tokens (B, Tn); targets (B, Tn), -1 = ignore.
@@ -90,13 +113,32 @@ struct LlamaTrain {
 
  private:
   void plan(int64_t B, int64_t Tn);
-  Ptrs views(F* base);
+  Ptrs views(F* at, const std::vector<HfTensorSpec>& specs, const std::vector<int64_t>& offsets);
   // The block's linears over the current parameters and gradients (gradient pointers are
   // those of `g`, so FSDP's hooks see them where they always were).
+  // Saved activations, per layer l, N = B*Tn rows:
+  struct Acts {
+    std::vector<F> x_in, ln1, rstd1, q, k, v, lse, atty, x_mid, ln2, rstd2, gate, up, hsw;  // lse (B, H, T)
+    std::array<AdapterSaved<F>, kBlockLinears> ad;  // each adapter's own
+  };
   struct BlockLinears {
     Linear<F> q, k, v, o, gate, up, down;
+    std::array<Adapter<F>, kBlockLinears> ad;  // pointed to by the linears (so not copyable)
+    BlockLinears() = default;
+    BlockLinears(const BlockLinears&) = delete;
   };
-  BlockLinears linears(int64_t l) const;
+  void linears(int64_t l, Acts& a, BlockLinears& b);
+  // The block's base weights (q, k, v, o, gate, up, down) as f32: the parameters' own, or a
+  // quantized base's dequantized into one block's scratch.
+  std::array<const F*, kBlockLinears> block_weights(int64_t l);
+  struct AdPtrs {
+    F *A = nullptr, *B = nullptr, *mag = nullptr;
+  };
+  std::vector<std::array<AdPtrs, kBlockLinears>> ap_, ag_;  // adapters' parameters, gradients
+  bool adapters_ = false, training_ = true;
+  AdapterConfig ad_;
+  std::vector<F> wl_;     // quantized base: one block's dequantized weights
+  int64_t wl_layer_ = -1;
   Linear<F> head_linear() const;
   // Packs (on) or drops the bf16 copies of lm_head for the chunks of one pass (see .cpp).
   void pack_head(bool on, bool backward = false);
@@ -106,10 +148,6 @@ struct LlamaTrain {
   int64_t B_ = 0, T_ = 0, n_valid_ = 0;
   std::vector<int32_t> tokens_, targets_, pos_;
   std::vector<F> cos_, sin_;  // (Tn, hd/2)
-  // Saved activations, per layer l, N = B*Tn rows:
-  struct Acts {
-    std::vector<F> x_in, ln1, rstd1, q, k, v, lse, atty, x_mid, ln2, rstd2, gate, up, hsw;  // lse (B, H, T)
-  };
   std::vector<Acts> acts_;  // with recompute, only x_in is kept per layer
   Acts work_;                // with recompute: the one block being recomputed
   // One block's forward from its input x_in, saving into `a` (all but x_in), output to next.

@@ -12,6 +12,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/rng.h"
 #include "kernels/cpu/kernels.h"
 
 namespace llmq::train {
@@ -198,6 +199,7 @@ void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, in
 
 template <class T>
 void embedding_backward(T* dtable, const T* dout, const int32_t* tok, int64_t N, int64_t C) {
+  if (!dtable) return;  // frozen
   // Rows may repeat a token: split the columns over threads instead of the rows.
 #pragma omp parallel
   {
@@ -236,6 +238,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
     for (int64_t c = 0; c < C; c++) dx[n * C + c] = g[c] * w[c] * r - xr[c] * k;
   }
   // dw: a column sum over rows, split by columns so threads never share an element.
+  if (!dw) return;  // a frozen norm
 #pragma omp parallel
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -273,6 +276,164 @@ bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std
   return true;
 }
 
+namespace {
+// ||W_j||^2 in double, in one fixed order (the initial DoRA magnitude and every forward's
+// norm must agree to the bit).
+template <class T>
+double row_sq(const T* w, int64_t in) {
+  double s = 0;
+  for (int64_t i = 0; i < in; i++) s += (double)w[i] * (double)w[i];
+  return s;
+}
+template <class T>
+T row_norm(double sq) {
+  return T(std::sqrt(std::max(0.0, sq)));
+}
+
+// An adapter's input: x, or with dropout x * keep / (1 - p), keep = hash(seed, i) >= p (the
+// same mask again in backward and in a recomputed forward).
+template <class T>
+const T* adapter_input(const T* x, int64_t N, int64_t in, const Adapter<T>& a, std::vector<T>& buf) {
+  if (a.dropout <= 0) return x;
+  buf.resize((size_t)(N * in));
+  const T k = T(1.0 / (1.0 - a.dropout));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * in; i++) buf[i] = rng_uniform(a.mask_seed, (uint64_t)i) >= a.dropout ? x[i] * k : T(0);
+  return buf.data();
+}
+
+// DoRA: norm_j = ||W_j + s (B A)_j|| = sqrt(||W_j||^2 + 2 s B_j.(W A^T)_j + s^2 B_j (A A^T) B_j^T)
+// and c_j = mag_j / norm_j (0 for a zero row), without forming B A.
+template <class T>
+void dora_scales(const T* W, const Adapter<T>& a, int64_t in, int64_t out) {
+  const int64_t r = a.r;
+  std::vector<T> P((size_t)(out * r)), G((size_t)(r * r));
+  gemm(false, true, out, r, in, W, in, a.A, in, T(0), P.data(), r);
+  gemm(false, true, r, r, in, a.A, in, a.A, in, T(0), G.data(), r);
+  AdapterSaved<T>& sv = *a.saved;
+  sv.norm.resize((size_t)out), sv.c.resize((size_t)out);
+  const double s = a.scale;
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < out; j++) {
+    const T* b = a.B + j * r;
+    double bp = 0, bgb = 0;
+    for (int64_t k = 0; k < r; k++) {
+      bp += (double)b[k] * (double)P[j * r + k];
+      double gk = 0;
+      for (int64_t l = 0; l < r; l++) gk += (double)G[k * r + l] * (double)b[l];
+      bgb += (double)b[k] * gk;
+    }
+    const T n = row_norm<T>(row_sq(W + j * in, in) + 2 * s * bp + s * s * bgb);
+    sv.norm[j] = n;
+    sv.c[j] = n > T(0) ? a.mag[j] / n : T(0);
+  }
+}
+
+// y holds W x; adds the adapter's term (Adapter above) and saves what backward needs.
+template <class T>
+void adapter_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
+  const Adapter<T>& a = *L.ad;
+  AdapterSaved<T>& sv = *a.saved;
+  const int64_t in = L.in, out = L.out, r = a.r;
+  const T s = T(a.scale);
+  thread_local std::vector<T> xbuf, lora, based;
+  const T* xd = adapter_input(x, N, in, a, xbuf);
+  sv.u.resize((size_t)(N * r));
+  gemm(false, true, N, r, in, xd, in, a.A, in, T(0), sv.u.data(), r);  // u = xd A^T
+  if (!a.mag) {  // y += s u B^T
+    gemm(false, true, N, out, r, sv.u.data(), r, a.B, r, T(1), y, out, s);
+    return;
+  }
+  lora.resize((size_t)(N * out));
+  gemm(false, true, N, out, r, sv.u.data(), r, a.B, r, T(0), lora.data(), out, s);
+  dora_scales(L.W, a, in, out);
+  const T* bd = y;  // W xd
+  if (a.dropout > 0) {
+    based.resize((size_t)(N * out));
+    gemm(false, true, N, out, in, xd, in, L.W, in, T(0), based.data(), out);
+    bd = based.data();
+  }
+  sv.y0.resize((size_t)(N * out));
+  const T* c = sv.c.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t j = 0; j < out; j++) {
+      const int64_t i = n * out + j;
+      const T b = bd[i], l = lora[i];
+      sv.y0[i] = b + l;
+      y[i] = y[i] + (c[j] - T(1)) * b + c[j] * l;
+    }
+}
+
+// The gradient the base product's dx takes (dy, or DoRA without dropout dy * c, in buf), and
+// DoRA's magnitude gradient dmag_j += sum_n dy_nj y0_nj / norm_j.
+template <class T>
+const T* adapter_base_dy(const T* dy, const Linear<T>& L, int64_t N, std::vector<T>& buf) {
+  const Adapter<T>& a = *L.ad;
+  if (!a.mag) return dy;
+  const AdapterSaved<T>& sv = *a.saved;
+  const int64_t out = L.out;
+  if (a.dmag) {
+#pragma omp parallel
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t j0 = out * t / nt, j1 = out * (t + 1) / nt;
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t j = j0; j < j1; j++)
+          if (sv.norm[j] > T(0)) a.dmag[j] += dy[n * out + j] * sv.y0[n * out + j] / sv.norm[j];
+    }
+  }
+  buf.resize((size_t)(N * out));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t j = 0; j < out; j++) buf[n * out + j] = dy[n * out + j] * sv.c[j];
+  return a.dropout > 0 ? dy : buf.data();
+}
+
+// The adapter's gradients: dB += s g^T u, dA += s (g B)^T xd, and its share of dx (added),
+// with g = dy (LoRA) or dy * c (DoRA, in g_dora from adapter_base_dy).
+template <class T>
+void adapter_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N, const std::vector<T>& g_dora) {
+  const Adapter<T>& a = *L.ad;
+  const AdapterSaved<T>& sv = *a.saved;
+  const int64_t in = L.in, out = L.out, r = a.r;
+  const T s = T(a.scale);
+  const T* g = a.mag ? g_dora.data() : dy;
+  thread_local std::vector<T> t, xbuf, e;
+  t.resize((size_t)(N * r));
+  gemm(false, false, N, r, out, g, out, a.B, r, T(0), t.data(), r);  // t = g B
+  if (a.dB) gemm(true, false, out, r, N, g, out, sv.u.data(), r, T(1), a.dB, r, s);
+  if (a.dA) {
+    const T* xd = adapter_input(x, N, in, a, xbuf);
+    gemm(true, false, r, in, N, t.data(), r, xd, in, T(1), a.dA, in, s);
+  }
+  if (!dx) return;
+  if (a.dropout <= 0) {  // dx += s t A
+    gemm(false, false, N, in, r, t.data(), r, a.A, in, T(1), dx, in, s);
+    return;
+  }
+  // dx += keep / (1 - p) * (s t A [+ DoRA: (dy (c - 1)) W])
+  e.resize((size_t)(N * in));
+  gemm(false, false, N, in, r, t.data(), r, a.A, in, T(0), e.data(), in, s);
+  if (a.mag) {
+    std::vector<T> d((size_t)(N * out));
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < out; j++) d[n * out + j] = dy[n * out + j] * (sv.c[j] - T(1));
+    gemm(false, false, N, in, out, d.data(), out, L.W, in, T(1), e.data(), in);
+  }
+  const T k = T(1.0 / (1.0 - a.dropout));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * in; i++)
+    if (rng_uniform(a.mask_seed, (uint64_t)i) >= a.dropout) dx[i] += e[i] * k;
+}
+}  // namespace
+
+template <class T>
+void dora_row_norms(const T* W, int64_t out, int64_t in, T* norm) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < out; j++) norm[j] = row_norm<T>(row_sq(W + j * in, in));
+}
+
 template <class T>
 void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64_t N) {
   LLMQ_CHECK(outs.size() > 0);
@@ -282,6 +443,8 @@ void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64
   for (const auto& o : outs)
     gemm_p(o.L->prec, false, true, N, o.L->out, o.L->in, x, o.L->in, o.L->W, o.L->in, T(0), o.y, o.L->out, T(1),
            o.L->packed, xp);
+  for (const auto& o : outs)
+    if (o.L->ad) adapter_forward(o.y, x, *o.L, N);
 }
 
 template <class T>
@@ -294,12 +457,24 @@ void linears_backward(T* dx, std::initializer_list<LinearGrad<T>> grads, const T
     trained += g.L->dW != nullptr;
   }
   const uint16_t* xb = pack_shared_input(x, N, L0.in, L0.prec, trained, true);
+  // Adapters (frozen base): DoRA's base product takes dy * c; each adapter's own terms after.
+  thread_local std::vector<std::vector<T>> g_dora;
+  if (g_dora.size() < grads.size()) g_dora.resize(grads.size());
   bool first = true;
+  size_t i = 0;
   for (const auto& g : grads) {
     const Linear<T>& L = *g.L;
-    if (dx) gemm_p(L.prec, false, false, N, L.in, L.out, g.dy, L.out, L.W, L.in, first ? T(0) : T(1), dx, L.in, T(1), L.packed_t);
+    LLMQ_CHECK(!L.ad || !L.dW);
+    const T* dy = L.ad ? adapter_base_dy(g.dy, L, N, g_dora[i]) : g.dy;
+    if (dx) gemm_p(L.prec, false, false, N, L.in, L.out, dy, L.out, L.W, L.in, first ? T(0) : T(1), dx, L.in, T(1), L.packed_t);
     if (L.dW) gemm_p(L.prec, true, false, L.out, L.in, N, g.dy, L.out, x, L.in, T(1), L.dW, L.in, T(1), xb);
     first = false;
+    i++;
+  }
+  i = 0;
+  for (const auto& g : grads) {
+    if (g.L->ad) adapter_backward(dx, g.dy, x, *g.L, N, g_dora[i]);
+    i++;
   }
 }
 
@@ -575,6 +750,7 @@ void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int
   template void matmul_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, Precision, const uint16_t*); \
   template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Precision,    \
                                    const uint16_t*);                                                              \
+  template void dora_row_norms<T>(const T*, int64_t, int64_t, T*);                                               \
   template void linear_forward<T>(T*, const T*, const Linear<T>&, int64_t);                                       \
   template void linear_backward<T>(T*, const T*, const T*, const Linear<T>&, int64_t);                            \
   template void add_into<T>(T*, const T*, int64_t);                                                               \

@@ -12,7 +12,7 @@ namespace llmq::train {
 
 // out (N, C) = table[tok[n]]; table (V, C).
 template <class T> void embedding_forward(T* out, const int32_t* tok, const T* table, int64_t N, int64_t C);
-// dtable[tok[n]] += dout[n]
+// dtable[tok[n]] += dout[n] (nothing when dtable is nullptr: frozen)
 template <class T> void embedding_backward(T* dtable, const T* dout, const int32_t* tok, int64_t N, int64_t C);
 
 // y += x (residual connections, gradient sums), over the threads.
@@ -25,7 +25,7 @@ void scale_in_place(float* x, int64_t n, float s);
 
 // out = x * rstd * w, rstd (N) = 1/sqrt(mean(x^2) + eps)
 template <class T> void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps);
-// dx = rstd*w*dout - x * rstd^3/C * sum_j(dout_j w_j x_j);  dw += sum_n dout*x*rstd
+// dx = rstd*w*dout - x * rstd^3/C * sum_j(dout_j w_j x_j);  dw += sum_n dout*x*rstd (dw nullptr: frozen)
 template <class T>
 void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int64_t N, int64_t C);
 
@@ -53,8 +53,37 @@ void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_
 // matmul_backward's dx. False, out untouched, where there is no bf16 product kernel.
 bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std::vector<uint16_t>& out);
 
+// What a LoRA/DoRA adapter's forward keeps for its backward (one linear, one forward).
+template <class T>
+struct AdapterSaved {
+  std::vector<T> u;     // (N, r): A xd
+  std::vector<T> y0;    // DoRA: (N, out) W xd + s B A xd, the output before the magnitude scaling
+  std::vector<T> norm;  // DoRA: (out) ||W + s B A|| per output row (detached from the gradient)
+  std::vector<T> c;     // DoRA: (out) mag / norm
+};
+
+// A low-rank adapter beside a frozen linear, as PEFT defines it (xd = dropout(x), s = scale):
+//   LoRA: y = W x + s B A xd
+//   DoRA: y = W x + (c - 1) W xd + c s B A xd,  c = m / ||W + s B A||_row (the norm detached),
+//         which is m (W + s B A) x / ||W + s B A|| when there is no dropout.
+// The row norms come from ||W_j||^2 + 2 s B_j (W A^T)_j + s^2 B_j (A A^T) B_j^T: no dense
+// B A (out x in) is formed. Adapter products run in f32 (double for T = double) whatever the
+// base's precision: they are a few percent of the work.
+template <class T>
+struct Adapter {
+  const T *A, *B;  // (r, in), (out, r)
+  T *dA, *dB;      // accumulated (+=); nullptr: not trained
+  int64_t r;
+  double scale;                    // alpha / r, or alpha / sqrt(r) (rsLoRA)
+  const T* mag = nullptr;          // DoRA: magnitude (out); nullptr: LoRA
+  T* dmag = nullptr;               // DoRA: its gradient (+=)
+  double dropout = 0;              // probability; the mask is a hash of (mask_seed, element)
+  uint64_t mask_seed = 0;          // the same in forward and backward of one micro-batch
+  AdapterSaved<T>* saved = nullptr;  // written by forward, read by backward
+};
+
 // A training linear layer, y (N, out) = x (N, in) @ W^T: the one place a block's products go
-// through (DESIGN.md, invariant 3), so what a linear is (its precision today; a frozen or
+// through (DESIGN.md, invariant 3), so what a linear is (its precision; a frozen or
 // quantized base with an adapter, fake quantizers) changes here and not in the block code.
 template <class T>
 struct Linear {
@@ -64,7 +93,12 @@ struct Linear {
   Precision prec = Precision::F32;
   const uint16_t* packed = nullptr;    // bf16: W packed for forward (pack_weight_bf16), or nullptr
   const uint16_t* packed_t = nullptr;  // bf16: W packed for backward's dx, or nullptr
+  const Adapter<T>* ad = nullptr;      // LoRA/DoRA beside a frozen W (dW nullptr), or nullptr
 };
+// DoRA's initial magnitude: the row norms ||W_j|| of the base the model runs (a dequantized
+// one for a quantized base), summed exactly as forward sums them, so a fresh DoRA adapter
+// (B = 0) scales every row by exactly 1 and changes no output bit.
+template <class T> void dora_row_norms(const T* W, int64_t out, int64_t in, T* norm);
 template <class T> void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N);
 // dx (N, in) assigned (nullptr: not needed); L.dW += dy^T x.
 template <class T> void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N);
