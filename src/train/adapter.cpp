@@ -2,10 +2,14 @@
 #include "train/adapter.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <map>
+#include <memory>
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "io/safetensors.h"
 
 namespace llmq::train {
 
@@ -199,6 +203,94 @@ AdapterConfig adapter_config_load(const std::string& dir) {
     fail("{}: {}", path, e.what());
   }
   return a;
+}
+
+void save_adapter(const std::string& dir, const AdapterConfig& a, const std::vector<HfTensorSpec>& specs,
+                  const std::vector<int64_t>& offsets, const float* params) {
+  fs::create_directories(dir);
+  SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  for (size_t i = 0; i < specs.size(); i++) {
+    const float* src = params + offsets[i];
+    w.add(specs[i].name, DType::F32, specs[i].shape, [src](uint8_t* dst, uint64_t off, uint64_t n) {
+      std::memcpy(dst, reinterpret_cast<const uint8_t*>(src) + off, n);
+    });
+  }
+  w.write((fs::path(dir) / "adapter_model.safetensors").string());
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(), adapter_config_json(a).dump(2) + "\n");
+}
+
+std::function<void(int64_t, int64_t, float*)> adapter_reader(const std::string& dir, const ModelConfig& c,
+                                                             const AdapterConfig& a) {
+  const std::string path = (fs::path(dir) / "adapter_model.safetensors").string();
+  if (!fs::is_regular_file(path)) fail("{}: missing (the adapter's weights)", path);
+  auto file = std::make_shared<SafetensorsFile>(path, LoadMode::Map);
+  const std::vector<HfTensorSpec> specs = adapter_specs(c, a);
+  auto tensors = std::make_shared<std::vector<Tensor>>();
+  auto offsets = std::make_shared<std::vector<int64_t>>();
+  auto names = std::make_shared<std::vector<std::string>>();
+  int64_t n = 0;
+  std::map<std::string, bool> wanted;
+  for (const auto& s : specs) wanted[s.name] = true;
+  // PEFT before 0.12 and some writers: "...lora_magnitude_vector.weight"; the ".default" adapter name kept.
+  auto lookup = [&](const std::string& name) {
+    const SafetensorsEntry* e = file->find(name);
+    if (!e) e = file->find(name + ".weight");
+    return e;
+  };
+  for (const auto& e : file->header().tensors) {
+    std::string k = e.name;
+    if (k.size() > 7 && k.compare(k.size() - 7, 7, ".weight") == 0 && !wanted.count(k)) k = k.substr(0, k.size() - 7);
+    if (!wanted.count(k) && !wanted.count(e.name)) {
+      int l = -1;
+      const size_t at = e.name.find("layers.");
+      if (at != std::string::npos) l = std::atoi(e.name.c_str() + at + 7);
+      if (l >= c.n_layers)
+        fail("{}: tensor {} is for block {}, but the model has {} blocks: an adapter for another model", path, e.name, l,
+             c.n_layers);
+      fail("{}: tensor {} is not one adapter_config.json describes (targets {}, use_dora {}, modules_to_save {}): the "
+           "config and the weights disagree", path, e.name, a.options()["targets"].dump(), a.dora, a.train_norms);
+    }
+  }
+  for (const auto& s : specs) {
+    const SafetensorsEntry* e = lookup(s.name);
+    if (!e) fail("{}: tensor {} is missing (adapter_config.json names its module)", path, s.name);
+    if (e->shape != s.shape) {
+      const bool rank_dim = s.name.find("lora_A") != std::string::npos   ? e->shape.size() == 2 && e->shape[0] != a.rank
+                            : s.name.find("lora_B") != std::string::npos ? e->shape.size() == 2 && e->shape[1] != a.rank
+                                                                          : false;
+      if (rank_dim)
+        fail("{}: tensor {} has shape {}, but adapter_config.json says r = {} (expected {}): the rank does not match its "
+             "tensors", path, e->name, shape_str(e->shape), a.rank, shape_str(s.shape));
+      fail("{}: tensor {} has shape {}, expected {} for this model: an adapter for another model or shape", path, e->name,
+           shape_str(e->shape), shape_str(s.shape));
+    }
+    Tensor t = file->tensor(*e);
+    if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
+      fail("{}: tensor {} has dtype {}, expected f32, bf16 or f16", path, e->name, dtype_name(t.dtype()));
+    offsets->push_back(n);
+    n += shape_numel(s.shape);
+    tensors->push_back(std::move(t));
+    names->push_back(e->name);
+  }
+  offsets->push_back(n);
+  return [file, tensors, offsets, names, path](int64_t b, int64_t e, float* dst) {
+    LLMQ_CHECK(0 <= b && b <= e && e <= offsets->back());
+    for (size_t i = 0; i < tensors->size(); i++) {
+      const int64_t t0 = (*offsets)[i], t1 = (*offsets)[i + 1];
+      const int64_t lo = std::max(b, t0), hi = std::min(e, t1);
+      if (lo >= hi) continue;
+      const Tensor& t = (*tensors)[i];
+      float* out = dst + (lo - b);
+      for (int64_t k = lo - t0; k < hi - t0; k++) {
+        const float v = t.dtype() == DType::F32    ? t.host<float>()[k]
+                        : t.dtype() == DType::BF16 ? bf16_to_f32(t.host<uint16_t>()[k])
+                                                   : f16_to_f32(t.host<uint16_t>()[k]);
+        if (!std::isfinite(v)) fail("{}: tensor {} holds a NaN or Inf at element {}", path, (*names)[i], k);
+        *out++ = v;
+      }
+    }
+  };
 }
 
 }  // namespace llmq::train

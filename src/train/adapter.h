@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -50,4 +51,17 @@ nlohmann::json adapter_config_json(const AdapterConfig& a);
 // unknown target modules, options llmq does not run: bias, fan_in_fan_out, rank_pattern, ...).
 AdapterConfig adapter_config_load(const std::string& dir);
 
+}  // namespace llmq::train
+
+namespace llmq::train {
+// Writes DIR/adapter_model.safetensors (f32, the tensors of `specs` from the flat buffer) and
+// DIR/adapter_config.json, each atomically.
+void save_adapter(const std::string& dir, const AdapterConfig& a, const std::vector<HfTensorSpec>& specs,
+                  const std::vector<int64_t>& offsets, const float* params);
+// The tensors of DIR/adapter_model.safetensors (f32, bf16 or f16) in the flat order of
+// adapter_specs(c, a). Fails naming the file and tensor when a tensor is missing, has another
+// shape (a rank that does not match r, or an adapter for another model), or the file holds
+// tensors this model has no place for.
+std::function<void(int64_t b, int64_t e, float* dst)> adapter_reader(const std::string& dir, const ModelConfig& c,
+                                                                       const AdapterConfig& a);
 }  // namespace llmq::train

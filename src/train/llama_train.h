@@ -67,6 +67,9 @@ struct LlamaTrain {
   // Adapter dropout is on only while training (evaluation runs without it, as PyTorch's
   // eval mode); the mask of a micro-batch is a hash of dropout_key, set per micro-batch.
   void set_training(bool on) { training_ = on; }
+  // The last forward's final normed hidden states (B*Tn, dim): the logits are this times
+  // lm_head^T, so two models with equal final_hidden() give bitwise equal logits.
+  const std::vector<F>& final_hidden() const { return lnf_; }
   uint64_t dropout_key = 0;
   // Fills the parameters from a TensorFill (init_fill, or a loaded checkpoint's values).
   void fill(const TensorFill& fill);

@@ -354,13 +354,16 @@ void adapter_forward(T* y, const T* x, const Linear<T>& L, int64_t N) {
     bd = based.data();
   }
   sv.y0.resize((size_t)(N * out));
-  const T* c = sv.c.data();
+  // Plain pointers into the thread_local buffers: inside the parallel region the names would
+  // be each thread's own (empty) copies.
+  const T *c = sv.c.data(), *lp = lora.data();
+  T* y0 = sv.y0.data();
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++)
     for (int64_t j = 0; j < out; j++) {
       const int64_t i = n * out + j;
-      const T b = bd[i], l = lora[i];
-      sv.y0[i] = b + l;
+      const T b = bd[i], l = lp[i];
+      y0[i] = b + l;
       y[i] = y[i] + (c[j] - T(1)) * b + c[j] * l;
     }
 }
@@ -422,9 +425,10 @@ void adapter_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_
     gemm(false, false, N, in, out, d.data(), out, L.W, in, T(1), e.data(), in);
   }
   const T k = T(1.0 / (1.0 - a.dropout));
+  const T* ep = e.data();  // not the thread_local name inside the parallel region
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N * in; i++)
-    if (rng_uniform(a.mask_seed, (uint64_t)i) >= a.dropout) dx[i] += e[i] * k;
+    if (rng_uniform(a.mask_seed, (uint64_t)i) >= a.dropout) dx[i] += ep[i] * k;
 }
 }  // namespace
 

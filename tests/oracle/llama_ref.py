@@ -52,13 +52,6 @@ def load_weights(d):
     return w
 
 
-def hf_to_meta_rows(w, n_heads):
-    # HF: rows of a head are [first halves of the pairs, second halves]; Meta: pairs adjacent.
-    out_dim, in_dim = w.shape
-    hd = out_dim // n_heads
-    return w.view(n_heads, 2, hd // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
-
-
 def apply_scaling(freqs, s):
     factor = s["factor"]
     low, high = s["low_freq_factor"], s["high_freq_factor"]
@@ -94,7 +87,11 @@ def rmsnorm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(c, W, tokens):
+def forward(c, W, tokens, lin=None):
+    """lin(name, x): the output of linear `name` (an HF weight name) for input x; default
+    x @ W[name].T (adapter_ref.py passes LoRA/DoRA linears)."""
+    if lin is None:
+        lin = lambda name, x: x @ W[name].T  # noqa: E731
     dim, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or dim // H
     eps = c["rms_norm_eps"]
@@ -108,20 +105,23 @@ def forward(c, W, tokens):
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}."
         x = rmsnorm(h, W[p + "input_layernorm.weight"], eps)
-        wq = hf_to_meta_rows(W[p + "self_attn.q_proj.weight"], H)
-        wk = hf_to_meta_rows(W[p + "self_attn.k_proj.weight"], KV)
-        q = rope((x @ wq.T).view(T, H, hd), fc)
-        k = rope((x @ wk.T).view(T, KV, hd), fc)
-        v = (x @ W[p + "self_attn.v_proj.weight"].T).view(T, KV, hd)
+        # HF's q/k order to Meta's: within a head, HF's rows are [first halves of the rotary
+        # pairs, second halves], Meta's pairs are adjacent; permuting the outputs is the same
+        # as permuting the weight's rows.
+        def meta_cols(y, n):
+            return y.view(T, n, 2, hd // 2).transpose(2, 3).reshape(T, n * hd)
+        q = rope(meta_cols(lin(p + "self_attn.q_proj.weight", x), H).view(T, H, hd), fc)
+        k = rope(meta_cols(lin(p + "self_attn.k_proj.weight", x), KV).view(T, KV, hd), fc)
+        v = lin(p + "self_attn.v_proj.weight", x).view(T, KV, hd)
         k = k.repeat_interleave(H // KV, dim=1)  # repeat_kv
         v = v.repeat_interleave(H // KV, dim=1)
         s = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd) + mask
         a = torch.einsum("hts,shd->thd", torch.softmax(s, dim=-1), v).reshape(T, H * hd)
-        h = h + a @ W[p + "self_attn.o_proj.weight"].T
+        h = h + lin(p + "self_attn.o_proj.weight", a)
         x = rmsnorm(h, W[p + "post_attention_layernorm.weight"], eps)
-        g = x @ W[p + "mlp.gate_proj.weight"].T
-        u = x @ W[p + "mlp.up_proj.weight"].T
-        h = h + (torch.nn.functional.silu(g) * u) @ W[p + "mlp.down_proj.weight"].T
+        g = lin(p + "mlp.gate_proj.weight", x)
+        u = lin(p + "mlp.up_proj.weight", x)
+        h = h + lin(p + "mlp.down_proj.weight", torch.nn.functional.silu(g) * u)
     h = rmsnorm(h, W["model.norm.weight"], eps)
     out = W["model.embed_tokens.weight"] if c.get("tie_word_embeddings") else W["lm_head.weight"]
     return h @ out.T

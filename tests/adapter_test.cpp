@@ -1,0 +1,247 @@
+// Adapters (LoRA, DoRA, rsLoRA, trained norms; float and quantized base) against PyTorch
+// float64 autograd (tests/oracle/adapter_ref.py, PEFT's formulas written out), on adapters
+// the script writes in PEFT's layout; a fresh adapter changes nothing, bit for bit; bad
+// adapter files fail with one clear message each.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/file_util.h"
+#include "core/rng.h"
+#include "model_fill.h"
+#include "quant/quant.h"
+#include "quant/quant_base.h"
+#include "test_util.h"
+#include "train/adapter.h"
+#include "train/checkpoint.h"
+#include "train/llama_train.h"
+
+namespace llmq {
+namespace {
+
+using json = nlohmann::json;
+constexpr const char* kPython = "/usr/bin/python3";
+
+double rel_err(const double* a, const double* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; i++) num = std::max(num, std::fabs(a[i] - b[i])), den = std::max(den, std::fabs(b[i]));
+  return den > 0 ? num / den : num;
+}
+
+struct AdCase {
+  std::string name;
+  int r;
+  double alpha;
+  bool dora, rslora;
+  std::string targets;
+  bool norms;
+  std::string quant;  // "": float base
+};
+void PrintTo(const AdCase& c, std::ostream* os) { *os << c.name; }
+
+// The base's linears quantized in memory (as --quantize-base does), and a float model
+// directory holding exactly the dequantized weights the training model runs, for the oracle.
+std::vector<std::array<Tensor, train::kBlockLinears>> quantize_base(const ModelConfig& cfg, const std::string& method,
+                                                                  const std::string& out_dir) {
+  train::LlamaTrain<float> full(cfg);
+  full.fill(test::test_fill(cfg, 11));
+  const BaseQuant q = base_quant_parse(method);
+  std::vector<std::array<Tensor, train::kBlockLinears>> qb(cfg.n_layers);
+  std::map<std::string, std::vector<float>> deq;
+  for (size_t i = 0; i < full.specs.size(); i++) {
+    const auto& s = full.specs[i];
+    for (int l = 0; l < cfg.n_layers; l++)
+      for (int t = 0; t < train::kBlockLinears; t++)
+        if (s.name == fmt::format("model.layers.{}.{}.weight", l, train::kLinearModules[t])) {
+          const int64_t M = s.shape[0], K = s.shape[1];
+          qb[l][t] = quantize_base_linear(full.params.data() + full.offsets[i], M, K, q);
+          std::vector<float> d((size_t)(M * K));
+          dequantize_tensor_rows(qb[l][t], 0, M, d.data());
+          deq[s.name] = std::move(d);
+        }
+  }
+  const TensorFill base = test::test_fill(cfg, 11);
+  model_save(out_dir, cfg, [&](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t n) {
+    auto it = deq.find(s.name);
+    if (it == deq.end()) return base(s, dt, dst, off, n);
+    std::memcpy(dst, reinterpret_cast<const uint8_t*>(it->second.data()) + off, n);
+  }, SaveOptions{DType::F32});
+  return qb;
+}
+
+class AdapterRef : public ::testing::TestWithParam<AdCase> {};
+
+TEST_P(AdapterRef, LossAndGradientsMatchPyTorch) {
+  const AdCase& tc = GetParam();
+  test::TempDir tmp("adapter_" + tc.name);
+  const ModelConfig cfg = config_preset("tiny");
+  model_save(tmp / "m", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
+  std::vector<std::array<Tensor, train::kBlockLinears>> qb;
+  std::string oracle_base = tmp / "m";
+  if (!tc.quant.empty()) qb = quantize_base(cfg, tc.quant, oracle_base = tmp / "deq");
+  const std::string make = fmt::format("{} {}/tests/oracle/adapter_ref.py make {} {} 7 {} {} {} {} {} {}", kPython,
+                                       LLMQ_SOURCE_DIR, oracle_base, tmp / "ad", tc.r, tc.alpha, (int)tc.dora, (int)tc.rslora,
+                                       tc.targets, (int)tc.norms);
+  ASSERT_EQ(std::system(make.c_str()), 0) << make;
+  const train::AdapterConfig ac = train::adapter_config_load(tmp / "ad");
+  // A batch of two sequences of odd length, ignored targets.
+  const int64_t B = 2, T = 9, N = B * T;
+  std::vector<int32_t> tokens(N), targets(N);
+  for (int64_t i = 0; i < N; i++) {
+    tokens[i] = (int32_t)(rng_uniform(21, i) * (double)cfg.vocab_size);
+    targets[i] = i % 4 == 1 ? -1 : (int32_t)(rng_uniform(22, i) * (double)cfg.vocab_size);
+  }
+  train::LlamaTrain<double> m(cfg, ac);
+  m.fill(test::test_fill(cfg, 11));
+  m.qbase = qb;
+  std::vector<float> a32(m.n_params());
+  train::adapter_reader(tmp / "ad", cfg, ac)(0, m.n_params(), a32.data());
+  std::copy(a32.begin(), a32.end(), m.params.begin());
+  json batch = {{"tokens", json::array()}, {"targets", json::array()}, {"names", json::array()}};
+  for (int64_t b = 0; b < B; b++) {
+    batch["tokens"].push_back(std::vector<int32_t>(tokens.begin() + b * T, tokens.begin() + (b + 1) * T));
+    batch["targets"].push_back(std::vector<int32_t>(targets.begin() + b * T, targets.begin() + (b + 1) * T));
+  }
+  for (const auto& s : m.specs) batch["names"].push_back(s.name);
+  std::ofstream(tmp / "batch.json") << batch.dump();
+  const std::string cmd = fmt::format("{} {}/tests/oracle/adapter_ref.py ref {} {} {} {}", kPython, LLMQ_SOURCE_DIR,
+                                      oracle_base, tmp / "ad", tmp / "batch.json", tmp / "ref.bin");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_text_file(tmp / "ref.bin");
+  const int64_t P = m.n_params();
+  ASSERT_EQ(bytes.size(), (size_t)(1 + P + N * cfg.vocab_size) * 8);
+  std::vector<double> ref(bytes.size() / 8);
+  std::memcpy(ref.data(), bytes.data(), bytes.size());
+
+  // float64 on both sides, the same inputs (f32 values): only the order of sums differs
+  // (~1e-16 each, a few thousand terms deep), so 1e-9 is far above what can happen by
+  // rounding and far below any formula error (the bound is 1e-6).
+  const double loss = m.forward(tokens.data(), targets.data(), B, T);
+  EXPECT_NEAR(loss, ref[0], 1e-9 * std::fabs(ref[0]));
+  m.backward();
+  for (size_t i = 0; i < m.specs.size(); i++)
+    EXPECT_LE(rel_err(m.grads.data() + m.offsets[i], ref.data() + 1 + m.offsets[i], shape_numel(m.specs[i].shape)), 1e-9)
+        << "grad " << m.specs[i].name;
+  // Logits: final hidden states times the (frozen) head, against the script's.
+  const auto& h = m.final_hidden();
+  const double* head = m.p.lm_head;
+  double num = 0, den = 0;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t v = 0; v < cfg.vocab_size; v++) {
+      double z = 0;
+      for (int64_t c = 0; c < cfg.dim; c++) z += h[n * cfg.dim + c] * head[v * cfg.dim + c];
+      const double r = ref[1 + P + n * cfg.vocab_size + v];
+      num = std::max(num, std::fabs(z - r)), den = std::max(den, std::fabs(r));
+    }
+  EXPECT_LE(num / den, 1e-9) << "logits";
+
+  // float32: each product rounds at ~6e-8 relative, summed over K <= 192 terms and two
+  // blocks (sqrt(K) growth): ~1e-6, and gradients pass through the softmax and norms twice;
+  // 1e-4 of each tensor's largest gradient, as the full-training check uses.
+  train::LlamaTrain<float> m32(cfg, ac);
+  m32.fill(test::test_fill(cfg, 11));
+  m32.qbase = qb;
+  std::copy(a32.begin(), a32.end(), m32.params.begin());
+  EXPECT_NEAR(m32.forward(tokens.data(), targets.data(), B, T), ref[0], 1e-5 * std::fabs(ref[0]));
+  m32.backward();
+  std::vector<double> g32(m32.grads.begin(), m32.grads.end());
+  for (size_t i = 0; i < m32.specs.size(); i++)
+    EXPECT_LE(rel_err(g32.data() + m32.offsets[i], ref.data() + 1 + m32.offsets[i], shape_numel(m32.specs[i].shape)), 1e-4)
+        << "f32 grad " << m32.specs[i].name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, AdapterRef,
+    ::testing::Values(AdCase{"lora", 4, 8, false, false, "all-linear", false, ""},
+                      AdCase{"dora", 4, 16, true, false, "all-linear", false, ""},
+                      AdCase{"rslora_subset_norms", 8, 4, false, true, "q_proj,v_proj,down_proj", true, ""},
+                      AdCase{"qlora_rtn4", 4, 8, false, false, "all-linear", false, "rtn4"},
+                      AdCase{"qdora_hqq2", 4, 8, true, false, "all-linear", false, "hqq2"}),
+    [](const auto& info) { return info.param.name; });
+
+// A fresh adapter (B = 0; DoRA's magnitude the base's row norms) leaves the model's output
+// bit for bit as the base alone gives it: float and quantized base, LoRA and DoRA.
+TEST(Adapter, FreshAdapterChangesNoBit) {
+  test::TempDir tmp("adapter_fresh");
+  const ModelConfig cfg = config_preset("tiny");
+  const int64_t B = 2, T = 11, N = B * T;
+  std::vector<int32_t> tokens(N), targets(N);
+  for (int64_t i = 0; i < N; i++) tokens[i] = (int32_t)(rng_uniform(31, i) * 512), targets[i] = (int32_t)(rng_uniform(32, i) * 512);
+  for (const std::string quant : {"", "hqq4"}) {
+    std::vector<std::array<Tensor, train::kBlockLinears>> qb;
+    train::LlamaTrain<float> plain(cfg);
+    if (quant.empty()) {
+      plain.fill(test::test_fill(cfg, 11));
+    } else {
+      qb = quantize_base(cfg, quant, tmp / ("deq" + quant));
+      train::model_dir_reader(tmp / ("deq" + quant), cfg)(0, plain.n_params(), plain.params.data());
+    }
+    const double l0 = plain.forward(tokens.data(), targets.data(), B, T);
+    for (bool dora : {false, true}) {
+      train::AdapterConfig ac;
+      ac.dora = dora, ac.rank = 8, ac.alpha = 16;
+      train::LlamaTrain<float> m(cfg, ac);
+      m.fill(test::test_fill(cfg, 11));
+      m.qbase = qb;
+      m.init_adapters(5);
+      EXPECT_EQ(m.forward(tokens.data(), targets.data(), B, T), l0) << quant << " dora " << dora;
+      EXPECT_TRUE(m.final_hidden() == plain.final_hidden()) << quant << " dora " << dora;
+    }
+  }
+}
+
+// Bad adapter files: one clear error each, naming the file and what is wrong.
+TEST(Adapter, BadAdaptersFailClearly) {
+  test::TempDir tmp("adapter_bad");
+  const ModelConfig cfg = config_preset("tiny");
+  model_save(tmp / "m", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
+  const std::string make = fmt::format("{} {}/tests/oracle/adapter_ref.py make {} {} 7 4 8 0 0 q_proj,v_proj 0", kPython,
+                                       LLMQ_SOURCE_DIR, tmp / "m", tmp / "ad");
+  ASSERT_EQ(std::system(make.c_str()), 0);
+  const std::string cfg_path = tmp / "ad/adapter_config.json";
+  const json good = json::parse(read_text_file(cfg_path));
+  auto with = [&](const std::string& k, const json& v) {
+    json j = good;
+    j[k] = v;
+    write_file_atomic(cfg_path, j.dump());
+  };
+  auto load = [&](const ModelConfig& c) {
+    const train::AdapterConfig a = train::adapter_config_load(tmp / "ad");
+    train::adapter_reader(tmp / "ad", c, a);
+  };
+  // A rank that does not match its tensors.
+  with("r", 8);
+  test::expect_error_containing([&] { load(cfg); }, "rank", {"adapter_model.safetensors", "r = 8", "does not match"});
+  // Alpha 0, unknown target modules, not LoRA.
+  with("lora_alpha", 0);
+  test::expect_error_containing([&] { load(cfg); }, "alpha", {"adapter_config.json", "lora_alpha", "no effect"});
+  with("target_modules", json::array({"q_proj", "qkv_proj"}));
+  test::expect_error_containing([&] { load(cfg); }, "targets", {"adapter_config.json", "unknown target module", "qkv_proj"});
+  with("peft_type", "PREFIX_TUNING");
+  test::expect_error_containing([&] { load(cfg); }, "peft_type", {"adapter_config.json", "not LORA"});
+  // An adapter for another model: other widths, or more blocks than this model has.
+  with("r", 4);
+  ModelConfig wide = cfg;
+  wide.dim = 128;
+  test::expect_error_containing([&] { load(wide); }, "shape", {"adapter_model.safetensors", "another model"});
+  ModelConfig shallow = cfg;
+  shallow.n_layers = 1;
+  test::expect_error_containing([&] { load(shallow); }, "blocks", {"adapter_model.safetensors", "block 1", "another model"});
+  // The config names a module the weights lack.
+  with("target_modules", json::array({"q_proj", "v_proj", "o_proj"}));
+  test::expect_error_containing([&] { load(cfg); }, "missing", {"o_proj.lora_A.weight", "missing"});
+  // Options llmq does not run.
+  write_file_atomic(cfg_path, good.dump());
+  with("bias", "all");
+  test::expect_error_containing([&] { load(cfg); }, "bias", {"adapter_config.json", "bias"});
+  EXPECT_THROW(train::parse_targets("q_proj,attn"), Error);
+  train::AdapterConfig a;
+  a.alpha = 0;
+  test::expect_error_containing([&] { a.check(); }, "alpha 0", {"alpha"});
+}
+
+}  // namespace
+}  // namespace llmq
