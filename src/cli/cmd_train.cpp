@@ -8,6 +8,93 @@
 
 namespace llmq::cli {
 
+namespace {
+
+// The options `llmq train` and `llmq finetune` share (what a user of one knows from the other).
+void add_training_options(CLI::App* cmd, const std::shared_ptr<train::TrainOptions>& o) {
+  cmd->add_option("--data", o->data, "prepared data directory")->required();
+  cmd->add_option("--out", o->out, "run directory: checkpoints, metrics.jsonl")->required();
+  cmd->add_option("--steps", o->steps, fmt::format("optimizer steps (default {})", o->steps))->check(llmq::cli::kPositive);
+  cmd->add_option("--batch", o->batch, "sequences per micro-batch (default 8)")->check(llmq::cli::kPositive);
+  cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default 256)")->check(llmq::cli::kPositive);
+  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step (default 1)")->check(llmq::cli::kPositive);
+  cmd->add_option("--lr", o->lr, fmt::format("peak learning rate (default {})", o->lr))->check(llmq::cli::kPositive);
+  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr (default 0.1)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--decay", o->decay, "cosine or linear (default cosine)")->check(CLI::IsMember({"cosine", "linear"}));
+  cmd->add_option("--weight-decay", o->adamw.weight_decay,
+                  fmt::format("AdamW decoupled weight decay (default {}; never on norms)", o->adamw.weight_decay));
+  cmd->add_option("--beta1", o->adamw.beta1, "AdamW beta1 (default 0.9)");
+  cmd->add_option("--beta2", o->adamw.beta2, fmt::format("AdamW beta2 (default {})", o->adamw.beta2));
+  cmd->add_option("--eps", o->adamw.eps, "AdamW epsilon (default 1e-8)");
+  cmd->add_option("--clip", o->clip, "clip the global gradient norm to this (default 1; 0 = off)")->check(llmq::cli::kNonNegative);
+  cmd->add_option("--seed", o->seed, "initialisation seed");
+  cmd->add_option("--eval-every", o->eval_every, "validation every N steps (default 100)");
+  cmd->add_option("--eval-batches", o->eval_batches, "validation batches (default 8)");
+  cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (default 500; always at the end)");
+  cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(llmq::cli::kPositive);
+  cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(llmq::cli::kPositive);
+  cmd->add_option("--precision", o->precision,
+                  "products of every linear, forward and backward: f32, or bf16 (bf16 operands, f32 sums; weights, "
+                  "gradients and AdamW stay f32; default f32, or the run's own on --resume)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--recompute", o->recompute, "recompute each block's activations in backward (less memory, ~1/3 more compute)");
+  cmd->add_flag("--deterministic", o->deterministic,
+                "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
+  cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
+                "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
+                "backward goes on (for comparison; the sums are the same)");
+  cmd->add_flag("--resume", o->resume, "continue from the run directory's newest complete checkpoint");
+  cmd->add_flag("--overwrite", o->overwrite,
+                "delete an earlier run in --out and start again (without it, or --resume, a non-empty --out is refused)");
+  cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
+  cmd->footer("Ctrl-C (or SIGTERM) saves a checkpoint at the current step and stops (exit 130/143); a second one aborts.\n"
+              "Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
+              "`recompute = true`); flags given on the command line win.");
+}
+
+// Runs the training and prints its summary (text, or one JSON object with --json).
+void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_opt) {
+  if (o.warmup >= o.steps) {
+    const int64_t w = std::max<int64_t>(0, o.steps / 10);
+    // Said, not silent: a warm-up as long as the run would never reach the peak rate.
+    if (warmup_opt->count() > 0)
+      fmt::print(stderr, "warning: --warmup {} is not below --steps {}: warming up for {} steps (a tenth of the run)\n",
+                 o.warmup, o.steps, w);
+    o.warmup = w;
+  }
+  auto r = train::train_run(o);
+  // Stopped by SIGINT/SIGTERM: the checkpoint at the stop is saved; exit as the signal's
+  // conventional status (130/143) after the summary, so scripts see the interruption.
+  if (r.stop_signal) g_exit_code = 128 + r.stop_signal;
+  if (r.stop_signal && r.rank == 0)
+    fmt::print(stderr, "stopped by {} after step {}: checkpoint saved in {}; continue with --resume\n",
+               r.stop_signal == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM", r.steps, o.out);
+  if (r.rank != 0) return;  // one summary per job
+  // No placeholders: a value that was not measured is null in JSON and said so in text.
+  const bool trained = r.steps > r.start_step, has_val = trained && r.last_val_loss >= 0;
+  const std::string why_no_val = !trained ? "nothing was trained" : r.val_note.empty() ? "not evaluated" : r.val_note;
+  if (json) {
+    nlohmann::json j{{"steps", r.steps}, {"start_step", r.start_step},
+                     {"loss", trained ? nlohmann::json(r.last_loss) : nlohmann::json()},
+                     {"val_loss", has_val ? nlohmann::json(r.last_val_loss) : nlohmann::json()},
+                     {"tokens_per_s", trained ? nlohmann::json(r.tokens_per_s) : nlohmann::json()},
+                     {"peak_rss_bytes", peak_rss_bytes()}, {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
+                     {"precision", r.precision}, {"trained_params", r.trained_params},
+                     {"rss_end_bytes", r.rss_end_bytes}};
+    if (o.finetune) j["base_linear_bytes"] = r.base_bytes;
+    if (!has_val) j["val_loss_note"] = why_no_val;
+    fmt::print("{}\n", j.dump());
+  } else if (!trained) {
+    fmt::print("nothing to train: {} is at step {} of --steps {} (give a larger --steps to train on)\n", o.out, r.steps,
+               o.steps);
+  } else {
+    fmt::print("trained steps {}-{} of {}: loss {:.4f}, {}, {:.0f} tok/s, peak RSS {}\n", r.start_step + 1, r.steps, o.steps,
+               r.last_loss, has_val ? fmt::format("val loss {:.4f}", r.last_val_loss) : "no val loss (" + why_no_val + ")",
+               r.tokens_per_s, format_bytes(peak_rss_bytes()));
+  }
+}
+}  // namespace
+
 void register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "train a model on token shards (from `llmq data prepare`)");
   auto o = std::make_shared<train::TrainOptions>();
@@ -17,97 +104,57 @@ void register_train(CLI::App& app) {
   auto* c = cmd->add_option("--config", o->config, "start from a random model of this config.json / params.json")->check(CLI::ExistingFile);
   m->excludes(p)->excludes(c);
   p->excludes(c);
-  cmd->add_option("--data", o->data, "prepared data directory")->required();
-  cmd->add_option("--out", o->out, "run directory: checkpoints, metrics.jsonl")->required();
-  cmd->add_option("--steps", o->steps, "optimizer steps (default 1000)")->check(llmq::cli::kPositive);
-  cmd->add_option("--batch", o->batch, "sequences per micro-batch (default 8)")->check(llmq::cli::kPositive);
-  cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default 256)")->check(llmq::cli::kPositive);
-  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step (default 1)")->check(llmq::cli::kPositive);
-  cmd->add_option("--lr", o->lr, "peak learning rate (default 1e-3)")->check(llmq::cli::kPositive);
-  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr (default 0.1)")->check(CLI::Range(0.0, 1.0));
+  add_training_options(cmd, o);
   auto* warmup_opt = cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100; a tenth of --steps when that is fewer)")->check(llmq::cli::kNonNegative);
-  cmd->add_option("--decay", o->decay, "cosine or linear (default cosine)")->check(CLI::IsMember({"cosine", "linear"}));
-  cmd->add_option("--weight-decay", o->adamw.weight_decay, "AdamW decoupled weight decay (default 0.1; never on norms)");
-  cmd->add_option("--beta1", o->adamw.beta1, "AdamW beta1 (default 0.9)");
-  cmd->add_option("--beta2", o->adamw.beta2, "AdamW beta2 (default 0.95)");
-  cmd->add_option("--eps", o->adamw.eps, "AdamW epsilon (default 1e-8)");
   // Flag functions rather than CLI11's "!--flag" (whose help prints "--flag{false}").
   cmd->add_flag_function("--no-decay-embeddings", [o](std::int64_t) { o->decay_embeddings = false; },
                          "no weight decay on the embedding and output matrices");
-  cmd->add_option("--clip", o->clip, "clip the global gradient norm to this (default 1; 0 = off)")->check(llmq::cli::kNonNegative);
-  cmd->add_option("--seed", o->seed, "initialisation seed");
-  cmd->add_option("--eval-every", o->eval_every, "validation every N steps (default 100)");
-  cmd->add_option("--eval-batches", o->eval_batches, "validation batches (default 8)");
-  cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (default 500; always at the end)");
-  cmd->add_option("--keep", o->keep, "checkpoints kept (default 2)")->check(llmq::cli::kPositive);
-  cmd->add_option("--log-every", o->log_every, "progress line every N steps (default 10)")->check(llmq::cli::kPositive);
   cmd->add_option("--sample-tokens", o->sample_tokens, "tokens sampled from each checkpoint (default 32; 0 = none)");
-  cmd->add_option("--precision", o->precision,
-                  "products of every linear, forward and backward: f32, or bf16 (bf16 operands, f32 sums; weights, "
-                  "gradients and AdamW stay f32; default f32, or the run's own on --resume)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_flag("--recompute", o->recompute, "recompute each block's activations in backward (less memory, ~1/3 more compute)");
-  cmd->add_flag("--deterministic", o->deterministic,
-                "record the thread count in checkpoints and resume on it, so resumed runs are bitwise identical");
   cmd->add_flag("--fsdp", o->fsdp, "under mpirun: shard parameters, gradients and AdamW state over the ranks "
                                   "(each block gathered before use; same results as data parallel)");
   cmd->add_option("--checkpoint-format", o->checkpoint_format,
                   "sharded: each rank writes its own shard file (the default with --fsdp; `llmq export --format hf` "
                   "makes a model directory of it); full: a model directory plus optimizer state, written by rank 0")
       ->check(CLI::IsMember({"auto", "full", "sharded"}));
-  cmd->add_flag_function("--no-overlap", [o](std::int64_t) { o->overlap_comm = false; },
-                "data parallel: all-reduce the gradients after the backward pass instead of each unit's while "
-                "backward goes on (for comparison; the sums are the same)");
   cmd->add_flag("--fsdp-overlap", o->fsdp_overlap,
                 "--fsdp: start the next unit's all-gather while a unit computes and reduce-scatter behind the next "
                 "unit's backward, on a communication thread (same results and bytes; measured slower on a 2-core "
                 "host, where that thread competes with compute: for machines with cores to spare)");
-  cmd->add_flag("--resume", o->resume, "continue from the run directory's newest complete checkpoint");
-  cmd->add_flag("--overwrite", o->overwrite,
-                "delete an earlier run in --out and start again (without it, or --resume, a non-empty --out is refused)");
-  cmd->add_option("--stop-after", o->stop_after, "stop with a checkpoint after this step (resume later with --resume)");
-  cmd->footer("Ctrl-C (or SIGTERM) saves a checkpoint at the current step and stops (exit 130/143); a second one aborts.\n"
-              "Options may also come from a file: --options FILE with `key = value` lines (e.g. `lr = 3e-4`,\n"
-              "`recompute = true`); flags given on the command line win.");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
-  cmd->callback([o, json, warmup_opt] {
-    if (o->warmup >= o->steps) {
-      const int64_t w = std::max<int64_t>(0, o->steps / 10);
-      // Said, not silent: a warm-up as long as the run would never reach the peak rate.
-      if (warmup_opt->count() > 0)
-        fmt::print(stderr, "warning: --warmup {} is not below --steps {}: warming up for {} steps (a tenth of the run)\n",
-                   o->warmup, o->steps, w);
-      o->warmup = w;
-    }
-    auto r = train::train_run(*o);
-    // Stopped by SIGINT/SIGTERM: the checkpoint at the stop is saved; exit as the signal's
-    // conventional status (130/143) after the summary, so scripts see the interruption.
-    if (r.stop_signal) g_exit_code = 128 + r.stop_signal;
-    if (r.stop_signal && r.rank == 0)
-      fmt::print(stderr, "stopped by {} after step {}: checkpoint saved in {}; continue with --resume\n",
-                 r.stop_signal == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM", r.steps, o->out);
-    if (r.rank != 0) return;  // one summary per job
-    // No placeholders: a value that was not measured is null in JSON and said so in text.
-    const bool trained = r.steps > r.start_step, has_val = trained && r.last_val_loss >= 0;
-    const std::string why_no_val = !trained ? "nothing was trained" : r.val_note.empty() ? "not evaluated" : r.val_note;
-    if (*json) {
-      nlohmann::json j{{"steps", r.steps}, {"start_step", r.start_step},
-                       {"loss", trained ? nlohmann::json(r.last_loss) : nlohmann::json()},
-                       {"val_loss", has_val ? nlohmann::json(r.last_val_loss) : nlohmann::json()},
-                       {"tokens_per_s", trained ? nlohmann::json(r.tokens_per_s) : nlohmann::json()},
-                       {"peak_rss_bytes", peak_rss_bytes()}, {"ranks", r.world}, {"bytes_sent_per_rank", r.bytes_sent},
-                       {"precision", r.precision},
-                       {"rss_end_bytes", r.rss_end_bytes}};
-      if (!has_val) j["val_loss_note"] = why_no_val;
-      fmt::print("{}\n", j.dump());
-    } else if (!trained) {
-      fmt::print("nothing to train: {} is at step {} of --steps {} (give a larger --steps to train on)\n", o->out,
-                 r.steps, o->steps);
-    } else {
-      fmt::print("trained steps {}-{} of {}: loss {:.4f}, {}, {:.0f} tok/s, peak RSS {}\n", r.start_step + 1, r.steps,
-                 o->steps, r.last_loss, has_val ? fmt::format("val loss {:.4f}", r.last_val_loss) : "no val loss (" + why_no_val + ")",
-                 r.tokens_per_s, format_bytes(peak_rss_bytes()));
-    }
+  cmd->callback([o, json, warmup_opt] { run_training(*o, *json, warmup_opt); });
+}
+
+void register_finetune(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "finetune", "train LoRA/DoRA adapters on a frozen base (float or quantized: QLoRA, QDoRA); writes PEFT adapters");
+  auto o = std::make_shared<train::TrainOptions>();
+  auto json = std::make_shared<bool>(false);
+  o->finetune = true;
+  // PEFT / Hugging Face Trainer habits: lr 2e-4, no weight decay, AdamW beta2 0.999.
+  o->lr = 2e-4, o->adamw.weight_decay = 0.0, o->adamw.beta2 = 0.999, o->steps = 500, o->sample_tokens = 0;
+  cmd->add_option("-m,--model", o->model, "the base model directory (float, or quantized: RTN, GPTQ, AWQ, HQQ)")->required();
+  auto adapter = std::make_shared<std::string>("lora");
+  auto targets = std::make_shared<std::string>("all-linear");
+  cmd->add_option("--adapter", *adapter, "lora or dora (default lora)")->check(CLI::IsMember({"lora", "dora"}));
+  cmd->add_option("--rank", o->adapter.rank, "adapter rank r (default 16)")->check(llmq::cli::kPositive);
+  cmd->add_option("--alpha", o->adapter.alpha, "lora_alpha: the adapter's output is scaled by alpha/r (default 16)");
+  cmd->add_flag("--rslora", o->adapter.rslora, "rank-stabilised scale alpha/sqrt(r)");
+  cmd->add_option("--dropout", o->adapter.dropout, "dropout on the adapter's input while training (default 0)")
+      ->check(CLI::Range(0.0, 0.999));
+  cmd->add_option("--targets", *targets,
+                  "comma-separated modules (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear "
+                  "(default)");
+  cmd->add_option("--quantize-base", o->quantize_base,
+                  "quantize a float base while loading it, one linear at a time: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 "
+                  "(QLoRA / QDoRA)");
+  cmd->add_flag("--train-norms", o->adapter.train_norms, "train the RMSNorm weights too (saved as modules_to_save)");
+  add_training_options(cmd, o);
+  auto* warmup_opt = cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100; a tenth of --steps when that is fewer)")->check(llmq::cli::kNonNegative);
+  cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
+  cmd->callback([o, json, warmup_opt, adapter, targets] {
+    o->adapter.dora = *adapter == "dora";
+    o->adapter.targets = train::parse_targets(*targets);
+    run_training(*o, *json, warmup_opt);
   });
 }
 

@@ -75,7 +75,14 @@ CheckpointHead parse_head(const json& j, const std::string& path, int64_t n) {
 }
 
 CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
-  const FlatLayout L(c);
+  CheckpointSource s = open_train_state(dir, FlatLayout(c).n);
+  s.params = model_dir_reader(dir, c);
+  return s;
+}
+
+}  // namespace
+
+CheckpointSource open_train_state(const std::string& dir, int64_t n) {
   const std::string path = (fs::path(dir) / "train_state.bin").string();
   if (!fs::is_regular_file(path)) fail("{}: missing (not an llmq training checkpoint)", path);
   const uint64_t size = fs::file_size(path);
@@ -92,10 +99,8 @@ CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
   std::string text(len, '\0');
   read_file_range(path, 16, len, reinterpret_cast<uint8_t*>(text.data()));
   CheckpointSource s;
-  s.head = parse_state_header(text, path, L.n);
-  if (size != 16 + len + 8 * (uint64_t)L.n) fail("{}: the state does not fit this model ({} parameters)", path, L.n);
-  s.params = model_dir_reader(dir, c);
-  const int64_t n = L.n;
+  s.head = parse_state_header(text, path, n);
+  if (size != 16 + len + 8 * (uint64_t)n) fail("{}: the state does not fit this model ({} parameters)", path, n);
   auto moment = [path, len, n](int k) -> FlatReader {
     return [=](int64_t b, int64_t e, float* dst) {
       check_range(b, e, n);
@@ -106,7 +111,18 @@ CheckpointSource open_full(const std::string& dir, const ModelConfig& c) {
   return s;
 }
 
-}  // namespace
+void write_train_state(const std::string& tmp, const CheckpointHead& head, int64_t n, const float* m, const float* v) {
+  const std::string h = head_json(head, n).dump();
+  AtomicFile st((fs::path(tmp) / "train_state.bin").string());
+  st.write(kStateMagic, 8);
+  uint64_t len = h.size();
+  st.write(&len, 8);
+  st.write(h.data(), h.size());
+  const std::vector<float> zeros(m && v ? 0 : (size_t)n, 0.f);
+  st.write(m ? m : zeros.data(), (size_t)n * 4);
+  st.write(v ? v : zeros.data(), (size_t)n * 4);
+  st.commit();
+}
 
 CheckpointHead parse_state_header(const std::string& text, const std::string& path, int64_t n) {
   json j = json::parse(text, nullptr, false);
@@ -195,7 +211,8 @@ CheckpointSource open_sharded(const std::string& dir, const ModelConfig& c) {
   return s;
 }
 
-// Writes a tokenizer file (and its tokenizer_config.json) next to the checkpoint.
+}  // namespace
+
 void copy_tokenizer(const std::string& src, const std::string& tmp) {
   if (src.empty()) return;
   const fs::path p = src;
@@ -204,6 +221,8 @@ void copy_tokenizer(const std::string& src, const std::string& tmp) {
     write_file_atomic((fs::path(tmp) / "tokenizer_config.json").string(),
                       read_text_file((p.parent_path() / "tokenizer_config.json").string()));
 }
+
+namespace {
 
 TensorFill flat_fill(const FlatLayout& L, const FlatReader& read) {
   return [&L, read](const HfTensorSpec& s, DType dt, uint8_t* dst, uint64_t off, uint64_t nbytes) {
@@ -361,16 +380,7 @@ void write_full_checkpoint(const std::string& tmp, const ModelConfig& c, const f
   so.dtype = DType::F32;
   model_save(tmp, c, flat_fill(L, [params](int64_t b, int64_t e, float* dst) { std::copy(params + b, params + e, dst); }), so);
   copy_tokenizer(tokenizer_src, tmp);
-  const std::string h = head_json(head, L.n).dump();
-  AtomicFile st((fs::path(tmp) / "train_state.bin").string());
-  st.write(kStateMagic, 8);
-  uint64_t len = h.size();
-  st.write(&len, 8);
-  st.write(h.data(), h.size());
-  const std::vector<float> zeros(m && v ? 0 : (size_t)L.n, 0.f);
-  st.write(m ? m : zeros.data(), (size_t)L.n * 4);
-  st.write(v ? v : zeros.data(), (size_t)L.n * 4);
-  st.commit();
+  write_train_state(tmp, head, L.n, m, v);
 }
 
 void write_shard(const std::string& tmp, int rank, int world, const float* params, const float* m, const float* v,

@@ -50,6 +50,12 @@ struct CheckpointSource {
 // Opens a checkpoint directory of either format for `c` (fails naming the file on a
 // mismatch, truncation or corruption).
 CheckpointSource open_checkpoint(const std::string& dir, const ModelConfig& c);
+// train_state.bin alone (the header and AdamW moments of n trained values), for checkpoints
+// whose parameters live elsewhere (an adapter's adapter_model.safetensors); and its writer.
+CheckpointSource open_train_state(const std::string& dir, int64_t n);
+void write_train_state(const std::string& tmp, const CheckpointHead& head, int64_t n, const float* m, const float* v);
+// Writes a tokenizer file (and its tokenizer_config.json beside it) into a checkpoint.
+void copy_tokenizer(const std::string& src, const std::string& tmp);
 // The checkpoint to resume from: the newest complete checkpoint-N in DIR (normally the one
 // DIR/latest names; newer when a run stopped between publishing it and updating latest).
 // Fails with the fix when there is none.

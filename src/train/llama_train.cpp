@@ -2,6 +2,8 @@
 // every intermediate kept, and its exact reverse.
 #include "train/llama_train.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -162,10 +164,9 @@ void LlamaTrain<F>::init_adapters(uint64_t seed) {
 
 template <class F>
 std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
-  if (qbase.empty()) {
-    const Layer& L = p.layers[l];
-    return {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down};
-  }
+  const Layer& L = p.layers[l];
+  std::array<const F*, kBlockLinears> w = {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down};
+  if (qbase.empty()) return w;
   std::array<int64_t, kBlockLinears + 1> at{};
   for (int t = 0; t < kBlockLinears; t++) {
     const auto [in, out] = linear_shape(config, t);
@@ -173,22 +174,29 @@ std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
   }
   if (wl_layer_ != l) {
     wl_.resize((size_t)at[kBlockLinears]);
-    std::vector<float> tmp;
     for (int t = 0; t < kBlockLinears; t++) {
-      const auto [in, out] = linear_shape(config, t);
       const Tensor& W = qbase[l][t];
-      if constexpr (std::is_same_v<F, float>) {
-        dequantize_tensor_rows(W, 0, out, wl_.data() + at[t]);
-      } else {
-        tmp.resize((size_t)(in * out));
-        dequantize_tensor_rows(W, 0, out, tmp.data());
-        std::copy(tmp.begin(), tmp.end(), wl_.begin() + at[t]);
+      if (!W.defined()) continue;  // a linear the base keeps in float
+      const auto [in, out] = linear_shape(config, t);
+      F* dst = wl_.data() + at[t];
+      // Rows over the threads (each row's dequantization is independent).
+#pragma omp parallel
+      {
+        const int nt = omp_get_num_threads(), th = omp_get_thread_num();
+        const int64_t r0 = out * th / nt, r1 = out * (th + 1) / nt;
+        if constexpr (std::is_same_v<F, float>) {
+          if (r1 > r0) dequantize_tensor_rows(W, r0, r1, dst + r0 * in);
+        } else {
+          std::vector<float> tmp((size_t)((r1 - r0) * in));
+          if (r1 > r0) dequantize_tensor_rows(W, r0, r1, tmp.data());
+          std::copy(tmp.begin(), tmp.end(), dst + r0 * in);
+        }
       }
     }
     wl_layer_ = l;
   }
-  std::array<const F*, kBlockLinears> w;
-  for (int t = 0; t < kBlockLinears; t++) w[t] = wl_.data() + at[t];
+  for (int t = 0; t < kBlockLinears; t++)
+    if (qbase[l][t].defined()) w[t] = wl_.data() + at[t];
   return w;
 }
 

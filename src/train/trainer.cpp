@@ -23,6 +23,8 @@
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/finetune.h"
+#include "quant/quant_base.h"
 #include "train/fsdp.h"
 #include "train/llama_train.h"
 
@@ -128,6 +130,11 @@ json resume_key(const TrainOptions& o) {
           {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1}, {"seed", o.seed},
           {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}, {"precision", o.precision.empty() ? "f32" : o.precision}};
   if (o.deterministic) k["threads"] = ops_threads();
+  if (o.finetune) {
+    k["adapter"] = o.adapter.options();
+    k["base"] = o.model;
+    k["quantize_base"] = o.quantize_base;
+  }
   return k;
 }
 
@@ -223,7 +230,16 @@ TrainResult train_run(const TrainOptions& options) {
   if (o.checkpoint_format == "sharded" && !o.fsdp)
     fail("train: --checkpoint-format sharded needs --fsdp (without it every rank holds the whole state and rank 0 writes it)");
   int sources = !o.model.empty() + !o.preset.empty() + !o.config.empty();
+  if (o.finetune && o.model.empty()) fail("finetune: give the base model with -m DIR");
   if (sources != 1) fail("train: give exactly one of --model DIR, --preset NAME, --config FILE");
+  if (o.finetune) {
+    o.adapter.check();
+    o.adapter.base = o.model;
+    if (o.fsdp) fail("finetune: --fsdp is not supported yet (adapters train data parallel: run under mpirun without --fsdp)");
+    if (!o.quantize_base.empty()) base_quant_parse(o.quantize_base);  // the name, checked before any work
+  } else if (!o.quantize_base.empty()) {
+    fail("train: --quantize-base is for llmq finetune (a frozen base); full training updates every weight in f32");
+  }
   ModelConfig cfg = !o.model.empty() ? config_load((fs::path(o.model) / "config.json").string())
                     : !o.preset.empty() ? config_preset(o.preset)
                                         : config_load(o.config);
@@ -292,7 +308,7 @@ TrainResult train_run(const TrainOptions& options) {
                   "the training options, model config and paths");
   fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
              comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
-  {
+  if (!o.finetune) {
     // Weights, gradients and the two AdamW moments are f32: 16 bytes a parameter (FSDP: the
     // moments and gradients sharded, the weights whole). Refused before allocating, with the
     // figures, instead of a raw allocator message for a config far beyond the machine.
@@ -302,7 +318,9 @@ TrainResult train_run(const TrainOptions& options) {
       fail("train: the model has {:.3g} parameters; its f32 weights, gradients and AdamW moments need {} per rank, "
            "more than this machine's {} of memory (see `llmq plan`)", n, format_bytes(need), format_bytes(have));
   }
-  LlamaTrain<float> m(cfg);
+  std::unique_ptr<LlamaTrain<float>> model =
+      o.finetune ? std::make_unique<LlamaTrain<float>>(cfg, o.adapter) : std::make_unique<LlamaTrain<float>>(cfg);
+  LlamaTrain<float>& m = *model;
   m.set_recompute(o.recompute);
   std::vector<AdamW<float>::Range> ranges;
   for (size_t i = 0; i < m.specs.size(); i++) {
@@ -323,9 +341,11 @@ TrainResult train_run(const TrainOptions& options) {
   // only its chunks (of a checkpoint written in either format, at any world size).
   FlatReader src_params, src_m, src_v;
   int64_t adam_step = 0, start_step = 0, cursor = 0;
+  uint64_t base_bytes = 0;
+  if (o.finetune) base_bytes = load_frozen_base(m, o.model, o.quantize_base, o.progress && lead);
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);
-    CheckpointSource cs = open_checkpoint(dir, cfg);
+    CheckpointSource cs = o.finetune ? open_adapter_checkpoint(dir, cfg, o.adapter) : open_checkpoint(dir, cfg);
     json opts = cs.head.options;
     // A deterministic run resumes on the thread count it started with (the order of the
     // floating-point reductions depends on it).
@@ -386,6 +406,10 @@ TrainResult train_run(const TrainOptions& options) {
     if (lead)
       fmt::print(stderr, "resuming at step {} of {} from {}{}\n", start_step, o.steps, dir,
                  cs.head.world_size ? fmt::format(" (sharded over {} ranks)", cs.head.world_size) : "");
+  } else if (o.finetune) {
+    m.init_adapters(o.seed);  // the same on every rank (deterministic in the seed)
+    src_params = [&m](int64_t b, int64_t e, float* dst) { std::copy(m.params.begin() + b, m.params.begin() + e, dst); };
+    if (lead) write_file_atomic(metrics, "");
   } else {
     src_params = !o.model.empty() ? model_dir_reader(o.model, cfg) : init_reader(cfg, o.seed);
     if (lead) write_file_atomic(metrics, "");
@@ -422,6 +446,11 @@ TrainResult train_run(const TrainOptions& options) {
   };
   auto evaluate = [&]() -> double {
     if (val_s.total < T + 1) return -1;
+    struct Eval {  // adapter dropout off while evaluating
+      LlamaTrain<float>& m;
+      explicit Eval(LlamaTrain<float>& x) : m(x) { m.set_training(false); }
+      ~Eval() { m.set_training(true); }
+    } eval_mode(m);
     int64_t cur = 0;
     double sum = 0;
     int64_t n = 0;
@@ -474,6 +503,7 @@ TrainResult train_run(const TrainOptions& options) {
     double loss = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
+      m.dropout_key = (uint64_t)(step * o.grad_accum + k) * 0x9e3779b97f4a7c15ull + o.seed + (uint64_t)R;
       loss += m.forward(my_tokens, my_targets, Bl, T) / (double)(o.grad_accum * W);
       last_micro = k == o.grad_accum - 1;
       m.backward(1.0 / (double)(o.grad_accum * W));
@@ -554,19 +584,22 @@ TrainResult train_run(const TrainOptions& options) {
         }
         if (lead) {
           const std::string tmp = checkpoint_begin(o.out, done);
-          write_full_checkpoint(tmp, cfg, m.params.data(), opt.m.data(), opt.v.data(), head, tok_src);
+          if (o.finetune) write_adapter_checkpoint(tmp, m, opt.m.data(), opt.v.data(), head, tok_src);
+          else write_full_checkpoint(tmp, cfg, m.params.data(), opt.m.data(), opt.v.data(), head, tok_src);
           checkpoint_publish(o.out, done, o.keep);
         }
         if (fsdp) fsdp->release_all(), free_moments();
       }
       // A sample through the inference engine (a sharded checkpoint is no model directory).
-      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal) sample(o, done);
+      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal && !o.finetune)
+        sample(o, done);
     }
     t_log += clock::now() - t_pause;
     res.steps = done;
     if (stop) break;
   }
   res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent;
+  res.trained_params = m.n_params(), res.base_bytes = base_bytes;
   res.rss_end_bytes = current_rss_bytes();
   return res;
 }

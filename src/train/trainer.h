@@ -8,6 +8,7 @@
 
 #include "model/config.h"
 #include "train/adamw.h"
+#include "train/adapter.h"
 
 namespace llmq::train {
 
@@ -41,6 +42,12 @@ struct TrainOptions {
   // Checkpoint format (train/checkpoint.h): "sharded" (each rank writes its own file; the
   // default with fsdp) or "full" (a model directory + optimizer state, written by rank 0).
   std::string checkpoint_format = "auto";
+  // Fine-tuning (`llmq finetune`): adapters on the frozen base `model` (train/adapter.h);
+  // checkpoints are PEFT adapter directories. quantize_base: "" or rtn4/hqq4/... to quantize
+  // a float base as it is loaded.
+  bool finetune = false;
+  AdapterConfig adapter;
+  std::string quantize_base;
 };
 
 struct TrainResult {
@@ -53,6 +60,8 @@ struct TrainResult {
   uint64_t rss_end_bytes = 0;  // this rank's resident memory at the end (after the last step)
   std::string precision;    // of the linears' products ("f32", "bf16"), as resolved (a resume's)
   int stop_signal = 0;      // SIGINT/SIGTERM stopped the run (with a checkpoint at `steps`)
+  int64_t trained_params = 0;  // values the optimizer updates (all parameters, or the adapters')
+  uint64_t base_bytes = 0;     // fine-tuning: the frozen base's linears as held
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`

@@ -1,0 +1,28 @@
+// Fine-tuning support around the training model's adapter mode (llama_train.h): loading the
+// frozen base (float, quantized, or quantized while it is read) and adapter checkpoints
+// (a PEFT adapter directory plus train_state.bin).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "train/checkpoint.h"
+#include "train/llama_train.h"
+
+namespace llmq::train {
+
+// Fills m's frozen base from a model directory:
+//  - float (f32/bf16/f16) into m.base, or with `quantize` (rtn4, hqq4, ...; quant/quant_base.h)
+//    each linear quantized as it is read from the mapped file into m.qbase (one linear in f32
+//    at a time: the base is never in memory in float);
+//  - a quantized directory (GPTQ layout: RTN, GPTQ, AWQ, HQQ; llmq's FP8) as loaded: its linears
+//    into m.qbase, dequantized a block at a time for the products.
+// Returns the bytes the base's linears occupy as held (f32, or their quantized form).
+uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const std::string& quantize, bool progress);
+
+// An adapter checkpoint in `tmp`: adapter_config.json + adapter_model.safetensors (PEFT's
+// layout, f32) + train_state.bin (the trained values' AdamW moments) + the tokenizer.
+void write_adapter_checkpoint(const std::string& tmp, const LlamaTrain<float>& m, const float* mom, const float* v,
+                              const CheckpointHead& head, const std::string& tokenizer_src);
+CheckpointSource open_adapter_checkpoint(const std::string& dir, const ModelConfig& c, const AdapterConfig& a);
+
+}  // namespace llmq::train
