@@ -17,6 +17,7 @@
 #include "test_util.h"
 #include "train/adapter.h"
 #include "train/checkpoint.h"
+#include "train/finetune.h"
 #include "train/llama_train.h"
 
 namespace llmq {
@@ -137,6 +138,29 @@ TEST_P(AdapterRef, LossAndGradientsMatchPyTorch) {
       num = std::max(num, std::fabs(z - r)), den = std::max(den, std::fabs(r));
     }
   EXPECT_LE(num / den, 1e-9) << "logits";
+
+  // The inference engine with the adapter attached unmerged (what generate/eval/bench run):
+  // f32 products over K <= 192 and two blocks, ~1e-6 relative; bounded at 1e-4 of the
+  // largest logit, as the engine's own reference test does.
+  {
+    Model mm = model_load(oracle_base);
+    train::attach_adapter(mm, tmp / "ad");
+    double err = 0, big = 0;
+    for (int64_t b = 0; b < B; b++) {
+      KVCache cache = KVCache::create(cfg, 1, T);
+      Batch bt;
+      for (int64_t t = 0; t < T; t++) bt.add(tokens[b * T + t], 0, (int32_t)t, true);
+      Scratch sc;
+      const Tensor& lg = llama_forward(mm, cache, bt, sc);
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t v = 0; v < cfg.vocab_size; v++) {
+          const double r = ref[1 + P + (b * T + t) * cfg.vocab_size + v];
+          err = std::max(err, std::fabs((double)lg.host<float>()[t * cfg.vocab_size + v] - r));
+          big = std::max(big, std::fabs(r));
+        }
+    }
+    EXPECT_LE(err / big, 1e-4) << "inference logits with the adapter attached";
+  }
 
   // float32: each product rounds at ~6e-8 relative, summed over K <= 192 terms and two
   // blocks (sqrt(K) growth): ~1e-6, and gradients pass through the softmax and norms twice;

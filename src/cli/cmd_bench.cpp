@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "train/finetune.h"
 #include "core/progress.h"
 #include "io/hf_dir.h"
 #include "kernels/cpu/kernels.h"
@@ -51,13 +52,14 @@ void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "measure prefill and decode tokens/s and peak memory");
   struct Opts {
     std::vector<std::string> models;
-    std::string model;
+    std::string model, adapter;
     KvOption kv;
     int64_t prompt = 512, gen = 64, batch = 1, reps = 1;
     bool json = false, profile = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required()->transform(llmq::cli::kRunLatest);
+  cmd->add_option("--adapter", o->adapter, "an adapter directory (PEFT layout: LoRA/DoRA, llmq finetune or made elsewhere), applied unmerged" " to every model")->transform(llmq::cli::kRunLatest);
   o->kv.add(cmd);
   cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(llmq::cli::kPositive);
   cmd->add_option("--gen", o->gen, "tokens to decode per sequence")->check(llmq::cli::kNonNegative);
@@ -74,6 +76,7 @@ void register_bench(CLI::App& app) {
     using clock = std::chrono::steady_clock;
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     Model m = model_load(o->model, load_mode());
+    if (!o->adapter.empty()) train::attach_adapter(m, o->adapter);
     const ModelConfig& c = m.config;
     const KvType kv = o->kv.resolve(m);
     const int64_t ctx = o->prompt + o->gen;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "train/finetune.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
@@ -56,7 +57,7 @@ void register_eval(CLI::App& app) {
   cmd->require_subcommand(1);
   auto* ppl = cmd->add_subcommand("ppl", "perplexity over tokens in non-overlapping windows");
   struct Opts {
-    std::string model, quant;
+    std::string model, quant, adapter;
     TokenSource src;
     int64_t ctx = 0;
     bool json = false;
@@ -65,6 +66,7 @@ void register_eval(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   ppl->add_option("-m,--model", o->model, "model directory, .gguf file, or a training run (its latest checkpoint)")->required()->transform(llmq::cli::kRunLatest);
+  ppl->add_option("--adapter", o->adapter, "an adapter directory (PEFT layout: LoRA/DoRA, llmq finetune or made elsewhere), applied unmerged")->transform(llmq::cli::kRunLatest);
   o->src.add(ppl);
   ppl->add_option("--ctx", o->ctx, "window length in tokens (default: 512, or the model's context if smaller)");
   ppl->add_flag("--json", o->json, "print {\"tokens\", \"nll\", \"ppl\"} as JSON");
@@ -72,6 +74,7 @@ void register_eval(CLI::App& app) {
   ppl->add_option("--tp", o->tp, "tensor-parallel ranks (under mpirun -np N)")->check(llmq::cli::kPositive);
   ppl->callback([o] {
     Model m = model_load(o->model, load_mode());
+    if (!o->adapter.empty()) train::attach_adapter(m, o->adapter);
     const KvType kv = o->kv.resolve(m);
     shard_for_tp(m, o->tp, "eval ppl");
     std::vector<int32_t> toks = o->src.load(o->model, m.config);

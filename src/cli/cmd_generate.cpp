@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "train/finetune.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "dist/comm.h"
@@ -20,7 +21,7 @@ namespace llmq::cli {
 
 namespace {
 struct Opts {
-  std::string model, tokenizer, system, messages;
+  std::string model, adapter, tokenizer, system, messages;
   std::vector<std::string> prompts, stops;
   std::vector<int32_t> eos;
   GenerateOptions g;
@@ -135,6 +136,7 @@ void register_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "generate text from prompts, or chat");
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->model, "model directory, .gguf file, or a training run (its latest checkpoint)")->required()->transform(llmq::cli::kRunLatest);
+  cmd->add_option("--adapter", o->adapter, "an adapter directory (PEFT layout: LoRA/DoRA, llmq finetune or made elsewhere), applied unmerged")->transform(llmq::cli::kRunLatest);
   cmd->add_option("-p,--prompt", o->prompts, "prompt text (token ids with --ids or without a tokenizer); repeat for a batch");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory's)");
   cmd->add_flag("--ids", o->ids, "prompts and --stop are token ids, output is token ids");
@@ -190,6 +192,7 @@ void register_generate(CLI::App& app) {
       if (topk->count() == 0 && number("top_k")) o->g.sampling.top_k = gc["top_k"].get<int>();
     }
     Model m = model_load(o->model, load_mode());
+    if (!o->adapter.empty()) train::attach_adapter(m, o->adapter);
     o->g.kv_type = o->kv.resolve(m);
     shard_for_tp(m, o->tp, "generate");
     std::unique_ptr<Tokenizer> tok;

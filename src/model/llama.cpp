@@ -3,6 +3,8 @@
 // then the final norm and the output projection, for the rows whose logits are wanted.
 #include "model/llama.h"
 
+#include <cblas.h>
+
 #include <chrono>
 #include <cmath>
 
@@ -123,6 +125,23 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     }
   }
 
+  // An attached adapter's term on linear t of layer L: y += s (x A^T) B^T, then DoRA's y *= c.
+  auto lora = [&](const LlamaLayer& L, int t, Tensor& y, const Tensor& xin) {
+    const LoraLinear* a = L.lora[t].get();
+    if (!a) return;
+    const int64_t rows = xin.dim(0), in = a->A.dim(1), r = a->A.dim(0), out = a->B.dim(0);
+    std::vector<float> u((size_t)(rows * r));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)r, (int)in, 1.f, xin.host<float>(), (int)in,
+                a->A.host<float>(), (int)in, 0.f, u.data(), (int)r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)r, a->scale, u.data(), (int)r,
+                a->B.host<float>(), (int)r, 1.f, y.host<float>(), (int)out);
+    if (!a->c.empty()) {
+      float* yp = y.host<float>();
+      for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < out; j++) yp[i * out + j] *= a->c[j];
+    }
+  };
+
   op_embedding(x, w.embed, b.tokens);
   pc.mark(P::Other);
   const float eps = (float)c.norm_eps;
@@ -132,6 +151,7 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_rmsnorm(xb, x, L.attn_norm, eps);
     pc.mark(P::Norm);
     op_matmuls(xb, {{&q, &L.wq}, {&k, &L.wk}, {&v, &L.wv}});
+    lora(L, 0, q, xb), lora(L, 1, k, xb), lora(L, 2, v, xb);
     pc.mark(P::QKV);
     op_rope(q, cs, sn, c.head_dim);
     op_rope(k, cs, sn, c.head_dim);
@@ -142,6 +162,7 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
     pc.mark(P::Attention);
     op_matmul(xb, att, L.wo);
+    lora(L, 3, xb, att);
     if (m.partial_sum) m.partial_sum(xb);
     pc.mark(P::Wo);
     op_add(x, xb);
@@ -150,10 +171,12 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_rmsnorm(xb, x, L.ffn_norm, eps);
     pc.mark(P::Norm);
     op_matmuls(xb, {{&gate, &L.w_gate}, {&up, &L.w_up}});
+    lora(L, 4, gate, xb), lora(L, 5, up, xb);
     pc.mark(P::GateUp);
     op_swiglu(gate, gate, up);
     pc.mark(P::Swiglu);
     op_matmul(xb, gate, L.w_down);
+    lora(L, 6, xb, gate);
     if (m.partial_sum) m.partial_sum(xb);
     pc.mark(P::Down);
     op_add(x, xb);

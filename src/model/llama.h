@@ -1,7 +1,9 @@
 // The Llama model: weights, KV cache and the forward pass. Single-device, single-process:
 // parallelism (later) is applied from outside by splitting weights or assigning layers.
 #pragma once
+#include <array>
 #include <functional>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -14,6 +16,15 @@ namespace llmq {
 // q/k weight rows are kept in the Hugging Face order: within each head, rotary pairs are
 // (j, j + head_dim/2) ("rotate half"). Meta's checkpoints pair (2j, 2j+1); the two are the
 // same model after HF's row permutation, which the reference test checks.
+// An unmerged LoRA/DoRA adapter on one linear (train/adapter.h, attach_adapter): the product
+// becomes y = W x + s B (A x), and for DoRA then y *= c per output (c = magnitude /
+// ||W + s B A||, computed once at load from the weights as run).
+struct LoraLinear {
+  Tensor A, B;  // (r, in), (out, r) f32
+  float scale = 1;
+  std::vector<float> c;  // DoRA; empty: LoRA
+};
+
 struct LlamaLayer {
   Tensor attn_norm;  // (dim,) f32
   Tensor wq;         // (n_heads*head_dim, dim)
@@ -27,6 +38,8 @@ struct LlamaLayer {
   // Calibrated static KV-cache ranges, one per KV head (max |k| after rope, max |v|), from a
   // checkpoint's self_attn.k_scale / v_scale; empty: int8/fp8 caches scale each row by its own max.
   std::vector<float> k_amax, v_amax;
+  // Adapters on q, k, v, o, gate, up, down (in that order); null: none.
+  std::array<std::shared_ptr<const LoraLinear>, 7> lora;
 };
 
 struct LlamaWeights {

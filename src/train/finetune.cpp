@@ -105,4 +105,62 @@ CheckpointSource open_adapter_checkpoint(const std::string& dir, const ModelConf
   return s;
 }
 
+void attach_adapter(Model& m, const std::string& dir) {
+  if (m.partial_sum) fail("{}: adapters on a tensor-parallel model are not supported", dir);
+  const ModelConfig& c = m.config;
+  const AdapterConfig a = adapter_config_load(dir);
+  const std::vector<HfTensorSpec> specs = adapter_specs(c, a);
+  int64_t n = 0;
+  std::vector<int64_t> off;
+  for (const auto& s : specs) off.push_back(n), n += shape_numel(s.shape);
+  std::vector<float> flat((size_t)n);
+  adapter_reader(dir, c, a)(0, n, flat.data());
+  auto at = [&](const std::string& name) -> const float* {
+    for (size_t i = 0; i < specs.size(); i++)
+      if (specs[i].name == name) return flat.data() + off[i];
+    return nullptr;
+  };
+  auto f32 = [](const float* src, Shape shape) {
+    Tensor t = Tensor::empty(DType::F32, shape);
+    std::copy(src, src + shape_numel(shape), t.host<float>());
+    return t;
+  };
+  const std::string root = "base_model.model.model.";
+  for (int l = 0; l < c.n_layers; l++) {
+    LlamaLayer& L = m.weights.layers[l];
+    const Tensor* W[kBlockLinears] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+    const std::string pre = fmt::format("{}layers.{}.", root, l);
+    if (a.train_norms) {
+      L.attn_norm = f32(at(pre + "input_layernorm.weight"), {c.dim});
+      L.ffn_norm = f32(at(pre + "post_attention_layernorm.weight"), {c.dim});
+    }
+    for (int t = 0; t < kBlockLinears; t++) {
+      L.lora[t] = nullptr;
+      if (!a.targets[t]) continue;
+      const auto [in, out] = linear_shape(c, t);
+      const std::string mod = pre + kLinearModules[t];
+      auto ll = std::make_shared<LoraLinear>();
+      ll->A = f32(at(mod + ".lora_A.weight"), {a.rank, in});
+      ll->B = f32(at(mod + ".lora_B.weight"), {out, a.rank});
+      ll->scale = (float)a.scale();
+      if (a.dora) {
+        // c = m / ||W + s B A|| over the weights as the model runs them (dequantized).
+        std::vector<float> w((size_t)(in * out)), norm((size_t)out);
+        if (W[t]->quant()) dequantize_tensor_rows(*W[t], 0, out, w.data());
+        else {
+          const Tensor f = to_f32(*W[t]);
+          std::copy(f.host<float>(), f.host<float>() + in * out, w.data());
+        }
+        dora_weight_norms<float>(w.data(), ll->A.host<float>(), ll->B.host<float>(), a.rank, a.scale(), in, out,
+                                 norm.data());
+        const float* mag = at(mod + ".lora_magnitude_vector");
+        ll->c.resize((size_t)out);
+        for (int64_t j = 0; j < out; j++) ll->c[j] = norm[j] > 0 ? mag[j] / norm[j] : 0.f;
+      }
+      L.lora[t] = std::move(ll);
+    }
+  }
+  if (a.train_norms) m.weights.norm = f32(at(root + "norm.weight"), {c.dim});
+}
+
 }  // namespace llmq::train

@@ -25,4 +25,10 @@ void write_adapter_checkpoint(const std::string& tmp, const LlamaTrain<float>& m
                               const CheckpointHead& head, const std::string& tokenizer_src);
 CheckpointSource open_adapter_checkpoint(const std::string& dir, const ModelConfig& c, const AdapterConfig& a);
 
+// Attaches a PEFT adapter directory (llmq's, or one made elsewhere) to a loaded model for
+// inference, unmerged (LoraLinear in model/llama.h; trained norms replace the model's). Works
+// on float and quantized bases; DoRA's scales come from the weights as the model runs them.
+// Fails naming the file when the adapter does not fit the model.
+void attach_adapter(Model& m, const std::string& dir);
+
 }  // namespace llmq::train

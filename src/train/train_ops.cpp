@@ -277,6 +277,32 @@ bool pack_weight_bf16(const float* W, int64_t M, int64_t K, bool transposed, std
 }
 
 namespace {
+template <class T>
+double row_sq(const T* w, int64_t in);
+template <class T>
+T row_norm(double sq);
+}  // namespace
+
+template <class T>
+void dora_weight_norms(const T* W, const T* A, const T* B, int64_t r, double s, int64_t in, int64_t out, T* norm) {
+  std::vector<T> P((size_t)(out * r)), G((size_t)(r * r));
+  gemm(false, true, out, r, in, W, in, A, in, T(0), P.data(), r);
+  gemm(false, true, r, r, in, A, in, A, in, T(0), G.data(), r);
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < out; j++) {
+    const T* b = B + j * r;
+    double bp = 0, bgb = 0;
+    for (int64_t k = 0; k < r; k++) {
+      bp += (double)b[k] * (double)P[j * r + k];
+      double gk = 0;
+      for (int64_t l = 0; l < r; l++) gk += (double)G[k * r + l] * (double)b[l];
+      bgb += (double)b[k] * gk;
+    }
+    norm[j] = row_norm<T>(row_sq(W + j * in, in) + 2 * s * bp + s * s * bgb);
+  }
+}
+
+namespace {
 // ||W_j||^2 in double, in one fixed order (the initial DoRA magnitude and every forward's
 // norm must agree to the bit).
 template <class T>
@@ -306,27 +332,10 @@ const T* adapter_input(const T* x, int64_t N, int64_t in, const Adapter<T>& a, s
 // and c_j = mag_j / norm_j (0 for a zero row), without forming B A.
 template <class T>
 void dora_scales(const T* W, const Adapter<T>& a, int64_t in, int64_t out) {
-  const int64_t r = a.r;
-  std::vector<T> P((size_t)(out * r)), G((size_t)(r * r));
-  gemm(false, true, out, r, in, W, in, a.A, in, T(0), P.data(), r);
-  gemm(false, true, r, r, in, a.A, in, a.A, in, T(0), G.data(), r);
   AdapterSaved<T>& sv = *a.saved;
   sv.norm.resize((size_t)out), sv.c.resize((size_t)out);
-  const double s = a.scale;
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < out; j++) {
-    const T* b = a.B + j * r;
-    double bp = 0, bgb = 0;
-    for (int64_t k = 0; k < r; k++) {
-      bp += (double)b[k] * (double)P[j * r + k];
-      double gk = 0;
-      for (int64_t l = 0; l < r; l++) gk += (double)G[k * r + l] * (double)b[l];
-      bgb += (double)b[k] * gk;
-    }
-    const T n = row_norm<T>(row_sq(W + j * in, in) + 2 * s * bp + s * s * bgb);
-    sv.norm[j] = n;
-    sv.c[j] = n > T(0) ? a.mag[j] / n : T(0);
-  }
+  dora_weight_norms(W, a.A, a.B, a.r, a.scale, in, out, sv.norm.data());
+  for (int64_t j = 0; j < out; j++) sv.c[j] = sv.norm[j] > T(0) ? a.mag[j] / sv.norm[j] : T(0);
 }
 
 // y holds W x; adds the adapter's term (Adapter above) and saves what backward needs.
@@ -755,6 +764,8 @@ void cross_entropy_backward(T* logits, const T* lse, const int32_t* targets, int
   template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Precision,    \
                                    const uint16_t*);                                                              \
   template void dora_row_norms<T>(const T*, int64_t, int64_t, T*);                                               \
+  template void dora_weight_norms<T>(const T*, const T*, const T*, int64_t, double, int64_t, int64_t, T*);          \
+                                              \
   template void linear_forward<T>(T*, const T*, const Linear<T>&, int64_t);                                       \
   template void linear_backward<T>(T*, const T*, const T*, const Linear<T>&, int64_t);                            \
   template void add_into<T>(T*, const T*, int64_t);                                                               \

@@ -99,6 +99,9 @@ struct Linear {
 // one for a quantized base), summed exactly as forward sums them, so a fresh DoRA adapter
 // (B = 0) scales every row by exactly 1 and changes no output bit.
 template <class T> void dora_row_norms(const T* W, int64_t out, int64_t in, T* norm);
+// ||W_j + s (B A)_j|| for every row j of W (out, in), A (r, in), B (out, r), without forming B A.
+template <class T>
+void dora_weight_norms(const T* W, const T* A, const T* B, int64_t r, double s, int64_t in, int64_t out, T* norm);
 template <class T> void linear_forward(T* y, const T* x, const Linear<T>& L, int64_t N);
 // dx (N, in) assigned (nullptr: not needed); L.dW += dy^T x.
 template <class T> void linear_backward(T* dx, const T* dy, const T* x, const Linear<T>& L, int64_t N);
