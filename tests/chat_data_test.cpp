@@ -198,6 +198,70 @@ TEST(DataPrepare, JsonlAndBadInput) {
   EXPECT_EQ(token_dataset_open(o.out_dir).train.tokens, 0);
 }
 
+// Chat data: the stored tokens decode to the rendered conversations, and exactly the assistant
+// turns (their content and the template's <|eot_id|>) are unmasked targets; bad lines fail
+// naming file and line.
+TEST(DataPrepare, ChatLossMask) {
+  test::TempDir t("chat");
+  const std::string tdir = kRoot + "/models/llama3-tokenizer";
+  auto tok = tokenizer_load(tdir);
+  PrepareOptions o;
+  o.out_dir = t / "out";
+  o.progress = false;
+  o.val_fraction = 0;
+  o.format = "chat";
+  o.chat_template = chat_template_find(tdir);
+  ASSERT_FALSE(o.chat_template.empty());
+  o.bos_text = "<|begin_of_text|>";
+  const std::vector<ChatMessage> c1 = {{"system", "Be brief."}, {"user", "Hi!"}, {"assistant", "Hello."},
+                                       {"user", "Sum 2+2?"}, {"assistant", "4, of course."}};
+  const std::vector<ChatMessage> c2 = {{"user", "One more"}, {"assistant", "Sure: \u00e9t\u00e9"}};
+  auto line = [](const std::vector<ChatMessage>& c) {
+    json j = {{"messages", json::array()}};
+    for (const auto& m : c) j["messages"].push_back({{"role", m.role}, {"content", m.content}});
+    return j.dump() + "\n";
+  };
+  write_file_atomic(t / "c.jsonl", line(c1) + "\n" + line(c2));
+  o.inputs = {t / "c.jsonl"};
+  const PrepareStats st = data_prepare(*tok, o);
+  EXPECT_EQ(st.documents, 2);
+  const TokenDataset d = token_dataset_open(o.out_dir);
+  EXPECT_TRUE(d.manifest.loss_mask);
+  const auto& sh = d.train.shards.at(0);
+  std::vector<int32_t> all, trained;
+  std::string spans;  // the unmasked runs, each decoded on its own, joined by '|'
+  for (int64_t i = 0; i < sh.tokens; i++) {
+    const uint32_t v = sh.ids()[i];
+    all.push_back((int32_t)(v & ~kLossMaskBit));
+    if (!(v & kLossMaskBit)) trained.push_back((int32_t)v);
+    const bool end = !(v & kLossMaskBit) && (i + 1 == sh.tokens || (sh.ids()[i + 1] & kLossMaskBit));
+    if (end) spans += tok->decode(trained) + "|", trained.clear();
+  }
+  // This Llama 3 template ends every rendering with the assistant header, asked for or not;
+  // the data stops where the conversation's last message does.
+  auto rendered = [&](const std::vector<ChatMessage>& c) {
+    std::string r = chat_render(c, o.chat_template, o.bos_text, false);
+    const std::string gen = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    EXPECT_EQ(r.substr(r.size() - gen.size()), gen);
+    return r.substr(0, r.size() - gen.size());
+  };
+  EXPECT_EQ(tok->decode(all), rendered(c1) + rendered(c2));
+  EXPECT_EQ(spans, "Hello.<|eot_id|>|4, of course.<|eot_id|>|Sure: \u00e9t\u00e9<|eot_id|>|");
+  EXPECT_EQ(st.target_tokens, (int64_t)(tok->encode("Hello.<|eot_id|>", true).size() +
+                                        tok->encode("4, of course.<|eot_id|>", true).size() +
+                                        tok->encode("Sure: \u00e9t\u00e9<|eot_id|>", true).size()));
+  auto expect_error = [&](const std::string& contents, const std::string& needle) {
+    write_file_atomic(t / "bad.jsonl", contents);
+    o.inputs = {t / "bad.jsonl"};
+    o.out_dir = t / "bad_out";
+    test::expect_error_containing([&] { data_prepare(*tok, o); }, contents, {needle.c_str()});
+  };
+  expect_error(line(c1) + "{\"text\": \"no messages\"}\n", "bad.jsonl:2: no \"messages\" list");
+  expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n", "bad.jsonl:1: the conversation has no assistant");
+  expect_error("{\"messages\": [{\"role\": \"user\"}]}\n", "bad.jsonl:1: message 1 needs a string");
+  expect_error("not json\n", "bad.jsonl:1: not a JSON object");
+}
+
 TEST(DataPrepare, DamagedDirectoriesFailClearly) {
   test::TempDir t("damaged");
   auto tok = tokenizer_load(kRoot + "/models/llama3-tokenizer");

@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "tokenizer/chat.h"
 #include "core/output_dir.h"
 #include "data/prepare.h"
 #include "tokenizer/tokenizer.h"
@@ -21,7 +22,12 @@ void register_data(CLI::App& app) {
   prep->add_option("--val-fraction", o->val_fraction, "share of documents held out for validation (default 0.01)")
       ->check(CLI::Range(0.0, 0.999));
   prep->add_option("--seed", o->seed, "seed of the train/validation split");
-  prep->add_option("--format", o->format, "auto (by extension), text or jsonl")->check(CLI::IsMember({"auto", "text", "jsonl"}));
+  prep->add_option("--format", o->format,
+                   "auto (by extension), text, jsonl, or chat: JSONL conversations {\"messages\": [{\"role\", \"content\"}, "
+                   "...]} rendered with the tokenizer's chat_template (tokenizer_config.json; else the Llama 3 format), "
+                   "trained only on the assistant turns (a loss mask; conversations follow each other in the token "
+                   "stream, so a training window may span two of them and attend across)")
+      ->check(CLI::IsMember({"auto", "text", "jsonl", "chat"}));
   prep->add_option("--docs", o->docs, "text documents: lines (one per line), blank (blank-line separated) or file")
       ->check(CLI::IsMember({"lines", "blank", "file"}));
   prep->add_option("--text-field", o->text_field, "JSONL field with the text (default \"text\")");
@@ -35,6 +41,13 @@ void register_data(CLI::App& app) {
                  "temporary name and swapped in, so an interrupted run leaves the previous dataset intact)");
   prep->callback([o, tok_path, json, no_bos, no_eos, overwrite] {
     auto tok = tokenizer_load(*tok_path);
+    if (o->format == "chat") {
+      o->chat_template = chat_template_find(*tok_path);
+      o->bos_text = tok->bos_id >= 0 ? tok->token_bytes(tok->bos_id) : "";
+      if (o->chat_template.empty() && !*json)
+        fmt::print(stderr, "note: {} has no chat_template in tokenizer_config.json; rendering with the Llama 3 chat format\n",
+                   *tok_path);
+    }
     o->bos = !*no_bos;
     o->eos = !*no_eos;
     o->progress = !*json;
@@ -54,6 +67,7 @@ void register_data(CLI::App& app) {
                                         {"train_documents", s.train_docs},
                                         {"val_documents", s.val_docs},
                                         {"seconds", s.seconds},
+                                        {"target_tokens", o->format == "chat" ? nlohmann::json(s.target_tokens) : nlohmann::json()},
                                         {"mb_per_s", mbs}}
                              .dump());
       return;
@@ -61,6 +75,9 @@ void register_data(CLI::App& app) {
     fmt::print("wrote {}: {} document{} ({} train, {} val), {} train tokens, {} val tokens, {:.1f} MB in {:.2f}s ({:.1f} MB/s)\n",
                o->out_dir, s.documents, s.documents == 1 ? "" : "s", s.train_docs, s.val_docs, s.train_tokens,
                s.val_tokens, s.bytes / 1e6, s.seconds, mbs);
+    if (o->format == "chat")
+      fmt::print("chat: {} of {} tokens ({:.1f}%) are assistant turns, the only ones trained on\n", s.target_tokens,
+                 s.train_tokens + s.val_tokens, 100.0 * (double)s.target_tokens / std::max<double>(1, s.train_tokens + s.val_tokens));
     if (s.val_docs == 0 && o->val_fraction > 0)
       fmt::print(stderr, "llmq: warning: the validation split is empty; raise --val-fraction\n");
   });

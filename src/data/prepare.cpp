@@ -2,6 +2,8 @@
 // train/validation split by a seeded hash of the document index, atomic shard writes.
 #include "data/prepare.h"
 
+#include "tokenizer/chat.h"
+
 #include <zlib.h>
 
 #include <algorithm>
@@ -80,8 +82,10 @@ class DocReader {
       const auto ext = p.extension().string();
       fmt = (ext == ".jsonl" || ext == ".json") ? "jsonl" : "text";
     }
-    jsonl_ = fmt == "jsonl";
+    jsonl_ = fmt == "jsonl" || fmt == "chat";
+    chat_ = fmt == "chat";
   }
+  int64_t line() const { return line_no_; }
   // Next document into `doc`; false at the end. `bytes` accumulates bytes consumed.
   bool next(std::string& doc, int64_t& bytes) {
     doc.clear();
@@ -100,7 +104,7 @@ class DocReader {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (jsonl_) {
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        doc = jsonl_text(line);
+        doc = chat_ ? std::move(line) : jsonl_text(line);  // chat lines are parsed where they are encoded
         return true;
       }
       if (o_.docs == "lines") {
@@ -137,9 +141,71 @@ class DocReader {
   const PrepareOptions& o_;
   std::unique_ptr<std::streambuf> buf_;
   std::istream in_;
-  bool jsonl_ = false, done_ = false;
+  bool jsonl_ = false, chat_ = false, done_ = false;
   int64_t line_no_ = 0;
 };
+
+// One chat JSONL line -> token ids, prompt tokens with kLossMaskBit. The conversation is
+// rendered with the template up to each assistant turn (with the generation prompt) and
+// through it: what the turn adds is trained on, the rest is not. Each piece is encoded on
+// its own (with special tokens), so pieces split where the template's markup does.
+std::vector<uint32_t> encode_chat(const Tokenizer& tok, const std::string& line, const std::string& where,
+                                  const PrepareOptions& o, int64_t* targets) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("{}: not a JSON object (chat JSONL needs one object per line)", where);
+  if (!j.contains("messages") || !j["messages"].is_array() || j["messages"].empty())
+    fail("{}: no \"messages\" list (chat JSONL lines are {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}})",
+         where);
+  std::vector<ChatMessage> msgs;
+  bool any = false;
+  for (const auto& m : j["messages"]) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string())
+      fail("{}: message {} needs a string \"role\" and a string \"content\"", where, msgs.size() + 1);
+    msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    any = any || msgs.back().role == "assistant";
+  }
+  if (!any) fail("{}: the conversation has no assistant message, so nothing in it would be trained on", where);
+  std::vector<uint32_t> out;
+  auto add = [&](const std::string& text, bool train) {
+    const std::vector<int32_t> v = tok.encode(text, true);
+    for (int32_t id : v) out.push_back(train ? (uint32_t)id : (uint32_t)id | kLossMaskBit);
+    if (train) *targets += (int64_t)v.size();
+  };
+  const auto broken = [&] {
+    fail("{}: the chat template does not render this conversation turn by turn (a rendering up to a turn is not a prefix "
+         "of the one through it), so the assistant tokens cannot be found", where);
+  };
+  // Some templates end every rendering with the generation prompt, asked for or not (the
+  // first Llama 3 Instruct template does): what a rendering of no messages gives, when a
+  // rendering ends with it, is cut off, so a turn ends where its message does.
+  std::string always;
+  try {
+    always = chat_render({}, o.chat_template, o.bos_text, false);
+  } catch (const std::exception&) {
+  }
+  auto render = [&](const std::vector<ChatMessage>& m) {
+    std::string r = chat_render(m, o.chat_template, o.bos_text, false);
+    if (!always.empty() && r.size() > always.size() && r.compare(r.size() - always.size(), always.size(), always) == 0)
+      r.resize(r.size() - always.size());
+    return r;
+  };
+  std::string cur;
+  for (size_t i = 0; i < msgs.size(); i++) {
+    if (msgs[i].role != "assistant") continue;
+    const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + (long)i), through(msgs.begin(), msgs.begin() + (long)i + 1);
+    const std::string P = chat_render(before, o.chat_template, o.bos_text, true);
+    const std::string Q = render(through);
+    if (P.compare(0, cur.size(), cur) != 0 || Q.compare(0, P.size(), P) != 0) broken();
+    add(P.substr(cur.size()), false);
+    add(Q.substr(P.size()), true);
+    cur = Q;
+  }
+  const std::string all = render(msgs);
+  if (all.compare(0, cur.size(), cur) != 0) broken();
+  if (all.size() > cur.size()) add(all.substr(cur.size()), false);
+  return out;
+}
 
 // Appends whole documents to numbered shard files of one split.
 class ShardWriter {
@@ -195,7 +261,9 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
   if (o.inputs.empty()) fail("data prepare: give at least one --input file");
   if (o.val_fraction < 0 || o.val_fraction >= 1) fail("data prepare: --val-fraction must be in [0, 1)");
   if (o.docs != "lines" && o.docs != "blank" && o.docs != "file") fail("data prepare: --docs must be lines, blank or file");
-  if (o.format != "auto" && o.format != "text" && o.format != "jsonl") fail("data prepare: --format must be auto, text or jsonl");
+  if (o.format != "auto" && o.format != "text" && o.format != "jsonl" && o.format != "chat")
+    fail("data prepare: --format must be auto, text, jsonl or chat");
+  const bool chat = o.format == "chat";
   // Inputs: files, and directories walked (recursively, in name order, hidden files skipped).
   std::vector<std::string> inputs;
   for (const auto& f : o.inputs) {
@@ -234,14 +302,20 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
   ShardWriter train(o.out_dir, "train", o.shard_tokens), val(o.out_dir, "val", o.shard_tokens);
   PrepareStats st;
   Progress bar("data prepare", total, o.progress);
-  std::vector<std::string> batch;
+  std::vector<std::string> batch, where;
   std::vector<std::vector<uint32_t>> ids;
+  std::vector<int64_t> targets;
   auto flush = [&] {
     ids.assign(batch.size(), {});
+    targets.assign(batch.size(), 0);
     std::string err;
 #pragma omp parallel for schedule(dynamic, 1)
     for (size_t i = 0; i < batch.size(); i++) {
       try {
+        if (chat) {
+          ids[i] = encode_chat(tok, batch[i], where[i], o, &targets[i]);
+          continue;
+        }
         auto v = tok.encode(batch[i], false);
         auto& d = ids[i];
         d.reserve(v.size() + 2);
@@ -254,12 +328,14 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
       }
     }
     if (!err.empty()) throw Error(err);
+    for (int64_t t : targets) st.target_tokens += t;
     for (size_t i = 0; i < batch.size(); i++) {
       const int64_t index = st.documents++;
       const bool is_val = (double)(splitmix64(o.seed * 0x100000001b3ull + (uint64_t)index) >> 11) * 0x1.0p-53 < o.val_fraction;
       (is_val ? val : train).add(ids[i]);
     }
     batch.clear();
+    where.clear();
     bar.update((uint64_t)st.bytes);
   };
   int64_t batch_bytes = 0;
@@ -273,6 +349,7 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
       }
       batch_bytes += (int64_t)doc.size();
       batch.push_back(std::move(doc));
+      if (chat) where.push_back(fmt::format("{}:{}", f, r.line()));
       if (batch_bytes >= o.batch_bytes) flush(), batch_bytes = 0;
     }
   }
@@ -285,6 +362,7 @@ PrepareStats data_prepare(const Tokenizer& tok, const PrepareOptions& o) {
   m.vocab_size = tok.vocab_size();
   m.bos_id = bos;
   m.eos_id = eos;
+  m.loss_mask = chat;
   m.train = train.finish();
   m.val = val.finish();
   write_file_atomic((fs::path(o.out_dir) / "manifest.json").string(), m.to_json());

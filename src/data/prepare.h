@@ -12,7 +12,11 @@ namespace llmq {
 struct PrepareOptions {
   std::vector<std::string> inputs;
   std::string out_dir;
-  std::string format = "auto";  // auto (by extension: .jsonl/.json -> jsonl) | text | jsonl
+  std::string format = "auto";  // auto (by extension: .jsonl/.json -> jsonl) | text | jsonl | chat
+  // chat: JSONL lines {"messages": [{"role", "content"}, ...]} rendered with this template ("":
+  // the built-in Llama 3 format) and BOS text; only assistant turns (their content and the
+  // template's end-of-turn) are targets, the rest is stored with kLossMaskBit (data/shards.h).
+  std::string chat_template, bos_text;
   std::string docs = "lines";   // text: "lines" (one document per line), "blank" (blank-line
                                 // separated paragraphs), "file" (one document per file)
   std::string text_field = "text";  // JSONL field holding a document
@@ -27,6 +31,7 @@ struct PrepareOptions {
 struct PrepareStats {
   int64_t bytes = 0, documents = 0, empty_documents = 0, train_tokens = 0, val_tokens = 0, train_docs = 0,
           val_docs = 0;
+  int64_t target_tokens = 0;  // chat: tokens trained on (assistant turns), both splits
   double seconds = 0;
 };
 

@@ -59,6 +59,7 @@ std::string ShardManifest::to_json() const {
                         {"bos_id", bos_id},
                         {"eos_id", eos_id}}},
                       {"splits", {{"train", split_json(train)}, {"val", split_json(val)}}}};
+  if (loss_mask) j["loss_mask"] = true;
   return j.dump(2) + "\n";
 }
 
@@ -102,6 +103,10 @@ ShardManifest ShardManifest::parse_checked(const std::string& text, const std::s
   m.eos_id = id("eos_id");
   if (!j.contains("splits") || !j["splits"].is_object() || !j["splits"].contains("train") || !j["splits"].contains("val"))
     fail("{}: \"splits\" must hold \"train\" and \"val\"", path);
+  if (j.contains("loss_mask")) {
+    if (!j["loss_mask"].is_boolean()) fail("{}: \"loss_mask\" must be true or false", path);
+    m.loss_mask = j["loss_mask"].get<bool>();
+  }
   m.train = split_parse(j["splits"]["train"], path, "train");
   m.val = split_parse(j["splits"]["val"], path, "val");
   return m;

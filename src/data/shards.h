@@ -15,6 +15,10 @@
 namespace llmq {
 
 constexpr const char* kShardFormat = "llmq-tokens-v1";
+// Chat data (`data prepare --format chat`, manifest "loss_mask": true): a token that is not
+// to be predicted (system and user turns, headers) is stored with this bit set; its id is
+// the value without it. Training reads such a token as input and never as a target.
+constexpr uint32_t kLossMaskBit = 0x80000000u;
 
 struct ShardInfo {
   std::string file;  // .bin, relative to the directory
@@ -31,6 +35,7 @@ struct ShardManifest {
   std::string tokenizer_fingerprint, tokenizer_kind, tokenizer_source;
   int64_t vocab_size = 0;
   int32_t bos_id = -1, eos_id = -1;
+  bool loss_mask = false;  // ids may carry kLossMaskBit
   SplitInfo train, val;
   std::string to_json() const;
   // Validates every field; errors name `path`.

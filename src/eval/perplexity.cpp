@@ -138,7 +138,7 @@ std::vector<int32_t> data_split_tokens(const std::string& dir, const std::string
   std::vector<int32_t> out;
   for (const auto& sh : s.shards)
     for (int64_t i = 0; i < sh.tokens && (max_tokens <= 0 || (int64_t)out.size() < max_tokens); i++)
-      out.push_back((int32_t)sh.ids()[i]);
+      out.push_back((int32_t)(sh.ids()[i] & ~kLossMaskBit));  // chat data: every token counts here
   if (out.empty()) fail("{}: the {} split has no tokens", dir, split);
   return out;
 }

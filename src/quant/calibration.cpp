@@ -94,10 +94,11 @@ CalibData calib_load(const CalibOptions& o, const std::string& model_dir, int64_
       const uint32_t* ids = sp.shards[k].ids() + off;
       std::vector<int32_t> w((size_t)o.seq_len);
       for (int64_t i = 0; i < o.seq_len; i++) {
-        if ((int64_t)ids[i] >= vocab)
+        const uint32_t id = ids[i] & ~kLossMaskBit;  // chat data: the mask does not matter here
+        if ((int64_t)id >= vocab)
           fail("{}: token id {} is outside the model's vocabulary of {} (data prepared with another tokenizer?)",
-               o.source, ids[i], vocab);
-        w[i] = (int32_t)ids[i];
+               o.source, id, vocab);
+        w[i] = (int32_t)id;
       }
       d.seqs.push_back(std::move(w));
     }

@@ -394,13 +394,22 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
   pack_head(false);
   call(hooks.done_forward, head);
   if (tied) call(hooks.done_forward, 0);
-  if (n_valid_ == 0) fail("training: a batch with no targets");
-  return sum / (double)n_valid_;
+  // A batch with no targets (chat data: windows inside prompts) has loss 0 and no gradient.
+  no_targets_ = n_valid_ == 0;
+  return no_targets_ ? 0.0 : sum / (double)n_valid_;
 }
 
 template <class F>
 void LlamaTrain<F>::backward(double loss_scale) {
-  LLMQ_CHECK(B_ > 0 && n_valid_ > 0);
+  LLMQ_CHECK(B_ > 0 && (n_valid_ > 0 || no_targets_));
+  if (no_targets_) {  // nothing to learn from; the units' hooks still run (FSDP, DDP overlap)
+    for (int u = config.n_layers + 1; u >= 0; u--) {
+      if (hooks.gather) hooks.gather(u);
+      if (hooks.done_backward) hooks.done_backward(u);
+    }
+    no_targets_ = false;
+    return;
+  }
   const ModelConfig& c = config;
   const int64_t B = B_, Tn = T_, N = B * Tn, C = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim,
                 FF = c.ffn_dim, V = c.vocab_size;

@@ -149,6 +149,7 @@ struct LlamaTrain {
   bool recompute_ = false;
   Precision precision_ = Precision::F32;
   int64_t B_ = 0, T_ = 0, n_valid_ = 0;
+  bool no_targets_ = false;
   std::vector<int32_t> tokens_, targets_, pos_;
   std::vector<F> cos_, sin_;  // (Tn, hd/2)
   std::vector<Acts> acts_;  // with recompute, only x_in is kept per layer

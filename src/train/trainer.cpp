@@ -61,7 +61,7 @@ struct TokenStream {
       uint32_t mx = 0;
       int64_t at = 0;
       for (int64_t i = 0; i < sh.tokens; i++)
-        if (ids[i] > mx) mx = ids[i], at = i;
+        if ((ids[i] & ~kLossMaskBit) > mx) mx = ids[i] & ~kLossMaskBit, at = i;
       if ((int64_t)mx >= vocab)
         fail("{}: token id {} at position {} of a shard is outside the model's vocabulary ({}); prepare the data with the "
              "model's tokenizer", d, mx, at, vocab);
@@ -71,11 +71,20 @@ struct TokenStream {
     size_t k = std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin() - 1;
     for (int64_t i = 0; i < n; i++, pos++) {
       while (pos >= starts[k] + split->shards[k].tokens) k++;
-      uint32_t id = split->shards[k].ids()[pos - starts[k]];
+      const uint32_t raw = split->shards[k].ids()[pos - starts[k]], id = raw & ~kLossMaskBit;
       if ((int64_t)id >= vocab)
         fail("{}: token id {} in the data is outside the model's vocabulary ({}); prepare the data with the model's tokenizer",
              dir, id, vocab);
-      out[i] = (int32_t)id;
+      out[i] = (int32_t)raw;  // with the mask bit: to_window() splits it
+    }
+  }
+  // A window of T+1 stored tokens -> T inputs and T targets; a target stored with the loss
+  // mask bit (chat data's prompt tokens) is -1, ignored by the loss.
+  static void to_window(const std::vector<int32_t>& w, int64_t T, int32_t* tokens, int32_t* targets) {
+    for (int64_t t = 0; t < T; t++) {
+      tokens[t] = (int32_t)((uint32_t)w[t] & ~kLossMaskBit);
+      const uint32_t nx = (uint32_t)w[t + 1];
+      targets[t] = nx & kLossMaskBit ? -1 : (int32_t)nx;
     }
   }
   // B windows of T+1 tokens. The stream is cut into W = (total-1)/T windows, visited in a
@@ -88,8 +97,7 @@ struct TokenStream {
       const int64_t epoch = *cursor / W, i = *cursor % W;
       if (epoch != perm_epoch || (int64_t)perm.size() != W) shuffle(W, epoch, seed);
       read(perm[i] * T, T + 1, w.data());
-      std::copy(w.begin(), w.end() - 1, tokens + b * T);
-      std::copy(w.begin() + 1, w.end(), targets + b * T);
+      to_window(w, T, tokens + b * T, targets + b * T);
     }
   }
   // Validation: the first B windows in order, no shuffling.
@@ -98,8 +106,7 @@ struct TokenStream {
     for (int64_t b = 0; b < B; b++) {
       if (*cursor + T + 1 > total) *cursor = 0;
       read(*cursor, T + 1, w.data());
-      std::copy(w.begin(), w.end() - 1, tokens + b * T);
-      std::copy(w.begin() + 1, w.end(), targets + b * T);
+      to_window(w, T, tokens + b * T, targets + b * T);
       *cursor += T;
     }
   }
