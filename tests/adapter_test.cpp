@@ -19,6 +19,9 @@
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 #include "train/llama_train.h"
+#include "train/trainer.h"
+#include "data/prepare.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmq {
 namespace {
@@ -217,6 +220,52 @@ TEST(Adapter, FreshAdapterChangesNoBit) {
   }
 }
 
+// The other direction of PEFT compatibility: an adapter llmq writes (save_adapter, as its
+// fine-tuning checkpoints are) read by the PyTorch script gives the logits llmq's engine
+// computes with it attached.
+TEST(Adapter, LlmqAdapterReadByTheScript) {
+  test::TempDir tmp("adapter_readback");
+  const ModelConfig cfg = config_preset("tiny");
+  model_save(tmp / "m", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
+  train::AdapterConfig ac;
+  ac.dora = true, ac.rank = 6, ac.alpha = 3, ac.rslora = true, ac.train_norms = true;
+  ac.targets = train::parse_targets("q_proj,o_proj,up_proj,down_proj");
+  train::LlamaTrain<float> m(cfg, ac);
+  m.fill(test::test_fill(cfg, 11));
+  m.init_adapters(3);
+  // As if trained: every value moved (B away from zero, magnitudes and norms off their start).
+  for (int64_t i = 0; i < m.n_params(); i++) m.params[i] += (float)(0.05 * rng_normal(41, (uint64_t)i));
+  train::save_adapter(tmp / "ad", ac, m.specs, m.offsets, m.params.data());
+  const int64_t T = 13;
+  std::vector<int32_t> tokens(T), targets(T, 1);
+  for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(rng_uniform(42, i) * 512);
+  json batch = {{"tokens", {tokens}}, {"targets", {targets}}, {"names", json::array()}};
+  std::ofstream(tmp / "batch.json") << batch.dump();
+  const std::string cmd = fmt::format("{} {}/tests/oracle/adapter_ref.py ref {} {} {} {}", kPython, LLMQ_SOURCE_DIR,
+                                      tmp / "m", tmp / "ad", tmp / "batch.json", tmp / "ref.bin");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_text_file(tmp / "ref.bin");
+  ASSERT_EQ(bytes.size(), (size_t)(1 + T * cfg.vocab_size) * 8);
+  std::vector<double> ref(bytes.size() / 8);
+  std::memcpy(ref.data(), bytes.data(), bytes.size());
+  Model mm = model_load(tmp / "m");
+  train::attach_adapter(mm, tmp / "ad");
+  KVCache cache = KVCache::create(cfg, 1, T);
+  Batch bt;
+  for (int64_t t = 0; t < T; t++) bt.add(tokens[t], 0, (int32_t)t, true);
+  Scratch sc;
+  const Tensor& lg = llama_forward(mm, cache, bt, sc);
+  double err = 0, big = 0;
+  for (int64_t i = 0; i < T * cfg.vocab_size; i++)
+    err = std::max(err, std::fabs((double)lg.host<float>()[i] - ref[1 + i])), big = std::max(big, std::fabs(ref[1 + i]));
+  EXPECT_LE(err / big, 1e-4);  // f32 engine against float64, as above
+  // And the training model's loss on the same window agrees with the script's.
+  train::LlamaTrain<double> m64(cfg, ac);
+  m64.fill(test::test_fill(cfg, 11));
+  std::copy(m.params.begin(), m.params.end(), m64.params.begin());
+  EXPECT_NEAR(m64.forward(tokens.data(), targets.data(), 1, T), ref[0], 1e-9 * std::fabs(ref[0]));
+}
+
 // Bad adapter files: one clear error each, naming the file and what is wrong.
 TEST(Adapter, BadAdaptersFailClearly) {
   test::TempDir tmp("adapter_bad");
@@ -265,6 +314,63 @@ TEST(Adapter, BadAdaptersFailClearly) {
   train::AdapterConfig a;
   a.alpha = 0;
   test::expect_error_containing([&] { a.check(); }, "alpha 0", {"alpha"});
+}
+
+}  // namespace
+}  // namespace llmq
+
+namespace llmq {
+namespace {
+
+// Fine-tuning through the training loop: N steps == N/2, a stop and a resume, bit for bit
+// (DoRA with dropout on an HQQ-4 base quantized while loading, gradient accumulation); the
+// checkpoint is a PEFT adapter the engine attaches; a resume with another rank is refused.
+TEST(Finetune, ResumeIsBitwiseIdentical) {
+  test::TempDir tmp("finetune");
+  std::string text;
+  for (int i = 0; i < 40; i++) text += "Entry " + std::to_string(i * 7919 % 1000) + " of a corpus to fine-tune on.\n";
+  write_file_atomic(tmp / "in.txt", text);
+  auto tok = tokenizer_load(std::string(LLMQ_SOURCE_DIR) + "/models/llama3-tokenizer");
+  PrepareOptions po;
+  po.inputs = {tmp / "in.txt"};
+  po.out_dir = tmp / "data";
+  po.val_fraction = 0;
+  po.progress = false;
+  data_prepare(*tok, po);
+  ModelConfig cfg = config_preset("tiny");
+  cfg.vocab_size = 128256;
+  model_save(tmp / "base", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
+  train::TrainOptions a;
+  a.finetune = true;
+  a.model = tmp / "base";
+  a.data = tmp / "data";
+  a.out = tmp / "a";
+  a.batch = 2, a.seq_len = 16, a.warmup = 2, a.eval_every = 0, a.save_every = 0, a.progress = false;
+  a.steps = 6, a.grad_accum = 2, a.lr = 1e-2, a.sample_tokens = 0;
+  a.adapter.dora = true, a.adapter.rank = 4, a.adapter.alpha = 8, a.adapter.dropout = 0.1;
+  a.quantize_base = "hqq4";
+  const auto ra = train::train_run(a);
+  EXPECT_EQ(ra.steps, 6);
+  EXPECT_GT(ra.trained_params, 0);
+  auto b = a;
+  b.out = tmp / "b";
+  b.stop_after = 3;
+  EXPECT_EQ(train::train_run(b).steps, 3);
+  b.stop_after = 0;
+  b.resume = true;
+  EXPECT_EQ(train::train_run(b).steps, 6);
+  for (const char* file : {"adapter_model.safetensors", "train_state.bin", "adapter_config.json"})
+    EXPECT_EQ(read_text_file(tmp / ("a/checkpoint-000006/" + std::string(file))),
+              read_text_file(tmp / ("b/checkpoint-000006/" + std::string(file))))
+        << file;
+  // The checkpoint is an adapter the engine attaches, and it moved the model.
+  Model plain = model_load(tmp / "base"), tuned = model_load(tmp / "base");
+  train::attach_adapter(tuned, tmp / "a/checkpoint-000006");
+  ASSERT_TRUE(tuned.weights.layers[0].lora[0] != nullptr);
+  // Resuming with another adapter shape is refused, naming the option.
+  b.steps = 8;
+  b.adapter.rank = 8;
+  test::expect_error_containing([&] { train::train_run(b); }, "rank changed", {"other options", "adapter"});
 }
 
 }  // namespace

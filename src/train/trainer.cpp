@@ -352,6 +352,12 @@ TrainResult train_run(const TrainOptions& options) {
   if (o.finetune) base_bytes = load_frozen_base(m, o.model, o.quantize_base, o.progress && lead);
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);
+    if (o.finetune) {  // another adapter shape would first show as a state of another size
+      const json was = adapter_config_load(dir).options(), now = o.adapter.options();
+      if (was != now)
+        fail("{}: the run was started with other options: adapter {} (now {}); resume with the same ones", dir, was.dump(),
+             now.dump());
+    }
     CheckpointSource cs = o.finetune ? open_adapter_checkpoint(dir, cfg, o.adapter) : open_checkpoint(dir, cfg);
     json opts = cs.head.options;
     // A deterministic run resumes on the thread count it started with (the order of the
