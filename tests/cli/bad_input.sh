@@ -81,5 +81,20 @@ expect_error "bad.jsonl:2" -- quantize -m "$T/m" --method gptq --group 32 --cali
 "$LLMQ" export -m "$T/m" --format gptq --type w8a16 --out "$T/gptq" --json >/dev/null 2>&1 &&
   grep -q '"quant_method": "gptq"' "$T/gptq/config.json" || { echo "FAIL: export --format gptq"; fails=$((fails+1)); }
 
+# Fine-tuning and adapters (issue 22): bad options and adapters that do not fit.
+mkdir -p "$T/ftdata"
+printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"text": "x"}\n' > "$T/chat.jsonl"
+expect_error "chat.jsonl:2: no \"messages\" list" -- data prepare --tokenizer "$(dirname "$0")/../../models/llama3-tokenizer" --input "$T/chat.jsonl" --format chat --out "$T/chat"
+expect_error "alpha 0" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --alpha 0
+expect_error "unknown target module 'attn'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --targets q_proj,attn
+expect_error "unknown base quantization 'nf3'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --quantize-base nf3
+expect_error "not supported yet" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --fsdp
+mkdir -p "$T/ad"
+printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}' > "$T/ad/adapter_config.json"
+expect_error "adapter_model.safetensors: missing" -- generate -m "$T/m" -p "1 2" --adapter "$T/ad"
+printf '{"peft_type": "PROMPT_TUNING"}' > "$T/ad/adapter_config.json"
+expect_error "is not LORA" -- eval ppl -m "$T/m" --tokens "$T/long.txt" --adapter "$T/ad"
+expect_error "adapter_config.json: missing" -- bench -m "$T/m" --prompt 4 --gen 1 --adapter "$T/ftdata"
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all bad-input cases handled"
