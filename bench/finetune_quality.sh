@@ -23,8 +23,9 @@ if [ ! -f runs/ft-base/latest ] || [ "$(cat runs/ft-base/latest)" != "$(printf '
     --sample-tokens 0 --json > /dev/null
 fi
 BASE=runs/ft-base/$(cat runs/ft-base/latest)
-common="--data data/ft-sotu --steps $FT_STEPS --batch 8 --seq-len 256 --warmup 15 --eval-every $FT_STEPS --eval-batches 16 \
+common="--data data/ft-sotu --batch 8 --seq-len 256 --eval-every $FT_STEPS --eval-batches 16 \
   --save-every $FT_STEPS --log-every 25 --precision bf16 --json --overwrite"
+ft="--steps $FT_STEPS --warmup 15"
 R=runs/ft-quality
 mkdir -p $R
 printf "%-26s %10s %9s %11s %9s %10s\n" method "val loss" "val ppl" "trained" "tok/s" "peak RSS"
@@ -39,14 +40,14 @@ print("%-26s %10.4f %9.2f %11d %9.0f %9.0fM" % (sys.argv[1], j["val_loss"], math
 # no bit), so the validation loss is the base's own on the new domain.
 for q in none rtn4 hqq4 hqq2; do
   qb=""; [ $q = none ] || qb="--quantize-base $q"
-  row "base ($q), no fine-tuning" "$($L finetune -m $BASE $qb $common --steps 1 --lr 1e-30 --out $R/base-$q 2>/dev/null)"
+  row "base ($q), no fine-tuning" "$($L finetune -m $BASE $qb $common --steps 1 --warmup 0 --lr 1e-30 --out $R/base-$q 2>/dev/null)"
 done
-row "full fine-tuning" "$($L train --model $BASE $common --lr 5e-4 --out $R/full --sample-tokens 0 2>/dev/null)"
+row "full fine-tuning" "$($L train --model $BASE $common $ft --lr 5e-4 --out $R/full --sample-tokens 0 2>/dev/null)"
 ad="--rank 16 --alpha 32 --lr 2e-3"
-row "LoRA r16" "$($L finetune -m $BASE $ad $common --out $R/lora 2>/dev/null)"
-row "DoRA r16" "$($L finetune -m $BASE $ad --adapter dora $common --out $R/dora 2>/dev/null)"
-row "QLoRA r16, RTN-4 base" "$($L finetune -m $BASE $ad --quantize-base rtn4 $common --out $R/qlora-rtn4 2>/dev/null)"
-row "QLoRA r16, HQQ-4 base" "$($L finetune -m $BASE $ad --quantize-base hqq4 $common --out $R/qlora-hqq4 2>/dev/null)"
-row "QDoRA r16, HQQ-4 base" "$($L finetune -m $BASE $ad --adapter dora --quantize-base hqq4 $common --out $R/qdora-hqq4 2>/dev/null)"
-row "QDoRA r16, HQQ-2 base" "$($L finetune -m $BASE $ad --adapter dora --quantize-base hqq2 $common --out $R/qdora-hqq2 2>/dev/null)"
+row "LoRA r16" "$($L finetune -m $BASE $ad $common $ft --out $R/lora 2>/dev/null)"
+row "DoRA r16" "$($L finetune -m $BASE $ad --adapter dora $common $ft --out $R/dora 2>/dev/null)"
+row "QLoRA r16, RTN-4 base" "$($L finetune -m $BASE $ad --quantize-base rtn4 $common $ft --out $R/qlora-rtn4 2>/dev/null)"
+row "QLoRA r16, HQQ-4 base" "$($L finetune -m $BASE $ad --quantize-base hqq4 $common $ft --out $R/qlora-hqq4 2>/dev/null)"
+row "QDoRA r16, HQQ-4 base" "$($L finetune -m $BASE $ad --adapter dora --quantize-base hqq4 $common $ft --out $R/qdora-hqq4 2>/dev/null)"
+row "QDoRA r16, HQQ-2 base" "$($L finetune -m $BASE $ad --adapter dora --quantize-base hqq2 $common $ft --out $R/qdora-hqq2 2>/dev/null)"
 echo "summary: held-out State of the Union perplexity after $FT_STEPS steps (B 8 x T 256) from a $BASE_STEPS-step base; see rows"

@@ -21,6 +21,7 @@
 #include "train/llama_train.h"
 #include "train/trainer.h"
 #include "data/prepare.h"
+#include "data/shards.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmq {
@@ -259,6 +260,16 @@ TEST(Adapter, LlmqAdapterReadByTheScript) {
   for (int64_t i = 0; i < T * cfg.vocab_size; i++)
     err = std::max(err, std::fabs((double)lg.host<float>()[i] - ref[1 + i])), big = std::max(big, std::fabs(ref[1 + i]));
   EXPECT_LE(err / big, 1e-4);  // f32 engine against float64, as above
+  // Merged into the weights (llmq merge), the model gives the same logits.
+  train::merge_adapter(mm);
+  model_save(tmp / "merged", mm, SaveOptions{DType::F32});
+  Model merged = model_load(tmp / "merged");
+  KVCache c3 = KVCache::create(cfg, 1, T);
+  Scratch s3;
+  const Tensor& lm = llama_forward(merged, c3, bt, s3);
+  err = 0;
+  for (int64_t i = 0; i < T * cfg.vocab_size; i++) err = std::max(err, std::fabs((double)lm.host<float>()[i] - ref[1 + i]));
+  EXPECT_LE(err / big, 1e-4) << "merged";
   // And the training model's loss on the same window agrees with the script's.
   train::LlamaTrain<double> m64(cfg, ac);
   m64.fill(test::test_fill(cfg, 11));
@@ -321,6 +332,18 @@ TEST(Adapter, BadAdaptersFailClearly) {
 
 namespace llmq {
 namespace {
+
+// Chat data's loss mask as training reads it: masked ids are inputs with the bit cleared
+// and never targets.
+TEST(Finetune, MaskedTokensAreInputsNotTargets) {
+  const uint32_t M = kLossMaskBit;
+  const uint32_t w[6] = {M | 128000, M | 5, 17, 18 | 0, M | 128006, 99};
+  int32_t tokens[5], targets[5];
+  train::split_window(w, 5, tokens, targets);
+  const int32_t want_tokens[5] = {128000, 5, 17, 18, 128006}, want_targets[5] = {-1, 17, 18, -1, 99};
+  for (int i = 0; i < 5; i++) EXPECT_EQ(tokens[i], want_tokens[i]) << i;
+  for (int i = 0; i < 5; i++) EXPECT_EQ(targets[i], want_targets[i]) << i;
+}
 
 // Fine-tuning through the training loop: N steps == N/2, a stop and a resume, bit for bit
 // (DoRA with dropout on an HQQ-4 base quantized while loading, gradient accumulation); the

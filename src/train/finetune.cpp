@@ -1,5 +1,7 @@
 #include "train/finetune.h"
 
+#include <cblas.h>
+
 #include <filesystem>
 
 #include "core/error.h"
@@ -161,6 +163,41 @@ void attach_adapter(Model& m, const std::string& dir) {
     }
   }
   if (a.train_norms) m.weights.norm = f32(at(root + "norm.weight"), {c.dim});
+}
+
+int64_t merge_adapter(Model& m) {
+  const ModelConfig& c = m.config;
+  int64_t merged = 0;
+  auto as_f32 = [](const Tensor& W) {
+    if (!W.quant()) return to_f32(W);
+    Tensor f = Tensor::empty(DType::F32, {W.dim(0), W.dim(1)});
+    dequantize_tensor_rows(W, 0, W.dim(0), f.host<float>());
+    return f;
+  };
+  for (int l = 0; l < c.n_layers; l++) {
+    LlamaLayer& L = m.weights.layers[l];
+    Tensor* W[kBlockLinears] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+    for (int t = 0; t < kBlockLinears; t++) {
+      const LoraLinear* a = L.lora[t].get();
+      if (!a && !W[t]->quant()) continue;
+      Tensor f = as_f32(*W[t]);
+      if (a) {
+        const int64_t out = f.dim(0), in = f.dim(1), r = a->A.dim(0);
+        float* w = f.host<float>();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)in, (int)r, a->scale, a->B.host<float>(),
+                    (int)r, a->A.host<float>(), (int)in, 1.f, w, (int)in);
+        if (!a->c.empty())
+          for (int64_t j = 0; j < out; j++)
+            for (int64_t i = 0; i < in; i++) w[j * in + i] *= a->c[j];
+        merged++;
+      }
+      *W[t] = std::move(f);
+      L.lora[t] = nullptr;
+    }
+  }
+  if (m.weights.lm_head.quant()) m.weights.lm_head = as_f32(m.weights.lm_head);
+  m.config.quant = QuantConfig{};
+  return merged;
 }
 
 }  // namespace llmq::train

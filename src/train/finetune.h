@@ -30,5 +30,10 @@ CheckpointSource open_adapter_checkpoint(const std::string& dir, const ModelConf
 // on float and quantized bases; DoRA's scales come from the weights as the model runs them.
 // Fails naming the file when the adapter does not fit the model.
 void attach_adapter(Model& m, const std::string& dir);
+// Folds an attached adapter into the weights (`llmq merge`): W' = W + s B A (LoRA), or
+// c (W + s B A) per row (DoRA); every linear of a quantized base becomes f32 (its dequantized
+// values, merged where adapted) and the config loses its quantization_config. Returns the
+// number of linears merged.
+int64_t merge_adapter(Model& m);
 
 }  // namespace llmq::train

@@ -42,6 +42,13 @@ double lr_at(const TrainOptions& o, int64_t step) {
   return floor + (o.lr - floor) * k;
 }
 
+void split_window(const uint32_t* w, int64_t T, int32_t* tokens, int32_t* targets) {
+  for (int64_t t = 0; t < T; t++) {
+    tokens[t] = (int32_t)(w[t] & ~kLossMaskBit);
+    targets[t] = w[t + 1] & kLossMaskBit ? -1 : (int32_t)w[t + 1];
+  }
+}
+
 namespace {
 
 // A split's shards as one token stream; windows of T+1 tokens give T inputs and targets.
@@ -78,14 +85,8 @@ struct TokenStream {
       out[i] = (int32_t)raw;  // with the mask bit: to_window() splits it
     }
   }
-  // A window of T+1 stored tokens -> T inputs and T targets; a target stored with the loss
-  // mask bit (chat data's prompt tokens) is -1, ignored by the loss.
   static void to_window(const std::vector<int32_t>& w, int64_t T, int32_t* tokens, int32_t* targets) {
-    for (int64_t t = 0; t < T; t++) {
-      tokens[t] = (int32_t)((uint32_t)w[t] & ~kLossMaskBit);
-      const uint32_t nx = (uint32_t)w[t + 1];
-      targets[t] = nx & kLossMaskBit ? -1 : (int32_t)nx;
-    }
+    split_window(reinterpret_cast<const uint32_t*>(w.data()), T, tokens, targets);
   }
   // B windows of T+1 tokens. The stream is cut into W = (total-1)/T windows, visited in a
   // fresh seeded permutation each epoch (so a run does not see the corpora in file order);

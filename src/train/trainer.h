@@ -70,4 +70,9 @@ double lr_at(const TrainOptions& o, int64_t step);
 
 TrainResult train_run(const TrainOptions& o);
 
+// A window of T+1 stored token ids -> T inputs and T targets (the next token); an id stored
+// with the loss-mask bit (data/shards.h: chat data's prompt tokens) is an input with the bit
+// cleared and, as a target, -1 (ignored by the loss).
+void split_window(const uint32_t* w, int64_t T, int32_t* tokens, int32_t* targets);
+
 }  // namespace llmq::train
