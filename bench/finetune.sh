@@ -47,8 +47,13 @@ for shape in $shapes; do
       j=$($cmd 2>/dev/null)
       tps=$(median_tps $M/run)
       [ -z "$full" ] && full=$tps
-      planq=""; [ $run != full ] && planq="--quant hqq4 --lora-rank 16"
-      [ $run = lora ] || [ $run = dora ] && planq="--lora-rank 16"
+      planq=""
+      case $run in
+        lora) planq="--lora-rank 16" ;;
+        dora) planq="--lora-rank 16 --dora" ;;
+        qlora-hqq4) planq="--quant hqq4 --lora-rank 16" ;;
+        qdora-hqq4) planq="--quant hqq4 --lora-rank 16 --dora" ;;
+      esac
       p=$($L plan -m $M/$shape --seq-len $T --batch $B $planq --json 2>/dev/null |
           /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.0fM" % (j["per_rank_bytes"]["total"]/1e6))' 2>/dev/null || echo "-")
       /usr/bin/python3 -c '

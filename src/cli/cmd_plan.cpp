@@ -24,8 +24,9 @@ void register_plan(CLI::App& app) {
   cmd->add_flag("--fsdp", o->p.fsdp, "shard parameters, gradients and optimizer state over the dp ranks");
   cmd->add_option("--seq-len", o->p.seq_len, "tokens per sequence (default 2048)")->check(llmq::cli::kPositive);
   cmd->add_option("--batch", o->p.batch, "sequences per rank per micro-step (default 1)")->check(llmq::cli::kPositive);
-  cmd->add_option("--quant", o->p.quant, "frozen quantized base for adapter training: int8, int4, hqq4, hqq3, hqq2, nf4");
+  cmd->add_option("--quant", o->p.quant, "frozen quantized base for adapter training: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 (llmq finetune --quantize-base), int8, int4, nf4");
   cmd->add_option("--lora-rank", o->p.lora_rank, "train rank-R adapters on every block linear (QLoRA with --quant)");
+  cmd->add_flag("--dora", o->p.dora, "the adapters are DoRA (a magnitude per output row; more activations)");
   cmd->add_flag("--recompute", o->p.recompute, "per-block activation recomputation");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
@@ -59,6 +60,7 @@ void register_plan(CLI::App& app) {
     row("gradients", p.grad_bytes);
     row("AdamW moments", p.optim_bytes);
     if (o->p.fsdp) row("gathered block (FSDP)", p.gathered_bytes);
+    else if (p.gathered_bytes > 0) row("one block dequantized (f32)", p.gathered_bytes);
     row(o->p.recompute ? "activations (recompute)" : "activations", p.activation_bytes);
     row("total", p.total_bytes());
     row("KV cache (generation, bf16)", p.kv_cache_bytes);

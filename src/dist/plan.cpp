@@ -27,12 +27,15 @@ namespace {
 double quant_bits(const std::string& q) {  // bits per weight including scales and zeros
   if (q.empty()) return 32;
   if (q == "int8") return 8 + 32.0 / 4096;   // per-channel f32 scale (negligible)
-  if (q == "int4") return 4 + 32.0 / 128;    // g128: f16 scale + f16 zero
-  if (q == "hqq4") return 4 + 32.0 / 64;     // HQQ's group 64: f16 scale + f16 zero
-  if (q == "hqq3") return 3 + 32.0 / 64;
-  if (q == "hqq2") return 2 + 32.0 / 64;
+  // llmq finetune --quantize-base (quant/quant_base.h) holds codes one per nibble or byte
+  // plus an f16 scale and zero per group: rtn4 g128, rtn8 g64, hqq4/8 g64, hqq2/3 g32 (the
+  // 2- and 3-bit codes run in the 4-bit layout).
+  if (q == "int4" || q == "rtn4") return 4 + 32.0 / 128;
+  if (q == "rtn8" || q == "hqq8") return 8 + 32.0 / 64;
+  if (q == "hqq4") return 4 + 32.0 / 64;
+  if (q == "hqq3" || q == "hqq2") return 4 + 32.0 / 32;
   if (q == "nf4") return 4 + 8.0 / 64 + 32.0 / (64 * 256);  // QLoRA's double quantization
-  fail("plan: --quant {} is not known (int8, int4, hqq4, hqq3, hqq2, nf4)", q);
+  fail("plan: --quant {} is not known (int8, int4, rtn4, rtn8, hqq2, hqq3, hqq4, hqq8, nf4)", q);
 }
 }  // namespace
 
@@ -61,13 +64,19 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   if (o.lora_rank > 0) {
     const double r = (double)o.lora_rank;
     const double lora_per_block = r * ((C + c.q_dim()) + 2 * (C + c.kv_dim()) + (c.q_dim() + C) + 3 * (C + c.ffn_dim));
-    p.trainable = (int64_t)(L * lora_per_block);
+    const double mags = o.dora ? L * (C + c.q_dim() + 2 * (double)c.kv_dim() + C + 2 * (double)c.ffn_dim) : 0;
+    const double trained = L * lora_per_block + mags;
+    p.trainable = (int64_t)trained;
     const double base_bits = quant_bits(o.quant);
-    const double base = L * linear_per_block / tp * base_bits / 8 + (L * 2 * C + outside) * 2;  // bf16 non-linears
-    p.weight_bytes = base / fs + 4 * L * lora_per_block / tp / fs;
-    p.grad_bytes = 4 * L * lora_per_block / tp / fs;
-    p.optim_bytes = 8 * L * lora_per_block / tp / fs;
-    if (o.fsdp) p.gathered_bytes = (linear_per_block / tp * base_bits / 8 + 2 * C * 2) + 4 * 2 * lora_per_block / tp;
+    // The frozen base as llmq finetune holds it: the linears at base_bits, everything else
+    // (embeddings, norms, lm_head) in f32.
+    const double base = L * linear_per_block / tp * base_bits / 8 + (L * 2 * C + outside) * 4;
+    p.weight_bytes = base / fs + 4 * trained / tp / fs;
+    p.grad_bytes = 4 * trained / tp / fs;
+    p.optim_bytes = 8 * trained / tp / fs;
+    // A quantized base's block is dequantized to f32 for its products, one at a time.
+    if (!o.quant.empty()) p.gathered_bytes = 4 * linear_per_block / tp;
+    if (o.fsdp) p.gathered_bytes += (linear_per_block / tp * base_bits / 8 + 2 * C * 4) + 4 * 2 * lora_per_block / tp;
   } else {
     p.trainable = p.params;
     p.weight_bytes = 4 * shard_params / fs;
@@ -77,6 +86,17 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
     if (o.fsdp) p.gathered_bytes = 2 * 4 * (linear_per_block / tp + 2 * C);
   }
   p.activation_bytes = train_activation_bytes(c, o.batch, o.seq_len, o.recompute, o.tp);
+  if (o.lora_rank > 0) {
+    // Adapters keep A x (N, r) per adapted linear; DoRA also its output before the magnitude
+    // scaling (N, out) for the magnitude's gradient, and backward scratch of the q/k/v outputs'
+    // width scaled by the magnitudes; plus the forward's (N, out) low-rank term.
+    const double N = (double)o.batch * o.seq_len, QD = (double)c.q_dim() / tp, KD = (double)c.kv_dim() / tp,
+                 FF = (double)c.ffn_dim / tp, r = (double)o.lora_rank;
+    const double outs = QD + 2 * KD + C + 2 * FF + C;
+    const double per_layer = 7 * N * r + (o.dora ? N * outs : 0);
+    const double scratch = N * FF + (o.dora ? N * (QD + 2 * KD) : 0);
+    p.activation_bytes += 4 * ((o.recompute ? 1 : L) * per_layer + scratch);
+  }
   p.kv_cache_bytes = 2.0 * L * ((double)c.kv_dim() / tp) * (double)o.seq_len * (double)o.batch * (double)o.kv_bytes;
   // Communication: gradients of the trainable parameters this rank holds (per tp shard).
   const double grad_total = 4 * (o.lora_rank > 0 ? (double)p.trainable / tp : shard_params);

@@ -16,8 +16,9 @@ struct PlanOptions {
   int64_t ranks = 1, tp = 1;
   bool fsdp = false;
   int64_t seq_len = 2048, batch = 1;  // batch: sequences per rank per micro-step
-  std::string quant;                  // "" (f32 weights) | int8 | int4 | hqq4 | hqq3 | hqq2 | nf4
+  std::string quant;                  // "" (f32 weights) | int8 | int4 | rtn4 | rtn8 | hqq2..hqq8 | nf4
   int64_t lora_rank = 0;
+  bool dora = false;                  // DoRA adapters (a magnitude per output, more activations)
   bool recompute = false;
   int64_t kv_bytes = 2;               // generation KV cache element bytes (bf16)
 };

@@ -294,6 +294,10 @@ FlatReader model_dir_reader(const std::string& dir, const ModelConfig& c) {
         case DType::BF16: for (int64_t k = 0; k < n; k++) out[k] = bf16_to_f32(t.host<uint16_t>()[off + k]); break;
         default: for (int64_t k = 0; k < n; k++) out[k] = f16_to_f32(t.host<uint16_t>()[off + k]); break;
       }
+      // Each range is read once (into the training buffer, a shard, or a linear being
+      // quantized): the file's pages leave this process's resident set as they are used.
+      const size_t es = t.dtype() == DType::F32 ? 4 : 2;
+      release_pages(static_cast<const uint8_t*>(t.host_data()) + (size_t)off * es, (size_t)n * es);
     });
   };
   return checked(read, L, dir, "weights", false, "the weights are corrupt (a diverged run or a damaged file); use an "
