@@ -177,12 +177,14 @@ TEST(Plan, ShardingAndCommunication) {
   EXPECT_THROW(dist::make_plan(c, o), Error);  // a frozen base needs adapters
   o.lora_rank = 64;
   const dist::Plan ql = dist::make_plan(c, o);
-  // The blocks' linears at 4 + 32/64 bits (f16 scale and zero per 64), the rest in bf16, the
-  // adapters (rank 64 on the 7 linears of each block) in f32.
+  // The blocks' linears at 4 + 32/64 bits (f16 scale and zero per 64), the rest in f32 (as
+  // llmq finetune holds the frozen base), the adapters (rank 64 on the 7 linears of each
+  // block) in f32; one block dequantized to f32 for its products.
   const double linear = (double)c.n_layers * (fsdp.block_params - 2 * c.dim);
   const double lora = 64.0 * c.n_layers * ((c.dim + c.q_dim()) * 2 + 2 * (c.dim + c.kv_dim()) + 3 * (c.dim + c.ffn_dim));
   EXPECT_EQ(ql.trainable, (int64_t)lora);
-  EXPECT_NEAR(ql.weight_bytes, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 2 + 4 * lora, 1.0);
+  EXPECT_NEAR(ql.weight_bytes, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 4 + 4 * lora, 1.0);
+  EXPECT_NEAR(ql.gathered_bytes, 4 * linear / c.n_layers, 1.0);
   o.quant = "int9";
   EXPECT_THROW(dist::make_plan(c, o), Error);
 }

@@ -131,7 +131,11 @@ AdapterConfig adapter_config_load(const std::string& dir) {
   const std::string path = (fs::path(dir) / "adapter_config.json").string();
   if (!fs::is_regular_file(path))
     fail("{}: missing (not a PEFT adapter directory: it needs adapter_config.json and adapter_model.safetensors)", path);
-  const json j = json::parse(read_text_file(path), nullptr, false);
+  return adapter_config_parse(read_text_file(path), path);
+}
+
+AdapterConfig adapter_config_parse(const std::string& text, const std::string& path) {
+  const json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) fail("{}: not a JSON object", path);
   auto str = [&](const char* k, const std::string& def) {
     if (!j.contains(k) || j[k].is_null()) return def;

@@ -50,6 +50,8 @@ nlohmann::json adapter_config_json(const AdapterConfig& a);
 // Reads DIR/adapter_config.json; fails naming the file and field (not LORA, rank 0, alpha 0,
 // unknown target modules, options llmq does not run: bias, fan_in_fan_out, rank_pattern, ...).
 AdapterConfig adapter_config_load(const std::string& dir);
+// The same from the file's text (`path` names it in errors); the fuzz target's entry.
+AdapterConfig adapter_config_parse(const std::string& text, const std::string& path);
 
 }  // namespace llmq::train
 

@@ -3,11 +3,13 @@
 # trained 200 steps on real text (World English Bible) from the same initial weights and the
 # same batches, once with --precision f32 and once with bf16. Bands:
 #  - the training loss, averaged over each 20-step window (one step's loss moves with its batch,
-#    the same in both runs; the window smooths the optimizer's noise), within 0.05 nats of
+#    the same in both runs; the window smooths the optimizer's noise), within 0.08 nats of
 #    f32's at every window: bf16's rounding (<= 2^-8 relative per product) changes each
 #    update by under 1% (measured 0.3-0.9% per gradient tensor: train_test's
-#    Bf16ModelGradientsNearFloat64), which over 200 AdamW steps moves the loss by a few
-#    hundredths at most (measured: see the printed maximum);
+#    Bf16ModelGradientsNearFloat64), and the two trajectories drift apart over 200 AdamW
+#    steps of B 4 x T 64 by a few hundredths (measured 0.022 on an AMD EPYC host, 0.062 on
+#    an Intel Xeon host with the same binary: the runs are deterministic per host, the
+#    drift's size depends on the CPU's bf16 dot product and sgemm kernels);
 #  - the final held-out loss within 1% of f32's.
 # And `--resume` of the bf16 run reports bf16 (the precision is the run's).
 set -u
@@ -42,7 +44,7 @@ for w in range(0, 200, 20):
     worst = max(worst, abs(mf - mb))
     print(f"steps {w + 1}-{w + 20}: f32 {mf:.4f} bf16 {mb:.4f}")
 print(f"largest window difference {worst:.4f} nats; held-out loss f32 {vf:.4f} bf16 {vb:.4f} ({100 * (vb - vf) / vf:+.2f}%)")
-assert worst <= 0.05, worst
+assert worst <= 0.08, worst
 assert abs(vb - vf) <= 0.01 * vf, (vf, vb)
 PY
 # A resume without --precision continues in bf16 (nothing left to train: it still reports it).
