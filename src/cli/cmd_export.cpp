@@ -11,20 +11,25 @@
 #include "io/gguf.h"
 #include "quant/quantize_model.h"
 #include "train/checkpoint.h"
+#include "train/finetune.h"
 
 namespace llmq::cli {
 
 void register_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "write a model in another tool's format (GGUF for llama.cpp, GPTQ), or a training checkpoint as a model directory");
   struct Opts {
-    std::string model, format = "gguf", type, out;
+    std::string model, format = "gguf", type, out, adapter;
     int64_t group = -1;
     bool sym = false, json = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("-m,--model", o->model, "model directory (float weights and a tokenizer), or a training checkpoint for --format hf")->required()->transform(llmq::cli::kRunLatest);
-  cmd->add_option("--format", o->format, "gguf (default), gptq, or hf (a training checkpoint, sharded or full, as a model directory)");
-  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32");
+  cmd->add_option("--format", o->format,
+                  "gguf (default), gptq, hf (a training checkpoint, sharded or full, as a model directory), or gguf-lora "
+                  "(the --adapter of -m BASE as a llama.cpp LoRA GGUF)");
+  cmd->add_option("--adapter", o->adapter, "gguf-lora: the LoRA adapter (PEFT layout, or a finetune run)")
+      ->transform(llmq::cli::kRunLatest);
+  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32; gguf-lora: f32, f16 (default)");
   cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
   cmd->add_option("--out", o->out, "output file (gguf) or directory (gptq, hf)")->required();
@@ -62,7 +67,16 @@ void register_export(CLI::App& app) {
       else fmt::print("wrote {} ({})\n", o->out, t);
       return;
     }
-    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf, gptq or hf)", o->format);
+    if (o->format == "gguf-lora") {
+      if (o->adapter.empty()) fail("export --format gguf-lora: give the adapter with --adapter DIR (and its base with -m)");
+      const std::string t = o->type.empty() ? "f16" : o->type;
+      train::export_adapter_gguf(o->model, o->adapter, t, o->out);
+      const double bytes = (double)std::filesystem::file_size(o->out);
+      if (o->json) fmt::print("{}\n", nlohmann::json{{"out", o->out}, {"type", t}, {"bytes", bytes}}.dump());
+      else fmt::print("wrote {} (LoRA adapter for llama.cpp, {}, {})\n", o->out, t, format_bytes(bytes));
+      return;
+    }
+    if (o->format != "gguf") fail("export: format '{}' is not supported (gguf, gguf-lora, gptq or hf)", o->format);
     GgufExportOptions g;
     g.type = o->type.empty() ? "f16" : o->type;
     g.progress = !o->json;

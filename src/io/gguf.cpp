@@ -280,6 +280,32 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
   bar.finish();
 }
 
+void gguf_export_lora(const ModelConfig& c, const std::vector<GgufLoraLinear>& lin, float alpha, const std::string& type,
+                      const std::string& name, const std::string& out) {
+  GgmlType mt;
+  if (type == "f32") mt = GgmlType::F32;
+  else if (type == "f16") mt = GgmlType::F16;
+  else fail("export --format gguf-lora: type '{}' (choose f32 or f16)", type);
+  static const char* kNames[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  GgufWriter w;
+  w.set("general.architecture", std::string("llama"));
+  w.set("general.type", std::string("adapter"));
+  w.set("general.name", name);
+  w.set("general.alignment", (uint32_t)kAlign);
+  w.set("adapter.type", std::string("lora"));
+  w.set("adapter.lora.alpha", alpha);
+  const int64_t hd = c.head_dim;
+  for (const auto& x : lin) {
+    const std::string p = fmt::format("blk.{}.{}.weight.", x.layer, kNames[x.module]);
+    const bool permute = x.module == 0 || x.module == 1;
+    w.add_tensor(p + "lora_a", mt, {(uint64_t)x.A.dim(1), (uint64_t)x.A.dim(0)},
+                 [&x, mt](uint8_t* d) { write_rows(x.A, mt, false, 0, d); });
+    w.add_tensor(p + "lora_b", mt, {(uint64_t)x.B.dim(1), (uint64_t)x.B.dim(0)},
+                 [&x, mt, permute, hd](uint8_t* d) { write_rows(x.B, mt, permute, hd, d); });
+  }
+  w.write(out);
+}
+
 }  // namespace llmq
 
 namespace llmq {

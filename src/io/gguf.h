@@ -64,6 +64,18 @@ struct GgufExportOptions {
 // q8_0/q4_0 every matrix (embeddings and output included) uses the type.
 void gguf_export(const std::string& model_dir, const std::string& out, const GgufExportOptions& o);
 
+// A LoRA adapter as llama.cpp loads one (convert_lora_to_gguf.py's layout): general.type
+// "adapter", adapter.type "lora", adapter.lora.alpha; per adapted linear
+// blk.N.<attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down>.weight.lora_a (ne in, r)
+// and .lora_b (ne r, out), q/k's lora_b rows permuted as the base's q/k rows are. llama.cpp
+// scales the product by alpha / r.
+struct GgufLoraLinear {
+  int layer, module;  // module: 0..6 = q, k, v, o, gate, up, down
+  Tensor A, B;        // (r, in), (out, r) f32
+};
+void gguf_export_lora(const ModelConfig& c, const std::vector<GgufLoraLinear>& lin, float alpha, const std::string& type,
+                      const std::string& name, const std::string& out);
+
 // A parsed GGUF file: metadata and tensor directory (data stays in the mapping).
 struct GgufFile {
   struct Tensor {

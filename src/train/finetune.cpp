@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "io/gguf.h"
 #include "quant/quant.h"
 #include "quant/quant_base.h"
 
@@ -198,6 +199,39 @@ int64_t merge_adapter(Model& m) {
   if (m.weights.lm_head.quant()) m.weights.lm_head = as_f32(m.weights.lm_head);
   m.config.quant = QuantConfig{};
   return merged;
+}
+
+void export_adapter_gguf(const std::string& base_dir, const std::string& adapter_dir, const std::string& type,
+                         const std::string& out) {
+  const ModelConfig c = config_load((fs::path(base_dir) / "config.json").string());
+  const AdapterConfig a = adapter_config_load(adapter_dir);
+  if (a.dora)
+    fail("{}: a DoRA adapter; llama.cpp's LoRA adapters have no magnitude vector: fold it into the base with llmq merge "
+         "and export that model", adapter_dir);
+  if (a.train_norms)
+    fail("{}: the adapter trains the norms (modules_to_save), which llama.cpp's LoRA adapters cannot carry: fold it into "
+         "the base with llmq merge", adapter_dir);
+  const std::vector<HfTensorSpec> specs = adapter_specs(c, a);
+  int64_t n = 0;
+  for (const auto& s : specs) n += shape_numel(s.shape);
+  std::vector<float> flat((size_t)n);
+  adapter_reader(adapter_dir, c, a)(0, n, flat.data());
+  std::vector<GgufLoraLinear> lin;
+  int64_t at = 0;
+  for (int l = 0; l < c.n_layers; l++)
+    for (int t = 0; t < kBlockLinears; t++) {
+      if (!a.targets[t]) continue;
+      const auto [in, out_f] = linear_shape(c, t);
+      GgufLoraLinear x{l, t, Tensor::empty(DType::F32, {a.rank, in}), Tensor::empty(DType::F32, {out_f, a.rank})};
+      std::copy(flat.begin() + at, flat.begin() + at + a.rank * in, x.A.host<float>());
+      at += a.rank * in;
+      std::copy(flat.begin() + at, flat.begin() + at + out_f * a.rank, x.B.host<float>());
+      at += out_f * a.rank;
+      lin.push_back(std::move(x));
+    }
+  LLMQ_CHECK(at == n);
+  const float alpha = (float)(a.rslora ? a.alpha * std::sqrt((double)a.rank) : a.alpha);
+  gguf_export_lora(c, lin, alpha, type, fs::path(adapter_dir).filename().string(), out);
 }
 
 }  // namespace llmq::train

@@ -35,5 +35,11 @@ void attach_adapter(Model& m, const std::string& dir);
 // values, merged where adapted) and the config loses its quantization_config. Returns the
 // number of linears merged.
 int64_t merge_adapter(Model& m);
+// `llmq export --format gguf-lora`: the adapter in DIR (LoRA, for the model whose config.json
+// is in base_dir) as a llama.cpp LoRA GGUF (io/gguf.h). An rsLoRA adapter is written with
+// alpha * sqrt(r), so llama.cpp's alpha / r gives its alpha / sqrt(r). DoRA adapters and
+// trained norms are refused (llama.cpp's adapters have neither): `llmq merge` them instead.
+void export_adapter_gguf(const std::string& base_dir, const std::string& adapter_dir, const std::string& type,
+                         const std::string& out);
 
 }  // namespace llmq::train

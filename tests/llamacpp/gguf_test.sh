@@ -8,7 +8,9 @@
 #     GGUF itself for q8_0/q4_0);
 #  3. llama.cpp's held-out NLL on each export equals llmq's on the same file: f32 within
 #     1e-4 relative (only summation order differs), q8_0 and q4_0 within 1% of perplexity
-#     (the issue's bound; both quantize activations to int8 blocks, with f16 vs f32 scales).
+#     (the issue's bound; both quantize activations to int8 blocks, with f16 vs f32 scales);
+#  ... 4. the GGUF's own tokenizer; 5. a LoRA adapter exported for llama.cpp moves its
+#     perplexity as llmq's unmerged adapter does.
 set -u
 LLMQ=${1:?usage: gguf_test.sh path/to/llmq}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -98,6 +100,28 @@ b=$("$LLMQ" eval ppl -m "$T/m-f32.gguf" --text "$T/corpus.txt" --max-tokens 2000
 "$LLMQ" quantize -m "$T/m-f32.gguf" --scheme w8a16 --out "$T/q-from-gguf" >/dev/null 2>&1 || bad "quantize from the GGUF"
 [ -f "$T/q-from-gguf/tokenizer.model" ] && [ "$("$LLMQ" tokenizer info --tokenizer "$T/q-from-gguf" | grep fingerprint)" = "$("$LLMQ" tokenizer info --tokenizer "$TOK" | grep fingerprint)" ] \
   && ok "quantize from a GGUF writes its tokenizer (same fingerprint)" || bad "quantize from a GGUF: $(ls "$T/q-from-gguf")"
+
+# 5. A LoRA adapter (issue 22): the test model fine-tuned briefly on another book (rsLoRA, so
+# the alpha llama.cpp is given must carry the 1/sqrt(r) scale), exported as a llama.cpp LoRA
+# GGUF: llama.cpp's held-out perplexity with the adapter equals llmq's with the adapter
+# applied unmerged (f32 on both sides: within 1e-4, as for the base), and it has moved from
+# the base's.
+head -n 600 "$ROOT/data/text/moby_dick.txt" > "$T/ft.txt"
+"$LLMQ" data prepare --tokenizer "$TOK" --input "$T/ft.txt" --out "$T/ftdata" --val-fraction 0 > /dev/null 2>&1
+"$LLMQ" finetune -m "$M" --data "$T/ftdata" --out "$T/ft" --steps 30 --batch 8 --seq-len 64 --lr 5e-3 --warmup 3 \
+  --rank 8 --alpha 4 --rslora --eval-every 0 > /dev/null 2>&1 || bad "finetune of the test model"
+"$LLMQ" export -m "$M" --format gguf-lora --adapter "$T/ft" --type f32 --out "$T/lora.gguf" > /dev/null || bad "export gguf-lora"
+sed -n '1000,1100p' "$ROOT/data/text/moby_dick.txt" | "$LLMQ" tokenizer encode --tokenizer "$TOK" | tr '\n' ' ' | cut -d' ' -f1-1024 > "$T/val2.txt"
+ppl() { /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])'; }
+base=$("$LLMQ" eval ppl -m "$M" --tokens "$T/val2.txt" --ctx 256 --json | ppl)
+a=$("$LLMQ" eval ppl -m "$M" --adapter "$T/ft" --tokens "$T/val2.txt" --ctx 256 --json | ppl)
+b=$(LORA="$T/lora.gguf" $DRV "$T/m-f32.gguf" nll "$T/val2.txt" 256 2 | ppl)
+if /usr/bin/python3 -c "import sys; a,b,c=$a,$b,$base; sys.exit(0 if abs(a/b-1) <= 1e-4 and abs(a/c-1) > 0.01 else 1)"; then
+  ok "LoRA GGUF: perplexity llmq --adapter $a, llama.cpp with the adapter $b (base $base)"
+else bad "LoRA GGUF: llmq --adapter $a vs llama.cpp $b (base $base)"; fi
+"$LLMQ" finetune -m "$M" --data "$T/ftdata" --out "$T/ftd" --steps 2 --batch 2 --seq-len 32 --adapter dora --eval-every 0 > /dev/null 2>&1
+err=$("$LLMQ" export -m "$M" --format gguf-lora --adapter "$T/ftd" --out "$T/d.gguf" 2>&1 >/dev/null)
+grep -q "llmq merge" <<<"$err" && ok "a DoRA adapter is refused for GGUF, pointing to llmq merge" || bad "DoRA gguf-lora: $err"
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "GGUF exports agree with llama.cpp"

@@ -14,8 +14,10 @@ const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLev
 const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
+// LORA=FILE.gguf in the environment: the context runs with that LoRA adapter (scale 1).
 async function context(size, threads, batch) {
-  return await model.createContext({ contextSize: size, threads, batchSize: batch ?? Math.min(size, 512), sequences: 1 });
+  const lora = process.env.LORA ? { adapters: [{ filePath: process.env.LORA, scale: 1 }] } : undefined;
+  return await model.createContext({ contextSize: size, threads, batchSize: batch ?? Math.min(size, 512), sequences: 1, lora });
 }
 
 if (mode === "generate") {
