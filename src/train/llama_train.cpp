@@ -177,7 +177,8 @@ std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
     for (int t = 0; t < kBlockLinears; t++) {
       const Tensor& W = qbase[l][t];
       if (!W.defined()) continue;  // a linear the base keeps in float
-      const auto [in, out] = linear_shape(config, t);
+      // Plain variables, not a structured binding: clang 14 cannot use those in an OpenMP region.
+      const int64_t in = linear_shape(config, t).first, out = linear_shape(config, t).second;
       F* dst = wl_.data() + at[t];
       // Rows over the threads (each row's dequantization is independent).
 #pragma omp parallel
