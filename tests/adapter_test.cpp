@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -275,6 +276,89 @@ TEST(Adapter, LlmqAdapterReadByTheScript) {
   m64.fill(test::test_fill(cfg, 11));
   std::copy(m.params.begin(), m.params.end(), m64.params.begin());
   EXPECT_NEAR(m64.forward(tokens.data(), targets.data(), 1, T), ref[0], 1e-9 * std::fabs(ref[0]));
+}
+
+// Dropout (no reference implements our mask, so the gradient is checked against the loss
+// itself): with the micro-batch's mask fixed, the loss is a smooth function of the adapter, so
+// central differences in float64 must match backward, for LoRA and DoRA (PEFT's dropout
+// form, where DoRA's scaled base term takes the dropped-out input). DoRA's gradient treats
+// the row norm as a constant, so for its A and B the differences are taken with c = m / norm
+// held fixed (m moved with the norm), which is the function that gradient differentiates.
+TEST(Adapter, DropoutGradientsMatchFiniteDifferences) {
+  const ModelConfig cfg = config_preset("tiny");
+  const int64_t B = 1, T = 7;
+  std::vector<int32_t> tokens(T), targets(T);
+  for (int64_t i = 0; i < T; i++) tokens[i] = (int32_t)(rng_uniform(51, i) * 512), targets[i] = (int32_t)(rng_uniform(52, i) * 512);
+  for (bool dora : {false, true}) {
+    train::AdapterConfig ac;
+    ac.dora = dora, ac.rank = 3, ac.alpha = 6, ac.dropout = 0.3;
+    ac.targets = train::parse_targets("q_proj,o_proj,down_proj");
+    train::LlamaTrain<double> m(cfg, ac);
+    m.fill(test::test_fill(cfg, 11));
+    m.init_adapters(9);
+    for (int64_t i = 0; i < m.n_params(); i++) m.params[i] += 0.05 * rng_normal(53, (uint64_t)i);  // B away from 0
+    m.dropout_key = 77;
+    m.forward(tokens.data(), targets.data(), B, T);
+    m.backward();
+    const std::vector<double> g(m.grads.begin(), m.grads.end());
+    // float64 central differences with h 1e-5: truncation ~h^2 * (third derivative) ~ 1e-10,
+    // rounding ~1e-16 / h ~ 1e-11; compared at 1e-6 of the largest checked gradient.
+    double worst = 0, big = 0;
+    // The (A, B, magnitude, W) of the adapted linear a trained value belongs to.
+    auto linear_of = [&](int64_t i, double*& A, double*& Bm, double*& mag, const double*& W, int64_t& in, int64_t& out) {
+      size_t sp = 0;
+      while (sp + 1 < m.specs.size() && m.offsets[sp + 1] <= i) sp++;
+      const std::string& name = m.specs[sp].name;
+      const std::string mod = name.substr(0, name.find(".lora_"));
+      auto at = [&](const std::string& n) -> double* {
+        for (size_t j = 0; j < m.specs.size(); j++)
+          if (m.specs[j].name == n) return m.params.data() + m.offsets[j];
+        return nullptr;
+      };
+      A = at(mod + ".lora_A.weight"), Bm = at(mod + ".lora_B.weight"), mag = at(mod + ".lora_magnitude_vector");
+      int l = std::atoi(mod.c_str() + mod.find("layers.") + 7), t = 0;
+      while (mod.find(train::kLinearModules[t]) == std::string::npos) t++;
+      const auto& L = m.p.layers[l];
+      const double* Ws[7] = {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down};
+      W = Ws[t];
+      std::tie(in, out) = train::linear_shape(cfg, t);
+      return name.find("magnitude") == std::string::npos;  // an A or B value
+    };
+    auto norms = [&](const double* A, const double* Bm, const double* W, int64_t in, int64_t out) {
+      std::vector<double> n((size_t)out);
+      train::dora_weight_norms(W, A, Bm, ac.rank, ac.scale(), in, out, n.data());
+      return n;
+    };
+    for (int k = 0; k < 16; k++) {
+      const int64_t i = (int64_t)(rng_uniform(54 + dora, k) * (double)m.n_params());
+      const double x0 = m.params[i], h = 1e-5;
+      double *A, *Bm, *mag;
+      const double* W;
+      int64_t in, out;
+      const bool hold_c = dora && linear_of(i, A, Bm, mag, W, in, out);
+      std::vector<double> mag0, n0;
+      if (hold_c) mag0.assign(mag, mag + out), n0 = norms(A, Bm, W, in, out);
+      auto loss_at = [&](double x) {
+        m.params[i] = x;
+        if (hold_c) {  // m' = c0 * norm(A', B'): c = m / norm unchanged
+          const std::vector<double> n1 = norms(A, Bm, W, in, out);
+          for (int64_t j = 0; j < out; j++) mag[j] = mag0[j] / n0[j] * n1[j];
+        }
+        return m.forward(tokens.data(), targets.data(), B, T);
+      };
+      const double lp = loss_at(x0 + h), lm = loss_at(x0 - h);
+      m.params[i] = x0;
+      if (hold_c) std::copy(mag0.begin(), mag0.end(), mag);
+      worst = std::max(worst, std::fabs((lp - lm) / (2 * h) - g[i]));
+      big = std::max(big, std::fabs(g[i]));
+    }
+    EXPECT_LE(worst, 1e-6 * std::max(big, 1e-3)) << (dora ? "DoRA" : "LoRA") << " with dropout";
+    // The mask is on in training and off in evaluation.
+    m.set_training(false);
+    const double l_eval = m.forward(tokens.data(), targets.data(), B, T);
+    m.set_training(true);
+    EXPECT_NE(l_eval, m.forward(tokens.data(), targets.data(), B, T));
+  }
 }
 
 // Bad adapter files: one clear error each, naming the file and what is wrong.
