@@ -64,7 +64,7 @@ expect_error "give a model directory" -- info
 expect_error "--" -- generate
 expect_error "--" -- bogus-command
 expect_error "choose w4a16 or w8a16" -- export -m "$T/m" --format gptq --type q4_0 --out "$T/g"
-expect_error "not supported (gguf, gptq or hf)" -- export -m "$T/m" --format onnx --out "$T/g"
+expect_error "not supported (gguf, gguf-lora, gptq or hf)" -- export -m "$T/m" --format onnx --out "$T/g"
 expect_error "not a training checkpoint" -- export -m "$T/m" --format hf --out "$T/hf"
 expect_error "choose bf16, f16 or f32" -- export -m "$T/m" --format hf --type q4_0 --out "$T/hf"
 expect_error "choose channel or tensor" -- quantize -m "$T/m" --scheme fp8 --weight-scale row --out "$T/f"
