@@ -11,6 +11,7 @@
 #  - a deterministic run gives bitwise identical weights when repeated, and so does the
 #    all-reduce after backward (--no-overlap) against the default overlapped one;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
+#  - adapter fine-tuning (DoRA on an HQQ-4 base) at 2 ranks follows the 1-process curve;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
 #    dies: every rank exits within seconds with a message (no hang).
 # usage: tests/dist/ddp_test.sh LLMQ
@@ -106,6 +107,15 @@ cmp -s "$T/f2hf/model.safetensors" "$T/ff/checkpoint-000020/model.safetensors" &
 rm "$T/fs/checkpoint-000020/shard-00001-of-00002.bin"
 ! "$LLMQ" -t 1 "${TRAIN[@]}" --out "$T/fs" --lr 3e-3 --steps 30 --batch 4 --resume >"$T/err.log" 2>&1 &&
   grep -q "shard-00001-of-00002.bin: missing" "$T/err.log" || fail "a missing shard is not named"
+
+# Adapter fine-tuning (issue 22) data parallel: 2 ranks follow the 1-process curve (DoRA on an
+# HQQ-4 base quantized while loading), the all-reduce carrying only the adapters' gradients.
+"$LLMQ" init --config "$T/config.json" --out "$T/base" --dtype f32 --seed 3 >/dev/null 2>&1 || fail "init the base"
+FT=(finetune -m "$T/base" --data "$T/data" --seq-len 32 --warmup 2 --log-every 1 --eval-every 10 --eval-batches 2
+    --save-every 10 --rank 4 --adapter dora --quantize-base hqq4 --lr 3e-3 --steps 20 --batch 4 --json)
+"$LLMQ" -t 1 "${FT[@]}" --out "$T/a1" > "$T/a1.log" 2>&1 || { tail -5 "$T/a1.log"; fail "finetune, 1 process"; }
+timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FT[@]}" --out "$T/a2" > "$T/a2.log" 2>&1 || { tail -5 "$T/a2.log"; fail "finetune, 2 ranks"; }
+echo -n "finetune 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "finetune 2 ranks: loss curve differs"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
