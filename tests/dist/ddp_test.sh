@@ -113,9 +113,9 @@ rm "$T/fs/checkpoint-000020/shard-00001-of-00002.bin"
 "$LLMQ" init --config "$T/config.json" --out "$T/base" --dtype f32 --seed 3 >/dev/null 2>&1 || fail "init the base"
 FT=(finetune -m "$T/base" --data "$T/data" --seq-len 32 --warmup 2 --log-every 1 --eval-every 10 --eval-batches 2
     --save-every 10 --rank 4 --adapter dora --quantize-base hqq4 --lr 3e-3 --steps 20 --batch 4 --json)
-"$LLMQ" -t 1 "${FT[@]}" --out "$T/a1" > "$T/a1.log" 2>&1 || { tail -5 "$T/a1.log"; fail "finetune, 1 process"; }
-timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FT[@]}" --out "$T/a2" > "$T/a2.log" 2>&1 || { tail -5 "$T/a2.log"; fail "finetune, 2 ranks"; }
-echo -n "finetune 2 ranks vs 1: "; same_curve "$T/a1" "$T/a2" || fail "finetune 2 ranks: loss curve differs"
+"$LLMQ" -t 1 "${FT[@]}" --out "$T/ft1" > "$T/ft1.log" 2>&1 || { tail -5 "$T/ft1.log"; fail "finetune, 1 process"; }
+timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FT[@]}" --out "$T/ft2" > "$T/ft2.log" 2>&1 || { tail -5 "$T/ft2.log"; fail "finetune, 2 ranks"; }
+echo -n "finetune 2 ranks vs 1: "; same_curve "$T/ft1" "$T/ft2" || fail "finetune 2 ranks: loss curve differs"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
