@@ -17,6 +17,7 @@
 #include "quant/quant_base.h"
 #include "test_util.h"
 #include "train/adapter.h"
+#include "train/base_shard.h"
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 #include "train/llama_train.h"
@@ -419,6 +420,39 @@ namespace {
 
 // Chat data's loss mask as training reads it: masked ids are inputs with the bit cleared
 // and never targets.
+// A sharded base sends a block's quantized linears as one buffer (train/base_shard.h): read
+// back, every linear dequantizes to the same bits as the original (RTN, HQQ 2/4/8-bit, odd
+// shapes, a float linear left out), with the codes aligned for the kernels.
+TEST(Finetune, PackedLinearsRoundTrip) {
+  std::array<Tensor, train::kBlockLinears> q;
+  const char* methods[train::kBlockLinears] = {"rtn4", "hqq4", "hqq2", "", "rtn8", "hqq8", "hqq3"};
+  const int64_t shapes[train::kBlockLinears][2] = {{48, 64}, {16, 96}, {40, 64}, {8, 8}, {24, 160}, {32, 64}, {17, 128}};
+  for (int t = 0; t < train::kBlockLinears; t++) {
+    if (!*methods[t]) continue;
+    const int64_t M = shapes[t][0], K = shapes[t][1];
+    std::vector<float> w((size_t)(M * K));
+    for (size_t i = 0; i < w.size(); i++) w[i] = (float)(rng_uniform(77 + (uint64_t)t, i) - 0.5);
+    q[t] = quantize_base_linear(w.data(), M, K, base_quant_parse(methods[t]));
+  }
+  const std::vector<uint8_t> b = train::pack_linears(q);
+  auto st = Storage::allocate(b.size());
+  std::memcpy(st->data, b.data(), b.size());
+  std::array<Tensor, train::kBlockLinears> r;
+  train::unpack_linears(st, r);
+  for (int t = 0; t < train::kBlockLinears; t++) {
+    ASSERT_EQ(r[t].defined(), q[t].defined()) << t;
+    if (!q[t].defined()) continue;
+    EXPECT_EQ(r[t].shape(), q[t].shape());
+    EXPECT_EQ(r[t].dtype(), q[t].dtype());
+    EXPECT_EQ((uintptr_t)r[t].host_data() % 64, 0u);
+    const int64_t M = q[t].dim(0), K = q[t].dim(1);
+    std::vector<float> a((size_t)(M * K)), c((size_t)(M * K));
+    dequantize_tensor_rows(q[t], 0, M, a.data());
+    dequantize_tensor_rows(r[t], 0, M, c.data());
+    EXPECT_EQ(0, std::memcmp(a.data(), c.data(), a.size() * 4)) << methods[t];
+  }
+}
+
 TEST(Finetune, MaskedTokensAreInputsNotTargets) {
   const uint32_t M = kLossMaskBit;
   const uint32_t w[6] = {M | 128000, M | 5, 17, 18 | 0, M | 128006, 99};

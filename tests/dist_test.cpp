@@ -4,6 +4,8 @@
 #include <cmath>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -185,8 +187,35 @@ TEST(Plan, ShardingAndCommunication) {
   EXPECT_EQ(ql.trainable, (int64_t)lora);
   EXPECT_NEAR(ql.weight_bytes, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 4 + 4 * lora, 1.0);
   EXPECT_NEAR(ql.gathered_bytes, 4 * linear / c.n_layers, 1.0);
+  // Under --fsdp the base's units are owned whole (train/base_shard.h): the most loaded rank's
+  // share, with the adapters and their state replicated; in use at once, a block and the
+  // (tied) embeddings, or the largest unit, besides the dequantized block.
+  o.quant = "hqq4", o.fsdp = true, o.ranks = 4;
+  const dist::Plan qf = dist::make_plan(c, o);
+  const std::vector<double> units = dist::base_unit_bytes(c, 4.5);
+  const std::vector<int> owner = dist::assign_owners(units, 4);
+  std::vector<double> held(4, 0.0);
+  for (size_t u = 0; u < units.size(); u++) held[owner[u]] += units[u];
+  double total = 0;
+  for (double b : units) total += b;
+  EXPECT_NEAR(total, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 4, 1.0);  // the whole base, as above
+  EXPECT_NEAR(qf.weight_bytes, *std::max_element(held.begin(), held.end()) + 4 * lora, 1.0);
+  EXPECT_NEAR(qf.grad_bytes, ql.grad_bytes, 1e-6);
+  const double in_use = c.tie_embeddings ? units[0] + units[1] : std::max({units[0], units[1], units.back()});
+  EXPECT_NEAR(qf.gathered_bytes, in_use + 4 * linear / c.n_layers, 1.0);
+  // Greedy by size: no rank holds more than the average plus the largest unit.
+  EXPECT_LE(*std::max_element(held.begin(), held.end()), total / 4 + *std::max_element(units.begin(), units.end()));
   o.quant = "int9";
   EXPECT_THROW(dist::make_plan(c, o), Error);
+}
+
+TEST(Plan, OwnersBalanceLargestFirst) {
+  // 10, 6, 5, 4, 3 over 2 ranks: 10 -> 0, 6 -> 1, 5 -> 1, 4 -> 0, 3 -> 1 (loads 14, 14).
+  const std::vector<int> o = dist::assign_owners({3, 10, 5, 6, 4}, 2);
+  EXPECT_EQ(o, (std::vector<int>{1, 0, 1, 1, 0}));
+  EXPECT_EQ(dist::assign_owners({1, 1, 1}, 1), (std::vector<int>{0, 0, 0}));
+  // More ranks than units: each unit its own rank, in size order.
+  EXPECT_EQ(dist::assign_owners({2, 5}, 4), (std::vector<int>{1, 0}));
 }
 
 }  // namespace

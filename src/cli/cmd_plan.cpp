@@ -8,12 +8,33 @@
 
 namespace llmq::cli {
 
+namespace {
+// "80GB" (10^9), "24GiB" / "24G" (2^30), or bytes.
+double parse_memory(const std::string& s) {
+  size_t n = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &n);
+  } catch (...) {
+    n = 0;
+  }
+  std::string unit = s.substr(n);
+  for (auto& ch : unit) ch = (char)std::toupper((unsigned char)ch);
+  const double k = unit == "" || unit == "B" ? 1 : unit == "KB" ? 1e3 : unit == "MB" ? 1e6 : unit == "GB" ? 1e9 : unit == "TB" ? 1e12
+                   : unit == "KIB" || unit == "K" ? 1024.0 : unit == "MIB" || unit == "M" ? 1048576.0
+                   : unit == "GIB" || unit == "G" ? 1073741824.0 : unit == "TIB" || unit == "T" ? 1099511627776.0 : -1;
+  if (n == 0 || k < 0 || !(v > 0)) fail("plan: --memory-per-rank {}: give a size such as 80GB or 24GiB", s);
+  return v * k;
+}
+}  // namespace
+
 void register_plan(CLI::App& app) {
   auto* cmd = app.add_subcommand("plan", "memory per rank and bytes communicated per step for a training job");
   struct Opts {
     std::string preset, model;
     dist::PlanOptions p;
     bool json = false;
+    std::string memory;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--preset", o->preset, "built-in shape: " + preset_list());
@@ -28,11 +49,30 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--lora-rank", o->p.lora_rank, "train rank-R adapters on every block linear (QLoRA with --quant)");
   cmd->add_flag("--dora", o->p.dora, "the adapters are DoRA (a magnitude per output row; more activations)");
   cmd->add_flag("--recompute", o->p.recompute, "per-block activation recomputation");
+  cmd->add_option("--memory-per-rank", o->memory,
+                  "answer how many ranks the job needs when each has this much memory (e.g. 80GB, 24GiB): the "
+                  "smallest --ranks (a multiple of --tp) whose per-rank total fits, with --fsdp");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
     if (o->preset.empty() && o->model.empty()) fail("plan: give --preset NAME or -m DIR");
     if (!o->preset.empty() && !o->model.empty()) fail("plan: give --preset NAME or -m DIR, not both");
     const ModelConfig c = o->preset.empty() ? config_load(o->model + "/config.json") : config_preset(o->preset);
+    // --memory-per-rank: search --ranks upwards (only --fsdp shrinks a rank's state as ranks grow).
+    double mem = 0;
+    int64_t fit_ranks = 0;
+    if (!o->memory.empty()) {
+      mem = parse_memory(o->memory);
+      for (int64_t k = 1; k <= 16384; k++) {
+        dist::PlanOptions q = o->p;
+        q.ranks = k * q.tp;
+        if (dist::make_plan(c, q).total_bytes() <= mem) {
+          fit_ranks = q.ranks;
+          break;
+        }
+        if (!q.fsdp) break;  // every rank holds the whole state: more ranks do not help
+      }
+      if (fit_ranks > 0) o->p.ranks = fit_ranks;
+    }
     const dist::Plan p = dist::make_plan(c, o->p);
     const double tokens = (double)o->p.seq_len * o->p.batch * p.dp;
     nlohmann::json j = {
@@ -46,6 +86,8 @@ void register_plan(CLI::App& app) {
           {"kv_cache_generation", p.kv_cache_bytes}}},
         {"comm_bytes_per_step_per_rank", {{"data_parallel", p.dp_comm_bytes}, {"tensor_parallel", p.tp_comm_bytes}}},
         {"tokens_per_step", tokens}};
+    if (mem > 0)
+      j["fit"] = {{"memory_per_rank", mem}, {"ranks", fit_ranks > 0 ? nlohmann::json(fit_ranks) : nlohmann::json()}};
     if (o->json) {
       fmt::print("{}\n", j.dump(2));
       return;
@@ -65,8 +107,16 @@ void register_plan(CLI::App& app) {
     row("total", p.total_bytes());
     row("KV cache (generation, bf16)", p.kv_cache_bytes);
     fmt::print("communication per optimizer step, sent by each rank:\n");
-    row(o->p.fsdp ? "FSDP gathers + reduce-scatter" : "gradient all-reduce", p.dp_comm_bytes);
+    row(!o->p.fsdp ? "gradient all-reduce" : o->p.lora_rank ? "base broadcasts + all-reduce" : "FSDP gathers + reduce-scatter",
+        p.dp_comm_bytes);
     row("tensor-parallel all-reduces", p.tp_comm_bytes);
+    if (mem > 0) {
+      if (fit_ranks > 0)
+        fmt::print("fits in {} per rank: {} ranks (the fewest; shown above)\n", format_bytes(mem), fit_ranks);
+      else
+        fmt::print("does not fit in {} per rank at any rank count up to {}{}\n", format_bytes(mem), 16384 * o->p.tp,
+                   o->p.fsdp ? "" : " (without --fsdp every rank holds the whole state: add --fsdp)");
+    }
   });
 }
 

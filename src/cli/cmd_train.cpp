@@ -148,7 +148,9 @@ void register_finetune(CLI::App& app) {
                   "quantize a float base while loading it, one linear at a time: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 "
                   "(QLoRA / QDoRA)");
   cmd->add_flag("--train-norms", o->adapter.train_norms, "train the RMSNorm weights too (saved as modules_to_save)");
-  cmd->add_flag("--fsdp", o->fsdp, "shard the frozen base over mpirun's ranks (not supported yet: refused)");
+  cmd->add_flag("--fsdp", o->fsdp,
+                "under mpirun: shard the frozen base over the ranks (each holds ~1/N of it and receives a block "
+                "while it runs); the adapters stay replicated");
   add_training_options(cmd, o);
   auto* warmup_opt = cmd->add_option("--warmup", o->warmup, "warm-up steps (default 100; a tenth of --steps when that is fewer)")->check(llmq::cli::kNonNegative);
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");

@@ -6,8 +6,11 @@
 // gradient buffers this way and only ever touches one unit of them at a time.
 #pragma once
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <new>
 #include <utility>
@@ -53,5 +56,22 @@ struct ZeroPageAllocator {
 
 template <class T>
 using ZeroPageVector = std::vector<T, ZeroPageAllocator<T>>;
+
+// Zeroes n elements at p, returning the whole pages inside the range to the OS (they read
+// back as zeros without being resident) and clearing the partial pages at its edges.
+template <class T>
+void zero_and_release(T* p, int64_t n) {
+  if (n <= 0) return;
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t b = (uintptr_t)p, e = (uintptr_t)(p + n);
+  const uintptr_t ib = (b + page - 1) / page * page, ie = e / page * page;
+  if (ib >= ie) {
+    std::memset(static_cast<void*>(p), 0, (size_t)n * sizeof(T));
+    return;
+  }
+  std::memset(static_cast<void*>(p), 0, ib - b);
+  std::memset(reinterpret_cast<void*>(ie), 0, e - ie);
+  if (madvise(reinterpret_cast<void*>(ib), ie - ib, MADV_DONTNEED) != 0) std::memset(reinterpret_cast<void*>(ib), 0, ie - ib);
+}
 
 }  // namespace llmq

@@ -1,6 +1,7 @@
 #include "dist/plan.h"
 
 #include <algorithm>
+#include <queue>
 
 #include "core/error.h"
 
@@ -39,6 +40,33 @@ double quant_bits(const std::string& q) {  // bits per weight including scales a
 }
 }  // namespace
 
+std::vector<int> assign_owners(const std::vector<double>& bytes, int ranks) {
+  std::vector<int> order(bytes.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = (int)i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bytes[a] > bytes[b]; });
+  // (load, rank), the least loaded first and the lowest rank among equals.
+  std::priority_queue<std::pair<double, int>, std::vector<std::pair<double, int>>, std::greater<>> q;
+  for (int r = 0; r < ranks; r++) q.push({0.0, r});
+  std::vector<int> owner(bytes.size(), 0);
+  for (int u : order) {
+    auto [load, r] = q.top();
+    q.pop();
+    owner[u] = r;
+    q.push({load + bytes[u], r});
+  }
+  return owner;
+}
+
+std::vector<double> base_unit_bytes(const ModelConfig& c, double linear_bits, int64_t tp) {
+  const double C = (double)c.dim, V = (double)c.vocab_size;
+  const double linear_per_block =
+      C * c.q_dim() + 2 * C * c.kv_dim() + (double)c.q_dim() * C + 3 * C * (double)c.ffn_dim;
+  std::vector<double> b((size_t)c.n_layers + 2, linear_per_block / (double)tp * linear_bits / 8 + 2 * C * 4);
+  b[0] = V * C * 4;
+  b.back() = C * 4 + (c.tie_embeddings ? 0 : V * C * 4);
+  return b;
+}
+
 Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   if (o.ranks < 1 || o.tp < 1 || o.ranks % o.tp != 0)
     fail("plan: --tp {} must divide --ranks {}", o.tp, o.ranks);
@@ -69,14 +97,28 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
     p.trainable = (int64_t)trained;
     const double base_bits = quant_bits(o.quant);
     // The frozen base as llmq finetune holds it: the linears at base_bits, everything else
-    // (embeddings, norms, lm_head) in f32.
-    const double base = L * linear_per_block / tp * base_bits / 8 + (L * 2 * C + outside) * 4;
-    p.weight_bytes = base / fs + 4 * trained / tp / fs;
-    p.grad_bytes = 4 * trained / tp / fs;
-    p.optim_bytes = 8 * trained / tp / fs;
+    // (embeddings, norms, lm_head) in f32. Under --fsdp each unit is held by one rank
+    // (train/base_shard.h): a rank holds the units assigned to it (the most loaded rank is
+    // planned) and, while one runs, a unit of another rank; the adapters, their gradients and
+    // AdamW moments are replicated.
+    const std::vector<double> units = base_unit_bytes(c, base_bits, o.tp);
+    double base = 0;
+    for (double b : units) base += b;
+    if (o.fsdp && dp > 1) {
+      const std::vector<int> owner = assign_owners(units, (int)dp);
+      std::vector<double> held((size_t)dp, 0.0);
+      for (size_t u = 0; u < units.size(); u++) held[owner[u]] += units[u];
+      base = *std::max_element(held.begin(), held.end());
+      // In use at once: a block with (tied) the embeddings, which serve as lm_head, or the
+      // largest single unit.
+      const double block = units[1];
+      p.gathered_bytes = c.tie_embeddings ? units[0] + block : std::max({units[0], block, units.back()});
+    }
+    p.weight_bytes = base + 4 * trained / tp;
+    p.grad_bytes = 4 * trained / tp;
+    p.optim_bytes = 8 * trained / tp;
     // A quantized base's block is dequantized to f32 for its products, one at a time.
-    if (!o.quant.empty()) p.gathered_bytes = 4 * linear_per_block / tp;
-    if (o.fsdp) p.gathered_bytes += (linear_per_block / tp * base_bits / 8 + 2 * C * 4) + 4 * 2 * lora_per_block / tp;
+    if (!o.quant.empty()) p.gathered_bytes += 4 * linear_per_block / tp;
   } else {
     p.trainable = p.params;
     p.weight_bytes = 4 * shard_params / fs;
@@ -101,11 +143,20 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   // Communication: gradients of the trainable parameters this rank holds (per tp shard).
   const double grad_total = 4 * (o.lora_rank > 0 ? (double)p.trainable / tp : shard_params);
   if (p.dp > 1) {
-    if (o.fsdp) {
-      const double weights_total = o.lora_rank > 0 ? p.weight_bytes * dp : 4 * shard_params;
+    if (o.fsdp && o.lora_rank > 0) {
+      // Each unit's owner broadcasts it before its forward and its backward (not the input
+      // embeddings' backward when untied): a rank sends its units' bytes to dp - 1 ranks; on
+      // average (dp - 1)/dp of the gathered bytes, as an all-gather would. The adapters'
+      // gradients are all-reduced.
+      const std::vector<double> units = base_unit_bytes(c, quant_bits(o.quant), o.tp);
+      double gathered = 0;
+      for (size_t u = 0; u < units.size(); u++) gathered += units[u] * (u == 0 && !c.tie_embeddings ? 1 : 2);
+      p.dp_comm_bytes = (dp - 1) / dp * gathered + 2 * (dp - 1) / dp * grad_total;
+    } else if (o.fsdp) {
+      const double weights_total = 4 * shard_params;
       // Every unit is gathered for its forward and again for its backward, except an untied
       // input embedding, whose backward (a scatter-add of dx rows) reads no weights.
-      const double embed_once = o.lora_rank > 0 || c.tie_embeddings ? 0 : 4 * (double)c.vocab_size * C;
+      const double embed_once = c.tie_embeddings ? 0 : 4 * (double)c.vocab_size * C;
       p.dp_comm_bytes = (dp - 1) / dp * (2 * weights_total - embed_once + grad_total);  // all-gathers + reduce-scatter
     } else {
       p.dp_comm_bytes = 2 * (dp - 1) / dp * grad_total;  // all-reduce = reduce-scatter + all-gather

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 
@@ -40,5 +41,12 @@ struct Plan {
 double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t tp = 1);
 
 Plan make_plan(const ModelConfig& c, const PlanOptions& o);
+
+// The owner of each unit of a sharded frozen base (train/base_shard.h): largest unit first,
+// each to the rank holding the fewest bytes so far (the lowest rank on ties).
+std::vector<int> assign_owners(const std::vector<double>& unit_bytes, int ranks);
+// The bytes of each unit of a frozen base as llmq finetune holds it: the embeddings, norms
+// and lm_head in f32, the block linears at linear_bits per weight (over tp ranks).
+std::vector<double> base_unit_bytes(const ModelConfig& c, double linear_bits, int64_t tp = 1);
 
 }  // namespace llmq::dist

@@ -24,20 +24,24 @@ bool linear_of(const std::string& name, int& l, int& t) {
 }
 }  // namespace
 
-uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const std::string& quantize, bool progress) {
+uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const std::string& quantize, bool progress,
+                          const std::function<bool(int)>& keep) {
   LLMQ_CHECK(m.has_adapters());
   const ModelConfig& c = m.config;
   uint64_t bytes = 0;
   m.qbase.clear();
+  auto kept = [&](const std::string& name) { return !keep || keep(unit_of_tensor(name, c.n_layers)); };
   if (!c.quant.enabled) {
     const FlatReader read = model_dir_reader(dir, c);
     if (quantize.empty()) {
-      read(0, (int64_t)m.base.size(), m.base.data());
-      for (int l = 0; l < c.n_layers; l++)
-        for (int t = 0; t < kBlockLinears; t++) {
-          const auto [in, out] = linear_shape(c, t);
-          bytes += (uint64_t)(in * out) * 4;
-        }
+      for (size_t i = 0; i < m.base_specs.size(); i++) {
+        const auto& s = m.base_specs[i];
+        if (!kept(s.name)) continue;
+        const int64_t off = m.base_offsets[i], n = shape_numel(s.shape);
+        read(off, off + n, m.base.data() + off);
+        int l = -1, t = -1;
+        if (linear_of(s.name, l, t)) bytes += (uint64_t)n * 4;
+      }
       return bytes;
     }
     const BaseQuant q = base_quant_parse(quantize);
@@ -48,6 +52,10 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
       const auto& s = m.base_specs[i];
       const int64_t off = m.base_offsets[i], n = shape_numel(s.shape);
       int l = -1, t = -1;
+      if (!kept(s.name)) {
+        if (linear_of(s.name, l, t) && t == kBlockLinears - 1) bar.update((uint64_t)l + 1);
+        continue;
+      }
       if (!linear_of(s.name, l, t)) {
         read(off, off + n, m.base.data() + off);
         continue;
@@ -69,6 +77,7 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
   m.qbase.resize(c.n_layers);
   for (size_t i = 0; i < m.base_specs.size(); i++) {
     const auto& s = m.base_specs[i];
+    if (!kept(s.name)) continue;
     auto it = named.find(s.name);
     if (it == named.end()) fail("{}: tensor {} is missing", dir, s.name);
     const Tensor& x = it->second;
@@ -89,6 +98,16 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
     if (linear_of(s.name, l, t)) bytes += (uint64_t)n * 4;
   }
   return bytes;
+}
+
+double base_linear_bits(const ModelConfig& c, const std::string& quantize) {
+  if (!quantize.empty()) {
+    const BaseQuant q = base_quant_parse(quantize);
+    return (q.bits == 8 ? 8 : 4) + 32.0 / (double)base_quant_group(q, c.dim);  // 2-, 3-bit codes in the 4-bit layout
+  }
+  if (!c.quant.enabled) return 32;
+  if (c.quant.fp8) return 8;
+  return (c.quant.bits == 8 ? 8 : 4) + 32.0 / (double)(c.quant.group > 0 ? c.quant.group : c.dim);
 }
 
 void write_adapter_checkpoint(const std::string& tmp, const LlamaTrain<float>& m, const float* mom, const float* v,

@@ -3,6 +3,7 @@
 // (a PEFT adapter directory plus train_state.bin).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "train/checkpoint.h"
@@ -16,8 +17,15 @@ namespace llmq::train {
 //    at a time: the base is never in memory in float);
 //  - a quantized directory (GPTQ layout: RTN, GPTQ, AWQ, HQQ; llmq's FP8) as loaded: its linears
 //    into m.qbase, dequantized a block at a time for the products.
+// keep(unit), when given, selects the units (unit_of_tensor) this rank holds (a sharded base,
+// train/base_shard.h): the others are not read, quantized or touched.
 // Returns the bytes the base's linears occupy as held (f32, or their quantized form).
-uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const std::string& quantize, bool progress);
+uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const std::string& quantize, bool progress,
+                          const std::function<bool(int)>& keep = {});
+
+// Bits per weight of the base's block linears as load_frozen_base holds them (codes plus
+// scales and zero points; 32 for f32), for a model with config c and --quantize-base q.
+double base_linear_bits(const ModelConfig& c, const std::string& quantize);
 
 // An adapter checkpoint in `tmp`: adapter_config.json + adapter_model.safetensors (PEFT's
 // layout, f32) + train_state.bin (the trained values' AdamW moments) + the tokenizer.

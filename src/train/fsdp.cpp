@@ -1,33 +1,15 @@
 #include "train/fsdp.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
+#include "core/zero_pages.h"
 #include "train/train_ops.h"
 
 namespace llmq::train {
 
 namespace {
-// Zeroes n floats at p, returning the whole pages inside the range to the OS (they read
-// back as zeros without being resident) and clearing the partial pages at its edges.
-void release(float* p, int64_t n) {
-  if (n <= 0) return;
-  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  const uintptr_t b = (uintptr_t)p, e = (uintptr_t)(p + n);
-  const uintptr_t ib = (b + page - 1) / page * page, ie = e / page * page;
-  if (ib >= ie) {
-    std::memset(p, 0, (size_t)n * 4);
-    return;
-  }
-  std::memset(p, 0, ib - b);
-  std::memset(reinterpret_cast<void*>(ie), 0, e - ie);
-  if (madvise(reinterpret_cast<void*>(ib), ie - ib, MADV_DONTNEED) != 0) std::memset(reinterpret_cast<void*>(ib), 0, ie - ib);
-}
-
 // The AdamW ranges of the shard: each tensor's part inside this rank's chunks, padding as
 // no-decay ranges (its gradients stay zero, so its parameters do too).
 void add_shard_ranges(const std::vector<AdamW<float>::Range>& full, int64_t begin, int64_t end, int64_t shard_off,
@@ -102,8 +84,8 @@ void Fsdp::shard(const FlatReader& params, const FlatReader& m, const FlatReader
     if (v) v(b, e, opt_.v.data() + u.shard_off);
   }
   opt_.step = adam_step;
-  release(m_.params.data(), (int64_t)m_.params.size());
-  release(m_.grads.data(), (int64_t)m_.grads.size());
+  zero_and_release(m_.params.data(), (int64_t)m_.params.size());
+  zero_and_release(m_.grads.data(), (int64_t)m_.grads.size());
   for (auto& u : units_) u.gathered = false;
   m_.hooks.gather = [this](int u) { gather(u); };
   m_.hooks.done_forward = [this](int u) { drop_params(u); };
@@ -143,7 +125,7 @@ void Fsdp::drop_params(int i) {
   Unit& u = units_[i];
   if (u.in_flight) settle();
   if (!u.gathered) return;
-  release(m_.params.data() + u.begin, u.end - u.begin);
+  zero_and_release(m_.params.data() + u.begin, u.end - u.begin);
   u.gathered = false;
 }
 
@@ -156,7 +138,7 @@ void Fsdp::reduce_grads(int i) {
     settle();
     red_tmp_.assign((size_t)(u.chunk * comm_.size()), 0.f);
     std::copy(m_.grads.begin() + u.begin, m_.grads.begin() + u.end, red_tmp_.begin());
-    release(m_.grads.data() + u.begin, u.end - u.begin);
+    zero_and_release(m_.grads.data() + u.begin, u.end - u.begin);
     red_out_.resize((size_t)u.chunk);
     const int64_t off = u.shard_off, n = u.chunk;
     comm_.start([this, off, n] {
@@ -170,7 +152,7 @@ void Fsdp::reduce_grads(int i) {
   out_.resize((size_t)u.chunk);
   comm_.reduce_scatter_sum(tmp_.data(), out_.data(), tmp_.size());
   for (int64_t k = 0; k < u.chunk; k++) grad_[u.shard_off + k] += out_[k];
-  release(m_.grads.data() + u.begin, u.end - u.begin);
+  zero_and_release(m_.grads.data() + u.begin, u.end - u.begin);
 }
 
 double Fsdp::grad_sq_norm() {

@@ -141,7 +141,14 @@ template <class F>
 void LlamaTrain<F>::init_adapters(uint64_t seed) {
   LLMQ_CHECK(adapters_);
   const Ptrs b = views(base.data(), base_specs, base_offsets);  // the base's own norms
+  // A sharded base (train/base_shard.h) gathers each unit it reads (a collective: every rank
+  // initialises).
+  auto use = [this](int u, bool on) {
+    const auto& f = on ? hooks.gather : hooks.done_forward;
+    if (f) f(u);
+  };
   for (int64_t l = 0; l < config.n_layers; l++) {
+    use((int)l + 1, true);
     if (ad_.train_norms) {
       std::copy(b.layers[l].attn_norm, b.layers[l].attn_norm + config.dim, p.layers[l].attn_norm);
       std::copy(b.layers[l].ffn_norm, b.layers[l].ffn_norm + config.dim, p.layers[l].ffn_norm);
@@ -158,8 +165,13 @@ void LlamaTrain<F>::init_adapters(uint64_t seed) {
       std::fill(a.B, a.B + out * ad_.rank, F(0));
       if (a.mag) dora_row_norms(w[t], out, in, a.mag);
     }
+    use((int)l + 1, false);
   }
-  if (ad_.train_norms) std::copy(b.norm, b.norm + config.dim, p.norm);
+  if (ad_.train_norms) {
+    use(config.n_layers + 1, true);
+    std::copy(b.norm, b.norm + config.dim, p.norm);
+    use(config.n_layers + 1, false);
+  }
 }
 
 template <class F>
@@ -201,24 +213,37 @@ std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
   return w;
 }
 
-template <class F>
-std::pair<int64_t, int64_t> LlamaTrain<F>::unit_range(int u) const {
+int unit_of_tensor(const std::string& name, int n_layers) {
   // Specs are in HF order: embed, the blocks' tensors block by block, norm, lm_head.
-  auto unit_of = [&](const std::string& name) -> int64_t {
-    if (name == "model.embed_tokens.weight") return 0;
-    int l = -1;
-    std::string rest;
-    if (parse_layer(name, l, rest)) return 1 + l;
-    return config.n_layers + 1;
-  };
+  if (name == "model.embed_tokens.weight") return 0;
+  int l = -1;
+  std::string rest;
+  if (parse_layer(name, l, rest)) return 1 + l;
+  return n_layers + 1;
+}
+
+namespace {
+std::pair<int64_t, int64_t> range_of_unit(const std::vector<HfTensorSpec>& specs, const std::vector<int64_t>& offsets,
+                                          int n_layers, int u) {
   int64_t b = -1, e = -1;
   for (size_t i = 0; i < specs.size(); i++)
-    if (unit_of(specs[i].name) == u) {
+    if (unit_of_tensor(specs[i].name, n_layers) == u) {
       if (b < 0) b = offsets[i];
       e = offsets[i] + shape_numel(specs[i].shape);
     }
   if (b < 0) return {0, 0};  // adapters: a unit with nothing trained
   return {b, e};
+}
+}  // namespace
+
+template <class F>
+std::pair<int64_t, int64_t> LlamaTrain<F>::unit_range(int u) const {
+  return range_of_unit(specs, offsets, config.n_layers, u);
+}
+
+template <class F>
+std::pair<int64_t, int64_t> LlamaTrain<F>::base_unit_range(int u) const {
+  return range_of_unit(base_specs, base_offsets, config.n_layers, u);
 }
 
 template <class F>
@@ -403,11 +428,19 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
 template <class F>
 void LlamaTrain<F>::backward(double loss_scale) {
   LLMQ_CHECK(B_ > 0 && (n_valid_ > 0 || no_targets_));
-  if (no_targets_) {  // nothing to learn from; the units' hooks still run (FSDP, DDP overlap)
-    for (int u = config.n_layers + 1; u >= 0; u--) {
-      if (hooks.gather) hooks.gather(u);
-      if (hooks.done_backward) hooks.done_backward(u);
-    }
+  if (no_targets_) {
+    // Nothing to learn from; the units' hooks still run, in the order of a real backward
+    // (FSDP and a sharded base make collective calls in them that other ranks, whose windows
+    // have targets, make too; DDP overlap starts its reductions there).
+    const int head = config.n_layers + 1;
+    auto call = [](const std::function<void(int)>& f, int u) {
+      if (f) f(u);
+    };
+    call(hooks.gather, head);
+    if (p.lm_head == p.embed) call(hooks.gather, 0);
+    call(hooks.done_backward, head);
+    for (int u = config.n_layers; u >= 1; u--) call(hooks.gather, u), call(hooks.done_backward, u);
+    call(hooks.done_backward, 0);
     no_targets_ = false;
     return;
   }

@@ -26,6 +26,10 @@ struct FlatLayout {
   explicit FlatLayout(const ModelConfig& c);
 };
 
+// The parameter unit (LlamaTrain::unit_range) a Hugging Face tensor belongs to: 0 the
+// embeddings, 1 + l the tensors of block l, n_layers + 1 the rest (final norm, lm_head).
+int unit_of_tensor(const std::string& name, int n_layers);
+
 template <class F>
 struct LlamaTrain {
   struct Layer {
@@ -105,6 +109,8 @@ struct LlamaTrain {
   // n_layers+1 the final norm and (untied) lm_head; each a contiguous range of params/grads.
   int n_units() const { return config.n_layers + 2; }
   std::pair<int64_t, int64_t> unit_range(int u) const;  // [begin, end) elements
+  // Adapters: the unit's range of the frozen `base` ([0, 0) when it has none there).
+  std::pair<int64_t, int64_t> base_unit_range(int u) const;
   // Called around each unit's use: gather(u) before its parameters are read (forward and
   // backward), done_forward(u) after its forward, done_backward(u) once its gradients of this
   // backward are complete. With tied embeddings unit 0 is used at both ends of the pass and

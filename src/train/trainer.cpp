@@ -25,6 +25,7 @@
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 #include "quant/quant_base.h"
+#include "train/base_shard.h"
 #include "train/fsdp.h"
 #include "train/llama_train.h"
 
@@ -243,7 +244,6 @@ TrainResult train_run(const TrainOptions& options) {
   if (o.finetune) {
     o.adapter.check();
     o.adapter.base = o.model;
-    if (o.fsdp) fail("finetune: --fsdp is not supported yet (adapters train data parallel: run under mpirun without --fsdp)");
     if (!o.quantize_base.empty()) base_quant_parse(o.quantize_base);  // the name, checked before any work
   } else if (!o.quantize_base.empty()) {
     fail("train: --quantize-base is for llmq finetune (a frozen base); full training updates every weight in f32");
@@ -314,8 +314,12 @@ TrainResult train_run(const TrainOptions& options) {
     fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
   comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),
                   "the training options, model config and paths");
-  fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
-             comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
+  if (o.finetune)
+    fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} tp=1, frozen base {}, {} threads\n", R, W, comm.backend(),
+               comm.host(), W, o.fsdp && W > 1 ? fmt::format("sharded over {} ranks", W) : "replicated", ops_threads());
+  else
+    fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
+               comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
   if (!o.finetune) {
     // Weights, gradients and the two AdamW moments are f32: 16 bytes a parameter (FSDP: the
     // moments and gradients sharded, the weights whole). Refused before allocating, with the
@@ -338,7 +342,9 @@ TrainResult train_run(const TrainOptions& options) {
   }
   // Fully sharded: the full AdamW moments are never allocated (they exist only while a
   // full-format checkpoint is gathered).
-  AdamW<float> opt(o.adamw, o.fsdp ? std::vector<AdamW<float>::Range>{{0, 0, false}} : ranges, o.fsdp ? 0 : m.n_params());
+  // (Fine-tuning under --fsdp shards only the frozen base: its adapters' state is whole.)
+  const bool full_fsdp = o.fsdp && !o.finetune;
+  AdamW<float> opt(o.adamw, full_fsdp ? std::vector<AdamW<float>::Range>{{0, 0, false}} : ranges, full_fsdp ? 0 : m.n_params());
   if (lead) {
     fs::create_directories(o.out);
     remove_run_leftovers(o.out);
@@ -350,7 +356,15 @@ TrainResult train_run(const TrainOptions& options) {
   FlatReader src_params, src_m, src_v;
   int64_t adam_step = 0, start_step = 0, cursor = 0;
   uint64_t base_bytes = 0;
-  if (o.finetune) base_bytes = load_frozen_base(m, o.model, o.quantize_base, o.progress && lead);
+  // Fine-tuning under --fsdp: each rank loads and holds only its units of the frozen base
+  // (train/base_shard.h); the adapters are replicated.
+  std::unique_ptr<BaseShards> base_shards;
+  if (o.finetune) {
+    if (o.fsdp) base_shards = std::make_unique<BaseShards>(m, comm, base_linear_bits(cfg, o.quantize_base));
+    base_bytes = load_frozen_base(m, o.model, o.quantize_base, o.progress && lead,
+                                  base_shards ? base_shards->keep() : std::function<bool(int)>{});
+    if (base_shards) base_shards->start();
+  }
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);
     if (o.finetune) {  // another adapter shape would first show as a state of another size
@@ -432,7 +446,7 @@ TrainResult train_run(const TrainOptions& options) {
   m.set_precision(precision_parse(o.precision));
   std::unique_ptr<Fsdp> fsdp;
   auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
-  if (o.fsdp) {
+  if (full_fsdp) {
     fsdp = std::make_unique<Fsdp>(m, comm, o.adamw, ranges);
     fsdp->set_overlap(o.fsdp_overlap);
     fsdp->shard(src_params, src_m, src_v, adam_step);
@@ -442,7 +456,7 @@ TrainResult train_run(const TrainOptions& options) {
     opt.step = adam_step;
   }
   src_params = src_m = src_v = nullptr;  // closes the source files
-  const bool sharded_ckpt = o.fsdp && o.checkpoint_format != "full";
+  const bool sharded_ckpt = fsdp && o.checkpoint_format != "full";
   std::ofstream log;
   if (lead) {
     log.open(metrics, std::ios::app);
@@ -502,7 +516,8 @@ TrainResult train_run(const TrainOptions& options) {
       else comm.all_reduce_sum(m.grads.data() + off, n);
     }
   };
-  const bool overlap = W > 1 && !fsdp && o.overlap_comm;
+  // (Not with a sharded base: its broadcasts run on this thread, collectives must not overlap.)
+  const bool overlap = W > 1 && !o.fsdp && o.overlap_comm;
   bool last_micro = false;
   if (overlap)
     m.hooks.done_backward = [&](int u) {

@@ -88,7 +88,6 @@ expect_error "chat.jsonl:2: no \"messages\" list" -- data prepare --tokenizer "$
 expect_error "alpha 0" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --alpha 0
 expect_error "unknown target module 'attn'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --targets q_proj,attn
 expect_error "unknown base quantization 'nf3'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --quantize-base nf3
-expect_error "not supported yet" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --fsdp
 mkdir -p "$T/ad"
 printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}' > "$T/ad/adapter_config.json"
 expect_error "adapter_model.safetensors: missing" -- generate -m "$T/m" -p "1 2" --adapter "$T/ad"

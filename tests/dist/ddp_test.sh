@@ -11,7 +11,9 @@
 #  - a deterministic run gives bitwise identical weights when repeated, and so does the
 #    all-reduce after backward (--no-overlap) against the default overlapped one;
 #  - a run stopped at 1 rank resumes at 2 ranks on the same curve;
-#  - adapter fine-tuning (DoRA on an HQQ-4 base) at 2 ranks follows the 1-process curve;
+#  - adapter fine-tuning (DoRA on an HQQ-4 base) at 2 ranks follows the 1-process curve; with the
+#    base sharded (--fsdp) the adapters are bitwise the replicated run's; at 4 ranks (untied, float
+#    base, trained norms) the 1-process curve, and the run resumes at 2 ranks without --fsdp;
 #  - faults: a batch that does not split, ranks started with different options, a rank that
 #    dies: every rank exits within seconds with a message (no hang).
 # usage: tests/dist/ddp_test.sh LLMQ
@@ -116,6 +118,24 @@ FT=(finetune -m "$T/base" --data "$T/data" --seq-len 32 --warmup 2 --log-every 1
 "$LLMQ" -t 1 "${FT[@]}" --out "$T/ft1" > "$T/ft1.log" 2>&1 || { tail -5 "$T/ft1.log"; fail "finetune, 1 process"; }
 timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FT[@]}" --out "$T/ft2" > "$T/ft2.log" 2>&1 || { tail -5 "$T/ft2.log"; fail "finetune, 2 ranks"; }
 echo -n "finetune 2 ranks vs 1: "; same_curve "$T/ft1" "$T/ft2" || fail "finetune 2 ranks: loss curve differs"
+# The frozen base sharded over the ranks (--fsdp, train/base_shard.h): the same products on
+# the same values as the replicated base, so the adapters are bitwise those of the
+# data-parallel run; rank 1 holds the blocks and receives the embeddings it lacks.
+timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FT[@]}" --fsdp --out "$T/ft2s" > "$T/ft2s.log" 2>&1 || { tail -5 "$T/ft2s.log"; fail "finetune --fsdp, 2 ranks"; }
+cmp -s "$T/ft2/checkpoint-000020/adapter_model.safetensors" "$T/ft2s/checkpoint-000020/adapter_model.safetensors" &&
+  echo "finetune --fsdp 2 ranks: adapters bitwise equal to the replicated base's" || fail "finetune --fsdp: adapters differ from the replicated run"
+# Untied embeddings, a float base, trained norms, 4 ranks: the 1-process curve; stopped at step
+# 10, it resumes at 2 ranks without --fsdp on the same curve (the checkpoint is a plain adapter).
+sed 's/"tie_word_embeddings": true/"tie_word_embeddings": false/' "$T/config.json" > "$T/config_untied.json"
+"$LLMQ" init --config "$T/config_untied.json" --out "$T/base_u" --dtype f32 --seed 4 >/dev/null 2>&1 || fail "init the untied base"
+FTU=(finetune -m "$T/base_u" --data "$T/data" --seq-len 32 --warmup 2 --log-every 1 --eval-every 10 --eval-batches 2
+     --save-every 10 --rank 4 --train-norms --lr 3e-3 --steps 20 --batch 4 --json)
+"$LLMQ" -t 1 "${FTU[@]}" --out "$T/fu1" > "$T/fu1.log" 2>&1 || { tail -5 "$T/fu1.log"; fail "untied finetune, 1 process"; }
+timeout 300 mpirun -np 4 "$LLMQ" -t 1 "${FTU[@]}" --fsdp --out "$T/fu4" > "$T/fu4.log" 2>&1 || { tail -5 "$T/fu4.log"; fail "finetune --fsdp, 4 ranks"; }
+echo -n "finetune --fsdp 4 ranks (untied, float base) vs 1: "; same_curve "$T/fu1" "$T/fu4" || fail "finetune --fsdp 4 ranks: curve differs"
+rm -rf "$T/fu4/checkpoint-000020"; echo checkpoint-000010 > "$T/fu4/latest"
+timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FTU[@]}" --resume --out "$T/fu4" > "$T/fu4r.log" 2>&1 || { tail -5 "$T/fu4r.log"; fail "resume at 2 ranks"; }
+echo -n "finetune --fsdp 4 ranks, resumed at 2 without --fsdp: "; same_curve "$T/fu1" "$T/fu4" || fail "finetune resume: curve differs"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
