@@ -12,6 +12,8 @@
 #include "core/error.h"
 #include "core/file_util.h"
 #include "dist/tensor_parallel.h"
+#include "io/hf_dir.h"
+#include "eval/perplexity.h"
 #include "model/config.h"
 
 namespace llmq::cli {
@@ -197,6 +199,37 @@ void shard_for_tp(Model& m, int tp, const char* command) {
          tp, w.size());
   dist::shard_model_tp(m, w.rank(), tp, w);
   if (w.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("cannot silence rank {}'s output", w.rank());
+}
+
+void TokenSource::add(CLI::App* c) {
+  auto* tk = c->add_option("--tokens", tokens, "file of whitespace-separated token ids");
+  auto* tx = c->add_option("--text", text, "text file, tokenized with the model's tokenizer (BOS first)");
+  auto* dt = c->add_option("--data", data, "a prepared data directory (`llmq data prepare`): its held-out split");
+  tk->excludes(tx)->excludes(dt);
+  tx->excludes(dt);
+  c->add_option("--split", split, "split of --data: val (default) or train");
+  c->add_option("--tokenizer", tokenizer, "tokenizer for --text (default: the model directory's)");
+  c->add_option("--max-tokens", max_tokens, "score at most this many tokens (default: all)");
+}
+
+std::vector<int32_t> TokenSource::load(const std::string& model_dir, const ModelConfig& cfg) const {
+  if ((int)!tokens.empty() + (int)!text.empty() + (int)!data.empty() != 1)
+    fail("give one of --tokens FILE, --text FILE or --data DIR");
+  std::vector<int32_t> toks;
+  if (!text.empty()) {
+    auto tok = tokenizer_load(tokenizer.empty() ? model_dir : tokenizer);
+    check_tokenizer_fits(*tok, cfg, model_dir);
+    if (tok->add_bos && tok->bos_id >= 0) toks.push_back(tok->bos_id);
+    auto v = tok->encode(read_text_file(text), false);
+    toks.insert(toks.end(), v.begin(), v.end());
+  } else if (!data.empty()) {
+    const std::string tk = !tokenizer.empty() ? tokenizer : std::filesystem::is_directory(model_dir) ? tokenizer_find(model_dir) : "";
+    toks = data_split_tokens(data, split, max_tokens, tk);
+  } else {
+    toks = read_token_file(tokens);
+  }
+  if (max_tokens > 0 && (int64_t)toks.size() > max_tokens) toks.resize(max_tokens);
+  return toks;
 }
 
 }  // namespace llmq::cli

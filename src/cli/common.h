@@ -97,4 +97,14 @@ extern bool g_mmap;
 extern int g_exit_code;
 inline LoadMode load_mode() { return g_mmap ? LoadMode::Map : LoadMode::Read; }
 
+// Tokens to evaluate on (eval ppl / compare, merge's report): --tokens FILE, --text FILE or
+// --data DIR (its held-out split), with --split, --tokenizer and --max-tokens.
+struct TokenSource {
+  std::string tokens, text, tokenizer, data, split = "val";
+  int64_t max_tokens = 0;
+  void add(CLI::App* c);
+  bool given() const { return !tokens.empty() || !text.empty() || !data.empty(); }
+  std::vector<int32_t> load(const std::string& model_dir, const ModelConfig& cfg) const;
+};
+
 }  // namespace llmq::cli
