@@ -16,6 +16,7 @@
 #include "quant/quant.h"
 #include "quant/quant_base.h"
 #include "test_util.h"
+#include "text_shards.h"
 #include "train/adapter.h"
 #include "train/base_shard.h"
 #include "train/checkpoint.h"
@@ -333,9 +334,9 @@ TEST(Adapter, DropoutGradientsMatchFiniteDifferences) {
     for (int k = 0; k < 16; k++) {
       const int64_t i = (int64_t)(rng_uniform(54 + dora, k) * (double)m.n_params());
       const double x0 = m.params[i], h = 1e-5;
-      double *A, *Bm, *mag;
-      const double* W;
-      int64_t in, out;
+      double *A = nullptr, *Bm = nullptr, *mag = nullptr;
+      const double* W = nullptr;
+      int64_t in = 0, out = 0;
       const bool hold_c = dora && linear_of(i, A, Bm, mag, W, in, out);
       std::vector<double> mag0, n0;
       if (hold_c) mag0.assign(mag, mag + out), n0 = norms(A, Bm, W, in, out);
@@ -467,24 +468,17 @@ TEST(Finetune, MaskedTokensAreInputsNotTargets) {
 // (DoRA with dropout on an HQQ-4 base quantized while loading, gradient accumulation); the
 // checkpoint is a PEFT adapter the engine attaches; a resume with another rank is refused.
 TEST(Finetune, ResumeIsBitwiseIdentical) {
-  test::TempDir tmp("finetune");
   std::string text;
   for (int i = 0; i < 40; i++) text += "Entry " + std::to_string(i * 7919 % 1000) + " of a corpus to fine-tune on.\n";
-  write_file_atomic(tmp / "in.txt", text);
-  auto tok = tokenizer_load(std::string(LLMQ_SOURCE_DIR) + "/models/llama3-tokenizer");
-  PrepareOptions po;
-  po.inputs = {tmp / "in.txt"};
-  po.out_dir = tmp / "data";
-  po.val_fraction = 0;
-  po.progress = false;
-  data_prepare(*tok, po);
+  const test::TextShards shards(text);
+  const test::TempDir& tmp = shards.tmp;
   ModelConfig cfg = config_preset("tiny");
   cfg.vocab_size = 128256;
   model_save(tmp / "base", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
   train::TrainOptions a;
   a.finetune = true;
   a.model = tmp / "base";
-  a.data = tmp / "data";
+  a.data = shards.data;
   a.out = tmp / "a";
   a.batch = 2, a.seq_len = 16, a.warmup = 2, a.eval_every = 0, a.save_every = 0, a.progress = false;
   a.steps = 6, a.grad_accum = 2, a.lr = 1e-2, a.sample_tokens = 0;

@@ -13,6 +13,7 @@
 #include "core/rng.h"
 #include "model_fill.h"
 #include "test_util.h"
+#include "text_shards.h"
 #include "train/adamw.h"
 #include "train/llama_train.h"
 #include "train/train_ops.h"
@@ -350,21 +351,7 @@ TEST(Train, Bf16ModelGradientsNearFloat64) {
 namespace llmq {
 namespace {
 
-// A small run directory fixture: a tokenizer from the fetched data, a text, its shards.
-struct RunFixture {
-  test::TempDir tmp{"trainrun"};
-  std::string data;
-  explicit RunFixture(const std::string& text) {
-    write_file_atomic(tmp / "in.txt", text);
-    auto tok = tokenizer_load(std::string(LLMQ_SOURCE_DIR) + "/models/llama3-tokenizer");
-    PrepareOptions po;
-    po.inputs = {tmp / "in.txt"};
-    po.out_dir = data = tmp / "data";
-    po.val_fraction = 0;
-    po.progress = false;
-    data_prepare(*tok, po);
-  }
-};
+using RunFixture = test::TextShards;
 
 train::TrainOptions small_run(const std::string& data, const std::string& out) {
   train::TrainOptions o;

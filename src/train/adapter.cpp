@@ -82,24 +82,46 @@ std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, int t) {
   }
 }
 
-std::vector<HfTensorSpec> adapter_specs(const ModelConfig& c, const AdapterConfig& a) {
+namespace {
+// The buffer's order, once: specs and, when given, each tensor's offset.
+std::vector<HfTensorSpec> walk_adapter(const ModelConfig& c, const AdapterConfig& a, AdapterLayout* lay) {
   std::vector<HfTensorSpec> s;
+  AdapterLayout L;
+  L.lin.assign(c.n_layers, {});
+  L.attn_norm.assign(c.n_layers, -1), L.ffn_norm.assign(c.n_layers, -1);
+  auto add = [&](std::string name, Shape shape, bool norm, int64_t& at) {
+    at = L.n;
+    L.n += shape_numel(shape);
+    s.push_back({std::move(name), std::move(shape), norm});
+  };
   const std::string root = "base_model.model.";
   for (int l = 0; l < c.n_layers; l++) {
     const std::string pre = fmt::format("{}model.layers.{}.", root, l);
-    if (a.train_norms) s.push_back({pre + "input_layernorm.weight", {c.dim}, true});
+    if (a.train_norms) add(pre + "input_layernorm.weight", {c.dim}, true, L.attn_norm[l]);
     for (int t = 0; t < kBlockLinears; t++) {
       if (!a.targets[t]) continue;
       const auto [in, out] = linear_shape(c, t);
       const std::string m = pre + kLinearModules[t];
-      s.push_back({m + ".lora_A.weight", {a.rank, in}, false});
-      s.push_back({m + ".lora_B.weight", {out, a.rank}, false});
-      if (a.dora) s.push_back({m + ".lora_magnitude_vector", {out}, false});
+      add(m + ".lora_A.weight", {a.rank, in}, false, L.lin[l][t].A);
+      add(m + ".lora_B.weight", {out, a.rank}, false, L.lin[l][t].B);
+      if (a.dora) add(m + ".lora_magnitude_vector", {out}, false, L.lin[l][t].mag);
     }
-    if (a.train_norms) s.push_back({pre + "post_attention_layernorm.weight", {c.dim}, true});
+    if (a.train_norms) add(pre + "post_attention_layernorm.weight", {c.dim}, true, L.ffn_norm[l]);
   }
-  if (a.train_norms) s.push_back({root + "model.norm.weight", {c.dim}, true});
+  if (a.train_norms) add(root + "model.norm.weight", {c.dim}, true, L.norm);
+  if (lay) *lay = std::move(L);
   return s;
+}
+}  // namespace
+
+std::vector<HfTensorSpec> adapter_specs(const ModelConfig& c, const AdapterConfig& a) {
+  return walk_adapter(c, a, nullptr);
+}
+
+AdapterLayout adapter_layout(const ModelConfig& c, const AdapterConfig& a) {
+  AdapterLayout L;
+  walk_adapter(c, a, &L);
+  return L;
 }
 
 json adapter_config_json(const AdapterConfig& a) {

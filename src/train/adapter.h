@@ -41,6 +41,18 @@ std::array<bool, kBlockLinears> parse_targets(const std::string& list);
 // (its norms with train_norms, then each targeted linear's lora_A (r, in), lora_B (out, r)
 // and DoRA's lora_magnitude_vector (out)), then the final norm with train_norms.
 std::vector<HfTensorSpec> adapter_specs(const ModelConfig& c, const AdapterConfig& a);
+// Where each of those tensors starts in a flat buffer of them (element offsets; -1: absent),
+// by layer and linear: the one walk of that order every reader of the buffer uses.
+struct AdapterLayout {
+  struct Linear {
+    int64_t A = -1, B = -1, mag = -1;
+  };
+  std::vector<std::array<Linear, kBlockLinears>> lin;  // per block
+  std::vector<int64_t> attn_norm, ffn_norm;            // per block
+  int64_t norm = -1;
+  int64_t n = 0;  // elements in all
+};
+AdapterLayout adapter_layout(const ModelConfig& c, const AdapterConfig& a);
 // (in, out) of linear t of a block.
 std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, int t);
 

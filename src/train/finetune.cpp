@@ -131,39 +131,30 @@ void attach_adapter(Model& m, const std::string& dir) {
   if (m.partial_sum) fail("{}: adapters on a tensor-parallel model are not supported", dir);
   const ModelConfig& c = m.config;
   const AdapterConfig a = adapter_config_load(dir);
-  const std::vector<HfTensorSpec> specs = adapter_specs(c, a);
-  int64_t n = 0;
-  std::vector<int64_t> off;
-  for (const auto& s : specs) off.push_back(n), n += shape_numel(s.shape);
-  std::vector<float> flat((size_t)n);
-  adapter_reader(dir, c, a)(0, n, flat.data());
-  auto at = [&](const std::string& name) -> const float* {
-    for (size_t i = 0; i < specs.size(); i++)
-      if (specs[i].name == name) return flat.data() + off[i];
-    return nullptr;
-  };
-  auto f32 = [](const float* src, Shape shape) {
+  const AdapterLayout lay = adapter_layout(c, a);
+  std::vector<float> flat((size_t)lay.n);
+  adapter_reader(dir, c, a)(0, lay.n, flat.data());
+  auto f32 = [&](int64_t off, Shape shape) {
+    LLMQ_CHECK(off >= 0);
     Tensor t = Tensor::empty(DType::F32, shape);
-    std::copy(src, src + shape_numel(shape), t.host<float>());
+    std::copy(flat.data() + off, flat.data() + off + shape_numel(shape), t.host<float>());
     return t;
   };
-  const std::string root = "base_model.model.model.";
   for (int l = 0; l < c.n_layers; l++) {
     LlamaLayer& L = m.weights.layers[l];
     const Tensor* W[kBlockLinears] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
-    const std::string pre = fmt::format("{}layers.{}.", root, l);
     if (a.train_norms) {
-      L.attn_norm = f32(at(pre + "input_layernorm.weight"), {c.dim});
-      L.ffn_norm = f32(at(pre + "post_attention_layernorm.weight"), {c.dim});
+      L.attn_norm = f32(lay.attn_norm[l], {c.dim});
+      L.ffn_norm = f32(lay.ffn_norm[l], {c.dim});
     }
     for (int t = 0; t < kBlockLinears; t++) {
       L.lora[t] = nullptr;
       if (!a.targets[t]) continue;
       const auto [in, out] = linear_shape(c, t);
-      const std::string mod = pre + kLinearModules[t];
+      const AdapterLayout::Linear& o = lay.lin[l][t];
       auto ll = std::make_shared<LoraLinear>();
-      ll->A = f32(at(mod + ".lora_A.weight"), {a.rank, in});
-      ll->B = f32(at(mod + ".lora_B.weight"), {out, a.rank});
+      ll->A = f32(o.A, {a.rank, in});
+      ll->B = f32(o.B, {out, a.rank});
       ll->scale = (float)a.scale();
       if (a.dora) {
         // c = m / ||W + s B A|| over the weights as the model runs them (dequantized).
@@ -175,14 +166,14 @@ void attach_adapter(Model& m, const std::string& dir) {
         }
         dora_weight_norms<float>(w.data(), ll->A.host<float>(), ll->B.host<float>(), a.rank, a.scale(), in, out,
                                  norm.data());
-        const float* mag = at(mod + ".lora_magnitude_vector");
+        const float* mag = flat.data() + o.mag;
         ll->c.resize((size_t)out);
         for (int64_t j = 0; j < out; j++) ll->c[j] = norm[j] > 0 ? mag[j] / norm[j] : 0.f;
       }
       L.lora[t] = std::move(ll);
     }
   }
-  if (a.train_norms) m.weights.norm = f32(at(root + "norm.weight"), {c.dim});
+  if (a.train_norms) m.weights.norm = f32(lay.norm, {c.dim});
 }
 
 int64_t merge_adapter(Model& m) {
@@ -230,25 +221,20 @@ void export_adapter_gguf(const std::string& base_dir, const std::string& adapter
   if (a.train_norms)
     fail("{}: the adapter trains the norms (modules_to_save), which llama.cpp's LoRA adapters cannot carry: fold it into "
          "the base with llmq merge", adapter_dir);
-  const std::vector<HfTensorSpec> specs = adapter_specs(c, a);
-  int64_t n = 0;
-  for (const auto& s : specs) n += shape_numel(s.shape);
-  std::vector<float> flat((size_t)n);
-  adapter_reader(adapter_dir, c, a)(0, n, flat.data());
+  const AdapterLayout lay = adapter_layout(c, a);
+  std::vector<float> flat((size_t)lay.n);
+  adapter_reader(adapter_dir, c, a)(0, lay.n, flat.data());
   std::vector<GgufLoraLinear> lin;
-  int64_t at = 0;
   for (int l = 0; l < c.n_layers; l++)
     for (int t = 0; t < kBlockLinears; t++) {
       if (!a.targets[t]) continue;
       const auto [in, out_f] = linear_shape(c, t);
+      const AdapterLayout::Linear& o = lay.lin[l][t];
       GgufLoraLinear x{l, t, Tensor::empty(DType::F32, {a.rank, in}), Tensor::empty(DType::F32, {out_f, a.rank})};
-      std::copy(flat.begin() + at, flat.begin() + at + a.rank * in, x.A.host<float>());
-      at += a.rank * in;
-      std::copy(flat.begin() + at, flat.begin() + at + out_f * a.rank, x.B.host<float>());
-      at += out_f * a.rank;
+      std::copy(flat.begin() + o.A, flat.begin() + o.A + a.rank * in, x.A.host<float>());
+      std::copy(flat.begin() + o.B, flat.begin() + o.B + out_f * a.rank, x.B.host<float>());
       lin.push_back(std::move(x));
     }
-  LLMQ_CHECK(at == n);
   const float alpha = (float)(a.rslora ? a.alpha * std::sqrt((double)a.rank) : a.alpha);
   gguf_export_lora(c, lin, alpha, type, fs::path(adapter_dir).filename().string(), out);
 }

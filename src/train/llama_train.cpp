@@ -61,31 +61,22 @@ LlamaTrain<F>::LlamaTrain(const ModelConfig& c, const AdapterConfig& ad) : confi
   grads.resize(n);
   ap_.assign(c.n_layers, {});
   ag_.assign(c.n_layers, {});
-  for (size_t i = 0; i < specs.size(); i++) {
-    const std::string& name = specs[i].name;
-    F *P = params.data() + offsets[i], *G = grads.data() + offsets[i];
-    int l = -1;
-    std::string rest;
-    if (!parse_layer(name, l, rest)) {
-      LLMQ_CHECK(name.size() >= 17 && name.compare(name.size() - 17, 17, "model.norm.weight") == 0);
-      p.norm = P, g.norm = G;
-      continue;
+  const AdapterLayout lay = adapter_layout(c, ad);
+  LLMQ_CHECK(lay.n == n);
+  auto at = [](F* buf, int64_t off) { return off < 0 ? nullptr : buf + off; };
+  F *P = params.data(), *G = grads.data();
+  for (int l = 0; l < c.n_layers; l++) {
+    if (ad.train_norms) {
+      p.layers[l].attn_norm = at(P, lay.attn_norm[l]), g.layers[l].attn_norm = at(G, lay.attn_norm[l]);
+      p.layers[l].ffn_norm = at(P, lay.ffn_norm[l]), g.layers[l].ffn_norm = at(G, lay.ffn_norm[l]);
     }
-    LLMQ_CHECK(l >= 0 && l < c.n_layers);
-    if (rest == "input_layernorm.weight") p.layers[l].attn_norm = P, g.layers[l].attn_norm = G;
-    else if (rest == "post_attention_layernorm.weight") p.layers[l].ffn_norm = P, g.layers[l].ffn_norm = G;
-    else {
-      int t = 0;
-      while (t < kBlockLinears && rest.rfind(std::string(kLinearModules[t]) + ".", 0) != 0) t++;
-      LLMQ_CHECK(t < kBlockLinears);
-      const std::string what = rest.substr(std::string(kLinearModules[t]).size() + 1);
-      AdPtrs &a = ap_[l][t], &ga = ag_[l][t];
-      if (what == "lora_A.weight") a.A = P, ga.A = G;
-      else if (what == "lora_B.weight") a.B = P, ga.B = G;
-      else if (what == "lora_magnitude_vector") a.mag = P, ga.mag = G;
-      else fail("training: unexpected adapter tensor {}", name);
+    for (int t = 0; t < kBlockLinears; t++) {
+      const AdapterLayout::Linear& o = lay.lin[l][t];
+      ap_[l][t] = {at(P, o.A), at(P, o.B), at(P, o.mag)};
+      ag_[l][t] = {at(G, o.A), at(G, o.B), at(G, o.mag)};
     }
   }
+  if (ad.train_norms) p.norm = at(P, lay.norm), g.norm = at(G, lay.norm);
 }
 
 template <class F>
@@ -190,7 +181,8 @@ std::array<const F*, kBlockLinears> LlamaTrain<F>::block_weights(int64_t l) {
       const Tensor& W = qbase[l][t];
       if (!W.defined()) continue;  // a linear the base keeps in float
       // Plain variables, not a structured binding: clang 14 cannot use those in an OpenMP region.
-      const int64_t in = linear_shape(config, t).first, out = linear_shape(config, t).second;
+      const std::pair<int64_t, int64_t> sh = linear_shape(config, t);
+      const int64_t in = sh.first, out = sh.second;
       F* dst = wl_.data() + at[t];
       // Rows over the threads (each row's dequantization is independent).
 #pragma omp parallel
