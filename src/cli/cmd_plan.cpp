@@ -101,7 +101,8 @@ void register_plan(CLI::App& app) {
     row(o->p.lora_rank ? "weights (base + adapters)" : "weights (f32)", p.weight_bytes);
     row("gradients", p.grad_bytes);
     row("AdamW moments", p.optim_bytes);
-    if (o->p.fsdp) row("gathered block (FSDP)", p.gathered_bytes);
+    if (o->p.fsdp && o->p.lora_rank) row(o->p.quant.empty() ? "base unit in use (another rank's)" : "unit in use + block in f32", p.gathered_bytes);
+    else if (o->p.fsdp) row("gathered block (FSDP)", p.gathered_bytes);
     else if (p.gathered_bytes > 0) row("one block dequantized (f32)", p.gathered_bytes);
     row(o->p.recompute ? "activations (recompute)" : "activations", p.activation_bytes);
     row("total", p.total_bytes());

@@ -288,7 +288,7 @@ bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
   return name.ends_with("_proj.weight");
 }
 
-Model model_load(const std::string& dir, LoadMode mode) {
+Model model_load(const std::string& dir, LoadMode mode, const std::function<bool(const std::string&)>& want) {
   if (fs::is_regular_file(dir)) {  // a GGUF file (llama.cpp's format) as a model source
     if (dir.ends_with(".gguf")) return gguf_load_model(dir, mode);
     fail("{}: a file; give a model directory (config.json + safetensors) or a .gguf file", dir);
@@ -307,6 +307,7 @@ Model model_load(const std::string& dir, LoadMode mode) {
   WeightFiles wf = open_weights(dir, file_mode);
   std::map<std::string, Tensor> t;
   for (const auto& spec : hf_tensor_specs(c)) {
+    if (want && !want(spec.name)) continue;
     // A quantized model's linears are GPTQ tensors, except those kept in float (.weight);
     // FP8 linears are .weight in F8_E4M3 with a .weight_scale.
     if (hf_is_quantized_linear(c, spec.name) && c.quant.fp8 && wf.where.count(spec.name) &&

@@ -24,7 +24,11 @@ bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name);
 
 // Loads a model directory: weights stay memory-mapped (norms are converted to f32). Checks
 // every tensor's presence, dtype (f32, bf16, f16) and shape against config.json.
-Model model_load(const std::string& dir, LoadMode mode = LoadMode::Read);
+// want(name), when given, selects the tensors loaded (by Hugging Face name); the others are
+// not read, checked or converted and stay undefined in the weights (a rank of a sharded
+// fine-tuning base loads only its units this way).
+Model model_load(const std::string& dir, LoadMode mode = LoadMode::Read,
+                 const std::function<bool(const std::string&)>& want = {});
 
 // Fails, naming the file, tensor, row and column, when a float tensor holds a NaN or an Inf.
 // Every loader checks every tensor once (a corrupt model is refused by every command alike,

@@ -72,7 +72,7 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
   if (!quantize.empty())
     fail("{}: the model is already quantized ({} {}); --quantize-base is for float models", dir, c.quant.algorithm,
          c.quant.scheme);
-  const Model mm = model_load(dir, LoadMode::Map);
+  const Model mm = model_load(dir, LoadMode::Map, [&](const std::string& name) { return kept(name); });
   const auto named = hf_named_tensors(mm);
   m.qbase.resize(c.n_layers);
   for (size_t i = 0; i < m.base_specs.size(); i++) {

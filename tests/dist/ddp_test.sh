@@ -136,6 +136,17 @@ echo -n "finetune --fsdp 4 ranks (untied, float base) vs 1: "; same_curve "$T/fu
 rm -rf "$T/fu4/checkpoint-000020"; echo checkpoint-000010 > "$T/fu4/latest"
 timeout 300 mpirun -np 2 "$LLMQ" -t 1 "${FTU[@]}" --resume --out "$T/fu4" > "$T/fu4r.log" 2>&1 || { tail -5 "$T/fu4r.log"; fail "resume at 2 ranks"; }
 echo -n "finetune --fsdp 4 ranks, resumed at 2 without --fsdp: "; same_curve "$T/fu1" "$T/fu4" || fail "finetune resume: curve differs"
+# An already-quantized base (RTN-4 directory): each rank loads only its units; adapters bitwise
+# those of the replicated base.
+"$LLMQ" quantize -m "$T/base_u" --method rtn --group 32 --out "$T/base_q" >/dev/null 2>&1 || fail "quantize the base"
+for mode in dp fsdp; do
+  timeout 300 mpirun -np 2 "$LLMQ" -t 1 finetune -m "$T/base_q" --data "$T/data" --seq-len 32 --warmup 2 --eval-every 5 \
+    --eval-batches 2 --save-every 10 --rank 4 --adapter dora --lr 3e-3 --steps 10 --batch 4 $([ $mode = fsdp ] && echo --fsdp) \
+    --out "$T/fq_$mode" > "$T/fq_$mode.log" 2>&1 || { tail -5 "$T/fq_$mode.log"; fail "finetune on a quantized base, $mode"; }
+done
+cmp -s "$T/fq_dp/checkpoint-000010/adapter_model.safetensors" "$T/fq_fsdp/checkpoint-000010/adapter_model.safetensors" &&
+  echo "finetune --fsdp on a quantized directory: adapters bitwise equal to the replicated base's" ||
+  fail "finetune --fsdp on a quantized base: adapters differ"
 
 # Faults: each must end within seconds with one message naming the problem.
 expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
