@@ -21,7 +21,7 @@ printf "%-5s %-5s %12s %12s %12s %12s %10s\n" ranks rank "peak RSS" "plan" "RSS/
 summary=""
 for W in ${1:-1 2 4}; do
   args=(finetune -m $M/base --data $DATA --out $M/run --overwrite --steps 3 --batch $B --seq-len $T --log-every 1
-        --eval-every 0 --save-every 0 --warmup 1 --rank 16 --adapter dora --quantize-base hqq4 --recompute --json)
+        --eval-every 0 --eval-batches 1 --save-every 0 --warmup 1 --rank 16 --adapter dora --quantize-base hqq4 --recompute --json)
   if [ "$W" = 1 ]; then
     /usr/bin/time -f "peak_kb %M" -o $M/time.0 $L -t 2 "${args[@]}" > $M/out.json 2>$M/log
   else

@@ -133,6 +133,16 @@ BaseShards::BaseShards(LlamaTrain<float>& m, dist::Communicator& comm, double li
   for (int u = 0; u < U; u++)
     if (owner_[u] == comm.rank()) held_ += bytes[u];
   gathered_.assign((size_t)U, false);
+  // Each unit's tensors in `base`, and which block linear each is (-1: a norm, embeddings, head).
+  pieces_.assign((size_t)U, {});
+  for (size_t i = 0; i < m.base_specs.size(); i++) {
+    const auto& s = m.base_specs[i];
+    int l = -1, linear = -1;
+    if (std::sscanf(s.name.c_str(), "model.layers.%d.", &l) == 1)
+      for (int t = 0; t < kBlockLinears; t++)
+        if (s.name == fmt::format("model.layers.{}.{}.weight", l, kLinearModules[t])) linear = t;
+    pieces_[unit_of_tensor(s.name, c.n_layers)].push_back({m.base_offsets[i], shape_numel(s.shape), linear});
+  }
   packed_.assign((size_t)U, nullptr);
   packed_bytes_.assign((size_t)U, 0);
 }
@@ -162,16 +172,24 @@ void BaseShards::gather(int u) {
   if (gathered_[u]) return;
   const int root = owner_[u];
   const bool mine = root == comm_.rank();
-  const auto [b, e] = m_.base_unit_range(u);
-  if (e > b) comm_.broadcast(m_.base.data() + b, (size_t)(e - b) * sizeof(float), root);
-  if (u >= 1 && u <= m_.config.n_layers && !m_.qbase.empty()) {
-    uint64_t n = packed_bytes_[u];
-    comm_.broadcast(&n, sizeof n, root);
-    if (n > 0) {
-      if (!mine) packed_[u] = Storage::allocate((size_t)n);
-      comm_.broadcast(packed_[u]->data, (size_t)n, root);
-      if (!mine) unpack_linears(packed_[u], m_.qbase[u - 1]);
-    }
+  const bool quant_block = u >= 1 && u <= m_.config.n_layers && !m_.qbase.empty();
+  // A quantized block: first the packed linears' size and which linears are quantized (the
+  // others, kept in float by the checkpoint, travel in f32 with the norms).
+  uint64_t head[2] = {packed_bytes_[u], 0};
+  if (quant_block) {
+    if (mine)
+      for (int t = 0; t < kBlockLinears; t++) head[1] |= (uint64_t)m_.qbase[u - 1][t].defined() << t;
+    comm_.broadcast(head, sizeof head, root);
+  }
+  // The unit's f32 tensors into their place in `base` (not a quantized linear's slot, which
+  // stays untouched zero pages on every rank).
+  for (const Piece& p : pieces_[u])
+    if (!(quant_block && p.linear >= 0 && (head[1] >> p.linear & 1)))
+      comm_.broadcast(m_.base.data() + p.offset, (size_t)p.n * sizeof(float), root);
+  if (quant_block && head[0] > 0) {
+    if (!mine) packed_[u] = Storage::allocate((size_t)head[0]);
+    comm_.broadcast(packed_[u]->data, (size_t)head[0], root);
+    if (!mine) unpack_linears(packed_[u], m_.qbase[u - 1]);
   }
   gathered_[u] = true;
 }

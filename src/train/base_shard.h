@@ -46,6 +46,11 @@ class BaseShards {
   void drop(int u);
   LlamaTrain<float>& m_;
   dist::Communicator& comm_;
+  struct Piece {
+    int64_t offset, n;
+    int linear;  // block linear index, or -1
+  };
+  std::vector<std::vector<Piece>> pieces_;  // per unit: its tensors' ranges of `base`
   std::vector<int> owner_;
   std::vector<bool> gathered_;
   std::vector<std::shared_ptr<Storage>> packed_;  // per unit: its quantized linears (own units, or gathered)
