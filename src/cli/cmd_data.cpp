@@ -2,6 +2,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/file_util.h"
+#include "eval/tasks.h"
 #include "tokenizer/chat.h"
 #include "core/output_dir.h"
 #include "data/prepare.h"
@@ -12,6 +14,32 @@ namespace llmq::cli {
 void register_data(CLI::App& app) {
   auto* cmd = app.add_subcommand("data", "prepare training data");
   cmd->require_subcommand(1);
+  auto* tasks = cmd->add_subcommand("tasks", "build zero-shot task files (cloze, final word) from held-out real text "
+                                             "for `llmq eval tasks`");
+  struct TOpts {
+    std::vector<std::string> inputs;
+    std::string out;
+    MakeTasksOptions o;
+    bool overwrite = false;
+  };
+  auto t = std::make_shared<TOpts>();
+  tasks->add_option("--input", t->inputs, "text files (documents: blank-line separated paragraphs)")->required()->check(CLI::ExistingFile);
+  tasks->add_option("--out", t->out, "output JSONL file")->required();
+  tasks->add_option("--kind", t->o.kind, "cloze (pick the next sentence of four) or final-word (LAMBADA-style)")
+      ->check(CLI::IsMember({"cloze", "final-word"}));
+  tasks->add_option("--n", t->o.n, "items (default 200)")->check(llmq::cli::kPositive);
+  tasks->add_option("--passage-words", t->o.passage_words, "words per passage, about (default 60)");
+  tasks->add_option("--seed", t->o.seed, "seed (default 1)");
+  tasks->callback([t] {
+    std::vector<std::string> texts;
+    for (const auto& f : t->inputs) texts.push_back(read_text_file(f));
+    const auto lines = make_tasks(texts, t->o);
+    std::string body;
+    for (const auto& l : lines) body += l + "\n";
+    write_file_atomic(t->out, body);
+    fmt::print("wrote {}: {} {} items\n", t->out, lines.size(), t->o.kind);
+  });
+
   auto* prep = cmd->add_subcommand("prepare", "tokenize text or JSONL files into token shards plus a manifest");
   auto o = std::make_shared<PrepareOptions>();
   auto tok_path = std::make_shared<std::string>();

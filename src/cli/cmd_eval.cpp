@@ -9,6 +9,7 @@
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
+#include "eval/tasks.h"
 #include "io/hf_dir.h"
 #include "tokenizer/tokenizer.h"
 
@@ -54,6 +55,50 @@ void register_eval(CLI::App& app) {
     } else {
       fmt::print("predictions {}  windows {}  nll {:.6f} nats  perplexity {:.4f}\n", r.predictions, r.windows, r.nll, r.ppl);
     }
+  });
+
+  auto* tasks = cmd->add_subcommand("tasks", "zero-shot tasks from JSONL: multiple choice by log-likelihood (acc, "
+                                             "acc_norm as lm-evaluation-harness), generation by exact match");
+  struct TOpts {
+    std::string model, adapter;
+    std::vector<std::string> files;
+    bool json = false;
+  };
+  auto t = std::make_shared<TOpts>();
+  tasks->add_option("-m,--model", t->model, "model directory or training run")->required()->transform(llmq::cli::kRunLatest);
+  tasks->add_option("--tasks", t->files, "task files (JSONL: {\"context\", \"choices\", \"answer\": index} or "
+                                         "{\"prompt\", \"answer\": \"text\"}; scripts/make_tasks builds them)")
+      ->required();
+  tasks->add_option("--adapter", t->adapter, "an adapter directory, applied unmerged")->transform(llmq::cli::kRunLatest);
+  tasks->add_flag("--json", t->json, "print the scores as JSON");
+  tasks->callback([t] {
+    std::vector<TaskItem> items;
+    for (const auto& f : t->files) {  // every file checked before the model loads
+      auto v = load_tasks(f);
+      items.insert(items.end(), v.begin(), v.end());
+    }
+    Model m = model_load(t->model, load_mode());
+    if (!t->adapter.empty()) train::attach_adapter(m, t->adapter);
+    auto tok = tokenizer_load(t->model);
+    check_tokenizer_fits(*tok, m.config, t->model);
+    Progress bar("tasks", (uint64_t)items.size(), !t->json);
+    const auto scores = eval_tasks(m, *tok, items, [&](int64_t done, int64_t) { bar.update((uint64_t)done); });
+    bar.finish();
+    if (t->json) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto& s : scores) {
+        nlohmann::json r = {{"task", s.task}, {"n", s.n}};
+        if (s.generate) r["exact_match"] = s.exact_match;
+        else r["acc"] = s.acc, r["acc_norm"] = s.acc_norm;
+        j.push_back(r);
+      }
+      fmt::print("{}\n", j.dump());
+      return;
+    }
+    fmt::print("{:<24} {:>6} {:>8} {:>9} {:>12}\n", "task", "n", "acc", "acc_norm", "exact_match");
+    for (const auto& s : scores)
+      if (s.generate) fmt::print("{:<24} {:>6} {:>8} {:>9} {:>12.4f}\n", s.task, s.n, "-", "-", s.exact_match);
+      else fmt::print("{:<24} {:>6} {:>8.4f} {:>9.4f} {:>12}\n", s.task, s.n, s.acc, s.acc_norm, "-");
   });
 
   auto* cmp = cmd->add_subcommand("compare", "a quantized model against its base: perplexity ratio, KL divergence, "

@@ -1,13 +1,14 @@
 // libFuzzer target: the other text formats llmq reads from outside: the token-shard
 // manifest (data/shards.h), chat templates (the Jinja subset) and JSONL calibration files
-// (quant/calibration.h). The first byte picks the parser; any input must give a result or an
-// llmq::Error.
+// (quant/calibration.h), task files of `llmq eval tasks` (eval/tasks.h). The first byte picks
+// the parser; any input must give a result or an llmq::Error.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 
 #include "core/error.h"
 #include "data/shards.h"
+#include "eval/tasks.h"
 #include "quant/calibration.h"
 #include "tokenizer/jinja.h"
 
@@ -15,10 +16,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::string text(reinterpret_cast<const char*>(data) + 1, size - 1);
   try {
-    if (data[0] % 3 == 2) {
+    if (data[0] % 4 == 3) {
+      for (const auto& it : llmq::parse_tasks(text, "fuzz"))
+        if (!it.generate() && (it.answer < 0 || it.answer >= (int64_t)it.choices.size())) std::abort();
+    } else if (data[0] % 4 == 2) {
       for (const auto& d : llmq::calib_jsonl_texts(text, "fuzz"))
         if (d.size() > text.size()) std::abort();  // a document is part of the input
-    } else if (data[0] % 3 == 0) {
+    } else if (data[0] % 4 == 0) {
       llmq::ShardManifest m = llmq::ShardManifest::parse(text, "fuzz");
       // Parsed counts must be consistent (parse checked the sums).
       int64_t t = 0;

@@ -46,6 +46,8 @@ head -c 2000 data/text/moby_dick.txt > "$out/tokenizer_encode/gen-moby"
 printf 'one\ntwo\n' > "$tmp/in.txt"
 L data prepare --tokenizer models/llama3-tokenizer --input "$tmp/in.txt" --out "$tmp/shards"
 { printf '\x00'; cat "$tmp/shards/manifest.json"; } > "$out/text_formats/gen-manifest"
+{ printf '\x03'; printf '%s\n' '{"context": "The cat", "choices": [" sat.", " ran."], "answer": 0, "task": "c"}' \
+  '{"prompt": "Once upon a", "answer": " time"}'; } > "$out/text_formats/gen-tasks"
 { printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$out/text_formats/gen-llama3_template"
 # GGUF: a one-block tiny model with a small SentencePiece vocabulary, as f16 and q4_0 files
 # (~100 KB and ~40 KB: run.sh lets gguf inputs grow to 256 KB so that whole files are seeds).
