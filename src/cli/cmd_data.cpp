@@ -4,6 +4,10 @@
 #include "cli/common.h"
 #include "core/file_util.h"
 #include "eval/tasks.h"
+#include "infer/datagen.h"
+#include "io/hf_dir.h"
+#include "core/progress.h"
+#include <nlohmann/json.hpp>
 #include "tokenizer/chat.h"
 #include "core/output_dir.h"
 #include "data/prepare.h"
@@ -14,6 +18,44 @@ namespace llmq::cli {
 void register_data(CLI::App& app) {
   auto* cmd = app.add_subcommand("data", "prepare training data");
   cmd->require_subcommand(1);
+  auto* gen = cmd->add_subcommand("generate", "data-free training text from a model (LLM-QAT's recipe: a first token "
+                                           "across the vocabulary, a greedy prefix, then sampling), JSONL for data prepare");
+  struct GOpts {
+    std::string model, out, prefix = "3-5";
+    DataGenOptions o;
+    bool json = false;
+  };
+  auto g = std::make_shared<GOpts>();
+  gen->add_option("-m,--model", g->model, "model directory or training run")->required()->transform(llmq::cli::kRunLatest);
+  gen->add_option("--out", g->out, "JSONL file ({\"text\": ...} a line); an existing one is continued (resumable)")->required();
+  gen->add_option("--samples", g->o.samples, "samples in the file when done (default 1000)")->check(llmq::cli::kPositive);
+  gen->add_option("--seq-len", g->o.seq_len, "tokens per sample (default 256)")->check(llmq::cli::kPositive);
+  gen->add_option("--greedy-prefix", g->prefix, "greedy tokens at the start, first token included: a length or a "
+                                                 "range, cycled over the samples (default 3-5, LLM-QAT's)");
+  gen->add_option("--temperature", g->o.temperature, "sampling temperature after the prefix (default 1)");
+  gen->add_option("--top-k", g->o.top_k, "top-k after the prefix (default 50; 0 = off)");
+  gen->add_option("--batch", g->o.batch, "sequences per forward (default 16)")->check(llmq::cli::kPositive);
+  gen->add_option("--seed", g->o.seed, "seed: sample s samples with seed + s (default 1)");
+  gen->add_flag("--json", g->json, "print a JSON summary");
+  gen->callback([g] {
+    std::tie(g->o.greedy_lo, g->o.greedy_hi) = parse_greedy_prefix(g->prefix);
+    if (!(g->o.temperature > 0)) fail("data generate: --temperature must be positive (the prefix is the greedy part)");
+    Model m = model_load(g->model, load_mode());
+    auto tok = tokenizer_load(g->model);
+    check_tokenizer_fits(*tok, m.config, g->model);
+    Progress bar(fmt::format("generating {}", g->out), (uint64_t)g->o.samples, !g->json);
+    const DataGenResult r = generate_data_file(m, *tok, g->o, g->out, [&](int64_t done, int64_t) { bar.update((uint64_t)done); });
+    bar.finish();
+    const double tps = r.seconds > 0 ? (double)r.tokens / r.seconds : 0;
+    if (g->json)
+      fmt::print("{}\n", nlohmann::json{{"out", g->out}, {"samples", r.kept + r.written}, {"kept", r.kept},
+                                        {"written", r.written}, {"tokens", r.tokens}, {"seconds", r.seconds},
+                                        {"tokens_per_s", tps}}.dump());
+    else
+      fmt::print("wrote {}: {} samples ({} were there), {} tokens in {} ({:.0f} tok/s)\n", g->out, r.kept + r.written,
+                 r.kept, r.tokens, format_duration(r.seconds), tps);
+  });
+
   auto* tasks = cmd->add_subcommand("tasks", "build zero-shot task files (cloze, final word) from held-out real text "
                                              "for `llmq eval tasks`");
   struct TOpts {

@@ -40,7 +40,8 @@ std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vect
   std::vector<Sampler> samplers;
   for (size_t i = 0; i < B; i++) {
     SamplingParams p = opt.sampling;
-    p.seed = opt.sampling.seed + i;
+    if (!opt.seeds.empty() && opt.seeds.size() != B) fail("generate: {} seeds for {} prompts", opt.seeds.size(), B);
+    p.seed = opt.seeds.empty() ? opt.sampling.seed + i : opt.seeds[i];
     samplers.emplace_back(p);
   }
   std::vector<bool> live(B, opt.max_new_tokens > 0);

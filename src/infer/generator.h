@@ -16,6 +16,7 @@ struct GenerateOptions {
   std::vector<std::vector<int32_t>> stop_sequences;  // stop after emitting one of these
   int64_t context = 0;                             // KV cache length; 0: prompt + max_new
   KvType kv_type = KvType::F32;                    // KV-cache element type
+  std::vector<uint64_t> seeds;                     // per sequence, when given (else sampling.seed + i)
 };
 
 enum class StopReason { Length, Eos, StopSequence, Context };

@@ -131,5 +131,23 @@ if "$LLMQ" train --model "$T/tm_big" --data "$T/td" --out "$T/rk" --steps 40 --b
   ok "kill -9 mid-run, then ${again:-a fresh start} finishes ($(ls "$T/rk" | tr '\n' ' '))"
 else bad "resume after kill -9"; fi
 
+# data generate (issue 23) into a full disk (ulimit -f 2: 2 KB): one error naming the samples
+# that did not fit; what was written is whole JSONL lines; with room, the run continues to the
+# same bytes as an uninterrupted one. And task files with a bad answer index.
+gen=(data generate -m "$T/tm_big" --samples 24 --seq-len 24 --batch 4)
+err=$( (trap '' XFSZ; ulimit -f 2; exec "$LLMQ" -t 1 "${gen[@]}" --out "$T/gen.jsonl") 2>&1 >/dev/null); rc=$?
+if [ $rc -eq 1 ] && [ "$(grep -c 'llmq: error:' <<<"$err")" = 1 ] && grep -q "complete samples" <<<"$err" \
+   && [ -s "$T/gen.jsonl" ] && /usr/bin/python3 -c "
+import json, sys
+for l in open(sys.argv[1]): assert l.endswith('\\n') and 'text' in json.loads(l)" "$T/gen.jsonl"; then
+  ok "data generate into a full disk: $(grep 'llmq: error' <<<"$err" | head -c 120); $(wc -l < "$T/gen.jsonl") whole lines kept"
+else bad "data generate, full disk: rc=$rc :: $err"; fi
+"$LLMQ" -t 1 "${gen[@]}" --out "$T/gen.jsonl" >/dev/null 2>&1 && "$LLMQ" -t 1 "${gen[@]}" --out "$T/gen2.jsonl" >/dev/null 2>&1 \
+  && cmp -s "$T/gen.jsonl" "$T/gen2.jsonl" && ok "data generate continued after the full disk = one uninterrupted run" \
+  || bad "data generate: the continued file differs"
+expect_error "greedy-prefix" -- data generate -m "$T/tm_big" --out "$T/g3.jsonl" --greedy-prefix 5-2
+printf '{"context": "a", "choices": [" b", " c"], "answer": 3}\n' > "$T/badtask.jsonl"
+expect_error "badtask.jsonl:1: answer 3 is out of range for 2 choices" -- eval tasks -m "$T/tm_big" --tasks "$T/badtask.jsonl"
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all text bad-input cases handled"
