@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 
 #include <signal.h>
+#include <malloc.h>
 #include <unistd.h>
 #include <atomic>
 #include <chrono>
@@ -25,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 #include "quant/quant_base.h"
+#include "dist/plan.h"
 #include "train/base_shard.h"
 #include "train/fsdp.h"
 #include "train/llama_train.h"
@@ -330,6 +332,22 @@ TrainResult train_run(const TrainOptions& options) {
       fail("train: the model has {:.3g} parameters; its f32 weights, gradients and AdamW moments need {} per rank, "
            "more than this machine's {} of memory (see `llmq plan`)", n, format_bytes(need), format_bytes(have));
   }
+  if (o.finetune) {
+    // The same check from `llmq plan`'s count of this job (base as held, adapters and their
+    // state, the block in f32, activations): a job beyond the machine is refused before the
+    // base is read, with the figures.
+    dist::PlanOptions po;
+    po.ranks = W, po.fsdp = o.fsdp, po.seq_len = o.seq_len, po.batch = o.batch / W, po.recompute = o.recompute;
+    po.lora_rank = o.adapter.rank, po.dora = o.adapter.dora;
+    po.quant = !o.quantize_base.empty() ? o.quantize_base
+               : cfg.quant.enabled && !cfg.quant.fp8 ? (cfg.quant.bits == 8 ? "int8" : "int4") : "";
+    const double need = dist::make_plan(cfg, po).total_bytes();
+    const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (need > have)
+      fail("finetune: the job needs about {} per rank (`llmq plan` with the same options: the frozen base as held, "
+           "adapters and their state, activations), more than this machine's {}: use --recompute, a smaller "
+           "--batch or --seq-len, a quantized base, or more ranks with --fsdp", format_bytes(need), format_bytes(have));
+  }
   std::unique_ptr<LlamaTrain<float>> model =
       o.finetune ? std::make_unique<LlamaTrain<float>>(cfg, o.adapter) : std::make_unique<LlamaTrain<float>>(cfg);
   LlamaTrain<float>& m = *model;
@@ -364,6 +382,10 @@ TrainResult train_run(const TrainOptions& options) {
     base_bytes = load_frozen_base(m, o.model, o.quantize_base, o.progress && lead,
                                   base_shards ? base_shards->keep() : std::function<bool(int)>{});
     if (base_shards) base_shards->start();
+    // Quantizing while loading leaves the allocator's heap holding the freed f32 linears and
+    // the quantizer's work buffers (pieces under the mmap threshold): given back to the OS
+    // here, they would otherwise count in every rank's resident memory for the whole run.
+    malloc_trim(0);
   }
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);

@@ -88,6 +88,12 @@ expect_error "chat.jsonl:2: no \"messages\" list" -- data prepare --tokenizer "$
 expect_error "alpha 0" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --alpha 0
 expect_error "unknown target module 'attn'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --targets q_proj,attn
 expect_error "unknown base quantization 'nf3'" -- finetune -m "$T/m" --data "$T/ftdata" --out "$T/ft" --quantize-base nf3
+# A job beyond the machine (a 405B-shaped base, no weights needed: refused before they are read).
+mkdir -p "$T/huge"
+printf '{"model_type": "llama", "hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001}' > "$T/huge/config.json"
+printf 'Some words to make a few tokens of training data from, enough for one window.\n' > "$T/words.txt"
+"$LLMQ" data prepare --tokenizer "$(dirname "$0")/../../models/llama3-tokenizer" --input "$T/words.txt" --out "$T/wdata" >/dev/null 2>&1
+expect_error "finetune: the job needs about" -- finetune -m "$T/huge" --data "$T/wdata" --out "$T/ftbig" --seq-len 8 --batch 1 --quantize-base hqq4
 mkdir -p "$T/ad"
 printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}' > "$T/ad/adapter_config.json"
 expect_error "adapter_model.safetensors: missing" -- generate -m "$T/m" -p "1 2" --adapter "$T/ad"
