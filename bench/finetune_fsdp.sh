@@ -22,6 +22,7 @@ summary=""
 for W in ${1:-1 2 4}; do
   args=(finetune -m $M/base --data $DATA --out $M/run --overwrite --steps 3 --batch $B --seq-len $T --log-every 1
         --eval-every 0 --eval-batches 1 --save-every 0 --warmup 1 --rank 16 --adapter dora --quantize-base hqq4 --recompute --json)
+  [ "$W" -gt 1 ] && args+=(--fsdp)
   if [ "$W" = 1 ]; then
     /usr/bin/time -f "peak_kb %M" -o $M/time.0 $L -t 2 "${args[@]}" > $M/out.json 2>$M/log
   else
