@@ -435,9 +435,7 @@ TEST(Finetune, PackedLinearsRoundTrip) {
     for (size_t i = 0; i < w.size(); i++) w[i] = (float)(rng_uniform(77 + (uint64_t)t, i) - 0.5);
     q[t] = quantize_base_linear(w.data(), M, K, base_quant_parse(methods[t]));
   }
-  const std::vector<uint8_t> b = train::pack_linears(q);
-  auto st = Storage::allocate(b.size());
-  std::memcpy(st->data, b.data(), b.size());
+  auto st = train::pack_linears(q);
   std::array<Tensor, train::kBlockLinears> r;
   train::unpack_linears(st, r);
   for (int t = 0; t < train::kBlockLinears; t++) {

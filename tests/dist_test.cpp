@@ -179,26 +179,26 @@ TEST(Plan, ShardingAndCommunication) {
   EXPECT_THROW(dist::make_plan(c, o), Error);  // a frozen base needs adapters
   o.lora_rank = 64;
   const dist::Plan ql = dist::make_plan(c, o);
-  // The blocks' linears at 4 + 32/64 bits (f16 scale and zero per 64), the rest in f32 (as
+  // The blocks' linears at 4 + 64/64 bits (f32 scale and scale x zero per 64, as held), the rest in f32 (as
   // llmq finetune holds the frozen base), the adapters (rank 64 on the 7 linears of each
   // block) in f32; one block dequantized to f32 for its products.
   const double linear = (double)c.n_layers * (fsdp.block_params - 2 * c.dim);
   const double lora = 64.0 * c.n_layers * ((c.dim + c.q_dim()) * 2 + 2 * (c.dim + c.kv_dim()) + 3 * (c.dim + c.ffn_dim));
   EXPECT_EQ(ql.trainable, (int64_t)lora);
-  EXPECT_NEAR(ql.weight_bytes, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 4 + 4 * lora, 1.0);
+  EXPECT_NEAR(ql.weight_bytes, linear * 5.0 / 8 + ((double)c.n_params() - linear) * 4 + 4 * lora, 1.0);
   EXPECT_NEAR(ql.gathered_bytes, 4 * linear / c.n_layers, 1.0);
   // Under --fsdp the base's units are owned whole (train/base_shard.h): the most loaded rank's
   // share, with the adapters and their state replicated; in use at once, a block and the
   // (tied) embeddings, or the largest unit, besides the dequantized block.
   o.quant = "hqq4", o.fsdp = true, o.ranks = 4;
   const dist::Plan qf = dist::make_plan(c, o);
-  const std::vector<double> units = dist::base_unit_bytes(c, 4.5);
+  const std::vector<double> units = dist::base_unit_bytes(c, 5.0);
   const std::vector<int> owner = dist::assign_owners(units, 4);
   std::vector<double> held(4, 0.0);
   for (size_t u = 0; u < units.size(); u++) held[owner[u]] += units[u];
   double total = 0;
   for (double b : units) total += b;
-  EXPECT_NEAR(total, linear * 4.5 / 8 + ((double)c.n_params() - linear) * 4, 1.0);  // the whole base, as above
+  EXPECT_NEAR(total, linear * 5.0 / 8 + ((double)c.n_params() - linear) * 4, 1.0);  // the whole base, as above
   EXPECT_NEAR(qf.weight_bytes, *std::max_element(held.begin(), held.end()) + 4 * lora, 1.0);
   EXPECT_NEAR(qf.grad_bytes, ql.grad_bytes, 1e-6);
   const double in_use = c.tie_embeddings ? units[0] + units[1] : std::max({units[0], units[1], units.back()});

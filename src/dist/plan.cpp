@@ -29,12 +29,14 @@ double quant_bits(const std::string& q) {  // bits per weight including scales a
   if (q.empty()) return 32;
   if (q == "int8") return 8 + 32.0 / 4096;   // per-channel f32 scale (negligible)
   // llmq finetune --quantize-base (quant/quant_base.h) holds codes one per nibble or byte
-  // plus an f16 scale and zero per group: rtn4 g128, rtn8 g64, hqq4/8 g64, hqq2/3 g32 (the
+  // plus an f32 scale and an f32 scale x zero per group (its scales and zeros are not f16
+  // values, so the kernels' f32 layout): rtn4 g128, rtn8 g64, hqq4/8 g64, hqq2/3 g32 (the
   // 2- and 3-bit codes run in the 4-bit layout).
-  if (q == "int4" || q == "rtn4") return 4 + 32.0 / 128;
-  if (q == "rtn8" || q == "hqq8") return 8 + 32.0 / 64;
-  if (q == "hqq4") return 4 + 32.0 / 64;
-  if (q == "hqq3" || q == "hqq2") return 4 + 32.0 / 32;
+  if (q == "int4") return 4 + 32.0 / 128;  // a quantized checkpoint: f16 scales and zeros
+  if (q == "rtn4") return 4 + 64.0 / 128;
+  if (q == "rtn8" || q == "hqq8") return 8 + 64.0 / 64;
+  if (q == "hqq4") return 4 + 64.0 / 64;
+  if (q == "hqq3" || q == "hqq2") return 4 + 64.0 / 32;
   if (q == "nf4") return 4 + 8.0 / 64 + 32.0 / (64 * 256);  // QLoRA's double quantization
   fail("plan: --quant {} is not known (int8, int4, rtn4, rtn8, hqq2, hqq3, hqq4, hqq8, nf4)", q);
 }

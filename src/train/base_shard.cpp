@@ -24,18 +24,27 @@ int64_t padded_rows(const Tensor& t) {
   return t.quant() && !t.quant()->fp8 ? (t.dim(0) + kPanel - 1) / kPanel * kPanel : t.dim(0);
 }
 
+// Writes into dst, or with dst null only counts (the first of two passes: the exact size).
 struct Out {
-  std::vector<uint8_t>& b;
+  uint8_t* dst = nullptr;
+  size_t n = 0;
+  void bytes(const void* p, size_t k) {
+    if (dst && k) std::memcpy(dst + n, p, k);
+    n += k;
+  }
   template <class T>
   void pod(const T& v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    b.insert(b.end(), p, p + sizeof(T));
+    bytes(&v, sizeof(T));
   }
   template <class T>
   void vec(const std::vector<T>& v) {
     pod((uint64_t)v.size());
-    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-    b.insert(b.end(), p, p + v.size() * sizeof(T));
+    bytes(v.data(), v.size() * sizeof(T));
+  }
+  void align(size_t a) {
+    const size_t to = (n + a - 1) / a * a;
+    if (dst) std::memset(dst + n, 0, to - n);
+    n = to;
   }
 };
 
@@ -66,9 +75,8 @@ struct In {
 };
 }  // namespace
 
-std::vector<uint8_t> pack_linears(const std::array<Tensor, kBlockLinears>& q) {
-  std::vector<uint8_t> b;
-  Out o{b};
+namespace {
+void write_linears(const std::array<Tensor, kBlockLinears>& q, Out& o) {
   for (const Tensor& t : q) {
     o.pod((uint8_t)t.defined());
     if (!t.defined()) continue;
@@ -87,11 +95,20 @@ std::vector<uint8_t> pack_linears(const std::array<Tensor, kBlockLinears>& q) {
     const int64_t rows = padded_rows(t);
     const uint64_t nb = dtype_bytes(t.dtype(), rows * t.dim(1));
     o.pod(nb);
-    b.resize((b.size() + kDataAlign - 1) / kDataAlign * kDataAlign, 0);  // the codes start aligned
-    const auto* d = t.host<uint8_t>();
-    b.insert(b.end(), d, d + nb);
+    o.align(kDataAlign);  // the codes start aligned
+    o.bytes(t.host_data(), nb);
   }
-  return b;
+}
+}  // namespace
+
+std::shared_ptr<Storage> pack_linears(const std::array<Tensor, kBlockLinears>& q) {
+  Out count;
+  write_linears(q, count);
+  auto st = Storage::allocate(count.n);
+  Out w{static_cast<uint8_t*>(st->data), 0};
+  write_linears(q, w);
+  LLMQ_CHECK(w.n == count.n);
+  return st;
 }
 
 void unpack_linears(const std::shared_ptr<Storage>& buf, std::array<Tensor, kBlockLinears>& q) {
@@ -144,22 +161,9 @@ BaseShards::BaseShards(LlamaTrain<float>& m, dist::Communicator& comm, double li
     pieces_[unit_of_tensor(s.name, c.n_layers)].push_back({m.base_offsets[i], shape_numel(s.shape), linear});
   }
   packed_.assign((size_t)U, nullptr);
-  packed_bytes_.assign((size_t)U, 0);
 }
 
 void BaseShards::start() {
-  const int R = comm_.rank();
-  if (!m_.qbase.empty())
-    for (int l = 0; l < m_.config.n_layers; l++) {
-      if (owner_[l + 1] != R) continue;
-      std::vector<uint8_t> b = pack_linears(m_.qbase[l]);
-      auto st = Storage::allocate(b.size());
-      std::memcpy(st->data, b.data(), b.size());
-      std::vector<uint8_t>().swap(b);
-      unpack_linears(st, m_.qbase[l]);  // the owner's tensors now view the buffer it sends
-      packed_[l + 1] = st;
-      packed_bytes_[l + 1] = st->bytes;
-    }
   if (comm_.size() == 1) return;  // everything is this rank's: nothing to gather
   m_.hooks.gather = [this](int u) { gather(u); };
   m_.hooks.done_forward = [this](int u) { drop(u); };
@@ -175,10 +179,15 @@ void BaseShards::gather(int u) {
   const bool quant_block = u >= 1 && u <= m_.config.n_layers && !m_.qbase.empty();
   // A quantized block: first the packed linears' size and which linears are quantized (the
   // others, kept in float by the checkpoint, travel in f32 with the norms).
-  uint64_t head[2] = {packed_bytes_[u], 0};
+  // The owner packs its block for the broadcast only (its own tensors stay as they are:
+  // a packed copy kept beside them would hold the scales twice).
+  uint64_t head[2] = {0, 0};
   if (quant_block) {
-    if (mine)
+    if (mine) {
+      packed_[u] = pack_linears(m_.qbase[u - 1]);
+      head[0] = packed_[u]->bytes;
       for (int t = 0; t < kBlockLinears; t++) head[1] |= (uint64_t)m_.qbase[u - 1][t].defined() << t;
+    }
     comm_.broadcast(head, sizeof head, root);
   }
   // The unit's f32 tensors into their place in `base` (not a quantized linear's slot, which
@@ -191,6 +200,7 @@ void BaseShards::gather(int u) {
     comm_.broadcast(packed_[u]->data, (size_t)head[0], root);
     if (!mine) unpack_linears(packed_[u], m_.qbase[u - 1]);
   }
+  if (mine) packed_[u].reset();
   gathered_[u] = true;
 }
 

@@ -34,8 +34,7 @@ class BaseShards {
   std::function<bool(int)> keep() const {
     return [this](int u) { return owner_[u] == comm_.rank(); };
   }
-  // After load_frozen_base: packs the owned units' quantized linears into one buffer each and
-  // installs the gather/drop hooks on the model (every later forward, backward and
+  // After load_frozen_base: installs the gather/drop hooks on the model (every later forward, backward and
   // init_adapters is collective).
   void start();
   // Bytes of the base this rank holds between uses (its own units).
@@ -53,14 +52,13 @@ class BaseShards {
   std::vector<std::vector<Piece>> pieces_;  // per unit: its tensors' ranges of `base`
   std::vector<int> owner_;
   std::vector<bool> gathered_;
-  std::vector<std::shared_ptr<Storage>> packed_;  // per unit: its quantized linears (own units, or gathered)
-  std::vector<uint64_t> packed_bytes_;
+  std::vector<std::shared_ptr<Storage>> packed_;  // per unit: its quantized linears while gathered (another rank's)
   double held_ = 0;
 };
 
 // The quantized linears of one block as one byte buffer (codes, scales, zero points and the
 // quantization's fields), and back as tensors viewing the buffer.
-std::vector<uint8_t> pack_linears(const std::array<Tensor, kBlockLinears>& q);
+std::shared_ptr<Storage> pack_linears(const std::array<Tensor, kBlockLinears>& q);
 void unpack_linears(const std::shared_ptr<Storage>& buf, std::array<Tensor, kBlockLinears>& q);
 
 }  // namespace llmq::train

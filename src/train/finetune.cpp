@@ -103,7 +103,8 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
 double base_linear_bits(const ModelConfig& c, const std::string& quantize) {
   if (!quantize.empty()) {
     const BaseQuant q = base_quant_parse(quantize);
-    return (q.bits == 8 ? 8 : 4) + 32.0 / (double)base_quant_group(q, c.dim);  // 2-, 3-bit codes in the 4-bit layout
+    // 2-, 3-bit codes in the 4-bit layout; f32 scale and scale x zero per group (not f16 values)
+    return (q.bits == 8 ? 8 : 4) + 64.0 / (double)base_quant_group(q, c.dim);
   }
   if (!c.quant.enabled) return 32;
   if (c.quant.fp8) return 8;
