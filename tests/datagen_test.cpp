@@ -23,14 +23,7 @@ struct Fixture {
   test::TempDir tmp{"datagen"};
   Model m;
   std::unique_ptr<Tokenizer> tok = tokenizer_load(std::string(LLMQ_SOURCE_DIR) + "/models/llama3-tokenizer");
-  Fixture() {
-    ModelConfig c = config_preset("tiny");
-    c.vocab_size = 128256;
-    c.bos_token_ids = {128000};
-    c.eos_token_ids = {128001};
-    model_save(tmp / "m", c, test::test_fill(c, 5), SaveOptions{DType::F32});
-    m = model_load(tmp / "m");
-  }
+  Fixture() { m = test::tiny_llama3_model(tmp / "m", 5); }
 };
 
 TEST(DataGen, GreedyPrefixThenSampled) {

@@ -30,4 +30,15 @@ inline TensorFill test_fill(const ModelConfig& c, uint64_t seed) {
   };
 }
 
+// The tiny preset with the Llama 3 vocabulary and BOS/EOS ids (so the fetched Llama 3
+// tokenizer fits it), test_fill's weights, saved as f32 into dir and loaded as a user's model.
+inline Model tiny_llama3_model(const std::string& dir, uint64_t seed) {
+  ModelConfig c = config_preset("tiny");
+  c.vocab_size = 128256;
+  c.bos_token_ids = {128000};
+  c.eos_token_ids = {128001};
+  model_save(dir, c, test_fill(c, seed), SaveOptions{DType::F32});
+  return model_load(dir);
+}
+
 }  // namespace llmq::test

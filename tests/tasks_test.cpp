@@ -45,14 +45,7 @@ TEST(Tasks, ContextContinuationSplitAsTheHarness) {
 struct TinyModel {
   test::TempDir tmp{"tasks"};
   Model m;
-  TinyModel() {
-    ModelConfig c = config_preset("tiny");
-    c.vocab_size = 128256;
-    c.bos_token_ids = {128000};
-    c.eos_token_ids = {128001};
-    model_save(tmp / "m", c, test::test_fill(c, 21), SaveOptions{DType::F32});
-    m = model_load(tmp / "m");
-  }
+  TinyModel() { m = test::tiny_llama3_model(tmp / "m", 21); }
 };
 
 // Sum of log p(continuation | context) with the continuation scored alone, one sequence per
