@@ -254,6 +254,7 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
     a.ln1.resize(N * C), a.rstd1.resize(N), a.q.resize(N * QD), a.k.resize(N * KD), a.v.resize(N * KD),
         a.lse.resize(B * c.n_heads * Tn), a.atty.resize(N * QD), a.x_mid.resize(N * C), a.ln2.resize(N * C),
         a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
+    if (fq_.kv()) a.k_raw.resize(N * KD), a.v_raw.resize(N * KD);
   };
   acts_.assign(c.n_layers, Acts{});
   work_ = Acts{};
@@ -263,6 +264,7 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
   }
   if (recompute_) size_block(work_);
   x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), head_lse_.resize(N);
+  std::vector<F>().swap(t_logits_), std::vector<F>().swap(t_lse_);  // sized by a distilling forward
   logits_.assign((size_t)(std::min(head_chunk_rows(), N) * c.vocab_size), F(0));
   dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
       dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
@@ -287,6 +289,7 @@ void LlamaTrain<F>::linears(int64_t l, Acts& a, BlockLinears& b) {
   for (int t = 0; t < kBlockLinears; t++) {
     const auto [in, out] = linear_shape(config, t);
     *lin[t] = Linear<F>{w[t], dW[t], in, out, precision_};
+    if (fq_.weights() || fq_.acts()) lin[t]->fq = &fq_;
     if (!adapters_ || !ap_[l][t].A) continue;
     const AdPtrs &A = ap_[l][t], &GA = ag_[l][t];
     const uint64_t mask_seed = splitmix64(splitmix64(dropout_key + 1) + (uint64_t)(l * kBlockLinears + t));
@@ -332,6 +335,11 @@ void LlamaTrain<F>::block_forward(int64_t l, const F* x_in, Acts& a, F* next) {
   linears_forward<F>({{a.q.data(), &lin.q}, {a.k.data(), &lin.k}, {a.v.data(), &lin.v}}, a.ln1.data(), N);
   rope_forward(a.q.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
   rope_forward(a.k.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
+  if (fq_.kv()) {  // K and V as the cache holds them: per token and KV head
+    a.k_raw = a.k, a.v_raw = a.v;
+    fq_sym_rows(a.k.data(), N * KV, hd, fq_.kv_bits, a.k.data());
+    fq_sym_rows(a.v.data(), N * KV, hd, fq_.kv_bits, a.v.data());
+  }
   attention_forward(a.atty.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B_, T_, H, KV, hd, precision_);
   linear_forward(a.x_mid.data(), a.atty.data(), lin.o, N);
   add_into(a.x_mid.data(), x_in, N * C);
@@ -359,30 +367,24 @@ int64_t LlamaTrain<F>::activation_bytes() const {
   auto add = [&](const std::vector<F>& v) { n += (int64_t)v.size(); };
   auto add_acts = [&](const Acts& a) {
     for (auto* v : {&a.x_in, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.lse, &a.atty, &a.x_mid, &a.ln2, &a.rstd2, &a.gate,
-                    &a.up, &a.hsw})
+                    &a.up, &a.hsw, &a.k_raw, &a.v_raw})
       add(*v);
   };
   for (const auto& a : acts_) add_acts(a);
   add_acts(work_);
-  for (auto* v : {&x_out_, &lnf_, &rstdf_, &head_lse_, &logits_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
+  for (auto* v : {&x_out_, &lnf_, &rstdf_, &head_lse_, &logits_, &t_logits_, &t_lse_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
     add(*v);
   return n * (int64_t)sizeof(F);
 }
 
 template <class F>
-double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn) {
-  plan(B, Tn);
+void LlamaTrain<F>::run_blocks_forward(const int32_t* tokens, int64_t N) {
   const ModelConfig& c = config;
-  const int64_t N = B * Tn, C = c.dim, V = c.vocab_size;
-  for (int64_t i = 0; i < N; i++) {
+  const int64_t C = c.dim, V = c.vocab_size;
+  for (int64_t i = 0; i < N; i++)
     if (tokens[i] < 0 || tokens[i] >= V) fail("training: token id {} is outside the vocabulary ({})", tokens[i], V);
-    if (targets[i] < -1 || targets[i] >= V) fail("training: target id {} is outside the vocabulary ({})", targets[i], V);
-  }
   tokens_.assign(tokens, tokens + N);
-  targets_.assign(targets, targets + N);
-  const double eps = c.norm_eps;
   const bool tied = p.lm_head == p.embed;
-  const int head = c.n_layers + 1;
   auto call = [](const std::function<void(int)>& f, int u) {
     if (f) f(u);
   };
@@ -395,31 +397,85 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
     block_forward(l, acts_[l].x_in.data(), recompute_ ? work_ : acts_[l], next);
     call(hooks.done_forward, (int)l + 1);
   }
-  call(hooks.gather, head);
-  rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, eps);
-  // Output projection and cross-entropy, fused over chunks of rows (set_head_chunk_rows).
+  call(hooks.gather, c.n_layers + 1);
+  rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, c.norm_eps);
+}
+
+template <class F>
+void LlamaTrain<F>::forward_hidden(const int32_t* tokens, int64_t B, int64_t Tn) {
+  plan(B, Tn);
+  run_blocks_forward(tokens, B * Tn);
+  auto call = [](const std::function<void(int)>& f, int u) {
+    if (f) f(u);
+  };
+  call(hooks.done_forward, config.n_layers + 1);
+  if (p.lm_head == p.embed) call(hooks.done_forward, 0);
+  hidden_only_ = true, n_valid_ = 0, no_targets_ = false;
+}
+
+template <class F>
+void LlamaTrain<F>::head_chunk(int64_t r0, int64_t rows) {
+  const int64_t C = config.dim;
+  linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
+  if (distill_) {
+    const Linear<F> T{t_head_, nullptr, C, config.vocab_size, precision_};
+    linear_forward(t_logits_.data(), t_hidden_ + r0 * C, T, rows);
+  }
+}
+
+template <class F>
+double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn) {
+  plan(B, Tn);
+  const ModelConfig& c = config;
+  const int64_t N = B * Tn, V = c.vocab_size;
+  for (int64_t i = 0; i < N; i++)
+    if (targets[i] < -1 || targets[i] >= V) fail("training: target id {} is outside the vocabulary ({})", targets[i], V);
+  targets_.assign(targets, targets + N);
+  hidden_only_ = false;
+  distill_ = t_hidden_ && t_head_;
+  const double w_kd = distill_ ? kd_weight_ : 0, w_ce = 1 - w_kd;
+  run_blocks_forward(tokens, N);
+  const bool tied = p.lm_head == p.embed;
+  const int head = c.n_layers + 1;
+  auto call = [](const std::function<void(int)>& f, int u) {
+    if (f) f(u);
+  };
+  // Output projection and cross-entropy (and the teacher's logits and the KL), fused over
+  // chunks of rows (set_head_chunk_rows).
   const int64_t R = std::min(head_chunk_rows(), N);
-  double sum = 0;
+  if (distill_) {
+    t_logits_.resize((size_t)(R * V)), t_lse_.resize((size_t)N);
+    no_targets_rows_.assign((size_t)R, -1);
+  }
+  double sum = 0, kl = 0;
   n_valid_ = 0;
   pack_head(true, false);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
-    int64_t nv = 0;
-    linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
+    int64_t nv = 0, none = 0;
+    head_chunk(r0, rows);
     sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, head_lse_.data() + r0, &nv);
     n_valid_ += nv;
+    if (distill_) {
+      cross_entropy_forward(t_logits_.data(), no_targets_rows_.data(), rows, V, t_lse_.data() + r0, &none);
+      kl += kd_forward(logits_.data(), head_lse_.data() + r0, t_logits_.data(), t_lse_.data() + r0, rows, V);
+    }
   }
   pack_head(false);
   call(hooks.done_forward, head);
   if (tied) call(hooks.done_forward, 0);
-  // A batch with no targets (chat data: windows inside prompts) has loss 0 and no gradient.
-  no_targets_ = n_valid_ == 0;
-  return no_targets_ ? 0.0 : sum / (double)n_valid_;
+  last_ce_ = n_valid_ > 0 ? sum / (double)n_valid_ : -1;
+  last_kl_ = distill_ ? kl / (double)N : -1;
+  // A batch with no targets (chat data: windows inside prompts) has loss 0 and no gradient,
+  // unless it is distilled (the teacher's distribution is a target at every row).
+  no_targets_ = n_valid_ == 0 && w_kd == 0;
+  if (no_targets_) return 0.0;
+  return w_kd * (distill_ ? last_kl_ : 0) + (n_valid_ > 0 ? w_ce * last_ce_ : 0);
 }
 
 template <class F>
 void LlamaTrain<F>::backward(double loss_scale) {
-  LLMQ_CHECK(B_ > 0 && (n_valid_ > 0 || no_targets_));
+  LLMQ_CHECK(B_ > 0 && !hidden_only_ && (n_valid_ > 0 || no_targets_ || distill_));
   if (no_targets_) {
     // Nothing to learn from; the units' hooks still run, in the order of a real backward
     // (FSDP and a sharded base make collective calls in them that other ranks, whose windows
@@ -453,9 +509,13 @@ void LlamaTrain<F>::backward(double loss_scale) {
   pack_head(true, true);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
-    linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
-    cross_entropy_backward(logits_.data(), head_lse_.data() + r0, targets_.data() + r0, rows, V,
-                           loss_scale / (double)n_valid_);
+    head_chunk(r0, rows);
+    if (distill_)
+      kd_backward(logits_.data(), head_lse_.data() + r0, t_logits_.data(), t_lse_.data() + r0, targets_.data() + r0,
+                  rows, V, kd_weight_, (double)N, 1 - kd_weight_, (double)n_valid_, loss_scale);
+    else
+      cross_entropy_backward(logits_.data(), head_lse_.data() + r0, targets_.data() + r0, rows, V,
+                             loss_scale / (double)n_valid_);
     linear_backward(dln_.data() + r0 * C, logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
   }
   pack_head(false);
@@ -480,6 +540,10 @@ void LlamaTrain<F>::backward(double loss_scale) {
     linear_backward(datty_.data(), dx_.data(), a.atty.data(), lin.o, N);
     attention_backward(dq_.data(), dk_.data(), dv_.data(), datty_.data(), a.atty.data(), a.lse.data(), a.q.data(),
                        a.k.data(), a.v.data(), B, Tn, H, KV, hd, precision_);
+    if (fq_.kv()) {
+      fq_ste_clip(dk_.data(), a.k_raw.data(), N * KV * hd);
+      fq_ste_clip(dv_.data(), a.v_raw.data(), N * KV * hd);
+    }
     rope_backward(dq_.data(), pos_.data(), cos_.data(), sin_.data(), N, H, hd);
     rope_backward(dk_.data(), pos_.data(), cos_.data(), sin_.data(), N, KV, hd);
     linears_backward<F>(dln_.data(), {{dq_.data(), &lin.q}, {dk_.data(), &lin.k}, {dv_.data(), &lin.v}}, a.ln1.data(), N);
@@ -490,6 +554,7 @@ void LlamaTrain<F>::backward(double loss_scale) {
   embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);
   call(hooks.done_backward, 0);
   n_valid_ = 0;  // one backward per forward
+  distill_ = false;
 }
 
 template struct LlamaTrain<float>;

@@ -14,6 +14,7 @@
 #include "io/hf_dir.h"
 #include "model/config.h"
 #include "train/adapter.h"
+#include "train/qat.h"
 #include "train/train_ops.h"
 
 namespace llmq::train {
@@ -95,6 +96,25 @@ struct LlamaTrain {
   // activations, gradients and the optimizer stay f32 (train_ops.h, Precision).
   void set_precision(Precision prec) { precision_ = prec; }
   Precision precision() const { return precision_; }
+  // Quantization-aware training (train/qat.h): every block linear's weight and input, and K
+  // and V, through LLM-QAT's fake quantizers in forward, their straight-through gradients in
+  // backward. All off (the default): the plain model, bit for bit.
+  void set_fake_quant(const FakeQuant& f) { fq_ = f, B_ = T_ = 0; }
+  const FakeQuant& fake_quant() const { return fq_; }
+  // Distillation (LLM-QAT): the next forward's loss is kd_weight * KL(teacher || student) per
+  // token + (1 - kd_weight) * the cross-entropy to the targets, the teacher's logits being
+  // teacher_hidden (B*Tn, dim; its final_hidden() for the same tokens) times teacher_head
+  // (V, dim), computed chunk by chunk beside the student's and never held whole. Both
+  // pointers must stay valid through the backward. nullptr: plain cross-entropy.
+  void set_distill(const F* teacher_hidden, const F* teacher_head, double kd_weight) {
+    t_hidden_ = teacher_hidden, t_head_ = teacher_head, kd_weight_ = kd_weight;
+  }
+  // The last forward's two terms (per token; -1 when the term had no rows).
+  double last_kl() const { return last_kl_; }
+  double last_ce() const { return last_ce_; }
+  // Forward to the final norm only (final_hidden()), no output head and no loss: a teacher's
+  // forward. No backward follows it.
+  void forward_hidden(const int32_t* tokens, int64_t B, int64_t Tn);
   // Bytes of saved activations and backward scratch for the planned (B, T).
   int64_t activation_bytes() const;
   // The output projection and cross-entropy run fused over chunks of rows: forward computes
@@ -128,6 +148,7 @@ struct LlamaTrain {
   // Saved activations, per layer l, N = B*Tn rows:
   struct Acts {
     std::vector<F> x_in, ln1, rstd1, q, k, v, lse, atty, x_mid, ln2, rstd2, gate, up, hsw;  // lse (B, H, T)
+    std::vector<F> k_raw, v_raw;  // QAT with a KV quantizer: K (after RoPE) and V before it (N, KV*hd)
     std::array<AdapterSaved<F>, kBlockLinears> ad;  // each adapter's own
   };
   struct BlockLinears {
@@ -165,6 +186,16 @@ struct LlamaTrain {
   std::vector<F> x_out_, lnf_, rstdf_;  // final residual (N, C), final norm (N, C), rstd (N)
   std::vector<F> logits_;                // one chunk of rows: (head_chunk_rows, V)
   std::vector<F> head_lse_;              // (N) each row's log-sum-exp of its logits, for backward
+  FakeQuant fq_;
+  const F *t_hidden_ = nullptr, *t_head_ = nullptr;  // distillation's teacher (set_distill)
+  double kd_weight_ = 1, last_kl_ = -1, last_ce_ = -1;
+  bool distill_ = false, hidden_only_ = false;  // of the last forward
+  std::vector<F> t_logits_, t_lse_;     // the teacher's chunk of logits (rows, V), every row's lse (N)
+  std::vector<int32_t> no_targets_rows_;  // -1 per row of a chunk (the teacher's lse)
+  // The output head over rows [r0, r0 + rows): the student's logits into logits_, and with
+  // distillation the teacher's into t_logits_.
+  void head_chunk(int64_t r0, int64_t rows);
+  void run_blocks_forward(const int32_t* tokens, int64_t N);
   int64_t head_rows_ = 0;
   // Backward scratch.
   std::vector<F> dx_, dln_, dq_, dk_, dv_, datty_, dgate_, dup_, dhsw_, dtmp_;

@@ -447,11 +447,61 @@ void dora_row_norms(const T* W, int64_t out, int64_t in, T* norm) {
   for (int64_t j = 0; j < out; j++) norm[j] = row_norm<T>(row_sq(W + j * in, in));
 }
 
+namespace {
+// QAT (Linear::fq): the linears' fake-quantized weights and their shared fake-quantized input,
+// rebuilt at each use (forward, and again in backward) from the f32 values: a pass over the
+// weights, a small fraction of the products' work. `lin` holds copies of the linears pointing
+// at the quantized weights, with fq cleared.
+template <class T>
+struct FakeQuantized {
+  std::vector<std::vector<T>> w;
+  std::vector<T> x;
+  std::vector<Linear<T>> lin;
+  const T* xq = nullptr;
+  FakeQuantized(const Linear<T>* const* L, size_t n, const T* x_in, int64_t N) : w(n), lin(n) {
+    const FakeQuant& f = *L[0]->fq;
+    xq = x_in;
+    if (f.acts()) {
+      x.resize((size_t)(N * L[0]->in));
+      fq_sym_rows(x_in, N, L[0]->in, f.a_bits, x.data());
+      xq = x.data();
+    }
+    for (size_t i = 0; i < n; i++) {
+      LLMQ_CHECK(!L[i]->ad && L[i]->fq && L[i]->fq->w_bits == f.w_bits && L[i]->fq->a_bits == f.a_bits);
+      lin[i] = *L[i];
+      lin[i].fq = nullptr;
+      if (f.weights()) {
+        w[i].resize((size_t)(L[i]->out * L[i]->in));
+        fq_weight_rows(L[i]->W, L[i]->out, L[i]->in, f.w_bits, w[i].data());
+        lin[i].W = w[i].data();
+      }
+    }
+  }
+};
+bool fake_quantized(const FakeQuant* f) { return f && (f->weights() || f->acts()); }
+}  // namespace
+
 template <class T>
 void linears_forward(std::initializer_list<LinearOut<T>> outs, const T* x, int64_t N) {
   LLMQ_CHECK(outs.size() > 0);
   const Linear<T>& L0 = *outs.begin()->L;
   for (const auto& o : outs) LLMQ_CHECK(o.L->in == L0.in && o.L->prec == L0.prec);
+  if (fake_quantized(L0.fq)) {
+    // out = fq(x) fq(W)^T: the plain product of the quantized operands.
+    std::vector<const Linear<T>*> L;
+    for (const auto& o : outs) L.push_back(o.L);
+    FakeQuantized<T> q(L.data(), L.size(), x, N);
+    std::vector<T*> y;
+    for (const auto& o : outs) y.push_back(o.y);
+    const auto& lq = q.lin;
+    switch (L.size()) {
+      case 1: linears_forward<T>({{y[0], &lq[0]}}, q.xq, N); break;
+      case 2: linears_forward<T>({{y[0], &lq[0]}, {y[1], &lq[1]}}, q.xq, N); break;
+      case 3: linears_forward<T>({{y[0], &lq[0]}, {y[1], &lq[1]}, {y[2], &lq[2]}}, q.xq, N); break;
+      default: LLMQ_CHECK(false && "at most three linears share an input");
+    }
+    return;
+  }
   const uint16_t* xp = pack_shared_input(x, N, L0.in, L0.prec, outs.size(), false);
   for (const auto& o : outs)
     gemm_p(o.L->prec, false, true, N, o.L->out, o.L->in, x, o.L->in, o.L->W, o.L->in, T(0), o.y, o.L->out, T(1),
@@ -464,6 +514,34 @@ template <class T>
 void linears_backward(T* dx, std::initializer_list<LinearGrad<T>> grads, const T* x, int64_t N) {
   LLMQ_CHECK(grads.size() > 0);
   const Linear<T>& L0 = *grads.begin()->L;
+  if (fake_quantized(L0.fq)) {
+    // Autograd of out = fq(x) fq(W)^T: dx_q = dy fq(W), dW_q += dy^T fq(x), then the
+    // quantizers' straight-through gradients: dx = dx_q and dW = dW_q except where the input
+    // or the weight is beyond LLM-QAT's clip of +-2 (there 0: those entries of dW keep the
+    // value they had, as += 0 would).
+    const FakeQuant& f = *L0.fq;
+    std::vector<const Linear<T>*> L;
+    for (const auto& g : grads) L.push_back(g.L);
+    FakeQuantized<T> q(L.data(), L.size(), x, N);
+    std::vector<std::vector<std::pair<int64_t, T>>> keep(L.size());
+    for (size_t i = 0; i < L.size(); i++)
+      if (L[i]->dW && f.weights() && fq_weight_clips(f.w_bits))
+        for (int64_t j = 0; j < L[i]->out * L[i]->in; j++)
+          if (L[i]->W[j] >= T(2) || L[i]->W[j] <= T(-2)) keep[i].emplace_back(j, L[i]->dW[j]);
+    std::vector<const T*> dy;
+    for (const auto& g : grads) dy.push_back(g.dy);
+    const auto& lq = q.lin;
+    switch (L.size()) {  // the plain path's one call (its order of sums into dx)
+      case 1: linears_backward<T>(dx, {{dy[0], &lq[0]}}, q.xq, N); break;
+      case 2: linears_backward<T>(dx, {{dy[0], &lq[0]}, {dy[1], &lq[1]}}, q.xq, N); break;
+      case 3: linears_backward<T>(dx, {{dy[0], &lq[0]}, {dy[1], &lq[1]}, {dy[2], &lq[2]}}, q.xq, N); break;
+      default: LLMQ_CHECK(false && "at most three linears share an input");
+    }
+    for (size_t i = 0; i < L.size(); i++)
+      for (const auto& [j, v] : keep[i]) L[i]->dW[j] = v;
+    if (dx && f.acts()) fq_ste_clip(dx, x, N * L0.in);
+    return;
+  }
   size_t trained = 0;
   for (const auto& g : grads) {
     LLMQ_CHECK(g.L->in == L0.in && g.L->prec == L0.prec);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "train/qat.h"
+
 namespace llmq::train {
 
 // out (N, C) = table[tok[n]]; table (V, C).
@@ -94,6 +96,10 @@ struct Linear {
   const uint16_t* packed = nullptr;    // bf16: W packed for forward (pack_weight_bf16), or nullptr
   const uint16_t* packed_t = nullptr;  // bf16: W packed for backward's dx, or nullptr
   const Adapter<T>* ad = nullptr;      // LoRA/DoRA beside a frozen W (dW nullptr), or nullptr
+  // QAT (train/qat.h): W per output channel and x per token pass through LLM-QAT's fake
+  // quantizers (w_bits, a_bits; kv_bits is the attention's) with their straight-through
+  // gradients; nullptr or all off: the plain product. Not with an adapter.
+  const FakeQuant* fq = nullptr;
 };
 // DoRA's initial magnitude: the row norms ||W_j|| of the base the model runs (a dequantized
 // one for a quantized base), summed exactly as forward sums them, so a fresh DoRA adapter

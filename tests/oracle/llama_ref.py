@@ -87,9 +87,11 @@ def rmsnorm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(c, W, tokens, lin=None):
+def forward(c, W, tokens, lin=None, kv=None):
     """lin(name, x): the output of linear `name` (an HF weight name) for input x; default
-    x @ W[name].T (adapter_ref.py passes LoRA/DoRA linears)."""
+    x @ W[name].T (adapter_ref.py passes LoRA/DoRA linears). kv(k, v): K after RoPE and V,
+    each (T, KV heads, hd), as attention will read them (qat_ref.py's KV quantizer); default
+    unchanged."""
     if lin is None:
         lin = lambda name, x: x @ W[name].T  # noqa: E731
     dim, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
@@ -113,6 +115,8 @@ def forward(c, W, tokens, lin=None):
         q = rope(meta_cols(lin(p + "self_attn.q_proj.weight", x), H).view(T, H, hd), fc)
         k = rope(meta_cols(lin(p + "self_attn.k_proj.weight", x), KV).view(T, KV, hd), fc)
         v = lin(p + "self_attn.v_proj.weight", x).view(T, KV, hd)
+        if kv is not None:
+            k, v = kv(k, v)
         k = k.repeat_interleave(H // KV, dim=1)  # repeat_kv
         v = v.repeat_interleave(H // KV, dim=1)
         s = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd) + mask
