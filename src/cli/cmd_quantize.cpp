@@ -16,8 +16,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("-m,--model", o->model, "source model: a directory or an f32/f16 .gguf file (float weights)")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("--out", o->out, "output model directory")->required();
   cmd->add_option("--method", o->method,
-                  "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib)");
-  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w3a16 | w2a16 | w8a8 | fp8 (default w4a16)");
+                  "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib) | qat "
+                  "(LLM-QAT's quantizers, per channel: the model `llmq qat` trained, e.g. RUN/checkpoint-N)");
+  cmd->add_option("--scheme", o->scheme, "w8a16 | w4a16 | w3a16 | w2a16 | w8a8 | w4a8 | fp8 (default w4a16)");
   auto* calib = cmd->add_option("--calib", o->calib.source,
                   "calibration data: a text file, a .jsonl file of {\"text\": ...} lines, or a directory from "
                   "`llmq data prepare` (its train split)");
@@ -35,7 +36,8 @@ void register_quantize(CLI::App& app) {
                   "channels as HQQ's axis 0 (the group must divide the rows; run by a dequantize-on-the-fly kernel)");
   cmd->add_option("--kv-cache", o->kv_cache,
                   "int8 | fp8: also calibrate static KV-cache scales, one per layer and KV head (needs --calib); "
-                  "generate/eval/bench then default to that cache");
+                  "with --method qat, int4 | int8: the dynamic per-token cache QAT trained with; generate/eval/bench "
+                  "then default to that cache");
   cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
   cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor, dynamic (computed per call), or static "
                                                "(one calibrated scale per tensor, needs --calib); w8a8: token (default) "
@@ -58,7 +60,7 @@ void register_quantize(CLI::App& app) {
       if (opt->count() > 0 && o->method != method)
         fail("quantize: {} applies to --method {} only (this run uses {})", opt->get_name(), method, o->method);
     const bool needs_calib = o->method == "gptq" || o->method == "awq" || o->method == "smoothquant" ||
-                             o->act_scale == "static" || !o->kv_cache.empty();
+                             o->act_scale == "static" || (!o->kv_cache.empty() && o->method != "qat");
     if (calib->count() > 0 && !needs_calib)
       fail("quantize: --calib is not used by --method {} without --act-scale static or --kv-cache (it would be ignored)",
            o->method);

@@ -3,7 +3,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/output_dir.h"
 #include "core/progress.h"
+#include "quant/quantize_model.h"
+#include "train/qat.h"
 #include "train/trainer.h"
 
 namespace llmq::cli {
@@ -52,8 +55,10 @@ void add_training_options(CLI::App* cmd, const std::shared_ptr<train::TrainOptio
               "`recompute = true`); flags given on the command line win.");
 }
 
-// Runs the training and prints its summary (text, or one JSON object with --json).
-void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_opt) {
+// Runs the training and prints its summary (text, or one JSON object with --json). `finish`
+// (rank 0, after a run that reached --steps) makes a further output and returns its path.
+void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_opt,
+                  const std::function<std::string()>& finish = {}) {
   if (o.warmup >= o.steps) {
     const int64_t w = std::max<int64_t>(0, o.steps / 10);
     // Said, not silent: a warm-up as long as the run would never reach the peak rate.
@@ -70,6 +75,7 @@ void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_o
     fmt::print(stderr, "stopped by {} after step {}: checkpoint saved in {}; continue with --resume\n",
                r.stop_signal == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM", r.steps, o.out);
   if (r.rank != 0) return;  // one summary per job
+  const std::string made = finish && r.steps == o.steps && !r.stop_signal ? finish() : "";
   // No placeholders: a value that was not measured is null in JSON and said so in text.
   const bool trained = r.steps > r.start_step, has_val = trained && r.last_val_loss >= 0;
   const std::string why_no_val = !trained ? "nothing was trained" : r.val_note.empty() ? "not evaluated" : r.val_note;
@@ -82,6 +88,12 @@ void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_o
                      {"precision", r.precision}, {"trained_params", r.trained_params},
                      {"rss_end_bytes", r.rss_end_bytes}};
     if (o.finetune) j["base_linear_bytes"] = r.base_bytes;
+    if (!o.qat.empty()) {
+      j["scheme"] = o.qat;
+      j["quantized"] = made.empty() ? nlohmann::json() : nlohmann::json(made);
+      j["kl"] = r.last_kl >= 0 && trained ? nlohmann::json(r.last_kl) : nlohmann::json();
+      j["ce"] = r.last_ce >= 0 && trained ? nlohmann::json(r.last_ce) : nlohmann::json();
+    }
     if (!has_val) j["val_loss_note"] = why_no_val;
     fmt::print("{}\n", j.dump());
   } else if (!trained) {
@@ -91,6 +103,9 @@ void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_o
     fmt::print("trained steps {}-{} of {}: loss {:.4f}, {}, {:.0f} tok/s, peak RSS {}\n", r.start_step + 1, r.steps, o.steps,
                r.last_loss, has_val ? fmt::format("val loss {:.4f}", r.last_val_loss) : "no val loss (" + why_no_val + ")",
                r.tokens_per_s, format_bytes(peak_rss_bytes()));
+    if (!made.empty())
+      fmt::print("wrote {}: the {} model it trained for, on llmq's integer kernels (llmq generate/eval/bench -m {})\n",
+                 made, o.qat, made);
   }
 }
 }  // namespace
@@ -158,6 +173,49 @@ void register_finetune(CLI::App& app) {
     o->adapter.dora = *adapter == "dora";
     o->adapter.targets = train::parse_targets(*targets);
     run_training(*o, *json, warmup_opt);
+  });
+}
+
+void register_qat(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "qat", "quantization-aware training (LLM-QAT): a student copy of the model trains with fake-quantized weights, "
+             "activations and KV cache to match the model's own token distributions");
+  auto o = std::make_shared<train::TrainOptions>();
+  auto json = std::make_shared<bool>(false);
+  // LLM-QAT's recipe: lr 2e-5 (a fine-tune of a trained model), no weight decay, cosine decay.
+  o->lr = 2e-5, o->adamw.weight_decay = 0.0, o->steps = 500, o->sample_tokens = 0, o->warmup = 0;
+  cmd->add_option("-m,--model", o->model, "the float model: teacher, and the student's starting point")->required();
+  cmd->add_option("--scheme", o->qat, std::string("quantization trained for (weights w, activations a, KV cache kv bits; ") +
+                                         train::kQatSchemes + ")")->required();
+  cmd->add_option("--kd-weight", o->kd_weight,
+                  "loss = w * KL(teacher || student) + (1 - w) * cross-entropy to the data (default 1: distillation "
+                  "only, as LLM-QAT; 0: no teacher)")->check(CLI::Range(0.0, 1.0));
+  add_training_options(cmd, o);
+  auto* warmup_opt = cmd->add_option("--warmup", o->warmup, "warm-up steps (default 0)")->check(llmq::cli::kNonNegative);
+  cmd->add_flag("--fsdp", o->fsdp, "under mpirun: shard the student's parameters, gradients and AdamW state (the "
+                                  "teacher stays whole on every rank)");
+  cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
+  cmd->footer("Checkpoints hold the float student (resumable); `llmq quantize -m RUN/checkpoint-N --method qat --scheme "
+              "SCHEME` (what `llmq qat` runs at the end, into RUN/quantized) writes the integer model it trained for.");
+  cmd->callback([o, json, warmup_opt] {
+    // The integer model of the trained student, from its last checkpoint: RUN/quantized.
+    auto finish = [o, json]() -> std::string {
+      const train::FakeQuant f = train::qat_scheme_parse(o->qat);
+      QuantizeOptions q;
+      q.model = (std::filesystem::path(o->out) / fmt::format("checkpoint-{:06}", o->steps)).string();
+      const std::string out = (std::filesystem::path(o->out) / "quantized").string();
+      q.method = "qat";
+      q.scheme = fmt::format("w{}a{}", f.w_bits, f.acts() ? f.a_bits : 16);
+      q.kv_cache = f.kv() ? fmt::format("int{}", f.kv_bits) : "";
+      q.keep = {"embed", "lm_head"};
+      q.progress = !*json;
+      OutputDir od(out, "quantize", true);
+      q.out = od.path(), q.out_label = out;
+      quantize_model(q);
+      od.commit();
+      return out;
+    };
+    run_training(*o, *json, warmup_opt, finish);
   });
 }
 

@@ -169,8 +169,8 @@ void reset_peak_rss() {
 
 void KvOption::add(CLI::App* cmd, const std::string& whose) {
   cmd->add_option("--kv-cache", type,
-                  "KV-cache type" + whose + ": f32, bf16, int8, fp8 (E4M3), or auto (the default: the model's "
-                  "calibrated KV-cache type if `llmq quantize --kv-cache` gave it one, else f32)");
+                  "KV-cache type" + whose + ": f32, bf16, int8, int4, fp8 (E4M3), or auto (the default: the model's "
+                  "own KV-cache type if `llmq quantize --kv-cache` or `llmq qat` gave it one, else f32)");
   cmd->add_option("--kv-scales", scales,
                   "int8/fp8 caches: static (the model's calibrated per-head scales; values beyond saturate), dynamic "
                   "(each cached row scaled by its own max), or auto (static when the model has them, the default)");

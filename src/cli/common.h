@@ -48,6 +48,7 @@ void register_tokenizer(CLI::App& app);
 void register_data(CLI::App& app);
 void register_train(CLI::App& app);
 void register_finetune(CLI::App& app);
+void register_qat(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_report(CLI::App& app);
 void register_quantize(CLI::App& app);

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_data(app);
   llmq::cli::register_train(app);
   llmq::cli::register_finetune(app);
+  llmq::cli::register_qat(app);
   llmq::cli::register_merge(app);
   llmq::cli::register_report(app);
   llmq::cli::register_quantize(app);

@@ -91,6 +91,9 @@ struct QuantInfo {
   bool weight_per_tensor = false;  // fp8: one scale for the whole tensor
   bool act_per_tensor = false;  // w8a8: one dynamic activation scale per call (SmoothQuant's per-tensor setting)
   float act_scale = 0;  // fp8 static: the calibrated per-tensor activation scale (input_scale); 0: dynamic
+  // Per-token int8 activations with LLM-QAT's quantizer (QAT models, config.h QuantConfig::act_eps):
+  // s = 127 / (amax + act_eps), q = round(x s), scale 1 / (s + act_eps). 0: amax / 127.
+  float act_eps = 0;
   // Integer: the QMatView layouts (kernels.h), sz16 when every scale and zero point is an
   // f16 value (f16 scales, then f16 zero points, per panel and group), else scale and zs in
   // f32 (ceil(M/16), K/group, 16). fp8: scale (M).

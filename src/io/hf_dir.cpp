@@ -187,10 +187,11 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
     codes.swap(stored);
   }
   Tensor t = make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
-  if (perm.empty() && !q.act_per_tensor) return t;
+  if (perm.empty() && !q.act_per_tensor && q.act_eps == 0) return t;
   auto info = std::make_shared<QuantInfo>(*t.quant());
   info->perm = std::move(perm);
   info->act_per_tensor = q.act_per_tensor;
+  info->act_eps = q.act_eps;
   t.set_quant(info);
   return t;
 }
@@ -359,7 +360,7 @@ Model model_load(const std::string& dir, LoadMode mode, const std::function<bool
     L.w_gate = t[p + "mlp.gate_proj.weight"];
     L.w_up = t[p + "mlp.up_proj.weight"];
     L.w_down = t[p + "mlp.down_proj.weight"];
-    if (!c.quant.kv_cache.empty()) {
+    if (!c.quant.kv_cache.empty() && !c.quant.kv_dynamic) {
       L.k_amax = load_kv_range(wf, dir, p + "self_attn.k_scale", c);
       L.v_amax = load_kv_range(wf, dir, p + "self_attn.v_scale", c);
     }

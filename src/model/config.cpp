@@ -242,10 +242,16 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       // bits (which the qweight shapes are checked against), and only 8-bit weights pair with
       // 8-bit activations; a w8a8 label on a 4-bit file would silently quantize activations.
       const std::string want16 = fmt::format("w{}a16", qc.bits);
-      if (qc.scheme != want16 && !(qc.scheme == "w8a8" && qc.bits == 8))
+      if (qc.scheme != want16 && !(qc.scheme == "w8a8" && qc.bits == 8) && !(qc.scheme == "w4a8" && qc.bits == 4) &&
+          !(qc.scheme == "w2a16" && qc.bits == 3 && qc.algorithm == "qat"))  // QAT's 2-bit levels on a 3-bit grid
         fail("{}: quantization_config.llmq.scheme \"{}\" contradicts bits {} (the tensors hold {}-bit codes: {} expected{})",
-             where, qc.scheme, qc.bits, qc.bits, want16, qc.bits == 8 ? " or w8a8" : "");
-      qc.act_per_token = qc.scheme == "w8a8";
+             where, qc.scheme, qc.bits, qc.bits, want16, qc.bits == 8 ? " or w8a8" : qc.bits == 4 ? " or w4a8" : "");
+      qc.act_per_token = qc.scheme == "w8a8" || qc.scheme == "w4a8";
+      if (l.contains("quantizer")) {
+        if (l["quantizer"] != "llm-qat")
+          fail("{}: quantization_config.llmq.quantizer {} is not supported (\"llm-qat\" or none)", where, l["quantizer"].dump());
+        qc.act_eps = 1e-6f;
+      }
       if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
     }
   }
@@ -254,14 +260,23 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     const json& k = j["quantization_config"]["kv_cache_scheme"];
     if (!k.is_object()) fail("{}: quantization_config.kv_cache_scheme must be an object or null", where);
     const std::string type = k.value("type", std::string());
-    if (k.value("num_bits", 0) != 8 || (type != "int" && type != "float"))
-      fail("{}: quantization_config.kv_cache_scheme: only 8-bit \"int\" or \"float\" (E4M3) caches are supported", where);
-    if (k.value("dynamic", false))
+    const json nb = k.value("num_bits", json(0));
+    if (k.value("dynamic", false) == true && type == "int" && (nb == 4 || nb == 8)) {
+      // A QAT model's cache: quantized per token and KV head as it is stored, as trained.
+      strategy_one_of(k, "kv_cache_scheme", "token", "token", where);
+      c.quant.kv_cache = nb == 4 ? "int4" : "int8";
+      c.quant.kv_dynamic = true;
+    } else if (nb != 8 || (type != "int" && type != "float")) {
+      fail("{}: quantization_config.kv_cache_scheme: only 8-bit \"int\" or \"float\" (E4M3) caches with static scales, "
+           "or dynamic 4- and 8-bit \"int\" ones per token, are supported", where);
+    } else if (k.value("dynamic", false))
       fail("{}: quantization_config.kv_cache_scheme.dynamic true: llmq computes dynamic KV scales itself "
            "(--kv-cache int8|fp8); a checkpoint's scheme must be static",
            where);
-    strategy_one_of(k, "kv_cache_scheme", "attn_head", "tensor", where);
-    c.quant.kv_cache = type == "int" ? "int8" : "fp8";
+    if (!c.quant.kv_dynamic) {
+      strategy_one_of(k, "kv_cache_scheme", "attn_head", "tensor", where);
+      c.quant.kv_cache = type == "int" ? "int8" : "fp8";
+    }
   }
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
@@ -389,8 +404,15 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
     if (q.act_per_tensor) j["quantization_config"]["llmq"]["act"] = "tensor";
+    if (q.act_eps > 0) j["quantization_config"]["llmq"]["quantizer"] = "llm-qat";
   }
-  if (c.quant.enabled && !c.quant.kv_cache.empty())
+  if (c.quant.enabled && c.quant.kv_dynamic)
+    j["quantization_config"]["kv_cache_scheme"] = {{"num_bits", c.quant.kv_cache == "int4" ? 4 : 8},
+                                                   {"type", "int"},
+                                                   {"strategy", "token"},
+                                                   {"symmetric", true},
+                                                   {"dynamic", true}};
+  else if (c.quant.enabled && !c.quant.kv_cache.empty())
     j["quantization_config"]["kv_cache_scheme"] = {{"num_bits", 8},
                                                    {"type", c.quant.kv_cache == "int8" ? "int" : "float"},
                                                    {"strategy", "attn_head"},

@@ -43,6 +43,14 @@ struct QuantConfig {
   // style): "" none, "int8" or "fp8"; per layer self_attn.k_scale / v_scale, one f32 per KV head
   // ("attn_head") or one per layer ("tensor"): scale = calibrated amax / 127 (int8) or / 448 (fp8).
   std::string kv_cache;
+  // Quantization-aware trained models (`llmq qat`, algorithm "qat"): the activations and the
+  // KV cache are quantized with LLM-QAT's formula, s = qmax / (amax + 1e-6), code = round(x s),
+  // value = code / (s + 1e-6), so the model runs exactly the quantizers it was trained with.
+  // llmq.quantizer "llm-qat" in the config; 0: the kernels' own amax / qmax.
+  float act_eps = 0;
+  // kv_cache_scheme with "dynamic": true and strategy "token": the cache quantizes each token's
+  // row per KV head as it stores it (no scale tensors); "int4" or "int8" (QAT models).
+  bool kv_dynamic = false;
 };
 
 struct ModelConfig {

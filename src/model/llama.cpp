@@ -17,7 +17,8 @@ KvType kv_type_parse(const std::string& name) {
   if (name == "bf16") return KvType::BF16;
   if (name == "int8") return KvType::I8;
   if (name == "fp8") return KvType::FP8;
-  fail("--kv-cache {}: unknown KV-cache type (choose f32, bf16, int8, fp8 or auto)", name);
+  if (name == "int4") return KvType::I4;
+  fail("--kv-cache {}: unknown KV-cache type (choose f32, bf16, int8, int4, fp8 or auto)", name);
 }
 
 KvType kv_type_for(const ModelConfig& c, const std::string& name) {
@@ -32,6 +33,7 @@ const char* kv_type_name(KvType t) {
     case KvType::BF16: return "bf16";
     case KvType::I8: return "int8";
     case KvType::FP8: return "fp8";
+    case KvType::I4: return "int4";
   }
   return "?";
 }
@@ -43,11 +45,17 @@ KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, Kv
   kv.n_seq = n_seq;
   kv.max_seq = max_seq;
   kv.type = type;
-  const DType dt = type == KvType::F32 ? DType::F32 : type == KvType::BF16 ? DType::BF16 : type == KvType::I8 ? DType::I8 : DType::U8;
+  const DType dt = type == KvType::F32    ? DType::F32
+                   : type == KvType::BF16 ? DType::BF16
+                   : type == KvType::I8   ? DType::I8
+                   : type == KvType::I4   ? DType::Q4
+                                          : DType::U8;
+  // A QAT model's cache quantizes as it was trained (LLM-QAT's formula); a PTQ one by amax/qmax.
+  kv.eps = c.quant.kv_dynamic && (type == KvType::I8 || type == KvType::I4) ? 1e-6f : 0.f;
   for (int64_t l = 0; l < c.n_layers; l++) {
     kv.k.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
     kv.v.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
-    const bool scaled = type == KvType::I8 || type == KvType::FP8;
+    const bool scaled = type == KvType::I8 || type == KvType::FP8 || type == KvType::I4;
     kv.k_scale.push_back(scaled ? Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}) : Tensor());
     kv.v_scale.push_back(scaled ? Tensor::zeros(DType::F32, {n_seq, c.n_kv_heads, max_seq}) : Tensor());
   }
@@ -157,7 +165,7 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_rope(k, cs, sn, c.head_dim);
     pc.mark(P::Rope);
     op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l],
-                L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data());
+                L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data(), cache.eps);
     pc.mark(P::KvStore);
     op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
     pc.mark(P::Attention);

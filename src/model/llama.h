@@ -63,8 +63,9 @@ struct Model {
 // position): the row of head_dim values divided by amax/127 (int8) or amax/448 (fp8), where
 // amax is the row's own max |x| or, for a model with calibrated KV scales, its head's
 // calibrated range (values beyond it saturate).
-enum class KvType { F32, BF16, I8, FP8 };
-KvType kv_type_parse(const std::string& name);  // "f32", "bf16", "int8", "fp8"; fails otherwise
+// int4: a scale per (sequence, head, position) as int8, codes in [-7, 7] (two a byte).
+enum class KvType { F32, BF16, I8, FP8, I4 };
+KvType kv_type_parse(const std::string& name);  // "f32", "bf16", "int8", "fp8", "int4"; fails otherwise
 const char* kv_type_name(KvType t);
 // "auto": the checkpoint's calibrated KV-cache type (quantization_config.kv_cache_scheme) if it
 // has one, else f32; any other name as kv_type_parse.
@@ -76,7 +77,8 @@ struct KVCache {
   KvType type = KvType::F32;
   std::vector<Tensor> k, v;            // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
   std::vector<Tensor> k_scale, v_scale;  // per layer: (n_seq, n_kv_heads, max_seq) f32 for
-                                         // int8/fp8, undefined for f32/bf16
+                                         // int8/int4/fp8, undefined for f32/bf16
+  float eps = 0;  // int8/int4 of a QAT model (QuantConfig::kv_dynamic): LLM-QAT's quantizer (ops.h op_kv_store)
   static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
   size_t bytes() const;
 };

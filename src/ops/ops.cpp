@@ -175,7 +175,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   if (qi.fp8) return matmul_fp8(k, Y, X, W, n, K, M);
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
-  quantize_acts(X, n, K, qi.group, qi.act_per_token, acts, qi.act_per_tensor);
+  quantize_acts(X, n, K, qi.group, qi.act_per_token, acts, qi.act_per_tensor, qi.act_eps);
   const QMatView wv = quant_view(W);
   const QActView av = acts.view(0, K, qi.group);
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); },
@@ -238,7 +238,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token &&
+           (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token && q->act_eps == q0->act_eps &&
                     q->act_per_tensor == q0->act_per_tensor));
   }
   if (n == 0) return;
@@ -262,7 +262,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   // rows stream slowly; gate/up stay eight chunks of 2048.
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;
-  if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor);
+  if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor, q0->act_eps);
   const int nt = ops_threads();
   int64_t rows = 0, max_rows = 0;
   for (const auto& o : outs) {
@@ -389,6 +389,15 @@ inline void kv_row(const Tensor& c, const Tensor& sc, int64_t row, int64_t hd, c
       for (int64_t i = 0; i < hd; i++) out[i] = s * (float)p[i];
       break;
     }
+    case DType::Q4: {
+      const uint8_t* p = c.host<uint8_t>() + row * hd / 2;
+      const float s = sc.host<float>()[row];
+      for (int64_t i = 0; i < hd; i += 2) {
+        out[i] = s * (float)((int)(p[i / 2] & 15) - 8);
+        out[i + 1] = s * (float)((int)(p[i / 2] >> 4) - 8);
+      }
+      break;
+    }
     default: {
       const uint8_t* p = c.host<uint8_t>() + row * hd;
       const float s = sc.host<float>()[row];
@@ -399,25 +408,34 @@ inline void kv_row(const Tensor& c, const Tensor& sc, int64_t row, int64_t hd, c
 }
 // Stores one row; int8/fp8 rows are divided by amax/127 or amax/448, amax the row's own max |x|
 // or, when given (> 0), a calibrated range (values beyond it saturate).
-inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* x, float fixed_amax) {
+inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* x, float fixed_amax, float eps) {
   switch (c.dtype()) {
     case DType::F32: std::memcpy(c.host<float>() + row * hd, x, hd * 4); break;
     case DType::BF16:
       for (int64_t i = 0; i < hd; i++) c.host<uint16_t>()[row * hd + i] = f32_to_bf16(x[i]);
       break;
     default: {
-      const bool i8 = c.dtype() == DType::I8;
+      const bool i8 = c.dtype() == DType::I8, i4 = c.dtype() == DType::Q4;
       float amax = fixed_amax;
       if (!(amax > 0.f)) {
         amax = 0.f;
         for (int64_t i = 0; i < hd; i++) amax = std::max(amax, std::fabs(x[i]));
       }
-      const float s = amax / (i8 ? 127.f : 448.f), inv = s > 0.f ? 1.f / s : 0.f;
+      const float qmax = i8 ? 127.f : i4 ? 7.f : 448.f;
+      float s = amax / qmax, inv = s > 0.f ? 1.f / s : 0.f;
+      if (eps > 0.f && (i8 || i4)) inv = qmax / (amax + eps), s = 1.f / (inv + eps);  // LLM-QAT's
       for (int64_t i = 0; i < hd; i++) {
         float r = x[i] * inv;
         if (r != r) r = 0.f;
-        if (i8) c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
-        else c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(std::clamp(r, -448.f, 448.f));
+        if (i8) {
+          c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
+        } else if (i4) {
+          const uint8_t code = (uint8_t)(std::clamp(std::nearbyint(r), -7.f, 7.f) + 8.f);
+          uint8_t& b = c.host<uint8_t>()[(row * hd + i) / 2];
+          b = i % 2 ? (uint8_t)((b & 15) | (code << 4)) : (uint8_t)((b & 0xf0) | code);
+        } else {
+          c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(std::clamp(r, -448.f, 448.f));
+        }
       }
       sc.host<float>()[row] = s;
       break;
@@ -427,19 +445,21 @@ inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* 
 }  // namespace
 
 void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
-                 const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc, const float* k_amax, const float* v_amax) {
+                 const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc, const float* k_amax, const float* v_amax,
+                 float eps) {
   const int64_t S = kc.dim(0), H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3);
   const int64_t n = k.dim(0);
   expect(k.dim(1) == H * hd && v.shape() == k.shape(), "kv_store", "shape mismatch");
-  const bool scaled = kc.dtype() == DType::I8 || kc.dtype() == DType::U8;
-  expect(!scaled || (ksc.defined() && vsc.defined() && ksc.numel() == S * H * T), "kv_store", "int8/fp8 caches need scales");
+  const bool scaled = kc.dtype() == DType::I8 || kc.dtype() == DType::U8 || kc.dtype() == DType::Q4;
+  expect(!scaled || (ksc.defined() && vsc.defined() && ksc.numel() == S * H * T), "kv_store", "int8/int4/fp8 caches need scales");
+  expect(kc.dtype() != DType::Q4 || hd % 2 == 0, "kv_store", "an int4 cache needs an even head_dim");
   for (int64_t r = 0; r < n; r++) {
     if (seq[r] < 0 || seq[r] >= S) fail("sequence {} outside the KV cache's {} sequences", seq[r], S);
     if (pos[r] < 0 || pos[r] >= T) fail("position {} outside the KV cache's context of {}", pos[r], T);
     for (int64_t h = 0; h < H; h++) {
       const int64_t row = (seq[r] * H + h) * T + pos[r];
-      kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd, k_amax ? k_amax[h] : 0.f);
-      kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd, v_amax ? v_amax[h] : 0.f);
+      kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd, k_amax ? k_amax[h] : 0.f, eps);
+      kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd, v_amax ? v_amax[h] : 0.f, eps);
     }
   }
 }

@@ -47,13 +47,15 @@ void op_add(Tensor& x, const Tensor& y);
 // Copies rows `idx` of src (n, d) into dst (idx.size(), d).
 void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx);
 // Writes k, v rows (n, kv_dim) into the caches (n_seq, n_kv_heads, max_seq, hd) at (seq, pos).
-// Cache dtype F32, BF16, I8 (int8) or U8 (FP8 E4M3 codes); int8/fp8 store each head's row
-// divided by a scale (amax/127, amax/448) kept in kscale/vscale (n_seq, n_kv_heads, max_seq);
-// amax is the row's max |x|, or k_amax[head] / v_amax[head] when given (calibrated static
-// ranges; values beyond them saturate).
+// Cache dtype F32, BF16, I8 (int8), Q4 (int4, two codes a byte, low nibble first, code + 8)
+// or U8 (FP8 E4M3 codes); int8/int4/fp8 store each head's row divided by a scale (amax/127,
+// amax/7, amax/448) kept in kscale/vscale (n_seq, n_kv_heads, max_seq); amax is the row's max
+// |x|, or k_amax[head] / v_amax[head] when given (calibrated static ranges; values beyond them
+// saturate). eps > 0 (int8/int4, QAT models): LLM-QAT's quantizer instead, s = qmax / (amax +
+// eps), code = round(x s), scale 1 / (s + eps) (train/qat.h fq_sym_rows).
 void op_kv_store(Tensor& kcache, Tensor& vcache, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
                  const std::vector<int32_t>& pos, Tensor& kscale, Tensor& vscale, const float* k_amax = nullptr,
-                 const float* v_amax = nullptr);
+                 const float* v_amax = nullptr, float eps = 0);
 // Causal grouped-query attention: row r (sequence seq[r], position pos[r]) attends to cache
 // positions 0..pos[r] of its sequence. q, out: (n, n_heads*hd).
 void op_attention(Tensor& out, const Tensor& q, const Tensor& kcache, const Tensor& vcache,

@@ -20,8 +20,9 @@ QuantScheme quant_scheme_parse(const std::string& name, int64_t group, bool sym,
   else if (name == "w3a16") s.bits = 3, s.group = 128, s.sym = sym;  // codes run in the 4-bit layout
   else if (name == "w2a16") s.bits = 2, s.group = 128, s.sym = sym;
   else if (name == "w8a8") s.bits = 8, s.group = 0, s.sym = true, s.act_per_token = true;
+  else if (name == "w4a8") s.bits = 4, s.group = 0, s.sym = true, s.act_per_token = true;
   else if (name == "fp8") s.bits = 8, s.group = 0, s.sym = true, s.fp8 = true, s.act_per_token = true;
-  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w3a16, w2a16, w8a8 or fp8)", name);
+  else fail("unknown quantization scheme '{}' (choose w8a16, w4a16, w3a16, w2a16, w8a8, w4a8 or fp8)", name);
   if (name == "w8a8" && weight_scale.empty() && (act_scale == "token" || act_scale == "tensor")) {
     s.act_per_tensor = act_scale == "tensor";
     s.act_per_token = !s.act_per_tensor;
@@ -295,7 +296,8 @@ QActView QActs::view(int64_t row, int64_t K, int64_t group) const {
 }
 
 void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out,
-                   bool per_tensor) {
+                   bool per_tensor, float eps) {
+  LLMQ_CHECK(eps == 0 || (per_token && !per_tensor));
   LLMQ_CHECK(K % 32 == 0 && group % 32 == 0 && K % group == 0);
   float all = 0.f;
   if (per_tensor) {
@@ -319,7 +321,21 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
     thread_local std::vector<int32_t> tl_sum;
     int32_t* bsum = (tl_sum.resize((size_t)nb), tl_sum.data());
     float* bscale = out.bscale.data() + i * nb;
-    kern.quant_blocks_i8(xi, nb, row_amax, out.q.data() + i * K, bscale, bsum);
+    if (eps > 0) {  // LLM-QAT's SymQuantizer (scalar: one pass over the row, beside a product over K x M)
+      const float s = 127.f / (row_amax + eps), d = 1.f / (s + eps);
+      int8_t* q = out.q.data() + i * K;
+      for (int64_t b = 0; b < nb; b++) {
+        int32_t sum = 0;
+        for (int64_t k = b * 32; k < b * 32 + 32; k++) {
+          float r = xi[k] * s;
+          if (r != r) r = 0.f;
+          sum += q[k] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
+        }
+        bscale[b] = d, bsum[b] = sum;
+      }
+    } else {
+      kern.quant_blocks_i8(xi, nb, row_amax, out.q.data() + i * K, bscale, bsum);
+    }
     for (int64_t g = 0; g < ng; g++) {
       float gs = 0.f;
       for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) gs += bscale[b] * (float)bsum[b];

@@ -15,6 +15,7 @@ namespace llmq {
 //          (the decode kernel multiplies int8 activation blocks of 32, as llama.cpp does);
 //   w4a16: int4 codes per group of 32/64/128 input channels, symmetric or asymmetric;
 //   w8a8:  int8 weights per channel and int8 activations per token (dynamic), in prefill too;
+//   w4a8:  int4 weights per channel (or group) and int8 activations per token (QAT models);
 //   fp8:   E4M3 weights with a per-channel (default) or per-tensor scale, E4M3 activations
 //          scaled per token (default) or per tensor, dynamically (llm-compressor's FP8_DYNAMIC
 //          by default; per tensor both ways is TensorRT-LLM's fp8 with dynamic scales).
@@ -92,7 +93,9 @@ struct QActs {
 };
 // per_tensor: one scale for all n rows (amax over the call), as SmoothQuant's per-tensor
 // dynamic W8A8 quantizes.
+// eps > 0 (per token only): LLM-QAT's quantizer, s = 127 / (amax + eps), q = round-half-even(x s)
+// clamped to +-127, bscale = 1 / (s + eps): the values QAT trained with (train/qat.h fq_sym_rows).
 void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out,
-                   bool per_tensor = false);
+                   bool per_tensor = false, float eps = 0);
 
 }  // namespace llmq

@@ -13,6 +13,7 @@
 #include "io/hf_dir.h"
 #include "io/safetensors.h"
 #include "quant/calibrated.h"
+#include "train/qat.h"
 #include "quant/gptq_format.h"
 #include "quant/hqq.h"
 #include "quant/quant.h"
@@ -45,6 +46,7 @@ struct QuantizedLinear {
   std::string name;
   std::vector<int32_t> qweight, qzeros, g_idx;
   std::vector<uint16_t> scales, zeros;  // zeros: HQQ's float zero points, f16 (ng, M)
+  std::vector<float> scales32;          // QAT: f32 scales (ng, M)
   std::vector<uint8_t> fp8;        // fp8: E4M3 bytes (M, K)
   std::vector<float> fp8_scale;    // fp8: (M) or (1)
   float input_scale = 0;           // fp8 static: calibrated amax / 448
@@ -62,20 +64,31 @@ int64_t block_of(const std::string& name, int64_t n_layers) {
 QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool calibrated_method = o.method == "gptq" || o.method == "awq" || o.method == "smoothquant";
-  if (o.method != "rtn" && o.method != "hqq" && !calibrated_method)
-    fail("quantize: unknown method '{}' (choose rtn, hqq, gptq, awq or smoothquant)", o.method);
+  const bool qat = o.method == "qat";
+  if (o.method != "rtn" && o.method != "hqq" && !calibrated_method && !qat)
+    fail("quantize: unknown method '{}' (choose rtn, hqq, gptq, awq, smoothquant or qat)", o.method);
+  if (qat && o.group > 0)
+    fail("quantize: --method qat quantizes per output channel, as LLM-QAT trains (leave out --group)");
   // HQQ's default group is 64 (its paper's and library's setting).
-  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group < 0 && o.method == "hqq" ? 64 : o.group, o.sym,
-                                            o.weight_scale, o.act_scale);
+  QuantScheme sc = quant_scheme_parse(o.scheme, o.group < 0 && o.method == "hqq" ? 64 : qat ? 0 : o.group,
+                                      qat || o.sym, o.weight_scale, o.act_scale);
+  // QAT: LLM-QAT's weight quantizer (train/qat.h); its 2-bit levels sit on a 3-bit grid.
+  const int qat_bits = sc.bits;
+  if (qat) {
+    if (sc.fp8 || sc.act_per_tensor) fail("quantize: --method qat writes the integer schemes llmq qat trains (w4a8, w4a16, w8a8, w3a16, w2a16)");
+    if (sc.bits == 2) sc.bits = 3;
+  }
   if (o.method != "rtn" && sc.fp8)
     fail("quantize: the fp8 scheme is round-to-nearest only (--method rtn); E4M3 has no integer grid for {}", o.method);
   if (o.method == "smoothquant" && sc.name != "w8a8")
     fail("quantize: smoothquant migrates activation outliers for int8 activations: use --scheme w8a8");
-  if (!o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "fp8")
+  if (qat && !o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "int4")
+    fail("quantize: --method qat --kv-cache {}: a QAT model's cache is int4 or int8, quantized per token as trained", o.kv_cache);
+  if (!qat && !o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "fp8")
     fail("quantize: --kv-cache {}: calibrated KV-cache scales are int8 or fp8", o.kv_cache);
   // FP8 static activation scales and KV-cache scales come from the calibration data's maxima
-  // (the "amax" pass, or the calibrated method's own passes).
-  const bool calibrated = calibrated_method || sc.act_static || !o.kv_cache.empty();
+  // (the "amax" pass, or the calibrated method's own passes). QAT's KV cache is dynamic.
+  const bool calibrated = calibrated_method || sc.act_static || (!o.kv_cache.empty() && !qat);
   if (calibrated && o.calib.source.empty())
     fail("quantize: {} needs calibration data: give --calib FILE|DATA_DIR",
          calibrated_method ? "--method " + o.method : sc.act_static ? std::string("--act-scale static")
@@ -98,6 +111,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     return !k.empty() && name.find(k) != std::string::npos;
   };
   auto kept = [&](const std::string& name) {
+    if (qat && name == "lm_head.weight") return true;  // LLM-QAT trains lm_head in float
     for (const auto& k : o.keep)
       if (keep_matches(k, name)) return true;
     return name == "model.embed_tokens.weight";  // embeddings are a lookup, always float
@@ -120,6 +134,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.desc_act = o.method == "gptq" && o.act_order;
   c.quant.lm_head = !kept("lm_head.weight");
   c.quant.kv_cache = o.kv_cache;
+  if (qat) {
+    c.quant.act_eps = sc.act_per_token ? 1e-6f : 0.f;  // LLM-QAT's activation quantizer, as trained
+    c.quant.kv_dynamic = !o.kv_cache.empty();
+  }
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
 
@@ -175,7 +193,9 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       } else {
         if (c.quant.float_zeros) outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
         else outs.push_back({base + "qzeros", DType::I32, {ng, M * sc.bits / 32}, spec.name, s});
-        outs.push_back({base + "scales", DType::F16, {ng, M}, spec.name, s});
+        // QAT: f32 scales (1 / (s + 1e-6) is no f16 value; rounded, the model would not be the
+        // one trained).
+        outs.push_back({base + "scales", qat ? DType::F32 : DType::F16, {ng, M}, spec.name, s});
         outs.push_back({base + "g_idx", DType::I32, {K}, spec.name, s});
       }
       res.quantized_tensors++;
@@ -183,7 +203,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       outs.push_back({spec.name, c.dtype, spec.shape, "", s});
       res.kept_tensors++;
     }
-    if (!o.kv_cache.empty() && spec.name.ends_with("self_attn.v_proj.weight")) {  // after k/v, as a block's tensors
+    if (!o.kv_cache.empty() && !qat && spec.name.ends_with("self_attn.v_proj.weight")) {  // after k/v, as a block's tensors
       const std::string base = spec.name.substr(0, spec.name.size() - std::string("v_proj.weight").size());
       for (const char* n : {"k_scale", "v_scale"}) outs.push_back({base + n, DType::F32, {c.n_kv_heads}, "", Tensor()});
     }
@@ -283,6 +303,13 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       if (t.linear == "lm_head.weight") return cq->lm_head();
     }
     const Tensor& s = t.source;
+    if (qat) {
+      const Tensor w = to_f32(s);
+      LinearCodes q;
+      q.codes.resize((size_t)(M * K)), q.scale.resize((size_t)M), q.zero.resize((size_t)M);
+      train::qat_weight_codes(w.host<float>(), M, K, qat_bits, q.codes.data(), q.scale.data(), q.zero.data());
+      return q;
+    }
     if (o.method == "hqq") {
       const Tensor w = to_f32(s);
       HqqOptions ho;
@@ -329,6 +356,11 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     cache.scales.resize((size_t)(ng * M));
     for (int64_t g = 0; g < ng; g++)
       for (int64_t m = 0; m < M; m++) cache.scales[g * M + m] = f32_to_f16(q.scale[m * ng + g]);
+    if (qat) {
+      cache.scales32.resize((size_t)(ng * M));
+      for (int64_t g = 0; g < ng; g++)
+        for (int64_t m = 0; m < M; m++) cache.scales32[g * M + m] = q.scale[m * ng + g];
+    }
     if (c.quant.float_zeros) {
       cache.zeros.resize((size_t)(ng * M));
       for (int64_t g = 0; g < ng; g++)
@@ -363,6 +395,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
     else if (t.name.ends_with("qzeros")) from = reinterpret_cast<const uint8_t*>(cache.qzeros.data());
     else if (t.name.ends_with(".zeros")) from = reinterpret_cast<const uint8_t*>(cache.zeros.data());
+    else if (t.name.ends_with("scales") && t.dtype == DType::F32) from = reinterpret_cast<const uint8_t*>(cache.scales32.data());
     else if (t.name.ends_with("scales")) from = reinterpret_cast<const uint8_t*>(cache.scales.data());
     else if (t.name.ends_with("weight_scale")) from = reinterpret_cast<const uint8_t*>(cache.fp8_scale.data());
     else if (t.name.ends_with("input_scale")) from = reinterpret_cast<const uint8_t*>(&cache.input_scale);

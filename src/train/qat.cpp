@@ -64,9 +64,44 @@ void fq_weight_rows(const T* w, int64_t rows, int64_t K, int bits, T* out) {
     for (int64_t k = 0; k < K; k++) sum += std::fabs(wr[k]);
     const T a = T(2) * (sum / T(K));
     T* o = out + r * K;
+    if (a == T(0)) {  // an all-zero row (LLM-QAT divides by 0 there: NaN)
+      std::fill(o, o + K, T(0));
+      continue;
+    }
     for (int64_t k = 0; k < K; k++)
       o[k] = a * (std::nearbyint(std::clamp(wr[k] / a, -clip, clip) * levels - T(0.5)) + T(0.5)) / levels;
   }
+}
+
+int qat_weight_codes(const float* w, int64_t rows, int64_t K, int bits, uint8_t* codes, float* scale, float* zero) {
+  LLMQ_CHECK(bits >= 2 && bits <= 8);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* wr = w + r * K;
+    uint8_t* c = codes + r * K;
+    if (bits >= 3) {  // the float arithmetic of fq_sym_rows<float>
+      const float qmax = (float)((1 << (bits - 1)) - 1), eps = 1e-6f;
+      float amax = 0;
+      for (int64_t k = 0; k < K; k++) amax = std::max(amax, std::fabs(wr[k]));
+      const float s = qmax / (amax + eps);
+      for (int64_t k = 0; k < K; k++) c[k] = (uint8_t)(std::nearbyint(wr[k] * s) + (float)(1 << (bits - 1)));
+      scale[r] = 1.f / (s + eps), zero[r] = (float)(1 << (bits - 1));
+    } else {  // fq_weight_rows<float>'s 2-bit branch
+      float sum = 0;
+      for (int64_t k = 0; k < K; k++) sum += std::fabs(wr[k]);
+      const float a = 2.f * (sum / (float)K), clip = 1.f - 1e-2f;
+      scale[r] = a / 4.f, zero[r] = 4.f;
+      if (a == 0.f) {  // an all-zero row: every weight 0 (fq_weight_rows gives 0 too)
+        std::fill(c, c + K, (uint8_t)4);
+        continue;
+      }
+      for (int64_t k = 0; k < K; k++) {
+        const float l = std::nearbyint(std::clamp(wr[k] / a, -clip, clip) * 2.f - 0.5f);  // -2..1
+        c[k] = (uint8_t)(2.f * l + 1.f + 4.f);
+      }
+    }
+  }
+  return bits >= 3 ? bits : 3;
 }
 
 template <class T>

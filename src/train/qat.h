@@ -37,6 +37,13 @@ template <class T> void fq_sym_rows(const T* x, int64_t rows, int64_t K, int bit
 // 2 bits its own branch, per row: a = 2 mean|w|, out = a (round(clamp(w/a, -0.99, 0.99) 2 -
 // 0.5) + 0.5) / 2 (levels +-a/4, +-3a/4).
 template <class T> void fq_weight_rows(const T* w, int64_t rows, int64_t K, int bits, T* out);
+// The integer model of fq_weight_rows<float> (what `llmq quantize --method qat` writes): per
+// row a code per weight, a scale and a zero point with scale * (code - zero) the fake-quantized
+// weight (to an ulp: q / (s + 1e-6) there, q * (1 / (s + 1e-6)) here). bits >= 3: code =
+// round(w s) + 2^(bits-1), zero 2^(bits-1), scale 1 / (s + 1e-6); 2: LLM-QAT's four levels
+// +-a/4, +-3a/4 as the odd codes 1, 3, 5, 7 of a 3-bit grid (zero 4, scale a/4). Returns the bits
+// the codes take (3 for 2).
+int qat_weight_codes(const float* w, int64_t rows, int64_t K, int bits, uint8_t* codes, float* scale, float* zero);
 // The straight-through gradient of a SymQuantizer (clip_val [-2, 2] in LLM-QAT: the forward
 // clips nothing, the backward zeroes the gradient where the input is >= 2 or <= -2):
 // grad[i] = 0 where x[i] >= 2 or x[i] <= -2, unchanged elsewhere. The 2-bit weight branch

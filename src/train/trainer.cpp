@@ -141,6 +141,11 @@ json resume_key(const TrainOptions& o) {
           {"clip", o.clip},   {"weight_decay", o.adamw.weight_decay}, {"beta1", o.adamw.beta1}, {"seed", o.seed},
           {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}, {"precision", o.precision.empty() ? "f32" : o.precision}};
   if (o.deterministic) k["threads"] = ops_threads();
+  if (!o.qat.empty()) {
+    k["qat"] = o.qat;
+    k["kd_weight"] = o.kd_weight;
+    k["teacher"] = o.model;
+  }
   if (o.finetune) {
     k["adapter"] = o.adapter.options();
     k["base"] = o.model;
@@ -250,6 +255,13 @@ TrainResult train_run(const TrainOptions& options) {
   } else if (!o.quantize_base.empty()) {
     fail("train: --quantize-base is for llmq finetune (a frozen base); full training updates every weight in f32");
   }
+  FakeQuant fq;
+  if (!o.qat.empty()) {
+    if (o.model.empty()) fail("qat: give the teacher model with -m DIR (the student starts as a copy of it)");
+    if (o.finetune) fail("qat: adapters and quantization-aware training do not combine");
+    if (!(o.kd_weight >= 0 && o.kd_weight <= 1)) fail("qat: --kd-weight {} must be within [0, 1]", o.kd_weight);
+    fq = qat_scheme_parse(o.qat);
+  }
   ModelConfig cfg = !o.model.empty() ? config_load((fs::path(o.model) / "config.json").string())
                     : !o.preset.empty() ? config_preset(o.preset)
                                         : config_load(o.config);
@@ -322,11 +334,13 @@ TrainResult train_run(const TrainOptions& options) {
   else
     fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
                comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
+  const bool teach = !o.qat.empty() && o.kd_weight > 0;
   if (!o.finetune) {
     // Weights, gradients and the two AdamW moments are f32: 16 bytes a parameter (FSDP: the
-    // moments and gradients sharded, the weights whole). Refused before allocating, with the
-    // figures, instead of a raw allocator message for a config far beyond the machine.
-    const double n = (double)cfg.n_params(), need = n * (o.fsdp ? 4.0 + 12.0 / W : 16.0);
+    // moments and gradients sharded, the weights whole; QAT's teacher: 4 more, whole).
+    // Refused before allocating, with the figures, instead of a raw allocator message for a
+    // config far beyond the machine.
+    const double n = (double)cfg.n_params(), need = n * ((o.fsdp ? 4.0 + 12.0 / W : 16.0) + (teach ? 4.0 : 0.0));
     const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     if (need > have)
       fail("train: the model has {:.3g} parameters; its f32 weights, gradients and AdamW moments need {} per rank, "
@@ -352,6 +366,16 @@ TrainResult train_run(const TrainOptions& options) {
       o.finetune ? std::make_unique<LlamaTrain<float>>(cfg, o.adapter) : std::make_unique<LlamaTrain<float>>(cfg);
   LlamaTrain<float>& m = *model;
   m.set_recompute(o.recompute);
+  m.set_fake_quant(fq);
+  // QAT's teacher: the model the student started as, forward only (its final hidden states per
+  // micro-batch; logits chunk by chunk inside the student's loss). Recomputation keeps only its
+  // blocks' inputs, which is all a forward-only pass needs.
+  std::unique_ptr<LlamaTrain<float>> teacher;
+  if (teach) {
+    teacher = std::make_unique<LlamaTrain<float>>(cfg);
+    teacher->set_recompute(true);
+    model_dir_reader(o.model, cfg)(0, teacher->n_params(), teacher->params.data());
+  }
   std::vector<AdamW<float>::Range> ranges;
   for (size_t i = 0; i < m.specs.size(); i++) {
     const std::string& nm = m.specs[i].name;
@@ -466,6 +490,7 @@ TrainResult train_run(const TrainOptions& options) {
   }
   if (o.precision.empty()) o.precision = "f32";
   m.set_precision(precision_parse(o.precision));
+  if (teacher) teacher->set_precision(precision_parse(o.precision));
   std::unique_ptr<Fsdp> fsdp;
   auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
   if (full_fsdp) {
@@ -501,6 +526,7 @@ TrainResult train_run(const TrainOptions& options) {
       explicit Eval(LlamaTrain<float>& x) : m(x) { m.set_training(false); }
       ~Eval() { m.set_training(true); }
     } eval_mode(m);
+    m.set_distill(nullptr, nullptr, 1);  // validation: the student's cross-entropy
     int64_t cur = 0;
     double sum = 0;
     int64_t n = 0;
@@ -551,17 +577,23 @@ TrainResult train_run(const TrainOptions& options) {
   for (int64_t step = start_step; step < o.steps; step++) {
     if (fsdp) fsdp->zero_grads();
     else m.zero_grad();
-    double loss = 0;
+    double loss = 0, kl = 0, ce = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
       m.dropout_key = (uint64_t)(step * o.grad_accum + k) * 0x9e3779b97f4a7c15ull + o.seed + (uint64_t)R;
+      if (teacher) {
+        teacher->forward_hidden(my_tokens, Bl, T);
+        m.set_distill(teacher->final_hidden().data(), teacher->p.lm_head, o.kd_weight);
+      }
       loss += m.forward(my_tokens, my_targets, Bl, T) / (double)(o.grad_accum * W);
+      kl += std::max(0.0, m.last_kl()) / (double)(o.grad_accum * W), ce += std::max(0.0, m.last_ce()) / (double)(o.grad_accum * W);
       last_micro = k == o.grad_accum - 1;
       m.backward(1.0 / (double)(o.grad_accum * W));
     }
     if (overlap) comm.wait();
     else if (W > 1 && !fsdp) reduce_range(0, m.n_params(), false);
     loss = rank_sum(loss);
+    if (!o.qat.empty()) kl = teacher ? rank_sum(kl) : -1, ce = rank_sum(ce);
     double ss = 0;
     if (fsdp) ss = fsdp->grad_sq_norm();  // FSDP: already reduce-scattered, block by block
     else ss = sum_squares(m.grads.data(), m.n_params());
@@ -580,6 +612,11 @@ TrainResult train_run(const TrainOptions& options) {
     res.last_loss = loss;
     const int64_t done = step + 1;
     json row = {{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}};
+    if (!o.qat.empty()) {  // the two terms of the distillation loss
+      if (teacher) row["kl"] = kl;
+      row["ce"] = ce;
+      res.last_kl = teacher ? kl : -1, res.last_ce = ce;
+    }
     if (done % o.log_every == 0 || done == o.steps) {
       const auto now = clock::now();
       const double dt = std::chrono::duration<double>(now - t_log).count();
@@ -642,7 +679,9 @@ TrainResult train_run(const TrainOptions& options) {
         if (fsdp) fsdp->release_all(), free_moments();
       }
       // A sample through the inference engine (a sharded checkpoint is no model directory).
-      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal && !o.finetune)
+      // (Not for QAT: a checkpoint holds the float student, not the quantized model that runs.)
+      if (lead && o.sample_tokens > 0 && !tok_src.empty() && o.progress && !sharded_ckpt && !res.stop_signal && !o.finetune &&
+          o.qat.empty())
         sample(o, done);
     }
     t_log += clock::now() - t_pause;

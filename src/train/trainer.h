@@ -48,6 +48,12 @@ struct TrainOptions {
   bool finetune = false;
   AdapterConfig adapter;
   std::string quantize_base;
+  // Quantization-aware training (`llmq qat`, train/qat.h): the student starts as `model` (the
+  // teacher) and trains with LLM-QAT's fake quantizers of this scheme ("": off); the loss is
+  // kd_weight * KL(teacher || student) + (1 - kd_weight) * cross-entropy to the data's tokens,
+  // the teacher (kept in f32, run forward per micro-batch) needed only for kd_weight > 0.
+  std::string qat;
+  double kd_weight = 1;
 };
 
 struct TrainResult {
@@ -62,6 +68,7 @@ struct TrainResult {
   int stop_signal = 0;      // SIGINT/SIGTERM stopped the run (with a checkpoint at `steps`)
   int64_t trained_params = 0;  // values the optimizer updates (all parameters, or the adapters')
   uint64_t base_bytes = 0;     // fine-tuning: the frozen base's linears as held
+  double last_kl = -1, last_ce = -1;  // qat: the last step's two loss terms (-1: not computed)
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`
