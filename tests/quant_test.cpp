@@ -200,7 +200,8 @@ TEST_P(QMatmulTest, MatchesReference) {
         for (int n : {1, 2, 3, 4, 5, 7, 9}) {
           auto x = randn(n * K, rng(), 1.f);
           QActs a;
-          quantize_acts(x.data(), n, K, G, n == 3, a);
+          // n 3: per-token scales; n 5: per token with LLM-QAT's quantizer (QAT's w4a8/w8a8).
+          quantize_acts(x.data(), n, K, G, n == 3 || n == 5, a, false, n == 5 ? 1e-6f : 0.f);
           std::vector<float> y(n * M, -1.f), yr(n * M, -2.f);
           if (n % 2) {
             k.matmul_q(wv, a.view(0, K, G), y.data(), n, M, 0, M);

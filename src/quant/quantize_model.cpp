@@ -139,7 +139,9 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     c.quant.kv_dynamic = !o.kv_cache.empty();
   }
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
-  if (c.dtype == DType::F32 && !sc.fp8) c.dtype = DType::F16;  // float tensors beside GPTQ linears are f16, as GPTQ writes
+  // Float tensors beside GPTQ linears are f16, as GPTQ writes; a QAT model keeps the f32 it
+  // trained (embeddings, norms and lm_head rounded to f16 would not be the trained model).
+  if (c.dtype == DType::F32 && !sc.fp8 && !qat) c.dtype = DType::F16;
 
   const std::map<std::string, Tensor> srcs = hf_named_tensors(src);
   // A --keep pattern that names no tensor is a typo, said rather than ignored.
