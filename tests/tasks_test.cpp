@@ -143,6 +143,34 @@ TEST(Tasks, BadTaskFilesFailClearly) {
   expect("{\"prompt\": \"a\"}\n", "\"answer\" must be the expected text");
   expect("not json\n", "t.jsonl:1: not a JSON object");
   expect("\n\n", "no tasks");
+  // lm-evaluation-harness samples: an answer index beyond the choices, a target naming none.
+  expect(R"({"doc_id": 0, "target": 2, "arguments": {"gen_args_0": {"arg_0": "a", "arg_1": " b"}, "gen_args_1": {"arg_0": "a", "arg_1": " c"}}})" "\n",
+         "t.jsonl:1: answer 2 is out of range for 2 choices");
+  expect(R"({"doc_id": 0, "target": "d", "arguments": [["a", " b"], ["a", " c"]]})" "\n", "names no choice");
+  expect(R"({"doc_id": 0, "target": 0, "arguments": [["a", " b"], ["x", " c"]]})" "\n", "share one context");
+  expect(R"({"doc_id": 0, "target": 0, "arguments": {"gen_args_0": {"arg_0": "a"}}})" "\n", "arg_0 and arg_1");
+}
+
+// lm-evaluation-harness's exported samples (--log_samples) load as the same items as the
+// native format: 0.4's gen_args objects and the older [context, continuation] pairs, the
+// target as an index or as the choice's text, generate_until requests as generation items, the
+// task named from the file (samples_TASK_DATE.jsonl).
+TEST(Tasks, HarnessSamplesLoad) {
+  const std::string text =
+      R"({"doc_id": 0, "doc": {}, "target": 1, "arguments": {"gen_args_0": {"arg_0": "The sky is", "arg_1": " green"}, "gen_args_1": {"arg_0": "The sky is", "arg_1": " blue"}}, "resps": [], "filtered_resps": []})" "\n"
+      R"({"doc_id": 1, "target": " blue", "arguments": [["Grass is", " red"], ["Grass is", " blue"], ["Grass is", " green"]]})" "\n"
+      R"({"doc_id": 2, "target": " Paris", "arguments": {"gen_args_0": {"arg_0": "The capital of France is", "arg_1": {"until": ["\n"]}}}})" "\n";
+  const auto items = parse_tasks(text, "out/samples_mytask_2024-06-19T16-40-21.372063.jsonl");
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[0].task, "mytask");
+  EXPECT_EQ(items[0].context, "The sky is");
+  EXPECT_EQ(items[0].choices, (std::vector<std::string>{" green", " blue"}));
+  EXPECT_EQ(items[0].answer, 1);
+  EXPECT_EQ(items[1].choices.size(), 3u);
+  EXPECT_EQ(items[1].answer, 1);
+  EXPECT_TRUE(items[2].generate());
+  EXPECT_EQ(items[2].context, "The capital of France is");
+  EXPECT_EQ(items[2].target, " Paris");
 }
 
 TEST(Tasks, BuilderItemsComeFromTheText) {

@@ -63,6 +63,7 @@ void register_eval(CLI::App& app) {
     std::string model, adapter;
     std::vector<std::string> files;
     bool json = false;
+    KvOption kv;
   };
   auto t = std::make_shared<TOpts>();
   tasks->add_option("-m,--model", t->model, "model directory or training run")->required()->transform(llmq::cli::kRunLatest);
@@ -71,6 +72,7 @@ void register_eval(CLI::App& app) {
       ->required();
   tasks->add_option("--adapter", t->adapter, "an adapter directory, applied unmerged")->transform(llmq::cli::kRunLatest);
   tasks->add_flag("--json", t->json, "print the scores as JSON");
+  t->kv.add(tasks);
   tasks->callback([t] {
     std::vector<TaskItem> items;
     for (const auto& f : t->files) {  // every file checked before the model loads
@@ -82,7 +84,8 @@ void register_eval(CLI::App& app) {
     auto tok = tokenizer_load(t->model);
     check_tokenizer_fits(*tok, m.config, t->model);
     Progress bar("tasks", (uint64_t)items.size(), !t->json);
-    const auto scores = eval_tasks(m, *tok, items, [&](int64_t done, int64_t) { bar.update((uint64_t)done); });
+    const KvType kv = t->kv.resolve(m);
+    const auto scores = eval_tasks(m, *tok, items, [&](int64_t done, int64_t) { bar.update((uint64_t)done); }, kv);
     bar.finish();
     if (t->json) {
       nlohmann::json j = nlohmann::json::array();

@@ -58,7 +58,61 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
     if (j.is_discarded() || !j.is_object()) bad("not a JSON object");
     TaskItem it;
     it.task = j.contains("task") && j["task"].is_string() ? j["task"].get<std::string>() : stem;
-    if (j.contains("choices")) {
+    if (j.contains("arguments") && j.contains("doc_id")) {
+      // lm-evaluation-harness's samples (--log_samples, samples_TASK_*.jsonl): "arguments" the
+      // requests, as {"gen_args_0": {"arg_0": context, "arg_1": continuation}, ...} (0.4) or
+      // [[context, continuation], ...] (older); a generation request's arg_1 is its options.
+      // "target" is the right choice's index (or its text), or a generation's expected text.
+      std::vector<std::pair<json, json>> req;
+      const json& a = j["arguments"];
+      if (a.is_object()) {
+        for (size_t i = 0; a.contains("gen_args_" + std::to_string(i)); i++) {
+          const json& g = a["gen_args_" + std::to_string(i)];
+          if (!g.is_object() || !g.contains("arg_0") || !g.contains("arg_1")) bad("gen_args_N must hold arg_0 and arg_1");
+          req.emplace_back(g["arg_0"], g["arg_1"]);
+        }
+      } else if (a.is_array()) {
+        for (const auto& g : a) {
+          if (!g.is_array() || g.size() != 2) bad("each of \"arguments\" must be a [context, continuation] pair");
+          req.emplace_back(g[0], g[1]);
+        }
+      }
+      if (req.empty() || req.size() != a.size())
+        bad("\"arguments\" must be gen_args_0, gen_args_1, ... or [context, continuation] pairs");
+      if (!req[0].first.is_string()) bad("a request's context (arg_0) must be a string");
+      it.context = req[0].first.get<std::string>();
+      if (!j.contains("target")) bad("a harness sample needs its \"target\"");
+      const json& t = j["target"];
+      if (req.size() == 1 && req[0].second.is_object()) {  // generate_until
+        if (!t.is_string() || trim(t.get<std::string>()).empty()) bad("a generation sample's \"target\" must be the expected text");
+        it.target = t.get<std::string>();
+      } else {
+        if (req.size() < 2) bad("a multiple-choice sample needs at least two choices");
+        for (const auto& [c, cont] : req) {
+          if (!c.is_string() || c.get<std::string>() != it.context) bad("the choices of a sample must share one context");
+          if (!cont.is_string() || cont.get<std::string>().empty()) bad("every choice must be a non-empty string");
+          it.choices.push_back(cont.get<std::string>());
+        }
+        if (t.is_number_integer()) {
+          it.answer = t.get<int64_t>();
+        } else if (t.is_string()) {
+          for (size_t i = 0; i < it.choices.size() && it.answer < 0; i++)
+            if (trim(it.choices[i]) == trim(t.get<std::string>())) it.answer = (int64_t)i;
+          if (it.answer < 0) bad("\"target\" names no choice");
+        } else {
+          bad("\"target\" must be the right choice's index or text");
+        }
+        if (it.answer < 0 || it.answer >= (int64_t)it.choices.size())
+          bad(fmt::format("answer {} is out of range for {} choices (0..{})", it.answer, it.choices.size(),
+                          it.choices.size() - 1));
+      }
+      if (!j.contains("task") && stem.rfind("samples_", 0) == 0) {  // samples_TASK_2024-06-19T16-40-21.372063
+        it.task = stem.substr(8);
+        const size_t u = it.task.rfind('_');
+        if (u != std::string::npos && u + 1 < it.task.size() && std::isdigit((unsigned char)it.task[u + 1]))
+          it.task.resize(u);
+      }
+    } else if (j.contains("choices")) {
       if (!j.contains("context") || !j["context"].is_string()) bad("a multiple-choice line needs a \"context\" string");
       if (!j["choices"].is_array() || j["choices"].size() < 2) bad("\"choices\" must be an array of at least two strings");
       for (const auto& c : j["choices"]) {
@@ -107,14 +161,14 @@ std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenize
 }
 
 std::vector<TaskScore> eval_tasks(const Model& m, const Tokenizer& tok, const std::vector<TaskItem>& items,
-                                  const std::function<void(int64_t, int64_t)>& progress) {
+                                  const std::function<void(int64_t, int64_t)>& progress, KvType kv) {
   const ModelConfig& c = m.config;
   const int64_t V = c.vocab_size, maxT = c.max_seq_len;
   std::map<std::string, size_t> at;
   std::vector<TaskScore> scores;
   int64_t max_choices = 1;
   for (const auto& it : items) max_choices = std::max<int64_t>(max_choices, (int64_t)it.choices.size());
-  KVCache cache = KVCache::create(c, max_choices, maxT);
+  KVCache cache = KVCache::create(c, max_choices, maxT, kv);
   Scratch scratch;
   int64_t done = 0;
   for (const auto& it : items) {

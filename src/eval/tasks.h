@@ -43,8 +43,10 @@ struct TaskScore {
   double exact_match = 0;        // generation
 };
 // Scores every item (per task, in the order tasks first appear). progress(done, total).
+// kv: the KV-cache type the model runs with (llama.h).
 std::vector<TaskScore> eval_tasks(const Model& m, const Tokenizer& tok, const std::vector<TaskItem>& items,
-                                  const std::function<void(int64_t, int64_t)>& progress = nullptr);
+                                  const std::function<void(int64_t, int64_t)>& progress = nullptr,
+                                  KvType kv = KvType::F32);
 
 // The continuation's tokens after the context's, as the harness splits them (see above);
 // with BOS first when the tokenizer adds one. Returns (context tokens, continuation tokens).

@@ -419,6 +419,18 @@ TrainResult train_run(const TrainOptions& options) {
         fail("{}: the run was started with other options: adapter {} (now {}); resume with the same ones", dir, was.dump(),
              now.dump());
     }
+    if (!o.qat.empty()) {  // the student is the teacher's copy: a teacher of another shape is another run
+      const ModelConfig was = config_load((fs::path(dir) / "config.json").string());
+      if (config_to_hf_json(was).dump() != config_to_hf_json(cfg).dump())
+      {
+        auto shape = [](const ModelConfig& c) {
+          return fmt::format("{} layers, dim {}, {}/{} heads, ffn {}, vocabulary {}, {} embeddings", c.n_layers, c.dim,
+                             c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size, c.tie_embeddings ? "tied" : "untied");
+        };
+        fail("{}: the run's student ({}) is not the shape of the teacher -m {} ({}): resume with the teacher the run "
+             "started from", dir, shape(was), o.model, shape(cfg));
+      }
+    }
     CheckpointSource cs = o.finetune ? open_adapter_checkpoint(dir, cfg, o.adapter) : open_checkpoint(dir, cfg);
     json opts = cs.head.options;
     // A deterministic run resumes on the thread count it started with (the order of the

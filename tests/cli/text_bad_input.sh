@@ -149,5 +149,17 @@ expect_error "greedy-prefix" -- data generate -m "$T/tm_big" --out "$T/g3.jsonl"
 printf '{"context": "a", "choices": [" b", " c"], "answer": 3}\n' > "$T/badtask.jsonl"
 expect_error "badtask.jsonl:1: answer 3 is out of range for 2 choices" -- eval tasks -m "$T/tm_big" --tasks "$T/badtask.jsonl"
 
+# qat (issue 23): a scheme the kernels cannot run; a resume whose teacher is another model (of
+# another shape: the student is the teacher's copy, so a teacher of another shape can only come
+# in through a resume); a kd weight outside [0, 1].
+expect_error "not one the integer kernels run" -- qat -m "$T/tm_big" --data "$T/td" --out "$T/q1" --scheme w4a4kv4
+expect_error "kd-weight" -- qat -m "$T/tm_big" --data "$T/td" --out "$T/q1" --scheme w4a8kv4 --kd-weight 1.5
+"$LLMQ" init --preset tiny-tied --tokenizer "$TOK" --out "$T/tm_tied" --dtype f32 > /dev/null 2>&1
+if "$LLMQ" qat -m "$T/tm_big" --data "$T/td" --out "$T/q2" --scheme w4a8kv4 --steps 2 --batch 2 --seq-len 16 \
+     --eval-every 0 > /dev/null 2>&1 && [ -f "$T/q2/quantized/config.json" ]; then
+  ok "qat 2 steps wrote the quantized model"
+else bad "qat 2 steps"; fi
+expect_error "q2" -- qat -m "$T/tm_tied" --data "$T/td" --out "$T/q2" --scheme w4a8kv4 --steps 4 --batch 2 --seq-len 16 --resume
+
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all text bad-input cases handled"

@@ -48,6 +48,9 @@ L data prepare --tokenizer models/llama3-tokenizer --input "$tmp/in.txt" --out "
 { printf '\x00'; cat "$tmp/shards/manifest.json"; } > "$out/text_formats/gen-manifest"
 { printf '\x03'; printf '%s\n' '{"context": "The cat", "choices": [" sat.", " ran."], "answer": 0, "task": "c"}' \
   '{"prompt": "Once upon a", "answer": " time"}'; } > "$out/text_formats/gen-tasks"
+{ printf '\x03'; printf '%s\n' '{"doc_id": 0, "target": 1, "arguments": {"gen_args_0": {"arg_0": "a", "arg_1": " b"}, "gen_args_1": {"arg_0": "a", "arg_1": " c"}}}' \
+  '{"doc_id": 1, "target": " c", "arguments": [["a", " b"], ["a", " c"]]}' \
+  '{"doc_id": 2, "target": "x", "arguments": {"gen_args_0": {"arg_0": "q", "arg_1": {"until": ["\n"]}}}}'; } > "$out/text_formats/gen-harness-tasks"
 { printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$out/text_formats/gen-llama3_template"
 # GGUF: a one-block tiny model with a small SentencePiece vocabulary, as f16 and q4_0 files
 # (~100 KB and ~40 KB: run.sh lets gguf inputs grow to 256 KB so that whole files are seeds).
