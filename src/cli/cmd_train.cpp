@@ -184,6 +184,8 @@ void register_qat(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   // LLM-QAT's recipe: lr 2e-5 (a fine-tune of a trained model), no weight decay, cosine decay.
   o->lr = 2e-5, o->adamw.weight_decay = 0.0, o->steps = 500, o->sample_tokens = 0, o->warmup = 0;
+  // Checkpoints are model directories (also under --fsdp): the last one becomes RUN/quantized.
+  o->checkpoint_format = "full";
   cmd->add_option("-m,--model", o->model, "the float model: teacher, and the student's starting point")->required();
   cmd->add_option("--scheme", o->qat, std::string("quantization trained for (weights w, activations a, KV cache kv bits; ") +
                                          train::kQatSchemes + ")")->required();

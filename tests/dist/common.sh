@@ -15,19 +15,20 @@ cat > "$T/config.json" <<'JSON'
 JSON
 TRAIN=(train --config "$T/config.json" --data "$T/data" --seq-len 32 --warmup 2
        --log-every 1 --eval-every 10 --eval-batches 2 --sample-tokens 0 --save-every 10)  # + --steps, --batch, --lr
-same_curve() {  # same_curve A B [STEPS]: every logged loss, val loss and grad norm within 1e-5 relative
-  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-20}" <<'PY'
+same_curve() {  # same_curve A B [STEPS] [KEYS]: every logged loss, val loss and grad norm (or KEYS) within 1e-5 relative
+  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-20}" "${4:-loss val_loss grad_norm}" <<'PY'
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]
 b = [json.loads(l) for l in open(sys.argv[2])]
 n = int(sys.argv[3])
+keys = sys.argv[4].split()
 assert len(a) == len(b) == n, (len(a), len(b))
 worst = 0.0
 for x, y in zip(a, b):
-    for k in ("loss", "val_loss", "grad_norm"):
+    for k in keys:
         if k in x:
             worst = max(worst, abs(x[k] - y[k]) / abs(x[k]))
-print(f"max relative difference of loss, val loss, grad norm: {worst:.2e}")
+print(f"max relative difference of {', '.join(keys)}: {worst:.2e}")
 sys.exit(0 if worst <= 1e-5 else 1)
 PY
 }
