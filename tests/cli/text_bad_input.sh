@@ -160,6 +160,14 @@ if "$LLMQ" qat -m "$T/tm_big" --data "$T/td" --out "$T/q2" --scheme w4a8kv4 --st
   ok "qat 2 steps wrote the quantized model"
 else bad "qat 2 steps"; fi
 expect_error "q2" -- qat -m "$T/tm_tied" --data "$T/td" --out "$T/q2" --scheme w4a8kv4 --steps 4 --batch 2 --seq-len 16 --resume
+# A resumed qat run is the uninterrupted one, byte for byte (student, AdamW state, the quantized model).
+qa=(qat -m "$T/tm_big" --data "$T/td" --scheme w4a8kv4 --batch 2 --seq-len 16 --eval-every 0 --save-every 2 --lr 1e-3)
+"$LLMQ" -t 1 "${qa[@]}" --out "$T/q3" --steps 4 > /dev/null 2>&1 && "$LLMQ" -t 1 "${qa[@]}" --out "$T/q4" --steps 4 --stop-after 2 \
+  > /dev/null 2>&1 && "$LLMQ" -t 1 "${qa[@]}" --out "$T/q4" --steps 4 --resume > /dev/null 2>&1 &&
+  cmp -s "$T/q3/checkpoint-000004/model.safetensors" "$T/q4/checkpoint-000004/model.safetensors" &&
+  cmp -s "$T/q3/quantized/model.safetensors" "$T/q4/quantized/model.safetensors" &&
+  ok "qat stopped at step 2 and resumed = the uninterrupted run, bitwise (student and quantized model)" ||
+  bad "qat resume differs from the uninterrupted run"
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all text bad-input cases handled"
