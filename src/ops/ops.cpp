@@ -389,13 +389,12 @@ inline void kv_row(const Tensor& c, const Tensor& sc, int64_t row, int64_t hd, c
       for (int64_t i = 0; i < hd; i++) out[i] = s * (float)p[i];
       break;
     }
-    case DType::Q4: {
+    case DType::Q4: {  // byte j: element j in the low nibble, j + hd/2 in the high (two plain loops)
       const uint8_t* p = c.host<uint8_t>() + row * hd / 2;
       const float s = sc.host<float>()[row];
-      for (int64_t i = 0; i < hd; i += 2) {
-        out[i] = s * (float)((int)(p[i / 2] & 15) - 8);
-        out[i + 1] = s * (float)((int)(p[i / 2] >> 4) - 8);
-      }
+      const int64_t h = hd / 2;
+      for (int64_t j = 0; j < h; j++) out[j] = s * (float)((int)(p[j] & 15) - 8);
+      for (int64_t j = 0; j < h; j++) out[h + j] = s * (float)((int)(p[j] >> 4) - 8);
       break;
     }
     default: {
@@ -431,8 +430,8 @@ inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* 
           c.host<int8_t>()[row * hd + i] = (int8_t)std::clamp(std::nearbyint(r), -127.f, 127.f);
         } else if (i4) {
           const uint8_t code = (uint8_t)(std::clamp(std::nearbyint(r), -7.f, 7.f) + 8.f);
-          uint8_t& b = c.host<uint8_t>()[(row * hd + i) / 2];
-          b = i % 2 ? (uint8_t)((b & 15) | (code << 4)) : (uint8_t)((b & 0xf0) | code);
+          uint8_t& b = c.host<uint8_t>()[row * hd / 2 + i % (hd / 2)];
+          b = i >= hd / 2 ? (uint8_t)((b & 15) | (code << 4)) : (uint8_t)((b & 0xf0) | code);
         } else {
           c.host<uint8_t>()[row * hd + i] = f32_to_e4m3(std::clamp(r, -448.f, 448.f));
         }

@@ -47,7 +47,8 @@ void op_add(Tensor& x, const Tensor& y);
 // Copies rows `idx` of src (n, d) into dst (idx.size(), d).
 void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx);
 // Writes k, v rows (n, kv_dim) into the caches (n_seq, n_kv_heads, max_seq, hd) at (seq, pos).
-// Cache dtype F32, BF16, I8 (int8), Q4 (int4, two codes a byte, low nibble first, code + 8)
+// Cache dtype F32, BF16, I8 (int8), Q4 (int4, code + 8; byte j of a row holds element j in its
+// low nibble and element j + hd/2 in its high one, so a row unpacks as two plain loops)
 // or U8 (FP8 E4M3 codes); int8/int4/fp8 store each head's row divided by a scale (amax/127,
 // amax/7, amax/448) kept in kscale/vscale (n_seq, n_kv_heads, max_seq); amax is the row's max
 // |x|, or k_amax[head] / v_amax[head] when given (calibrated static ranges; values beyond them
