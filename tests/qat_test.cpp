@@ -136,6 +136,42 @@ TEST(Qat, QuantizersOffIsTheTeacherBitwise) {
   EXPECT_NE(s.final_hidden(), t.final_hidden());
 }
 
+// Per-block recomputation under QAT: the recomputed block runs the same quantizers (K/V saved
+// before quantization again), so the gradients are bitwise those of the stored activations.
+TEST(Qat, RecomputeIsBitwise) {
+  const ModelConfig cfg = config_preset("tiny");
+  train::LlamaTrain<float> a(cfg), b(cfg), t(cfg);
+  for (auto* m : {&a, &b}) m->fill(test::test_fill(cfg, 3)), m->set_fake_quant(train::qat_scheme_parse("w4a8kv4"));
+  t.fill(test::test_fill(cfg, 4));
+  b.set_recompute(true);
+  const int64_t B = 2, T = 11, N = B * T;
+  std::vector<int32_t> tok(N), tg(N);
+  for (int64_t i = 0; i < N; i++) tok[i] = (int32_t)((i * 37) % cfg.vocab_size), tg[i] = (int32_t)((i * 91 + 5) % cfg.vocab_size);
+  t.forward_hidden(tok.data(), B, T);
+  for (auto* m : {&a, &b}) m->set_distill(t.final_hidden().data(), t.p.lm_head, 0.6);
+  EXPECT_EQ(a.forward(tok.data(), tg.data(), B, T), b.forward(tok.data(), tg.data(), B, T));
+  a.backward(), b.backward();
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); i++) ASSERT_EQ(a.grads[i], b.grads[i]) << i;
+}
+
+// PTQ of the same scheme: `llmq quantize --scheme w4a8 --kv-cache int4` writes a dynamic int4
+// cache without LLM-QAT's guard (amax / 7), which the model then runs by default.
+TEST(Qat, PtqW4a8Int4Config) {
+  test::TempDir tmp("ptq_w4a8");
+  const ModelConfig cfg = config_preset("tiny");
+  model_save(tmp / "m", cfg, test::test_fill(cfg, 5), SaveOptions{DType::F32});
+  QuantizeOptions q;
+  q.model = tmp / "m", q.out = tmp / "q", q.scheme = "w4a8", q.group = 0, q.sym = true, q.kv_cache = "int4", q.progress = false;
+  quantize_model(q);
+  Model mm = model_load(tmp / "q");
+  EXPECT_EQ(mm.config.quant.scheme, "w4a8");
+  EXPECT_TRUE(mm.config.quant.act_per_token);
+  EXPECT_EQ(mm.config.quant.act_eps, 0.f);
+  EXPECT_EQ(kv_type_for(mm.config, "auto"), KvType::I4);
+  EXPECT_EQ(KVCache::create(mm.config, 1, 8, KvType::I4).eps, 0.f);
+}
+
 TEST(Qat, SchemeNames) {
   const train::FakeQuant f = train::qat_scheme_parse("w4a8kv4");
   EXPECT_EQ(f.w_bits, 4);

@@ -36,8 +36,8 @@ void register_quantize(CLI::App& app) {
                   "channels as HQQ's axis 0 (the group must divide the rows; run by a dequantize-on-the-fly kernel)");
   cmd->add_option("--kv-cache", o->kv_cache,
                   "int8 | fp8: also calibrate static KV-cache scales, one per layer and KV head (needs --calib); "
-                  "with --method qat, int4 | int8: the dynamic per-token cache QAT trained with; generate/eval/bench "
-                  "then default to that cache");
+                  "int4: a dynamic cache quantized per token and KV head as it is stored (no --calib); with --method "
+                  "qat, int4 | int8 dynamic, as QAT trained; generate/eval/bench then default to that cache");
   cmd->add_option("--weight-scale", o->weight_scale, "fp8: channel (default) or tensor");
   cmd->add_option("--act-scale", o->act_scale, "fp8: token (default) or tensor, dynamic (computed per call), or static "
                                                "(one calibrated scale per tensor, needs --calib); w8a8: token (default) "
@@ -60,7 +60,8 @@ void register_quantize(CLI::App& app) {
       if (opt->count() > 0 && o->method != method)
         fail("quantize: {} applies to --method {} only (this run uses {})", opt->get_name(), method, o->method);
     const bool needs_calib = o->method == "gptq" || o->method == "awq" || o->method == "smoothquant" ||
-                             o->act_scale == "static" || (!o->kv_cache.empty() && o->method != "qat");
+                             o->act_scale == "static" ||
+                             (!o->kv_cache.empty() && o->method != "qat" && o->kv_cache != "int4");
     if (calib->count() > 0 && !needs_calib)
       fail("quantize: --calib is not used by --method {} without --act-scale static or --kv-cache (it would be ignored)",
            o->method);

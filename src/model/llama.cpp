@@ -51,7 +51,7 @@ KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, Kv
                    : type == KvType::I4   ? DType::Q4
                                           : DType::U8;
   // A QAT model's cache quantizes as it was trained (LLM-QAT's formula); a PTQ one by amax/qmax.
-  kv.eps = c.quant.kv_dynamic && (type == KvType::I8 || type == KvType::I4) ? 1e-6f : 0.f;
+  kv.eps = c.quant.algorithm == "qat" && (type == KvType::I8 || type == KvType::I4) ? 1e-6f : 0.f;
   for (int64_t l = 0; l < c.n_layers; l++) {
     kv.k.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));
     kv.v.push_back(Tensor::zeros(dt, {n_seq, c.n_kv_heads, max_seq, c.head_dim}));

@@ -78,7 +78,7 @@ struct KVCache {
   std::vector<Tensor> k, v;            // per layer: (n_seq, n_kv_heads, max_seq, head_dim)
   std::vector<Tensor> k_scale, v_scale;  // per layer: (n_seq, n_kv_heads, max_seq) f32 for
                                          // int8/int4/fp8, undefined for f32/bf16
-  float eps = 0;  // int8/int4 of a QAT model (QuantConfig::kv_dynamic): LLM-QAT's quantizer (ops.h op_kv_store)
+  float eps = 0;  // int8/int4 of a QAT model (algorithm "qat"): LLM-QAT's quantizer (ops.h op_kv_store)
   static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
   size_t bytes() const;
 };

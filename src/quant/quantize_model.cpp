@@ -84,11 +84,13 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     fail("quantize: smoothquant migrates activation outliers for int8 activations: use --scheme w8a8");
   if (qat && !o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "int4")
     fail("quantize: --method qat --kv-cache {}: a QAT model's cache is int4 or int8, quantized per token as trained", o.kv_cache);
-  if (!qat && !o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "fp8")
-    fail("quantize: --kv-cache {}: calibrated KV-cache scales are int8 or fp8", o.kv_cache);
+  if (!qat && !o.kv_cache.empty() && o.kv_cache != "int8" && o.kv_cache != "fp8" && o.kv_cache != "int4")
+    fail("quantize: --kv-cache {}: int8 or fp8 (calibrated static scales), or int4 (dynamic, per token)", o.kv_cache);
+  // int4 (and QAT's caches): dynamic, a scale per token and KV head computed as it is stored.
+  const bool kv_dynamic = qat || o.kv_cache == "int4";
   // FP8 static activation scales and KV-cache scales come from the calibration data's maxima
-  // (the "amax" pass, or the calibrated method's own passes). QAT's KV cache is dynamic.
-  const bool calibrated = calibrated_method || sc.act_static || (!o.kv_cache.empty() && !qat);
+  // (the "amax" pass, or the calibrated method's own passes).
+  const bool calibrated = calibrated_method || sc.act_static || (!o.kv_cache.empty() && !kv_dynamic);
   if (calibrated && o.calib.source.empty())
     fail("quantize: {} needs calibration data: give --calib FILE|DATA_DIR",
          calibrated_method ? "--method " + o.method : sc.act_static ? std::string("--act-scale static")
@@ -136,8 +138,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.kv_cache = o.kv_cache;
   if (qat) {
     c.quant.act_eps = sc.act_per_token ? 1e-6f : 0.f;  // LLM-QAT's activation quantizer, as trained
-    c.quant.kv_dynamic = !o.kv_cache.empty();
   }
+  c.quant.kv_dynamic = kv_dynamic && !o.kv_cache.empty();
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   // Float tensors beside GPTQ linears are f16, as GPTQ writes; a QAT model keeps the f32 it
   // trained (embeddings, norms and lm_head rounded to f16 would not be the trained model).
@@ -205,7 +207,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       outs.push_back({spec.name, c.dtype, spec.shape, "", s});
       res.kept_tensors++;
     }
-    if (!o.kv_cache.empty() && !qat && spec.name.ends_with("self_attn.v_proj.weight")) {  // after k/v, as a block's tensors
+    if (!o.kv_cache.empty() && !kv_dynamic && spec.name.ends_with("self_attn.v_proj.weight")) {  // after k/v, as a block's tensors
       const std::string base = spec.name.substr(0, spec.name.size() - std::string("v_proj.weight").size());
       for (const char* n : {"k_scale", "v_scale"}) outs.push_back({base + n, DType::F32, {c.n_kv_heads}, "", Tensor()});
     }
@@ -230,7 +232,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     const CalibData data = calib_load(cal, o.model, c.vocab_size);
     CalibratedOptions co;
     co.method = calibrated_method ? o.method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
-    co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty();
+    co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty() && !kv_dynamic;
     cq = std::make_unique<CalibratedQuantizer>(src, data, co);
     res.calib_tokens = data.tokens();
     block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", co.method, data.tokens()),
