@@ -94,6 +94,10 @@ struct QuantInfo {
   // Per-token int8 activations with LLM-QAT's quantizer (QAT models, config.h QuantConfig::act_eps):
   // s = 127 / (amax + act_eps), q = round(x s), scale 1 / (s + act_eps). 0: amax / 127.
   float act_eps = 0;
+  // QAT weight-only models (w4a16kv16 ...): the activations stay f32 as they were trained, the
+  // weight rows dequantized a panel at a time for sgemm (not the int8 blocks of 32 the integer
+  // kernels take).
+  bool act_float = false;
   // Integer: the QMatView layouts (kernels.h), sz16 when every scale and zero point is an
   // f16 value (f16 scales, then f16 zero points, per panel and group), else scale and zs in
   // f32 (ceil(M/16), K/group, 16). fp8: scale (M).

@@ -187,11 +187,12 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
     codes.swap(stored);
   }
   Tensor t = make_quant_tensor(M, K, rbits, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(), q.bits);
-  if (perm.empty() && !q.act_per_tensor && q.act_eps == 0) return t;
+  if (perm.empty() && !q.act_per_tensor && q.act_eps == 0 && !q.act_float) return t;
   auto info = std::make_shared<QuantInfo>(*t.quant());
   info->perm = std::move(perm);
   info->act_per_tensor = q.act_per_tensor;
   info->act_eps = q.act_eps;
+  info->act_float = q.act_float;
   t.set_quant(info);
   return t;
 }

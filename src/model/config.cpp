@@ -250,7 +250,8 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       if (l.contains("quantizer")) {
         if (l["quantizer"] != "llm-qat")
           fail("{}: quantization_config.llmq.quantizer {} is not supported (\"llm-qat\" or none)", where, l["quantizer"].dump());
-        qc.act_eps = 1e-6f;
+        if (qc.act_per_token) qc.act_eps = 1e-6f;
+        else qc.act_float = true;
       }
       if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
     }
@@ -404,7 +405,7 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
     if (q.act_per_tensor) j["quantization_config"]["llmq"]["act"] = "tensor";
-    if (q.act_eps > 0) j["quantization_config"]["llmq"]["quantizer"] = "llm-qat";
+    if (q.act_eps > 0 || q.act_float) j["quantization_config"]["llmq"]["quantizer"] = "llm-qat";
   }
   if (c.quant.enabled && c.quant.kv_dynamic)
     j["quantization_config"]["kv_cache_scheme"] = {{"num_bits", c.quant.kv_cache == "int4" ? 4 : 8},

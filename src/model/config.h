@@ -48,6 +48,8 @@ struct QuantConfig {
   // value = code / (s + 1e-6), so the model runs exactly the quantizers it was trained with.
   // llmq.quantizer "llm-qat" in the config; 0: the kernels' own amax / qmax.
   float act_eps = 0;
+  // llmq.quantizer "llm-qat" on a weight-only scheme: activations stay f32 at run time, as trained.
+  bool act_float = false;
   // kv_cache_scheme with "dynamic": true and strategy "token": the cache quantizes each token's
   // row per KV head as it stores it (no scale tensors); "int4" or "int8" (QAT models).
   bool kv_dynamic = false;

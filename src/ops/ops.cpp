@@ -164,6 +164,8 @@ void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W
 void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   const QuantInfo& qi = *W.quant();
   if (qi.axis0_classes) return matmul_axis0(k, Y, X, W, n, K, M);
+  if (qi.act_float)  // rows in input-column order: X as it is
+    return sgemm_f32_panels(X, Y, n, K, M, [&](int64_t r, float* dst) { dequantize_tensor_rows(W, r, r + 1, dst); });
   if (!qi.perm.empty()) {  // act-order: the activations in the weights' column order
     thread_local std::vector<float> tl_xp;
     float* xp = (tl_xp.resize((size_t)(n * K)), tl_xp.data());
@@ -238,7 +240,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
     same = same && (q == nullptr) == (q0 == nullptr) &&
-           (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token && q->act_eps == q0->act_eps &&
+           (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token && q->act_eps == q0->act_eps && !q->act_float &&
                     q->act_per_tensor == q0->act_per_tensor));
   }
   if (n == 0) return;

@@ -138,6 +138,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   c.quant.kv_cache = o.kv_cache;
   if (qat) {
     c.quant.act_eps = sc.act_per_token ? 1e-6f : 0.f;  // LLM-QAT's activation quantizer, as trained
+    c.quant.act_float = !sc.act_per_token;             // or float activations, as trained
   }
   c.quant.kv_dynamic = kv_dynamic && !o.kv_cache.empty();
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy

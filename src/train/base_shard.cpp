@@ -14,7 +14,7 @@ namespace llmq::train {
 namespace {
 // Every field of QuantInfo is written below; a new one must be too (this fails to compile
 // until the size is updated here, after adding it to pack_linears and unpack_linears).
-static_assert(sizeof(QuantInfo) == 192, "QuantInfo changed: serialize the new field in base_shard.cpp");
+static_assert(sizeof(QuantInfo) == 200, "QuantInfo changed: serialize the new field in base_shard.cpp");
 
 constexpr size_t kDataAlign = 64;
 constexpr int64_t kPanel = kQPanel;  // rows per panel of the integer layouts
@@ -89,6 +89,7 @@ void write_linears(const std::array<Tensor, kBlockLinears>& q, Out& o) {
       o.pod((uint8_t)qi->sym), o.pod((uint8_t)qi->act_per_token), o.pod((uint8_t)qi->fp8);
       o.pod((uint8_t)qi->weight_per_tensor), o.pod((uint8_t)qi->act_per_tensor);
       o.pod(qi->act_scale), o.pod(qi->zero_all), o.pod(qi->axis0_classes);
+      o.pod(qi->act_eps), o.pod((uint8_t)qi->act_float);
       o.vec(qi->sz16), o.vec(qi->scale), o.vec(qi->zs), o.vec(qi->perm), o.vec(qi->axis0_scale), o.vec(qi->axis0_sz);
     }
     // Integer codes are stored in whole panels of 16 rows (the last one padded), viewed as M rows.
@@ -125,6 +126,7 @@ void unpack_linears(const std::shared_ptr<Storage>& buf, std::array<Tensor, kBlo
       qi->sym = in.pod<uint8_t>(), qi->act_per_token = in.pod<uint8_t>(), qi->fp8 = in.pod<uint8_t>();
       qi->weight_per_tensor = in.pod<uint8_t>(), qi->act_per_tensor = in.pod<uint8_t>();
       qi->act_scale = in.pod<float>(), qi->zero_all = in.pod<float>(), qi->axis0_classes = in.pod<int64_t>();
+      qi->act_eps = in.pod<float>(), qi->act_float = in.pod<uint8_t>();
       qi->sz16 = in.vec<uint16_t>(), qi->scale = in.vec<float>(), qi->zs = in.vec<float>();
       qi->perm = in.vec<int32_t>(), qi->axis0_scale = in.vec<float>(), qi->axis0_sz = in.vec<float>();
     }
