@@ -596,7 +596,7 @@ TEST_F(PipelineFixture, BadInput) {
   ax.hqq_axis = 0;
   expect_error(ax, "only hqq takes an axis");
   QuantizeOptions kv = opts("rtn", "w8a16", -1);
-  kv.kv_cache = "int4";
+  kv.kv_cache = "int2";
   expect_error(kv, "int8 or fp8");
   kv.kv_cache = "int8";
   kv.calib.source = "";

@@ -375,7 +375,7 @@ TEST_F(QuantFixture, QuantizedKvCache) {
     EXPECT_NEAR(p / base, 1.0, t == KvType::FP8 ? 0.02 : 0.005) << kv_type_name(t);
     EXPECT_NE(p, base) << kv_type_name(t) << ": the cache type must change something";
   }
-  EXPECT_THROW(kv_type_parse("int4"), Error);
+  EXPECT_THROW(kv_type_parse("int2"), Error);
 }
 
 }  // namespace

@@ -72,10 +72,10 @@ expect_error "give --calib" -- quantize -m "$T/m" --method gptq --group 32 --out
 expect_error "no such calibration file" -- quantize -m "$T/m" --method awq --group 32 --calib "$T/missing.txt" --out "$T/f"
 expect_error "use --scheme w8a8" -- quantize -m "$T/m" --method smoothquant --scheme w4a16 --out "$T/f"
 expect_error "unknown method" -- quantize -m "$T/m" --method sparsegpt --out "$T/f"
-expect_error "calibrated KV-cache scales are int8 or fp8" -- quantize -m "$T/m" --kv-cache int4 --calib "$T/long.txt" --out "$T/f"
+expect_error "int8 or fp8 (calibrated static scales)" -- quantize -m "$T/m" --kv-cache int2 --calib "$T/long.txt" --out "$T/f"
 expect_error "--kv-cache fp8" -- quantize -m "$T/m" --scheme w8a16 --kv-cache fp8 --out "$T/f"
 expect_error "no calibrated KV-cache scales" -- eval ppl -m "$T/m" --tokens "$T/long.txt" --kv-cache int8 --kv-scales static
-expect_error "--kv-cache" -- generate -m "$T/m" -p "1 2" --kv-cache int4
+expect_error "--kv-cache" -- generate -m "$T/m" -p "1 2" --kv-cache int2
 printf '{"text": "a"}\nnot json\n' > "$T/bad.jsonl"
 expect_error "bad.jsonl:2" -- quantize -m "$T/m" --method gptq --group 32 --calib "$T/bad.jsonl" --out "$T/f"
 "$LLMQ" export -m "$T/m" --format gptq --type w8a16 --out "$T/gptq" --json >/dev/null 2>&1 &&
