@@ -13,6 +13,7 @@
 #include "core/progress.h"
 #include "dist/comm.h"
 #include "infer/generator.h"
+#include "infer/text_stream.h"
 #include "io/hf_dir.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -31,66 +32,31 @@ struct Opts {
   bool show_prompt = false;
 };
 
-// Text mode: per sequence, the text so far (for stop strings) and a UTF-8-safe decoder.
-// The texts of the sequences as they are generated. A stop string ends its sequence and is
-// not part of the text (as vLLM and the OpenAI API return it); while streaming, the last
-// (longest stop - 1) bytes are held back until they cannot begin a stop string.
+// Text mode: each sequence's text (stop strings, UTF-8 held back), printed as it comes when
+// `print`.
 struct TextStreams {
-  const Tokenizer& tok;
-  const std::vector<std::string>& stops;
+  std::vector<TextStream> seq;
   bool print;
-  std::vector<std::string> text;
-  std::vector<size_t> printed;  // bytes of text[i] written to stdout
-  std::vector<char> stopped;    // sequence i ended at a stop string
-  std::vector<StreamDecoder> dec;
-  size_t hold = 0;
-  TextStreams(const Tokenizer& t, const std::vector<std::string>& s, size_t n, bool p)
-      : tok(t), stops(s), print(p), text(n), printed(n, 0), stopped(n, 0) {
-    for (size_t i = 0; i < n; i++) dec.emplace_back(t);
-    for (const auto& x : stops) hold = std::max(hold, x.empty() ? 0 : x.size() - 1);
+  TextStreams(const Tokenizer& t, const std::vector<std::string>& stops, size_t n, bool p) : print(p) {
+    for (size_t i = 0; i < n; i++) seq.emplace_back(t, stops);
   }
-  void emit(size_t i, size_t upto) {
-    if (print && upto > printed[i]) {
-      std::fwrite(text[i].data() + printed[i], 1, upto - printed[i], stdout);
+  void emit(size_t i) {
+    const std::string s = seq[i].take();
+    if (print && !s.empty()) {
+      std::fwrite(s.data(), 1, s.size(), stdout);
       std::fflush(stdout);  // a token at a time, also into a pipe
     }
-    printed[i] = std::max(printed[i], upto);
   }
-  // Returns true when a stop string has appeared (generation of sequence i ends there).
   bool on_token(size_t i, int32_t id) {
-    const std::string piece = dec[i].push(id);
-    text[i] += piece;
-    size_t first = std::string::npos;
-    for (const auto& s : stops) {
-      if (s.empty()) continue;
-      // Only the tail that the new piece could have completed needs a look.
-      const size_t from = text[i].size() > piece.size() + s.size() ? text[i].size() - piece.size() - s.size() : 0;
-      first = std::min(first, text[i].find(s, from));
-    }
-    if (first != std::string::npos) {
-      text[i].resize(first);
-      emit(i, first);
-      stopped[i] = 1;
-      return true;
-    }
-    emit(i, text[i].size() > hold ? text[i].size() - hold : 0);
-    return false;
+    const bool stop = seq[i].push(id);
+    emit(i);
+    return stop;
   }
   void finish() {
-    for (size_t i = 0; i < text.size(); i++) {
-      if (!stopped[i]) text[i] += dec[i].flush();
-      emit(i, text[i].size());
-    }
+    for (size_t i = 0; i < seq.size(); i++) seq[i].finish(), emit(i);
   }
+  const std::string& text(size_t i) const { return seq[i].text(); }
 };
-
-std::vector<int32_t> encode_prompt(const Tokenizer& t, const std::string& text, bool special, bool bos) {
-  std::vector<int32_t> ids;
-  if (bos && t.add_bos && t.bos_id >= 0) ids.push_back(t.bos_id);
-  auto v = t.encode(text, special);
-  ids.insert(ids.end(), v.begin(), v.end());
-  return ids;
-}
 
 void report(const std::vector<GenerateResult>& res, const std::vector<std::vector<int32_t>>& prompts, double& pre_tps,
             double& dec_tps) {
@@ -127,10 +93,27 @@ void interactive(const Model& m, const Tokenizer& tok, const std::string& tmpl, 
     ts.finish();
     std::printf("\n");
     std::fflush(stdout);
-    conv.push_back({"assistant", ts.text[0]});
+    conv.push_back({"assistant", ts.text(0)});
   }
 }
 }  // namespace
+
+std::vector<int32_t> encode_prompt(const Tokenizer& t, const std::string& text, bool special, bool bos) {
+  std::vector<int32_t> ids;
+  if (bos && t.add_bos && t.bos_id >= 0) ids.push_back(t.bos_id);
+  auto v = t.encode(text, special);
+  ids.insert(ids.end(), v.begin(), v.end());
+  return ids;
+}
+
+std::vector<int32_t> default_eos_ids(const ModelConfig& c, const Tokenizer* tok) {
+  std::vector<int32_t> ids;
+  for (auto e : c.eos_token_ids) ids.push_back((int32_t)e);
+  if (tok)
+    for (auto e : tok->eos_ids)
+      if (std::find(ids.begin(), ids.end(), e) == ids.end()) ids.push_back(e);
+  return ids;
+}
 
 void register_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "generate text from prompts, or chat");
@@ -209,13 +192,7 @@ void register_generate(CLI::App& app) {
     if (chat && !tok) fail("--chat, --messages and --interactive need a tokenizer (none in {}; pass --tokenizer)", o->model);
     if (tok) check_tokenizer_fits(*tok, m.config, o->model);
     if (!o->ignore_eos) {
-      if (!o->eos.empty()) o->g.eos_ids = o->eos;
-      else {
-        for (auto e : m.config.eos_token_ids) o->g.eos_ids.push_back((int32_t)e);
-        if (tok)
-          for (auto e : tok->eos_ids)
-            if (std::find(o->g.eos_ids.begin(), o->g.eos_ids.end(), e) == o->g.eos_ids.end()) o->g.eos_ids.push_back(e);
-      }
+      o->g.eos_ids = o->eos.empty() ? default_eos_ids(m.config, tok.get()) : o->eos;
     }
     const std::string tmpl = tok ? chat_template_find(o->tokenizer.empty() ? o->model : o->tokenizer) : "";
     // Without a template the Llama 3 format is used; a model trained on other text will not
@@ -286,7 +263,7 @@ void register_generate(CLI::App& app) {
       nlohmann::json j = {{"results", nlohmann::json::array()}, {"prefill_tok_s", pre_tps}, {"decode_tok_s", dec_tps}};
       for (size_t i = 0; i < res.size(); i++) {
         nlohmann::json r = {{"prompt_tokens", prompts[i].size()}, {"tokens", res[i].tokens}, {"stop", stop_reason_name(res[i].reason)}};
-        if (ts) r["text"] = ts->text[i];
+        if (ts) r["text"] = ts->text(i);
         j["results"].push_back(r);
       }
       fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
@@ -298,7 +275,7 @@ void register_generate(CLI::App& app) {
     } else {
       for (size_t i = 0; i < res.size(); i++) {
         std::string s;
-        if (ts) s = ts->text[i];
+        if (ts) s = ts->text(i);
         else
           for (auto t : res[i].tokens) s += std::to_string(t) + " ";
         fmt::print("[{}] {}\n", i + 1, s);

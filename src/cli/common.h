@@ -54,6 +54,13 @@ void register_report(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_export(CLI::App& app);
 void register_plan(CLI::App& app);
+void register_serve(CLI::App& app);
+
+// A text prompt's ids: BOS first when the tokenizer adds one (and `bos`), special-token text
+// parsed when `special` (llmq generate -p, the server's prompts).
+std::vector<int32_t> encode_prompt(const Tokenizer& t, const std::string& text, bool special, bool bos);
+// Stop ids: the model's config.json eos_token_id(s), then the tokenizer's.
+std::vector<int32_t> default_eos_ids(const ModelConfig& c, const Tokenizer* tok);
 
 // Whitespace- or comma-separated non-negative integers; `what` names the source in errors.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what, const std::string& hint = "");

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   llmq::cli::register_quantize(app);
   llmq::cli::register_export(app);
   llmq::cli::register_plan(app);
+  llmq::cli::register_serve(app);
   app.parse_complete_callback([&] {
     // Under mpirun the cores are shared by the node's ranks unless --threads says otherwise.
     const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");

@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -36,6 +37,23 @@ const char* kv_type_name(KvType t) {
     case KvType::I4: return "int4";
   }
   return "?";
+}
+
+KVCache KVCache::create_paged(const ModelConfig& c, int64_t n_blocks, int64_t block_size, KvType type) {
+  if (block_size <= 0 || n_blocks <= 0) fail("paged KV cache: {} blocks of {} positions", n_blocks, block_size);
+  if (type == KvType::I4 && c.head_dim % 2) fail("an int4 KV cache needs an even head_dim, not {}", c.head_dim);
+  ModelConfig cc = c;
+  cc.max_seq_len = std::max<int64_t>(c.max_seq_len, block_size);
+  KVCache kv = create(cc, n_blocks, block_size, type);
+  kv.block_size = block_size;
+  return kv;
+}
+
+size_t KVCache::block_bytes(const ModelConfig& c, int64_t block_size, KvType type) {
+  const double per = type == KvType::F32 ? 4 : type == KvType::BF16 ? 2 : type == KvType::I4 ? 0.5 : 1;
+  const bool scaled = type != KvType::F32 && type != KvType::BF16;
+  return (size_t)(2.0 * (double)c.n_layers * (double)c.n_kv_heads * (double)block_size *
+                  ((double)c.head_dim * per + (scaled ? 4 : 0)));
 }
 
 KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type) {
@@ -114,6 +132,9 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
   const LlamaWeights& w = m.weights;
   const int64_t n = (int64_t)b.size();
   LLMQ_CHECK(b.seq.size() == b.tokens.size() && b.pos.size() == b.tokens.size());
+  if ((cache.block_size > 0) != (b.pages.tables != nullptr))
+    fail("forward: a paged KV cache needs the batch's block tables (and a slot cache none)");
+  const KvPages* pages = cache.block_size > 0 ? &b.pages : nullptr;
   ProfileClock pc(s.profile);
   using P = ForwardProfile;
   ensure_rows(s, c, n);
@@ -165,9 +186,10 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     op_rope(k, cs, sn, c.head_dim);
     pc.mark(P::Rope);
     op_kv_store(cache.k[l], cache.v[l], k, v, b.seq, b.pos, cache.k_scale[l], cache.v_scale[l],
-                L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data(), cache.eps);
+                L.k_amax.empty() ? nullptr : L.k_amax.data(), L.v_amax.empty() ? nullptr : L.v_amax.data(), cache.eps,
+                pages);
     pc.mark(P::KvStore);
-    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l]);
+    op_attention(att, q, cache.k[l], cache.v[l], b.seq, b.pos, c.n_heads, cache.k_scale[l], cache.v_scale[l], pages);
     pc.mark(P::Attention);
     op_matmul(xb, att, L.wo);
     lora(L, 3, xb, att);
@@ -193,6 +215,10 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
 
   const int64_t nl = (int64_t)b.logit_rows.size();
   for (auto r : b.logit_rows) LLMQ_CHECK(r >= 0 && r < n);
+  if (nl == 0) {  // a prompt chunk that is not a prompt's end (serving): no head
+    s.logits = Tensor();
+    return s.logits;
+  }
   if (s.logit_rows < nl) {
     s.last = Tensor::empty(DType::F32, {nl, c.dim});
     s.logits_buf = Tensor::empty(DType::F32, {nl, c.vocab_size});

@@ -10,6 +10,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "ops/ops.h"
 
 namespace llmq {
 
@@ -79,7 +80,12 @@ struct KVCache {
   std::vector<Tensor> k_scale, v_scale;  // per layer: (n_seq, n_kv_heads, max_seq) f32 for
                                          // int8/int4/fp8, undefined for f32/bf16
   float eps = 0;  // int8/int4 of a QAT model (algorithm "qat"): LLM-QAT's quantizer (ops.h op_kv_store)
+  int64_t block_size = 0;  // paged (serving): > 0, and k/v are (n_blocks, n_kv_heads, block_size, head_dim)
   static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
+  // n_blocks blocks of block_size positions; a Batch's pages say which block holds what.
+  static KVCache create_paged(const ModelConfig& c, int64_t n_blocks, int64_t block_size, KvType type = KvType::F32);
+  // Bytes of one block over all layers (keys, values and their scales).
+  static size_t block_bytes(const ModelConfig& c, int64_t block_size, KvType type);
   size_t bytes() const;
 };
 
@@ -88,6 +94,7 @@ struct KVCache {
 // in the cache (or earlier in this batch). Logits are computed for rows in `logit_rows`.
 struct Batch {
   std::vector<int32_t> tokens, seq, pos, logit_rows;
+  KvPages pages;  // for a paged cache: the block table of each sequence id
   void add(int32_t token, int32_t s, int32_t p, bool logits) {
     if (logits) logit_rows.push_back((int32_t)tokens.size());
     tokens.push_back(token);

@@ -445,20 +445,48 @@ inline void kv_put(Tensor& c, Tensor& sc, int64_t row, int64_t hd, const float* 
 }
 }  // namespace
 
+namespace {
+// Row index of (sequence s, KV head h, position t) in a cache of H heads and T rows per slot
+// (or per block when paged).
+struct KvRows {
+  int64_t H, T;
+  const KvPages* pages;
+  int64_t operator()(int64_t s, int64_t h, int64_t t) const {
+    if (!pages) return (s * H + h) * T + t;
+    return ((int64_t)(*pages->tables)[(size_t)s][(size_t)(t / T)] * H + h) * T + t % T;
+  }
+};
+void check_pages(const KvPages* pages, int64_t S, int64_t T, const std::vector<int32_t>& seq,
+                 const std::vector<int32_t>& pos, const char* op) {
+  if (!pages) return;
+  expect(pages->block_size == T && pages->tables, op, "paged cache: block size differs from the cache's");
+  for (size_t r = 0; r < seq.size(); r++) {
+    if (seq[r] < 0 || seq[r] >= (int64_t)pages->tables->size()) fail("{}: sequence {} has no block table", op, seq[r]);
+    const auto& tb = (*pages->tables)[(size_t)seq[r]];
+    if (pos[r] < 0 || pos[r] / T >= (int64_t)tb.size())
+      fail("{}: position {} beyond sequence {}'s {} blocks", op, pos[r], seq[r], tb.size());
+    for (int64_t b = 0; b <= pos[r] / T; b++)
+      if (tb[(size_t)b] < 0 || tb[(size_t)b] >= S) fail("{}: block {} outside the cache's {} blocks", op, tb[(size_t)b], S);
+  }
+}
+}  // namespace
+
 void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
                  const std::vector<int32_t>& pos, Tensor& ksc, Tensor& vsc, const float* k_amax, const float* v_amax,
-                 float eps) {
+                 float eps, const KvPages* pages) {
   const int64_t S = kc.dim(0), H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3);
   const int64_t n = k.dim(0);
   expect(k.dim(1) == H * hd && v.shape() == k.shape(), "kv_store", "shape mismatch");
   const bool scaled = kc.dtype() == DType::I8 || kc.dtype() == DType::U8 || kc.dtype() == DType::Q4;
   expect(!scaled || (ksc.defined() && vsc.defined() && ksc.numel() == S * H * T), "kv_store", "int8/int4/fp8 caches need scales");
   expect(kc.dtype() != DType::Q4 || hd % 2 == 0, "kv_store", "an int4 cache needs an even head_dim");
+  check_pages(pages, S, T, seq, pos, "kv_store");
+  const KvRows at{H, T, pages};
   for (int64_t r = 0; r < n; r++) {
-    if (seq[r] < 0 || seq[r] >= S) fail("sequence {} outside the KV cache's {} sequences", seq[r], S);
-    if (pos[r] < 0 || pos[r] >= T) fail("position {} outside the KV cache's context of {}", pos[r], T);
+    if (!pages && (seq[r] < 0 || seq[r] >= S)) fail("sequence {} outside the KV cache's {} sequences", seq[r], S);
+    if (!pages && (pos[r] < 0 || pos[r] >= T)) fail("position {} outside the KV cache's context of {}", pos[r], T);
     for (int64_t h = 0; h < H; h++) {
-      const int64_t row = (seq[r] * H + h) * T + pos[r];
+      const int64_t row = at(seq[r], h, pos[r]);
       kv_put(kc, ksc, row, hd, k.host<float>() + r * H * hd + h * hd, k_amax ? k_amax[h] : 0.f, eps);
       kv_put(vc, vsc, row, hd, v.host<float>() + r * H * hd + h * hd, v_amax ? v_amax[h] : 0.f, eps);
     }
@@ -466,15 +494,18 @@ void op_kv_store(Tensor& kc, Tensor& vc, const Tensor& k, const Tensor& v, const
 }
 
 void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& vc, const std::vector<int32_t>& seq,
-                  const std::vector<int32_t>& pos, int64_t n_heads, const Tensor& ksc, const Tensor& vsc) {
+                  const std::vector<int32_t>& pos, int64_t n_heads, const Tensor& ksc, const Tensor& vsc,
+                  const KvPages* pages) {
   const int64_t H = kc.dim(1), T = kc.dim(2), hd = kc.dim(3), n = q.dim(0);
+  check_pages(pages, kc.dim(0), T, seq, pos, "attention");
+  const KvRows at{H, T, pages};
   expect(q.dim(1) == n_heads * hd && out.shape() == q.shape() && n_heads % H == 0, "attention", "shape mismatch");
   const int group = (int)(n_heads / H);
   const float scale = 1.f / std::sqrt((float)hd);
   const CpuKernels& k = cpu_kernels();
   const float* Q = q.host<float>();
   float* O = out.host<float>();
-  const bool f32 = kc.dtype() == DType::F32;
+  const bool f32 = kc.dtype() == DType::F32 && !pages;  // read in place (a paged one is gathered)
   // One item per (row, KV head): the group's query heads share each pass over the cached
   // keys and values (f32 caches read in place, others converted once per item). The items
   // go round-robin to the threads, and each prefetches its next item's rows: in decode they
@@ -488,12 +519,12 @@ void op_attention(Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& 
   };
   auto item = [&](int64_t rk) {
     thread_local std::vector<float> s, kbuf, vbuf;  // grown, never shrunk: no per-call zeroing
-    const int64_t r = rk / H, kvh = rk % H, len = pos[r] + 1, base = (seq[r] * H + kvh) * T;
+    const int64_t r = rk / H, kvh = rk % H, len = pos[r] + 1;
     if ((int64_t)s.size() < group * len) s.resize((size_t)(group * len));
     auto rows = [&](const Tensor& c, const Tensor& sc, std::vector<float>& buf) -> const float* {
-      if (f32) return c.host<float>() + base * hd;
+      if (f32) return c.host<float>() + at(seq[r], kvh, 0) * hd;
       if ((int64_t)buf.size() < len * hd) buf.resize((size_t)(len * hd));
-      for (int64_t t = 0; t < len; t++) kv_row(c, sc, base + t, hd, k, buf.data() + t * hd);
+      for (int64_t t = 0; t < len; t++) kv_row(c, sc, at(seq[r], kvh, t), hd, k, buf.data() + t * hd);
       return buf.data();
     };
     if (rk < nt) prefetch_item(rk);

@@ -46,6 +46,12 @@ void op_embedding(Tensor& out, const Tensor& table, const std::vector<int32_t>& 
 void op_add(Tensor& x, const Tensor& y);
 // Copies rows `idx` of src (n, d) into dst (idx.size(), d).
 void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& idx);
+// A paged KV cache's block tables (serving): block_size positions per block, tables[s] the
+// blocks of sequence s in position order. Each row's arithmetic is the same paged or not.
+struct KvPages {
+  int64_t block_size = 0;
+  const std::vector<std::vector<int32_t>>* tables = nullptr;
+};
 // Writes k, v rows (n, kv_dim) into the caches (n_seq, n_kv_heads, max_seq, hd) at (seq, pos).
 // Cache dtype F32, BF16, I8 (int8), Q4 (int4, code + 8; byte j of a row holds element j in its
 // low nibble and element j + hd/2 in its high one, so a row unpacks as two plain loops)
@@ -54,13 +60,15 @@ void op_gather_rows(Tensor& dst, const Tensor& src, const std::vector<int32_t>& 
 // |x|, or k_amax[head] / v_amax[head] when given (calibrated static ranges; values beyond them
 // saturate). eps > 0 (int8/int4, QAT models): LLM-QAT's quantizer instead, s = qmax / (amax +
 // eps), code = round(x s), scale 1 / (s + eps) (train/qat.h fq_sym_rows).
+// Paged caches (pages given): the caches are (n_blocks, n_kv_heads, block_size, hd) and position
+// t of sequence s lives in block tables[s][t / block_size], row t % block_size (scales alike).
 void op_kv_store(Tensor& kcache, Tensor& vcache, const Tensor& k, const Tensor& v, const std::vector<int32_t>& seq,
                  const std::vector<int32_t>& pos, Tensor& kscale, Tensor& vscale, const float* k_amax = nullptr,
-                 const float* v_amax = nullptr, float eps = 0);
+                 const float* v_amax = nullptr, float eps = 0, const KvPages* pages = nullptr);
 // Causal grouped-query attention: row r (sequence seq[r], position pos[r]) attends to cache
 // positions 0..pos[r] of its sequence. q, out: (n, n_heads*hd).
 void op_attention(Tensor& out, const Tensor& q, const Tensor& kcache, const Tensor& vcache,
                   const std::vector<int32_t>& seq, const std::vector<int32_t>& pos, int64_t n_heads,
-                  const Tensor& kscale, const Tensor& vscale);
+                  const Tensor& kscale, const Tensor& vscale, const KvPages* pages = nullptr);
 
 }  // namespace llmq
