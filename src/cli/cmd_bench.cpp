@@ -58,7 +58,9 @@ void register_bench(CLI::App& app) {
     bool json = false, profile = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->required()->transform(llmq::cli::kRunLatest);
+  cmd->add_option("-m,--model", o->models, "model directory or .gguf; repeat for a row per model (e.g. per scheme)")->transform(llmq::cli::kRunLatest);
+  register_bench_serve(cmd);
+  cmd->require_subcommand(0, 1);
   cmd->add_option("--adapter", o->adapter, "an adapter directory (PEFT layout: LoRA/DoRA, llmq finetune or made elsewhere), applied unmerged" " to every model")->transform(llmq::cli::kRunLatest);
   o->kv.add(cmd);
   cmd->add_option("--prompt", o->prompt, "prompt tokens to prefill")->check(llmq::cli::kPositive);
@@ -68,7 +70,9 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->add_flag("--profile", o->profile,
                 "also time decode by kind of op (ms per token, share, weight GB/s; last repetition)");
-  cmd->callback([o] {
+  cmd->callback([o, cmd] {
+   if (cmd->got_subcommand("serve")) return;
+   if (o->models.empty()) fail("bench: give -m MODEL (or `llmq bench serve --url URL` to load-test a server)");
    bool header = false;
    for (const std::string& model_path : o->models) {
     o->model = model_path;

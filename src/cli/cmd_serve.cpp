@@ -273,7 +273,8 @@ class Server {
         q.prompt_logprobs = r.echo && r.logprobs >= 0;
         q.cancel = job->cancel;
         q.timeout_s = o_.timeout;
-        Job* j = job.get();
+        // The engine's callbacks keep the job alive: its client may be gone (cancelled).
+        std::shared_ptr<Job> j = job;
         Choice* ch = job->choices.back().get();
         const bool text = tok_ != nullptr;
         q.on_prompt_logprob = [j, ch](int64_t, const serve::TokenLogprob& lp) {
@@ -296,7 +297,7 @@ class Server {
           if (sr.reason == serve::Finish::Timeout) j->timed_out = true;
           ch->done = true;
           j->completion_tokens += sr.completion_tokens;
-          if (ch == j->choices.front().get()) j->cached_tokens = sr.cached_tokens;
+          if (ch == j->choices.front().get()) j->cached_tokens = sr.cached_tokens;  // the request's prompt hit
           j->remaining--;
           j->cv.notify_all();
         };

@@ -55,6 +55,7 @@ void register_quantize(CLI::App& app);
 void register_export(CLI::App& app);
 void register_plan(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_bench_serve(CLI::App* bench);
 
 // A text prompt's ids: BOS first when the tokenizer adds one (and `bos`), special-token text
 // parsed when `special` (llmq generate -p, the server's prompts).

@@ -25,7 +25,10 @@ bool TextStream::push(int32_t id) {
     stopped_ = true;
     return true;
   }
-  released_ = std::max(released_, text_.size() > hold_ ? text_.size() - hold_ : 0);
+  // Released text ends on a character boundary (a piece sent alone must be valid UTF-8).
+  size_t r = text_.size() > hold_ ? text_.size() - hold_ : 0;
+  while (r > released_ && r < text_.size() && ((unsigned char)text_[r] & 0xC0) == 0x80) r--;
+  released_ = std::max(released_, r);
   return false;
 }
 
