@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
+#include <fmt/format.h>
 
 #include "core/rng.h"
 #include "infer/generator.h"
@@ -16,6 +18,9 @@
 #include "serve/api.h"
 #include "serve/engine.h"
 #include "test_util.h"
+#include "train/adapter.h"
+#include "train/finetune.h"
+#include "train/llama_train.h"
 
 namespace llmq {
 namespace {
@@ -265,6 +270,64 @@ TEST(Serve, CancelFreesBlocks) {
   r.prompt = {1, 2, 3};
   EXPECT_TRUE(f.submit({r, r}));
   EXPECT_FALSE(f.submit({r}));
+}
+
+// Adapters served unmerged, chosen per sequence: base, LoRA and DoRA sequences batched
+// together give what each gives with its adapter attached alone (generate()).
+TEST(Serve, AdaptersPerRequestInOneBatch) {
+  test::TempDir tmp("serve_adapters");
+  const ModelConfig cfg = config_preset("tiny");
+  model_save(tmp / "m", cfg, test::test_fill(cfg, 11), SaveOptions{DType::F32});
+  for (int k = 0; k < 2; k++) {
+    train::AdapterConfig ac;
+    ac.dora = k == 1, ac.rank = 4 + 2 * k, ac.alpha = 8;
+    ac.targets = train::parse_targets(k ? "q_proj,v_proj,down_proj" : "q_proj,k_proj,o_proj,gate_proj,up_proj");
+    train::LlamaTrain<float> t(cfg, ac);
+    t.fill(test::test_fill(cfg, 11));
+    t.init_adapters(5 + k);
+    // As if trained: every adapter value moved well away from its start.
+    for (int64_t i = 0; i < t.n_params(); i++) t.params[i] += (float)(0.3 * rng_normal(60 + k, (uint64_t)i));
+    train::save_adapter(tmp / fmt::format("ad{}", k), ac, t.specs, t.offsets, t.params.data());
+  }
+  Model served = model_load(tmp / "m");
+  for (int k = 0; k < 2; k++) {
+    train::attach_adapter(served, tmp / fmt::format("ad{}", k));
+    for (auto& L : served.weights.layers) L.served.push_back(L.lora), L.lora = {};
+  }
+  const auto prompts = mixed_prompts(cfg.vocab_size, 9);
+  serve::EngineOptions o;
+  o.ctx = 128, o.block_size = 8, o.batch_tokens = 40, o.parallel = 9;
+  serve::Engine e(served, o);
+  std::vector<std::vector<int32_t>> got(prompts.size());
+  for (size_t i = 0; i < prompts.size(); i++) {
+    serve::SeqRequest q;
+    q.prompt = prompts[i];
+    q.sampling.temperature = 0;
+    q.max_tokens = 10;
+    q.adapter = (int)(i % 3);
+    q.on_token = [&got, i](int32_t t, const serve::TokenLogprob*) { return got[i].push_back(t), false; };
+    ASSERT_TRUE(e.submit({q}));
+  }
+  while (e.step()) {}
+  GenerateOptions g;
+  g.max_new_tokens = 10;
+  g.sampling.temperature = 0;
+  std::vector<Model> alone;
+  alone.push_back(model_load(tmp / "m"));
+  for (int k = 0; k < 2; k++) {
+    alone.push_back(model_load(tmp / "m"));
+    train::attach_adapter(alone.back(), tmp / fmt::format("ad{}", k));
+  }
+  std::set<std::vector<int32_t>> distinct;
+  for (size_t i = 0; i < prompts.size(); i++) {
+    EXPECT_EQ(got[i], generate(alone[i % 3], {prompts[i]}, g)[0].tokens) << i;
+    if (i < 3) distinct.insert(generate(alone[i % 3], {prompts[0]}, g)[0].tokens);
+  }
+  EXPECT_EQ(distinct.size(), 3u);  // the adapters change the output (the test can fail)
+  serve::SeqRequest bad;
+  bad.prompt = {1, 2};
+  bad.adapter = 3;
+  test::expect_error_containing([&] { e.submit({bad}); }, "submit", {"adapter 3 is not loaded"});
 }
 
 TEST(ServeApi, ParsesWhatVllmAccepts) {

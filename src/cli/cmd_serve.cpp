@@ -89,14 +89,29 @@ class Server {
 
   void load() {
     Model m = model_load(o_.model, load_mode());
-    if (!o_.adapters.empty()) {
-      if (o_.adapters.size() > 1)
-        fail("--adapter: one adapter at a time for now (several, chosen per request, are not built yet)");
-      const std::string& a = o_.adapters[0];
+    // Adapters, unmerged, each chosen per request by its name ("model"); rows of different
+    // adapters share every forward (the base's products once, each adapter's on its rows).
+    for (const std::string& a : o_.adapters) {
       const size_t eq = a.find('=');
-      if (eq == std::string::npos || eq == 0) fail("--adapter {}: expected NAME=DIR", a);
-      adapter_name_ = a.substr(0, eq);
+      if (eq == std::string::npos || eq == 0 || eq + 1 == a.size()) fail("--adapter {}: expected NAME=DIR", a);
+      const std::string nm = a.substr(0, eq);
+      if (nm == name() || std::find(adapter_names_.begin(), adapter_names_.end(), nm) != adapter_names_.end())
+        fail("--adapter {}: the name {} is already taken", a, nm);
+      const float* norm0 = m.weights.norm.host<float>();
+      std::vector<const float*> norms;
+      for (const auto& L : m.weights.layers) norms.push_back(L.attn_norm.host<float>()), norms.push_back(L.ffn_norm.host<float>());
       train::attach_adapter(m, a.substr(eq + 1));
+      bool same_norms = m.weights.norm.host<float>() == norm0;
+      for (size_t l = 0; l < m.weights.layers.size(); l++)
+        same_norms = same_norms && m.weights.layers[l].attn_norm.host<float>() == norms[2 * l] &&
+                     m.weights.layers[l].ffn_norm.host<float>() == norms[2 * l + 1];
+      if (!same_norms)
+        fail("--adapter {}: it trains the norms, which every request shares; serve it merged (llmq merge) instead", a);
+      for (auto& L : m.weights.layers) {
+        L.served.push_back(L.lora);
+        L.lora = {};
+      }
+      adapter_names_.push_back(nm);
     }
     o_.e.kv_type = o_.kv.resolve(m);
     model_ = std::make_unique<Model>(std::move(m));
@@ -139,7 +154,11 @@ class Server {
     svr.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
       json data = json::array();
       data.push_back({{"id", name()}, {"object", "model"}, {"created", created_}, {"owned_by", "llmq"},
-                      {"root", o_.model}, {"max_model_len", engine_->context()}});
+                      {"root", o_.model}, {"parent", nullptr}, {"max_model_len", engine_->context()}});
+      for (size_t k = 0; k < adapter_names_.size(); k++)
+        data.push_back({{"id", adapter_names_[k]}, {"object", "model"}, {"created", created_}, {"owned_by", "llmq"},
+                        {"root", o_.adapters[k].substr(o_.adapters[k].find('=') + 1)}, {"parent", name()},
+                        {"max_model_len", engine_->context()}});
       res.set_content(dump({{"object", "list"}, {"data", data}}), "application/json");
     }));
     svr.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
@@ -223,9 +242,15 @@ class Server {
     serve::ApiLimits lim;
     lim.max_tokens = engine_->context();
     const serve::ApiRequest r = serve::parse_request(req.body, chat, lim);
-    if (!r.model.empty() && r.model != name())
-      throw ApiError(404, fmt::format("The model `{}` does not exist (this server has `{}`).", r.model, name()), "model",
-                     "not_found_error", "model_not_found");
+    // "model" picks the base or one of the adapters; empty: the base.
+    int adapter = 0;
+    if (!r.model.empty() && r.model != name()) {
+      auto it = std::find(adapter_names_.begin(), adapter_names_.end(), r.model);
+      if (it == adapter_names_.end())
+        throw ApiError(404, fmt::format("The model `{}` does not exist (this server has `{}`{}).", r.model, name(),
+                                        adapter_names_.empty() ? "" : " and its adapters"), "model", "not_found_error", "model_not_found");
+      adapter = (int)(it - adapter_names_.begin()) + 1;
+    }
     auto job = std::make_shared<Job>();
     job->stops = r.stop;
     if (chat) {
@@ -272,6 +297,7 @@ class Server {
         q.top_logprobs = r.logprobs;
         q.prompt_logprobs = r.echo && r.logprobs >= 0;
         q.cancel = job->cancel;
+        q.adapter = adapter;
         q.timeout_s = o_.timeout;
         // The engine's callbacks keep the job alive: its client may be gone (cancelled).
         std::shared_ptr<Job> j = job;
@@ -309,7 +335,7 @@ class Server {
       throw ApiError(429, "the server's queue is full; retry later", "", "rate_limit_error", "queue_full");
     const std::string id = random_id(chat ? "chatcmpl" : "cmpl");
     const int64_t created = std::time(nullptr);
-    const std::string model = name();
+    const std::string model = adapter ? adapter_names_[(size_t)adapter - 1] : name();
     int64_t prompt_tokens = 0;
     for (const auto& p : job->prompts) prompt_tokens += (int64_t)p.size();
     auto usage = [job, prompt_tokens]() {
@@ -508,7 +534,8 @@ class Server {
   Opts& o_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tok_;
-  std::string tmpl_, adapter_name_;
+  std::string tmpl_;
+  std::vector<std::string> adapter_names_;
   std::vector<int32_t> eos_;
   std::unique_ptr<serve::Engine> engine_;
   std::atomic<bool> ready_{false};
@@ -535,7 +562,8 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--api-key-file", o->api_key_file, "read the API key from this file (first line)");
   cmd->add_option("--served-model-name", o->name, "the model's name in the API (default: the directory's name)");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model's)");
-  cmd->add_option("--adapter", o->adapters, "NAME=DIR: an adapter applied unmerged (one for now)");
+  cmd->add_option("--adapter", o->adapters, "NAME=DIR: an adapter (LoRA/DoRA, PEFT layout) served unmerged as model NAME; "
+                                           "repeatable, requests for different adapters are batched together");
   cmd->add_option("--max-queue", o->e.max_queue, "sequences waiting beyond which requests get 429")->check(kPositive)->capture_default_str();
   cmd->add_option("--timeout", o->timeout, "seconds a request may take from arrival (0: no limit)")->check(kNonNegative)->capture_default_str();
   cmd->add_option("--max-body", o->max_body, "largest request body in bytes (413 beyond)")->check(kPositive)->capture_default_str();

@@ -154,20 +154,35 @@ const Tensor& llama_forward(const Model& m, KVCache& cache, const Batch& b, Scra
     }
   }
 
-  // An attached adapter's term on linear t of layer L: y += s (x A^T) B^T, then DoRA's y *= c.
-  auto lora = [&](const LlamaLayer& L, int t, Tensor& y, const Tensor& xin) {
-    const LoraLinear* a = L.lora[t].get();
+  // An attached adapter's term on linear t of layer L: y += s (x A^T) B^T, then DoRA's y *= c,
+  // for rows [r0, r1) (a run of rows with the same served adapter, or all of them).
+  auto lora_rows = [&](const LoraLinear* a, Tensor& y, const Tensor& xin, int64_t r0, int64_t r1) {
     if (!a) return;
-    const int64_t rows = xin.dim(0), in = a->A.dim(1), r = a->A.dim(0), out = a->B.dim(0);
+    const int64_t rows = r1 - r0, in = a->A.dim(1), r = a->A.dim(0), out = a->B.dim(0);
     std::vector<float> u((size_t)(rows * r));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)r, (int)in, 1.f, xin.host<float>(), (int)in,
+    const float* xp = xin.host<float>() + r0 * in;
+    float* yp = y.host<float>() + r0 * out;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)r, (int)in, 1.f, xp, (int)in,
                 a->A.host<float>(), (int)in, 0.f, u.data(), (int)r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)r, a->scale, u.data(), (int)r,
-                a->B.host<float>(), (int)r, 1.f, y.host<float>(), (int)out);
-    if (!a->c.empty()) {
-      float* yp = y.host<float>();
+                a->B.host<float>(), (int)r, 1.f, yp, (int)out);
+    if (!a->c.empty())
       for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < out; j++) yp[i * out + j] *= a->c[j];
+  };
+  if (!b.adapter.empty()) {
+    LLMQ_CHECK((int64_t)b.adapter.size() == n);
+    for (int32_t id : b.adapter)
+      if (id < 0 || (id > 0 && (w.layers.empty() || id > (int32_t)w.layers[0].served.size())))
+        fail("forward: adapter {} is not loaded", id);
+  }
+  auto lora = [&](const LlamaLayer& L, int t, Tensor& y, const Tensor& xin) {
+    if (b.adapter.empty()) return lora_rows(L.lora[t].get(), y, xin, 0, xin.dim(0));
+    for (int64_t r0 = 0; r0 < n;) {
+      int64_t r1 = r0 + 1;
+      while (r1 < n && b.adapter[(size_t)r1] == b.adapter[(size_t)r0]) r1++;
+      if (b.adapter[(size_t)r0] > 0) lora_rows(L.served[(size_t)b.adapter[(size_t)r0] - 1][t].get(), y, xin, r0, r1);
+      r0 = r1;
     }
   };
 

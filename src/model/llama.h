@@ -41,6 +41,9 @@ struct LlamaLayer {
   std::vector<float> k_amax, v_amax;
   // Adapters on q, k, v, o, gate, up, down (in that order); null: none.
   std::array<std::shared_ptr<const LoraLinear>, 7> lora;
+  // Served adapters (llmq serve --adapter), chosen per row by Batch::adapter: served[k - 1]
+  // for adapter k.
+  std::vector<std::array<std::shared_ptr<const LoraLinear>, 7>> served;
 };
 
 struct LlamaWeights {
@@ -95,6 +98,7 @@ struct KVCache {
 struct Batch {
   std::vector<int32_t> tokens, seq, pos, logit_rows;
   KvPages pages;  // for a paged cache: the block table of each sequence id
+  std::vector<int32_t> adapter;  // per row: 0 the base, k the layers' served[k - 1]; empty: none
   void add(int32_t token, int32_t s, int32_t p, bool logits) {
     if (logits) logit_rows.push_back((int32_t)tokens.size());
     tokens.push_back(token);

@@ -116,6 +116,10 @@ document.getElementById('form').addEventListener('submit', async e => {
   document.getElementById('send').disabled = false;
   input.focus();
 });
+// ?prompt=TEXT[&max_tokens=N&temperature=T&key=K] sends one message on load (scripted checks).
+const q = new URLSearchParams(location.search);
+for (const k of ['max_tokens', 'temperature', 'key', 'system']) if (q.get(k) !== null) document.getElementById(k).value = q.get(k);
+if (q.get('prompt')) { input.value = q.get('prompt'); document.getElementById('form').requestSubmit(); }
 </script></body></html>
 )HTML";
 

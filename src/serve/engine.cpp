@@ -48,6 +48,8 @@ struct Engine::Seq {
 };
 
 namespace {
+// The chain's start: blocks computed under different adapters hold different keys and values.
+uint64_t chain_seed(int adapter) { return adapter ? splitmix64(0x61646170746572ull + (uint64_t)adapter) : 0; }
 // Hash of all tokens up to the end of a block, chained from the previous block's. Never 0.
 uint64_t chain_hash(uint64_t prev, const int32_t* t, int64_t n) {
   uint64_t h = prev ^ 0x6c6c6d7170726566ull;
@@ -105,6 +107,8 @@ bool Engine::submit(std::vector<SeqRequest> seqs) {
     if ((int64_t)q.prompt.size() >= ctx_ + 1) fail("prompt of {} tokens does not fit the context of {}", q.prompt.size(), ctx_);
     for (int32_t t : q.prompt)
       if (t < 0 || t >= m_.config.vocab_size) fail("token id {} is outside the vocabulary (0..{})", t, m_.config.vocab_size - 1);
+    const size_t served = m_.weights.layers.empty() ? 0 : m_.weights.layers[0].served.size();
+    if (q.adapter < 0 || (size_t)q.adapter > served) fail("adapter {} is not loaded ({} served)", q.adapter, served);
   }
   std::lock_guard lk(mu_);
   if (queued_ + seqs.size() > (size_t)o_.max_queue) return false;
@@ -229,7 +233,7 @@ void Engine::finish(Seq& s, Finish why) {
 void Engine::admit_prefix(Seq& s) {
   if (!o_.prefix_cache || s.n_cached != 0) return;
   const int64_t bs = o_.block_size;
-  uint64_t h = 0;
+  uint64_t h = chain_seed(s.r.adapter);
   for (int64_t i = 0; (i + 1) * bs <= (int64_t)s.tokens.size() - 1; i++) {
     h = chain_hash(h, s.tokens.data() + i * bs, bs);
     auto it = prefix_.find(h);
@@ -286,7 +290,7 @@ void Engine::after_forward(Seq& s, int64_t rows, const float* logits, int64_t n_
   // Blocks that became full are remembered by the hash of every token up to their end.
   while (o_.prefix_cache && (int64_t)(s.hashes.size() + 1) * bs <= s.n_cached) {
     const int64_t i = (int64_t)s.hashes.size();
-    const uint64_t h = chain_hash(i ? s.hashes.back() : 0, s.tokens.data() + i * bs, bs);
+    const uint64_t h = chain_hash(i ? s.hashes.back() : chain_seed(s.r.adapter), s.tokens.data() + i * bs, bs);
     s.hashes.push_back(h);
     const int32_t b = s.blocks[(size_t)i];
     if (block_hash_[(size_t)b] == 0 && !prefix_.count(h)) prefix_[h] = b, block_hash_[(size_t)b] = h;
@@ -351,6 +355,7 @@ bool Engine::step() {
     if (self) break;
   }
   Batch b;
+  const bool adapters = !m_.weights.layers.empty() && !m_.weights.layers[0].served.empty();
   struct Part {
     Seq* s;
     int64_t rows, logit0, n_logits;
@@ -364,6 +369,7 @@ bool Engine::step() {
       const bool logits = pos == (int64_t)s.tokens.size() - 1 ||
                           (s.r.prompt_logprobs && pos + 1 < s.n_prompt && pos + 1 >= s.prompt_lp_next);
       b.add(s.tokens[(size_t)pos], s.slot, (int32_t)pos, logits);
+      if (adapters) b.adapter.push_back(s.r.adapter);
       p.n_logits += logits;
     }
     parts.push_back(p);

@@ -64,6 +64,7 @@ struct SeqRequest {
   std::function<bool(int32_t token, const TokenLogprob* lp)> on_token;
   // Engine thread, exactly once: the sequence has ended (also when cancelled or refused).
   std::function<void(const SeqResult&)> on_done;
+  int adapter = 0;  // 0: the base model; k: the layers' served[k - 1] (llmq serve --adapter)
   std::shared_ptr<std::atomic<bool>> cancel;  // set from any thread: ends it at the next step
   double timeout_s = 0;                       // from submission; 0: none
 };
