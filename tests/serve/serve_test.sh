@@ -2,7 +2,8 @@
 # llmq serve end to end on loopback: the official OpenAI client (npm openai) against llmq
 # generate (openai_test.mjs), bad requests (curl: malformed JSON, wrong types, a 100 MB body,
 # a wrong API key, unknown paths) answered with the right 4xx while the server keeps serving,
-# then load and disconnects (load_test.mjs), then SIGTERM stops it cleanly.
+# the chat page in headless Chromium (chat_page.mjs, screenshot build/serve_chat.png), then
+# load and disconnects (load_test.mjs), then SIGTERM stops it cleanly.
 set -u
 LLMQ=${1:?usage: serve_test.sh path/to/llmq}
 source "$(dirname "$0")/../lib.sh"
@@ -53,6 +54,14 @@ dt=$(curl -s "${AUTH[@]}" -d "{\"tokens\": $(node -e "console.log(JSON.stringify
 grep -q '"prompt":"Hello world"' <<<"$dt" && ok "tokenize/detokenize round trip ($tk)" || bad "tokenize/detokenize: $tk / $dt"
 curl -s "$URL/" | grep -q '<title>llmq chat</title>' && ok "chat page at /" || bad "no chat page"
 curl -s "$URL/metrics" | grep -q '^llmq_time_to_first_token_seconds_bucket{le="+Inf"}' && ok "/metrics histograms" || bad "/metrics"
+
+# The chat page in headless Chromium: a scripted two-turn conversation, a screenshot.
+SHOT=$ROOT/build/serve_chat.png
+if command -v chromium > /dev/null; then
+  node --no-warnings --experimental-websocket "$ROOT/tests/serve/chat_page.mjs" "$URL" "$KEY" "$SHOT" || fails=$((fails+1))
+else
+  bad "chromium missing (scripts/setup installs it)"
+fi
 
 LPID=$(pgrep -P $SPID -x llmq)  # the server under `timeout`
 node "$ROOT/tests/serve/load_test.mjs" "$URL" "$KEY" "$LPID" || fails=$((fails+1))
