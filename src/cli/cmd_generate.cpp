@@ -15,6 +15,7 @@
 #include "infer/generator.h"
 #include "infer/text_stream.h"
 #include "io/hf_dir.h"
+#include "ops/ops.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
@@ -29,7 +30,7 @@ struct Opts {
   KvOption kv;
   int tp = 1;
   bool ignore_eos = false, json = false, ids = false, chat = false, interactive = false, no_special = false;
-  bool show_prompt = false;
+  bool show_prompt = false, invariant = false;
 };
 
 // Text mode: each sequence's text (stop strings, UTF-8 held back), printed as it comes when
@@ -153,6 +154,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(llmq::cli::kNonNegative);
   o->kv.add(cmd);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
+  cmd->add_flag("--batch-invariant", o->invariant, "every product on the GEMV kernels, as llmq serve runs float models "
+                "with --batch-invariant on (same bits; quantized models are the same either way)");
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks: run under `mpirun -np N` with --tp N (Megatron layout; "
                                "every rank computes the same tokens, rank 0 prints)")
       ->check(llmq::cli::kPositive);
@@ -177,6 +180,7 @@ void register_generate(CLI::App& app) {
     Model m = model_load(o->model, load_mode());
     if (!o->adapter.empty()) train::attach_adapter(m, o->adapter);
     o->g.kv_type = o->kv.resolve(m);
+    ops_set_batch_invariant(o->invariant);
     shard_for_tp(m, o->tp, "generate");
     std::unique_ptr<Tokenizer> tok;
     if (!o->tokenizer.empty()) tok = tokenizer_load(o->tokenizer);

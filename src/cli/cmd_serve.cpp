@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/file_util.h"
 #include "infer/text_stream.h"
+#include "ops/ops.h"
 #include "serve/api.h"
 #include "serve/chat_page.h"
 #include "serve/engine.h"
@@ -39,6 +40,7 @@ struct Opts {
   double timeout = 600;
   int64_t max_body = 8 << 20;
   bool no_prefix_cache = false;
+  std::string invariant = "auto";
 };
 
 // One request's state, shared by the HTTP thread and the engine's callbacks.
@@ -114,6 +116,17 @@ class Server {
       adapter_names_.push_back(nm);
     }
     o_.e.kv_type = o_.kv.resolve(m);
+    // Batch invariance (docs/serving.md): integer-quantized blocks are invariant as they run;
+    // float ones need every product on the GEMV kernels (exact, slower prefill).
+    bool quantized = true;
+    for (const auto& L : m.weights.layers)
+      for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+        quantized = quantized && t->quant() && !t->quant()->fp8 && !t->quant()->act_float && !t->quant()->act_per_tensor;
+    const bool inv = o_.invariant == "on" || (o_.invariant == "auto" && quantized);
+    ops_set_batch_invariant(inv);
+    if (!inv)
+      fmt::print(stderr, "note: float weights: a request's logprobs can differ in the last bits with what it is batched "
+                         "with (--batch-invariant on makes them exact at a prefill cost)\n");
     model_ = std::make_unique<Model>(std::move(m));
     const std::string tdir = o_.tokenizer.empty() ? o_.model : o_.tokenizer;
     if (!o_.tokenizer.empty() || !tokenizer_find(o_.model).empty()) {
@@ -557,6 +570,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--kv-blocks", o->e.n_blocks, "KV-cache blocks (default: every slot can hold --ctx)")->check(kNonNegative);
   cmd->add_option("--batch-tokens", o->e.batch_tokens, "rows per forward: decode rows, then prompt chunks")->check(kPositive)->capture_default_str();
   cmd->add_flag("--no-prefix-cache", o->no_prefix_cache, "do not reuse KV blocks of shared prompt prefixes");
+  cmd->add_option("--batch-invariant", o->invariant, "auto|on|off: a request's output independent of the batch "
+                  "(auto: on for integer-quantized models, where it is free; float models pay in prefill speed)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   o->kv.add(cmd);
   cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1, /tokenize, /detokenize");
   cmd->add_option("--api-key-file", o->api_key_file, "read the API key from this file (first line)");

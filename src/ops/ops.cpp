@@ -21,6 +21,11 @@ namespace llmq {
 namespace {
 int g_threads = 0;
 bool g_bf16_dot = true;
+bool g_invariant = false;
+// Products of up to this many rows run the GEMV kernels (float weights), larger ones sgemm.
+// Batch-invariant mode runs every product on the GEMV kernels, whose sums for a row are the
+// same whatever the other rows (OpenBLAS sgemm's are not: they change with the row count).
+int64_t gemv_max_rows() { return g_invariant ? INT64_MAX : kDecodeMaxRows; }
 
 // Above this many rows of x, sgemm beats re-reading the weights once per 4 rows (and the
 // step is no longer decode-sized: OpenMP rather than the spin pool, core/parallel.h).
@@ -107,7 +112,7 @@ void matmul_fp8(const CpuKernels& k, float* Y, const float* X, const Tensor& W, 
   std::vector<float>& sx = tl_sx;
   quantize_acts_fp8(X, n, K, qi.act_per_token, xe, sx, qi.act_scale);
   const uint8_t* w8 = W.host<uint8_t>();
-  if (n <= kGemvMaxRows) {
+  if (n <= gemv_max_rows()) {
     gemv(k, Y, xe.data(), W, n, K, M);
   } else {
     sgemm_f32_panels(xe.data(), Y, n, K, M, [&](int64_t r, float* dst) {
@@ -128,7 +133,7 @@ void matmul_axis0(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   const QuantInfo& qi = *W.quant();
   const int64_t C = qi.axis0_classes, G = M / C;
   const float *S = qi.axis0_scale.data(), *SZ = qi.axis0_sz.data();
-  if (n > kGemvMaxRows) {
+  if (n > gemv_max_rows()) {
     sgemm_f32_panels(X, Y, n, K, M, [&](int64_t r, float* dst) {
       thread_local std::vector<uint8_t> codes;
       codes.resize((size_t)K);
@@ -187,7 +192,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
 // PyTorch model computes) and packed once (kernels.h), products summed in f32, twice
 // sgemm's multiply rate.
 bool bf16_dot_applies(const CpuKernels& k, const Tensor& W) {
-  return W.dtype() == DType::BF16 && !W.quant() && k.gemm_bf16 && g_bf16_dot;
+  return W.dtype() == DType::BF16 && !W.quant() && k.gemm_bf16 && g_bf16_dot && !g_invariant;
 }
 const uint16_t* pack_bf16_acts(const float* X, int64_t n, int64_t K) {
   thread_local std::vector<uint16_t> tl_xp;  // the caller's buffer, read by all threads
@@ -210,6 +215,8 @@ void ops_set_threads(int n) {
   openblas_set_num_threads(g_threads);
 }
 void ops_set_bf16_dot(bool on) { g_bf16_dot = on; }
+void ops_set_batch_invariant(bool on) { g_invariant = on; }
+bool ops_batch_invariant() { return g_invariant; }
 bool ops_bf16_dot() { return g_bf16_dot; }
 
 int ops_threads() {
@@ -253,7 +260,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
     for (const auto& o : outs) gemm_bf16(k, xp, *o.W, o.out->host<float>(), n, K, o.W->dim(0));
     return;
   }
-  if (n > kGemvMaxRows || !same) {
+  if ((n > kGemvMaxRows && !(g_invariant && !q0)) || !same) {
     for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
     return;
   }
@@ -298,7 +305,7 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
   float* Y = out.host<float>();
   const float* X = x.host<float>();
   if (W.quant()) return matmul_quant(k, Y, X, W, n, K, M);
-  if (n <= kGemvMaxRows) return gemv(k, Y, X, W, n, K, M);
+  if (n <= gemv_max_rows()) return gemv(k, Y, X, W, n, K, M);
   if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
   if (bf16_dot_applies(k, W)) {
     const uint16_t* xp = pack_bf16_acts(X, n, K);

@@ -18,6 +18,13 @@ int ops_threads();
 // products, f32 sums), as decode always does.
 void ops_set_bf16_dot(bool on);
 bool ops_bf16_dot();
+// Batch-invariant products (llmq serve): a row's result does not depend on the other rows
+// of the call. Integer-quantized weights always are (one kernel, per-row activation scales);
+// this mode also sends float (f32/bf16/f16/FP8/HQQ axis-0) weights' products of any size to
+// sgemm with f32 activations (no GEMV for decode, no bf16 dot products), at a cost in
+// decode speed for float models (the weights converted/packed per call).
+void ops_set_batch_invariant(bool on);
+bool ops_batch_invariant();
 
 // out (n, M) f32 = x (n, K) f32 @ W^T, W (M, K) in f32, bf16, f16 or integer-quantized.
 // Float weights: small n runs the GEMV kernels (weights read once per 4 rows of x); larger
