@@ -3,7 +3,8 @@
 # bench/llama_server.sh from node-llama-cpp's llama.cpp source) on the same GGUF file
 # (llama3.2-1b shape, random weights, exported by llmq), same threads, same parallel slots,
 # driven by the same client (llmq bench serve: closed loop, streamed, EOS ignored). Levels
-# alternate between the two servers so both see the same host phases.
+# alternate between the two servers so both see the same host phases; each level has its own
+# prompts (--seed), so no server finds a level's prompts in its prompt cache from the one before.
 # usage: bench/serve.sh [TYPE=q4_0] [REQUESTS per level = 16] [LEVELS=1,2,4,8]
 #        (respects OPENBLAS_CORETYPE; say which)
 set -euo pipefail
@@ -37,7 +38,7 @@ IFS=, read -ra lv <<< "$LEVELS"
 for c in "${lv[@]}"; do
   for s in llmq llama-server; do
     port=18431; [ $s = llama-server ] && port=18432
-    j=$($L bench serve --url http://127.0.0.1:$port --concurrency $c --requests $N --prompt-len $PROMPT --gen-len $GEN --json)
+    j=$($L bench serve --url http://127.0.0.1:$port --concurrency $c --requests $N --prompt-len $PROMPT --gen-len $GEN --seed $c --json)
     read -r out ttft tpot e2e failed < <(/usr/bin/python3 -c 'import json,sys; r=json.loads(sys.argv[1])["rows"][0]; print(r["output_throughput"], r["ttft_s"]["p50"], r["tpot_s"]["p50"], r["e2e_s"]["p50"], r["failed"])' "$j")
     tps[$s-$c]=$out
     printf "%-6s %-13s %10.1f %10.3f %10.4f %10.2f %8s\n" $c $s $out $ttft $tpot $e2e $failed
