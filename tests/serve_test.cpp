@@ -8,6 +8,8 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <thread>
+#include <chrono>
 #include <fmt/format.h>
 
 #include "core/rng.h"
@@ -281,6 +283,18 @@ TEST(Serve, CancelFreesBlocks) {
   e.step();
   EXPECT_EQ(done, 1);
   EXPECT_EQ(got, serve::Finish::Abort);
+  EXPECT_EQ(e.stats().blocks_used, 0);
+  // A timeout ends a sequence (Finish::Timeout) at the first step past it, blocks returned.
+  serve::SeqRequest slow = q;
+  slow.cancel = nullptr;
+  slow.timeout_s = 0.05;
+  slow.on_done = [&](const serve::SeqResult& r) { got = r.reason, done++; };
+  ASSERT_TRUE(e.submit({slow}));
+  e.step();
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
+  e.step();
+  EXPECT_EQ(done, 2);
+  EXPECT_EQ(got, serve::Finish::Timeout);
   EXPECT_EQ(e.stats().blocks_used, 0);
   // A bounded queue: max_queue sequences waiting, the next submission is refused.
   serve::EngineOptions small = o;

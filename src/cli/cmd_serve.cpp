@@ -137,10 +137,13 @@ class Server {
     eos_ = default_eos_ids(model_->config, tok_.get());
     o_.e.prefix_cache = !o_.no_prefix_cache;
     engine_ = std::make_unique<serve::Engine>(*model_, o_.e);
+    o_.e.n_blocks = engine_->options().n_blocks;
     engine_->start();
     created_ = std::time(nullptr);
     ready_ = true;
   }
+
+  int64_t context() const { return engine_ ? engine_->context() : 0; }
 
   void routes(httplib::Server& svr) {
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -631,23 +634,31 @@ void register_serve(CLI::App& app) {
     if (port < 0) fail("cannot listen on {}:{} (in use? another --port, or --port 0 for any)", o->host, o->port);
     fmt::print(stderr, "llmq serve: listening on http://{}:{} (loading {})\n", o->host, port, o->model);
     std::thread http([&] { svr.listen_after_bind(); });
-    std::atomic<bool> quit{false};
+    // stop() before the listening loop has started would be lost: wait for it first.
+    auto stop_http = [&] {
+      for (int i = 0; i < 5000 && !svr.is_running(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      svr.stop();
+    };
+    std::atomic<bool> quit{false}, failed{false};
     std::thread sig([&] {
       int s = 0;
       sigwait(&set, &s);
+      if (failed) return;  // woken by the load failing below
       quit = true;
-      svr.stop();
+      stop_http();
     });
     try {
       server.load();
     } catch (const std::exception& e) {
-      svr.stop();
+      failed = true;
+      stop_http();
       http.join();
       pthread_kill(sig.native_handle(), SIGTERM);
       sig.join();
       throw;
     }
-    fmt::print(stderr, "llmq serve: ready: {} sequences x {} tokens, {} KV\n", o->e.parallel, o->e.ctx, kv_type_name(o->e.kv_type));
+    fmt::print(stderr, "llmq serve: ready: {} sequences x {} tokens, {} KV cache in {} blocks of {}\n", o->e.parallel,
+               server.context(), kv_type_name(o->e.kv_type), o->e.n_blocks, o->e.block_size);
     http.join();
     if (!quit) pthread_kill(sig.native_handle(), SIGTERM), sig.join();
     else sig.join();

@@ -25,7 +25,7 @@ expect_error() {  # expect_error NEEDLE -- ARGS...
   echo "ok: llmq ${args:0:100} -> $(head -c 150 <<<"$err")"
 }
 
-for c in "" info init generate eval "eval ppl" bench; do
+for c in "" info init generate eval "eval ppl" bench "bench serve" serve; do
   timeout 20 "$LLMQ" $c --help >/dev/null 2>&1 || { echo "FAIL: llmq $c --help"; fails=$((fails+1)); }
 done
 
@@ -100,6 +100,18 @@ expect_error "adapter_model.safetensors: missing" -- generate -m "$T/m" -p "1 2"
 printf '{"peft_type": "PROMPT_TUNING"}' > "$T/ad/adapter_config.json"
 expect_error "is not LORA" -- eval ppl -m "$T/m" --tokens "$T/long.txt" --adapter "$T/ad"
 expect_error "adapter_config.json: missing" -- bench -m "$T/m" --prompt 4 --gen 1 --adapter "$T/ftdata"
+
+# llmq serve / bench serve: bad options and models fail before or right after listening.
+expect_error "not a directory" -- serve -m "$T/nope" --port 0
+expect_error "exceeds the model's context" -- serve -m "$T/m" --port 0 --ctx 100000
+expect_error "expected NAME=DIR" -- serve -m "$T/m" --port 0 --adapter justaname
+expect_error "not both" -- serve -m "$T/m" --port 0 --api-key a --api-key-file "$T/m/config.json"
+echo > "$T/emptykey"
+expect_error "API key file is empty" -- serve -m "$T/m" --port 0 --api-key-file "$T/emptykey"
+expect_error "cannot hold one sequence" -- serve -m "$T/m" --port 0 --ctx 64 --kv-blocks 2
+expect_error "cannot connect" -- bench serve --url http://127.0.0.1:9 --requests 1
+expect_error "only http://" -- bench serve --url https://example.com
+expect_error "give -m MODEL" -- bench
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "all bad-input cases handled"

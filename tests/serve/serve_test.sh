@@ -63,6 +63,13 @@ else
   bad "chromium missing (scripts/setup installs it)"
 fi
 
+# llmq bench serve against it: closed loop and Poisson arrivals, every request answered.
+for args in "--concurrency 1,3 --requests 6" "--concurrency 4 --requests 8 --rate 20"; do
+  j=$(timeout 300 "$LLMQ" bench serve --url "$URL" --api-key "$KEY" $args --prompt-len 24 --gen-len 8 --json)
+  if /usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert all(r["failed"]==0 and r["output_tokens"]==r["requests"]*8 and r["ttft_s"]["p50"]>0 for r in d["rows"])' "$j" 2>/dev/null
+  then ok "bench serve $args: $(head -c 150 <<<"$j")"; else bad "bench serve $args: $j"; fi
+done
+
 LPID=$(pgrep -P $SPID -x llmq)  # the server under `timeout`
 node "$ROOT/tests/serve/load_test.mjs" "$URL" "$KEY" "$LPID" || fails=$((fails+1))
 
