@@ -93,6 +93,7 @@ Engine::Engine(const Model& m, const EngineOptions& o) : m_(m), o_(o) {
   cache_ = KVCache::create_paged(c, nb, o.block_size, o.kv_type);
   ref_.assign((size_t)nb, 0);
   block_hash_.assign((size_t)nb, 0);
+  in_evictable_.assign((size_t)nb, 0);
   for (int64_t b = nb - 1; b >= 0; b--) free_blocks_.push_back((int32_t)b);
   tables_.resize((size_t)o.parallel);
   for (int i = o.parallel - 1; i >= 0; i--) free_slots_.push_back(i);
@@ -179,6 +180,7 @@ bool Engine::alloc_block(Seq& s) {
     while (!evictable_.empty() && b < 0) {  // the oldest unreferenced cached block
       const int32_t e = evictable_.front();
       evictable_.pop_front();
+      in_evictable_[(size_t)e] = 0;
       if (ref_[(size_t)e] != 0 || block_hash_[(size_t)e] == 0) continue;  // stale entry
       auto it = prefix_.find(block_hash_[(size_t)e]);
       if (it != prefix_.end() && it->second == e) prefix_.erase(it);
@@ -196,8 +198,8 @@ bool Engine::alloc_block(Seq& s) {
 void Engine::release(Seq& s) {
   for (int32_t b : s.blocks) {
     if (--ref_[(size_t)b] > 0) continue;
-    if (block_hash_[(size_t)b] != 0) evictable_.push_back(b);
-    else free_blocks_.push_back(b);
+    if (block_hash_[(size_t)b] == 0) free_blocks_.push_back(b);
+    else if (!in_evictable_[(size_t)b]) evictable_.push_back(b), in_evictable_[(size_t)b] = 1;
   }
   s.blocks.clear();
   s.hashes.clear();
@@ -245,11 +247,7 @@ void Engine::admit_prefix(Seq& s) {
     s.hashes.push_back(h);
     s.n_cached += bs;
   }
-  if (s.n_cached > s.cached_hit) {  // the first admission's hit is what the usage reports
-    std::lock_guard lk(mu_);
-    stats_.prefix_hit_tokens += (uint64_t)s.n_cached;
-  }
-  if (s.cached_hit == 0) s.cached_hit = s.n_cached;
+  if (s.cached_hit == 0) s.cached_hit = s.n_cached;  // the first admission's hit is what the usage reports
 }
 
 void Engine::sample(Seq& s, float* row) {
@@ -392,6 +390,7 @@ bool Engine::step() {
     s.slot = free_slots_.back();
     free_slots_.pop_back();
     admit_prefix(s);
+    const int64_t hit = s.n_cached;
     if (chunk(s) == 0) {  // no room: it waits (with nothing held)
       release(s);
       break;
@@ -400,6 +399,7 @@ bool Engine::step() {
     {
       std::lock_guard lk(mu_);
       if (!s.got_first) stats_.queue.add(q);
+      stats_.prefix_hit_tokens += (uint64_t)hit;
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();

@@ -143,6 +143,7 @@ class Engine {
   std::vector<uint64_t> block_hash_;  // 0: none
   std::vector<int32_t> free_blocks_;
   std::deque<int32_t> evictable_;     // may hold stale entries (checked on use)
+  std::vector<char> in_evictable_;    // a block is queued there at most once (bounded deque)
   std::unordered_map<uint64_t, int32_t> prefix_;
 
   std::vector<std::unique_ptr<Seq>> running_;
