@@ -120,7 +120,7 @@ class Server {
     // float ones need every product on the GEMV kernels (exact, slower prefill).
     bool quantized = true;
     for (const auto& L : m.weights.layers)
-      for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      for (const Tensor* t : L.linears())
         quantized = quantized && t->quant() && !t->quant()->fp8 && !t->quant()->act_float && !t->quant()->act_per_tensor;
     const bool inv = o_.invariant == "on" || (o_.invariant == "auto" && quantized);
     ops_set_batch_invariant(inv);

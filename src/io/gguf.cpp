@@ -29,6 +29,11 @@ uint64_t ggml_type_bytes(GgmlType t, uint64_t n) {
     case GgmlType::BF16: return 2 * n;
     case GgmlType::Q8_0: return n / 32 * sizeof(BlockQ8_0);
     case GgmlType::Q4_0: return n / 32 * sizeof(BlockQ4_0);
+    case GgmlType::Q2_K: return n / kQK_K * sizeof(BlockQ2_K);
+    case GgmlType::Q3_K: return n / kQK_K * sizeof(BlockQ3_K);
+    case GgmlType::Q4_K: return n / kQK_K * sizeof(BlockQ4_K);
+    case GgmlType::Q5_K: return n / kQK_K * sizeof(BlockQ5_K);
+    case GgmlType::Q6_K: return n / kQK_K * sizeof(BlockQ6_K);
   }
   return 0;
 }
@@ -40,6 +45,11 @@ const char* ggml_type_name(GgmlType t) {
     case GgmlType::BF16: return "bf16";
     case GgmlType::Q8_0: return "q8_0";
     case GgmlType::Q4_0: return "q4_0";
+    case GgmlType::Q2_K: return "q2_k";
+    case GgmlType::Q3_K: return "q3_k";
+    case GgmlType::Q4_K: return "q4_k";
+    case GgmlType::Q5_K: return "q5_k";
+    case GgmlType::Q6_K: return "q6_k";
   }
   return "?";
 }
@@ -166,6 +176,7 @@ void write_rows(const Tensor& src, GgmlType type, bool permute, int64_t hd, uint
           break;
         case GgmlType::Q8_0: quantize_row_q8_0(row.data(), reinterpret_cast<BlockQ8_0*>(d), K); break;
         case GgmlType::Q4_0: quantize_row_q4_0(row.data(), reinterpret_cast<BlockQ4_0*>(d), K); break;
+        default: break;  // k-quants are not written (yet): export's --type list refuses them first
       }
     }
   }

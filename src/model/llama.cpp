@@ -49,13 +49,6 @@ KVCache KVCache::create_paged(const ModelConfig& c, int64_t n_blocks, int64_t bl
   return kv;
 }
 
-size_t KVCache::block_bytes(const ModelConfig& c, int64_t block_size, KvType type) {
-  const double per = type == KvType::F32 ? 4 : type == KvType::BF16 ? 2 : type == KvType::I4 ? 0.5 : 1;
-  const bool scaled = type != KvType::F32 && type != KvType::BF16;
-  return (size_t)(2.0 * (double)c.n_layers * (double)c.n_kv_heads * (double)block_size *
-                  ((double)c.head_dim * per + (scaled ? 4 : 0)));
-}
-
 KVCache KVCache::create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type) {
   if (max_seq > c.max_seq_len)
     fail("context {} exceeds the model's max_position_embeddings {}", max_seq, c.max_seq_len);

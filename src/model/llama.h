@@ -41,6 +41,8 @@ struct LlamaLayer {
   std::vector<float> k_amax, v_amax;
   // Adapters on q, k, v, o, gate, up, down (in that order); null: none.
   std::array<std::shared_ptr<const LoraLinear>, 7> lora;
+  // The seven block linears in the order above (q, k, v, o, gate, up, down).
+  std::array<const Tensor*, 7> linears() const { return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down}; }
   // Served adapters (llmq serve --adapter), chosen per row by Batch::adapter: served[k - 1]
   // for adapter k.
   std::vector<std::array<std::shared_ptr<const LoraLinear>, 7>> served;
@@ -87,8 +89,6 @@ struct KVCache {
   static KVCache create(const ModelConfig& c, int64_t n_seq, int64_t max_seq, KvType type = KvType::F32);
   // n_blocks blocks of block_size positions; a Batch's pages say which block holds what.
   static KVCache create_paged(const ModelConfig& c, int64_t n_blocks, int64_t block_size, KvType type = KvType::F32);
-  // Bytes of one block over all layers (keys, values and their scales).
-  static size_t block_bytes(const ModelConfig& c, int64_t block_size, KvType type);
   size_t bytes() const;
 };
 

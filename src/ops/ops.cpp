@@ -216,7 +216,6 @@ void ops_set_threads(int n) {
 }
 void ops_set_bf16_dot(bool on) { g_bf16_dot = on; }
 void ops_set_batch_invariant(bool on) { g_invariant = on; }
-bool ops_batch_invariant() { return g_invariant; }
 bool ops_bf16_dot() { return g_bf16_dot; }
 
 int ops_threads() {
@@ -260,7 +259,9 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
     for (const auto& o : outs) gemm_bf16(k, xp, *o.W, o.out->host<float>(), n, K, o.W->dim(0));
     return;
   }
-  if ((n > kGemvMaxRows && !(g_invariant && !q0)) || !same) {
+  // Quantized products are the same arithmetic either way; float ones keep to GEMV in
+  // batch-invariant mode.
+  if (n > (q0 ? kGemvMaxRows : gemv_max_rows()) || !same) {
     for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
     return;
   }

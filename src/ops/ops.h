@@ -24,7 +24,6 @@ bool ops_bf16_dot();
 // sgemm with f32 activations (no GEMV for decode, no bf16 dot products), at a cost in
 // decode speed for float models (the weights converted/packed per call).
 void ops_set_batch_invariant(bool on);
-bool ops_batch_invariant();
 
 // out (n, M) f32 = x (n, K) f32 @ W^T, W (M, K) in f32, bf16, f16 or integer-quantized.
 // Float weights: small n runs the GEMV kernels (weights read once per 4 rows of x); larger

@@ -231,7 +231,7 @@ CalibratedBlock CalibratedQuantizer::run_block(int64_t l) {
   const LlamaLayer& L = m_.weights.layers[l];
   BlockW w{to_f32(L.attn_norm), to_f32(L.ffn_norm), to_f32(L.wq), to_f32(L.wk), to_f32(L.wv),
            to_f32(L.wo),        to_f32(L.w_gate),   to_f32(L.w_up), to_f32(L.w_down)};
-  for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+  for (const Tensor* t : L.linears())
     release_pages(t->host_data(), t->nbytes());
   CalibratedBlock out;
   if (o_.method == "gptq") gptq_block(l, w, out);

@@ -190,6 +190,7 @@ bool Engine::alloc_block(Seq& s) {
     if (b < 0) return false;
   }
   ref_[(size_t)b] = 1;
+  held_++;
   s.blocks.push_back(b);
   tables_[(size_t)s.slot].push_back(b);
   return true;
@@ -198,6 +199,7 @@ bool Engine::alloc_block(Seq& s) {
 void Engine::release(Seq& s) {
   for (int32_t b : s.blocks) {
     if (--ref_[(size_t)b] > 0) continue;
+    held_--;
     if (block_hash_[(size_t)b] == 0) free_blocks_.push_back(b);
     else if (!in_evictable_[(size_t)b]) evictable_.push_back(b), in_evictable_[(size_t)b] = 1;
   }
@@ -241,7 +243,7 @@ void Engine::admit_prefix(Seq& s) {
     auto it = prefix_.find(h);
     if (it == prefix_.end()) break;
     const int32_t b = it->second;
-    ref_[(size_t)b]++;
+    held_ += ref_[(size_t)b]++ == 0;
     s.blocks.push_back(b);
     tables_[(size_t)s.slot].push_back(b);
     s.hashes.push_back(h);
@@ -327,11 +329,7 @@ bool Engine::step() {
   std::erase_if(running_, [&](auto& s) { return ended(*s); });
   std::erase_if(waiting_, [&](auto& s) { return ended(*s); });
   if (running_.empty() && waiting_.empty()) {
-    std::lock_guard lk(mu_);
-    queued_ = incoming_.size();
-    stats_.running = stats_.waiting = 0;
-    stats_.blocks_used = 0;
-    stats_.blocks_cached = (int64_t)std::count_if(block_hash_.begin(), block_hash_.end(), [](uint64_t h) { return h != 0; });
+    publish(0, false);
     return false;
   }
   const int64_t bs = o_.block_size;
@@ -421,19 +419,20 @@ bool Engine::step() {
     after_forward(*p.s, p.rows, p.n_logits ? logits.host<float>() + p.logit0 * m_.config.vocab_size : nullptr, p.n_logits);
   }
   std::erase_if(running_, [](auto& s) { return s->done; });
-  {
-    std::lock_guard lk(mu_);
-    stats_.prompt_tokens += prompt_rows;
-    stats_.steps++;
-    queued_ = incoming_.size() + waiting_.size();
-    stats_.running = (int64_t)running_.size();
-    stats_.waiting = (int64_t)(waiting_.size() + incoming_.size());
-    stats_.blocks_used = (int64_t)std::count_if(ref_.begin(), ref_.end(), [](int32_t r) { return r > 0; });
-    int64_t cached = 0;
-    for (size_t i = 0; i < ref_.size(); i++) cached += ref_[i] == 0 && block_hash_[i] != 0;
-    stats_.blocks_cached = cached;
-  }
+  publish(prompt_rows, true);
   return true;
+}
+
+// The gauges after a step. Every block is free, held (ref > 0) or cached unreferenced.
+void Engine::publish(uint64_t prompt_rows, bool forward) {
+  std::lock_guard lk(mu_);
+  stats_.prompt_tokens += prompt_rows;
+  stats_.steps += forward;
+  queued_ = incoming_.size() + waiting_.size();
+  stats_.running = (int64_t)running_.size();
+  stats_.waiting = (int64_t)queued_;
+  stats_.blocks_used = held_;
+  stats_.blocks_cached = o_.n_blocks - (int64_t)free_blocks_.size() - held_;
 }
 
 EngineStats Engine::stats() const {

@@ -129,6 +129,7 @@ class Engine {
   void after_forward(Seq& s, int64_t rows, const float* logits, int64_t n_logits);
   void sample(Seq& s, float* logits);
   void loop();
+  void publish(uint64_t prompt_rows, bool forward);  // stats_ after a step
 
   const Model& m_;
   EngineOptions o_;
@@ -140,6 +141,7 @@ class Engine {
   // Blocks: reference counts, free list, and the prefix cache (hash of all tokens up to a
   // full block's end -> block; unreferenced cached blocks are evicted oldest first).
   std::vector<int32_t> ref_;
+  int64_t held_ = 0;  // blocks with ref_ > 0
   std::vector<uint64_t> block_hash_;  // 0: none
   std::vector<int32_t> free_blocks_;
   std::deque<int32_t> evictable_;     // may hold stale entries (checked on use)

@@ -143,7 +143,7 @@ void attach_adapter(Model& m, const std::string& dir) {
   };
   for (int l = 0; l < c.n_layers; l++) {
     LlamaLayer& L = m.weights.layers[l];
-    const Tensor* W[kBlockLinears] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+    const auto W = L.linears();
     if (a.train_norms) {
       L.attn_norm = f32(lay.attn_norm[l], {c.dim});
       L.ffn_norm = f32(lay.ffn_norm[l], {c.dim});
