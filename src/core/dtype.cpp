@@ -21,11 +21,23 @@ constexpr DTypeInfo kInfo[] = {
     {DType::F64, 64, "f64", "F64"}, {DType::I8, 8, "i8", "I8"},     {DType::U8, 8, "u8", "U8"},
     {DType::I32, 32, "i32", "I32"}, {DType::I64, 64, "i64", "I64"}, {DType::Q4, 4, "q4", ""},
     {DType::F8E4M3, 8, "f8e4m3", "F8_E4M3"},
+    {DType::Q2K, 0, "q2_k", ""}, {DType::Q3K, 0, "q3_k", ""}, {DType::Q4K, 0, "q4_k", ""},
+    {DType::Q5K, 0, "q5_k", ""}, {DType::Q6K, 0, "q6_k", ""},
 };
 const DTypeInfo& info(DType t) { return kInfo[(int)t]; }
 }  // namespace
 
 int dtype_bits(DType t) { return info(t).bits; }
+int dtype_block_bytes(DType t) {
+  switch (t) {
+    case DType::Q2K: return 84;
+    case DType::Q3K: return 110;
+    case DType::Q4K: return 144;
+    case DType::Q5K: return 176;
+    case DType::Q6K: return 210;
+    default: return 0;
+  }
+}
 std::string_view dtype_name(DType t) { return info(t).name; }
 std::string_view dtype_safetensors_name(DType t) { return info(t).st; }
 
@@ -37,7 +49,7 @@ bool dtype_try_parse_safetensors(std::string_view s, DType* out) {
 
 DType dtype_parse(std::string_view s) {
   for (const auto& i : kInfo)
-    if (s == i.name || (*i.st && s == i.st)) return i.t;
+    if (!dtype_is_kquant(i.t) && (s == i.name || (*i.st && s == i.st))) return i.t;
   if (s == "float32") return DType::F32;
   if (s == "bfloat16") return DType::BF16;
   if (s == "float16") return DType::F16;

@@ -7,16 +7,27 @@
 
 namespace llmq {
 
-enum class DType : uint8_t { F32, F16, BF16, F64, I8, U8, I32, I64, Q4 /* packed: 2 per byte */, F8E4M3 };
+enum class DType : uint8_t {
+  F32, F16, BF16, F64, I8, U8, I32, I64, Q4 /* packed: 2 per byte */, F8E4M3,
+  // GGUF k-quant blocks as the file stores them (quant/ggml_blocks.h): 256 weights per block
+  // of dtype_block_bytes() bytes; a tensor's rows hold whole blocks. No per-element bits.
+  Q2K, Q3K, Q4K, Q5K, Q6K
+};
+inline bool dtype_is_kquant(DType t) { return t >= DType::Q2K && t <= DType::Q6K; }
+// Bytes per block of 256 weights of a k-quant dtype (84 .. 210).
+int dtype_block_bytes(DType t);
 
-// Size in bits of one element (Q4 is sub-byte).
+// Size in bits of one element (Q4 is sub-byte; 0 for the k-quant blocks).
 int dtype_bits(DType t);
 std::string_view dtype_name(DType t);  // "f32", "bf16", ...
 // Parses our names and the safetensors names ("F32", "BF16", ...); throws on unknown.
 DType dtype_parse(std::string_view s);
 bool dtype_try_parse_safetensors(std::string_view s, DType* out);
 std::string_view dtype_safetensors_name(DType t);
-inline size_t dtype_bytes(DType t, int64_t n) { return (size_t)((n * dtype_bits(t) + 7) / 8); }
+inline size_t dtype_bytes(DType t, int64_t n) {
+  if (dtype_is_kquant(t)) return (size_t)((n + 255) / 256) * (size_t)dtype_block_bytes(t);
+  return (size_t)((n * dtype_bits(t) + 7) / 8);
+}
 
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }

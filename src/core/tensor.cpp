@@ -88,6 +88,7 @@ Tensor Tensor::rows(int64_t r0, int64_t r1) const {
   LLMQ_CHECK(ndim() >= 1 && 0 <= r0 && r0 <= r1 && r1 <= shape_[0]);
   int64_t inner = numel() / (shape_[0] ? shape_[0] : 1);
   LLMQ_CHECK((inner * dtype_bits(dtype_)) % 8 == 0);
+  LLMQ_CHECK(!dtype_is_kquant(dtype_) || inner % 256 == 0);
   Tensor t = *this;
   t.shape_[0] = r1 - r0;
   t.offset_ += dtype_bytes(dtype_, r0 * inner);

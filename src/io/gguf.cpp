@@ -451,10 +451,13 @@ GgufFile gguf_parse_bytes(const uint8_t* data, uint64_t size, const std::string&
     }
     const uint32_t ty = r.get<uint32_t>("tensor type");
     t.type = (GgmlType)ty;
-    if (ty != 0 && ty != 1 && ty != 2 && ty != 8 && ty != 30)
-      fail("{}: tensor {} has ggml type {} (llmq reads f32, f16, bf16, q8_0, q4_0)", path, t.name, ty);
+    if (ty != 0 && ty != 1 && ty != 2 && ty != 8 && ty != 30 && !ggml_is_kquant(t.type))
+      fail("{}: tensor {} has ggml type {} (llmq reads f32, f16, bf16, q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k)", path,
+           t.name, ty);
     if ((t.type == GgmlType::Q8_0 || t.type == GgmlType::Q4_0) && t.ne[0] % 32 != 0)
       fail("{}: tensor {}: rows of {} are not whole blocks of 32", path, t.name, t.ne[0]);
+    if (ggml_is_kquant(t.type) && t.ne[0] % kQK_K != 0)
+      fail("{}: tensor {}: rows of {} are not whole {} super-blocks of 256", path, t.name, t.ne[0], ggml_type_name(t.type));
     t.offset = r.get<uint64_t>("tensor offset");
     if (t.offset % align != 0) fail("{}: tensor {} offset {} is not aligned to {}", path, t.name, t.offset, align);
     t.bytes = ggml_type_bytes(t.type, n);
@@ -641,6 +644,25 @@ Model gguf_model_from(GgufFile f) {
         if (!std::isfinite(s)) fail("{}: {} has a non-finite block scale", path, name);
       if (file_storage) release_pages(src, (uint64_t)M * row_bytes);  // converted: the file's pages are done
       return make_quant_tensor(M, K, q8 ? 8 : 4, 32, true, false, codes.data(), scale.data(), zero.data());
+    }
+    if (ggml_is_kquant(t.type)) {
+      // k-quants run as the file stores them (kernels.h, KQMatView): a view of the file's
+      // bytes when the rows are in order, else the rows copied in Hugging Face order.
+      if (shape.size() != 2) fail("{}: {} is {}; llmq reads norms and vectors as float only", path, name, ggml_type_name(t.type));
+      const DType dt = kquant_dtype(t.type);
+      Tensor out;
+      if (!permute && file_storage) {
+        out = Tensor::view(file_storage, (size_t)(src - static_cast<const uint8_t*>(file_storage->data)), dt, shape);
+      } else {
+        out = Tensor::empty(dt, shape);
+        for (int64_t r = 0; r < M; r++)
+          std::memcpy(out.host<uint8_t>() + r * row_bytes, src + gguf_row(r) * row_bytes, row_bytes);
+        if (file_storage) release_pages(src, (uint64_t)M * row_bytes);
+      }
+      if (!kquant_scales_finite(t.type, out.host<uint8_t>(), (uint64_t)M * row_bytes))
+        fail("{}: {} has a non-finite super-block scale", path, name);
+      if (mapped && !permute) release_pages(out.host_data(), out.nbytes());  // touched only by the check
+      return out;
     }
     const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
     Tensor out;

@@ -188,6 +188,17 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_q(wv, av, Y, n, M, m0, m1); },
                 n <= kGemvMaxRows ? kQuantGemvChunks : 8, n <= kGemvMaxRows);
 }
+// GGUF k-quant weights (Q2_K..Q6_K as the file stores them): activations to int8 blocks of
+// 256 (ggml's Q8_K), then the k-quant product, decode and prefill alike.
+void matmul_kquant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
+  thread_local KQActs tl_acts;
+  KQActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
+  quantize_acts_kq(X, n, K, acts);
+  const KQMatView wv = kquant_view(W);
+  const KQActView av = acts.view();
+  parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_kq(wv, av, Y, n, M, m0, m1); },
+                n <= kGemvMaxRows ? kQuantGemvChunks : 8, n <= kGemvMaxRows);
+}
 // bf16 weights on a CPU with bf16 dot products: activations rounded to bf16 (as a bf16
 // PyTorch model computes) and packed once (kernels.h), products summed in f32, twice
 // sgemm's multiply rate.
@@ -232,7 +243,8 @@ void check_matmul(const Tensor& out, const Tensor& x, const Tensor& W) {
   if (W.dim(1) != x.dim(1) || out.dim(0) != x.dim(0) || out.dim(1) != W.dim(0))
     fail("matmul: shapes x {} W {} out {} do not agree", shape_str(x.shape()), shape_str(W.shape()),
          shape_str(out.shape()));
-  if (!W.quant() && W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16)
+  if (!W.quant() && W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16 &&
+      !dtype_is_kquant(W.dtype()))
     fail("matmul: weight dtype {} not supported", dtype_name(W.dtype()));
 }
 }  // namespace
@@ -242,10 +254,11 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   const int64_t n = x.dim(0), K = x.dim(1);
   const Tensor& W0 = *outs.begin()->W;
   const QuantInfo* q0 = W0.quant();
+  const bool kq = dtype_is_kquant(W0.dtype());  // all k-quants (any types): one Q8_K quantization
   bool same = true;  // all quantized alike (one activation quantization) or all float
   for (const auto& o : outs) {
     const QuantInfo* q = o.W->quant();
-    same = same && (q == nullptr) == (q0 == nullptr) &&
+    same = same && dtype_is_kquant(o.W->dtype()) == kq && (q == nullptr) == (q0 == nullptr) &&
            (!q || (!q->fp8 && q->perm.empty() && !q->axis0_classes && q->group == q0->group && q->act_per_token == q0->act_per_token && q->act_eps == q0->act_eps && !q->act_float &&
                     q->act_per_tensor == q0->act_per_tensor));
   }
@@ -261,7 +274,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   }
   // Quantized products are the same arithmetic either way; float ones keep to GEMV in
   // batch-invariant mode.
-  if (n > (q0 ? kGemvMaxRows : gemv_max_rows()) || !same) {
+  if (n > (q0 || kq ? kGemvMaxRows : gemv_max_rows()) || !same) {
     for (const auto& o : outs) op_matmul(*o.out, x, *o.W);
     return;
   }
@@ -273,13 +286,16 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   thread_local QActs tl_acts;
   QActs& acts = tl_acts;
   if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor, q0->act_eps);
+  thread_local KQActs tl_kacts;
+  KQActs& kacts = tl_kacts;
+  if (kq) quantize_acts_kq(X, n, K, kacts);
   const int nt = ops_threads();
   int64_t rows = 0, max_rows = 0;
   for (const auto& o : outs) {
     rows += (o.W->dim(0) + kQPanel - 1) / kQPanel * kQPanel;
     max_rows = std::max(max_rows, o.W->dim(0));
   }
-  const int64_t chunk = row_chunk(max_rows, nt, q0 ? kQuantGemvChunks : 8), n_chunks = (rows + chunk - 1) / chunk;
+  const int64_t chunk = row_chunk(max_rows, nt, q0 || kq ? kQuantGemvChunks : 8), n_chunks = (rows + chunk - 1) / chunk;
   // Rows [r0, r1) of the row space, matrix by matrix.
   auto run = [&](int64_t r0, int64_t r1) {
     int64_t base = 0;
@@ -290,6 +306,7 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
       if (m0 < m1) {
         float* Y = o.out->host<float>();
         if (q0) k.matmul_q(quant_view(W), acts.view(0, K, W.quant()->group), Y, n, M, m0, m1);
+        else if (kq) k.matmul_kq(kquant_view(W), kacts.view(), Y, n, M, m0, m1);
         else gemv_rows(k, Y, X, W, n, K, M, m0, m1);
       }
       base = end;
@@ -306,6 +323,7 @@ void op_matmul(Tensor& out, const Tensor& x, const Tensor& W) {
   float* Y = out.host<float>();
   const float* X = x.host<float>();
   if (W.quant()) return matmul_quant(k, Y, X, W, n, K, M);
+  if (dtype_is_kquant(W.dtype())) return matmul_kquant(k, Y, X, W, n, K, M);
   if (n <= gemv_max_rows()) return gemv(k, Y, X, W, n, K, M);
   if (W.dtype() == DType::F32) return sgemm_nt(X, W.host<float>(), Y, n, M, K, M);
   if (bf16_dot_applies(k, W)) {
@@ -359,7 +377,7 @@ void op_embedding(Tensor& out, const Tensor& table, const std::vector<int32_t>& 
     int64_t t = tokens[i];
     if (t < 0 || t >= V) fail("token id {} is outside the vocabulary (0..{})", t, V - 1);
     float* o = O + i * d;
-    if (table.quant()) {  // a quantized table (a GGUF's q8_0/q4_0 token_embd): one row dequantized
+    if (table.quant() || dtype_is_kquant(table.dtype())) {  // a quantized table (a GGUF's token_embd): one row dequantized
       dequantize_tensor_rows(table, t, t + 1, o);
       continue;
     }

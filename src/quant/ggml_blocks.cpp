@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -67,6 +69,29 @@ double ggml_bits_per_weight(GgmlType t) {
     case GgmlType::Q6_K: return 8.0 * sizeof(BlockQ6_K) / kQK_K;
   }
   return 0;
+}
+
+bool kquant_scales_finite(GgmlType t, const uint8_t* blocks, uint64_t bytes) {
+  // Offsets of the f16 fields in each block (ggml_blocks.h).
+  int bb = 0, o1 = 0, o2 = -1;
+  switch (t) {
+    case GgmlType::Q2_K: bb = sizeof(BlockQ2_K), o1 = offsetof(BlockQ2_K, d), o2 = offsetof(BlockQ2_K, dmin); break;
+    case GgmlType::Q3_K: bb = sizeof(BlockQ3_K), o1 = offsetof(BlockQ3_K, d); break;
+    case GgmlType::Q4_K: bb = sizeof(BlockQ4_K), o1 = offsetof(BlockQ4_K, d), o2 = offsetof(BlockQ4_K, dmin); break;
+    case GgmlType::Q5_K: bb = sizeof(BlockQ5_K), o1 = offsetof(BlockQ5_K, d), o2 = offsetof(BlockQ5_K, dmin); break;
+    case GgmlType::Q6_K: bb = sizeof(BlockQ6_K), o1 = offsetof(BlockQ6_K, d); break;
+    default: return false;
+  }
+  for (uint64_t b = 0; b + bb <= bytes; b += bb) {
+    uint16_t h;
+    std::memcpy(&h, blocks + b + o1, 2);
+    if ((h & 0x7c00) == 0x7c00) return false;  // f16 exponent all ones: inf or NaN
+    if (o2 >= 0) {
+      std::memcpy(&h, blocks + b + o2, 2);
+      if ((h & 0x7c00) == 0x7c00) return false;
+    }
+  }
+  return true;
 }
 
 namespace {

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace llmq {
 
 // Q8_0: weight = d * qs[j]; d = amax / 127, qs = round(w / d). 34 bytes: 8.5 bits per weight.
@@ -77,12 +79,21 @@ enum class GgmlType : uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30
 };
 
+// The runtime dtype of a k-quant ggml type (Q2_K -> DType::Q2K ...) and back.
+inline DType kquant_dtype(GgmlType t) { return (DType)((int)DType::Q2K + ((int)t - (int)GgmlType::Q2_K)); }
+inline GgmlType kquant_ggml(DType t) { return (GgmlType)((int)GgmlType::Q2_K + ((int)t - (int)DType::Q2K)); }
+inline bool ggml_is_kquant(GgmlType t) { return t >= GgmlType::Q2_K && t <= GgmlType::Q6_K; }
+
 // Bits per weight of a ggml block type (32 for F32, ..., 2.625 for Q2_K); 0 if unknown.
 double ggml_bits_per_weight(GgmlType t);
 
 // Reference (scalar) dequantization of n weights (n % 256 == 0) of a k-quant type, in f32
 // arithmetic in ggml's order (products not fused), so the values are ggml's bit for bit.
 void dequantize_row_kquant(GgmlType t, const void* blocks, float* y, int64_t n);
+
+// Whether every super-block's f16 scales (d, and dmin where the type has one) in `bytes`
+// bytes of k-quant blocks are finite.
+bool kquant_scales_finite(GgmlType t, const uint8_t* blocks, uint64_t bytes);
 
 // Reference (scalar) conversions of one row of n weights (n % 32 == 0).
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);

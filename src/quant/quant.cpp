@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "quant/ggml_blocks.h"
 
 namespace llmq {
 
@@ -262,6 +263,13 @@ void tensor_row_codes(const Tensor& W, int64_t r, uint8_t* codes) {
 }
 
 void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out) {
+  if (dtype_is_kquant(W.dtype())) {
+    const int64_t K = W.dim(1);
+    const size_t rb = dtype_bytes(W.dtype(), K);
+    for (int64_t r = r0; r < r1; r++)
+      dequantize_row_kquant(kquant_ggml(W.dtype()), W.host<uint8_t>() + r * rb, out + (r - r0) * K, K);
+    return;
+  }
   const QuantInfo* q = W.quant();
   LLMQ_CHECK(q != nullptr);
   const int64_t K = W.dim(1), G = q->group, ng = K / G, P = kQPanel;
@@ -289,6 +297,38 @@ void dequantize_tensor_rows(const Tensor& W, int64_t r0, int64_t r1, float* out)
     if (!q->perm.empty())  // back to input-column order
       for (int64_t j = 0; j < K; j++) out[(r - r0) * K + q->perm[j]] = tmp[j];
   }
+}
+
+KQMatView kquant_view(const Tensor& W) {
+  LLMQ_CHECK(dtype_is_kquant(W.dtype()) && W.ndim() == 2);
+  return {W.host<uint8_t>(), (int64_t)dtype_bytes(W.dtype(), W.dim(1)), W.dim(1), (int)kquant_ggml(W.dtype())};
+}
+
+void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out) {
+  LLMQ_CHECK(K % kQK_K == 0);
+  const int64_t nb = K / kQK_K;
+  out.q.resize((size_t)(n * K));
+  out.d.resize((size_t)(n * nb));
+  out.bsum.resize((size_t)(n * K / 16));
+  const CpuKernels& k = cpu_kernels();
+  parallel_for_if(n >= 8, n, 0, [&](int64_t i) {
+    float d8[8];
+    int32_t s8[8];
+    for (int64_t b = 0; b < nb; b++) {
+      const float* v = x + i * K + b * kQK_K;
+      float amax = 0.f;
+      for (int j = 0; j < kQK_K; j++) amax = std::max(amax, std::fabs(v[j]));  // NaN compares false: skipped
+      int8_t* q = out.q.data() + i * K + b * kQK_K;
+      k.quant_blocks_i8(v, kQK_K / 32, amax, q, d8, s8);
+      out.d[i * nb + b] = d8[0];
+      int16_t* bs = out.bsum.data() + i * (K / 16) + b * 16;
+      for (int j = 0; j < 16; j++) {
+        int s = 0;
+        for (int e = 0; e < 16; e++) s += q[16 * j + e];
+        bs[j] = (int16_t)s;
+      }
+    }
+  }, n <= kDecodeMaxRows);
 }
 
 QActView QActs::view(int64_t row, int64_t K, int64_t group) const {

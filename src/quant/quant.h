@@ -98,4 +98,17 @@ struct QActs {
 void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per_token, QActs& out,
                    bool per_tensor = false, float eps = 0);
 
+// Activations (n, K) for a k-quant product (kernels.h, KQActView): per 256 values one scale
+// d = amax/127 and int8 codes as quant_blocks_i8 rounds them (NaNs to 0), and the sums of
+// every 16 codes. K % 256 == 0.
+struct KQActs {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int16_t> bsum;
+  KQActView view() const { return {q.data(), d.data(), bsum.data()}; }
+};
+void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out);
+// A k-quant tensor (dtype Q2K..Q6K, rows of GGUF blocks) as the kernels' view.
+KQMatView kquant_view(const Tensor& W);
+
 }  // namespace llmq

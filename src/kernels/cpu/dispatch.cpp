@@ -47,6 +47,7 @@ CpuKernels with_q(const CpuKernels* base, const char* isa, MatmulQFn q) {
   CpuKernels k = *base;
   k.isa = isa;
   k.matmul_q = q;
+  k.matmul_kq = matmul_kq_avx2;
   return k;
 }
 const CpuKernels* table_avx2() {
@@ -63,6 +64,7 @@ const CpuKernels* table_avx512() {
                           features().avx512_vnni ? matmul_q_avx512vnni
                           : features().avx_vnni  ? matmul_q_avxvnni
                                                  : matmul_q_avx2);
+    t.matmul_kq = features().avx512_vnni ? matmul_kq_avx512vnni : matmul_kq_avx512;
     if (features().avx512_bf16) {
       t.gemm_bf16 = gemm_bf16_avx512bf16;
       t.gemm_bf16_rows = gemm_bf16_rows_avx512bf16;

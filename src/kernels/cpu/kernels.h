@@ -61,6 +61,38 @@ struct QActView {
 using MatmulQFn = void (*)(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                            int64_t m1);
 
+// GGUF k-quant weights (ggml's Q2_K..Q6_K super-blocks of 256, quant/ggml_blocks.h) as the
+// file stores them: row m's K/256 blocks at w + m*row_bytes. type is the ggml type id (10..14).
+struct KQMatView {
+  const uint8_t* w;
+  int64_t row_bytes, K;
+  int type;
+};
+// Activations for a k-quant product (ggml's Q8_K): per row, K/256 blocks of 256 int8 values
+// with one f32 scale each (value = d*q, q in [-127, 127]) and the sums of every 16 values.
+// Row i of the view starts at q + i*K, d + i*K/256, bsum + i*K/16.
+struct KQActView {
+  const int8_t* q;
+  const float* d;
+  const int16_t* bsum;
+};
+// Every k-quant super-block is read as unsigned codes u[256] (in ggml's element order), an
+// integer scale s[j] and offset multiplier o[j] per 16 weights j, and two f16-derived floats
+// d, dm, with weight[e] = d*s[e/16]*u[e] - dm*o[e/16]:
+//   Q2_K: s = scale nibble, o = min nibble, dm = dmin;   Q3_K: s = 6-bit scale - 32, o = s, dm = 4d;
+//   Q4_K, Q5_K: s, o = the 32-weight sub-block's 6-bit scale and min, dm = dmin;
+//   Q6_K: s = int8 scale, o = s, dm = 32d.
+// The product of row m and token i is then, per super-block b (activation scale x),
+//   I1[l] = sum_{c<4, k<4} s[(64c+4l+k)/16] * u[e] * q[e], e = 64c+4l+k   (l < 16, exact int32)
+//   I2[l] = o[2l]*bsum[2l] + o[2l+1]*bsum[2l+1]                            (l < 8, exact int32)
+//   F[l] = fma(float(I1[l]), x*d, F[l]);  G[l] = fma(float(I2[l]), x*dm, G[l])
+// over b in order from F = G = 0, and Y[i*ldy + m] = R16(F) - R8(G), where R halves a lane
+// vector repeatedly (v[l] += v[l + w] for w = 8, 4, 2, 1). Every table computes exactly this
+// (the lanes are the 512-bit kernel's; the 256-bit one keeps them in two registers), so the
+// results are equal bit for bit across ISAs and independent of n.
+using MatmulKQFn = void (*)(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
+                            int64_t m1);
+
 // Training's bf16 product (mixed-precision training, train/train_ops.cpp): for rows i in
 // [m0, m1) and columns j < n,
 //   C[i*ldc + j] = alpha * sum_{k < 2*Kp2} A[i*lda + k] * B(j, k)   (+ C[i*ldc + j] if accumulate)
@@ -152,6 +184,9 @@ struct CpuKernels {
   // instructions.
   MatmulQFn matmul_q = nullptr;
 
+  // k-quant matrix product, decode and prefill (KQMatView, KQActView, MatmulKQFn).
+  MatmulKQFn matmul_kq = nullptr;
+
   // Y[i*ldy + m] = sum_k W[m*K + k] * X[i, k] for i < n, m in [m0, m1), W bf16 row-major
   // and X bf16 packed by gemm_bf16_pack_x, products summed in f32: the prefill of bf16
   // weights on CPUs with AVX512_BF16. nullptr elsewhere (the ops layer then converts W to
@@ -181,6 +216,15 @@ void matmul_q_avx2(const QMatView& W, const QActView& X, float* Y, int64_t n, in
 void matmul_q_avxvnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
 void matmul_q_avx512vnni(const QMatView& W, const QActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                          int64_t m1);
+
+// k-quant matrix product variants: scalar, AVX2 (vpmaddubsw, vpmaddwd), AVX-512 BW and
+// AVX-512 VNNI (vpdpwssd).
+void matmul_kq_ref(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
+void matmul_kq_avx2(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1);
+void matmul_kq_avx512(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
+                      int64_t m1);
+void matmul_kq_avx512vnni(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
+                          int64_t m1);
 
 // Activations packed for gemm_bf16: rounded to bf16 (round to nearest even), tokens in
 // panels of 16, K padded to an even Kp; element (t, k) at

@@ -131,7 +131,7 @@ void softmax_scaled(float* x, int64_t n, float lse, float scale) {
 
 const CpuKernels kRef = {"ref", gemv_f32, gemv_bf16, gemv_f16, gemv_e4m3, cvt_bf16_f32, cvt_f16_f32, dot, axpy,
                          rmsnorm, softmax, swiglu, rope, attn_scores, attn_accum, quant_blocks_i8, logsumexp,
-                         softmax_scaled, swiglu_backward, adamw, matmul_q_ref};
+                         softmax_scaled, swiglu_backward, adamw, matmul_q_ref, matmul_kq_ref};
 }  // namespace
 
 float QMatView::scale_at(int64_t p, int64_t g, int r) const {
