@@ -27,6 +27,7 @@ struct KCase {
   std::vector<size_t> f16_offsets;  // d (and dmin) inside a block
 };
 
+int64_t ggml_type_bytes_test(GgmlType t, int64_t n) { return n / kQK_K * (int64_t)dtype_block_bytes(kquant_dtype(t)); }
 std::string ggml_type_name_test(GgmlType t) { return fmt::format("Q{}_K", (int)t - 8); }
 
 class KQuant : public ::testing::TestWithParam<KCase> {};
@@ -242,6 +243,55 @@ TEST(KQuantKernel, OpMatmulMatchesDequantizedFloat) {
           EXPECT_NEAR(outs[j].host<float>()[i * M + m], want, tol * 1.001) << "type " << j << " n " << n;
         }
     }
+  }
+}
+
+// llmq's k-quant quantizer: dequantize(quantize(x)) against the uniform-noise model of
+// round-to-nearest. Per sub-block, RTN over the sub-block's own range has step R/nmax
+// (asymmetric: R = max - min(min, 0); symmetric: step amax/nmax, the largest value on code
+// -nmax) and mean squared error step^2/12. The quantizer starts from that RTN and keeps a
+// least-squares candidate only when it is better, so before the sub-block scales are
+// themselves quantized its error is at most RTN's; storing the scales as 6-bit (Q2_K: 4-bit)
+// codes of the super-block's f16 d moves each step by at most half a level, which the 25%
+// margin covers for 6-bit levels (a step off by 1/126 of the largest changes the error by
+// ~2%) and the 60% margin for Q2_K's 4-bit levels (1/30). Gaussian rows, rows with outliers,
+// an all-zero row (must come back exactly zero) and one constant row.
+TEST(KQuantQuantize, ErrorWithinRoundToNearestModel) {
+  const int64_t K = 1024, rows = 24;
+  struct T { GgmlType t; int nmax, sub; bool sym; double margin; };
+  for (const T& c : {T{GgmlType::Q2_K, 3, 16, false, 1.6}, T{GgmlType::Q3_K, 4, 16, true, 1.25}, T{GgmlType::Q4_K, 15, 32, false, 1.25},
+                     T{GgmlType::Q5_K, 31, 32, false, 1.25}, T{GgmlType::Q6_K, 32, 16, true, 1.25}}) {
+    std::vector<float> x((size_t)(rows * K)), y((size_t)(rows * K));
+    for (int64_t i = 0; i < rows * K; i++) {
+      const int64_t r = i / K;
+      x[(size_t)i] = r == 0 ? 0.f : r == 1 ? 0.25f : (float)(rng_normal(5, (uint64_t)i) * 0.02 * (r % 3 == 0 && i % 61 == 0 ? 12 : 1) + (r % 4 == 1 ? 0.01 : 0));
+    }
+    std::vector<uint8_t> q((size_t)(rows * ggml_type_bytes_test(c.t, K)));
+    for (int64_t r = 0; r < rows; r++) {
+      quantize_row_kquant(c.t, x.data() + r * K, q.data() + r * ggml_type_bytes_test(c.t, K), K);
+      dequantize_row_kquant(c.t, q.data() + r * ggml_type_bytes_test(c.t, K), y.data() + r * K, K);
+    }
+    for (int64_t k = 0; k < K; k++) ASSERT_EQ(y[(size_t)k], 0.f) << "zero row";
+    double err = 0, model = 0, worst = 0;
+    for (int64_t r = 2; r < rows; r++) {
+      double er = 0, mr = 0;
+      for (int64_t j = 0; j < K / c.sub; j++) {
+        const float* xs = x.data() + r * K + j * c.sub;
+        float lo = 0, hi = 0, amax = 0;
+        for (int i = 0; i < c.sub; i++) lo = std::min(lo, xs[i]), hi = std::max(hi, xs[i]), amax = std::max(amax, std::fabs(xs[i]));
+        const double step = c.sym ? amax / c.nmax : (hi - lo) / c.nmax;
+        mr += step * step / 12 * c.sub;
+        for (int i = 0; i < c.sub; i++) {
+          const double e = (double)xs[i] - y[(size_t)(r * K + j * c.sub + i)];
+          er += e * e;
+        }
+      }
+      err += er, model += mr, worst = std::max(worst, er / mr);
+    }
+    EXPECT_LE(err, model * c.margin) << ggml_type_name_test(c.t) << ": MSE " << err / ((rows - 2) * K) << " vs RTN model "
+                                     << model / ((rows - 2) * K) << ", worst row ratio " << worst;
+    EXPECT_GE(err, 0.0);
+    std::printf("%s: MSE / RTN model = %.3f (worst row %.3f)\n", ggml_type_name_test(c.t).c_str(), err / model, worst);
   }
 }
 

@@ -29,7 +29,7 @@ void register_export(CLI::App& app) {
                   "(the --adapter of -m BASE as a llama.cpp LoRA GGUF)");
   cmd->add_option("--adapter", o->adapter, "gguf-lora: the LoRA adapter (PEFT layout, or a finetune run)")
       ->transform(llmq::cli::kRunLatest);
-  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0; gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32; gguf-lora: f32, f16 (default)");
+  cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k (k-quants mixed per tensor as llama.cpp mixes them); gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32; gguf-lora: f32, f16 (default)");
   cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
   cmd->add_option("--out", o->out, "output file (gguf) or directory (gptq, hf)")->required();

@@ -154,6 +154,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--ctx", o->g.context, "KV-cache length (default: prompt + max new tokens)")->check(llmq::cli::kNonNegative);
   o->kv.add(cmd);
   cmd->add_flag("--json", o->json, "print one JSON object with tokens, text, stop reasons and speeds");
+  cmd->add_option("--logprobs", o->g.top_logprobs, "with --json: the N most likely tokens and their log probabilities at each step")
+      ->check(CLI::Range(0, 20));
   cmd->add_flag("--batch-invariant", o->invariant, "every product on the GEMV kernels, as llmq serve runs float models "
                 "with --batch-invariant on (same bits; quantized models are the same either way)");
   cmd->add_option("--tp", o->tp, "tensor-parallel ranks: run under `mpirun -np N` with --tp N (Megatron layout; "
@@ -268,6 +270,15 @@ void register_generate(CLI::App& app) {
       for (size_t i = 0; i < res.size(); i++) {
         nlohmann::json r = {{"prompt_tokens", prompts[i].size()}, {"tokens", res[i].tokens}, {"stop", stop_reason_name(res[i].reason)}};
         if (ts) r["text"] = ts->text(i);
+        if (o->g.top_logprobs > 0) {
+          nlohmann::json tl = nlohmann::json::array();
+          for (const auto& step : res[i].top) {
+            nlohmann::json a = nlohmann::json::array();
+            for (const auto& [id, lp] : step) a.push_back({{"id", id}, {"logprob", lp}});
+            tl.push_back(a);
+          }
+          r["top_logprobs"] = tl;
+        }
         j["results"].push_back(r);
       }
       fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));

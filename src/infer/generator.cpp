@@ -2,6 +2,7 @@
 #include "infer/generator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 
 #include "core/error.h"
@@ -49,6 +50,21 @@ std::vector<GenerateResult> generate(const Model& m, const std::vector<std::vect
   using clock = std::chrono::steady_clock;
 
   auto choose = [&](size_t i, float* logits) {
+    if (opt.top_logprobs > 0) {  // before the sampler transforms the logits
+      const int64_t V = c.vocab_size;
+      double mx = -INFINITY, s = 0;
+      for (int64_t v = 0; v < V; v++) mx = std::max(mx, (double)logits[v]);
+      for (int64_t v = 0; v < V; v++) s += std::exp((double)logits[v] - mx);
+      const double lse = mx + std::log(s);
+      std::vector<int32_t> ids((size_t)V);
+      for (int64_t v = 0; v < V; v++) ids[(size_t)v] = (int32_t)v;
+      const size_t k = std::min<size_t>((size_t)opt.top_logprobs, (size_t)V);
+      std::partial_sort(ids.begin(), ids.begin() + (std::ptrdiff_t)k, ids.end(),
+                        [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+      std::vector<std::pair<int32_t, float>> top;
+      for (size_t j = 0; j < k; j++) top.push_back({ids[j], (float)((double)logits[ids[j]] - lse)});
+      res[i].top.push_back(std::move(top));
+    }
     int32_t t = samplers[i].sample({logits, (size_t)c.vocab_size}, hist[i]);
     auto& r = res[i];
     if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), t) != opt.eos_ids.end()) {

@@ -17,6 +17,7 @@ struct GenerateOptions {
   int64_t context = 0;                             // KV cache length; 0: prompt + max_new
   KvType kv_type = KvType::F32;                    // KV-cache element type
   std::vector<uint64_t> seeds;                     // per sequence, when given (else sampling.seed + i)
+  int top_logprobs = 0;                            // record the k most likely tokens at each step
 };
 
 enum class StopReason { Length, Eos, StopSequence, Context };
@@ -24,6 +25,9 @@ const char* stop_reason_name(StopReason r);
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated tokens only
+  // With top_logprobs k: per chosen token (and a final eos), the k most likely (id, log
+  // probability under the model's raw logits), most likely first.
+  std::vector<std::vector<std::pair<int32_t, float>>> top;
   StopReason reason = StopReason::Length;
   double prefill_seconds = 0, decode_seconds = 0;
 };

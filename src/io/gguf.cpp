@@ -176,22 +176,97 @@ void write_rows(const Tensor& src, GgmlType type, bool permute, int64_t hd, uint
           break;
         case GgmlType::Q8_0: quantize_row_q8_0(row.data(), reinterpret_cast<BlockQ8_0*>(d), K); break;
         case GgmlType::Q4_0: quantize_row_q4_0(row.data(), reinterpret_cast<BlockQ4_0*>(d), K); break;
-        default: break;  // k-quants are not written (yet): export's --type list refuses them first
+        default: quantize_row_kquant(type, row.data(), d, K); break;
       }
     }
   }
 }
 
+// The k-quant file types llama.cpp's quantizer names (llama_ftype ids) and their base type.
+struct KFileType {
+  const char* name;
+  uint32_t id;
+  GgmlType base;
+};
+constexpr KFileType kKFileTypes[] = {
+    {"q2_k", 10, GgmlType::Q2_K},   {"q3_k_s", 11, GgmlType::Q3_K}, {"q3_k_m", 12, GgmlType::Q3_K},
+    {"q3_k_l", 13, GgmlType::Q3_K}, {"q4_k_s", 14, GgmlType::Q4_K}, {"q4_k_m", 15, GgmlType::Q4_K},
+    {"q5_k_s", 16, GgmlType::Q5_K}, {"q5_k_m", 17, GgmlType::Q5_K}, {"q6_k", 18, GgmlType::Q6_K},
+};
+
 }  // namespace
+
+const char* kGgufExportTypes = "f32, f16, q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k";
+
+std::string gguf_file_type_name(const GgufFile& f) {
+  auto it = f.kv.find("general.file_type");
+  if (it == f.kv.end() || !std::holds_alternative<uint32_t>(it->second)) return "mixed";
+  const uint32_t id = std::get<uint32_t>(it->second);
+  for (const auto& k : kKFileTypes)
+    if (k.id == id) return k.name;
+  switch (id) {
+    case 0: return "f32";
+    case 1: return "f16";
+    case 2: return "q4_0";
+    case 7: return "q8_0";
+    case 32: return "bf16";
+    default: return fmt::format("unknown ({})", id);
+  }
+}
+
+GgmlType gguf_kmix_type(const std::string& ftype, GgufRole role, int64_t layer, int64_t n_layers, int64_t n_gqa,
+                        int64_t K) {
+  const KFileType* ft = nullptr;
+  for (const auto& k : kKFileTypes)
+    if (ftype == k.name) ft = &k;
+  if (!ft) fail("export: '{}' is not a k-quant file type ({})", ftype, kGgufExportTypes);
+  const GgmlType Q3 = GgmlType::Q3_K, Q4 = GgmlType::Q4_K, Q5 = GgmlType::Q5_K, Q6 = GgmlType::Q6_K;
+  const std::string f = ftype;
+  // llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+  const bool more = layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+  GgmlType t = ft->base;
+  switch (role) {
+    case GgufRole::Output:
+      if (K % kQK_K != 0) return GgmlType::Q8_0;
+      return Q6;
+    case GgufRole::AttnV:
+      if (f == "q2_k") t = n_gqa >= 4 ? Q4 : Q3;
+      else if (f == "q3_k_m") t = layer < 2 ? Q5 : Q4;
+      else if (f == "q3_k_l") t = Q5;
+      else if ((f == "q4_k_m" || f == "q5_k_m") && more) t = Q6;
+      else if (f == "q4_k_s" && layer < 4) t = Q5;
+      break;
+    case GgufRole::FfnDown:
+      if (f == "q2_k") t = Q3;
+      else if (f == "q3_k_m") t = layer < n_layers / 16 ? Q5 : Q4;
+      else if (f == "q3_k_l") t = Q5;
+      else if ((f == "q4_k_m" || f == "q5_k_m") && more) t = Q6;
+      else if (f == "q4_k_s" && layer < n_layers / 8) t = Q5;
+      break;
+    case GgufRole::AttnOutput:
+      if (f == "q2_k") t = Q3;
+      else if (f == "q3_k_m") t = Q4;
+      else if (f == "q3_k_l") t = Q5;
+      break;
+    default: break;
+  }
+  if (K % kQK_K != 0)  // rows that are not whole super-blocks: llama.cpp's fallbacks, Q5_0/Q5_1 as Q8_0
+    return t == GgmlType::Q2_K || t == Q3 ? GgmlType::Q4_0 : GgmlType::Q8_0;
+  return t;
+}
 
 void gguf_export(const std::string& model_dir, const std::string& out, const GgufExportOptions& o) {
   GgmlType mt;
   uint32_t file_type;
+  const KFileType* kft = nullptr;
+  for (const auto& k : kKFileTypes)
+    if (o.type == k.name) kft = &k;
   if (o.type == "f32") mt = GgmlType::F32, file_type = 0;
   else if (o.type == "f16") mt = GgmlType::F16, file_type = 1;
   else if (o.type == "q8_0") mt = GgmlType::Q8_0, file_type = 7;
   else if (o.type == "q4_0") mt = GgmlType::Q4_0, file_type = 2;
-  else fail("export: GGUF type '{}' is not supported (f32, f16, q8_0 or q4_0)", o.type);
+  else if (kft) mt = kft->base, file_type = kft->id;
+  else fail("export: GGUF type '{}' is not supported ({})", o.type, kGgufExportTypes);
   {
     const ModelConfig probe = config_load((fs::path(model_dir) / "config.json").string());
     if (probe.quant.enabled)
@@ -217,7 +292,7 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
   w.set("general.name", fs::path(model_dir).filename().string());
   w.set("general.alignment", (uint32_t)kAlign);
   w.set("general.file_type", file_type);
-  if (mt == GgmlType::Q8_0 || mt == GgmlType::Q4_0) w.set("general.quantization_version", (uint32_t)2);
+  if (mt != GgmlType::F32 && mt != GgmlType::F16) w.set("general.quantization_version", (uint32_t)2);
   w.set("llama.vocab_size", (uint32_t)c.vocab_size);
   w.set("llama.context_length", (uint32_t)c.max_seq_len);
   w.set("llama.embedding_length", (uint32_t)c.dim);
@@ -250,15 +325,20 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
     }
   }
   const int64_t hd = c.head_dim;
-  auto mat = [&](const std::string& name, const Tensor& t, bool permute = false) {
-    w.add_tensor(name, mt, {(uint64_t)t.dim(1), (uint64_t)t.dim(0)},
-                 [&t, mt, permute, hd](uint8_t* d) { write_rows(t, mt, permute, hd, d); });
+  // Each matrix's type: the file type's, or for a k-quant file type llama.cpp's choice for
+  // its role and layer (gguf_kmix_type).
+  auto mat = [&](const std::string& name, const Tensor& t, bool permute = false, GgufRole role = GgufRole::Other,
+                 int64_t layer = 0) {
+    const GgmlType ty = kft ? gguf_kmix_type(o.type, role, layer, c.n_layers, c.n_heads / c.n_kv_heads, t.dim(1)) : mt;
+    w.add_tensor(name, ty, {(uint64_t)t.dim(1), (uint64_t)t.dim(0)},
+                 [&t, ty, permute, hd](uint8_t* d) { write_rows(t, ty, permute, hd, d); });
   };
   auto vec = [&](const std::string& name, const Tensor& t) {
     w.add_tensor(name, GgmlType::F32, {(uint64_t)t.numel()}, [&t](uint8_t* d) { write_rows(t, GgmlType::F32, false, 0, d); });
   };
   const LlamaWeights& W = m.weights;
-  mat("token_embd.weight", W.embed);
+  // Tied embeddings are the output matrix too: llama.cpp quantizes them as the output.
+  mat("token_embd.weight", W.embed, false, c.tie_embeddings ? GgufRole::Output : GgufRole::Other);
   std::vector<float> rope_factors;
   if (c.rope_scaling.enabled) {
     // llama.cpp divides each rotary frequency by rope_freqs[i]: the ratio of the unscaled
@@ -272,17 +352,17 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
     const LlamaLayer& L = W.layers[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     vec(p + "attn_norm.weight", L.attn_norm);
-    mat(p + "attn_q.weight", L.wq, true);
-    mat(p + "attn_k.weight", L.wk, true);
-    mat(p + "attn_v.weight", L.wv);
-    mat(p + "attn_output.weight", L.wo);
+    mat(p + "attn_q.weight", L.wq, true, GgufRole::Other, l);
+    mat(p + "attn_k.weight", L.wk, true, GgufRole::Other, l);
+    mat(p + "attn_v.weight", L.wv, false, GgufRole::AttnV, l);
+    mat(p + "attn_output.weight", L.wo, false, GgufRole::AttnOutput, l);
     vec(p + "ffn_norm.weight", L.ffn_norm);
-    mat(p + "ffn_gate.weight", L.w_gate);
-    mat(p + "ffn_up.weight", L.w_up);
-    mat(p + "ffn_down.weight", L.w_down);
+    mat(p + "ffn_gate.weight", L.w_gate, false, GgufRole::Other, l);
+    mat(p + "ffn_up.weight", L.w_up, false, GgufRole::Other, l);
+    mat(p + "ffn_down.weight", L.w_down, false, GgufRole::FfnDown, l);
   }
   vec("output_norm.weight", W.norm);
-  if (!c.tie_embeddings) mat("output.weight", W.lm_head);
+  if (!c.tie_embeddings) mat("output.weight", W.lm_head, false, GgufRole::Output);
   Progress bar("exporting " + out, 1, o.progress);
   w.write(out, [&](uint64_t done, uint64_t total) {
     bar = Progress("exporting " + out, total, o.progress);

@@ -54,14 +54,28 @@ class GgufWriter {
 uint64_t ggml_type_bytes(GgmlType t, uint64_t n);
 const char* ggml_type_name(GgmlType t);
 
+// The types gguf_export writes, for messages and --help.
+extern const char* kGgufExportTypes;
+// A matrix's role in llama.cpp's k-quant mixes.
+enum class GgufRole { Other, Output, AttnV, AttnOutput, FfnDown };
+// The ggml type llama.cpp's quantizer (llama-quant.cpp, Llama architecture, no experts, no
+// importance matrix) gives a matrix of `role` in `layer` for a k-quant file type (q2_k,
+// q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k): the output (and tied embeddings) Q6_K; attn_v,
+// attn_output and ffn_down raised in the _m/_l/q2_k mixes; rows that are not whole
+// super-blocks fall back (Q2_K/Q3_K to Q4_0; the rest to Q8_0, where llama.cpp would take
+// Q5_0/Q5_1, which llmq does not write). K is the row length.
+GgmlType gguf_kmix_type(const std::string& ftype, GgufRole role, int64_t layer, int64_t n_layers, int64_t n_gqa,
+                        int64_t K);
+
 struct GgufExportOptions {
-  std::string type = "f16";  // f32 | f16 | q8_0 | q4_0
+  std::string type = "f16";  // f32 | f16 | q8_0 | q4_0 | a k-quant file type (kGgufExportTypes)
   bool progress = true;
 };
 // Exports a (float) model directory with its tokenizer to a GGUF file llama.cpp loads:
 // llama.* keys, q/k rows permuted back to Meta's interleaved rotary order, rope_freqs for
 // Llama 3.1-style scaling, Llama 3 BPE or SentencePiece vocabulary. Norms stay f32; with
-// q8_0/q4_0 every matrix (embeddings and output included) uses the type.
+// q8_0/q4_0 every matrix (embeddings and output included) uses the type; a k-quant file type
+// mixes types per matrix as llama.cpp does (gguf_kmix_type).
 void gguf_export(const std::string& model_dir, const std::string& out, const GgufExportOptions& o);
 
 // A LoRA adapter as llama.cpp loads one (convert_lora_to_gguf.py's layout): general.type
@@ -94,6 +108,9 @@ struct GgufFile {
   const uint8_t* data = nullptr;
   uint64_t size = 0;
 };
+// The file type a GGUF declares (general.file_type: "q4_k_m", "q8_0", ...; "unknown (N)"),
+// or, without one, "mixed".
+std::string gguf_file_type_name(const GgufFile& f);
 // Validates everything (sizes, offsets, types, counts) and fails naming the file.
 GgufFile gguf_parse(const std::string& path);
 // Parses from memory (the fuzz target's entry point); `path` names it in errors.

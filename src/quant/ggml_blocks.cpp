@@ -190,4 +190,230 @@ void dequantize_row_kquant(GgmlType t, const void* blocks, float* y, int64_t n) 
   }
 }
 
+
+// ---- k-quant quantization (llmq's own; the algorithms as ggml describes them) ----
+//
+// Asymmetric types (Q2_K, Q4_K, Q5_K): each sub-block gets x ~ s*q - m, q in 0..nmax,
+// s >= 0, m >= 0 (the block minimum, or 0 when every value is positive), chosen by
+// weighted least squares over a small grid of candidate step sizes around (max - min)/nmax
+// (codes from the candidate, then the best s and m for those codes in closed form, keeping
+// the candidate with the least weighted squared error). The sub-block scales and mins are
+// then quantized against the super-block's f16 d and dmin (6 bits, or 4 for Q2_K), and the
+// codes recomputed with the scales actually stored.
+// Symmetric types (Q3_K, Q6_K): x ~ s*q, q in -nmax..nmax-1, s signed (its sign is that of
+// the largest-magnitude value, so that value can take the code -nmax), chosen the same way
+// over candidates around nmax/|max|; scales quantized to 6-bit signed (Q3_K) or int8 (Q6_K).
+namespace {
+
+int nearest(float v) { return (int)std::nearbyint(v); }
+
+// Weighted asymmetric fit of n values: returns s, m (x ~ s*q - m) and codes L.
+void fit_asym(const float* x, const float* w, int n, int nmax, float rmin, float rdelta, int nstep, float& s_out,
+              float& m_out, uint8_t* L) {
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < n; i++) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  if (lo > 0) lo = 0;
+  if (hi <= lo) {
+    for (int i = 0; i < n; i++) L[i] = 0;
+    s_out = 0, m_out = -lo;
+    return;
+  }
+  float best_s = (hi - lo) / (float)nmax, best_m = lo, best_err = INFINITY;
+  uint8_t cand[32];
+  for (int is = -1; is <= nstep; is++) {
+    // is = -1: plain round-to-nearest over [lo, hi]; then the candidate steps.
+    const float iscale = is < 0 ? (float)nmax / (hi - lo) : (rmin + rdelta * (float)is + (float)nmax) / (hi - lo);
+    double sw = 0, sl = 0, sl2 = 0, sx = 0, sxl = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax);
+      cand[i] = (uint8_t)l;
+      sw += w[i], sl += w[i] * l, sl2 += (double)w[i] * l * l, sx += w[i] * x[i], sxl += (double)w[i] * l * x[i];
+    }
+    float s = 1.f / iscale, m = lo;
+    if (is >= 0) {  // least squares for the codes: minimize sum w (s*l + m - x)^2
+      const double D = sw * sl2 - sl * sl;
+      if (D <= 0) continue;
+      s = (float)((sw * sxl - sx * sl) / D);
+      m = (float)((sl2 * sx - sl * sxl) / D);
+      if (m > 0) m = 0, s = sl2 > 0 ? (float)(sxl / sl2) : 0.f;
+      if (s < 0) continue;
+    }
+    double err = 0;
+    for (int i = 0; i < n; i++) {
+      const double e = (double)s * cand[i] + m - x[i];
+      err += w[i] * e * e;
+    }
+    if (err < best_err) {
+      best_err = (float)err, best_s = s, best_m = m;
+      std::memcpy(L, cand, (size_t)n);
+    }
+  }
+  s_out = best_s, m_out = -best_m;
+}
+
+// Weighted symmetric fit: returns the signed s (x ~ s*q, q in -nmax..nmax-1).
+float fit_sym(const float* x, const float* w, int n, int nmax) {
+  float amax = 0, mx = 0;
+  for (int i = 0; i < n; i++)
+    if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), mx = x[i];
+  if (amax == 0) return 0;
+  float best_s = -mx / (float)nmax, best_err = INFINITY;
+  for (int is = -9; is <= 9; is++) {
+    const float iscale = -((float)nmax + 0.1f * (float)is) / mx;
+    double slx = 0, sl2 = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = std::clamp(nearest(iscale * x[i]), -nmax, nmax - 1);
+      slx += (double)w[i] * l * x[i], sl2 += (double)w[i] * l * l;
+    }
+    if (sl2 <= 0) continue;
+    const float s = (float)(slx / sl2);
+    double err = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = s != 0 ? std::clamp(nearest(x[i] / s), -nmax, nmax - 1) : 0;
+      const double e = (double)s * l - x[i];
+      err += w[i] * e * e;
+    }
+    if (err < best_err) best_err = (float)err, best_s = s;
+  }
+  return best_s;
+}
+
+// Super-block scale for values v (>= 0) quantized to 0..qmax: f16 d and the codes.
+float level_scale(const float* v, int n, int qmax, int* q) {
+  float mx = 0;
+  for (int i = 0; i < n; i++) mx = std::max(mx, v[i]);
+  const float d = f16_to_f32(f32_to_f16(mx / (float)qmax));
+  for (int i = 0; i < n; i++) q[i] = d > 0 ? std::clamp(nearest(v[i] / d), 0, qmax) : 0;
+  return d;
+}
+
+// Asymmetric super-block: nsub sub-blocks of 256/nsub; scale/min codes to 0..qmax.
+void quant_asym_block(const float* x, int nsub, int nmax, int qmax, float rmin, float rdelta, int nstep, bool weight_av,
+                      uint8_t* u, int* ls, int* lm, uint16_t& d16, uint16_t& dmin16) {
+  const int sn = 256 / nsub;
+  float s[16], m[16], w[32];
+  for (int j = 0; j < nsub; j++) {
+    const float* xs = x + j * sn;
+    float av = 0;
+    if (weight_av) {
+      double s2 = 0;
+      for (int i = 0; i < sn; i++) s2 += (double)xs[i] * xs[i];
+      av = (float)std::sqrt(s2 / sn);
+    }
+    for (int i = 0; i < sn; i++) w[i] = av + std::fabs(xs[i]);
+    fit_asym(xs, w, sn, nmax, rmin, rdelta, nstep, s[j], m[j], u + j * sn);
+  }
+  const float d = level_scale(s, nsub, qmax, ls), dmin = level_scale(m, nsub, qmax, lm);
+  d16 = f32_to_f16(d), dmin16 = f32_to_f16(dmin);
+  for (int j = 0; j < nsub; j++) {
+    const float dl = d * (float)ls[j], ml = dmin * (float)lm[j];
+    for (int i = 0; i < sn; i++)
+      u[j * sn + i] = dl > 0 ? (uint8_t)std::clamp(nearest((x[j * sn + i] + ml) / dl), 0, nmax) : 0;
+  }
+}
+
+// Symmetric super-block of 16 sub-blocks of 16: codes u = q + nmax in 0..2nmax-1, the
+// signed scale codes sc in -qmax..qmax-1 against d.
+void quant_sym_block(const float* x, int nmax, int qmax, uint8_t* u, int* sc, uint16_t& d16) {
+  float s[16], w[16], smax = 0, sm = 0;
+  for (int j = 0; j < 16; j++) {
+    for (int i = 0; i < 16; i++) w[i] = x[16 * j + i] * x[16 * j + i];
+    s[j] = fit_sym(x + 16 * j, w, 16, nmax);
+    if (std::fabs(s[j]) > smax) smax = std::fabs(s[j]), sm = s[j];
+  }
+  float d = 0;
+  if (smax > 0) {
+    d = f16_to_f32(f32_to_f16(sm / -(float)qmax));  // the largest scale takes code -qmax
+  }
+  d16 = f32_to_f16(d);
+  for (int j = 0; j < 16; j++) {
+    sc[j] = d != 0 ? std::clamp(nearest(s[j] / d), -qmax, qmax - 1) : 0;
+    const float dl = d * (float)sc[j];
+    for (int i = 0; i < 16; i++)
+      u[16 * j + i] = (uint8_t)((dl != 0 ? std::clamp(nearest(x[16 * j + i] / dl), -nmax, nmax - 1) : 0) + nmax);
+  }
+}
+
+}  // namespace
+
+void quantize_row_kquant(GgmlType t, const float* x, void* out, int64_t n) {
+  if (n % kQK_K) fail("k-quant row of {} weights is not a multiple of {}", n, kQK_K);
+  for (int64_t b = 0; b < n / kQK_K; b++, x += kQK_K) {
+    uint8_t u[256];
+    int ls[16], lm[16];
+    switch (t) {
+      case GgmlType::Q2_K: {
+        BlockQ2_K y{};
+        quant_asym_block(x, 16, 3, 15, -0.5f, 0.1f, 15, false, u, ls, lm, y.d, y.dmin);
+        for (int j = 0; j < 16; j++) y.scales[j] = (uint8_t)(ls[j] | (lm[j] << 4));
+        for (int e = 0; e < 256; e++) y.qs[32 * (e / 128) + e % 32] |= (uint8_t)(u[e] << (2 * ((e / 32) % 4)));
+        static_cast<BlockQ2_K*>(out)[b] = y;
+        break;
+      }
+      case GgmlType::Q3_K: {
+        BlockQ3_K y{};
+        int sc[16];
+        quant_sym_block(x, 4, 32, u, sc, y.d);
+        for (int j = 0; j < 16; j++) {
+          const int l = sc[j] + 32;  // 0..63
+          y.scales[j % 8] |= (uint8_t)((l & 15) << (4 * (j / 8)));
+          y.scales[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+        for (int e = 0; e < 256; e++) {
+          y.qs[32 * (e / 128) + e % 32] |= (uint8_t)((u[e] & 3) << (2 * ((e / 32) % 4)));
+          y.hmask[e % 32] |= (uint8_t)((u[e] >> 2) << (e / 32));
+        }
+        static_cast<BlockQ3_K*>(out)[b] = y;
+        break;
+      }
+      case GgmlType::Q4_K:
+      case GgmlType::Q5_K: {
+        const bool five = t == GgmlType::Q5_K;
+        uint8_t scales[12] = {}, qs[128] = {}, qh[32] = {};
+        uint16_t d, dmin;
+        quant_asym_block(x, 8, five ? 31 : 15, 63, five ? -0.5f : -1.f, 0.1f, five ? 15 : 20, true, u, ls, lm, d, dmin);
+        for (int j = 0; j < 8; j++) {
+          if (j < 4) {
+            scales[j] = (uint8_t)ls[j], scales[j + 4] = (uint8_t)lm[j];
+          } else {
+            scales[j + 4] = (uint8_t)((ls[j] & 15) | ((lm[j] & 15) << 4));
+            scales[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+            scales[j] |= (uint8_t)((lm[j] >> 4) << 6);
+          }
+        }
+        for (int e = 0; e < 256; e++) {
+          qs[32 * (e / 64) + e % 32] |= (uint8_t)((u[e] & 15) << (4 * ((e / 32) % 2)));
+          if (five) qh[e % 32] |= (uint8_t)((u[e] >> 4) << (e / 32));
+        }
+        if (five) {
+          BlockQ5_K y;
+          y.d = d, y.dmin = dmin;
+          std::memcpy(y.scales, scales, 12), std::memcpy(y.qh, qh, 32), std::memcpy(y.qs, qs, 128);
+          static_cast<BlockQ5_K*>(out)[b] = y;
+        } else {
+          BlockQ4_K y;
+          y.d = d, y.dmin = dmin;
+          std::memcpy(y.scales, scales, 12), std::memcpy(y.qs, qs, 128);
+          static_cast<BlockQ4_K*>(out)[b] = y;
+        }
+        break;
+      }
+      case GgmlType::Q6_K: {
+        BlockQ6_K y{};
+        int sc[16];
+        quant_sym_block(x, 32, 128, u, sc, y.d);
+        for (int j = 0; j < 16; j++) y.scales[j] = (int8_t)sc[j];
+        for (int e = 0; e < 256; e++) {
+          const int h = e / 128, r = e % 128;
+          y.ql[64 * h + r % 64] |= (uint8_t)((u[e] & 15) << (4 * (r / 64)));
+          y.qh[32 * h + r % 32] |= (uint8_t)((u[e] >> 4) << (2 * (r / 32)));
+        }
+        static_cast<BlockQ6_K*>(out)[b] = y;
+        break;
+      }
+      default: fail("quantize_row_kquant: ggml type {} is not a k-quant", (uint32_t)t);
+    }
+  }
+}
+
 }  // namespace llmq

@@ -91,6 +91,10 @@ double ggml_bits_per_weight(GgmlType t);
 // arithmetic in ggml's order (products not fused), so the values are ggml's bit for bit.
 void dequantize_row_kquant(GgmlType t, const void* blocks, float* y, int64_t n);
 
+// llmq's k-quant quantizer of n weights (n % 256 == 0) into n/256 blocks of type t
+// (algorithm at its definition in ggml_blocks.cpp).
+void quantize_row_kquant(GgmlType t, const float* x, void* blocks, int64_t n);
+
 // Whether every super-block's f16 scales (d, and dmin where the type has one) in `bytes`
 // bytes of k-quant blocks are finite.
 bool kquant_scales_finite(GgmlType t, const uint8_t* blocks, uint64_t bytes);
