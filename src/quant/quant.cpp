@@ -304,10 +304,11 @@ KQMatView kquant_view(const Tensor& W) {
   return {W.host<uint8_t>(), (int64_t)dtype_bytes(W.dtype(), W.dim(1)), W.dim(1), (int)kquant_ggml(W.dtype())};
 }
 
-void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out) {
+void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out, bool q45) {
   LLMQ_CHECK(K % kQK_K == 0);
   const int64_t nb = K / kQK_K;
   out.q.resize((size_t)(n * K));
+  out.q45.resize(q45 ? (size_t)(n * K) : 0);
   out.d.resize((size_t)(n * nb));
   out.bsum.resize((size_t)(n * K / 16));
   const CpuKernels& k = cpu_kernels();
@@ -326,6 +327,12 @@ void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out) {
         int s = 0;
         for (int e = 0; e < 16; e++) s += q[16 * j + e];
         bs[j] = (int16_t)s;
+      }
+      if (q45) {  // byte b of register r is element 64(2(r/2) + b/32) + 32(r%2) + b%32
+        int8_t* p = out.q45.data() + i * K + b * kQK_K;
+        for (int r = 0; r < 4; r++)
+          for (int h = 0; h < 2; h++)
+            std::memcpy(p + 64 * r + 32 * h, q + 64 * (2 * (r / 2) + h) + 32 * (r % 2), 32);
       }
     }
   }, n <= kDecodeMaxRows);

@@ -102,12 +102,13 @@ void quantize_acts(const float* x, int64_t n, int64_t K, int64_t group, bool per
 // d = amax/127 and int8 codes as quant_blocks_i8 rounds them (NaNs to 0), and the sums of
 // every 16 codes. K % 256 == 0.
 struct KQActs {
-  std::vector<int8_t> q;
+  std::vector<int8_t> q, q45;
   std::vector<float> d;
   std::vector<int16_t> bsum;
-  KQActView view() const { return {q.data(), d.data(), bsum.data()}; }
+  KQActView view() const { return {q.data(), d.data(), bsum.data(), q45.empty() ? nullptr : q45.data()}; }
 };
-void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out);
+// q45: also the codes in the Q4_K/Q5_K kernels' order (KQActView::q45).
+void quantize_acts_kq(const float* x, int64_t n, int64_t K, KQActs& out, bool q45 = true);
 // A k-quant tensor (dtype Q2K..Q6K, rows of GGUF blocks) as the kernels' view.
 KQMatView kquant_view(const Tensor& W);
 

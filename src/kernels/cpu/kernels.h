@@ -70,11 +70,13 @@ struct KQMatView {
 };
 // Activations for a k-quant product (ggml's Q8_K): per row, K/256 blocks of 256 int8 values
 // with one f32 scale each (value = d*q, q in [-127, 127]) and the sums of every 16 values.
-// Row i of the view starts at q + i*K, d + i*K/256, bsum + i*K/16.
+// q45 holds the same codes in the Q4_K/Q5_K kernels' order (below), for those types.
+// Row i of the view starts at q + i*K (q45 + i*K), d + i*K/256, bsum + i*K/16.
 struct KQActView {
   const int8_t* q;
   const float* d;
   const int16_t* bsum;
+  const int8_t* q45 = nullptr;
 };
 // Every k-quant super-block is read as unsigned codes u[256] (in ggml's element order), an
 // integer scale s[j] and offset multiplier o[j] per 16 weights j, and two f16-derived floats
@@ -82,14 +84,18 @@ struct KQActView {
 //   Q2_K: s = scale nibble, o = min nibble, dm = dmin;   Q3_K: s = 6-bit scale - 32, o = s, dm = 4d;
 //   Q4_K, Q5_K: s, o = the 32-weight sub-block's 6-bit scale and min, dm = dmin;
 //   Q6_K: s = int8 scale, o = s, dm = 32d.
-// The product of row m and token i is then, per super-block b (activation scale x),
-//   I1[l] = sum_{c<4, k<4} s[(64c+4l+k)/16] * u[e] * q[e], e = 64c+4l+k   (l < 16, exact int32)
-//   I2[l] = o[2l]*bsum[2l] + o[2l+1]*bsum[2l+1]                            (l < 8, exact int32)
+// The kernels take the elements in a fixed order of 4 "registers" of 64: element
+// e = P(r, b) at byte b of register r, P(r, b) = 64r + b, except for Q4_K/Q5_K, whose codes
+// unpack without shuffles in the order P(r, b) = 64(2(r/2) + b/32) + 32(r%2) + b%32 (the low
+// then high nibbles of 64 code bytes; q45 holds the activations in that order). The product
+// of row m and token i is then, per super-block (activation scale x),
+//   I1[l] = sum_{r<4, k<4} s[e/16] * u[e] * q[e], e = P(r, 4l+k)  (l < 16, exact int32)
+//   I2[l] = o[2l]*bsum[2l] + o[2l+1]*bsum[2l+1]                     (l < 8, exact int32)
 //   F[l] = fma(float(I1[l]), x*d, F[l]);  G[l] = fma(float(I2[l]), x*dm, G[l])
-// over b in order from F = G = 0, and Y[i*ldy + m] = R16(F) - R8(G), where R halves a lane
-// vector repeatedly (v[l] += v[l + w] for w = 8, 4, 2, 1). Every table computes exactly this
-// (the lanes are the 512-bit kernel's; the 256-bit one keeps them in two registers), so the
-// results are equal bit for bit across ISAs and independent of n.
+// over the super-blocks in order from F = G = 0, and Y[i*ldy + m] = R16(F) - R8(G), where R
+// halves a lane vector repeatedly (v[l] += v[l + w] for w = 8, 4, 2, 1). Every table computes
+// exactly this (the lanes are the 512-bit kernel's; the 256-bit one keeps them in two
+// registers), so the results are equal bit for bit across ISAs and independent of n.
 using MatmulKQFn = void (*)(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0,
                             int64_t m1);
 

@@ -122,11 +122,13 @@ void matmul_kq_ref(const KQMatView& W, const KQActView& X, float* Y, int64_t n, 
         const int8_t* qb = q + b * kQK_K;
         const int16_t* sb = bs + b * 16;
         const float f = xd[b] * x.d, fm = xd[b] * x.dm;
+        const bool k45 = W.type == (int)GgmlType::Q4_K || W.type == (int)GgmlType::Q5_K;
         for (int l = 0; l < 16; l++) {
           int32_t I1 = 0;
-          for (int c = 0; c < 4; c++)
+          for (int r = 0; r < 4; r++)
             for (int k = 0; k < 4; k++) {
-              const int e = 64 * c + 4 * l + k;
+              const int b = 4 * l + k;  // byte b of register r is element e (kernels.h)
+              const int e = k45 ? 64 * (2 * (r / 2) + b / 32) + 32 * (r % 2) + b % 32 : 64 * r + b;
               I1 += x.s[e / 16] * (int32_t)x.u[e] * (int32_t)qb[e];
             }
           F[l] = std::fma((float)I1, f, F[l]);
