@@ -127,6 +127,53 @@ TEST_F(QuantFixture, LoadsAndCompares) {
   EXPECT_EQ(k.weights.lm_head.quant(), nullptr);
 }
 
+// AWQ checkpoints (issue 27): a checkpoint written by an independent script after AutoAWQ's
+// GEMM layout (tests/oracle/awq_checkpoint.py: interleaved int32 packing along the outputs,
+// zero points as they are, f16 scales) loads with every linear equal to the script's
+// dequantized weights bit for bit (scale16 * (code - zero): scale16 has 11 significant bits
+// and code - zero at most 5, so llmq's scale*code - scale*zero is that same exact value).
+// With the products run in float on those weights (act_float), llmq's model equals the
+// dequantized one up to f32 summation order (both sgemm over identical f32 weights, blocked
+// differently): logit differences ~1e-6 relative, so KLD < 1e-8 and perplexity within 1e-5.
+// As loaded (int8 activation blocks, the w4a16 kernel), it stays as close as 4-bit g32 does.
+TEST_F(QuantFixture, AwqCheckpointLoads) {
+  const std::string f32dir = tmp / "f32", awq = tmp / "awq", deq = tmp / "deq";
+  SaveOptions so;
+  so.dtype = DType::F32;
+  model_save(f32dir, cfg, init_fill(cfg, 9), so);
+  ASSERT_EQ(std::system((std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/awq_checkpoint.py " + f32dir + " " +
+                         awq + " " + deq + " 32").c_str()), 0);
+  Model a = model_load(awq), d = model_load(deq);
+  ASSERT_TRUE(a.config.quant.awq);
+  EXPECT_FALSE(a.config.quant.sym);
+  EXPECT_EQ(a.config.quant.group, 32);
+  for (size_t l = 0; l < a.weights.layers.size(); l++) {
+    const auto la = a.weights.layers[l].linears(), ld = d.weights.layers[l].linears();
+    for (size_t j = 0; j < la.size(); j++) {
+      const Tensor& W = *la[j];
+      ASSERT_NE(W.quant(), nullptr) << "layer " << l << " linear " << j;
+      std::vector<float> got((size_t)W.numel());
+      dequantize_tensor_rows(W, 0, W.dim(0), got.data());
+      EXPECT_EQ(std::memcmp(got.data(), ld[j]->host_data(), got.size() * 4), 0) << "layer " << l << " linear " << j;
+    }
+  }
+  std::vector<int32_t> toks(300);
+  for (size_t i = 0; i < toks.size(); i++) toks[i] = (int32_t)((i * 7919) % cfg.vocab_size);
+  const auto q = eval_compare(d, a, toks, 64);
+  EXPECT_LT(q.kld_mean, 0.05);
+  EXPECT_GT(q.top1_agreement, 0.5);
+  for (auto& L : a.weights.layers)
+    for (Tensor* W : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      auto info = std::make_shared<QuantInfo>(*W->quant());
+      info->act_float = true;
+      W->set_quant(info);
+    }
+  const auto f = eval_compare(d, a, toks, 64);
+  EXPECT_LT(f.kld_mean, 1e-8);
+  EXPECT_NEAR(f.ppl_ratio, 1.0, 1e-5);
+  EXPECT_EQ(f.top1_agreement, 1.0);
+}
+
 // FP8 (compressed-tensors): the independent oracle decodes the E4M3 bits and finds every
 // weight at a nearest code (within half the local grid step, 1e-3 for f32 rounding of
 // w/scale) and the scales at amax/448; the model loads and stays close to the source.

@@ -126,6 +126,12 @@ void register_bench(CLI::App& app) {
                         {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()},
                         {"scheme", c.quant.enabled ? c.quant.scheme : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
                         {"kv_cache", kv_type_name(kv)}};
+    // The weight bytes one decode step streams (every layer's matrices and the output
+    // matrix): bytes / read bandwidth is the decode floor.
+    double wb = weight_bytes(m.weights.lm_head);
+    for (const LlamaLayer& L : m.weights.layers)
+      for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) wb += weight_bytes(*t);
+    j["decode_weight_bytes"] = wb;
     if (o->profile) j["decode_profile"] = profile;
     if (o->json) {
       fmt::print("{}\n", j.dump());

@@ -63,7 +63,7 @@ void register_info(CLI::App& app) {
       } else {
         const QuantConfig& q = c.quant;
         format = q.enabled ? (q.fp8 ? "hugging face directory, compressed-tensors float-quantized"
-                              : q.float_zeros ? "hugging face directory, hqq" : q.scheme == "w8a8" ? "hugging face directory, compressed-tensors int-quantized"
+                              : q.float_zeros ? "hugging face directory, hqq" : q.awq ? "hugging face directory, awq (gemm packing)" : q.scheme == "w8a8" ? "hugging face directory, compressed-tensors int-quantized"
                               : "hugging face directory, gptq")
                            : "hugging face directory (safetensors)";
         scheme = q.enabled ? fmt::format("{} {}-bit, group {}{}{} ({})", q.scheme, q.bits, q.group ? std::to_string(q.group) : std::string("per channel"),

@@ -267,6 +267,9 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
   else if (o.type == "q4_0") mt = GgmlType::Q4_0, file_type = 2;
   else if (kft) mt = kft->base, file_type = kft->id;
   else fail("export: GGUF type '{}' is not supported ({})", o.type, kGgufExportTypes);
+  if (fs::is_regular_file(model_dir))
+    fail("{}: export --format gguf reads a float model directory; a GGUF is exported already (for another type, "
+         "export from the model directory it came from)", model_dir);
   {
     const ModelConfig probe = config_load((fs::path(model_dir) / "config.json").string());
     if (probe.quant.enabled)

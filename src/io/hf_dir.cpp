@@ -97,7 +97,9 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
          spec.name);
   if (q.hqq_axis != 0 && K % G != 0)
     fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
-  if (!gptq_packable(K, q.bits) || !gptq_packable(M, q.bits))
+  if (q.awq && M % 8 != 0)
+    fail("{}: {} has {} output channels, which AWQ's packing (8 per int32) cannot hold", dir, spec.name, M);
+  if (!q.awq && (!gptq_packable(K, q.bits) || !gptq_packable(M, q.bits)))
     fail("{}: {} has shape ({}, {}), which {}-bit GPTQ packing cannot hold (multiples of 32 needed)", dir, spec.name, M,
          K, q.bits);
   const int64_t ng = K / G;
@@ -105,17 +107,35 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
     const std::string name = base + suffix;
     auto it = wf.where.find(name);
     if (it == wf.where.end()) {
-      if (required) fail("{}: missing tensor '{}' (config.json says the model is GPTQ-quantized)", dir, name);
+      if (required) fail("{}: missing tensor '{}' (config.json says the model is {}-quantized)", dir, name, q.awq ? "AWQ" : "GPTQ");
       return Tensor();
     }
     const auto [file, e] = it->second;
     if (std::find(dts.begin(), dts.end(), e->dtype) == dts.end())
-      fail("{}: tensor '{}' has dtype {}, not what GPTQ stores", file->path(), name, dtype_safetensors_name(e->dtype));
+      fail("{}: tensor '{}' has dtype {}, not what {} stores", file->path(), name, dtype_safetensors_name(e->dtype), q.awq ? "AWQ" : "GPTQ");
     if (e->shape != shape)
       fail("{}: tensor '{}' has shape {} but {}-bit group-{} quantization of {} implies {}", file->path(), name,
            shape_str(e->shape), q.bits, G, shape_str(spec.shape), shape_str(shape));
     return file->tensor(*e);
   };
+  if (q.awq) {  // AWQ GEMM: qweight (K, M/8), qzeros (ng, M/8), scales (ng, M)
+    Tensor aqw = get("qweight", {DType::I32}, {K, M / 8}, true);
+    Tensor aqz = get("qzeros", {DType::I32}, {ng, M / 8}, true);
+    Tensor asc = get("scales", {DType::F16, DType::BF16, DType::F32}, {ng, M}, true);
+    std::vector<uint8_t> codes((size_t)(M * K));
+    std::vector<float> zero((size_t)(M * ng)), scale((size_t)(M * ng));
+    awq_unpack_qweight(aqw.host<int32_t>(), M, K, codes.data());
+    awq_unpack_qzeros(aqz.host<int32_t>(), M, ng, zero.data());
+    const Tensor s32 = to_f32(asc);
+    for (int64_t g = 0; g < ng; g++)
+      for (int64_t m = 0; m < M; m++) {
+        const float v = s32.host<float>()[g * M + m];
+        if (!std::isfinite(v)) fail("{}: {}scales has a non-finite value at ({}, {})", dir, base, g, m);
+        scale[m * ng + g] = v;
+      }
+    for (const Tensor* x : {&aqw, &aqz, &asc}) release_pages(x->host_data(), x->nbytes());
+    return make_quant_tensor(M, K, 4, G, false, false, codes.data(), scale.data(), zero.data(), 4);
+  }
   Tensor qw = get("qweight", {DType::I32}, {K * q.bits / 32, M}, true);
   if (q.hqq_axis == 0) {  // HQQ axis 0: zeros and scales (M/G, K), element (r mod M/G, c) for weight (r, c)
     const int64_t P = M / G;

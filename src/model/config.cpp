@@ -1,6 +1,9 @@
 // Config parsing, validation and the built-in presets (Meta's published hyperparameters).
 #include "model/config.h"
 
+#include <algorithm>
+#include <cctype>
+
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -208,8 +211,18 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       if (!ax.is_number_integer() || (ax.get<int64_t>() != 0 && ax.get<int64_t>() != 1))
         fail("{}: quantization_config.axis {} is not supported (0 or 1)", where, ax.dump());
       c.quant.hqq_axis = (int)ax.get<int64_t>();
+    } else if (method == "awq") {
+      // AutoAWQ's GEMM checkpoints (what vLLM and transformers load as "awq").
+      std::string version = q.value("version", std::string("gemm"));
+      std::transform(version.begin(), version.end(), version.begin(), [](unsigned char ch) { return (char)std::tolower(ch); });
+      if (version != "gemm")
+        fail("{}: quantization_config.version \"{}\": llmq reads AWQ's \"gemm\" packing only (gemv and exllama "
+             "variants are other layouts)", where, version);
+      if (!q.value("zero_point", true))
+        fail("{}: quantization_config.zero_point false: llmq reads AWQ checkpoints with zero points (the default)", where);
+      c.quant.awq = true;
     } else if (method != "gptq") {
-      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" checkpoints, llmq's \"hqq\" "
+      fail("{}: quantization_config.quant_method {} is not supported (llmq reads \"gptq\" and \"awq\" checkpoints, llmq's \"hqq\" "
            "ones and FP8 \"compressed-tensors\" / \"fp8\" ones)",
            where, q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
     }
@@ -219,20 +232,22 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     Reader rq{q, where};
     QuantConfig& qc = c.quant;
     qc.enabled = true;
-    qc.bits = (int)rq.integer("bits");
+    qc.bits = (int)(qc.awq && !q.contains("bits") ? rq.integer("w_bit") : rq.integer("bits"));
     if (qc.bits != 2 && qc.bits != 3 && qc.bits != 4 && qc.bits != 8)
       fail("{}: quantization_config.bits {} is not supported (2, 3, 4 or 8)", where, qc.bits);
-    const int64_t g = rq.integer_or("group_size", -1);
+    if (qc.awq && qc.bits != 4) fail("{}: quantization_config.bits {}: AWQ's GEMM packing holds 4-bit codes", where, qc.bits);
+    const int64_t g = qc.awq && !q.contains("group_size") ? rq.integer_or("q_group_size", -1) : rq.integer_or("group_size", -1);
     if (g != -1 && (g < 32 || g % 32 != 0 || g > (int64_t(1) << 30)))
       fail("{}: quantization_config.group_size {} is not supported (-1 or a multiple of 32)", where, g);
     qc.group = g == -1 ? 0 : g;
-    qc.sym = rq.boolean_or("sym", true);
+    qc.sym = qc.awq ? false : rq.boolean_or("sym", true);  // AWQ: zero points always
     qc.desc_act = rq.boolean_or("desc_act", false);
     qc.lm_head = rq.boolean_or("lm_head", false);
     const std::string fmt_name = q.value("checkpoint_format", std::string("gptq"));
     if (fmt_name != "gptq" && fmt_name != "gptq_v2" && !(qc.float_zeros && fmt_name == "llmq"))
       fail("{}: quantization_config.checkpoint_format \"{}\" is not supported (gptq or gptq_v2)", where, fmt_name);
-    qc.zeros_minus_one = fmt_name == "gptq";
+    qc.zeros_minus_one = fmt_name == "gptq" && !qc.awq;  // AWQ stores the zero points as they are
+    if (qc.awq) qc.algorithm = "awq";
     qc.scheme = fmt::format("w{}a16", qc.bits);
     if (q.contains("llmq") && q["llmq"].is_object()) {
       const json& l = q["llmq"];

@@ -36,6 +36,7 @@ struct QuantConfig {
   bool fp8 = false;                // E4M3 weights (compressed-tensors "float-quantized")
   bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
   bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
+  bool awq = false;                // AWQ GEMM layout (quant_method "awq"): codes packed along the outputs
   int hqq_axis = 1;                // HQQ: 1, groups along the inputs; 0, along the outputs (zeros/scales (M/G, K))
   bool act_static = false;         // fp8: static per-tensor activation scales (NAME.input_scale)
   bool act_per_tensor = false;     // w8a8: one dynamic activation scale per call (llmq.act "tensor")

@@ -63,4 +63,21 @@ void gptq_unpack_qzeros(const int32_t* qzeros, int64_t M, int64_t ng, int bits, 
       zero[m * ng + g] = (float)get_bits(qzeros + g * W, 1, m, bits) + (minus_one ? 1.f : 0.f);
 }
 
+namespace {
+// The nibble that holds output 8c + j: the inverse of AWQ's order (0, 2, 4, 6, 1, 3, 5, 7).
+constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+}  // namespace
+
+void awq_unpack_qweight(const int32_t* qweight, int64_t M, int64_t K, uint8_t* codes) {
+  for (int64_t k = 0; k < K; k++)
+    for (int64_t m = 0; m < M; m++)
+      codes[m * K + k] = (uint8_t)(((uint32_t)qweight[k * (M / 8) + m / 8] >> (4 * kAwqNibble[m % 8])) & 15);
+}
+
+void awq_unpack_qzeros(const int32_t* qzeros, int64_t M, int64_t ng, float* zero) {
+  for (int64_t g = 0; g < ng; g++)
+    for (int64_t m = 0; m < M; m++)
+      zero[m * ng + g] = (float)(((uint32_t)qzeros[g * (M / 8) + m / 8] >> (4 * kAwqNibble[m % 8])) & 15);
+}
+
 }  // namespace llmq

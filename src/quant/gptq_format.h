@@ -28,4 +28,15 @@ std::vector<int32_t> gptq_pack_qzeros(const float* zero, int64_t M, int64_t ng, 
 void gptq_unpack_qweight(const int32_t* qweight, int64_t M, int64_t K, int bits, uint8_t* codes);
 void gptq_unpack_qzeros(const int32_t* qzeros, int64_t M, int64_t ng, int bits, bool minus_one, float* zero);
 
+// AWQ's GEMM layout (AutoAWQ / llm-awq, quant_method "awq", version "gemm"), 4-bit codes
+// packed along the OUTPUT dimension, eight per int32 in AWQ's interleaved order:
+//   qweight  int32 (K, M/8)   nibble i of word (k, c) is the code of output m = 8c + order[i],
+//                             order = (0, 2, 4, 6, 1, 3, 5, 7)
+//   qzeros   int32 (ng, M/8)  the zero points (stored as they are, 0..15), packed the same way
+//   scales   f16   (ng, M)
+// weight[m, k] = scales[k/G, m] * (code[m, k] - zero[k/G, m]).
+// codes (M, K) one per byte from qweight; zero (M, ng) from qzeros.
+void awq_unpack_qweight(const int32_t* qweight, int64_t M, int64_t K, uint8_t* codes);
+void awq_unpack_qzeros(const int32_t* qzeros, int64_t M, int64_t ng, float* zero);
+
 }  // namespace llmq

@@ -67,6 +67,7 @@ expect_error "choose w4a16 or w8a16" -- export -m "$T/m" --format gptq --type q4
 expect_error "not supported (gguf, gguf-lora, gptq or hf)" -- export -m "$T/m" --format onnx --out "$T/g"
 expect_error "not a training checkpoint" -- export -m "$T/m" --format hf --out "$T/hf"
 expect_error "choose bf16, f16 or f32" -- export -m "$T/m" --format hf --type q4_0 --out "$T/hf"
+expect_error "is not supported (f32, f16, q8_0, q4_0, q2_k" -- export -m "$T/m" --type q4_k_x --out "$T/k.gguf"
 expect_error "choose channel or tensor" -- quantize -m "$T/m" --scheme fp8 --weight-scale row --out "$T/f"
 expect_error "give --calib" -- quantize -m "$T/m" --method gptq --group 32 --out "$T/f"
 expect_error "no such calibration file" -- quantize -m "$T/m" --method awq --group 32 --calib "$T/missing.txt" --out "$T/f"

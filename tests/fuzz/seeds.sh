@@ -52,9 +52,10 @@ L data prepare --tokenizer models/llama3-tokenizer --input "$tmp/in.txt" --out "
   '{"doc_id": 1, "target": " c", "arguments": [["a", " b"], ["a", " c"]]}' \
   '{"doc_id": 2, "target": "x", "arguments": {"gen_args_0": {"arg_0": "q", "arg_1": {"until": ["\n"]}}}}'; } > "$out/text_formats/gen-harness-tasks"
 { printf '\x01'; /usr/bin/python3 -c "import json; print(json.load(open('models/llama3-tokenizer/tokenizer_config.json'))['chat_template'], end='')"; } > "$out/text_formats/gen-llama3_template"
-# GGUF: a one-block tiny model with a small SentencePiece vocabulary, as f16 and q4_0 files
+# GGUF: a one-block tiny model with a small SentencePiece vocabulary, as f16, q4_0 and q4_k_m files
 # (~100 KB and ~40 KB: run.sh lets gguf inputs grow to 256 KB so that whole files are seeds).
 L init --preset tiny --layers 1 --tokenizer "$tmp/spm400" --out "$tmp/gmodel" --dtype f32
 L export -m "$tmp/gmodel" --type q4_0 --out "$out/gguf/gen-q4.gguf"
 L export -m "$tmp/gmodel" --type f16 --out "$out/gguf/gen-f16.gguf"
+L export -m "$tmp/gmodel" --type q4_k_m --out "$out/gguf/gen-q4km.gguf"  # ffn_down Q6_K, the rest its fallbacks
 rm -rf "$tmp"

@@ -214,6 +214,7 @@ void rows_tile(const KQMatView& W, const KQActView& X, float* Y, int64_t i0, int
 template <int T, bool VNNI>
 void matmul_type(const KQMatView& W, const KQActView& X, float* Y, int64_t n, int64_t ldy, int64_t m0, int64_t m1) {
   int64_t i = 0;
+  for (; i + 8 <= n; i += 8) rows_tile<T, 1, 8, VNNI>(W, X, Y, i, ldy, m0, m1);
   for (; i + 4 <= n; i += 4) rows_tile<T, 1, 4, VNNI>(W, X, Y, i, ldy, m0, m1);
   switch (n - i) {
     case 3: rows_tile<T, 1, 3, VNNI>(W, X, Y, i, ldy, m0, m1); break;
