@@ -127,26 +127,39 @@ TEST_F(QuantFixture, LoadsAndCompares) {
   EXPECT_EQ(k.weights.lm_head.quant(), nullptr);
 }
 
-// AWQ checkpoints (issue 27): a checkpoint written by an independent script after AutoAWQ's
-// GEMM layout (tests/oracle/awq_checkpoint.py: interleaved int32 packing along the outputs,
-// zero points as they are, f16 scales) loads with every linear equal to the script's
-// dequantized weights bit for bit (scale16 * (code - zero): scale16 has 11 significant bits
-// and code - zero at most 5, so llmq's scale*code - scale*zero is that same exact value).
-// With the products run in float on those weights (act_float), llmq's model equals the
-// dequantized one up to f32 summation order (both sgemm over identical f32 weights, blocked
-// differently): logit differences ~1e-6 relative, so KLD < 1e-8 and perplexity within 1e-5.
-// As loaded (int8 activation blocks, the w4a16 kernel), it stays as close as 4-bit g32 does.
-TEST_F(QuantFixture, AwqCheckpointLoads) {
-  const std::string f32dir = tmp / "f32", awq = tmp / "awq", deq = tmp / "deq";
+// Checkpoints other tools write (issue 27), each made by an independent script after the
+// format's documentation and reference packing (tests/oracle/checkpoint_formats.py): AWQ's
+// GEMM layout (interleaved int32 packing along the outputs, zero points as they are, f16
+// scales) and compressed-tensors pack-quantized W4A16 (asymmetric and symmetric: codes + 8
+// packed along the inputs, zero points along the outputs, bf16 scales) and int-quantized
+// W8A8 (int8 weights, per-channel bf16 scales, int8 activations per token). Each loads with
+// every linear equal to the script's dequantized weights, value for value (the script's
+// -0.0 for a code rounded from a small negative weight equals llmq's +0.0) (scale * (code - zero):
+// a 16-bit scale has at most 11 significant bits and code - zero at most 9, so llmq's
+// scale*code - scale*zero is that same exact f32 value). With the products run in float on
+// those weights (act_float), llmq's model equals the dequantized one up to f32 summation
+// order (both sgemm over identical f32 weights, blocked differently: logit differences
+// ~1e-6 relative, so KLD < 1e-8 and perplexity within 1e-5). As loaded (int8 activation
+// blocks on the integer kernel) it stays as close as 4/8-bit quantization does.
+struct FormatCase {
+  const char* format;
+  int64_t group;
+  bool sym, act_per_token;
+};
+class CheckpointFormats : public QuantFixture, public ::testing::WithParamInterface<FormatCase> {};
+TEST_P(CheckpointFormats, LoadsExactly) {
+  const FormatCase& fc = GetParam();
+  const std::string f32dir = tmp / "f32", out = tmp / fc.format, deq = tmp / (std::string(fc.format) + "-deq");
   SaveOptions so;
   so.dtype = DType::F32;
   model_save(f32dir, cfg, init_fill(cfg, 9), so);
-  ASSERT_EQ(std::system((std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/awq_checkpoint.py " + f32dir + " " +
-                         awq + " " + deq + " 32").c_str()), 0);
-  Model a = model_load(awq), d = model_load(deq);
-  ASSERT_TRUE(a.config.quant.awq);
-  EXPECT_FALSE(a.config.quant.sym);
-  EXPECT_EQ(a.config.quant.group, 32);
+  ASSERT_EQ(std::system((std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/checkpoint_formats.py " + fc.format +
+                         " " + f32dir + " " + out + " " + deq + " " + std::to_string(fc.group)).c_str()), 0);
+  Model a = model_load(out), d = model_load(deq);
+  ASSERT_TRUE(a.config.quant.enabled);
+  EXPECT_EQ(a.config.quant.sym, fc.sym);
+  EXPECT_EQ(a.config.quant.act_per_token, fc.act_per_token);
+  EXPECT_EQ(a.weights.lm_head.quant(), nullptr);
   for (size_t l = 0; l < a.weights.layers.size(); l++) {
     const auto la = a.weights.layers[l].linears(), ld = d.weights.layers[l].linears();
     for (size_t j = 0; j < la.size(); j++) {
@@ -154,7 +167,11 @@ TEST_F(QuantFixture, AwqCheckpointLoads) {
       ASSERT_NE(W.quant(), nullptr) << "layer " << l << " linear " << j;
       std::vector<float> got((size_t)W.numel());
       dequantize_tensor_rows(W, 0, W.dim(0), got.data());
-      EXPECT_EQ(std::memcmp(got.data(), ld[j]->host_data(), got.size() * 4), 0) << "layer " << l << " linear " << j;
+      int64_t bad = -1;
+      for (size_t i = 0; i < got.size() && bad < 0; i++)
+        if (got[i] != ld[j]->host<float>()[i]) bad = (int64_t)i;
+      EXPECT_EQ(bad, -1) << "layer " << l << " linear " << j << ": llmq " << got[(size_t)std::max<int64_t>(bad, 0)]
+                         << " vs " << ld[j]->host<float>()[std::max<int64_t>(bad, 0)];
     }
   }
   std::vector<int32_t> toks(300);
@@ -166,12 +183,65 @@ TEST_F(QuantFixture, AwqCheckpointLoads) {
     for (Tensor* W : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       auto info = std::make_shared<QuantInfo>(*W->quant());
       info->act_float = true;
+      info->act_per_token = false;
       W->set_quant(info);
     }
   const auto f = eval_compare(d, a, toks, 64);
   EXPECT_LT(f.kld_mean, 1e-8);
   EXPECT_NEAR(f.ppl_ratio, 1.0, 1e-5);
   EXPECT_EQ(f.top1_agreement, 1.0);
+}
+INSTANTIATE_TEST_SUITE_P(Formats, CheckpointFormats,
+                         ::testing::Values(FormatCase{"awq", 32, false, false}, FormatCase{"ct-w4a16", 32, false, false},
+                                           FormatCase{"ct-w4a16-sym", 64, true, false}, FormatCase{"ct-w8a8", 0, true, true}),
+                         [](const auto& info) {
+                           std::string s = info.param.format;
+                           for (char& ch : s) ch = ch == '-' ? '_' : ch;
+                           return s;
+                         });
+
+// llmq writes compressed-tensors (issue 27, `quantize --format compressed-tensors`):
+// pack-quantized w4a16 (asymmetric g32, symmetric g64) and int-quantized w8a8. The
+// independent script reads each file back with compressed-tensors' own unpacking
+// (checkpoint_formats.py ct-read) and its dequantized weights equal llmq's loaded ones,
+// value for value (the products are exact, as above); and the same codes written in the
+// GPTQ layout load to the same weights (one quantizer, two layouts).
+TEST_F(QuantFixture, WritesCompressedTensors) {
+  for (auto [scheme, group, sym] : {std::tuple{"w4a16", 32, false}, std::tuple{"w4a16", 64, true}, std::tuple{"w8a8", -1, true}}) {
+    QuantizeOptions o;
+    o.model = src;
+    o.out = tmp / fmt::format("ct-{}-{}", scheme, group);
+    o.scheme = scheme;
+    o.group = group;
+    o.sym = sym;
+    o.format = "compressed-tensors";
+    o.progress = false;
+    quantize_model(o);
+    const std::string gptq = quantize(scheme, group, sym);
+    const std::string deq = o.out + "-deq";
+    ASSERT_EQ(std::system((std::string(kPython) + " " + LLMQ_SOURCE_DIR + "/tests/oracle/checkpoint_formats.py ct-read " +
+                           o.out + " " + deq).c_str()), 0) << scheme;
+    const auto j = nlohmann::json::parse(read_text_file(o.out + "/config.json"));
+    EXPECT_EQ(j["quantization_config"]["quant_method"], "compressed-tensors");
+    EXPECT_EQ(j["quantization_config"]["format"], std::string(scheme) == "w8a8" ? "int-quantized" : "pack-quantized");
+    Model a = model_load(o.out), g = model_load(gptq), d = model_load(deq);
+    EXPECT_EQ(a.config.quant.scheme, scheme);
+    for (size_t l = 0; l < a.weights.layers.size(); l++) {
+      const auto la = a.weights.layers[l].linears(), lg = g.weights.layers[l].linears(), ld = d.weights.layers[l].linears();
+      for (size_t k = 0; k < la.size(); k++) {
+        std::vector<float> wa((size_t)la[k]->numel()), wg(wa.size());
+        dequantize_tensor_rows(*la[k], 0, la[k]->dim(0), wa.data());
+        dequantize_tensor_rows(*lg[k], 0, lg[k]->dim(0), wg.data());
+        int64_t bad_g = -1, bad_d = -1;
+        for (size_t i = 0; i < wa.size(); i++) {
+          if (bad_g < 0 && wa[i] != wg[i]) bad_g = (int64_t)i;
+          if (bad_d < 0 && wa[i] != ld[k]->host<float>()[i]) bad_d = (int64_t)i;
+        }
+        EXPECT_EQ(bad_g, -1) << scheme << " layer " << l << " linear " << k << ": compressed-tensors vs GPTQ layout";
+        EXPECT_EQ(bad_d, -1) << scheme << " layer " << l << " linear " << k << ": llmq vs the script's reading";
+      }
+    }
+  }
 }
 
 // FP8 (compressed-tensors): the independent oracle decodes the E4M3 bits and finds every

@@ -8,6 +8,7 @@
 #include "core/progress.h"
 #include "io/gguf.h"
 #include "io/hf_dir.h"
+#include "quant/quant.h"
 
 namespace llmq::cli {
 
@@ -46,9 +47,11 @@ void register_info(CLI::App& app) {
       std::set<const void*> seen;  // tied embeddings: one tensor listed twice
       for (const auto& [name, t] : hf_named_tensors(m)) {
         if (!seen.insert(t.host_data()).second) continue;
-        by_dtype[std::string(dtype_name(t.dtype()))] += t.nbytes();
+        // Quantized tensors with their scales and zero points (quant/quant.h weight_bytes).
+        const uint64_t b = (uint64_t)llmq::weight_bytes(t);
+        by_dtype[std::string(dtype_name(t.dtype()))] += b;
         params_by_dtype[std::string(dtype_name(t.dtype()))] += (uint64_t)t.numel();
-        weight_bytes += t.nbytes();
+        weight_bytes += b;
       }
       // What the file or directory is: the format, and the scheme its weights use.
       if (std::filesystem::path(o->dir).extension() == ".gguf") {

@@ -15,6 +15,11 @@ void register_quantize(CLI::App& app) {
   auto keep = std::make_shared<std::string>();
   cmd->add_option("-m,--model", o->model, "source model: a directory or an f32/f16 .gguf file (float weights)")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("--out", o->out, "output model directory")->required();
+  cmd->add_option("--format", o->format,
+                  "output layout of integer schemes: gptq (AutoGPTQ's, the default) or compressed-tensors "
+                  "(llm-compressor's, what vLLM expects: pack-quantized w4a16/w8a16, int-quantized w8a8); fp8 is "
+                  "compressed-tensors always")
+      ->check(CLI::IsMember({"gptq", "compressed-tensors"}));
   cmd->add_option("--method", o->method,
                   "rtn (round to nearest, the default) | hqq (no data) | gptq | awq | smoothquant (need --calib) | qat "
                   "(LLM-QAT's quantizers, per channel: the model `llmq qat` trained, e.g. RUN/checkpoint-N)");

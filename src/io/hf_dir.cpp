@@ -217,6 +217,76 @@ Tensor load_gptq_linear(const WeightFiles& wf, const std::string& dir, const HfT
   return t;
 }
 
+// A compressed-tensors integer linear (llm-compressor): "pack-quantized" .weight_packed int32
+// (M, K*bits/32), value k of row m at word k/(32/bits), bits (k % (32/bits))*bits, stored
+// as q + 2^(bits-1) for the signed code q; "int-quantized" .weight int8 (M, K). Both with
+// .weight_scale (M, K/G) or (M, 1) and, asymmetric, .weight_zero_point packed the same way
+// along the OUTPUT dimension ((M/(32/bits), K/G) int32). weight = scale * (q - zero_point).
+Tensor load_ct_int_linear(const WeightFiles& wf, const std::string& dir, const HfTensorSpec& spec, const QuantConfig& q) {
+  const std::string base = spec.name.substr(0, spec.name.size() - std::string("weight").size());
+  const int64_t M = spec.shape[0], K = spec.shape[1], G = q.group ? q.group : K, bits = q.bits, pf = 32 / bits;
+  if (K % G != 0) fail("{}: group_size {} does not divide the {} input channels of {}", dir, G, K, spec.name);
+  const int64_t ng = K / G;
+  const bool packed = q.ct_int == "pack-quantized";
+  if (packed && (K % pf != 0 || (!q.sym && M % pf != 0)))
+    fail("{}: {} has shape ({}, {}), which {}-bit packing into int32 cannot hold", dir, spec.name, M, K, bits);
+  auto get = [&](const std::string& suffix, std::initializer_list<DType> dts, std::vector<Shape> shapes) -> Tensor {
+    auto it = wf.where.find(base + suffix);
+    if (it == wf.where.end())
+      fail("{}: missing tensor '{}{}' (config.json says the model is compressed-tensors {})", dir, base, suffix, q.ct_int);
+    const auto [file, e] = it->second;
+    if (std::find(dts.begin(), dts.end(), e->dtype) == dts.end())
+      fail("{}: tensor '{}{}' has dtype {}, not what compressed-tensors {} stores", file->path(), base, suffix,
+           dtype_safetensors_name(e->dtype), q.ct_int);
+    if (std::find(shapes.begin(), shapes.end(), e->shape) == shapes.end())
+      fail("{}: tensor '{}{}' has shape {}, but {}-bit {} quantization of {} implies {}", file->path(), base, suffix,
+           shape_str(e->shape), bits, q.group ? fmt::format("group-{}", G) : std::string("per-channel"),
+           shape_str(spec.shape), shape_str(shapes[0]));
+    return file->tensor(*e);
+  };
+  if (auto it = wf.where.find(base + "weight_shape"); it != wf.where.end()) {
+    const Tensor ws = it->second.first->tensor(*it->second.second);
+    const int64_t n = ws.numel();
+    auto at = [&](int64_t i) { return ws.dtype() == DType::I64 ? ws.host<int64_t>()[i] : (int64_t)ws.host<int32_t>()[i]; };
+    if (n != 2 || (ws.dtype() != DType::I32 && ws.dtype() != DType::I64) || at(0) != M || at(1) != K)
+      fail("{}: {}weight_shape does not say ({}, {})", dir, base, M, K);
+  }
+  const int64_t off = int64_t(1) << (bits - 1);
+  std::vector<uint8_t> codes((size_t)(M * K));
+  Tensor w = packed ? get("weight_packed", {DType::I32}, {{M, K / pf}}) : get("weight", {DType::I8}, {{M, K}});
+  if (packed) {
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(w.host<int32_t>());
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++)
+        codes[m * K + k] = (uint8_t)((p[m * (K / pf) + k / pf] >> (bits * (k % pf))) & ((1u << bits) - 1));
+  } else {
+    const int8_t* p = w.host<int8_t>();
+    for (int64_t i = 0; i < M * K; i++) {
+      if (p[i] == -128) fail("{}: {} holds -128, outside int8's symmetric range [-127, 127]", dir, spec.name);
+      codes[i] = (uint8_t)(p[i] + off);
+    }
+  }
+  Tensor sc = get("weight_scale", {DType::F32, DType::BF16, DType::F16}, ng == 1 ? std::vector<Shape>{{M, 1}, {M}} : std::vector<Shape>{{M, ng}});
+  const Tensor s32 = to_f32(sc);
+  std::vector<float> scale((size_t)(M * ng)), zero((size_t)(M * ng), (float)off);
+  for (int64_t i = 0; i < M * ng; i++) {
+    scale[i] = s32.host<float>()[i];
+    if (!std::isfinite(scale[i])) fail("{}: {}weight_scale has a non-finite value at ({}, {})", dir, base, i / ng, i % ng);
+  }
+  Tensor zp;
+  if (!q.sym) {
+    zp = get("weight_zero_point", {DType::I32}, {{M / pf, ng}});
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(zp.host<int32_t>());
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t g = 0; g < ng; g++)
+        zero[m * ng + g] = (float)((p[(m / pf) * ng + g] >> (bits * (m % pf))) & ((1u << bits) - 1));
+  }
+  for (const Tensor* x : {&w, &sc, &zp})
+    if (x->defined()) release_pages(x->host_data(), x->nbytes());
+  return make_quant_tensor(M, K, bits == 8 ? 8 : 4, G, q.sym, q.act_per_token, codes.data(), scale.data(), zero.data(),
+                           (int)bits);
+}
+
 // An FP8 linear (compressed-tensors float-quantized or vLLM fp8): .weight in F8_E4M3 and
 // .weight_scale per channel ((M, 1) or (M)) or per tensor ((1) or ()).
 Tensor load_fp8_linear(const WeightFiles& wf, const std::string& dir, const HfTensorSpec& spec, const QuantConfig& q) {
@@ -335,6 +405,10 @@ Model model_load(const std::string& dir, LoadMode mode, const std::function<bool
     if (hf_is_quantized_linear(c, spec.name) && c.quant.fp8 && wf.where.count(spec.name) &&
         wf.where.at(spec.name).second->dtype == DType::F8E4M3) {
       t[spec.name] = load_fp8_linear(wf, dir, spec, c.quant);
+      continue;
+    }
+    if (hf_is_quantized_linear(c, spec.name) && !c.quant.ct_int.empty()) {
+      t[spec.name] = load_ct_int_linear(wf, dir, spec, c.quant);
       continue;
     }
     if (hf_is_quantized_linear(c, spec.name) && !c.quant.fp8 && !wf.where.count(spec.name)) {

@@ -131,7 +131,8 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
     return;
   }
   if (q.value("format", std::string()) != "float-quantized")
-    fail("{}: quantization_config.format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8)",
+    fail("{}: quantization_config.format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8, "
+         "\"pack-quantized\" and \"int-quantized\")",
          where, q.contains("format") ? q["format"].dump() : "(missing)");
   if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
     fail("{}: quantization_config.config_groups must hold exactly one group", where);
@@ -150,6 +151,57 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
     qc.act_static = !a.value("dynamic", false);
     if (qc.act_static && qc.act_per_token)
       fail("{}: static FP8 activation scales per token cannot exist (a static scale is per tensor)", where);
+  }
+  qc.lm_head = true;
+  if (q.contains("ignore") && q["ignore"].is_array())
+    for (const auto& e : q["ignore"])
+      if (e.is_string() && e.get<std::string>() == "lm_head") qc.lm_head = false;
+}
+// compressed-tensors integer formats (llm-compressor's W4A16 / W8A16 "pack-quantized" and
+// W8A8 "int-quantized"): one config group of int weights per group or per channel, and
+// either no activation quantization or int8 per token, dynamic, symmetric.
+void parse_ct_int_config(const json& q, const std::string& format, const std::string& where, QuantConfig& qc) {
+  qc.enabled = true;
+  qc.ct_int = format;
+  qc.zeros_minus_one = false;
+  qc.algorithm = "llm-compressor";
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
+    fail("{}: quantization_config.config_groups must hold exactly one group (per-module mixes are not read yet)", where);
+  const json& g = q["config_groups"].begin().value();
+  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
+    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  const json& w = g["weights"];
+  if (w.value("type", std::string()) != "int") fail("{}: quantization_config weights must be \"int\" for {}", where, format);
+  const json nb = w.value("num_bits", json(0));
+  if (!nb.is_number_integer() || (nb.get<int>() != 4 && nb.get<int>() != 8) || (format != "pack-quantized" && nb.get<int>() != 8))
+    fail("{}: quantization_config weights num_bits {} is not supported ({}: {})", where, nb.dump(), format,
+         format == "pack-quantized" ? "4 or 8" : "8");
+  qc.bits = nb.get<int>();
+  const std::string strategy = w.value("strategy", std::string());
+  if (strategy == "group") {
+    const json gs = w.value("group_size", json(0));
+    if (!gs.is_number_integer() || gs.get<int64_t>() < 32 || gs.get<int64_t>() % 32 != 0 || gs.get<int64_t>() > (int64_t(1) << 30))
+      fail("{}: quantization_config weights group_size {} is not supported (a multiple of 32)", where, gs.dump());
+    qc.group = gs.get<int64_t>();
+  } else if (strategy == "channel") {
+    qc.group = 0;
+  } else {
+    fail("{}: quantization_config weights strategy \"{}\" is not supported (group or channel)", where, strategy);
+  }
+  qc.sym = w.value("symmetric", true);
+  if (!qc.sym && format != "pack-quantized")
+    fail("{}: asymmetric {} weights are not supported (llm-compressor writes them symmetric)", where, format);
+  if (w.contains("actorder") && !w["actorder"].is_null() && w["actorder"] != false)
+    fail("{}: quantization_config weights actorder {} is not supported (weight_g_idx)", where, w["actorder"].dump());
+  qc.scheme = fmt::format("w{}a16", qc.bits);
+  if (g.contains("input_activations") && !g["input_activations"].is_null()) {
+    const json& a = g["input_activations"];
+    if (!a.is_object() || a.value("type", std::string()) != "int" || a.value("num_bits", 0) != 8 ||
+        a.value("strategy", std::string()) != "token" || !a.value("dynamic", false) || !a.value("symmetric", true) || qc.bits != 8)
+      fail("{}: quantization_config input_activations: llmq runs int8 weights with int8 activations per token, dynamic, "
+           "symmetric (W8A8); this is {}", where, a.dump());
+    qc.scheme = "w8a8";
+    qc.act_per_token = true;
   }
   qc.lm_head = true;
   if (q.contains("ignore") && q["ignore"].is_array())
@@ -195,7 +247,15 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     if (!q.is_object()) fail("{}: quantization_config must be an object", where);
     const std::string method = q.contains("quant_method") && q["quant_method"].is_string()
                                    ? q["quant_method"].get<std::string>() : std::string();
-    if (method == "compressed-tensors" || method == "fp8") {
+    const std::string ct_format = q.value("format", std::string());
+    if (method == "compressed-tensors" && (ct_format == "pack-quantized" || ct_format == "int-quantized" ||
+                                           ct_format == "naive-quantized")) {
+      try {
+        parse_ct_int_config(q, ct_format == "pack-quantized" ? ct_format : "int-quantized", where, c.quant);
+      } catch (const json::exception& e) {
+        fail("{}: quantization_config: {}", where, e.what());
+      }
+    } else if (method == "compressed-tensors" || method == "fp8") {
       try {
         parse_fp8_config(q, where, c.quant);
       } catch (const json::exception& e) {
@@ -227,7 +287,7 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
            where, q.contains("quant_method") ? q["quant_method"].dump() : "(missing)");
     }
   }
-  if (r.has("quantization_config") && !c.quant.fp8) {
+  if (r.has("quantization_config") && !c.quant.fp8 && c.quant.ct_int.empty()) {
     const json& q = j["quantization_config"];
     Reader rq{q, where};
     QuantConfig& qc = c.quant;
@@ -397,6 +457,22 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"format", "float-quantized"},
                                 {"quantization_status", "compressed"},
                                 {"config_groups", {{"group_0", group}}},
+                                {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
+                                {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
+  } else if (c.quant.enabled && !c.quant.ct_int.empty()) {
+    const QuantConfig& q = c.quant;
+    json weights = {{"num_bits", q.bits}, {"type", "int"}, {"symmetric", q.sym},
+                    {"strategy", q.group ? "group" : "channel"}, {"group_size", q.group ? json(q.group) : json(nullptr)},
+                    {"dynamic", false}, {"actorder", nullptr}, {"observer", "minmax"}};
+    json acts = q.act_per_token ? json{{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"},
+                                       {"dynamic", true}, {"observer", nullptr}}
+                                : json(nullptr);
+    j["quantization_config"] = {{"quant_method", "compressed-tensors"},
+                                {"format", q.ct_int},
+                                {"quantization_status", "compressed"},
+                                {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights},
+                                                                {"input_activations", acts},
+                                                                {"output_activations", nullptr}}}}},
                                 {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
   } else if (c.quant.enabled && c.quant.float_zeros) {

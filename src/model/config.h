@@ -37,6 +37,9 @@ struct QuantConfig {
   bool weight_per_tensor = false;  // fp8: one weight scale per tensor (else per channel)
   bool float_zeros = false;        // HQQ (llmq layout): f16 "zeros" tensors, not packed qzeros
   bool awq = false;                // AWQ GEMM layout (quant_method "awq"): codes packed along the outputs
+  // compressed-tensors integer checkpoints (llm-compressor): "pack-quantized" (int4/int8
+  // codes packed in int32 along the inputs) or "int-quantized" (int8 .weight); "" otherwise.
+  std::string ct_int;
   int hqq_axis = 1;                // HQQ: 1, groups along the inputs; 0, along the outputs (zeros/scales (M/G, K))
   bool act_static = false;         // fp8: static per-tensor activation scales (NAME.input_scale)
   bool act_per_tensor = false;     // w8a8: one dynamic activation scale per call (llmq.act "tensor")

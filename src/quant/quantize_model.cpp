@@ -50,6 +50,11 @@ struct QuantizedLinear {
   std::vector<uint8_t> fp8;        // fp8: E4M3 bytes (M, K)
   std::vector<float> fp8_scale;    // fp8: (M) or (1)
   float input_scale = 0;           // fp8 static: calibrated amax / 448
+  // compressed-tensors integer layouts (quant/gptq_format.h ct_*): weight_packed (M, K*bits/32),
+  // weight_zero_point (M*bits/32, ng), int8 .weight (M, K), f16 weight_scale (M, ng).
+  std::vector<int32_t> ct_packed, ct_zp, ct_shape;
+  std::vector<int8_t> ct_i8;
+  std::vector<uint16_t> ct_scale;
 };
 
 // The block index of "model.layers.N....", n_layers for tensors after the blocks, -1 before.
@@ -100,6 +105,17 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   if (o.hqq_axis != 1 && (o.method != "hqq" || o.hqq_axis != 0))
     fail("quantize: --axis {}: only hqq takes an axis, 0 or 1", o.hqq_axis);
   if (o.hqq_axis == 0 && sc.group == 0) fail("quantize: hqq --axis 0 needs a group size (--group 64)");
+  if (o.format != "gptq" && o.format != "compressed-tensors")
+    fail("quantize: --format {} is not supported (gptq or compressed-tensors)", o.format);
+  const bool ct = o.format == "compressed-tensors" && !sc.fp8;  // FP8 is compressed-tensors anyway
+  if (ct) {
+    if (o.method == "hqq") fail("quantize: --format compressed-tensors holds integer zero points; hqq's are float (use --format gptq)");
+    if (qat) fail("quantize: --format compressed-tensors cannot state QAT's activation quantizer (use --format gptq)");
+    if (sc.bits != 4 && sc.bits != 8) fail("quantize: --format compressed-tensors writes 4- and 8-bit codes ({} has {})", sc.name, sc.bits);
+    if (sc.act_per_tensor) fail("quantize: --format compressed-tensors: w8a8 with per-tensor activation scales is not written (use --act-scale token)");
+    if (sc.act_per_token && !sc.sym) fail("quantize: --format compressed-tensors: int-quantized w8a8 weights are symmetric");
+    if (o.method == "gptq" && o.act_order) fail("quantize: --format compressed-tensors: act-order (g_idx) is not written (use --format gptq)");
+  }
   if (o.out.empty()) fail("quantize: give --out DIR");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
   Model src = model_load(o.model, LoadMode::Map);
@@ -141,6 +157,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     c.quant.act_float = !sc.act_per_token;             // or float activations, as trained
   }
   c.quant.kv_dynamic = kv_dynamic && !o.kv_cache.empty();
+  if (ct) {
+    c.quant.ct_int = sc.act_per_token ? "int-quantized" : "pack-quantized";
+    c.quant.zeros_minus_one = false;
+  }
   if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   // Float tensors beside GPTQ linears are f16, as GPTQ writes; a QAT model keeps the f32 it
   // trained (embeddings, norms and lm_head rounded to f16 would not be the trained model).
@@ -179,6 +199,23 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       outs.push_back({base + "weight_scale", DType::F32, sc.weight_per_tensor ? Shape{1} : Shape{spec.shape[0], 1},
                       spec.name, s});
       if (sc.act_static) outs.push_back({base + "input_scale", DType::F32, Shape{1}, spec.name, s});
+      res.quantized_tensors++;
+    } else if (linear && !kept(spec.name) && ct) {  // compressed-tensors integer layouts
+      const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G, pf = 32 / sc.bits;
+      if (K % G != 0)
+        fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
+             G, K, spec.name, K);
+      if (K % pf != 0 || (!sc.sym && M % pf != 0))
+        fail("quantize: {} has shape ({}, {}); {}-bit packing into int32 needs multiples of {}", spec.name, M, K, sc.bits, pf);
+      const std::string base = spec.name.substr(0, spec.name.size() - 6);
+      if (sc.act_per_token) {
+        outs.push_back({spec.name, DType::I8, spec.shape, spec.name, s});
+      } else {
+        outs.push_back({base + "weight_packed", DType::I32, {M, K / pf}, spec.name, s});
+        if (!sc.sym) outs.push_back({base + "weight_zero_point", DType::I32, {M / pf, ng}, spec.name, s});
+        outs.push_back({base + "weight_shape", DType::I32, {2}, spec.name, s});
+      }
+      outs.push_back({base + "weight_scale", DType::F16, {M, ng}, spec.name, s});
       res.quantized_tensors++;
     } else if (linear && !kept(spec.name)) {
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
@@ -351,6 +388,27 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     const LinearCodes q = linear_codes(t, M, K, G, ng);
     release_pages(s.host_data(), s.nbytes());
     cache.name = t.linear;
+    if (ct) {  // the codes as they are (code = signed value + 2^(bits-1)), zero points likewise
+      const int64_t pf = 32 / sc.bits;
+      cache.ct_scale.resize((size_t)(M * ng));
+      for (int64_t i = 0; i < M * ng; i++) cache.ct_scale[i] = f32_to_f16(q.scale[i]);
+      if (sc.act_per_token) {
+        cache.ct_i8.resize((size_t)(M * K));
+        for (int64_t i = 0; i < M * K; i++) cache.ct_i8[i] = (int8_t)((int)q.codes[i] - 128);
+        return;
+      }
+      cache.ct_packed.assign((size_t)(M * K / pf), 0);
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++)
+          cache.ct_packed[m * (K / pf) + k / pf] |= (int32_t)((uint32_t)q.codes[m * K + k] << (sc.bits * (k % pf)));
+      cache.ct_zp.assign((size_t)((M / pf) * ng), 0);
+      if (!sc.sym)
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t g = 0; g < ng; g++)
+            cache.ct_zp[(m / pf) * ng + g] |= (int32_t)((uint32_t)q.zero[m * ng + g] << (sc.bits * (m % pf)));
+      cache.ct_shape = {(int32_t)M, (int32_t)K};
+      return;
+    }
     cache.qweight = gptq_pack_qweight(q.codes.data(), M, K, sc.bits);
     if (o.hqq_axis == 0) {  // (M/G, K) in HQQ's group order j = (r mod M/G)*K + c
       cache.scales.resize(q.scale.size());
@@ -397,7 +455,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     }
     quantize_linear(t);
     const uint8_t* from = nullptr;
-    if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
+    if (ct && t.name.ends_with("weight_packed")) from = reinterpret_cast<const uint8_t*>(cache.ct_packed.data());
+    else if (ct && t.name.ends_with("weight_zero_point")) from = reinterpret_cast<const uint8_t*>(cache.ct_zp.data());
+    else if (ct && t.name.ends_with("weight_shape")) from = reinterpret_cast<const uint8_t*>(cache.ct_shape.data());
+    else if (ct && t.name.ends_with("weight_scale")) from = reinterpret_cast<const uint8_t*>(cache.ct_scale.data());
+    else if (ct && t.name.ends_with("weight")) from = reinterpret_cast<const uint8_t*>(cache.ct_i8.data());
+    else if (t.name.ends_with("qweight")) from = reinterpret_cast<const uint8_t*>(cache.qweight.data());
     else if (t.name.ends_with("qzeros")) from = reinterpret_cast<const uint8_t*>(cache.qzeros.data());
     else if (t.name.ends_with(".zeros")) from = reinterpret_cast<const uint8_t*>(cache.zeros.data());
     else if (t.name.ends_with("scales") && t.dtype == DType::F32) from = reinterpret_cast<const uint8_t*>(cache.scales32.data());

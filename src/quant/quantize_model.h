@@ -31,6 +31,10 @@ struct QuantizeOptions {
   double alpha = 0.8;          // smoothquant migration strength
   int hqq_axis = 1;             // hqq: 1, groups along the inputs; 0, along the outputs
   std::string kv_cache;        // "" | int8 | fp8: calibrated static KV-cache scales (need calib)
+  // Output layout of integer schemes: "gptq" (AutoGPTQ's, the default) or "compressed-tensors"
+  // (llm-compressor's: pack-quantized w4a16/w8a16, int-quantized w8a8). FP8 is always
+  // compressed-tensors float-quantized.
+  std::string format = "gptq";
   bool progress = true;
 };
 
