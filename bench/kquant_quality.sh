@@ -68,7 +68,7 @@ echo "| llama.cpp's file | llmq perplexity | llama.cpp perplexity | ratio |"
 echo "|---|---|---|---|"
 for ty in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K; do
   g=$W.llamacpp-$ty.gguf
-  a=$($L eval ppl -m $g --tokens $tmp/val.txt --ctx 256 --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  a=$($L eval ppl -m $g --tokens $tmp/val.txt --ctx 256 --json 2>/dev/null | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   b=$($DRV $g nll $tmp/val.txt 256 2 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   /usr/bin/python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('| %s | %.4f | %.4f | %.5f |' % (sys.argv[3], a, b, a/b))" "$a" "$b" "$ty"
 done
