@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "ops/ops.h"
 #include "model_fill.h"
+#include "quant/ggml_blocks.h"
 #include "quant/quantize_model.h"
 #include "serve/api.h"
 #include "serve/engine.h"
@@ -42,6 +43,27 @@ Model tiny(const test::TempDir& tmp, const std::string& scheme) {
   if (scheme == "bf16") {
     model_save(tmp / "bf16", cfg, test::test_fill(cfg, 11), SaveOptions{DType::BF16});
     return model_load(tmp / "bf16");
+  }
+  if (scheme == "q4_k_m") {
+    // GGUF k-quants as a Q4_K_M file mixes them (down and the output matrix Q6_K, the rest
+    // Q4_K), on the tiny shape widened to whole super-blocks (rows of 256 and 512).
+    ModelConfig kc = cfg;
+    kc.dim = 256, kc.ffn_dim = 512, kc.head_dim = 64;
+    model_save(tmp / "kf32", kc, test::test_fill(kc, 11), SaveOptions{DType::F32});
+    Model m = model_load(tmp / "kf32");
+    auto kq = [](Tensor& W, GgmlType t) {
+      const int64_t M = W.dim(0), K = W.dim(1);
+      Tensor q = Tensor::empty(kquant_dtype(t), {M, K});
+      const size_t rb = dtype_bytes(q.dtype(), K);
+      for (int64_t r = 0; r < M; r++) quantize_row_kquant(t, W.host<float>() + r * K, q.host<uint8_t>() + r * rb, K);
+      W = q;
+    };
+    for (auto& L : m.weights.layers) {
+      for (Tensor* W : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up}) kq(*W, GgmlType::Q4_K);
+      kq(L.w_down, GgmlType::Q6_K);
+    }
+    kq(m.weights.lm_head, GgmlType::Q6_K);
+    return m;
   }
   QuantizeOptions q;
   q.model = tmp / "f32", q.out = tmp / scheme, q.scheme = scheme, q.group = 32, q.progress = false;
@@ -189,7 +211,7 @@ class ServeInvariance : public ::testing::TestWithParam<std::string> {};
 TEST_P(ServeInvariance, ConcurrencyDoesNotChangeOutputs) {
   test::TempDir tmp("serve_inv");
   const Model m = tiny(tmp, GetParam());
-  const bool quantized = GetParam()[0] == 'w';
+  const bool quantized = GetParam()[0] == 'w' || GetParam()[0] == 'q';  // integer or k-quant products
   if (!quantized) {  // the default mode: measured, printed
     const Invariance d = concurrency_check(m);
     std::printf("%s weights, default mode: largest logprob difference across concurrency %.3g, tokens %s\n",
@@ -204,7 +226,7 @@ TEST_P(ServeInvariance, ConcurrencyDoesNotChangeOutputs) {
   EXPECT_TRUE(r.equal_to_generate);  // generate() in the same mode
   EXPECT_EQ(r.worst, 0.0);           // bit for bit
 }
-INSTANTIATE_TEST_SUITE_P(Weights, ServeInvariance, ::testing::Values("w4a16", "w8a16", "f32", "bf16"));
+INSTANTIATE_TEST_SUITE_P(Weights, ServeInvariance, ::testing::Values("w4a16", "w8a16", "q4_k_m", "f32", "bf16"));
 
 // Too few blocks for all sequences at once: the newest are preempted and recomputed, and
 // every sequence's output (sampled, seeded) is what it is with room to spare.

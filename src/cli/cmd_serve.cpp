@@ -116,12 +116,14 @@ class Server {
       adapter_names_.push_back(nm);
     }
     o_.e.kv_type = o_.kv.resolve(m);
-    // Batch invariance (docs/serving.md): integer-quantized blocks are invariant as they run;
-    // float ones need every product on the GEMV kernels (exact, slower prefill).
+    // Batch invariance (docs/serving.md): integer-quantized blocks (and GGUF k-quants, whose
+    // kernel computes each token alike for any batch) are invariant as they run; float ones
+    // need every product on the GEMV kernels (exact, slower prefill).
     bool quantized = true;
     for (const auto& L : m.weights.layers)
       for (const Tensor* t : L.linears())
-        quantized = quantized && t->quant() && !t->quant()->fp8 && !t->quant()->act_float && !t->quant()->act_per_tensor;
+        quantized = quantized && (dtype_is_kquant(t->dtype()) ||
+                                  (t->quant() && !t->quant()->fp8 && !t->quant()->act_float && !t->quant()->act_per_tensor));
     const bool inv = o_.invariant == "on" || (o_.invariant == "auto" && quantized);
     ops_set_batch_invariant(inv);
     if (!inv)
