@@ -97,6 +97,19 @@ b=$("$LLMQ" eval ppl -m "$T/m-f32.gguf" --text "$T/corpus.txt" --max-tokens 2000
 [ -n "$b" ] && [ "$(cut -c1-30 <<<"$a")" = "$(cut -c1-30 <<<"$b")" ] && ok "eval ppl --text on the .gguf alone: $b" || bad "eval ppl --text: dir $a vs gguf $b"
 "$LLMQ" generate -m "$T/m-q8_0.gguf" -p "And God said" -n 8 --temperature 0 >/dev/null 2>"$T/gen.err" \
   && ok "generate -p TEXT on the .gguf alone" || bad "generate -p on a .gguf: $(tail -1 "$T/gen.err")"
+# Text generation and chat from the .gguf alone equal the model directory's (f32 exports hold
+# the same weights; the tokenizer and chat template come from the file), for the SentencePiece
+# model trained here and the Llama 3-tokenizer one.
+"$LLMQ" export -m "$T/tl3" --type f32 --out "$T/tl3-f32.gguf" > /dev/null 2>&1 || bad "export tl3 f32"
+for pair in "$M:$T/m-f32.gguf" "$T/tl3:$T/tl3-f32.gguf"; do
+  d=${pair%%:*}; g=${pair#*:}
+  for mode in "-p" "--chat -p"; do
+    a=$("$LLMQ" generate -m "$d" $mode "And God said" -n 12 --temperature 0 --ignore-eos 2>/dev/null)
+    b=$("$LLMQ" generate -m "$g" $mode "And God said" -n 12 --temperature 0 --ignore-eos 2>/dev/null)
+    [ -n "$a" ] && [ "$a" = "$b" ] && ok "$(basename "$g") generate $mode TEXT equals the model directory's: $(head -c 60 <<<"$a" | tr '\n' ' ')" \
+      || bad "$(basename "$g") generate $mode differs: dir '$a' vs gguf '$b'"
+  done
+done
 "$LLMQ" quantize -m "$T/m-f32.gguf" --scheme w8a16 --out "$T/q-from-gguf" >/dev/null 2>&1 || bad "quantize from the GGUF"
 [ -f "$T/q-from-gguf/tokenizer.model" ] && [ "$("$LLMQ" tokenizer info --tokenizer "$T/q-from-gguf" | grep fingerprint)" = "$("$LLMQ" tokenizer info --tokenizer "$TOK" | grep fingerprint)" ] \
   && ok "quantize from a GGUF writes its tokenizer (same fingerprint)" || bad "quantize from a GGUF: $(ls "$T/q-from-gguf")"
