@@ -112,6 +112,23 @@ std::string strategy_one_of(const json& obj, const char* what, const char* a, co
   return v;
 }
 
+// compressed-tensors: the one config group llmq reads (several, per-module mixes, are not
+// read yet), with its "weights"; and whether "ignore" keeps lm_head in float.
+const json& ct_single_group(const json& q, const std::string& where) {
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
+    fail("{}: quantization_config.config_groups must hold exactly one group (per-module mixes are not read yet)", where);
+  const json& g = q["config_groups"].begin().value();
+  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
+    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  return g;
+}
+bool ct_ignores_lm_head(const json& q) {
+  if (q.contains("ignore") && q["ignore"].is_array())
+    for (const auto& e : q["ignore"])
+      if (e.is_string() && e.get<std::string>() == "lm_head") return true;
+  return false;
+}
+
 void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) {
   qc.enabled = true;
   qc.fp8 = true;
@@ -134,11 +151,7 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
     fail("{}: quantization_config.format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8, "
          "\"pack-quantized\" and \"int-quantized\")",
          where, q.contains("format") ? q["format"].dump() : "(missing)");
-  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
-    fail("{}: quantization_config.config_groups must hold exactly one group", where);
-  const json& g = q["config_groups"].begin().value();
-  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
-    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  const json& g = ct_single_group(q, where);
   const json& w = g["weights"];
   if (w.value("num_bits", 0) != 8 || w.value("type", std::string()) != "float")
     fail("{}: quantization_config weights must be 8-bit float (E4M3)", where);
@@ -152,10 +165,7 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
     if (qc.act_static && qc.act_per_token)
       fail("{}: static FP8 activation scales per token cannot exist (a static scale is per tensor)", where);
   }
-  qc.lm_head = true;
-  if (q.contains("ignore") && q["ignore"].is_array())
-    for (const auto& e : q["ignore"])
-      if (e.is_string() && e.get<std::string>() == "lm_head") qc.lm_head = false;
+  qc.lm_head = !ct_ignores_lm_head(q);
 }
 // compressed-tensors integer formats (llm-compressor's W4A16 / W8A16 "pack-quantized" and
 // W8A8 "int-quantized"): one config group of int weights per group or per channel, and
@@ -165,11 +175,7 @@ void parse_ct_int_config(const json& q, const std::string& format, const std::st
   qc.ct_int = format;
   qc.zeros_minus_one = false;
   qc.algorithm = "llm-compressor";
-  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
-    fail("{}: quantization_config.config_groups must hold exactly one group (per-module mixes are not read yet)", where);
-  const json& g = q["config_groups"].begin().value();
-  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
-    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  const json& g = ct_single_group(q, where);
   const json& w = g["weights"];
   if (w.value("type", std::string()) != "int") fail("{}: quantization_config weights must be \"int\" for {}", where, format);
   const json nb = w.value("num_bits", json(0));
@@ -203,10 +209,7 @@ void parse_ct_int_config(const json& q, const std::string& format, const std::st
     qc.scheme = "w8a8";
     qc.act_per_token = true;
   }
-  qc.lm_head = true;
-  if (q.contains("ignore") && q["ignore"].is_array())
-    for (const auto& e : q["ignore"])
-      if (e.is_string() && e.get<std::string>() == "lm_head") qc.lm_head = false;
+  qc.lm_head = !ct_ignores_lm_head(q);
 }
 }  // namespace
 

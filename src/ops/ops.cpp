@@ -193,7 +193,7 @@ void matmul_quant(const CpuKernels& k, float* Y, const float* X, const Tensor& W
 void matmul_kquant(const CpuKernels& k, float* Y, const float* X, const Tensor& W, int64_t n, int64_t K, int64_t M) {
   thread_local KQActs tl_acts;
   KQActs& acts = tl_acts;  // the calling thread's buffers, also read by the worker threads
-  quantize_acts_kq(X, n, K, acts);
+  quantize_acts_kq(X, n, K, acts, W.dtype() == DType::Q4K || W.dtype() == DType::Q5K);
   const KQMatView wv = kquant_view(W);
   const KQActView av = acts.view();
   parallel_rows(M, [&](int64_t m0, int64_t m1) { k.matmul_kq(wv, av, Y, n, M, m0, m1); },
@@ -288,7 +288,11 @@ void op_matmuls(const Tensor& x, std::initializer_list<MatmulOut> outs) {
   if (q0) quantize_acts(X, n, K, q0->group, q0->act_per_token, acts, q0->act_per_tensor, q0->act_eps);
   thread_local KQActs tl_kacts;
   KQActs& kacts = tl_kacts;
-  if (kq) quantize_acts_kq(X, n, K, kacts);
+  if (kq) {
+    bool q45 = false;  // the Q4_K/Q5_K kernels' activation order, only when one of them reads it
+    for (const auto& o : outs) q45 = q45 || o.W->dtype() == DType::Q4K || o.W->dtype() == DType::Q5K;
+    quantize_acts_kq(X, n, K, kacts, q45);
+  }
   const int nt = ops_threads();
   int64_t rows = 0, max_rows = 0;
   for (const auto& o : outs) {

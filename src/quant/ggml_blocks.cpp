@@ -94,21 +94,18 @@ bool kquant_scales_finite(GgmlType t, const uint8_t* blocks, uint64_t bytes) {
   return true;
 }
 
-namespace {
-// Q4_K/Q5_K: the j-th (0..7) 6-bit scale and min. Bytes 0-3 hold scales 0-3 in their low
-// 6 bits, bytes 4-7 mins 0-3; scales and mins 4-7 take their low 4 bits from bytes 8-11
-// (scale: low nibble, min: high nibble) and their high 2 bits from the top of bytes 0-3
-// (scales) and 4-7 (mins).
-void scale_min_k4(const uint8_t* s, int j, uint8_t& sc, uint8_t& m) {
+// Bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; scales and mins 4-7
+// take their low 4 bits from bytes 8-11 (scale: low nibble, min: high nibble) and their high
+// 2 bits from the top of bytes 0-3 (scales) and 4-7 (mins).
+void kquant_scale_min_k4(const uint8_t* s, int j, int& sc, int& m) {
   if (j < 4) {
     sc = s[j] & 63;
     m = s[j + 4] & 63;
   } else {
-    sc = (uint8_t)((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
-    m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
   }
 }
-}  // namespace
 
 // Element order inside a super-block (e = 0..255):
 //  Q2_K: 2 halves of 128; in half h, code shift 2j (j = 0..3) of bytes qs[32h .. 32h+31]
@@ -162,8 +159,8 @@ void dequantize_row_kquant(GgmlType t, const void* blocks, float* y, int64_t n) 
         const uint16_t dm = five ? static_cast<const BlockQ5_K*>(blocks)[b].dmin : static_cast<const BlockQ4_K*>(blocks)[b].dmin;
         const float d = f16_to_f32(dd), dmin = f16_to_f32(dm);
         for (int sb = 0; sb < 8; sb++) {
-          uint8_t sc, m;
-          scale_min_k4(scales, sb, sc, m);
+          int sc, m;
+          kquant_scale_min_k4(scales, sb, sc, m);
           const float d1 = d * (float)sc, m1 = dmin * (float)m;
           for (int l = 0; l < 32; l++) {
             const int e = 32 * sb + l, c = sb / 2, h = sb % 2;

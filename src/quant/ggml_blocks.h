@@ -84,6 +84,9 @@ inline DType kquant_dtype(GgmlType t) { return (DType)((int)DType::Q2K + ((int)t
 inline GgmlType kquant_ggml(DType t) { return (GgmlType)((int)GgmlType::Q2_K + ((int)t - (int)DType::Q2K)); }
 inline bool ggml_is_kquant(GgmlType t) { return t >= GgmlType::Q2_K && t <= GgmlType::Q6_K; }
 
+// Q4_K/Q5_K: the j-th (0..7) 6-bit scale and min of a block's 12 scale bytes.
+void kquant_scale_min_k4(const uint8_t* scales, int j, int& sc, int& m);
+
 // Bits per weight of a ggml block type (32 for F32, ..., 2.625 for Q2_K); 0 if unknown.
 double ggml_bits_per_weight(GgmlType t);
 

@@ -35,20 +35,6 @@ ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def read_safetensors(path):
-    raw = Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        assert e["dtype"] == "F32", name
-        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(e["shape"])
-    return out
-
-
 def write_safetensors(path, tensors):
     names = {np.float32: "F32", np.float16: "F16", np.int32: "I32", np.int8: "I8", np.uint16: "BF16"}
     header, blobs, off = {}, [], 0
@@ -166,7 +152,7 @@ def main():
         return ct_read(Path(sys.argv[2]), Path(sys.argv[3]))
     src, out_dir, deq_dir, G = Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
     cfg = json.loads((src / "config.json").read_text())
-    w = read_safetensors(src / "model.safetensors")
+    w = read_any(src / "model.safetensors")
     out, deq = {}, {}
     for name, t in w.items():
         if not (name.endswith(".weight") and name.split(".")[-2] in LINEARS):

@@ -20,19 +20,6 @@ struct Unpacked {
   float d, dm;
 };
 
-// Q4_K/Q5_K: 8 6-bit scales and 8 mins from 12 bytes (ggml_blocks.cpp, scale_min_k4).
-void scales_k4(const uint8_t* b, int* sc, int* mn) {
-  for (int j = 0; j < 8; j++) {
-    if (j < 4) {
-      sc[j] = b[j] & 63;
-      mn[j] = b[j + 4] & 63;
-    } else {
-      sc[j] = (b[j + 4] & 15) | ((b[j - 4] >> 6) << 4);
-      mn[j] = (b[j + 4] >> 4) | ((b[j] >> 6) << 4);
-    }
-  }
-}
-
 void unpack(int type, const uint8_t* blk, Unpacked& x) {
   switch ((GgmlType)type) {
     case GgmlType::Q2_K: {
@@ -77,9 +64,7 @@ void unpack(int type, const uint8_t* blk, Unpacked& x) {
         if (five) q |= ((qh[e % 32] >> (e / 32)) & 1) << 4;
         x.u[e] = (uint8_t)q;
       }
-      int sc[8], mn[8];
-      scales_k4(scales, sc, mn);
-      for (int j = 0; j < 16; j++) x.s[j] = sc[j / 2], x.o[j] = mn[j / 2];
+      for (int j = 0; j < 16; j++) kquant_scale_min_k4(scales, j / 2, x.s[j], x.o[j]);
       x.d = f16_to_f32(d), x.dm = f16_to_f32(dmin);
       return;
     }
