@@ -13,6 +13,8 @@ void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto json = std::make_shared<bool>(false);
   auto keep = std::make_shared<std::string>();
+  auto recipe = std::make_shared<std::string>();
+  auto mix = std::make_shared<std::string>();
   cmd->add_option("-m,--model", o->model, "source model: a directory or an f32/f16 .gguf file (float weights)")->required()->transform(llmq::cli::kRunLatest);
   cmd->add_option("--out", o->out, "output model directory")->required();
   cmd->add_option("--format", o->format,
@@ -53,18 +55,38 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--keep", *keep, "comma-separated tensors left in float: lm_head, embed (always kept), or parts of "
                                    "tensor names such as down_proj or layers.0. (default: embed for rtn; embed,lm_head "
                                    "for the other methods, as their reference tools do)");
+  auto* recipe_opt = cmd->add_option("--recipe", *recipe,
+                  "per-module quantization: a JSON file of ordered rules, the first match deciding each linear, e.g. "
+                  "{\"default\": \"w4a16:g128\", \"rules\": [{\"match\": \"mlp\", \"quant\": \"w2a16:g16:hqq:axis0\"}, "
+                  "{\"match\": \"first:1|last:1\", \"quant\": \"w8a16\"}]} (docs/quantization.md, Recipes); "
+                  "--scheme/--method/--group/--sym/--axis are the default for unmatched linears; lm_head stays in float "
+                  "unless a rule names it")
+                       ->check(CLI::ExistingFile);
+  cmd->add_option("--mix", *mix,
+                  "the same rules inline: 'self_attn=w4a16:g128,mlp=w2a16:g16:hqq:axis0,first:1|last:1=w8a16' "
+                  "(selectors: q k v o gate up down lm_head attn mlp layers.A-B first:N last:N re:REGEX, joined by & "
+                  "and |; options: gN sym asym rtn hqq gptq awq axis0 axis1; scheme float leaves a module in float)")
+      ->excludes(recipe_opt);
   cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", *json, "print a JSON summary");
   auto overwrite = std::make_shared<bool>(false);
   cmd->add_flag("--overwrite", *overwrite,
                 "replace an --out directory that llmq did not write (one it wrote is replaced without asking); "
                 "the output appears whole, under a temporary name until it is complete");
-  cmd->callback([o, json, keep, overwrite, damp, act_order, static_groups, alpha, calib] {
+  cmd->callback([o, json, keep, overwrite, damp, act_order, static_groups, alpha, calib, recipe, mix] {
+    if (!recipe->empty()) o->recipe = recipe_load(*recipe);
+    if (!mix->empty()) o->recipe = recipe_parse_mix(*mix);
+    auto recipe_uses = [&](const std::string& m) {
+      bool any = o->recipe.defaults.method == m;
+      for (const auto& r : o->recipe.rules) any = any || r.method == m;
+      return any;
+    };
     // Options the chosen method would ignore are refused, not silently dropped.
     for (auto [opt, method] : {std::pair{damp, "gptq"}, {act_order, "gptq"}, {static_groups, "gptq"}, {alpha, "smoothquant"}})
-      if (opt->count() > 0 && o->method != method)
+      if (opt->count() > 0 && o->method != method && !recipe_uses(method))
         fail("quantize: {} applies to --method {} only (this run uses {})", opt->get_name(), method, o->method);
-    const bool needs_calib = o->method == "gptq" || o->method == "awq" || o->method == "smoothquant" ||
+    const bool rule_calib = recipe_uses("gptq") || recipe_uses("awq");
+    const bool needs_calib = rule_calib || o->method == "gptq" || o->method == "awq" || o->method == "smoothquant" ||
                              o->act_scale == "static" ||
                              (!o->kv_cache.empty() && o->method != "qat" && o->kv_cache != "int4");
     if (calib->count() > 0 && !needs_calib)
@@ -72,7 +94,7 @@ void register_quantize(CLI::App& app) {
            o->method);
     o->keep.clear();
     std::string k;
-    const std::string kept = !keep->empty() ? *keep : o->method == "rtn" ? "embed" : "embed,lm_head";
+    const std::string kept = !keep->empty() ? *keep : o->method == "rtn" || !o->recipe.empty() ? "embed" : "embed,lm_head";
     for (char ch : kept + ",") {
       if (ch == ',') {
         if (!k.empty()) o->keep.push_back(k);

@@ -376,8 +376,8 @@ void check_finite(const Tensor& x, const std::string& file, const std::string& n
 
 bool hf_is_quantized_linear(const ModelConfig& c, const std::string& name) {
   if (!c.quant.enabled) return false;
-  if (name == "lm_head.weight") return c.quant.lm_head;
-  return name.ends_with("_proj.weight");
+  if (name != "lm_head.weight" && !name.ends_with("_proj.weight")) return false;
+  return c.quant.quantizes(name);
 }
 
 Model model_load(const std::string& dir, LoadMode mode, const std::function<bool(const std::string&)>& want) {
@@ -402,17 +402,18 @@ Model model_load(const std::string& dir, LoadMode mode, const std::function<bool
     if (want && !want(spec.name)) continue;
     // A quantized model's linears are GPTQ tensors, except those kept in float (.weight);
     // FP8 linears are .weight in F8_E4M3 with a .weight_scale.
-    if (hf_is_quantized_linear(c, spec.name) && c.quant.fp8 && wf.where.count(spec.name) &&
-        wf.where.at(spec.name).second->dtype == DType::F8E4M3) {
-      t[spec.name] = load_fp8_linear(wf, dir, spec, c.quant);
+    const bool qlinear = hf_is_quantized_linear(c, spec.name);
+    const QuantConfig& q = c.quant.of(spec.name);  // this linear's scheme (a mix: quantization_config's per-module part)
+    if (qlinear && q.fp8 && wf.where.count(spec.name) && wf.where.at(spec.name).second->dtype == DType::F8E4M3) {
+      t[spec.name] = load_fp8_linear(wf, dir, spec, q);
       continue;
     }
-    if (hf_is_quantized_linear(c, spec.name) && !c.quant.ct_int.empty()) {
-      t[spec.name] = load_ct_int_linear(wf, dir, spec, c.quant);
+    if (qlinear && !q.ct_int.empty()) {
+      t[spec.name] = load_ct_int_linear(wf, dir, spec, q);
       continue;
     }
-    if (hf_is_quantized_linear(c, spec.name) && !c.quant.fp8 && !wf.where.count(spec.name)) {
-      t[spec.name] = load_gptq_linear(wf, dir, spec, c.quant);
+    if (qlinear && !q.fp8 && !wf.where.count(spec.name)) {
+      t[spec.name] = load_gptq_linear(wf, dir, spec, q);
       continue;
     }
     auto it = wf.where.find(spec.name);

@@ -3,9 +3,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
+#include <map>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "core/error.h"
 #include "core/file_util.h"
@@ -22,6 +25,36 @@ int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double mult) {
     fail("params.json: dim {}, ffn_dim_multiplier {} and multiple_of {} give no valid FFN width", dim, mult, multiple_of);
   const int64_t h = (int64_t)h1;
   return multiple_of * ((h + multiple_of - 1) / multiple_of);
+}
+
+const QuantConfig& QuantConfig::of(const std::string& name) const {
+  auto it = std::lower_bound(modules.begin(), modules.end(), name,
+                             [](const std::pair<std::string, QuantConfig>& e, const std::string& n) { return e.first < n; });
+  return it != modules.end() && it->first == name ? it->second : *this;
+}
+
+bool QuantConfig::quantizes(const std::string& name) const {
+  const QuantConfig& q = of(name);
+  return q.enabled && (name != "lm_head.weight" || q.lm_head);
+}
+
+std::vector<std::string> quant_linear_names(const ModelConfig& c) {
+  std::vector<std::string> v;
+  for (int64_t l = 0; l < c.n_layers; l++)
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                          "mlp.up_proj", "mlp.down_proj"})
+      v.push_back("model.layers." + std::to_string(l) + "." + n + ".weight");
+  v.push_back("lm_head.weight");
+  return v;
+}
+
+bool quant_same_linear(const QuantConfig& a, const QuantConfig& b) {
+  return a.enabled == b.enabled && (!a.enabled || (a.bits == b.bits && a.group == b.group && a.sym == b.sym &&
+                                                   a.float_zeros == b.float_zeros && a.hqq_axis == b.hqq_axis &&
+                                                   a.ct_int == b.ct_int && a.fp8 == b.fp8 &&
+                                                   a.act_per_token == b.act_per_token &&
+                                                   a.weight_per_tensor == b.weight_per_tensor && a.act_static == b.act_static &&
+                                                   a.desc_act == b.desc_act && a.lm_head == b.lm_head));
 }
 
 int64_t ModelConfig::n_params() const {
@@ -112,24 +145,57 @@ std::string strategy_one_of(const json& obj, const char* what, const char* a, co
   return v;
 }
 
-// compressed-tensors: the one config group llmq reads (several, per-module mixes, are not
-// read yet), with its "weights"; and whether "ignore" keeps lm_head in float.
-const json& ct_single_group(const json& q, const std::string& where) {
-  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
-    fail("{}: quantization_config.config_groups must hold exactly one group (per-module mixes are not read yet)", where);
-  const json& g = q["config_groups"].begin().value();
-  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
-    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
-  return g;
-}
-bool ct_ignores_lm_head(const json& q) {
-  if (q.contains("ignore") && q["ignore"].is_array())
-    for (const auto& e : q["ignore"])
-      if (e.is_string() && e.get<std::string>() == "lm_head") return true;
-  return false;
+// Python's re.match (what GPTQModel's "dynamic" and compressed-tensors' "re:" targets use): the
+// pattern anchored at the start of the module name, not its end. Patterns are compiled once.
+class PyRegexMatcher {
+ public:
+  explicit PyRegexMatcher(std::string where) : where_(std::move(where)) {}
+  bool match(const std::string& pattern, const std::string& s) {
+    auto it = cache_.find(pattern);
+    if (it == cache_.end()) {
+      if (pattern.size() > 512) fail("{}: pattern \"{}...\" is longer than 512 characters", where_, pattern.substr(0, 40));
+      try {
+        it = cache_.emplace(pattern, std::regex(pattern, std::regex::ECMAScript)).first;
+      } catch (const std::regex_error& e) {
+        fail("{}: \"{}\" is not a regular expression llmq can read ({})", where_, pattern, e.what());
+      }
+    }
+    try {
+      return std::regex_search(s, it->second, std::regex_constants::match_continuous);
+    } catch (const std::regex_error& e) {
+      fail("{}: matching \"{}\" against {}: {}", where_, pattern, s, e.what());
+    }
+  }
+
+ private:
+  std::string where_;
+  std::map<std::string, std::regex> cache_;
+};
+
+// The module name of a linear's HF weight name ("model.layers.0.mlp.up_proj.weight" ->
+// "model.layers.0.mlp.up_proj"), as the Python tools match it.
+std::string module_of(const std::string& weight_name) { return weight_name.substr(0, weight_name.size() - 7); }
+
+// Stores, for every linear whose resolved quantization differs from base, an entry in
+// base.modules (sorted by name).
+void set_modules(QuantConfig& base, const ModelConfig& c, const std::function<QuantConfig(const std::string&)>& resolve) {
+  base.modules.clear();
+  for (const std::string& name : quant_linear_names(c)) {
+    QuantConfig q = resolve(name);
+    if (name == "lm_head.weight" && !q.enabled && !base.lm_head) continue;  // float either way
+    if (!quant_same_linear(q, base)) base.modules.emplace_back(name, std::move(q));
+  }
+  std::sort(base.modules.begin(), base.modules.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
 }
 
-void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) {
+// compressed-tensors: a config group's "weights" object, checked.
+const json& ct_group_weights(const json& g, const std::string& where) {
+  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object())
+    fail("{}: quantization_config.config_groups: a group without \"weights\"", where);
+  return g["weights"];
+}
+
+void parse_fp8_group(const json& g, const std::string& where, QuantConfig& qc) {
   qc.enabled = true;
   qc.fp8 = true;
   qc.bits = 8;
@@ -137,22 +203,7 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
   qc.sym = true;
   qc.scheme = "fp8";
   qc.zeros_minus_one = false;
-  if (q.value("quant_method", std::string()) == "fp8") {
-    const std::string as = q.value("activation_scheme", std::string("dynamic"));
-    if (as != "dynamic" && as != "static")
-      fail("{}: quantization_config.activation_scheme \"{}\" (dynamic or static expected)", where, as);
-    qc.act_static = as == "static";
-    qc.weight_per_tensor = true;
-    qc.act_per_token = false;
-    qc.lm_head = false;
-    return;
-  }
-  if (q.value("format", std::string()) != "float-quantized")
-    fail("{}: quantization_config.format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8, "
-         "\"pack-quantized\" and \"int-quantized\")",
-         where, q.contains("format") ? q["format"].dump() : "(missing)");
-  const json& g = ct_single_group(q, where);
-  const json& w = g["weights"];
+  const json& w = ct_group_weights(g, where);
   if (w.value("num_bits", 0) != 8 || w.value("type", std::string()) != "float")
     fail("{}: quantization_config weights must be 8-bit float (E4M3)", where);
   qc.weight_per_tensor = strategy_one_of(w, "weights", "channel", "tensor", where) == "tensor";
@@ -165,23 +216,25 @@ void parse_fp8_config(const json& q, const std::string& where, QuantConfig& qc) 
     if (qc.act_static && qc.act_per_token)
       fail("{}: static FP8 activation scales per token cannot exist (a static scale is per tensor)", where);
   }
-  qc.lm_head = !ct_ignores_lm_head(q);
 }
+
 // compressed-tensors integer formats (llm-compressor's W4A16 / W8A16 "pack-quantized" and
-// W8A8 "int-quantized"): one config group of int weights per group or per channel, and
-// either no activation quantization or int8 per token, dynamic, symmetric.
-void parse_ct_int_config(const json& q, const std::string& format, const std::string& where, QuantConfig& qc) {
+// W8A8 "int-quantized"): int weights per group or per channel, and either no activation
+// quantization or int8 per token, dynamic, symmetric. pack-quantized holds 2-, 4- and 8-bit
+// codes (whole codes per int32).
+void parse_ct_int_group(const json& g, const std::string& format, const std::string& where, QuantConfig& qc) {
   qc.enabled = true;
   qc.ct_int = format;
   qc.zeros_minus_one = false;
   qc.algorithm = "llm-compressor";
-  const json& g = ct_single_group(q, where);
-  const json& w = g["weights"];
+  const json& w = ct_group_weights(g, where);
   if (w.value("type", std::string()) != "int") fail("{}: quantization_config weights must be \"int\" for {}", where, format);
   const json nb = w.value("num_bits", json(0));
-  if (!nb.is_number_integer() || (nb.get<int>() != 4 && nb.get<int>() != 8) || (format != "pack-quantized" && nb.get<int>() != 8))
+  const bool packed = format == "pack-quantized";
+  if (!nb.is_number_integer() || (nb.get<int>() != 2 && nb.get<int>() != 4 && nb.get<int>() != 8) ||
+      (!packed && nb.get<int>() != 8))
     fail("{}: quantization_config weights num_bits {} is not supported ({}: {})", where, nb.dump(), format,
-         format == "pack-quantized" ? "4 or 8" : "8");
+         packed ? "2, 4 or 8" : "8");
   qc.bits = nb.get<int>();
   const std::string strategy = w.value("strategy", std::string());
   if (strategy == "group") {
@@ -195,11 +248,12 @@ void parse_ct_int_config(const json& q, const std::string& format, const std::st
     fail("{}: quantization_config weights strategy \"{}\" is not supported (group or channel)", where, strategy);
   }
   qc.sym = w.value("symmetric", true);
-  if (!qc.sym && format != "pack-quantized")
+  if (!qc.sym && !packed)
     fail("{}: asymmetric {} weights are not supported (llm-compressor writes them symmetric)", where, format);
   if (w.contains("actorder") && !w["actorder"].is_null() && w["actorder"] != false)
     fail("{}: quantization_config weights actorder {} is not supported (weight_g_idx)", where, w["actorder"].dump());
   qc.scheme = fmt::format("w{}a16", qc.bits);
+  qc.act_per_token = false;
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
     if (!a.is_object() || a.value("type", std::string()) != "int" || a.value("num_bits", 0) != 8 ||
@@ -209,11 +263,180 @@ void parse_ct_int_config(const json& q, const std::string& format, const std::st
     qc.scheme = "w8a8";
     qc.act_per_token = true;
   }
-  qc.lm_head = !ct_ignores_lm_head(q);
+}
+
+// compressed-tensors (llm-compressor): config_groups, each with "targets" (exact module names,
+// "re:" patterns matched from the start of the name, or the class name "Linear") and one
+// scheme, and "ignore" (the same kinds of entries) for modules left in float. A linear takes
+// the group whose targets match it most specifically: an exact name before a pattern before
+// "Linear" (compressed-tensors' precedence), the first such group in the file; "ignore" wins
+// over every group. The base scheme is the group targeting "Linear" (else the first group);
+// the others become QuantConfig::modules. format "mixed-precision" names each group's own
+// "format".
+void parse_ct_config(const json& q, const std::string& where, const ModelConfig& c, QuantConfig& qc) {
+  const std::string top = q.value("format", std::string());
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].empty())
+    fail("{}: quantization_config.config_groups must hold at least one group", where);
+  struct Group {
+    std::string name;
+    std::vector<std::string> targets;
+    QuantConfig cfg;
+  };
+  std::vector<Group> groups;
+  for (const auto& [gname, g] : q["config_groups"].items()) {
+    const std::string w = where + ": quantization_config.config_groups." + gname;
+    if (!g.is_object()) fail("{}: a group must be an object", w);
+    std::string format = top == "mixed-precision" ? g.value("format", std::string()) : top;
+    if (format == "naive-quantized") format = "int-quantized";
+    Group gr;
+    gr.name = gname;
+    if (format == "float-quantized") parse_fp8_group(g, w, gr.cfg);
+    else if (format == "pack-quantized" || format == "int-quantized") parse_ct_int_group(g, format, w, gr.cfg);
+    else
+      fail("{}: format {} is not supported (llmq reads compressed-tensors \"float-quantized\" FP8, \"pack-quantized\" "
+           "and \"int-quantized\", or \"mixed-precision\" of those)", w, format.empty() ? std::string("(missing)") : "\"" + format + "\"");
+    if (!g.contains("targets") || !g["targets"].is_array() || g["targets"].empty())
+      fail("{}: \"targets\" must be a non-empty list (module names, \"re:\" patterns or \"Linear\")", w);
+    for (const auto& t : g["targets"]) {
+      if (!t.is_string()) fail("{}: targets must be strings", w);
+      gr.targets.push_back(t.get<std::string>());
+    }
+    groups.push_back(std::move(gr));
+  }
+  std::vector<std::string> ignore;
+  if (q.contains("ignore") && !q["ignore"].is_null()) {
+    if (!q["ignore"].is_array()) fail("{}: quantization_config.ignore must be a list", where);
+    for (const auto& e : q["ignore"]) {
+      if (!e.is_string()) fail("{}: quantization_config.ignore holds a non-string", where);
+      ignore.push_back(e.get<std::string>());
+    }
+  }
+  PyRegexMatcher re(where + ": quantization_config");
+  // 3: exact name, 2: pattern, 1: class "Linear", 0: no match.
+  auto level = [&](const std::string& target, const std::string& module) {
+    if (target == module) return 3;
+    if (target.rfind("re:", 0) == 0) return re.match(target.substr(3), module) ? 2 : 0;
+    return target == "Linear" ? 1 : 0;
+  };
+  size_t base = 0;
+  for (size_t i = 0; i < groups.size(); i++)
+    if (std::find(groups[i].targets.begin(), groups[i].targets.end(), "Linear") != groups[i].targets.end()) {
+      base = i;
+      break;
+    }
+  qc = groups[base].cfg;
+  auto resolve = [&](const std::string& name) {
+    const std::string module = module_of(name);
+    QuantConfig off = qc;
+    off.enabled = false;
+    off.modules.clear();
+    for (const auto& e : ignore)
+      if (level(e, module) > 0) return off;
+    int best = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < groups.size(); i++)
+      for (const auto& t : groups[i].targets) {
+        const int l = level(t, module);
+        if (l > best) best = l, at = i;
+      }
+    if (best == 0) return off;
+    QuantConfig r = groups[at].cfg;
+    r.lm_head = name == "lm_head.weight";
+    return r;
+  };
+  {  // lm_head is quantized with the base scheme when it resolves to it
+    QuantConfig h = resolve("lm_head.weight");
+    h.lm_head = qc.lm_head = false;
+    qc.lm_head = h.enabled && quant_same_linear(h, qc);
+  }
+  set_modules(qc, c, [&](const std::string& name) {
+    QuantConfig r = resolve(name);
+    if (name != "lm_head.weight") r.lm_head = qc.lm_head;  // the flag only matters for lm_head
+    return r;
+  });
+}
+
+// GPTQModel's per-module overrides (quantization_config.dynamic, as vLLM reads them): keys are
+// patterns matched from the start of the module name, in the file's order, the first match
+// deciding; "-:PATTERN" leaves the module in float, "+:PATTERN" (or no prefix) overrides
+// bits, group_size, sym and desc_act; llmq's own keys llmq_zeros ("float": HQQ's f16 zeros)
+// and llmq_axis (HQQ's axis) describe llmq's HQQ layout per module.
+void parse_gptq_dynamic(const json& dyn, const std::vector<std::string>& order, const std::string& where,
+                        const ModelConfig& c, QuantConfig& qc) {
+  if (!dyn.is_object()) fail("{}: quantization_config.dynamic must be an object of pattern: overrides", where);
+  std::vector<std::string> keys;
+  for (const auto& k : order)
+    if (dyn.contains(k)) keys.push_back(k);
+  for (const auto& [k, v] : dyn.items())
+    if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
+  struct Rule {
+    bool negative;
+    std::string pattern;
+    QuantConfig cfg;
+  };
+  std::vector<Rule> rules;
+  for (const auto& k : keys) {
+    const json& v = dyn[k];
+    const std::string w = fmt::format("{}: quantization_config.dynamic \"{}\"", where, k);
+    if (!v.is_object()) fail("{}: the overrides must be an object", w);
+    Rule r{k.rfind("-:", 0) == 0, k.rfind("-:", 0) == 0 || k.rfind("+:", 0) == 0 ? k.substr(2) : k, qc};
+    r.cfg.modules.clear();
+    if (r.negative) r.cfg.enabled = false;
+    if (v.contains("bits")) {
+      if (!v["bits"].is_number_integer()) fail("{}: bits must be an integer", w);
+      const int b = v["bits"].get<int>();
+      if (b != 2 && b != 3 && b != 4 && b != 8) fail("{}: bits {} is not supported (2, 3, 4 or 8)", w, b);
+      if (qc.awq && b != 4) fail("{}: bits {}: AWQ's GEMM packing holds 4-bit codes", w, b);
+      r.cfg.bits = b;
+      r.cfg.scheme = fmt::format("w{}a16", b);
+    }
+    if (v.contains("llmq_zeros")) {
+      if (v["llmq_zeros"] != "float" && v["llmq_zeros"] != "int") fail("{}: llmq_zeros must be \"float\" or \"int\"", w);
+      r.cfg.float_zeros = v["llmq_zeros"] == "float";
+    }
+    if (v.contains("llmq_axis")) {
+      if (v["llmq_axis"] != 0 && v["llmq_axis"] != 1) fail("{}: llmq_axis must be 0 or 1", w);
+      r.cfg.hqq_axis = v["llmq_axis"].get<int>();
+      if (r.cfg.hqq_axis == 0 && !r.cfg.float_zeros) fail("{}: llmq_axis 0 is HQQ's layout (llmq_zeros \"float\")", w);
+    }
+    if (v.contains("group_size")) {
+      if (!v["group_size"].is_number_integer()) fail("{}: group_size must be an integer", w);
+      const int64_t g = v["group_size"].get<int64_t>();
+      const int64_t unit = r.cfg.hqq_axis == 0 ? 16 : 32;  // HQQ axis 0 groups output channels by 16s
+      if (g != -1 && (g < unit || g % unit != 0 || g > (int64_t(1) << 30)))
+        fail("{}: group_size {} is not supported (-1 or a multiple of {})", w, g, unit);
+      r.cfg.group = g == -1 ? 0 : g;
+    }
+    if (r.cfg.hqq_axis == 0 && r.cfg.group == 0) fail("{}: HQQ axis 0 needs a group_size", w);
+    if (v.contains("sym")) {
+      if (!v["sym"].is_boolean()) fail("{}: sym must be true or false", w);
+      r.cfg.sym = v["sym"].get<bool>();
+    }
+    if (v.contains("desc_act")) {
+      if (!v["desc_act"].is_boolean()) fail("{}: desc_act must be true or false", w);
+      r.cfg.desc_act = v["desc_act"].get<bool>();
+    }
+    if (v.contains("llmq_method") && v["llmq_method"].is_string()) r.cfg.algorithm = v["llmq_method"].get<std::string>();
+    if (r.cfg.float_zeros) r.cfg.sym = false;
+    rules.push_back(std::move(r));
+  }
+  PyRegexMatcher re(where + ": quantization_config.dynamic");
+  set_modules(qc, c, [&](const std::string& name) {
+    for (const auto& r : rules)
+      if (re.match(r.pattern, module_of(name))) {
+        QuantConfig q = r.cfg;
+        q.lm_head = qc.lm_head;
+        return q;
+      }
+    return qc;
+  });
 }
 }  // namespace
 
-ModelConfig config_from_hf_json(const json& j, const std::string& where) {
+namespace {
+// dyn_order: the keys of quantization_config.dynamic in the file's order (json objects sort
+// their keys; GPTQModel's first match depends on the order written).
+ModelConfig hf_json_config(const json& j, const std::string& where, const std::vector<std::string>& dyn_order) {
   require_object(j, where);
   Reader r{j, where};
   if (r.has("model_type") && j["model_type"] != "llama")
@@ -250,20 +473,23 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     if (!q.is_object()) fail("{}: quantization_config must be an object", where);
     const std::string method = q.contains("quant_method") && q["quant_method"].is_string()
                                    ? q["quant_method"].get<std::string>() : std::string();
-    const std::string ct_format = q.value("format", std::string());
-    if (method == "compressed-tensors" && (ct_format == "pack-quantized" || ct_format == "int-quantized" ||
-                                           ct_format == "naive-quantized")) {
+    if (method == "compressed-tensors") {
       try {
-        parse_ct_int_config(q, ct_format == "pack-quantized" ? ct_format : "int-quantized", where, c.quant);
+        parse_ct_config(q, where, c, c.quant);
       } catch (const json::exception& e) {
         fail("{}: quantization_config: {}", where, e.what());
       }
-    } else if (method == "compressed-tensors" || method == "fp8") {
-      try {
-        parse_fp8_config(q, where, c.quant);
-      } catch (const json::exception& e) {
-        fail("{}: quantization_config: {}", where, e.what());
-      }
+    } else if (method == "fp8") {  // vLLM's fp8: E4M3 weights with one scale per tensor
+      const std::string as = q.value("activation_scheme", std::string("dynamic"));
+      if (as != "dynamic" && as != "static")
+        fail("{}: quantization_config.activation_scheme \"{}\" (dynamic or static expected)", where, as);
+      QuantConfig& qc = c.quant;
+      qc.enabled = qc.fp8 = true;
+      qc.bits = 8, qc.group = 0, qc.sym = true, qc.scheme = "fp8", qc.zeros_minus_one = false;
+      qc.act_static = as == "static";
+      qc.weight_per_tensor = true;
+      qc.act_per_token = false;
+      qc.lm_head = false;
     } else if (method == "hqq") {
       if (q.value("checkpoint_format", std::string()) != "llmq")
         fail("{}: quantization_config: HQQ checkpoints are read in llmq's layout only (checkpoint_format \"llmq\": "
@@ -300,8 +526,9 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
       fail("{}: quantization_config.bits {} is not supported (2, 3, 4 or 8)", where, qc.bits);
     if (qc.awq && qc.bits != 4) fail("{}: quantization_config.bits {}: AWQ's GEMM packing holds 4-bit codes", where, qc.bits);
     const int64_t g = qc.awq && !q.contains("group_size") ? rq.integer_or("q_group_size", -1) : rq.integer_or("group_size", -1);
-    if (g != -1 && (g < 32 || g % 32 != 0 || g > (int64_t(1) << 30)))
-      fail("{}: quantization_config.group_size {} is not supported (-1 or a multiple of 32)", where, g);
+    const int64_t unit = qc.float_zeros && qc.hqq_axis == 0 ? 16 : 32;  // HQQ axis 0: output channels by 16s
+    if (g != -1 && (g < unit || g % unit != 0 || g > (int64_t(1) << 30)))
+      fail("{}: quantization_config.group_size {} is not supported (-1 or a multiple of {})", where, g, unit);
     qc.group = g == -1 ? 0 : g;
     qc.sym = qc.awq ? false : rq.boolean_or("sym", true);  // AWQ: zero points always
     qc.desc_act = rq.boolean_or("desc_act", false);
@@ -332,6 +559,12 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
         else qc.act_float = true;
       }
       if (l.contains("act") && l["act"] == "tensor" && qc.scheme == "w8a8") qc.act_per_tensor = true, qc.act_per_token = false;
+    }
+    if (q.contains("dynamic") && !q["dynamic"].is_null()) {
+      if (qc.act_per_token || qc.act_per_tensor || qc.act_eps > 0 || qc.act_float)
+        fail("{}: quantization_config.dynamic: per-module overrides are read for weight-only schemes (this is {})", where,
+             qc.scheme);
+      parse_gptq_dynamic(q["dynamic"], dyn_order, where, c, qc);
     }
   }
   if (r.has("quantization_config") && j["quantization_config"].contains("kv_cache_scheme") &&
@@ -375,6 +608,9 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   c.validate(where);
   return c;
 }
+}  // namespace
+
+ModelConfig config_from_hf_json(const json& j, const std::string& where) { return hf_json_config(j, where, {}); }
 
 ModelConfig config_from_meta_params(const json& j, const std::string& where) {
   require_object(j, where);
@@ -410,7 +646,16 @@ ModelConfig config_parse(const std::string& text, const std::string& where) {
   if (j.is_discarded()) fail("{}: malformed JSON", where);
   require_object(j, where);
   try {
-    if (j.contains("hidden_size")) return config_from_hf_json(j, where);
+    if (j.contains("hidden_size")) {
+      std::vector<std::string> order;
+      if (j.contains("quantization_config") && j["quantization_config"].is_object() &&
+          j["quantization_config"].contains("dynamic")) {
+        const nlohmann::ordered_json o = nlohmann::ordered_json::parse(text, nullptr, false);
+        if (!o.is_discarded() && o.at("quantization_config").at("dynamic").is_object())
+          for (const auto& [k, v] : o.at("quantization_config").at("dynamic").items()) order.push_back(k);
+      }
+      return hf_json_config(j, where, order);
+    }
     if (j.contains("dim")) return config_from_meta_params(j, where);
   } catch (const json::exception& e) {
     fail("{}: a field has the wrong JSON type ({})", where, e.what());
@@ -447,36 +692,66 @@ json config_to_hf_json(const ModelConfig& c) {
   };
   j["bos_token_id"] = ids(c.bos_token_ids);
   j["eos_token_id"] = ids(c.eos_token_ids);
-  if (c.quant.enabled && c.quant.fp8) {
+  if (c.quant.enabled && (c.quant.fp8 || !c.quant.ct_int.empty())) {
+    // compressed-tensors: one group per scheme. A single scheme targets "Linear"; a mix names
+    // every module in exactly one group (no precedence between groups to get wrong), and
+    // "ignore" names the linears left in float.
     const QuantConfig& q = c.quant;
-    json group = {{"targets", {"Linear"}},
-                  {"weights",
-                   {{"num_bits", 8}, {"type", "float"}, {"strategy", q.weight_per_tensor ? "tensor" : "channel"},
-                    {"symmetric", true}, {"dynamic", false}}},
-                  {"input_activations",
-                   {{"num_bits", 8}, {"type", "float"}, {"strategy", q.act_per_token ? "token" : "tensor"},
-                    {"symmetric", true}, {"dynamic", !q.act_static}}}};
+    auto group_json = [](const QuantConfig& g) -> json {
+      if (g.fp8)
+        return {{"weights",
+                 {{"num_bits", 8}, {"type", "float"}, {"strategy", g.weight_per_tensor ? "tensor" : "channel"},
+                  {"symmetric", true}, {"dynamic", false}}},
+                {"input_activations",
+                 {{"num_bits", 8}, {"type", "float"}, {"strategy", g.act_per_token ? "token" : "tensor"},
+                  {"symmetric", true}, {"dynamic", !g.act_static}}}};
+      json weights = {{"num_bits", g.bits}, {"type", "int"}, {"symmetric", g.sym},
+                      {"strategy", g.group ? "group" : "channel"}, {"group_size", g.group ? json(g.group) : json(nullptr)},
+                      {"dynamic", false}, {"actorder", nullptr}, {"observer", "minmax"}};
+      json acts = g.act_per_token ? json{{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"},
+                                         {"dynamic", true}, {"observer", nullptr}}
+                                  : json(nullptr);
+      return {{"weights", weights}, {"input_activations", acts}, {"output_activations", nullptr}};
+    };
+    auto format_of = [](const QuantConfig& g) { return g.fp8 ? std::string("float-quantized") : g.ct_int; };
+    json groups = json::object(), ignore = json::array();
+    std::string format = format_of(q);
+    if (q.modules.empty()) {
+      json g = group_json(q);
+      g["targets"] = {"Linear"};
+      groups["group_0"] = g;
+      if (!q.lm_head) ignore.push_back("lm_head");
+    } else {
+      std::vector<std::pair<const QuantConfig*, json>> by_scheme;  // scheme -> target names
+      for (const std::string& name : quant_linear_names(c)) {
+        const QuantConfig& m = q.of(name);
+        const std::string module = name.substr(0, name.size() - 7);
+        if (!q.quantizes(name)) {
+          ignore.push_back(module);
+          continue;
+        }
+        auto it = std::find_if(by_scheme.begin(), by_scheme.end(), [&](const auto& e) {
+          QuantConfig a = *e.first, b = m;
+          a.lm_head = b.lm_head = false;
+          return quant_same_linear(a, b);
+        });
+        if (it == by_scheme.end()) by_scheme.push_back({&m, json::array()}), it = by_scheme.end() - 1;
+        it->second.push_back(module);
+      }
+      for (size_t i = 0; i < by_scheme.size(); i++) {
+        json g = group_json(*by_scheme[i].first);
+        g["targets"] = by_scheme[i].second;
+        if (format_of(*by_scheme[i].first) != format) format = "mixed-precision";
+        groups[fmt::format("group_{}", i)] = g;
+      }
+      if (format == "mixed-precision")
+        for (size_t i = 0; i < by_scheme.size(); i++) groups[fmt::format("group_{}", i)]["format"] = format_of(*by_scheme[i].first);
+    }
     j["quantization_config"] = {{"quant_method", "compressed-tensors"},
-                                {"format", "float-quantized"},
+                                {"format", format},
                                 {"quantization_status", "compressed"},
-                                {"config_groups", {{"group_0", group}}},
-                                {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
-                                {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
-  } else if (c.quant.enabled && !c.quant.ct_int.empty()) {
-    const QuantConfig& q = c.quant;
-    json weights = {{"num_bits", q.bits}, {"type", "int"}, {"symmetric", q.sym},
-                    {"strategy", q.group ? "group" : "channel"}, {"group_size", q.group ? json(q.group) : json(nullptr)},
-                    {"dynamic", false}, {"actorder", nullptr}, {"observer", "minmax"}};
-    json acts = q.act_per_token ? json{{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"},
-                                       {"dynamic", true}, {"observer", nullptr}}
-                                : json(nullptr);
-    j["quantization_config"] = {{"quant_method", "compressed-tensors"},
-                                {"format", q.ct_int},
-                                {"quantization_status", "compressed"},
-                                {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights},
-                                                                {"input_activations", acts},
-                                                                {"output_activations", nullptr}}}}},
-                                {"ignore", q.lm_head ? json::array() : json::array({"lm_head"})},
+                                {"config_groups", groups},
+                                {"ignore", ignore},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
   } else if (c.quant.enabled && c.quant.float_zeros) {
     const QuantConfig& q = c.quant;
@@ -486,7 +761,7 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"group_size", q.group ? q.group : -1},
                                 {"axis", q.hqq_axis},
                                 {"sym", false},
-                                {"lm_head", q.lm_head},
+                                {"lm_head", q.quantizes("lm_head.weight")},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
   } else if (c.quant.enabled) {
     const QuantConfig& q = c.quant;
@@ -495,11 +770,32 @@ json config_to_hf_json(const ModelConfig& c) {
                                 {"group_size", q.group ? q.group : -1},
                                 {"sym", q.sym},
                                 {"desc_act", q.desc_act},
-                                {"lm_head", q.lm_head},
+                                {"lm_head", q.quantizes("lm_head.weight")},
                                 {"checkpoint_format", q.zeros_minus_one ? "gptq" : "gptq_v2"},
                                 {"llmq", {{"scheme", q.scheme}, {"algorithm", q.algorithm}}}};
     if (q.act_per_tensor) j["quantization_config"]["llmq"]["act"] = "tensor";
     if (q.act_eps > 0 || q.act_float) j["quantization_config"]["llmq"]["quantizer"] = "llm-qat";
+  }
+  if (c.quant.enabled && !c.quant.fp8 && c.quant.ct_int.empty() && !c.quant.modules.empty()) {
+    // GPTQModel's per-module overrides, one anchored pattern per module that differs from the
+    // base (no pattern matches two modules, so the order of the keys cannot matter).
+    const QuantConfig& q = c.quant;
+    json dyn = json::object();
+    for (const auto& [name, m] : q.modules) {
+      std::string pat = "^";
+      for (char ch : name.substr(0, name.size() - 7)) pat += ch == '.' ? std::string("\\.") : std::string(1, ch);
+      pat += "$";
+      if (!q.quantizes(name)) {
+        if (name != "lm_head.weight") dyn["-:" + pat] = json::object();  // lm_head: the top-level flag
+        continue;
+      }
+      json v = {{"bits", m.bits}, {"group_size", m.group ? m.group : -1}, {"sym", m.sym}, {"desc_act", m.desc_act}};
+      if (m.float_zeros != q.float_zeros) v["llmq_zeros"] = m.float_zeros ? "float" : "int";
+      if (m.hqq_axis != q.hqq_axis || (m.float_zeros && m.hqq_axis == 0)) v["llmq_axis"] = m.hqq_axis;
+      if (m.algorithm != q.algorithm) v["llmq_method"] = m.algorithm;
+      dyn["+:" + pat] = v;
+    }
+    j["quantization_config"]["dynamic"] = dyn;
   }
   if (c.quant.enabled && c.quant.kv_dynamic)
     j["quantization_config"]["kv_cache_scheme"] = {{"num_bits", c.quant.kv_cache == "int4" ? 4 : 8},

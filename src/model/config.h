@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -57,6 +58,16 @@ struct QuantConfig {
   // kv_cache_scheme with "dynamic": true and strategy "token": the cache quantizes each token's
   // row per KV head as it stores it (no scale tensors); "int4" or "int8" (QAT models).
   bool kv_dynamic = false;
+  // Per-module mixes (quantize --recipe / --mix; GPTQModel's "dynamic" overrides; several
+  // compressed-tensors config_groups and "ignore"): the linears whose quantization differs from
+  // the fields above, by HF tensor name ("model.layers.3.mlp.down_proj.weight"), sorted by
+  // name; an entry with enabled false is a linear left in float. Resolved from config.json
+  // when it is read, so every reader asks of(name) and never matches patterns itself.
+  std::vector<std::pair<std::string, QuantConfig>> modules;
+  // The quantization of one linear: its entry in modules, else *this.
+  const QuantConfig& of(const std::string& name) const;
+  // Whether linear `name` is stored quantized (lm_head only where the config says so).
+  bool quantizes(const std::string& name) const;
 };
 
 struct ModelConfig {
@@ -87,6 +98,11 @@ struct ModelConfig {
 // (truncated), rounded up to a multiple of multiple_of.
 int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double ffn_dim_multiplier);
 
+// The HF tensor names of every linear a quantization_config can describe (the blocks' seven
+// projections, then lm_head.weight), in file order.
+std::vector<std::string> quant_linear_names(const ModelConfig& c);
+// Whether two linears are quantized the same way (what the loader and the kernels see).
+bool quant_same_linear(const QuantConfig& a, const QuantConfig& b);
 ModelConfig config_from_hf_json(const nlohmann::json& j, const std::string& where);
 ModelConfig config_from_meta_params(const nlohmann::json& j, const std::string& where);
 // Parses a config.json or params.json text (detected by its keys); `where` names the file.

@@ -202,7 +202,18 @@ void CalibratedQuantizer::emit_scaled_rtn(int64_t l, const BlockW& w, Calibrated
                                                        {"self_attn.v_proj", &w.v}, {"self_attn.o_proj", &w.o},
                                                        {"mlp.gate_proj", &w.g},    {"mlp.up_proj", &w.u},
                                                        {"mlp.down_proj", &w.d}};
-  for (const auto& [name, W] : lin) out.linears[p + name + ".weight"] = rtn(*W);
+  for (const auto& [name, W] : lin) {
+    const std::string full = p + name + ".weight";
+    const CalibratedOptions::Linear q = linear_of(full);
+    if (q.method.empty()) out.floats[full].assign(F(*W), F(*W) + W->numel());  // left in float, folded
+    else if (q.method == o_.method) out.linears[full] = rtn(*W, q);
+    else out.linears[full] = o_.other(full, *W).first;
+  }
+}
+
+CalibratedOptions::Linear CalibratedQuantizer::linear_of(const std::string& name) const {
+  if (o_.linear) return o_.linear(name);
+  return {o_.method, o_.bits, o_.group, o_.sym};
 }
 
 GptqOptions CalibratedQuantizer::gptq_options() const {
@@ -212,15 +223,15 @@ GptqOptions CalibratedQuantizer::gptq_options() const {
   return go;
 }
 
-LinearCodes CalibratedQuantizer::rtn(const Tensor& W) const {
-  const int64_t M = W.dim(0), K = W.dim(1), G = o_.group ? o_.group : K, ng = K / G;
+LinearCodes CalibratedQuantizer::rtn(const Tensor& W, const CalibratedOptions::Linear& lq) const {
+  const int64_t M = W.dim(0), K = W.dim(1), G = lq.group ? lq.group : K, ng = K / G;
   LinearCodes q;
   q.codes.resize((size_t)(M * K));
   q.scale.resize((size_t)(M * ng));
   q.zero.resize((size_t)(M * ng));
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t m = 0; m < M; m++)
-    quantize_rows_rtn(F(W) + m * K, 1, K, o_.bits, G, o_.sym, q.codes.data() + m * K, q.scale.data() + m * ng,
+    quantize_rows_rtn(F(W) + m * K, 1, K, lq.bits, G, lq.sym, q.codes.data() + m * K, q.scale.data() + m * ng,
                       q.zero.data() + m * ng);
   return q;
 }
@@ -256,14 +267,24 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
   const std::string p = block_prefix(l);
-  const GptqOptions go = gptq_options();
   auto quantize = [&](const std::string& name, Tensor& W, const GptqHessian& H) {
     const int64_t M = W.dim(0), K = W.dim(1);
+    const std::string full = p + name + ".weight";
+    const CalibratedOptions::Linear lq = linear_of(full);
+    if (lq.method.empty()) return;  // left in float: the float weights feed forward
+    if (lq.method != "gptq") {      // another method's codes; what they stand for feeds forward
+      auto [q, deq] = o_.other(full, W);
+      set_f32(W, deq);
+      out.linears[full] = std::move(q);
+      return;
+    }
+    GptqOptions go = gptq_options();
+    go.bits = lq.bits, go.group = lq.group, go.sym = lq.sym;
     GptqResult r = gptq_quantize(F(W), M, K, H, go);
-    if (!r.message.empty()) out.messages.push_back(p + name + ": " + r.message);
+    if (!r.message.empty()) out.messages.push_back(full + ": " + r.message);
     LinearCodes q{std::move(r.codes), std::move(r.scale), std::move(r.zero), std::move(r.g_idx)};
-    set_f32(W, linear_codes_dequantize(q, M, K, o_.group));
-    out.linears[p + name + ".weight"] = std::move(q);
+    set_f32(W, linear_codes_dequantize(q, M, K, lq.group));
+    out.linears[full] = std::move(q);
   };
   op_rmsnorm(XB_, X_, w.an, eps);
   {
@@ -312,7 +333,7 @@ void CalibratedQuantizer::gptq_block(int64_t l, BlockW& w, CalibratedBlock& out)
 void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) {
   const ModelConfig& c = m_.config;
   const float eps = (float)c.norm_eps;
-  const int64_t G = o_.group ? o_.group : 0;
+  const std::string p = block_prefix(l);
   const bool mha = c.kv_dim() == c.q_dim();  // v -> o only when v's outputs are o's inputs
   const int64_t step = std::max<int64_t>(1, N_ / 512);
   // Module outputs of the float block and input statistics.
@@ -328,9 +349,17 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
     s_o.add(att);
     x_o.take(r0, att);
   }, o_.kv_ranges ? &out : nullptr);
-  auto fq = [&](const Tensor& W, const std::vector<float>& s) {
+  // The scaled weights as the search sees them quantized: each linear with its own bits and
+  // group (round-to-nearest stands in for another method's codes; a float linear is exact).
+  auto fq = [&](const Tensor& W, const std::vector<float>& s, const char* name) {
+    const CalibratedOptions::Linear lq = linear_of(p + name + ".weight");
     Tensor r = Tensor::empty(DType::F32, W.shape());
-    awq_scaled_fake_quant(F(W), W.dim(0), W.dim(1), s.data(), o_.bits, G ? G : W.dim(1), o_.sym, false, r.host<float>());
+    if (lq.method.empty()) {
+      std::copy(F(W), F(W) + W.numel(), r.host<float>());
+      return r;
+    }
+    awq_scaled_fake_quant(F(W), W.dim(0), W.dim(1), s.data(), lq.bits, lq.group ? lq.group : W.dim(1), lq.sym, false,
+                          r.host<float>());
     return r;
   };
   // A pass's callback adding the squared error of (its inputs) @ Wout^T against the float
@@ -351,7 +380,7 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
   // (input_layernorm -> q, k, v), inspected: the attention's output.
   AwqScaleResult sc_qkv = awq_search_scale(s_qkv.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
     BlockW t = w;
-    t.q = fq(w.q, s), t.k = fq(w.k, s), t.v = fq(w.v, s);
+    t.q = fq(w.q, s, "self_attn.q_proj"), t.k = fq(w.k, s, "self_attn.k_proj"), t.v = fq(w.v, s, "self_attn.v_proj");
     double e = 0;
     attn_pass(t, XB_, output_error(t.o, e));
     return e / na;
@@ -360,7 +389,7 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
   if (mha)  // (v -> o), inspected: o_proj
     sc_o = awq_search_scale(s_o.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
       double e = 0;
-      attn_pass(w, XB_, output_error(fq(w.o, s), e));
+      attn_pass(w, XB_, output_error(fq(w.o, s, "self_attn.o_proj"), e));
       return e / na;
     });
   // The float block's attention residual; XB_ becomes the MLP's input.
@@ -382,7 +411,7 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
   // (post_attention_layernorm -> gate, up), inspected: the MLP's output.
   AwqScaleResult sc_gu = awq_search_scale(s_gu.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
     BlockW t = w;
-    t.g = fq(w.g, s), t.u = fq(w.u, s);
+    t.g = fq(w.g, s, "mlp.gate_proj"), t.u = fq(w.u, s, "mlp.up_proj");
     double e = 0;
     mlp_pass(t, XB_, output_error(t.d, e));
     return e / na;
@@ -390,8 +419,8 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
   // (up -> down), inspected: down_proj.
   AwqScaleResult sc_d = awq_search_scale(s_d.mean(), o_.awq_grid, [&](const std::vector<float>& s) {
     double e = 0;
-    if (Hd.defined()) row_chunks(Hd, output_error(fq(w.d, s), e));
-    else mlp_pass(w, XB_, output_error(fq(w.d, s), e));
+    if (Hd.defined()) row_chunks(Hd, output_error(fq(w.d, s, "mlp.down_proj"), e));
+    else mlp_pass(w, XB_, output_error(fq(w.d, s, "mlp.down_proj"), e));
     return e / na;
   });
   op_add(X_, A);  // the float block's output is the next block's input
@@ -411,17 +440,19 @@ void CalibratedQuantizer::awq_block(int64_t l, BlockW& w, CalibratedBlock& out) 
   scale_columns(w.d, sc_d.scales);
   x_d.divide(sc_d.scales);
   // Clipping, skipping q and k (their products go through softmax, not a sum the search models).
-  auto clip = [&](Tensor& W, const SampledRows& x) {
-    const int64_t M = W.dim(0), K = W.dim(1);
-    auto mv = awq_search_clip(F(W), M, K, x.rows.data(), x.n(), o_.bits, G ? G : K, o_.sym, false, o_.awq_grid, 0.5,
-                              x.n());
-    awq_apply_clip(W.host<float>(), M, K, G ? G : K, mv);
+  // (AWQ's linears only: another method's codes and float linears take the folded weights.)
+  auto clip = [&](Tensor& W, const SampledRows& x, const char* name) {
+    const CalibratedOptions::Linear lq = linear_of(p + name + ".weight");
+    if (lq.method != "awq") return;
+    const int64_t M = W.dim(0), K = W.dim(1), G = lq.group ? lq.group : K;
+    auto mv = awq_search_clip(F(W), M, K, x.rows.data(), x.n(), lq.bits, G, lq.sym, false, o_.awq_grid, 0.5, x.n());
+    awq_apply_clip(W.host<float>(), M, K, G, mv);
   };
-  clip(w.v, x_qkv);
-  clip(w.o, x_o);
-  clip(w.g, x_gu);
-  clip(w.u, x_gu);
-  clip(w.d, x_d);
+  clip(w.v, x_qkv, "self_attn.v_proj");
+  clip(w.o, x_o, "self_attn.o_proj");
+  clip(w.g, x_gu, "mlp.gate_proj");
+  clip(w.u, x_gu, "mlp.up_proj");
+  clip(w.d, x_d, "mlp.down_proj");
   emit_scaled_rtn(l, w, out);
   out.messages.push_back(fmt::format("block {}: AWQ ratios q/k/v {:.2f}{} gate/up {:.2f} down {:.2f}", l, sc_qkv.ratio,
                                      mha ? fmt::format(" o {:.2f}", sc_o.ratio) : std::string(), sc_gu.ratio,
@@ -489,11 +520,14 @@ float CalibratedQuantizer::lm_head_input_amax() {
 LinearCodes CalibratedQuantizer::lm_head() {
   LLMQ_CHECK(next_ == m_.config.n_layers);
   Tensor W = to_f32(m_.weights.lm_head);
-  if (o_.method != "gptq") return rtn(W);
+  const CalibratedOptions::Linear lq = linear_of("lm_head.weight");
+  if (lq.method != o_.method && !lq.method.empty()) return o_.other("lm_head.weight", W).first;
+  if (o_.method != "gptq") return rtn(W, lq);
   op_rmsnorm(XB_, X_, m_.weights.norm, (float)m_.config.norm_eps);
   GptqHessian H(m_.config.dim);
   H.add(F(XB_), N_);
-  const GptqOptions go = gptq_options();
+  GptqOptions go = gptq_options();
+  go.bits = lq.bits, go.group = lq.group, go.sym = lq.sym;
   GptqResult r = gptq_quantize(F(W), W.dim(0), W.dim(1), H, go);
   return {std::move(r.codes), std::move(r.scale), std::move(r.zero), std::move(r.g_idx)};
 }

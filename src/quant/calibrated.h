@@ -56,6 +56,19 @@ struct CalibratedOptions {
   int awq_grid = 20;           // awq
   double alpha = 0.8;          // smoothquant
   bool kv_ranges = false;      // also the per-head KV-cache ranges (CalibratedBlock::k_amax, v_amax)
+  // Per-linear settings (recipes, --keep): how linear NAME (HF tensor name) is quantized. A
+  // linear whose method is not `method` gets its codes and the weights they stand for from
+  // `other` (round-to-nearest, HQQ), and the block feeds those forward as GPTQ feeds its own;
+  // method "" leaves it in float (with AWQ/SmoothQuant its folded float weights are returned
+  // in CalibratedBlock::floats). Unset: every linear takes bits/group/sym and `method`.
+  struct Linear {
+    std::string method;
+    int bits = 4;
+    int64_t group = 0;
+    bool sym = false;
+  };
+  std::function<Linear(const std::string& name)> linear;
+  std::function<std::pair<LinearCodes, std::vector<float>>(const std::string& name, const Tensor& W)> other;
 };
 
 struct CalibratedBlock {
@@ -100,7 +113,8 @@ class CalibratedQuantizer {
   // The float block on the activations (X_ becomes its output); per-channel max |x| of the
   // inputs of q/k/v, o, gate/up and down (and out's KV ranges with kv_ranges). Fails on NaN/Inf.
   std::array<std::vector<float>, 4> float_amax(int64_t l, const BlockW& w, CalibratedBlock& out);
-  LinearCodes rtn(const Tensor& W) const;
+  LinearCodes rtn(const Tensor& W, const CalibratedOptions::Linear& q) const;
+  CalibratedOptions::Linear linear_of(const std::string& name) const;
   // AWQ / SmoothQuant: the folded norms and round-to-nearest codes of the scaled linears.
   void emit_scaled_rtn(int64_t l, const BlockW& w, CalibratedBlock& out) const;
   GptqOptions gptq_options() const;

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
@@ -17,6 +19,7 @@
 #include "quant/gptq_format.h"
 #include "quant/hqq.h"
 #include "quant/quant.h"
+#include "quant/recipe.h"
 
 namespace llmq {
 
@@ -64,6 +67,135 @@ int64_t block_of(const std::string& name, int64_t n_layers) {
   return name == "model.embed_tokens.weight" ? -1 : n_layers;
 }
 
+// How one linear is quantized.
+struct LinearPlan;
+LinearCodes plain_codes(const LinearPlan& pl, const Tensor& s);
+struct LinearPlan {
+  bool quantized = false;
+  QuantScheme sc;      // bits, group, sym (and the whole-model scheme's activation settings)
+  std::string method;  // rtn | hqq | gptq | awq | smoothquant | qat
+  int axis = 1;        // HQQ's axis
+  std::string rule;    // the recipe rule that decided it, as written ("" without a recipe)
+};
+
+// The codes of a method that needs no data (HQQ, or round-to-nearest) for weights s (any
+// float dtype), 16 rows at a time for round-to-nearest (no f32 copy of the whole tensor).
+LinearCodes plain_codes(const LinearPlan& pl, const Tensor& s) {
+  const int64_t M = s.dim(0), K = s.dim(1), G = pl.sc.group ? pl.sc.group : K, ng = K / G;
+  if (pl.method == "hqq") {
+    const Tensor w = to_f32(s);
+    HqqOptions ho;
+    ho.bits = pl.sc.bits, ho.group = G, ho.axis = pl.axis;
+    HqqResult r = hqq_quantize(w.host<float>(), M, K, ho);
+    return {std::move(r.codes), std::move(r.scale), std::move(r.zero), {}};
+  }
+  LinearCodes q;
+  q.codes.resize((size_t)(M * K));
+  q.scale.resize((size_t)(M * ng));
+  q.zero.resize((size_t)(M * ng));
+  const int64_t rows_per = 16;
+#pragma omp parallel
+  {
+    std::vector<float> buf((size_t)(rows_per * K));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < M; r0 += rows_per) {
+      const int64_t r1 = std::min(M, r0 + rows_per);
+      for (int64_t i = 0; i < (r1 - r0) * K; i++) buf[i] = elem_f32(s, r0 * K + i);
+      quantize_rows_rtn(buf.data(), r1 - r0, K, pl.sc.bits, G, pl.sc.sym, q.codes.data() + r0 * K,
+                        q.scale.data() + r0 * ng, q.zero.data() + r0 * ng);
+    }
+  }
+  return q;
+}
+
+// The f32 weights (M x K) that codes q of plan pl stand for.
+std::vector<float> plain_dequantize(const LinearPlan& pl, const LinearCodes& q, int64_t M, int64_t K) {
+  if (pl.axis == 1) return linear_codes_dequantize(q, M, K, pl.sc.group);
+  // HQQ axis 0: scale/zero (M/G, K) in HQQ's group order, weight (r, c) in group (r mod M/G, c).
+  const int64_t P = M / pl.sc.group;
+  std::vector<float> w((size_t)(M * K));
+  for (int64_t r = 0; r < M; r++)
+    for (int64_t c = 0; c < K; c++) {
+      const int64_t j = (r % P) * K + c;
+      w[r * K + c] = q.scale[j] * ((float)q.codes[r * K + c] - q.zero[j]);
+    }
+  return w;
+}
+
+// Every linear's plan (quant_linear_names), checked against its shape: one scheme for all
+// linears but those kept in float, or, with a recipe, the first rule matching each (lm_head
+// only when a rule names it). Returns the plan of the default (the base of the written
+// config; a quantized linear's if the default leaves linears in float). Prints a warning for
+// every rule that decides no linear.
+LinearPlan plan_linears(const QuantizeOptions& o, const ModelConfig& c, const QuantScheme& sc,
+                        const std::function<bool(const std::string&)>& kept, std::map<std::string, LinearPlan>& plans) {
+  const QuantRecipe& rc = o.recipe;
+  const QuantRule& d = rc.defaults;
+  auto resolve = [&](const QuantRule* r, const std::string& name) {
+    LinearPlan pl;
+    if (rc.empty()) {
+      pl.quantized = !kept(name);
+      pl.sc = sc, pl.method = o.method, pl.axis = o.hqq_axis;
+      return pl;
+    }
+    auto pick = [](const std::string& a, const std::string& b, const std::string& z) { return !a.empty() ? a : !b.empty() ? b : z; };
+    const std::string scheme = pick(r ? r->scheme : "", d.scheme, o.scheme);
+    pl.method = pick(r ? r->method : "", d.method, o.method);
+    int64_t group = r && r->group != -2 ? r->group : d.group != -2 ? d.group : o.group;
+    const bool sym = r && r->sym >= 0 ? r->sym == 1 : d.sym >= 0 ? d.sym == 1 : o.sym;
+    pl.axis = r && r->axis >= 0 ? r->axis : d.axis >= 0 ? d.axis : o.hqq_axis;
+    pl.rule = r ? r->text : rc.has_default ? d.text : "default (--scheme " + o.scheme + ")";
+    pl.quantized = scheme != "float" && !kept(name) && (name != "lm_head.weight" || r);
+    if (!pl.quantized) return pl;
+    const std::string at = fmt::format("quantize: rule '{}' ({})", pl.rule, name);
+    if (pl.method != "rtn" && pl.method != "hqq" && pl.method != "gptq" && pl.method != "awq")
+      fail("{}: method {} cannot be given per module (rtn, hqq, gptq or awq)", at, pl.method);
+    if (pl.method == "hqq" && sym)
+      fail("{}: hqq with symmetric codes: HQQ's zero points are float (drop sym, or choose rtn/gptq)", at);
+    if (pl.method != "hqq" && pl.axis != 1)
+      fail("{}: axis 0 (groups along the output channels) is HQQ's layout; {} groups input channels", at, pl.method);
+    if (pl.method == "hqq" && group == -1) group = 64;  // HQQ's default group
+    try {
+      if (pl.axis == 0) {  // HQQ axis 0: groups of output channels, by 16s
+        pl.sc = quant_scheme_parse(scheme, -1, false);
+        if (group <= 0 || group % 16 != 0) fail("hqq axis 0 needs a group that is a multiple of 16 (g16, g32, ...)");
+        pl.sc.group = group;
+      } else {
+        if (group > 0 && group < 32)
+          fail("group {} along the input channels: the kernels take multiples of 32 (HQQ can group output channels "
+               "by 16s: add hqq:axis0)", group);
+        pl.sc = quant_scheme_parse(scheme, group, sym);
+      }
+    } catch (const Error& e) {
+      fail("{}: {}", at, e.what());
+    }
+    if (pl.method == "hqq") pl.sc.sym = false;
+    return pl;
+  };
+  std::vector<int64_t> decided(rc.rules.size(), 0), matched(rc.rules.size(), 0);
+  for (const std::string& name : quant_linear_names(c)) {
+    int ri = -1;
+    for (size_t i = 0; i < rc.rules.size(); i++)
+      if (recipe_rule_matches(rc.rules[i], name, c.n_layers)) {
+        matched[i]++;
+        if (ri < 0) ri = (int)i, decided[i]++;
+      }
+    plans[name] = resolve(ri >= 0 ? &rc.rules[ri] : nullptr, name);
+  }
+  for (size_t i = 0; i < rc.rules.size(); i++)
+    if (decided[i] == 0)
+      fmt::print(stderr, "warning: recipe rule '{}' ({}) {}\n", rc.rules[i].text, rc.source,
+                 matched[i] == 0 ? fmt::format("matches no linear of {}", o.model)
+                                 : fmt::format("decides nothing: the {} linears it matches are taken by earlier rules",
+                                               matched[i]));
+  LinearPlan base = resolve(nullptr, "model.layers.0.self_attn.q_proj.weight");
+  if (!base.quantized)
+    for (const auto& [name, pl] : plans)
+      if (pl.quantized) return pl;
+  if (!base.quantized) fail("quantize: every linear would be left in float (--keep / the recipe); nothing to quantize");
+  return base;
+}
+
 }  // namespace
 
 QuantizeResult quantize_model(const QuantizeOptions& o) {
@@ -95,26 +227,26 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   const bool kv_dynamic = qat || o.kv_cache == "int4";
   // FP8 static activation scales and KV-cache scales come from the calibration data's maxima
   // (the "amax" pass, or the calibrated method's own passes).
-  const bool calibrated = calibrated_method || sc.act_static || (!o.kv_cache.empty() && !kv_dynamic);
-  if (calibrated && o.calib.source.empty())
-    fail("quantize: {} needs calibration data: give --calib FILE|DATA_DIR",
-         calibrated_method ? "--method " + o.method : sc.act_static ? std::string("--act-scale static")
-                                                                     : "--kv-cache " + o.kv_cache);
-  if (o.method == "hqq" && (sc.act_per_token || sc.sym))
+  const bool recipe = !o.recipe.empty();
+  if (recipe && (qat || sc.fp8 || sc.act_per_token || sc.act_per_tensor || o.method == "smoothquant" || !o.kv_cache.empty()))
+    fail("quantize: a recipe (--recipe/--mix) mixes weight-only schemes (w8a16, w4a16, w3a16, w2a16) with rtn, hqq, gptq "
+         "or awq; {} applies to the whole model", qat ? "--method qat" : o.method == "smoothquant" ? "--method smoothquant"
+                                                 : !o.kv_cache.empty() ? "--kv-cache" : "--scheme " + sc.name);
+  if (!recipe && o.method == "hqq" && (sc.act_per_token || sc.sym))
     fail("quantize: hqq quantizes weights only, with a float zero point per group: use a w*a16 scheme without --sym");
   if (o.hqq_axis != 1 && (o.method != "hqq" || o.hqq_axis != 0))
     fail("quantize: --axis {}: only hqq takes an axis, 0 or 1", o.hqq_axis);
-  if (o.hqq_axis == 0 && sc.group == 0) fail("quantize: hqq --axis 0 needs a group size (--group 64)");
+  if (!recipe && o.hqq_axis == 0 && sc.group == 0) fail("quantize: hqq --axis 0 needs a group size (--group 64)");
   if (o.format != "gptq" && o.format != "compressed-tensors")
     fail("quantize: --format {} is not supported (gptq or compressed-tensors)", o.format);
   const bool ct = o.format == "compressed-tensors" && !sc.fp8;  // FP8 is compressed-tensors anyway
-  if (ct) {
+  if (ct && !recipe) {  // (a recipe's rules are checked per linear below)
     if (o.method == "hqq") fail("quantize: --format compressed-tensors holds integer zero points; hqq's are float (use --format gptq)");
     if (qat) fail("quantize: --format compressed-tensors cannot state QAT's activation quantizer (use --format gptq)");
-    if (sc.bits != 4 && sc.bits != 8) fail("quantize: --format compressed-tensors writes 4- and 8-bit codes ({} has {})", sc.name, sc.bits);
+    if (sc.bits == 3) fail("quantize: --format compressed-tensors writes 2-, 4- and 8-bit codes (w3a16's do not pack into int32)");
     if (sc.act_per_tensor) fail("quantize: --format compressed-tensors: w8a8 with per-tensor activation scales is not written (use --act-scale token)");
     if (sc.act_per_token && !sc.sym) fail("quantize: --format compressed-tensors: int-quantized w8a8 weights are symmetric");
-    if (o.method == "gptq" && o.act_order) fail("quantize: --format compressed-tensors: act-order (g_idx) is not written (use --format gptq)");
+    if (ct && o.act_order) fail("quantize: --format compressed-tensors: act-order (g_idx) is not written (use --format gptq)");
   }
   if (o.out.empty()) fail("quantize: give --out DIR");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.model)) fail("quantize: --out must differ from the source model directory");
@@ -134,23 +266,52 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       if (keep_matches(k, name)) return true;
     return name == "model.embed_tokens.weight";  // embeddings are a lookup, always float
   };
+  // How each linear is quantized: the one scheme, or the recipe rule that matches it first.
+  std::map<std::string, LinearPlan> plans;
+  const LinearPlan base_plan = plan_linears(o, src.config, sc, kept, plans);
+  std::string cal_method = calibrated_method ? o.method : "";
+  for (const auto& [name, pl] : plans)
+    if (pl.quantized && (pl.method == "gptq" || pl.method == "awq")) {
+      if (!cal_method.empty() && cal_method != pl.method)
+        fail("quantize: the recipe uses both {} and {} (rule '{}' for {}); one calibrated method per run (the others "
+             "may be rtn or hqq)", cal_method, pl.method, pl.rule, name);
+      cal_method = pl.method;
+    }
+  if (recipe && cal_method.empty() && !o.calib.source.empty())
+    fail("quantize: --calib is not used: no rule of the recipe uses gptq or awq");
+  const bool calibrated = !cal_method.empty() || sc.act_static || (!o.kv_cache.empty() && !kv_dynamic);
+  if (calibrated && o.calib.source.empty())
+    fail("quantize: {} needs calibration data: give --calib FILE|DATA_DIR",
+         !cal_method.empty() ? "--method " + cal_method : sc.act_static ? std::string("--act-scale static")
+                                                                        : "--kv-cache " + o.kv_cache);
+  if (ct)
+    for (const auto& [name, pl] : plans) {
+      if (!pl.quantized) continue;
+      if (pl.method == "hqq")
+        fail("quantize: {}{}: --format compressed-tensors holds integer zero points; hqq's are float (use --format gptq)",
+             name, pl.rule.empty() ? "" : " (rule '" + pl.rule + "')");
+      if (pl.sc.bits == 3)
+        fail("quantize: {}{}: --format compressed-tensors writes 2-, 4- and 8-bit codes (3-bit codes do not pack into "
+             "int32; use --format gptq)", name, pl.rule.empty() ? "" : " (rule '" + pl.rule + "')");
+    }
   ModelConfig c = src.config;
   c.quant.enabled = true;
-  c.quant.bits = sc.bits;
-  c.quant.group = sc.group;
-  c.quant.sym = sc.sym;
-  c.quant.scheme = sc.name;
-  c.quant.algorithm = o.method;
+  c.quant.bits = base_plan.sc.bits;
+  c.quant.group = base_plan.sc.group;
+  c.quant.sym = base_plan.sc.sym;
+  c.quant.scheme = base_plan.sc.name;
+  c.quant.algorithm = base_plan.method;
   c.quant.act_per_token = sc.act_per_token;
   c.quant.fp8 = sc.fp8;
   c.quant.weight_per_tensor = sc.weight_per_tensor;
   c.quant.act_static = sc.act_static;
   c.quant.act_per_tensor = sc.act_per_tensor;
   c.quant.zeros_minus_one = !sc.fp8;
-  c.quant.float_zeros = o.method == "hqq";
-  c.quant.hqq_axis = o.hqq_axis;
-  c.quant.desc_act = o.method == "gptq" && o.act_order;
-  c.quant.lm_head = !kept("lm_head.weight");
+  c.quant.float_zeros = base_plan.method == "hqq";
+  if (c.quant.float_zeros) c.quant.sym = false;
+  c.quant.hqq_axis = base_plan.axis;
+  c.quant.desc_act = base_plan.method == "gptq" && o.act_order;
+  c.quant.lm_head = false;
   c.quant.kv_cache = o.kv_cache;
   if (qat) {
     c.quant.act_eps = sc.act_per_token ? 1e-6f : 0.f;  // LLM-QAT's activation quantizer, as trained
@@ -161,7 +322,36 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     c.quant.ct_int = sc.act_per_token ? "int-quantized" : "pack-quantized";
     c.quant.zeros_minus_one = false;
   }
-  if (c.quant.lm_head && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
+  // Each linear's QuantConfig; those that differ from the base are its per-module part.
+  auto cfg_of = [&](const LinearPlan& pl, bool lm_head) {
+    QuantConfig q = c.quant;
+    q.modules.clear();
+    if (!pl.quantized) {
+      q.enabled = false;
+      return q;
+    }
+    q.bits = pl.sc.bits, q.group = pl.sc.group, q.sym = pl.sc.sym, q.scheme = pl.sc.name, q.algorithm = pl.method;
+    q.float_zeros = pl.method == "hqq";
+    if (q.float_zeros) q.sym = false;
+    q.hqq_axis = pl.axis;
+    q.desc_act = pl.method == "gptq" && o.act_order;
+    q.lm_head = lm_head;
+    return q;
+  };
+  {
+    const QuantConfig h = cfg_of(plans.at("lm_head.weight"), true);
+    QuantConfig b = c.quant;
+    b.lm_head = true;
+    c.quant.lm_head = h.enabled && quant_same_linear(h, b);
+  }
+  for (const std::string& name : quant_linear_names(c)) {
+    const bool lm = name == "lm_head.weight";
+    const QuantConfig q = cfg_of(plans.at(name), lm ? true : c.quant.lm_head);
+    if (lm && (!q.enabled || c.quant.lm_head)) continue;
+    if (!quant_same_linear(q, c.quant)) c.quant.modules.emplace_back(name, q);
+  }
+  std::sort(c.quant.modules.begin(), c.quant.modules.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  if (c.quant.quantizes("lm_head.weight") && c.tie_embeddings) c.tie_embeddings = false;  // lm_head gets its own quantized copy
   // Float tensors beside GPTQ linears are f16, as GPTQ writes; a QAT model keeps the f32 it
   // trained (embeddings, norms and lm_head rounded to f16 would not be the trained model).
   if (c.dtype == DType::F32 && !sc.fp8 && !qat) c.dtype = DType::F16;
@@ -193,20 +383,25 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     const Tensor& s = srcs.at(spec.name);
     res.bytes_in += s.nbytes();
     const bool linear = spec.name.ends_with("_proj.weight") || spec.name == "lm_head.weight";
-    if (linear && !kept(spec.name) && sc.fp8) {  // compressed-tensors float-quantized
+    const LinearPlan* pl = linear ? &plans.at(spec.name) : nullptr;
+    const bool quantized = linear && pl->quantized;
+    if (quantized && sc.fp8) {  // compressed-tensors float-quantized
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
       outs.push_back({spec.name, DType::F8E4M3, spec.shape, spec.name, s});
       outs.push_back({base + "weight_scale", DType::F32, sc.weight_per_tensor ? Shape{1} : Shape{spec.shape[0], 1},
                       spec.name, s});
       if (sc.act_static) outs.push_back({base + "input_scale", DType::F32, Shape{1}, spec.name, s});
       res.quantized_tensors++;
-    } else if (linear && !kept(spec.name) && ct) {  // compressed-tensors integer layouts
+    } else if (quantized && ct) {  // compressed-tensors integer layouts
+      const QuantScheme& sc = pl->sc;
+      const std::string by = pl->rule.empty() ? "" : " (recipe rule '" + pl->rule + "')";
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G, pf = 32 / sc.bits;
       if (K % G != 0)
-        fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
-             G, K, spec.name, K);
+        fail("quantize: group size {} does not divide the {} input channels of {}{} (choose a group that divides {})",
+             G, K, spec.name, by, K);
       if (K % pf != 0 || (!sc.sym && M % pf != 0))
-        fail("quantize: {} has shape ({}, {}); {}-bit packing into int32 needs multiples of {}", spec.name, M, K, sc.bits, pf);
+        fail("quantize: {} has shape ({}, {}){}; {}-bit packing into int32 needs multiples of {}", spec.name, M, K, by,
+             sc.bits, pf);
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
       if (sc.act_per_token) {
         outs.push_back({spec.name, DType::I8, spec.shape, spec.name, s});
@@ -217,23 +412,25 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       }
       outs.push_back({base + "weight_scale", DType::F16, {M, ng}, spec.name, s});
       res.quantized_tensors++;
-    } else if (linear && !kept(spec.name)) {
+    } else if (quantized) {
+      const QuantScheme& sc = pl->sc;
+      const std::string by = pl->rule.empty() ? "" : " (recipe rule '" + pl->rule + "')";
       const int64_t M = spec.shape[0], K = spec.shape[1], G = sc.group ? sc.group : K, ng = K / G;
-      if (o.hqq_axis == 0 && (M % G != 0 || G % 16 != 0))
-        fail("quantize: hqq --axis 0: group {} does not divide the {} output channels of {} (choose one that "
-             "divides {})", G, M, spec.name, M);
-      if (o.hqq_axis == 1 && K % G != 0)
-        fail("quantize: group size {} does not divide the {} input channels of {} (choose a group that divides {})",
-             G, K, spec.name, K);
+      if (pl->axis == 0 && (M % G != 0 || G % 16 != 0))
+        fail("quantize: hqq axis 0: group {} does not divide the {} output channels of {}{} (choose one that "
+             "divides {})", G, M, spec.name, by, M);
+      if (pl->axis == 1 && K % G != 0)
+        fail("quantize: group size {} does not divide the {} input channels of {}{} (choose a group that divides {})",
+             G, K, spec.name, by, K);
       if (!gptq_packable(K, sc.bits) || !gptq_packable(M, sc.bits))
-        fail("quantize: {} has shape ({}, {}); {}-bit GPTQ packing needs multiples of 32", spec.name, M, K, sc.bits);
+        fail("quantize: {} has shape ({}, {}){}; {}-bit GPTQ packing needs multiples of 32", spec.name, M, K, by, sc.bits);
       const std::string base = spec.name.substr(0, spec.name.size() - 6);
       outs.push_back({base + "qweight", DType::I32, {K * sc.bits / 32, M}, spec.name, s});
-      if (o.hqq_axis == 0) {  // groups along the outputs: zeros and scales (M/G, K), no g_idx
+      if (pl->axis == 0) {  // groups along the outputs: zeros and scales (M/G, K), no g_idx
         outs.push_back({base + "zeros", DType::F16, {M / G, K}, spec.name, s});
         outs.push_back({base + "scales", DType::F16, {M / G, K}, spec.name, s});
       } else {
-        if (c.quant.float_zeros) outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
+        if (pl->method == "hqq") outs.push_back({base + "zeros", DType::F16, {ng, M}, spec.name, s});
         else outs.push_back({base + "qzeros", DType::I32, {ng, M * sc.bits / 32}, spec.name, s});
         // QAT: f32 scales (1 / (s + 1e-6) is no f16 value; rounded, the model would not be the
         // one trained).
@@ -269,14 +466,24 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     }
     const CalibData data = calib_load(cal, o.model, c.vocab_size);
     CalibratedOptions co;
-    co.method = calibrated_method ? o.method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
+    co.method = !cal_method.empty() ? cal_method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
     co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty() && !kv_dynamic;
+    co.linear = [&plans, &co](const std::string& name) -> CalibratedOptions::Linear {
+      const LinearPlan& pl = plans.at(name);
+      if (!pl.quantized) return {};
+      return {pl.method == "smoothquant" || co.method == "amax" ? co.method : pl.method, pl.sc.bits, pl.sc.group, pl.sc.sym};
+    };
+    co.other = [&](const std::string& name, const Tensor& W) {
+      const LinearPlan& pl = plans.at(name);
+      LinearCodes q = plain_codes(pl, W);
+      return std::pair{q, plain_dequantize(pl, q, W.dim(0), W.dim(1))};
+    };
     cq = std::make_unique<CalibratedQuantizer>(src, data, co);
     res.calib_tokens = data.tokens();
     block_bar = std::make_unique<Progress>(fmt::format("{} blocks ({} calibration tokens)", co.method, data.tokens()),
                                            (uint64_t)c.n_layers, o.progress);
     for (auto& t : outs)  // norms changed by scale folding are written in f32
-      if (t.linear.empty() && t.name.find("layernorm") != std::string::npos && o.method != "gptq") t.dtype = DType::F32;
+      if (t.linear.empty() && t.name.find("layernorm") != std::string::npos && co.method != "gptq") t.dtype = DType::F32;
   }
   auto ensure_block = [&](const std::string& name) {
     if (!cq) return;
@@ -333,7 +540,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     }
   };
   // Codes of one linear: from its block (calibrated methods), HQQ, or round-to-nearest.
-  auto linear_codes = [&](const OutTensor& t, int64_t M, int64_t K, int64_t G, int64_t ng) -> LinearCodes {
+  auto linear_codes = [&](const OutTensor& t, int64_t M, int64_t K) -> LinearCodes {
     if (cq) {
       ensure_block(t.linear);
       auto it = block_codes.find(t.linear);
@@ -352,40 +559,19 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       train::qat_weight_codes(w.host<float>(), M, K, qat_bits, q.codes.data(), q.scale.data(), q.zero.data());
       return q;
     }
-    if (o.method == "hqq") {
-      const Tensor w = to_f32(s);
-      HqqOptions ho;
-      ho.bits = sc.bits, ho.group = G, ho.axis = o.hqq_axis;
-      HqqResult r = hqq_quantize(w.host<float>(), M, K, ho);
-      return {std::move(r.codes), std::move(r.scale), std::move(r.zero), {}};
-    }
-    LinearCodes q;
-    q.codes.resize((size_t)(M * K));
-    q.scale.resize((size_t)(M * ng));
-    q.zero.resize((size_t)(M * ng));
-    const int64_t rows_per = 16;
-#pragma omp parallel
-    {
-      std::vector<float> buf((size_t)(rows_per * K));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t r0 = 0; r0 < M; r0 += rows_per) {
-        const int64_t r1 = std::min(M, r0 + rows_per);
-        for (int64_t i = 0; i < (r1 - r0) * K; i++) buf[i] = elem_f32(s, r0 * K + i);
-        quantize_rows_rtn(buf.data(), r1 - r0, K, sc.bits, G, sc.sym, q.codes.data() + r0 * K,
-                          q.scale.data() + r0 * ng, q.zero.data() + r0 * ng);
-      }
-    }
-    return q;
+    return plain_codes(plans.at(t.linear), s);
   };
   auto quantize_linear = [&](const OutTensor& t) {
     if (cache.name == t.linear) return;
     const Tensor& s = t.source;
+    const LinearPlan& pl = plans.at(t.linear);
+    const QuantScheme& sc = pl.sc;
     const int64_t M = s.dim(0), K = s.dim(1), G = sc.group ? sc.group : K, ng = K / G;
     if (sc.fp8) {
       quantize_linear_fp8(t, M, K);
       return;
     }
-    const LinearCodes q = linear_codes(t, M, K, G, ng);
+    const LinearCodes q = linear_codes(t, M, K);
     release_pages(s.host_data(), s.nbytes());
     cache.name = t.linear;
     if (ct) {  // the codes as they are (code = signed value + 2^(bits-1)), zero points likewise
@@ -410,7 +596,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       return;
     }
     cache.qweight = gptq_pack_qweight(q.codes.data(), M, K, sc.bits);
-    if (o.hqq_axis == 0) {  // (M/G, K) in HQQ's group order j = (r mod M/G)*K + c
+    if (pl.axis == 0) {  // (M/G, K) in HQQ's group order j = (r mod M/G)*K + c
       cache.scales.resize(q.scale.size());
       cache.zeros.resize(q.zero.size());
       for (size_t j = 0; j < q.scale.size(); j++) cache.scales[j] = f32_to_f16(q.scale[j]), cache.zeros[j] = f32_to_f16(q.zero[j]);
@@ -424,7 +610,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
       for (int64_t g = 0; g < ng; g++)
         for (int64_t m = 0; m < M; m++) cache.scales32[g * M + m] = q.scale[m * ng + g];
     }
-    if (c.quant.float_zeros) {
+    if (pl.method == "hqq") {
       cache.zeros.resize((size_t)(ng * M));
       for (int64_t g = 0; g < ng; g++)
         for (int64_t m = 0; m < M; m++) cache.zeros[g * M + m] = f32_to_f16(q.zero[m * ng + g]);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "quant/calibration.h"
+#include "quant/recipe.h"
 
 namespace llmq {
 
@@ -35,6 +36,10 @@ struct QuantizeOptions {
   // (llm-compressor's: pack-quantized w4a16/w8a16, int-quantized w8a8). FP8 is always
   // compressed-tensors float-quantized.
   std::string format = "gptq";
+  // Per-module rules (--recipe FILE / --mix): the options above are the default for linears no
+  // rule matches; --keep still leaves its tensors in float. lm_head stays in float unless a
+  // rule names it. Empty: one scheme for every linear.
+  QuantRecipe recipe;
   bool progress = true;
 };
 
@@ -44,6 +49,8 @@ struct QuantizeResult {
   double seconds = 0;
   int64_t calib_tokens = 0;
   std::vector<std::string> messages;  // what the methods reported (damping raised, AWQ ratios)
+  // With a recipe: each rule as written and the linears it decided (0: a warning was printed).
+  std::vector<std::pair<std::string, int64_t>> rule_counts;
 };
 
 QuantizeResult quantize_model(const QuantizeOptions& o);

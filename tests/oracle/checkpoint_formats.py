@@ -24,6 +24,7 @@ usage: checkpoint_formats.py FORMAT SRC_DIR OUT_DIR DEQ_DIR GROUP
        checkpoint_formats.py ct-read CT_DIR DEQ_DIR
 """
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -117,8 +118,21 @@ def ct_read(ct_dir, deq_dir):
     cfg = json.loads((ct_dir / "config.json").read_text())
     qc = cfg.pop("quantization_config")
     assert qc["quant_method"] == "compressed-tensors", qc
-    w = qc["config_groups"]["group_0"]["weights"]
-    bits = w["num_bits"]
+    groups = qc["config_groups"]
+
+    def weights_of(module):
+        # compressed-tensors' matching: "ignore" first, then an exact name before a "re:"
+        # pattern (re.match) before the class name "Linear".
+        def level(target):
+            if target == module:
+                return 3
+            if target.startswith("re:"):
+                return 2 if re.match(target[3:], module) else 0
+            return 1 if target == "Linear" else 0
+        assert not any(level(t) for t in qc.get("ignore") or []), module
+        best = max(groups.values(), key=lambda g: max(level(t) for t in g["targets"]))
+        assert max(level(t) for t in best["targets"]) > 0, module
+        return best["weights"]
     t = {}
     for f in sorted(ct_dir.glob("*.safetensors")):
         t.update(read_any(f))
@@ -126,6 +140,8 @@ def ct_read(ct_dir, deq_dir):
     for name, arr in t.items():
         if name.endswith("weight_packed"):
             base = name[: -len("weight_packed")]
+            w = weights_of(base[:-1])
+            bits = w["num_bits"]
             M, K = (int(x) for x in t[base + "weight_shape"])
             q = unpack_along(arr, bits, K, 1)
             scale = t[base + "weight_scale"].astype(np.float64)
