@@ -22,6 +22,7 @@
 #include "quant/hqq.h"
 #include "quant/quant.h"
 #include "quant/quantize_model.h"
+#include "quant/recipe.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -318,6 +319,73 @@ TEST_F(PipelineFixture, AwqAndSmoothQuantFoldScales) {
       EXPECT_EQ(res.messages.size(), (size_t)cfg.n_layers);
     }
   }
+}
+
+// Recipes with a calibrated method (issue 28): GPTQ on the attention at 4 bits, HQQ on the
+// MLP at 3 bits, block 0's down_proj in float. Every linear loads with its rule's bits and
+// method, GPTQ feeds HQQ's codes forward as its own (the model stays within round-to-
+// nearest's divergence at the same mix), and the float linear is the source's. AWQ with a
+// linear left in float writes that linear folded: the fold divides input_layernorm by the
+// scales q/k/v's columns are multiplied by, so an unscaled float q_proj would change the
+// function; kept, the model is no further from the float one than with q/down quantized.
+TEST_F(PipelineFixture, RecipeMixesCalibratedAndPlainMethods) {
+  QuantizeOptions g = opts("gptq", "w4a16", 32);
+  g.keep = {"embed"};
+  g.recipe = recipe_parse_mix("layers.0&down=float,mlp=w3a16:g32:hqq");
+  quantize_model(g);
+  QuantizeOptions r = opts("rtn", "w4a16", 32);
+  r.keep = {"embed"};
+  r.recipe = recipe_parse_mix("layers.0&down=float,mlp=w3a16:g32:hqq");
+  r.calib.source = "";  // no rule calibrates
+  quantize_model(r);
+  Model q = model_load(g.out), f = model_load(src);
+  EXPECT_EQ(q.config.quant.algorithm, "gptq");
+  for (int64_t l = 0; l < cfg.n_layers; l++) {
+    const auto& Ly = q.weights.layers[l];
+    ASSERT_NE(Ly.wq.quant(), nullptr);
+    EXPECT_EQ(Ly.wq.quant()->code_bits, 4);
+    EXPECT_EQ(q.config.quant.of("model.layers." + std::to_string(l) + ".self_attn.q_proj.weight").algorithm, "gptq");
+    EXPECT_EQ(Ly.w_up.quant()->code_bits, 3);
+    EXPECT_EQ(q.config.quant.of("model.layers." + std::to_string(l) + ".mlp.up_proj.weight").algorithm, "hqq");
+    EXPECT_EQ(Ly.w_down.quant() == nullptr, l == 0) << l;
+  }
+  EXPECT_EQ(q.weights.lm_head.quant(), nullptr) << "lm_head stays in float unless a rule names it";
+  const Tensor d0 = to_f32(q.weights.layers[0].w_down), s0 = to_f32(f.weights.layers[0].w_down);
+  for (int64_t i = 0; i < d0.numel(); i++) {  // the source's values (an f32 source is written as f16)
+    const float a = d0.host<float>()[i], b = s0.host<float>()[i];
+    ASSERT_TRUE(a == b || a == f16_to_f32(f32_to_f16(b))) << i << ": " << a << " vs " << b;
+  }
+  const CompareResult cg = compare(g.out), cr = compare(r.out);
+  EXPECT_GT(cg.kld_mean, 0.0);
+  EXPECT_LT(cg.kld_mean, 1.2 * cr.kld_mean) << "gptq+hqq " << cg.kld_mean << " rtn+hqq " << cr.kld_mean;
+
+  QuantizeOptions a = opts("awq", "w4a16", 32), k = opts("awq", "w4a16", 32);
+  k.out += "-keepdown";
+  k.keep = {"embed", "lm_head", "q_proj", "down_proj"};  // q: scaled by the input_layernorm fold
+  quantize_model(a);
+  quantize_model(k);
+  Model kq = model_load(k.out);
+  EXPECT_EQ(kq.weights.layers[1].w_down.quant(), nullptr);
+  EXPECT_EQ(kq.weights.layers[1].wq.quant(), nullptr);
+  // The kept q_proj is the source's with its input columns multiplied by the scales the
+  // input_layernorm was divided by (s = source norm / written norm), to the written dtype's
+  // rounding (bf16: relative 2^-8; 1e-2 allows both roundings); the scales are far from 1.
+  for (int64_t l = 0; l < cfg.n_layers; l++) {
+    const Tensor qs = to_f32(f.weights.layers[l].wq), qk = to_f32(kq.weights.layers[l].wq);
+    const float* ns = f.weights.layers[l].attn_norm.host<float>();
+    const float* nk = kq.weights.layers[l].attn_norm.host<float>();
+    double worst = 0, spread = 0;
+    for (int64_t r = 0; r < qs.dim(0); r++)
+      for (int64_t j = 0; j < cfg.dim; j++) {
+        const double sc = (double)ns[j] / (double)nk[j], want = qs.host<float>()[r * cfg.dim + j] * sc;
+        spread = std::max(spread, std::fabs(sc - 1.0));
+        worst = std::max(worst, std::fabs(qk.host<float>()[r * cfg.dim + j] - want) / (std::fabs(want) + 1e-6));
+      }
+    EXPECT_GT(spread, 0.05) << "block " << l << ": AWQ should have scaled q/k/v's inputs";
+    EXPECT_LT(worst, 1e-2) << "block " << l << ": the kept q_proj is not the folded one";
+  }
+  const CompareResult ca = compare(a.out), ck = compare(k.out);
+  EXPECT_LT(ck.kld_mean, ca.kld_mean) << "awq, q/down_proj kept " << ck.kld_mean << " vs quantized " << ca.kld_mean;
 }
 
 // SmoothQuant's reason to exist: channels whose activations are far larger than the rest

@@ -468,12 +468,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     CalibratedOptions co;
     co.method = !cal_method.empty() ? cal_method : "amax", co.bits = sc.bits, co.group = sc.group, co.sym = sc.sym, co.damp = o.damp,
     co.act_order = o.act_order, co.static_groups = o.static_groups, co.alpha = o.alpha, co.kv_ranges = !o.kv_cache.empty() && !kv_dynamic;
-    co.linear = [&plans, &co](const std::string& name) -> CalibratedOptions::Linear {
+    co.linear = [&plans, m = co.method](const std::string& name) -> CalibratedOptions::Linear {
       const LinearPlan& pl = plans.at(name);
       if (!pl.quantized) return {};
-      return {pl.method == "smoothquant" || co.method == "amax" ? co.method : pl.method, pl.sc.bits, pl.sc.group, pl.sc.sym};
+      return {pl.method == "smoothquant" || m == "amax" ? m : pl.method, pl.sc.bits, pl.sc.group, pl.sc.sym};
     };
-    co.other = [&](const std::string& name, const Tensor& W) {
+    co.other = [&plans](const std::string& name, const Tensor& W) {
       const LinearPlan& pl = plans.at(name);
       LinearCodes q = plain_codes(pl, W);
       return std::pair{q, plain_dequantize(pl, q, W.dim(0), W.dim(1))};
