@@ -10,6 +10,8 @@
 #include "core/progress.h"
 #include "io/gguf.h"
 #include "quant/quantize_model.h"
+#include "quant/recipe.h"
+#include "io/hf_dir.h"
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 
@@ -18,7 +20,7 @@ namespace llmq::cli {
 void register_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "write a model in another tool's format (GGUF for llama.cpp, GPTQ), or a training checkpoint as a model directory");
   struct Opts {
-    std::string model, format = "gguf", type, out, adapter;
+    std::string model, format = "gguf", type, out, adapter, mix;
     int64_t group = -1;
     bool sym = false, json = false, overwrite = false;
   };
@@ -32,6 +34,11 @@ void register_export(CLI::App& app) {
   cmd->add_option("--type", o->type, "gguf: f32, f16 (default), q8_0, q4_0, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k (k-quants mixed per tensor as llama.cpp mixes them); gptq: w4a16 (default), w8a16; hf: bf16 (default), f16, f32; gguf-lora: f32, f16 (default)");
   cmd->add_option("--group", o->group, "gptq: input channels per scale (w4a16 default 128; 0: per channel)");
   cmd->add_flag("--sym", o->sym, "gptq: symmetric codes");
+  cmd->add_option("--mix", o->mix,
+                  "gguf: per-module types from quantization rules (as `llmq quantize --mix`, or a recipe .json file): "
+                  "a rule's bits choose the type (w8a16 q8_0, w4a16 q4_k, w3a16 q3_k, w2a16 q2_k; q4_0 where rows are "
+                  "not whole 256-weight super-blocks; float f16); its group and method do not apply (GGUF types have "
+                  "fixed blocks); unmatched tensors take --type's choice");
   cmd->add_option("--out", o->out, "output file (gguf) or directory (gptq, hf)")->required();
   cmd->add_flag("--json", o->json, "print a JSON summary");
   cmd->add_flag("--overwrite", o->overwrite,
@@ -80,6 +87,23 @@ void register_export(CLI::App& app) {
     GgufExportOptions g;
     g.type = o->type.empty() ? "f16" : o->type;
     g.progress = !o->json;
+    if (!o->mix.empty()) {
+      auto rc = std::make_shared<QuantRecipe>(recipe_from_arg(o->mix));
+      const ModelConfig cfg = model_load(o->model, LoadMode::Map).config;
+      const int64_t n_layers = cfg.n_layers;
+      g.type_of = [rc, n_layers](const std::string& name, int64_t K) -> std::optional<GgmlType> {
+        const int ri = recipe_match(*rc, name, n_layers);
+        if (ri < 0 && (!rc->has_default || name == "lm_head.weight")) return std::nullopt;
+        const std::string& scheme = ri >= 0 ? rc->rules[ri].scheme : rc->defaults.scheme;
+        const bool whole = K % 256 == 0;  // k-quant super-blocks
+        if (scheme == "float") return GgmlType::F16;
+        if (scheme == "w8a16") return GgmlType::Q8_0;
+        if (scheme == "w4a16") return whole ? GgmlType::Q4_K : GgmlType::Q4_0;
+        if (scheme == "w3a16") return whole ? GgmlType::Q3_K : GgmlType::Q4_0;
+        if (scheme == "w2a16") return whole ? GgmlType::Q2_K : GgmlType::Q4_0;
+        return std::nullopt;  // a rule that only changes options: the file type's choice
+      };
+    }
     gguf_export(o->model, o->out, g);
     const double bytes = (double)std::filesystem::file_size(o->out);
     if (o->json)

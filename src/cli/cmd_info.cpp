@@ -133,6 +133,12 @@ void register_info(CLI::App& app) {
         {"parameters", c.n_params()},
         {"bits_per_weight", 8.0 * (double)weight_bytes / (double)c.n_params()},
         {"bytes_by_dtype", by_dtype},
+        {"bits_blocks_linears", [&] {  // the blocks' seven linears together, as stored
+           uint64_t b = 0, n = 0;
+           for (const char* r : {"q", "k", "v", "o", "gate", "up", "down"})
+             if (by_role.count(r)) b += by_role[r].first, n += by_role[r].second;
+           return n ? 8.0 * (double)b / (double)n : 0.0;
+         }()},
         {"bits_by_role", [&] {
            nlohmann::json r = nlohmann::json::object();
            for (const auto& [k, v] : by_role)

@@ -45,7 +45,7 @@ void register_plan(CLI::App& app) {
   cmd->add_flag("--fsdp", o->p.fsdp, "shard parameters, gradients and optimizer state over the dp ranks");
   cmd->add_option("--seq-len", o->p.seq_len, "tokens per sequence (default 2048)")->check(llmq::cli::kPositive);
   cmd->add_option("--batch", o->p.batch, "sequences per rank per micro-step (default 1)")->check(llmq::cli::kPositive);
-  cmd->add_option("--quant", o->p.quant, "frozen quantized base for adapter training: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 (llmq finetune --quantize-base), int8, int4, nf4");
+  cmd->add_option("--quant", o->p.quant, "frozen quantized base for adapter training: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 (llmq finetune --quantize-base), int8, int4, nf4, or a recipe (quantize --mix rules such as 'self_attn=w4a16:g128,mlp=w2a16:g16:hqq:axis0', or a recipe .json file)");
   cmd->add_option("--lora-rank", o->p.lora_rank, "train rank-R adapters on every block linear (QLoRA with --quant)");
   cmd->add_flag("--dora", o->p.dora, "the adapters are DoRA (a magnitude per output row; more activations)");
   cmd->add_flag("--recompute", o->p.recompute, "per-block activation recomputation");

@@ -5,6 +5,7 @@
 #include "core/progress.h"
 #include "core/output_dir.h"
 #include "quant/quantize_model.h"
+#include "quant/sensitivity.h"
 
 namespace llmq::cli {
 
@@ -15,8 +16,10 @@ void register_quantize(CLI::App& app) {
   auto keep = std::make_shared<std::string>();
   auto recipe = std::make_shared<std::string>();
   auto mix = std::make_shared<std::string>();
+  auto sens = std::make_shared<SensitivityOptions>();
+  auto sensitivity = std::make_shared<bool>(false);
   cmd->add_option("-m,--model", o->model, "source model: a directory or an f32/f16 .gguf file (float weights)")->required()->transform(llmq::cli::kRunLatest);
-  cmd->add_option("--out", o->out, "output model directory")->required();
+  cmd->add_option("--out", o->out, "output model directory (not with --sensitivity)");
   cmd->add_option("--format", o->format,
                   "output layout of integer schemes: gptq (AutoGPTQ's, the default) or compressed-tensors "
                   "(llm-compressor's, what vLLM expects: pack-quantized w4a16/w8a16, int-quantized w8a8); fp8 is "
@@ -67,13 +70,50 @@ void register_quantize(CLI::App& app) {
                   "(selectors: q k v o gate up down lm_head attn mlp layers.A-B first:N last:N re:REGEX, joined by & "
                   "and |; options: gN sym asym rtn hqq gptq awq axis0 axis1; scheme float leaves a module in float)")
       ->excludes(recipe_opt);
+  cmd->add_flag("--sensitivity", *sensitivity,
+                "write nothing: quantize one role (all blocks' q, k, ... down) or one block at a time at --probe and "
+                "print each one's KL divergence to the float model on --calib text, most sensitive first, and a --mix "
+                "that protects the --protect most sensitive blocks");
+  cmd->add_option("--probe", sens->probe, "--sensitivity: the low setting tried (default w2a16:g16:hqq:axis0; rtn or hqq)");
+  cmd->add_option("--protect", sens->protect, "--sensitivity: blocks the suggested --mix keeps at --protect-spec (default 2)");
+  cmd->add_option("--protect-spec", sens->protect_spec, "--sensitivity: their setting (default w8a16)");
   cmd->add_option("--max-shard-size", o->max_shard_gb, "largest safetensors shard, GB (default 5)")->check(llmq::cli::kPositive);
   cmd->add_flag("--json", *json, "print a JSON summary");
   auto overwrite = std::make_shared<bool>(false);
   cmd->add_flag("--overwrite", *overwrite,
                 "replace an --out directory that llmq did not write (one it wrote is replaced without asking); "
                 "the output appears whole, under a temporary name until it is complete");
-  cmd->callback([o, json, keep, overwrite, damp, act_order, static_groups, alpha, calib, recipe, mix] {
+  cmd->callback([o, json, keep, overwrite, damp, act_order, static_groups, alpha, calib, recipe, mix, sens, sensitivity] {
+    if (*sensitivity) {
+      if (!o->out.empty() || !recipe->empty() || !mix->empty())
+        fail("quantize --sensitivity writes nothing: leave out --out, --recipe and --mix");
+      if (o->calib.source.empty()) fail("quantize --sensitivity needs calibration text: give --calib FILE|DATA_DIR");
+      sens->model = o->model;
+      sens->calib = o->calib;
+      sens->progress = !*json;
+      const SensitivityResult r = quantize_sensitivity(*sens);
+      auto rows = [](const std::vector<SensitivityRow>& v) {
+        nlohmann::json a = nlohmann::json::array();
+        for (const auto& x : v)
+          a.push_back({{"unit", x.unit}, {"selector", x.selector}, {"kld_mean", x.kld_mean}, {"kld_p99", x.kld_p99},
+                       {"top1", x.top1}, {"ppl_ratio", x.ppl_ratio}});
+        return a;
+      };
+      if (*json) {
+        fmt::print("{}\n", nlohmann::json{{"probe", sens->probe}, {"tokens", r.tokens}, {"roles", rows(r.roles)},
+                                          {"blocks", rows(r.blocks)}, {"suggested_mix", r.suggested_mix}}.dump());
+        return;
+      }
+      fmt::print("{} alone at {} ({} calibration tokens), most sensitive first:\n", "each unit", sens->probe, r.tokens);
+      fmt::print("{:<10} {:>12} {:>12} {:>8} {:>10}\n", "unit", "KLD mean", "KLD p99", "top-1", "ppl ratio");
+      for (const auto* v : {&r.roles, &r.blocks}) {
+        for (const auto& x : *v)
+          fmt::print("{:<10} {:>12.3e} {:>12.3e} {:>8.4f} {:>10.4f}\n", x.unit, x.kld_mean, x.kld_p99, x.top1, x.ppl_ratio);
+        fmt::print("\n");
+      }
+      fmt::print("suggested: --mix '{}'\n", r.suggested_mix);
+      return;
+    }
     if (!recipe->empty()) o->recipe = recipe_load(*recipe);
     if (!mix->empty()) o->recipe = recipe_parse_mix(*mix);
     auto recipe_uses = [&](const std::string& m) {

@@ -161,7 +161,8 @@ void register_finetune(CLI::App& app) {
                   "(default)");
   cmd->add_option("--quantize-base", o->quantize_base,
                   "quantize a float base while loading it, one linear at a time: rtn4, rtn8, hqq2, hqq3, hqq4, hqq8 "
-                  "(QLoRA / QDoRA)");
+                  "(QLoRA / QDoRA), or a recipe as `llmq quantize --mix/--recipe` takes (rtn and hqq rules), e.g. "
+                  "'self_attn=w4a16:g64:hqq,mlp=w2a16:g16:hqq:axis0' for a 4/2-bit QDoRA base");
   cmd->add_flag("--train-norms", o->adapter.train_norms, "train the RMSNorm weights too (saved as modules_to_save)");
   cmd->add_flag("--fsdp", o->fsdp,
                 "under mpirun: shard the frozen base over the ranks (each holds ~1/N of it and receives a block "

@@ -1,5 +1,8 @@
 #include "dist/plan.h"
 
+#include "quant/quantize_model.h"
+#include "quant/recipe.h"
+
 #include <algorithm>
 #include <queue>
 
@@ -25,8 +28,9 @@ double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool r
 }
 
 namespace {
-double quant_bits(const std::string& q) {  // bits per weight including scales and zeros
+double quant_bits(const std::string& q, const ModelConfig& c) {  // bits per weight including scales and zeros
   if (q.empty()) return 32;
+  if (recipe_is_arg(q)) return recipe_linear_bits(recipe_from_arg(q), c);  // per-module rules: their mean
   if (q == "int8") return 8 + 32.0 / 4096;   // per-channel f32 scale (negligible)
   // llmq finetune --quantize-base (quant/quant_base.h) holds codes one per nibble or byte
   // plus an f32 scale and an f32 scale x zero per group (its scales and zeros are not f16
@@ -38,7 +42,8 @@ double quant_bits(const std::string& q) {  // bits per weight including scales a
   if (q == "hqq4") return 4 + 64.0 / 64;
   if (q == "hqq3" || q == "hqq2") return 4 + 64.0 / 32;
   if (q == "nf4") return 4 + 8.0 / 64 + 32.0 / (64 * 256);  // QLoRA's double quantization
-  fail("plan: --quant {} is not known (int8, int4, rtn4, rtn8, hqq2, hqq3, hqq4, hqq8, nf4)", q);
+  fail("plan: --quant {} is not known (int8, int4, rtn4, rtn8, hqq2, hqq3, hqq4, hqq8, nf4, or a recipe: rules with '=' "
+       "or a .json file)", q);
 }
 }  // namespace
 
@@ -97,7 +102,7 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
     const double mags = o.dora ? L * (C + c.q_dim() + 2 * (double)c.kv_dim() + C + 2 * (double)c.ffn_dim) : 0;
     const double trained = L * lora_per_block + mags;
     p.trainable = (int64_t)trained;
-    const double base_bits = quant_bits(o.quant);
+    const double base_bits = quant_bits(o.quant, c);
     // The frozen base as llmq finetune holds it: the linears at base_bits, everything else
     // (embeddings, norms, lm_head) in f32. Under --fsdp each unit is held by one rank
     // (train/base_shard.h): a rank holds the units assigned to it (the most loaded rank is
@@ -150,7 +155,7 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
       // embeddings' backward when untied): a rank sends its units' bytes to dp - 1 ranks; on
       // average (dp - 1)/dp of the gathered bytes, as an all-gather would. The adapters'
       // gradients are all-reduced.
-      const std::vector<double> units = base_unit_bytes(c, quant_bits(o.quant), o.tp);
+      const std::vector<double> units = base_unit_bytes(c, quant_bits(o.quant, c), o.tp);
       double gathered = 0;
       for (size_t u = 0; u < units.size(); u++) gathered += units[u] * (u == 0 && !c.tie_embeddings ? 1 : 2);
       p.dp_comm_bytes = (dp - 1) / dp * gathered + 2 * (dp - 1) / dp * grad_total;

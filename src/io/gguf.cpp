@@ -331,8 +331,10 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
   // Each matrix's type: the file type's, or for a k-quant file type llama.cpp's choice for
   // its role and layer (gguf_kmix_type).
   auto mat = [&](const std::string& name, const Tensor& t, bool permute = false, GgufRole role = GgufRole::Other,
-                 int64_t layer = 0) {
-    const GgmlType ty = kft ? gguf_kmix_type(o.type, role, layer, c.n_layers, c.n_heads / c.n_kv_heads, t.dim(1)) : mt;
+                 int64_t layer = 0, const std::string& hf_name = "") {
+    GgmlType ty = kft ? gguf_kmix_type(o.type, role, layer, c.n_layers, c.n_heads / c.n_kv_heads, t.dim(1)) : mt;
+    if (o.type_of && !hf_name.empty())
+      if (const auto r = o.type_of(hf_name, t.dim(1))) ty = *r;
     w.add_tensor(name, ty, {(uint64_t)t.dim(1), (uint64_t)t.dim(0)},
                  [&t, ty, permute, hd](uint8_t* d) { write_rows(t, ty, permute, hd, d); });
   };
@@ -355,17 +357,17 @@ void gguf_export(const std::string& model_dir, const std::string& out, const Ggu
     const LlamaLayer& L = W.layers[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     vec(p + "attn_norm.weight", L.attn_norm);
-    mat(p + "attn_q.weight", L.wq, true, GgufRole::Other, l);
-    mat(p + "attn_k.weight", L.wk, true, GgufRole::Other, l);
-    mat(p + "attn_v.weight", L.wv, false, GgufRole::AttnV, l);
-    mat(p + "attn_output.weight", L.wo, false, GgufRole::AttnOutput, l);
+    mat(p + "attn_q.weight", L.wq, true, GgufRole::Other, l, "model.layers." + std::to_string(l) + ".self_attn.q_proj.weight");
+    mat(p + "attn_k.weight", L.wk, true, GgufRole::Other, l, "model.layers." + std::to_string(l) + ".self_attn.k_proj.weight");
+    mat(p + "attn_v.weight", L.wv, false, GgufRole::AttnV, l, "model.layers." + std::to_string(l) + ".self_attn.v_proj.weight");
+    mat(p + "attn_output.weight", L.wo, false, GgufRole::AttnOutput, l, "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight");
     vec(p + "ffn_norm.weight", L.ffn_norm);
-    mat(p + "ffn_gate.weight", L.w_gate, false, GgufRole::Other, l);
-    mat(p + "ffn_up.weight", L.w_up, false, GgufRole::Other, l);
-    mat(p + "ffn_down.weight", L.w_down, false, GgufRole::FfnDown, l);
+    mat(p + "ffn_gate.weight", L.w_gate, false, GgufRole::Other, l, "model.layers." + std::to_string(l) + ".mlp.gate_proj.weight");
+    mat(p + "ffn_up.weight", L.w_up, false, GgufRole::Other, l, "model.layers." + std::to_string(l) + ".mlp.up_proj.weight");
+    mat(p + "ffn_down.weight", L.w_down, false, GgufRole::FfnDown, l, "model.layers." + std::to_string(l) + ".mlp.down_proj.weight");
   }
   vec("output_norm.weight", W.norm);
-  if (!c.tie_embeddings) mat("output.weight", W.lm_head, false, GgufRole::Output);
+  if (!c.tie_embeddings) mat("output.weight", W.lm_head, false, GgufRole::Output, 0, "lm_head.weight");
   Progress bar("exporting " + out, 1, o.progress);
   w.write(out, [&](uint64_t done, uint64_t total) {
     bar = Progress("exporting " + out, total, o.progress);

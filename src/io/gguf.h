@@ -70,6 +70,9 @@ GgmlType gguf_kmix_type(const std::string& ftype, GgufRole role, int64_t layer, 
 struct GgufExportOptions {
   std::string type = "f16";  // f32 | f16 | q8_0 | q4_0 | a k-quant file type (kGgufExportTypes)
   bool progress = true;
+  // Per-tensor types (a quantization recipe mapped onto GGUF types): given a matrix's HF name
+  // and its row length, the type to write, or nullopt for the file type's choice.
+  std::function<std::optional<GgmlType>(const std::string& hf_name, int64_t K)> type_of;
 };
 // Exports a (float) model directory with its tokenizer to a GGUF file llama.cpp loads:
 // llama.* keys, q/k rows permuted back to Meta's interleaved rotary order, rope_freqs for

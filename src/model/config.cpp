@@ -5,6 +5,7 @@
 #include <cctype>
 #include <functional>
 #include <map>
+#include <set>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -151,6 +152,11 @@ class PyRegexMatcher {
  public:
   explicit PyRegexMatcher(std::string where) : where_(std::move(where)) {}
   bool match(const std::string& pattern, const std::string& s) {
+    // Patterns are run at most kMaxEvaluations times per config (a config of many patterns
+    // over thousands of blocks would otherwise take minutes); exact names never count.
+    if (++evaluations_ > kMaxEvaluations)
+      fail("{}: too many patterns for this many modules ({} evaluations; name modules exactly, \"^name$\", or use "
+           "fewer patterns)", where_, kMaxEvaluations);
     auto it = cache_.find(pattern);
     if (it == cache_.end()) {
       if (pattern.size() > 512) fail("{}: pattern \"{}...\" is longer than 512 characters", where_, pattern.substr(0, 40));
@@ -168,9 +174,29 @@ class PyRegexMatcher {
   }
 
  private:
+  static constexpr int64_t kMaxEvaluations = 300000;
   std::string where_;
   std::map<std::string, std::regex> cache_;
+  int64_t evaluations_ = 0;
 };
+
+// A pattern that can only match one module name exactly ("^model\.layers\.0\.mlp\.up_proj$",
+// as llmq writes them): that name, else "".
+std::string exact_pattern_name(const std::string& p) {
+  if (p.size() < 3 || p.front() != '^' || p.back() != '$') return "";
+  std::string n;
+  for (size_t i = 1; i + 1 < p.size(); i++) {
+    const char ch = p[i];
+    if (ch == '\\' && i + 2 < p.size() && p[i + 1] == '.') {
+      n += '.', i++;
+    } else if (std::isalnum((unsigned char)ch) || ch == '_' || ch == '-') {
+      n += ch;
+    } else {
+      return "";
+    }
+  }
+  return n;
+}
 
 // The module name of a linear's HF weight name ("model.layers.0.mlp.up_proj.weight" ->
 // "model.layers.0.mlp.up_proj"), as the Python tools match it.
@@ -180,12 +206,15 @@ std::string module_of(const std::string& weight_name) { return weight_name.subst
 // base.modules (sorted by name).
 void set_modules(QuantConfig& base, const ModelConfig& c, const std::function<QuantConfig(const std::string&)>& resolve) {
   base.modules.clear();
+  if (c.n_layers <= 0 || c.n_layers > 4096) fail("num_hidden_layers {} is out of range (1..4096)", c.n_layers);
+  std::vector<std::pair<std::string, QuantConfig>> mods;  // (filled apart: resolve copies base)
   for (const std::string& name : quant_linear_names(c)) {
     QuantConfig q = resolve(name);
     if (name == "lm_head.weight" && !q.enabled && !base.lm_head) continue;  // float either way
-    if (!quant_same_linear(q, base)) base.modules.emplace_back(name, std::move(q));
+    if (!quant_same_linear(q, base)) mods.emplace_back(name, std::move(q));
   }
-  std::sort(base.modules.begin(), base.modules.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::sort(mods.begin(), mods.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  base.modules = std::move(mods);
 }
 
 // compressed-tensors: a config group's "weights" object, checked.
@@ -312,9 +341,17 @@ void parse_ct_config(const json& q, const std::string& where, const ModelConfig&
     }
   }
   PyRegexMatcher re(where + ": quantization_config");
-  // 3: exact name, 2: pattern, 1: class "Linear", 0: no match.
+  // Exact module names: the first group naming each, and the ignored ones (a map: thousands
+  // of names against thousands of modules).
+  std::map<std::string, size_t> exact;
+  std::set<std::string> ignore_exact;
+  for (size_t i = 0; i < groups.size(); i++)
+    for (const auto& t : groups[i].targets)
+      if (t.rfind("re:", 0) != 0 && t != "Linear") exact.emplace(t, i);
+  for (const auto& e : ignore)
+    if (e.rfind("re:", 0) != 0) ignore_exact.insert(e);
+  // 2: pattern, 1: class "Linear", 0: no match (exact names are looked up above).
   auto level = [&](const std::string& target, const std::string& module) {
-    if (target == module) return 3;
     if (target.rfind("re:", 0) == 0) return re.match(target.substr(3), module) ? 2 : 0;
     return target == "Linear" ? 1 : 0;
   };
@@ -330,15 +367,21 @@ void parse_ct_config(const json& q, const std::string& where, const ModelConfig&
     QuantConfig off = qc;
     off.enabled = false;
     off.modules.clear();
+    if (ignore_exact.count(module)) return off;
     for (const auto& e : ignore)
-      if (level(e, module) > 0) return off;
+      if (e.rfind("re:", 0) == 0 && level(e, module) > 0) return off;
     int best = 0;
     size_t at = 0;
-    for (size_t i = 0; i < groups.size(); i++)
-      for (const auto& t : groups[i].targets) {
-        const int l = level(t, module);
-        if (l > best) best = l, at = i;
-      }
+    if (auto it = exact.find(module); it != exact.end()) {
+      best = 3, at = it->second;
+    } else {
+      for (size_t i = 0; i < groups.size(); i++)
+        for (const auto& t : groups[i].targets)
+          if (t.rfind("re:", 0) == 0 || t == "Linear") {
+            const int l = level(t, module);
+            if (l > best) best = l, at = i;
+          }
+    }
     if (best == 0) return off;
     QuantConfig r = groups[at].cfg;
     r.lm_head = name == "lm_head.weight";
@@ -421,13 +464,28 @@ void parse_gptq_dynamic(const json& dyn, const std::vector<std::string>& order, 
     rules.push_back(std::move(r));
   }
   PyRegexMatcher re(where + ": quantization_config.dynamic");
+  // Patterns naming one module exactly (what llmq writes): the first rule for each name.
+  std::map<std::string, size_t> exact;
+  std::vector<std::string> exact_of(rules.size());
+  for (size_t i = 0; i < rules.size(); i++) {
+    exact_of[i] = exact_pattern_name(rules[i].pattern);
+    if (!exact_of[i].empty()) exact.emplace(exact_of[i], i);
+  }
   set_modules(qc, c, [&](const std::string& name) {
-    for (const auto& r : rules)
-      if (re.match(r.pattern, module_of(name))) {
-        QuantConfig q = r.cfg;
+    const std::string module = module_of(name);
+    const auto ex = exact.find(module);
+    const size_t first_exact = ex != exact.end() ? ex->second : rules.size();
+    for (size_t i = 0; i < first_exact; i++)  // an earlier pattern may take it first
+      if (exact_of[i].empty() && re.match(rules[i].pattern, module)) {
+        QuantConfig q = rules[i].cfg;
         q.lm_head = qc.lm_head;
         return q;
       }
+    if (first_exact < rules.size()) {
+      QuantConfig q = rules[first_exact].cfg;
+      q.lm_head = qc.lm_head;
+      return q;
+    }
     return qc;
   });
 }

@@ -127,51 +127,62 @@ std::vector<float> plain_dequantize(const LinearPlan& pl, const LinearCodes& q, 
 // only when a rule names it). Returns the plan of the default (the base of the written
 // config; a quantized linear's if the default leaves linears in float). Prints a warning for
 // every rule that decides no linear.
+// One linear's plan: the one scheme (no recipe), or recipe rule r (nullptr: the default rule)
+// over the default's fields over the command line's. Fails naming the rule and the linear.
+LinearPlan resolve_plan(const QuantizeOptions& o, const QuantScheme& sc, const QuantRule* r, const std::string& name,
+                        bool kept) {
+  const QuantRecipe& rc = o.recipe;
+  const QuantRule& d = rc.defaults;
+  LinearPlan pl;
+  if (rc.empty()) {
+    pl.quantized = !kept;
+    pl.sc = sc, pl.method = o.method, pl.axis = o.hqq_axis;
+    return pl;
+  }
+  // A rule that names a scheme starts from the command line's options (the scheme's own
+  // group, rtn); one that only changes options changes the default rule's.
+  const QuantRule none;
+  const QuantRule& b = r && !r->scheme.empty() ? none : d;
+  auto pick = [](const std::string& a, const std::string& x, const std::string& z) { return !a.empty() ? a : !x.empty() ? x : z; };
+  const std::string scheme = pick(r ? r->scheme : "", b.scheme, o.scheme);
+  pl.method = pick(r ? r->method : "", b.method, o.method);
+  int64_t group = r && r->group != -2 ? r->group : b.group != -2 ? b.group : o.group;
+  const bool sym = r && r->sym >= 0 ? r->sym == 1 : b.sym >= 0 ? b.sym == 1 : o.sym;
+  pl.axis = r && r->axis >= 0 ? r->axis : b.axis >= 0 ? b.axis : o.hqq_axis;
+  pl.rule = r ? r->text : rc.has_default ? d.text : "default (--scheme " + o.scheme + ")";
+  pl.quantized = scheme != "float" && !kept && (name != "lm_head.weight" || r);
+  if (!pl.quantized) return pl;
+  const std::string at = fmt::format("quantize: rule '{}' ({})", pl.rule, name);
+  if (pl.method != "rtn" && pl.method != "hqq" && pl.method != "gptq" && pl.method != "awq")
+    fail("{}: method {} cannot be given per module (rtn, hqq, gptq or awq)", at, pl.method);
+  if (pl.method == "hqq" && sym)
+    fail("{}: hqq with symmetric codes: HQQ's zero points are float (drop sym, or choose rtn/gptq)", at);
+  if (pl.method != "hqq" && pl.axis != 1)
+    fail("{}: axis 0 (groups along the output channels) is HQQ's layout; {} groups input channels", at, pl.method);
+  if (pl.method == "hqq" && group == -1) group = 64;  // HQQ's default group
+  try {
+    if (pl.axis == 0) {  // HQQ axis 0: groups of output channels, by 16s
+      pl.sc = quant_scheme_parse(scheme, -1, false);
+      if (group <= 0 || group % 16 != 0) fail("hqq axis 0 needs a group that is a multiple of 16 (g16, g32, ...)");
+      pl.sc.group = group;
+    } else {
+      if (group > 0 && group < 32)
+        fail("group {} along the input channels: the kernels take multiples of 32 (HQQ can group output channels "
+             "by 16s: add hqq:axis0)", group);
+      pl.sc = quant_scheme_parse(scheme, group, sym);
+    }
+  } catch (const Error& e) {
+    fail("{}: {}", at, e.what());
+  }
+  if (pl.method == "hqq") pl.sc.sym = false;
+  return pl;
+}
+
 LinearPlan plan_linears(const QuantizeOptions& o, const ModelConfig& c, const QuantScheme& sc,
                         const std::function<bool(const std::string&)>& kept, std::map<std::string, LinearPlan>& plans) {
   const QuantRecipe& rc = o.recipe;
   const QuantRule& d = rc.defaults;
-  auto resolve = [&](const QuantRule* r, const std::string& name) {
-    LinearPlan pl;
-    if (rc.empty()) {
-      pl.quantized = !kept(name);
-      pl.sc = sc, pl.method = o.method, pl.axis = o.hqq_axis;
-      return pl;
-    }
-    auto pick = [](const std::string& a, const std::string& b, const std::string& z) { return !a.empty() ? a : !b.empty() ? b : z; };
-    const std::string scheme = pick(r ? r->scheme : "", d.scheme, o.scheme);
-    pl.method = pick(r ? r->method : "", d.method, o.method);
-    int64_t group = r && r->group != -2 ? r->group : d.group != -2 ? d.group : o.group;
-    const bool sym = r && r->sym >= 0 ? r->sym == 1 : d.sym >= 0 ? d.sym == 1 : o.sym;
-    pl.axis = r && r->axis >= 0 ? r->axis : d.axis >= 0 ? d.axis : o.hqq_axis;
-    pl.rule = r ? r->text : rc.has_default ? d.text : "default (--scheme " + o.scheme + ")";
-    pl.quantized = scheme != "float" && !kept(name) && (name != "lm_head.weight" || r);
-    if (!pl.quantized) return pl;
-    const std::string at = fmt::format("quantize: rule '{}' ({})", pl.rule, name);
-    if (pl.method != "rtn" && pl.method != "hqq" && pl.method != "gptq" && pl.method != "awq")
-      fail("{}: method {} cannot be given per module (rtn, hqq, gptq or awq)", at, pl.method);
-    if (pl.method == "hqq" && sym)
-      fail("{}: hqq with symmetric codes: HQQ's zero points are float (drop sym, or choose rtn/gptq)", at);
-    if (pl.method != "hqq" && pl.axis != 1)
-      fail("{}: axis 0 (groups along the output channels) is HQQ's layout; {} groups input channels", at, pl.method);
-    if (pl.method == "hqq" && group == -1) group = 64;  // HQQ's default group
-    try {
-      if (pl.axis == 0) {  // HQQ axis 0: groups of output channels, by 16s
-        pl.sc = quant_scheme_parse(scheme, -1, false);
-        if (group <= 0 || group % 16 != 0) fail("hqq axis 0 needs a group that is a multiple of 16 (g16, g32, ...)");
-        pl.sc.group = group;
-      } else {
-        if (group > 0 && group < 32)
-          fail("group {} along the input channels: the kernels take multiples of 32 (HQQ can group output channels "
-               "by 16s: add hqq:axis0)", group);
-        pl.sc = quant_scheme_parse(scheme, group, sym);
-      }
-    } catch (const Error& e) {
-      fail("{}: {}", at, e.what());
-    }
-    if (pl.method == "hqq") pl.sc.sym = false;
-    return pl;
-  };
+  auto resolve = [&](const QuantRule* r, const std::string& name) { return resolve_plan(o, sc, r, name, kept(name)); };
   std::vector<int64_t> decided(rc.rules.size(), 0), matched(rc.rules.size(), 0);
   for (const std::string& name : quant_linear_names(c)) {
     int ri = -1;
@@ -197,6 +208,75 @@ LinearPlan plan_linears(const QuantizeOptions& o, const ModelConfig& c, const Qu
 }
 
 }  // namespace
+
+std::vector<float> fake_quantize_linear(const Tensor& W, const std::string& spec, const std::string& name) {
+  QuantizeOptions o;
+  o.recipe = recipe_parse_mix("default=" + spec);
+  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym);
+  const LinearPlan pl = resolve_plan(o, sc, nullptr, name, false);
+  const int64_t M = W.dim(0), K = W.dim(1);
+  if (!pl.quantized) {
+    const Tensor f = to_f32(W);
+    return std::vector<float>(f.host<float>(), f.host<float>() + M * K);
+  }
+  if (pl.method != "rtn" && pl.method != "hqq")
+    fail("'{}': {} needs calibration data per block; probe with rtn or hqq", spec, pl.method);
+  const int64_t G = pl.sc.group ? pl.sc.group : K;
+  if ((pl.axis == 1 && K % G != 0) || (pl.axis == 0 && M % G != 0))
+    fail("'{}': group {} does not divide the {} {} channels of {}", spec, G, pl.axis == 1 ? K : M,
+         pl.axis == 1 ? "input" : "output", name);
+  return plain_dequantize(pl, plain_codes(pl, W), M, K);
+}
+
+namespace {
+// The plan recipe rc gives linear `name` of a model with n_layers blocks (the command line's
+// defaults: w4a16, rtn), for in-memory uses (fine-tuning bases, planning): rtn or hqq only.
+LinearPlan recipe_plan(const QuantRecipe& rc, const std::string& name, int64_t n_layers) {
+  QuantizeOptions o;
+  o.recipe = rc;
+  const QuantScheme sc = quant_scheme_parse(o.scheme, o.group, o.sym);
+  const int ri = recipe_match(rc, name, n_layers);
+  LinearPlan pl = resolve_plan(o, sc, ri >= 0 ? &rc.rules[ri] : nullptr, name, false);
+  if (pl.quantized && pl.method != "rtn" && pl.method != "hqq")
+    fail("recipe rule '{}' ({}): {} needs calibration data; a base quantized while it loads takes rtn and hqq rules "
+         "(quantize it with `llmq quantize --recipe` first for gptq/awq)", pl.rule, name, pl.method);
+  return pl;
+}
+}  // namespace
+
+Tensor recipe_quantize_linear(const QuantRecipe& rc, const float* W, int64_t M, int64_t K, const std::string& name,
+                              int64_t n_layers) {
+  const LinearPlan pl = recipe_plan(rc, name, n_layers);
+  if (!pl.quantized) return Tensor();
+  const int64_t G = pl.sc.group ? pl.sc.group : K;
+  if ((pl.axis == 1 && K % G != 0) || (pl.axis == 0 && M % G != 0))
+    fail("recipe rule '{}': group {} does not divide the {} {} channels of {}", pl.rule, G, pl.axis == 1 ? K : M,
+         pl.axis == 1 ? "input" : "output", name);
+  Tensor w = Tensor::empty(DType::F32, {M, K});
+  std::copy(W, W + M * K, w.host<float>());
+  const LinearCodes q = plain_codes(pl, w);
+  if (pl.axis == 0) return make_hqq_axis0_tensor(M, K, pl.sc.bits, G, q.codes.data(), q.scale.data(), q.zero.data());
+  return make_quant_tensor(M, K, pl.sc.bits == 8 ? 8 : 4, G, pl.sc.sym, false, q.codes.data(), q.scale.data(),
+                           q.zero.data(), pl.sc.bits);
+}
+
+double recipe_linear_bits(const QuantRecipe& rc, const ModelConfig& c) {
+  double bits = 0, n = 0;
+  for (const std::string& name : quant_linear_names(c)) {
+    if (name == "lm_head.weight") continue;
+    const LinearPlan pl = recipe_plan(rc, name, c.n_layers);
+    const bool out_dim = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+    const bool in_ffn = name.find("down_proj") != std::string::npos;
+    const bool kv = name.find("k_proj") != std::string::npos || name.find("v_proj") != std::string::npos;
+    const int64_t K = in_ffn ? c.ffn_dim : name.find("o_proj") != std::string::npos ? c.q_dim() : c.dim;
+    const int64_t M = out_dim ? c.dim : kv ? c.kv_dim() : name.find("q_proj") != std::string::npos ? c.q_dim() : c.ffn_dim;
+    const double w = (double)M * (double)K;
+    // Codes one per nibble (2-4 bits) or byte; an f32 scale and an f32 scale x zero per group.
+    bits += w * (pl.quantized ? (pl.sc.bits == 8 ? 8.0 : 4.0) + 64.0 / (double)(pl.sc.group ? pl.sc.group : K) : 32.0);
+    n += w;
+  }
+  return bits / n;
+}
 
 QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();

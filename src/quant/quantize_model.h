@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+#include "model/config.h"
 #include "quant/calibration.h"
 #include "quant/recipe.h"
 
@@ -54,5 +56,18 @@ struct QuantizeResult {
 };
 
 QuantizeResult quantize_model(const QuantizeOptions& o);
+
+// Linear `name`'s weights W (any float dtype, (M, K)) quantized as recipe quantization `spec`
+// says ("w2a16:g16:hqq:axis0"; rtn or hqq) and dequantized: what a checkpoint would hold, in
+// f32. For sensitivity probes.
+std::vector<float> fake_quantize_linear(const Tensor& W, const std::string& spec, const std::string& name);
+
+// Linear `name` (of a model with n_layers blocks) quantized in memory as recipe rc says (rtn
+// and hqq rules; the defaults w4a16 g128 rtn): the runtime tensor, or an empty one for a
+// linear the recipe leaves in float. For `llmq finetune --quantize-base RECIPE`.
+Tensor recipe_quantize_linear(const QuantRecipe& rc, const float* W, int64_t M, int64_t K, const std::string& name,
+                              int64_t n_layers);
+// The blocks' linears' mean bits per weight in memory under recipe rc (for planning).
+double recipe_linear_bits(const QuantRecipe& rc, const ModelConfig& c);
 
 }  // namespace llmq

@@ -238,4 +238,10 @@ QuantRecipe recipe_parse_json(const std::string& text, const std::string& where)
 
 QuantRecipe recipe_load(const std::string& path) { return recipe_parse_json(read_text_file(path), path); }
 
+bool recipe_is_arg(const std::string& s) { return s.find('=') != std::string::npos || s.ends_with(".json"); }
+
+QuantRecipe recipe_from_arg(const std::string& s) {
+  return s.find('=') != std::string::npos ? recipe_parse_mix(s) : recipe_load(s);
+}
+
 }  // namespace llmq

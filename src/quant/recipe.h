@@ -20,6 +20,9 @@
 //   {"default": "w4a16:g128", "rules": [{"match": "mlp", "quant": "w2a16:g16:hqq:axis0"},
 //                                        {"match": "first:1|last:1", "scheme": "w8a16"}]}
 // say the same (a JSON rule may give "scheme", "group", "sym", "method", "axis" as fields).
+// A rule that names a scheme starts from the command line's options (--method, --group ...,
+// whose defaults are rtn and the scheme's own group); a rule without a scheme ("down=g32")
+// changes the default rule's options.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -45,6 +48,10 @@ struct QuantRecipe {
   bool empty() const { return rules.empty() && !has_default; }
 };
 
+// Whether a command-line value is a recipe (inline rules with '=', or a .json file) rather
+// than a scheme name, and the recipe it is.
+bool recipe_is_arg(const std::string& s);
+QuantRecipe recipe_from_arg(const std::string& s);
 // `path`: a JSON recipe. Fails naming the file and the rule on anything malformed.
 QuantRecipe recipe_load(const std::string& path);
 QuantRecipe recipe_parse_json(const std::string& text, const std::string& where);

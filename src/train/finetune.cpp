@@ -9,6 +9,8 @@
 #include "io/gguf.h"
 #include "quant/quant.h"
 #include "quant/quant_base.h"
+#include "quant/quantize_model.h"
+#include "quant/recipe.h"
 
 namespace llmq::train {
 
@@ -44,7 +46,9 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
       }
       return bytes;
     }
-    const BaseQuant q = base_quant_parse(quantize);
+    const bool recipe = recipe_is_arg(quantize);  // per-module rules (quant/recipe.h)
+    const QuantRecipe rc = recipe ? recipe_from_arg(quantize) : QuantRecipe{};
+    const BaseQuant q = recipe ? BaseQuant{} : base_quant_parse(quantize);
     m.qbase.resize(c.n_layers);
     Progress bar(fmt::format("quantizing the base ({})", quantize), (uint64_t)c.n_layers, progress);
     std::vector<float> w;
@@ -62,8 +66,16 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
       }
       w.resize((size_t)n);
       read(off, off + n, w.data());
-      m.qbase[l][t] = quantize_base_linear(w.data(), s.shape[0], s.shape[1], q);
-      bytes += (uint64_t)weight_bytes(m.qbase[l][t]);
+      if (recipe) {
+        m.qbase[l][t] = recipe_quantize_linear(rc, w.data(), s.shape[0], s.shape[1], s.name, c.n_layers);
+        if (!m.qbase[l][t].defined()) {  // a linear the recipe leaves in float
+          std::copy(w.begin(), w.end(), m.base.data() + off);
+          bytes += (uint64_t)n * 4;
+        }
+      } else {
+        m.qbase[l][t] = quantize_base_linear(w.data(), s.shape[0], s.shape[1], q);
+      }
+      if (m.qbase[l][t].defined()) bytes += (uint64_t)weight_bytes(m.qbase[l][t]);
       if (t == kBlockLinears - 1) bar.update((uint64_t)l + 1);
     }
     bar.finish();
@@ -101,6 +113,7 @@ uint64_t load_frozen_base(LlamaTrain<float>& m, const std::string& dir, const st
 }
 
 double base_linear_bits(const ModelConfig& c, const std::string& quantize) {
+  if (!quantize.empty() && recipe_is_arg(quantize)) return recipe_linear_bits(recipe_from_arg(quantize), c);
   if (!quantize.empty()) {
     const BaseQuant q = base_quant_parse(quantize);
     // 2-, 3-bit codes in the 4-bit layout; f32 scale and scale x zero per group (not f16 values)

@@ -26,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/finetune.h"
 #include "quant/quant_base.h"
+#include "quant/recipe.h"
 #include "dist/plan.h"
 #include "train/base_shard.h"
 #include "train/fsdp.h"
@@ -251,7 +252,13 @@ TrainResult train_run(const TrainOptions& options) {
   if (o.finetune) {
     o.adapter.check();
     o.adapter.base = o.model;
-    if (!o.quantize_base.empty()) base_quant_parse(o.quantize_base);  // the name, checked before any work
+    if (!o.quantize_base.empty() && recipe_is_arg(o.quantize_base)) {  // the recipe, checked before any work
+      recipe_from_arg(o.quantize_base);
+      if (o.fsdp) fail("finetune: --fsdp with a --quantize-base recipe is not supported yet (quantize the base with "
+                       "`llmq quantize --recipe`, or give one scheme such as hqq4)");
+    } else if (!o.quantize_base.empty()) {
+      base_quant_parse(o.quantize_base);  // the name, checked before any work
+    }
   } else if (!o.quantize_base.empty()) {
     fail("train: --quantize-base is for llmq finetune (a frozen base); full training updates every weight in f32");
   }

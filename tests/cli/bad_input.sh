@@ -73,6 +73,14 @@ expect_error "give --calib" -- quantize -m "$T/m" --method gptq --group 32 --out
 expect_error "no such calibration file" -- quantize -m "$T/m" --method awq --group 32 --calib "$T/missing.txt" --out "$T/f"
 expect_error "use --scheme w8a8" -- quantize -m "$T/m" --method smoothquant --scheme w4a16 --out "$T/f"
 expect_error "unknown method" -- quantize -m "$T/m" --method sparsegpt --out "$T/f"
+# Recipes (issue 28): one error naming the rule and the tensor (tiny: dim 64, ffn 192).
+expect_error "rule 'mlp=w4a16:g128'" -- quantize -m "$T/m" --mix 'mlp=w4a16:g128' --out "$T/f"
+expect_error "unknown option 'g1x'" -- quantize -m "$T/m" --mix 'mlp=w4a16:g1x' --out "$T/f"
+expect_error "hqq with symmetric codes" -- quantize -m "$T/m" --mix 'mlp=w4a16:g32:hqq:sym' --out "$T/f"
+expect_error "apply to a whole model" -- quantize -m "$T/m" --mix 'mlp=fp8' --out "$T/f"
+echo '{"rules": [{"match": "mlp", "bits": 2}]}' > "$T/recipe.json"
+expect_error "recipe.json: rules[0]: unknown key \"bits\"" -- quantize -m "$T/m" --recipe "$T/recipe.json" --out "$T/f"
+expect_error "leave out --out" -- quantize -m "$T/m" --sensitivity --calib "$T/long.txt" --out "$T/f"
 expect_error "int8 or fp8 (calibrated static scales)" -- quantize -m "$T/m" --kv-cache int2 --calib "$T/long.txt" --out "$T/f"
 expect_error "--kv-cache fp8" -- quantize -m "$T/m" --scheme w8a16 --kv-cache fp8 --out "$T/f"
 expect_error "no calibrated KV-cache scales" -- eval ppl -m "$T/m" --tokens "$T/long.txt" --kv-cache int8 --kv-scales static

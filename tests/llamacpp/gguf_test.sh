@@ -153,8 +153,17 @@ PY
 "$LLMQ" train --model "$T/k1" --data "$T/data" --out "$T/krun" --steps 120 --batch 8 --seq-len 64 --lr 1e-2 \
   --warmup 10 --eval-every 0 --sample-tokens 0 > /dev/null 2>&1 || bad "training the k-quant test model"
 KM=$T/krun/checkpoint-000120
-for ty in q2_k q3_k_m q4_k_m q5_k_m q6_k; do
-  "$LLMQ" export -m "$KM" --type $ty --out "$T/k-$ty.gguf" > /dev/null || { bad "export $ty"; continue; }
+# "mix" (issue 28): a quantization recipe mapped onto per-tensor types (the first and last
+# blocks q8_0, attention q4_k, MLP q2_k), which llama.cpp must read the same way.
+MIX='first:1|last:1=w8a16,self_attn=w4a16,mlp=w2a16'
+for ty in q2_k q3_k_m q4_k_m q5_k_m q6_k mix; do
+  args=(--type $ty); [ $ty = mix ] && args=(--type q4_k_m --mix "$MIX")
+  "$LLMQ" export -m "$KM" "${args[@]}" --out "$T/k-$ty.gguf" > /dev/null || { bad "export $ty"; continue; }
+  if [ $ty = mix ]; then
+    types=$("$LLMQ" info "$T/k-$ty.gguf" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["scheme"])')
+    case $types in *"q2_k 18"*"q4_k 25"*"q8_0 14"*) ok "mix: tensor types as the rules say ($types)" ;;
+      *) bad "mix: tensor types $types (expected q2_k 18, q4_k 25 with the embeddings, q8_0 14)" ;; esac
+  fi
   "$LLMQ" generate -m "$T/k-$ty.gguf" --ids -p "$prompt" -n 16 --temperature 0 --ignore-eos --json --logprobs 2 > "$T/k-$ty.json" 2>/dev/null
   b=$($DRV "$T/k-$ty.gguf" generate "$prompt" 16 2 | /usr/bin/python3 -c 'import json,sys; print(" ".join(map(str,json.load(sys.stdin)["tokens"])))')
   # Equal, or equal up to a step where llama.cpp took llmq's second choice and llmq's two
