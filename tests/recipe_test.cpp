@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "core/error.h"
 #include "core/file_util.h"
@@ -263,6 +264,44 @@ TEST(RecipeConfigs, OtherToolsPerModuleParts) {
     EXPECT_EQ(gback.quant.quantizes(name), g.quant.quantizes(name)) << name;
     if (g.quant.quantizes(name)) EXPECT_TRUE(quant_same_linear(gback.quant.of(name), g.quant.of(name))) << name;
   }
+}
+
+// The in-memory uses (finetune --quantize-base RULES, plan --quant RULES): each linear gets its
+// rule's runtime tensor, which holds exactly what a checkpoint written by the same rule holds
+// (fake_quantize_linear, the writer's codes dequantized), or stays float; the planned bits
+// are the per-weight mean of codes (2- and 3-bit in nibbles) plus two f32 words per group.
+TEST(RecipeInMemory, BaseQuantizationAndPlanBits) {
+  ModelConfig c = config_preset("small");
+  c.n_layers = 2;
+  const QuantRecipe rc = recipe_parse_mix("layers.1&down=float,mlp=w2a16:g16:hqq:axis0,default=w4a16:g128");
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  for (const auto& [name, want_bits, M, K] : {std::tuple{std::string("model.layers.0.mlp.up_proj.weight"), 2, 1024, 384},
+                                              {"model.layers.0.self_attn.q_proj.weight", 4, 384, 384},
+                                              {"model.layers.1.mlp.down_proj.weight", 0, 384, 1024}}) {
+    Tensor W = Tensor::empty(DType::F32, {M, K});
+    for (int64_t i = 0; i < W.numel(); i++) W.host<float>()[i] = nd(rng);
+    const Tensor t = recipe_quantize_linear(rc, W.host<float>(), W.dim(0), W.dim(1), name, c.n_layers);
+    if (want_bits == 0) {
+      EXPECT_FALSE(t.defined()) << name;
+      continue;
+    }
+    ASSERT_TRUE(t.defined()) << name;
+    EXPECT_EQ(t.quant()->code_bits, want_bits) << name;
+    std::vector<float> got((size_t)W.numel());
+    dequantize_tensor_rows(t, 0, W.dim(0), got.data());
+    const std::vector<float> ref = fake_quantize_linear(W, name.find("mlp") != std::string::npos ? "w2a16:g16:hqq:axis0" : "w4a16:g128", name);
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < got.size(); i++) worst = std::max(worst, (double)std::fabs(got[i] - ref[i])), scale = std::max(scale, (double)std::fabs(ref[i]));
+    // Same codes; the runtime folds HQQ axis-0 scales as s and s*z (f32), so values agree to
+    // f32 rounding of scale*code - scale*zero: a few ulps of the largest weight.
+    EXPECT_LE(worst, 4e-6 * scale) << name;
+  }
+  // Planned bits by hand: per block, attention 4 * 384^2 + 2 * 384*128 weights at 4 + 64/128,
+  // MLP 3 * 384*1024 at 4 + 64/16 (block 1's down at 32, float).
+  const double att = 2.0 * 384 * 384 + 2.0 * 384 * 128, mlp = 384.0 * 1024;
+  const double want = (2 * att * 4.5 + 3 * mlp * 8.0 + 2 * mlp * 8.0 + mlp * 32.0) / (2 * att + 6 * mlp);
+  EXPECT_NEAR(recipe_linear_bits(rc, c), want, 1e-9);
 }
 
 // Bad input: one clear error naming the rule and the tensor; a rule that decides nothing is a

@@ -124,7 +124,7 @@ void register_bench(CLI::App& app) {
                         {"gen", o->gen},              {"batch", o->batch},
                         {"prefill_tok_s", pre_tps},   {"prefill_gflops", pre_flops / best_pre / 1e9},
                         {"decode_tok_s", dec_tps},    {"peak_rss_bytes", peak_rss_bytes()},
-                        {"scheme", c.quant.enabled ? c.quant.scheme : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
+                        {"scheme", c.quant.enabled ? (c.quant.modules.empty() ? c.quant.scheme : "mix") : std::string(dtype_name(m.weights.layers[0].wq.dtype()))},
                         {"kv_cache", kv_type_name(kv)}};
     // The weight bytes one decode step streams (every layer's matrices and the output
     // matrix): bytes / read bandwidth is the decode floor.

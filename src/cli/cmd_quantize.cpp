@@ -161,8 +161,12 @@ void register_quantize(CLI::App& app) {
                              .dump());
     else {
       for (const auto& m : r.messages) fmt::print("{}\n", m);
-      fmt::print("wrote {}: {} linears quantized ({} {}), {} tensors kept in float; {} -> {} in {}, peak RSS {}\n",
-                 o->out, r.quantized_tensors, o->scheme, o->method, r.kept_tensors, format_bytes((double)r.bytes_in),
+      fmt::print("wrote {}: {} linears quantized ({}), {} tensors kept in float; {} -> {} in {}, peak RSS {}\n",
+                 o->out, r.quantized_tensors,
+                 o->recipe.empty() ? o->scheme + " " + o->method
+                                   : fmt::format("{} recipe rules{}; `llmq info {}` lists the mix", o->recipe.rules.size(),
+                                                 o->recipe.has_default ? " and a default" : "", o->out),
+                 r.kept_tensors, format_bytes((double)r.bytes_in),
                  format_bytes((double)r.bytes_out), format_duration(r.seconds), format_bytes(peak_rss_bytes()));
     }
   });

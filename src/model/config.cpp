@@ -30,7 +30,7 @@ int64_t meta_ffn_dim(int64_t dim, int64_t multiple_of, double mult) {
 
 const QuantConfig& QuantConfig::of(const std::string& name) const {
   auto it = std::lower_bound(modules.begin(), modules.end(), name,
-                             [](const std::pair<std::string, QuantConfig>& e, const std::string& n) { return e.first < n; });
+                             [](const QuantModule& e, const std::string& n) { return e.first < n; });
   return it != modules.end() && it->first == name ? it->second : *this;
 }
 
@@ -207,7 +207,7 @@ std::string module_of(const std::string& weight_name) { return weight_name.subst
 void set_modules(QuantConfig& base, const ModelConfig& c, const std::function<QuantConfig(const std::string&)>& resolve) {
   base.modules.clear();
   if (c.n_layers <= 0 || c.n_layers > 4096) fail("num_hidden_layers {} is out of range (1..4096)", c.n_layers);
-  std::vector<std::pair<std::string, QuantConfig>> mods;  // (filled apart: resolve copies base)
+  std::vector<QuantModule> mods;  // (filled apart: resolve copies base)
   for (const std::string& name : quant_linear_names(c)) {
     QuantConfig q = resolve(name);
     if (name == "lm_head.weight" && !q.enabled && !base.lm_head) continue;  // float either way

@@ -23,6 +23,8 @@ struct RopeScaling {
 // config.json's quantization_config. llmq writes and reads the GPTQ checkpoint layout
 // (quant_method "gptq": qweight/qzeros/scales/g_idx per linear; docs/formats.md), whatever
 // algorithm chose the codes; the "llmq" sub-object records the scheme and algorithm.
+struct QuantModule;
+
 struct QuantConfig {
   bool enabled = false;
   int bits = 0;
@@ -63,11 +65,20 @@ struct QuantConfig {
   // the fields above, by HF tensor name ("model.layers.3.mlp.down_proj.weight"), sorted by
   // name; an entry with enabled false is a linear left in float. Resolved from config.json
   // when it is read, so every reader asks of(name) and never matches patterns itself.
-  std::vector<std::pair<std::string, QuantConfig>> modules;
+  std::vector<QuantModule> modules;
   // The quantization of one linear: its entry in modules, else *this.
   const QuantConfig& of(const std::string& name) const;
   // Whether linear `name` is stored quantized (lm_head only where the config says so).
   bool quantizes(const std::string& name) const;
+};
+
+// One linear's entry in QuantConfig::modules (a pair, spelled out so the recursive type is
+// complete where vector needs it).
+struct QuantModule {
+  std::string first;   // HF tensor name
+  QuantConfig second;  // its quantization
+  QuantModule() = default;
+  QuantModule(std::string name, QuantConfig q) : first(std::move(name)), second(std::move(q)) {}
 };
 
 struct ModelConfig {

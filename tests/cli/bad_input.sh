@@ -74,7 +74,7 @@ expect_error "no such calibration file" -- quantize -m "$T/m" --method awq --gro
 expect_error "use --scheme w8a8" -- quantize -m "$T/m" --method smoothquant --scheme w4a16 --out "$T/f"
 expect_error "unknown method" -- quantize -m "$T/m" --method sparsegpt --out "$T/f"
 # Recipes (issue 28): one error naming the rule and the tensor (tiny: dim 64, ffn 192).
-expect_error "rule 'mlp=w4a16:g128'" -- quantize -m "$T/m" --mix 'mlp=w4a16:g128' --out "$T/f"
+expect_error "rule 'mlp=w4a16:g128'" -- quantize -m "$T/m" --group 32 --mix 'mlp=w4a16:g128' --out "$T/f"
 expect_error "unknown option 'g1x'" -- quantize -m "$T/m" --mix 'mlp=w4a16:g1x' --out "$T/f"
 expect_error "hqq with symmetric codes" -- quantize -m "$T/m" --mix 'mlp=w4a16:g32:hqq:sym' --out "$T/f"
 expect_error "apply to a whole model" -- quantize -m "$T/m" --mix 'mlp=fp8' --out "$T/f"
