@@ -12,6 +12,7 @@
 #include "eval/perplexity.h"
 #include "io/hf_dir.h"
 #include "quant/quantize_model.h"
+#include "quant/recipe.h"
 #include "train/finetune.h"
 
 namespace llmq::cli {
@@ -78,9 +79,29 @@ void register_merge(CLI::App& app) {
       if (method == "hqq" && qc.enabled && qc.algorithm == "hqq") q.hqq_axis = qc.hqq_axis;
       q.keep = {"embed"};
       if (qc.enabled ? !qc.lm_head : method == "hqq") q.keep.push_back("lm_head");
+      if (qc.enabled && !qc.modules.empty()) {
+        // A per-module mix: each linear requantized as the base held it (one exact rule per
+        // linear that differs from the base scheme; lm_head only if the base quantized it).
+        auto rule = [&](const std::string& name, const QuantConfig& x) {
+          QuantRule r;
+          r.selector = "re:^";
+          for (char ch : name) r.selector += ch == '.' ? std::string("\\.") : std::string(1, ch);
+          r.selector += "$";
+          r.scheme = x.enabled ? fmt::format("w{}a16", x.bits) : "float";
+          r.group = x.group, r.sym = x.sym ? 1 : 0, r.axis = x.hqq_axis;
+          r.method = x.algorithm == "hqq" || x.float_zeros ? "hqq" : "rtn";
+          if (r.method == "hqq") r.sym = 0;
+          r.text = name + "=" + r.scheme;
+          return r;
+        };
+        for (const auto& [name, x] : qc.modules) q.recipe.rules.push_back(rule(name, qc.quantizes(name) ? x : QuantConfig{}));
+        if (qc.lm_head) q.recipe.rules.push_back(rule("lm_head.weight", qc));
+        q.recipe.source = o->model + " (its per-module quantization)";
+        q.keep = {"embed"};
+      }
       q.progress = !o->json;
       quantize_model(q);
-      scheme = q.scheme;
+      scheme = q.recipe.empty() ? q.scheme : "the base's per-module mix";
     }
     copy_tokenizer_files(o->model, od.path());
     od.commit();
