@@ -359,6 +359,21 @@ TEST_F(PipelineFixture, RecipeMixesCalibratedAndPlainMethods) {
   EXPECT_GT(cg.kld_mean, 0.0);
   EXPECT_LT(cg.kld_mean, 1.2 * cr.kld_mean) << "gptq+hqq " << cg.kld_mean << " rtn+hqq " << cr.kld_mean;
 
+  // AWQ with per-module bits: MLP at 3 bits, the rest at 4; each linear searched and written at
+  // its own bits, no further from the float model than round-to-nearest at the same mix.
+  QuantizeOptions am = opts("awq", "w4a16", 32), rm = opts("rtn", "w4a16", 32);
+  am.out += "-mix", rm.out += "-mix";
+  am.recipe = rm.recipe = recipe_parse_mix("mlp=w3a16:g32");
+  rm.calib.source = "";
+  quantize_model(am);
+  quantize_model(rm);
+  Model amq = model_load(am.out);
+  EXPECT_EQ(amq.weights.layers[1].w_gate.quant()->code_bits, 3);
+  EXPECT_EQ(amq.weights.layers[1].wv.quant()->code_bits, 4);
+  EXPECT_EQ(amq.config.quant.of("model.layers.1.mlp.gate_proj.weight").algorithm, "awq");
+  const CompareResult cam = compare(am.out), crm = compare(rm.out);
+  EXPECT_LT(cam.kld_mean, 1.2 * crm.kld_mean) << "awq mix " << cam.kld_mean << " rtn mix " << crm.kld_mean;
+
   QuantizeOptions a = opts("awq", "w4a16", 32), k = opts("awq", "w4a16", 32);
   k.out += "-keepdown";
   k.keep = {"embed", "lm_head", "q_proj", "down_proj"};  // q: scaled by the input_layernorm fold
