@@ -98,10 +98,14 @@ void register_info(CLI::App& app) {
             for (const auto& t : f.header().tensors) by_role[tensor_role(t.name)].first += t.end - t.begin;
           }
         const QuantConfig& q = c.quant;
-        format = q.enabled ? (q.fp8 ? "hugging face directory, compressed-tensors float-quantized"
-                              : q.float_zeros ? "hugging face directory, hqq" : q.awq ? "hugging face directory, awq (gemm packing)" : q.scheme == "w8a8" ? "hugging face directory, compressed-tensors int-quantized"
-                              : "hugging face directory, gptq")
-                           : "hugging face directory (safetensors)";
+        format = !q.enabled  ? std::string("hugging face directory (safetensors)")
+                 : q.fp8     ? std::string("hugging face directory, compressed-tensors float-quantized")
+                 : !q.ct_int.empty() ? "hugging face directory, compressed-tensors " + q.ct_int
+                 : q.float_zeros ? std::string("hugging face directory, hqq (llmq's gptq-packed layout)")
+                 : q.awq     ? std::string("hugging face directory, awq (gemm packing)")
+                             : std::string("hugging face directory, gptq");
+        if (q.enabled && !q.modules.empty())
+          format += q.fp8 || !q.ct_int.empty() ? ", several config groups" : ", per-module overrides (dynamic)";
         auto describe = [](const QuantConfig& x) {
           return fmt::format("{} {}-bit, group {}{}{}{} ({})", x.scheme, x.bits,
                              x.group ? std::to_string(x.group) : std::string("per channel"),
