@@ -49,6 +49,10 @@ TEST(Recipe, SelectorsMatchWhatTheySay) {
   EXPECT_EQ(rc.rules[1].scheme, "float");
   EXPECT_EQ(rc.rules[3].sym, 1);
   EXPECT_EQ(rc.rules[4].method, "hqq");
+  const QuantRecipe opt = recipe_parse_mix("down=g32:sym,default=w4a16:g128:hqq");  // options only: the default's scheme
+  EXPECT_EQ(opt.rules[0].scheme, "");
+  EXPECT_EQ(opt.rules[0].group, 32);
+  EXPECT_EQ(opt.rules[0].sym, 1);
 
   const QuantRecipe j = recipe_parse_json(R"({"default": "w4a16:g128", "rules": [
       {"match": "mlp", "quant": "w2a16:g16:hqq:axis0"},

@@ -1,6 +1,7 @@
 // Quantization recipes: see recipe.h.
 #include "quant/recipe.h"
 
+#include <cctype>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -87,13 +88,13 @@ std::vector<std::string> split(const std::string& s, char sep) {
 // "w2a16:g16:hqq:axis0" into r's scheme, group, sym, method, axis.
 void parse_quant(const std::string& spec, QuantRule& r) {
   const auto parts = split(spec, ':');
-  if (parts[0].empty()) fail("recipe rule '{}': no scheme (w8a16, w4a16, w3a16, w2a16 or float)", r.text);
+  if (parts[0].empty()) fail("recipe rule '{}': no scheme or option (w8a16, w4a16, w3a16, w2a16, float; gN, sym, ...)", r.text);
   for (size_t i = 0; i < parts.size(); i++) {
     const std::string& p = parts[i];
     int64_t v;
     if (i == 0 && (p == "w8a16" || p == "w4a16" || p == "w3a16" || p == "w2a16" || p == "float" || p == "keep")) {
       r.scheme = p == "keep" ? "float" : p;
-    } else if (i == 0) {
+    } else if (i == 0 && (p == "w8a8" || p == "w4a8" || p == "fp8" || (p.size() > 1 && p[0] == 'w' && std::isdigit((unsigned char)p[1])))) {
       fail("recipe rule '{}': scheme '{}' cannot be given per module (choose w8a16, w4a16, w3a16, w2a16 or float; "
            "activation-quantized schemes w8a8/w4a8/fp8 apply to a whole model: use --scheme)", r.text, p);
     } else if (p.size() > 1 && p[0] == 'g' && parse_int(p.substr(1), v)) {
