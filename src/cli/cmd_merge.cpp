@@ -84,9 +84,7 @@ void register_merge(CLI::App& app) {
         // linear that differs from the base scheme; lm_head only if the base quantized it).
         auto rule = [&](const std::string& name, const QuantConfig& x) {
           QuantRule r;
-          r.selector = "re:^";
-          for (char ch : name) r.selector += ch == '.' ? std::string("\\.") : std::string(1, ch);
-          r.selector += "$";
+          r.selector = name;  // a whole tensor name is part of no other name: an exact match
           r.scheme = x.enabled ? fmt::format("w{}a16", x.bits) : "float";
           r.group = x.group, r.sym = x.sym ? 1 : 0, r.axis = x.hqq_axis;
           r.method = x.algorithm == "hqq" || x.float_zeros ? "hqq" : "rtn";

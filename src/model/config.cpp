@@ -9,10 +9,10 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "core/pyregex.h"
 
 namespace llmq {
 
@@ -146,39 +146,10 @@ std::string strategy_one_of(const json& obj, const char* what, const char* a, co
   return v;
 }
 
-// Python's re.match (what GPTQModel's "dynamic" and compressed-tensors' "re:" targets use): the
-// pattern anchored at the start of the module name, not its end. Patterns are compiled once.
-class PyRegexMatcher {
- public:
-  explicit PyRegexMatcher(std::string where) : where_(std::move(where)) {}
-  bool match(const std::string& pattern, const std::string& s) {
-    // Patterns are run at most kMaxEvaluations times per config (a config of many patterns
-    // over thousands of blocks would otherwise take minutes); exact names never count.
-    if (++evaluations_ > kMaxEvaluations)
-      fail("{}: too many patterns for this many modules ({} evaluations; name modules exactly, \"^name$\", or use "
-           "fewer patterns)", where_, kMaxEvaluations);
-    auto it = cache_.find(pattern);
-    if (it == cache_.end()) {
-      if (pattern.size() > 512) fail("{}: pattern \"{}...\" is longer than 512 characters", where_, pattern.substr(0, 40));
-      try {
-        it = cache_.emplace(pattern, std::regex(pattern, std::regex::ECMAScript)).first;
-      } catch (const std::regex_error& e) {
-        fail("{}: \"{}\" is not a regular expression llmq can read ({})", where_, pattern, e.what());
-      }
-    }
-    try {
-      return std::regex_search(s, it->second, std::regex_constants::match_continuous);
-    } catch (const std::regex_error& e) {
-      fail("{}: matching \"{}\" against {}: {}", where_, pattern, s, e.what());
-    }
-  }
-
- private:
-  static constexpr int64_t kMaxEvaluations = 300000;
-  std::string where_;
-  std::map<std::string, std::regex> cache_;
-  int64_t evaluations_ = 0;
-};
+// Python's re.match (what GPTQModel's "dynamic" and compressed-tensors' "re:" targets use):
+// core/pyregex.h (PCRE2's DFA matcher, anchored at the start of the module name, with a work
+// budget per config).
+using PyRegexMatcher = PyRegex;
 
 // A pattern that can only match one module name exactly ("^model\.layers\.0\.mlp\.up_proj$",
 // as llmq writes them): that name, else "".

@@ -3,7 +3,6 @@
 
 #include <cctype>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "core/error.h"
 #include "core/file_util.h"
@@ -39,7 +38,8 @@ bool parse_int(const std::string& s, int64_t& v) {
   return true;
 }
 
-bool term_matches(const std::string& t, const std::string& name, int64_t n_layers, const std::string& rule) {
+bool term_matches(const std::string& t, const std::string& name, int64_t n_layers, const QuantRule& r) {
+  const std::string& rule = r.text;
   int64_t block;
   std::string role;
   name_parts(name, block, role);
@@ -65,13 +65,8 @@ bool term_matches(const std::string& t, const std::string& name, int64_t n_layer
     return block >= a && block <= b;
   }
   if (t.rfind("re:", 0) == 0) {
-    const std::string pat = t.substr(3);
-    if (pat.size() > 512) fail("recipe rule '{}': the pattern is longer than 512 characters", rule);
-    try {
-      return std::regex_search(name, std::regex(pat), std::regex_constants::match_continuous);
-    } catch (const std::regex_error& e) {
-      fail("recipe rule '{}': \"{}\" is not a regular expression llmq can read ({})", rule, pat, e.what());
-    }
+    if (!r.re) fail("recipe rule '{}': no pattern matcher (a rule made outside the recipe parsers)", rule);
+    return r.re->match(t.substr(3), name);
   }
   return !t.empty() && name.find(t) != std::string::npos;
 }
@@ -113,12 +108,19 @@ void parse_quant(const std::string& spec, QuantRule& r) {
   }
 }
 
+// One pattern matcher for the recipe's re: terms, shared by its rules.
+void attach_matcher(QuantRecipe& rc) {
+  auto re = std::make_shared<PyRegex>("recipe " + rc.source);
+  for (auto& r : rc.rules) r.re = re;
+  rc.defaults.re = re;
+}
+
 }  // namespace
 
 bool recipe_rule_matches(const QuantRule& r, const std::string& name, int64_t n_layers) {
   for (const std::string& alt : split(r.selector, '|')) {
     bool all = !alt.empty();
-    for (const std::string& t : split(alt, '&')) all = all && term_matches(t, name, n_layers, r.text);
+    for (const std::string& t : split(alt, '&')) all = all && term_matches(t, name, n_layers, r);
     if (all) return true;
   }
   return false;
@@ -151,6 +153,7 @@ QuantRecipe recipe_parse_mix(const std::string& mix) {
     }
   }
   if (rc.empty()) fail("--mix '{}': no rules", mix);
+  attach_matcher(rc);
   return rc;
 }
 
@@ -234,6 +237,7 @@ QuantRecipe recipe_parse_json(const std::string& text, const std::string& where)
     }
   }
   if (rc.empty()) fail("{}: the recipe has no rules", where);
+  attach_matcher(rc);
   return rc;
 }
 

@@ -25,8 +25,11 @@
 // changes the default rule's options.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "core/pyregex.h"
 
 namespace llmq {
 
@@ -38,6 +41,7 @@ struct QuantRule {
   int64_t group = -2;    // -2: the default's; -1: the scheme's default; 0: per channel
   int sym = -1;          // -1: the default's; 0 / 1
   int axis = -1;         // HQQ axis; -1: the default's
+  std::shared_ptr<PyRegex> re;  // the recipe's matcher for re: terms (shared by its rules)
 };
 
 struct QuantRecipe {
