@@ -35,6 +35,9 @@ void register_plan(CLI::App& app) {
     dist::PlanOptions p;
     bool json = false;
     std::string memory;
+    int pp = 1;
+    int64_t micro = 0;
+    std::string pp_split;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--preset", o->preset, "built-in shape: " + preset_list());
@@ -52,6 +55,11 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--memory-per-rank", o->memory,
                   "answer how many ranks the job needs when each has this much memory (e.g. 80GB, 24GiB): the "
                   "smallest --ranks (a multiple of --tp) whose per-rank total fits, with --fsdp");
+  cmd->add_option("--pp", o->pp, "pipeline stages (llmq train --pp): per stage its blocks, state, activations under "
+                                 "gpipe and 1f1b, and the bytes on each link; --batch is then each replica's sequences per step")
+      ->check(llmq::cli::kPositive);
+  cmd->add_option("--micro-batches", o->micro, "--pp: micro-batches per step (default: as many as stages)")->check(llmq::cli::kPositive);
+  cmd->add_option("--pp-split", o->pp_split, "--pp: blocks per stage, e.g. 10,11,11 (default: balanced by matmul cost)");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
     if (o->preset.empty() && o->model.empty()) fail("plan: give --preset NAME or -m DIR");
@@ -88,11 +96,58 @@ void register_plan(CLI::App& app) {
         {"tokens_per_step", tokens}};
     if (mem > 0)
       j["fit"] = {{"memory_per_rank", mem}, {"ranks", fit_ranks > 0 ? nlohmann::json(fit_ranks) : nlohmann::json()}};
+    std::vector<dist::StagePlan> stages;
+    const int64_t M = o->micro > 0 ? o->micro : o->pp;
+    if (o->pp > 1 || !o->pp_split.empty() || o->micro > 0) {
+      if (o->p.fsdp || o->p.tp > 1 || o->p.lora_rank > 0)
+        fail("plan: --pp plans full training with data parallel beside it (llmq train --pp): not with --fsdp, --tp or adapters");
+      if (o->p.ranks == 1) o->p.ranks = o->pp;  // one replica by default
+      if (o->p.ranks % o->pp != 0) fail("plan: --pp {} does not divide --ranks {}", o->pp, o->p.ranks);
+      stages = dist::pipeline_plan(c, o->pp, M, o->pp_split, o->p.batch, o->p.seq_len, o->p.recompute);
+      const double dp = (double)(o->p.ranks / o->pp);
+      nlohmann::json js = nlohmann::json::array();
+      for (size_t s = 0; s < stages.size(); s++) {
+        const dist::StagePlan& st = stages[s];
+        js.push_back({{"stage", s}, {"blocks", {st.l0, st.l1}}, {"params", st.params}, {"state_bytes", st.state_bytes},
+                      {"activations_gpipe", st.act_gpipe}, {"activations_1f1b", st.act_1f1b},
+                      {"total_gpipe", st.state_bytes + st.act_gpipe}, {"total_1f1b", st.state_bytes + st.act_1f1b},
+                      {"link_fwd_bytes_per_step", st.link_fwd}, {"link_bwd_bytes_per_step", st.link_bwd},
+                      {"dp_allreduce_bytes_per_step", 2 * (dp - 1) / dp * 4 * st.params}});
+      }
+      const double tied = c.tie_embeddings ? 4.0 * (double)c.vocab_size * c.dim : 0.0;
+      j["pipeline"] = {{"stages", o->pp}, {"micro_batches", M}, {"dp", o->p.ranks / o->pp}, {"per_stage", js},
+                       {"tied_embedding_exchange_bytes_per_step", tied}};
+      j["tokens_per_step"] = (double)o->p.seq_len * o->p.batch * dp;
+      j["mesh"] = {{"ranks", o->p.ranks}, {"pp", o->pp}, {"dp", o->p.ranks / o->pp}, {"tp", 1}, {"fsdp", false}};
+      j.erase("per_rank_bytes"), j.erase("comm_bytes_per_step_per_rank");  // per stage instead
+    }
     if (o->json) {
       fmt::print("{}\n", j.dump(2));
       return;
     }
     auto count = [](double n) { return n >= 1e9 ? fmt::format("{:.2f}B", n / 1e9) : fmt::format("{:.2f}M", n / 1e6); };
+    if (!stages.empty()) {
+      const int64_t dp = o->p.ranks / o->pp;
+      fmt::print("{}: {} parameters; {} ranks = pp {} x dp {}; per replica and step {} sequences of {} tokens in {} "
+                 "micro-batches of {}{}\n", o->preset.empty() ? o->model : o->preset, count((double)p.params), o->p.ranks,
+                 o->pp, dp, o->p.batch, o->p.seq_len, M, o->p.batch / M, o->p.recompute ? ", recompute" : "");
+      fmt::print("{:<6} {:<8} {:>9} {:>12} {:>14} {:>14} {:>14} {:>14}\n", "stage", "blocks", "params", "state",
+                 "acts gpipe", "acts 1f1b", "total gpipe", "total 1f1b");
+      for (size_t s = 0; s < stages.size(); s++) {
+        const dist::StagePlan& st = stages[s];
+        fmt::print("{:<6} {:<8} {:>9} {:>12} {:>14} {:>14} {:>14} {:>14}\n", s, fmt::format("{}-{}", st.l0, st.l1 - 1),
+                   count(st.params), format_bytes(st.state_bytes), format_bytes(st.act_gpipe), format_bytes(st.act_1f1b),
+                   format_bytes(st.state_bytes + st.act_gpipe), format_bytes(st.state_bytes + st.act_1f1b));
+      }
+      fmt::print("bytes per step on each link (each direction, f32 activations and gradients):\n");
+      for (size_t s = 0; s + 1 < stages.size(); s++)
+        fmt::print("  stage {} -> {}: {} forward, {} back\n", s, s + 1, format_bytes(stages[s].link_fwd),
+                   format_bytes(stages[s].link_bwd));
+      if (c.tie_embeddings)
+        fmt::print("  stage 0 <-> {}: {} each way (the tied embedding's gradient)\n", o->pp - 1,
+                   format_bytes(4.0 * (double)c.vocab_size * c.dim));
+      return;
+    }
     fmt::print("{}: {} parameters ({} trainable); {} ranks = dp {} x tp {}{}; batch {} x {} tokens per rank\n",
                o->preset.empty() ? o->model : o->preset, count((double)p.params), count((double)p.trainable), o->p.ranks, p.dp, o->p.tp,
                o->p.fsdp ? ", fully sharded" : "", o->p.batch, o->p.seq_len);

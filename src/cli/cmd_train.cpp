@@ -135,6 +135,17 @@ void register_train(CLI::App& app) {
                 "--fsdp: start the next unit's all-gather while a unit computes and reduce-scatter behind the next "
                 "unit's backward, on a communication thread (same results and bytes; measured slower on a 2-core "
                 "host, where that thread competes with compute: for machines with cores to spare)");
+  cmd->add_option("--pp", o->pp,
+                  "under mpirun: pipeline stages (the blocks split over N stages, ranks = N x data-parallel replicas, "
+                  "stages outermost; default 1)")
+      ->check(llmq::cli::kPositive);
+  cmd->add_option("--pp-schedule", o->pp_schedule, "gpipe (all forwards, then all backwards) or 1f1b (default: less memory, same updates)")
+      ->check(CLI::IsMember({"gpipe", "1f1b"}));
+  cmd->add_option("--micro-batches", o->micro_batches, "--pp: micro-batches per step and replica (default: as many as stages)")
+      ->check(llmq::cli::kPositive);
+  cmd->add_option("--pp-split", o->pp_split, "--pp: blocks per stage, e.g. 10,11,11 (default: balanced by matmul cost, head included)");
+  cmd->add_option("--profile-trace", o->profile_trace, "--pp: write a Chrome trace (chrome://tracing, Perfetto) of every rank's "
+                                                       "forward, backward, send, receive, encode and decode to FILE.json");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
   cmd->callback([o, json, warmup_opt] { run_training(*o, *json, warmup_opt); });
 }

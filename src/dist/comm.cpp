@@ -40,6 +40,8 @@ class LocalComm final : public Communicator {
   void send(const void*, size_t, int peer, int) override { fail("send to rank {} in a single-rank job", peer); }
   void recv(void*, size_t, int peer, int) override { fail("recv from rank {} in a single-rank job", peer); }
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return make_local_comm(); }
+  size_t recv_any(std::vector<char>&, size_t, int peer, int) override { fail("recv from rank {} in a single-rank job", peer); }
 };
 }  // namespace
 

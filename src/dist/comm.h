@@ -14,6 +14,7 @@
 #include <memory>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace llmq::dist {
 
@@ -46,6 +47,16 @@ class Communicator {
   virtual void send(const void* data, size_t bytes, int peer, int tag = 0) = 0;
   virtual void recv(void* data, size_t bytes, int peer, int tag = 0) = 0;
   virtual void barrier() = 0;
+  // The ranks that pass the same color, as a communicator of their own ranked by key (every
+  // rank calls it): the groups of a mesh (pipeline stages, data-parallel replicas).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // A send that returns at once; `data` must stay valid and unchanged until wait_sends()
+  // (pipeline stages: two neighbours sending to each other must not wait on each other).
+  virtual void isend(const void* data, size_t bytes, int peer, int tag = 0) { send(data, bytes, peer, tag); }
+  virtual void wait_sends() {}
+  // Receives the next message from peer with tag, whatever its length up to max_bytes (a
+  // longer one is an error naming its size), into buf; returns its length.
+  virtual size_t recv_any(std::vector<char>& buf, size_t max_bytes, int peer, int tag = 0) = 0;
   // Every rank fails with `message` unless all ranks pass the same value (a config check).
   void check_same(uint64_t value, const std::string& what);
 

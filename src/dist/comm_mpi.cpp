@@ -53,10 +53,19 @@ class MpiComm final : public Communicator {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    comm_ = MPI_COMM_WORLD, owner_ = true;
     char name[MPI_MAX_PROCESSOR_NAME];
     int len = 0;
     MPI_Get_processor_name(name, &len);
     host_.assign(name, (size_t)len);
+  }
+  // A sub-communicator of `parent` (MPI_Comm_split): the ranks that gave the same color,
+  // ordered by key.
+  MpiComm(const MpiComm& parent, int color, int key) : async_ok_(parent.async_ok_), host_(parent.host_) {
+    check(MPI_Comm_split(parent.comm_, color, key, &comm_), "comm_split");
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
   }
   ~MpiComm() override {
     {
@@ -65,6 +74,13 @@ class MpiComm final : public Communicator {
     }
     cv_.notify_all();
     if (worker_.joinable()) worker_.join();
+    for (auto& r : sends_) MPI_Request_free(&r);
+    if (!owner_) {
+      int fin = 0;
+      MPI_Finalized(&fin);
+      if (!fin) MPI_Comm_free(&comm_);
+      return;
+    }
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin) MPI_Finalize();
@@ -125,7 +141,7 @@ class MpiComm final : public Communicator {
     pieces(c, [&](size_t off, int cnt) {
       std::vector<float> sendbuf((size_t)cnt * N), recvbuf((size_t)cnt * N);
       for (size_t j = 0; j < N; j++) std::memcpy(&sendbuf[j * cnt], in + j * c + off, (size_t)cnt * 4);
-      check(MPI_Alltoall(sendbuf.data(), cnt, MPI_FLOAT, recvbuf.data(), cnt, MPI_FLOAT, MPI_COMM_WORLD), "alltoall");
+      check(MPI_Alltoall(sendbuf.data(), cnt, MPI_FLOAT, recvbuf.data(), cnt, MPI_FLOAT, comm_), "alltoall");
       for (int i = 0; i < cnt; i++) {
         float s = recvbuf[(size_t)i];
         for (size_t r = 1; r < N; r++) s += recvbuf[r * cnt + i];
@@ -140,11 +156,11 @@ class MpiComm final : public Communicator {
       for (size_t off = 0; off < n; off += (size_t)INT_MAX / 2) {
         const size_t cnt = std::min((size_t)INT_MAX / 2, n - off);
         std::vector<float> buf(cnt * N);
-        check(MPI_Allgather(in + off, (int)cnt, MPI_FLOAT, buf.data(), (int)cnt, MPI_FLOAT, MPI_COMM_WORLD), "allgather");
+        check(MPI_Allgather(in + off, (int)cnt, MPI_FLOAT, buf.data(), (int)cnt, MPI_FLOAT, comm_), "allgather");
         for (size_t r = 0; r < N; r++) std::memcpy(out + r * n + off, &buf[r * cnt], cnt * 4);
       }
     } else {
-      check(MPI_Allgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, MPI_COMM_WORLD), "allgather");
+      check(MPI_Allgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, comm_), "allgather");
     }
     bytes_sent += (N - 1) * n * 4, bytes_received += (N - 1) * n * 4;
   }
@@ -188,7 +204,7 @@ class MpiComm final : public Communicator {
   void broadcast(void* data, size_t bytes, int root) override {
     wait();
     pieces(bytes, [&](size_t off, int cnt) {
-      check(MPI_Bcast(static_cast<char*>(data) + off, cnt, MPI_BYTE, root, MPI_COMM_WORLD), "broadcast");
+      check(MPI_Bcast(static_cast<char*>(data) + off, cnt, MPI_BYTE, root, comm_), "broadcast");
     });
     if (rank_ == root) bytes_sent += bytes * (size_t)(size_ - 1);
     else bytes_received += bytes;
@@ -196,26 +212,61 @@ class MpiComm final : public Communicator {
   void send(const void* data, size_t bytes, int peer, int tag) override {
     wait();
     pieces(bytes, [&](size_t off, int cnt) {
-      check(MPI_Send(static_cast<const char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD), "send");
+      check(MPI_Send(static_cast<const char*>(data) + off, cnt, MPI_BYTE, peer, tag, comm_), "send");
     });
     bytes_sent += bytes;
   }
   void recv(void* data, size_t bytes, int peer, int tag) override {
     wait();
     pieces(bytes, [&](size_t off, int cnt) {
-      check(MPI_Recv(static_cast<char*>(data) + off, cnt, MPI_BYTE, peer, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+      check(MPI_Recv(static_cast<char*>(data) + off, cnt, MPI_BYTE, peer, tag, comm_, MPI_STATUS_IGNORE),
             "recv");
     });
     bytes_received += bytes;
   }
   void barrier() override {
     wait();
-    check(MPI_Barrier(MPI_COMM_WORLD), "barrier");
+    check(MPI_Barrier(comm_), "barrier");
+  }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    wait();
+    return std::make_unique<MpiComm>(*this, color, key);
+  }
+  void isend(const void* data, size_t bytes, int peer, int tag) override {
+    wait();
+    pieces(bytes, [&](size_t off, int cnt) {
+      MPI_Request r;
+      check(MPI_Isend(static_cast<const char*>(data) + off, cnt, MPI_BYTE, peer, tag, comm_, &r), "isend");
+      sends_.push_back(r);
+    });
+    bytes_sent += bytes;
+  }
+  void wait_sends() override {
+    if (sends_.empty()) return;
+    check(MPI_Waitall((int)sends_.size(), sends_.data(), MPI_STATUSES_IGNORE), "wait for sends");
+    sends_.clear();
+  }
+  size_t recv_any(std::vector<char>& buf, size_t max_bytes, int peer, int tag) override {
+    wait();
+    MPI_Status st;
+    check(MPI_Probe(peer, tag, comm_, &st), "probe");
+    MPI_Count n = 0;
+    check(MPI_Get_elements_x(&st, MPI_BYTE, &n), "get_count");
+    if (n < 0 || (size_t)n > max_bytes || n > INT_MAX)
+      fail("a message of {} bytes from rank {} (tag {}), more than the {} expected", (long long)n, peer, tag, max_bytes);
+    buf.resize((size_t)n);
+    check(MPI_Recv(buf.data(), (int)n, MPI_BYTE, peer, tag, comm_, MPI_STATUS_IGNORE), "recv");
+    bytes_received += (size_t)n;
+    return (size_t)n;
   }
 
  private:
-  int rank_ = 0, size_ = 1;
+  bool async_ok_ = false;
   std::string host_;
+  int rank_ = 0, size_ = 1;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owner_ = false;  // the world: initialises and finalises MPI
+  std::vector<MPI_Request> sends_;  // isend's, until wait_sends
   std::vector<float> padded_, chunk_;
   struct Job {
     float* data;
@@ -223,7 +274,7 @@ class MpiComm final : public Communicator {
     std::function<void()> fn;  // a started job; else an all-reduce of (data, n)
   };
   bool on_worker() const { return worker_.joinable() && std::this_thread::get_id() == worker_.get_id(); }
-  bool async_ok_ = false, stop_ = false, busy_ = false;
+  bool stop_ = false, busy_ = false;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Job> jobs_;

@@ -4,6 +4,8 @@
 #include "quant/recipe.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
 #include <queue>
 
 #include "core/error.h"
@@ -25,6 +27,89 @@ double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool r
   const double head = N * C + N * C + N + N + rows * V;  // ... and each row's log-sum-exp
   const double scratch = 3 * N * C + 2 * N * QD + 2 * N * KD + 3 * N * FF;
   return 4.0 * ((double)c.n_layers * per_layer + (recompute ? block : 0) + head + scratch);
+}
+
+double stage_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t l0, int64_t l1, int slots) {
+  const double N = (double)B * T, C = (double)c.dim, QD = (double)c.q_dim(), KD = (double)c.kv_dim(), FF = (double)c.ffn_dim,
+               H = (double)c.n_heads, V = (double)c.vocab_size;
+  const bool last = l1 == c.n_layers;
+  // As train_activation_bytes, per slot: each of the stage's blocks (its input, and without
+  // recomputation what its backward reads), then the stage's output (the next block's input)
+  // or, on the last stage, the final residual, norm, rstd and rows' log-sum-exp. Shared: the
+  // recomputed block, the chunk of logits (last stage), the backward scratch.
+  const double block = N * C + N + N * QD + 2 * N * KD + B * H * T + N * QD + N * C + N * C + N + 3 * N * FF;
+  const double per_layer = N * C + (recompute ? 0 : block);
+  const double rows = std::min(N, (double)std::max<int64_t>(16, ((int64_t)32 << 20) / (4 * c.vocab_size)));
+  const double per_slot = (double)(l1 - l0) * per_layer + (last ? 2 * N * C + 2 * N : N * C);
+  const double scratch = 3 * N * C + 2 * N * QD + 2 * N * KD + 3 * N * FF;
+  return 4.0 * ((double)slots * per_slot + (recompute ? block : 0) + (last ? rows * V : 0) + scratch);
+}
+
+std::vector<int64_t> pipeline_split(const ModelConfig& c, int P, const std::string& split) {
+  const int64_t L = c.n_layers;
+  if (P < 1) fail("--pp {} must be at least 1", P);
+  if (P > L) fail("--pp {}: the model has {} blocks, fewer than the stages (each stage runs at least one)", P, L);
+  std::vector<int64_t> b(1, 0);
+  if (!split.empty()) {
+    size_t at = 0;
+    while (at <= split.size()) {
+      const size_t comma = std::min(split.find(',', at), split.size());
+      const std::string item = split.substr(at, comma - at);
+      char* end = nullptr;
+      const long long n = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end || n < 1 || n > L)
+        fail("--pp-split {}: '{}' is not a block count (a positive integer per stage, e.g. 10,11,11)", split, item);
+      b.push_back(b.back() + n);
+      at = comma + 1;
+    }
+    if ((int)b.size() - 1 != P) fail("--pp-split {} names {} stages, but --pp is {}", split, b.size() - 1, P);
+    if (b.back() != L) fail("--pp-split {} covers {} blocks; the model has {}", split, b.back(), L);
+    return b;
+  }
+  // Matmul FLOPs per token: a block's linears, and the head's V x C on the last stage (the
+  // embedding lookup costs nothing comparable).
+  const double blk = (double)c.dim * (2.0 * c.q_dim() + 2.0 * c.kv_dim() + 3.0 * c.ffn_dim);
+  const double head = (double)c.dim * (double)c.vocab_size;
+  // best[s][l]: the least possible largest stage cost with the first l blocks in s stages.
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<std::vector<double>> best(P + 1, std::vector<double>(L + 1, inf));
+  std::vector<std::vector<int64_t>> from(P + 1, std::vector<int64_t>(L + 1, 0));
+  best[0][0] = 0;
+  for (int s = 1; s <= P; s++)
+    for (int64_t l = s; l <= L; l++)
+      for (int64_t k = s - 1; k < l; k++) {
+        const double cost = (double)(l - k) * blk + (s == P && l == L ? head : 0.0);
+        const double v = std::max(best[s - 1][k], cost);
+        if (v < best[s][l]) best[s][l] = v, from[s][l] = k;
+      }
+  std::vector<int64_t> r(P + 1, L);
+  for (int s = P; s >= 1; s--) r[s - 1] = from[s][r[s]];
+  return r;
+}
+
+std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, const std::string& split, int64_t batch,
+                                     int64_t T, bool recompute) {
+  if (M < 1 || batch % M != 0) fail("plan: --micro-batches {} must divide --batch {}", M, batch);
+  const std::vector<int64_t> b = pipeline_split(c, P, split);
+  const double C = (double)c.dim, V = (double)c.vocab_size;
+  const double block = C * c.q_dim() + 2 * C * c.kv_dim() + (double)c.q_dim() * C + 3 * C * (double)c.ffn_dim + 2 * C;
+  const int64_t Bm = batch / M;
+  const double msg = 64 + 4.0 * (double)Bm * T * C;  // one micro-batch's message: head + f32 payload
+  std::vector<StagePlan> r((size_t)P);
+  for (int s = 0; s < P; s++) {
+    StagePlan& st = r[(size_t)s];
+    st.l0 = b[s], st.l1 = b[s + 1];
+    const bool first = s == 0, last = s == P - 1;
+    st.params = (double)(st.l1 - st.l0) * block + (first ? V * C : 0) + (last ? C + V * C : 0);
+    st.state_bytes = 16 * st.params;
+    // The pipeline's own buffers: the received micro-batch, and the messages it sent this step
+    // (kept until the step's end): M each way on the stages that send that way.
+    const double bufs = 4.0 * (double)Bm * T * C + (double)M * msg * ((first ? 0 : 1) + (last ? 0 : 1));
+    st.act_gpipe = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)M) + bufs;
+    st.act_1f1b = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)std::min<int64_t>(P - s, M)) + bufs;
+    if (!last) st.link_fwd = st.link_bwd = (double)M * msg;
+  }
+  return r;
 }
 
 namespace {

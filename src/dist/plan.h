@@ -42,6 +42,25 @@ double train_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool r
 
 Plan make_plan(const ModelConfig& c, const PlanOptions& o);
 
+// Pipeline stages (train/pipeline.h). The blocks each of P stages runs: P + 1 boundaries
+// (stage s runs [b[s], b[s+1])). `split` gives the counts ("10,11,11"); else the blocks are
+// cut to balance each stage's matmul FLOPs per token, the output head (V x C) counted with the
+// last stage; every stage gets at least one block.
+std::vector<int64_t> pipeline_split(const ModelConfig& c, int stages, const std::string& split);
+// LlamaTrain's activations on a stage running blocks [l0, l1) with `slots` micro-batches of B
+// sequences held (what LlamaTrain::activation_bytes reports after set_stage and set_slots).
+double stage_activation_bytes(const ModelConfig& c, int64_t B, int64_t T, bool recompute, int64_t l0, int64_t l1, int slots);
+struct StagePlan {
+  int64_t l0 = 0, l1 = 0;       // blocks
+  double params = 0;            // parameters held (a tied embedding on both ends)
+  double state_bytes = 0;       // f32 weights, gradients and AdamW moments
+  double act_gpipe = 0, act_1f1b = 0;  // activations (M, or min(P - s, M) micro-batches held) + message buffers
+  double link_fwd = 0, link_bwd = 0;   // bytes per step to the next stage (activations) and back from it (gradients)
+};
+// The stages of a --pp P job with M micro-batches of batch/M sequences per replica and step.
+std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, const std::string& split, int64_t batch,
+                                     int64_t T, bool recompute);
+
 // The owner of each unit of a sharded frozen base (train/base_shard.h): largest unit first,
 // each to the rank holding the fewest bytes so far (the lowest rank on ties).
 std::vector<int> assign_owners(const std::vector<double>& unit_bytes, int ranks);

@@ -13,7 +13,7 @@ namespace llmq::train {
 
 template <class F>
 AdamW<F>::AdamW(const AdamWConfig& c, std::vector<Range> r, int64_t n_params)
-    : cfg(c), m(n_params, F(0)), v(n_params, F(0)), ranges(std::move(r)) {
+    : cfg(c), m(n_params), v(n_params), ranges(std::move(r)) {
   int64_t covered = 0;
   for (const auto& x : ranges) {
     LLMQ_CHECK(x.offset == covered);
@@ -34,7 +34,8 @@ void AdamW<F>::update(F* params, const F* grads, double lr) {
     constexpr int64_t kChunk = 16384;
     std::vector<std::pair<size_t, int64_t>> chunks;  // (range, first element)
     for (size_t ri = 0; ri < ranges.size(); ri++)
-      for (int64_t i = 0; i < ranges[ri].n; i += kChunk) chunks.emplace_back(ri, i);
+      if (!ranges[ri].frozen)
+        for (int64_t i = 0; i < ranges[ri].n; i += kChunk) chunks.emplace_back(ri, i);
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < chunks.size(); c++) {
       const Range& r = ranges[chunks[c].first];
@@ -45,6 +46,7 @@ void AdamW<F>::update(F* params, const F* grads, double lr) {
     return;
   }
   for (const auto& r : ranges) {
+    if (r.frozen) continue;
     const F decay = r.decay ? F(1.0 - lr * cfg.weight_decay) : F(1);
     F *p = params + r.offset, *mm = m.data() + r.offset, *vv = v.data() + r.offset;
     const F* g = grads + r.offset;

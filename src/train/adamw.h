@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/zero_pages.h"
+
 namespace llmq::train {
 
 struct AdamWConfig {
@@ -15,11 +17,14 @@ struct AdamWConfig {
 template <class F>
 struct AdamW {
   AdamWConfig cfg;
-  std::vector<F> m, v;  // first and second moments, one per parameter
+  // First and second moments, one per parameter: untouched zero pages until updated (a
+  // pipeline stage updates only its own ranges).
+  ZeroPageVector<F> m, v;
   int64_t step = 0;     // steps taken (t in the bias corrections)
   struct Range {
     int64_t offset, n;
     bool decay;
+    bool frozen = false;  // not updated (another pipeline stage's tensor)
   };
   std::vector<Range> ranges;  // the parameter buffer, tensor by tensor
 

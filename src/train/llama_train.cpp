@@ -121,6 +121,7 @@ void LlamaTrain<F>::fill(const TensorFill& f) {
   const auto& off = adapters_ ? base_offsets : offsets;
   F* dst = adapters_ ? base.data() : params.data();
   for (size_t i = 0; i < sp.size(); i++) {
+    if (!has_unit(unit_of_tensor(sp[i].name, config.n_layers))) continue;  // another pipeline stage's
     const int64_t n = shape_numel(sp[i].shape);
     buf.resize(n);
     f(sp[i], DType::F32, reinterpret_cast<uint8_t*>(buf.data()), 0, (uint64_t)n * 4);
@@ -240,7 +241,47 @@ std::pair<int64_t, int64_t> LlamaTrain<F>::base_unit_range(int u) const {
 
 template <class F>
 void LlamaTrain<F>::zero_grad() {
-  std::fill(grads.begin(), grads.end(), F(0));
+  if (l1_ < 0) return std::fill(grads.begin(), grads.end(), F(0));
+  for (int u = 0; u < n_units(); u++)
+    if (has_unit(u)) {
+      const auto [b, e] = unit_range(u);
+      std::fill(grads.begin() + b, grads.begin() + e, F(0));
+    }
+}
+
+template <class F>
+void LlamaTrain<F>::set_stage(int64_t l0, int64_t l1) {
+  LLMQ_CHECK(0 <= l0 && l0 < l1 && l1 <= config.n_layers && !adapters_);
+  l0_ = l0, l1_ = l1, B_ = T_ = 0;
+}
+
+template <class F>
+bool LlamaTrain<F>::has_unit(int u) const {
+  if (l1_ < 0) return true;
+  const int L = config.n_layers;
+  if (u == 0) return first_stage() || (last_stage() && p.lm_head == p.embed);
+  if (u == L + 1) return last_stage();
+  return u - 1 >= l0_ && u - 1 < l1_;
+}
+
+template <class F>
+void LlamaTrain<F>::set_slots(int n) {
+  LLMQ_CHECK(n >= 1);
+  slots_.assign((size_t)n, Slot{});
+  sl_ = &slots_[0];
+  B_ = T_ = 0;
+}
+
+template <class F>
+void LlamaTrain<F>::use_slot(int s) {
+  LLMQ_CHECK(s >= 0 && s < (int)slots_.size());
+  sl_ = &slots_[(size_t)s];
+}
+
+template <class F>
+const F* LlamaTrain<F>::stage_output() const {
+  LLMQ_CHECK(!last_stage() && B_ > 0);
+  return sl_->acts[l1_].x_in.data();
 }
 
 template <class F>
@@ -256,16 +297,23 @@ void LlamaTrain<F>::plan(int64_t B, int64_t Tn) {
         a.rstd2.resize(N), a.gate.resize(N * FF), a.up.resize(N * FF), a.hsw.resize(N * FF);
     if (fq_.kv()) a.k_raw.resize(N * KD), a.v_raw.resize(N * KD);
   };
-  acts_.assign(c.n_layers, Acts{});
+  // A stage sizes its own blocks, and the next stage's input (its output) when it is not last.
+  const int64_t l0 = l0_, l1 = l1_ < 0 ? c.n_layers : l1_;
   work_ = Acts{};
-  for (auto& a : acts_) {
-    a.x_in.resize(N * C);
-    if (!recompute_) size_block(a);
+  for (auto& S : slots_) {
+    S.acts.assign(c.n_layers, Acts{});
+    for (int64_t l = l0; l < l1; l++) {
+      S.acts[l].x_in.resize(N * C);
+      if (!recompute_) size_block(S.acts[l]);
+    }
+    if (l1 < c.n_layers) S.acts[l1].x_in.resize(N * C);
+    S.pending = false;
+    if (l1 == c.n_layers) S.x_out.resize(N * C), S.lnf.resize(N * C), S.rstdf.resize(N), S.head_lse.resize(N);
   }
   if (recompute_) size_block(work_);
-  x_out_.resize(N * C), lnf_.resize(N * C), rstdf_.resize(N), head_lse_.resize(N);
   std::vector<F>().swap(t_logits_), std::vector<F>().swap(t_lse_);  // sized by a distilling forward
-  logits_.assign((size_t)(std::min(head_chunk_rows(), N) * c.vocab_size), F(0));
+  if (l1 == c.n_layers) logits_.assign((size_t)(std::min(head_chunk_rows(), N) * c.vocab_size), F(0));
+  else std::vector<F>().swap(logits_);
   dx_.resize(N * C), dln_.resize(N * C), dtmp_.resize(N * C), dq_.resize(N * QD), dk_.resize(N * KD),
       dv_.resize(N * KD), datty_.resize(N * QD), dgate_.resize(N * FF), dup_.resize(N * FF), dhsw_.resize(N * FF);
   pos_.resize(N);
@@ -370,53 +418,58 @@ int64_t LlamaTrain<F>::activation_bytes() const {
                     &a.up, &a.hsw, &a.k_raw, &a.v_raw})
       add(*v);
   };
-  for (const auto& a : acts_) add_acts(a);
+  for (const auto& S : slots_) {
+    for (const auto& a : S.acts) add_acts(a);
+    for (auto* v : {&S.x_out, &S.lnf, &S.rstdf, &S.head_lse}) add(*v);
+  }
   add_acts(work_);
-  for (auto* v : {&x_out_, &lnf_, &rstdf_, &head_lse_, &logits_, &t_logits_, &t_lse_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
+  for (auto* v : {&logits_, &t_logits_, &t_lse_, &dx_, &dln_, &dq_, &dk_, &dv_, &datty_, &dgate_, &dup_, &dhsw_, &dtmp_})
     add(*v);
   return n * (int64_t)sizeof(F);
 }
 
 template <class F>
-void LlamaTrain<F>::run_blocks_forward(const int32_t* tokens, int64_t N) {
+void LlamaTrain<F>::run_blocks_forward(const int32_t* tokens, const F* x, int64_t N) {
   const ModelConfig& c = config;
   const int64_t C = c.dim, V = c.vocab_size;
-  for (int64_t i = 0; i < N; i++)
-    if (tokens[i] < 0 || tokens[i] >= V) fail("training: token id {} is outside the vocabulary ({})", tokens[i], V);
-  tokens_.assign(tokens, tokens + N);
+  const int64_t l0 = l0_, l1 = l1_ < 0 ? c.n_layers : l1_;
   const bool tied = p.lm_head == p.embed;
-  auto call = [](const std::function<void(int)>& f, int u) {
-    if (f) f(u);
-  };
-  call(hooks.gather, 0);
-  embedding_forward(acts_[0].x_in.data(), tokens, p.embed, N, C);
-  if (!tied) call(hooks.done_forward, 0);
-  for (int64_t l = 0; l < c.n_layers; l++) {
-    F* next = l + 1 < c.n_layers ? acts_[l + 1].x_in.data() : x_out_.data();
-    call(hooks.gather, (int)l + 1);
-    block_forward(l, acts_[l].x_in.data(), recompute_ ? work_ : acts_[l], next);
-    call(hooks.done_forward, (int)l + 1);
+  Slot& S = *sl_;
+  if (l0 == 0) {
+    for (int64_t i = 0; i < N; i++)
+      if (tokens[i] < 0 || tokens[i] >= V) fail("training: token id {} is outside the vocabulary ({})", tokens[i], V);
+    S.tokens.assign(tokens, tokens + N);
+    call_hook(hooks.gather, 0);
+    embedding_forward(S.acts[0].x_in.data(), tokens, p.embed, N, C);
+    if (!tied) call_hook(hooks.done_forward, 0);
+  } else {
+    std::copy(x, x + N * C, S.acts[l0].x_in.data());
   }
-  call(hooks.gather, c.n_layers + 1);
-  rmsnorm_forward(lnf_.data(), rstdf_.data(), x_out_.data(), p.norm, N, C, c.norm_eps);
+  for (int64_t l = l0; l < l1; l++) {
+    F* next = l + 1 < c.n_layers ? S.acts[l + 1].x_in.data() : S.x_out.data();
+    call_hook(hooks.gather, (int)l + 1);
+    block_forward(l, S.acts[l].x_in.data(), recompute_ ? work_ : S.acts[l], next);
+    call_hook(hooks.done_forward, (int)l + 1);
+  }
+  if (l1 < c.n_layers) return;
+  call_hook(hooks.gather, c.n_layers + 1);
+  rmsnorm_forward(S.lnf.data(), S.rstdf.data(), S.x_out.data(), p.norm, N, C, c.norm_eps);
 }
 
 template <class F>
 void LlamaTrain<F>::forward_hidden(const int32_t* tokens, int64_t B, int64_t Tn) {
+  LLMQ_CHECK(l1_ < 0);
   plan(B, Tn);
-  run_blocks_forward(tokens, B * Tn);
-  auto call = [](const std::function<void(int)>& f, int u) {
-    if (f) f(u);
-  };
-  call(hooks.done_forward, config.n_layers + 1);
-  if (p.lm_head == p.embed) call(hooks.done_forward, 0);
-  hidden_only_ = true, n_valid_ = 0, no_targets_ = false;
+  run_blocks_forward(tokens, nullptr, B * Tn);
+  call_hook(hooks.done_forward, config.n_layers + 1);
+  if (p.lm_head == p.embed) call_hook(hooks.done_forward, 0);
+  sl_->hidden_only = true, sl_->n_valid = 0, sl_->no_targets = false, sl_->pending = false;
 }
 
 template <class F>
 void LlamaTrain<F>::head_chunk(int64_t r0, int64_t rows) {
   const int64_t C = config.dim;
-  linear_forward(logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
+  linear_forward(logits_.data(), sl_->lnf.data() + r0 * C, head_linear(), rows);
   if (distill_) {
     const Linear<F> T{t_head_, nullptr, C, config.vocab_size, precision_};
     linear_forward(t_logits_.data(), t_hidden_ + r0 * C, T, rows);
@@ -425,21 +478,31 @@ void LlamaTrain<F>::head_chunk(int64_t r0, int64_t rows) {
 
 template <class F>
 double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t Tn) {
+  LLMQ_CHECK(l1_ < 0);
+  return forward_stage(tokens, nullptr, targets, B, Tn);
+}
+
+template <class F>
+double LlamaTrain<F>::forward_stage(const int32_t* tokens, const F* x, const int32_t* targets, int64_t B, int64_t Tn) {
   plan(B, Tn);
+  LLMQ_CHECK(first_stage() ? tokens != nullptr : x != nullptr);
+  if (!last_stage()) {  // a stage before the last: its output goes on; nothing of the head
+    run_blocks_forward(tokens, x, B * Tn);
+    sl_->hidden_only = false, sl_->no_targets = false, sl_->n_valid = 0, sl_->pending = true;
+    return 0.0;
+  }
   const ModelConfig& c = config;
   const int64_t N = B * Tn, V = c.vocab_size;
   for (int64_t i = 0; i < N; i++)
     if (targets[i] < -1 || targets[i] >= V) fail("training: target id {} is outside the vocabulary ({})", targets[i], V);
-  targets_.assign(targets, targets + N);
-  hidden_only_ = false;
+  sl_->targets.assign(targets, targets + N);
+  sl_->hidden_only = false;
   distill_ = t_hidden_ && t_head_;
   const double w_kd = distill_ ? kd_weight_ : 0, w_ce = 1 - w_kd;
-  run_blocks_forward(tokens, N);
+  run_blocks_forward(tokens, x, N);
+  sl_->pending = true;
   const bool tied = p.lm_head == p.embed;
   const int head = c.n_layers + 1;
-  auto call = [](const std::function<void(int)>& f, int u) {
-    if (f) f(u);
-  };
   // Output projection and cross-entropy (and the teacher's logits and the KL), fused over
   // chunks of rows (set_head_chunk_rows).
   const int64_t R = std::min(head_chunk_rows(), N);
@@ -448,48 +511,53 @@ double LlamaTrain<F>::forward(const int32_t* tokens, const int32_t* targets, int
     no_targets_rows_.assign((size_t)R, -1);
   }
   double sum = 0, kl = 0;
-  n_valid_ = 0;
+  sl_->n_valid = 0;
   pack_head(true, false);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     int64_t nv = 0, none = 0;
     head_chunk(r0, rows);
-    sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, head_lse_.data() + r0, &nv);
-    n_valid_ += nv;
+    sum += cross_entropy_forward(logits_.data(), targets + r0, rows, V, sl_->head_lse.data() + r0, &nv);
+    sl_->n_valid += nv;
     if (distill_) {
       cross_entropy_forward(t_logits_.data(), no_targets_rows_.data(), rows, V, t_lse_.data() + r0, &none);
-      kl += kd_forward(logits_.data(), head_lse_.data() + r0, t_logits_.data(), t_lse_.data() + r0, rows, V);
+      kl += kd_forward(logits_.data(), sl_->head_lse.data() + r0, t_logits_.data(), t_lse_.data() + r0, rows, V);
     }
   }
   pack_head(false);
-  call(hooks.done_forward, head);
-  if (tied) call(hooks.done_forward, 0);
-  last_ce_ = n_valid_ > 0 ? sum / (double)n_valid_ : -1;
+  call_hook(hooks.done_forward, head);
+  if (tied) call_hook(hooks.done_forward, 0);
+  last_ce_ = sl_->n_valid > 0 ? sum / (double)sl_->n_valid : -1;
   last_kl_ = distill_ ? kl / (double)N : -1;
   // A batch with no targets (chat data: windows inside prompts) has loss 0 and no gradient,
   // unless it is distilled (the teacher's distribution is a target at every row).
-  no_targets_ = n_valid_ == 0 && w_kd == 0;
-  if (no_targets_) return 0.0;
-  return w_kd * (distill_ ? last_kl_ : 0) + (n_valid_ > 0 ? w_ce * last_ce_ : 0);
+  sl_->no_targets = sl_->n_valid == 0 && w_kd == 0;
+  if (sl_->no_targets) return 0.0;
+  return w_kd * (distill_ ? last_kl_ : 0) + (sl_->n_valid > 0 ? w_ce * last_ce_ : 0);
 }
 
 template <class F>
 void LlamaTrain<F>::backward(double loss_scale) {
-  LLMQ_CHECK(B_ > 0 && !hidden_only_ && (n_valid_ > 0 || no_targets_ || distill_));
-  if (no_targets_) {
+  LLMQ_CHECK(l1_ < 0);
+  backward_stage(nullptr, loss_scale);
+}
+
+template <class F>
+void LlamaTrain<F>::backward_stage(const F* dy, double loss_scale) {
+  LLMQ_CHECK(B_ > 0 && sl_->pending && !sl_->hidden_only && (!last_stage() || sl_->n_valid > 0 || sl_->no_targets || distill_));
+  LLMQ_CHECK(last_stage() == (dy == nullptr));
+  sl_->pending = false;
+  if (sl_->no_targets) {
     // Nothing to learn from; the units' hooks still run, in the order of a real backward
     // (FSDP and a sharded base make collective calls in them that other ranks, whose windows
     // have targets, make too; DDP overlap starts its reductions there).
     const int head = config.n_layers + 1;
-    auto call = [](const std::function<void(int)>& f, int u) {
-      if (f) f(u);
-    };
-    call(hooks.gather, head);
-    if (p.lm_head == p.embed) call(hooks.gather, 0);
-    call(hooks.done_backward, head);
-    for (int u = config.n_layers; u >= 1; u--) call(hooks.gather, u), call(hooks.done_backward, u);
-    call(hooks.done_backward, 0);
-    no_targets_ = false;
+    call_hook(hooks.gather, head);
+    if (p.lm_head == p.embed) call_hook(hooks.gather, 0);
+    call_hook(hooks.done_backward, head);
+    for (int u = config.n_layers; u >= 1; u--) call_hook(hooks.gather, u), call_hook(hooks.done_backward, u);
+    call_hook(hooks.done_backward, 0);
+    sl_->no_targets = false;
     return;
   }
   const ModelConfig& c = config;
@@ -498,34 +566,36 @@ void LlamaTrain<F>::backward(double loss_scale) {
   auto add = [](std::vector<F>& y, const std::vector<F>& x) { add_into(y.data(), x.data(), (int64_t)y.size()); };
   const bool tied = p.lm_head == p.embed;
   const int head = c.n_layers + 1;
-  auto call = [](const std::function<void(int)>& f, int u) {
-    if (f) f(u);
-  };
-  call(hooks.gather, head);
-  if (tied) call(hooks.gather, 0);
-  // Each chunk's logits again (the same products as forward, so the same probabilities),
-  // turned into dlogits in place, then its rows of dln and its share of dW.
-  const int64_t R = std::min(head_chunk_rows(), N);
-  pack_head(true, true);
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rows = std::min(R, N - r0);
-    head_chunk(r0, rows);
-    if (distill_)
-      kd_backward(logits_.data(), head_lse_.data() + r0, t_logits_.data(), t_lse_.data() + r0, targets_.data() + r0,
-                  rows, V, kd_weight_, (double)N, 1 - kd_weight_, (double)n_valid_, loss_scale);
-    else
-      cross_entropy_backward(logits_.data(), head_lse_.data() + r0, targets_.data() + r0, rows, V,
-                             loss_scale / (double)n_valid_);
-    linear_backward(dln_.data() + r0 * C, logits_.data(), lnf_.data() + r0 * C, head_linear(), rows);
+  const int64_t l0 = l0_, l1 = l1_ < 0 ? c.n_layers : l1_;
+  if (l1 < c.n_layers) {
+    std::copy(dy, dy + N * C, dx_.data());  // the next stage's gradient of this stage's output
+  } else {
+    call_hook(hooks.gather, head);
+    if (tied) call_hook(hooks.gather, 0);
+    // Each chunk's logits again (the same products as forward, so the same probabilities),
+    // turned into dlogits in place, then its rows of dln and its share of dW.
+    const int64_t R = std::min(head_chunk_rows(), N);
+    pack_head(true, true);
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rows = std::min(R, N - r0);
+      head_chunk(r0, rows);
+      if (distill_)
+        kd_backward(logits_.data(), sl_->head_lse.data() + r0, t_logits_.data(), t_lse_.data() + r0, sl_->targets.data() + r0,
+                    rows, V, kd_weight_, (double)N, 1 - kd_weight_, (double)sl_->n_valid, loss_scale);
+      else
+        cross_entropy_backward(logits_.data(), sl_->head_lse.data() + r0, sl_->targets.data() + r0, rows, V,
+                               loss_scale / (double)sl_->n_valid);
+      linear_backward(dln_.data() + r0 * C, logits_.data(), sl_->lnf.data() + r0 * C, head_linear(), rows);
+    }
+    pack_head(false);
+    rmsnorm_backward(dx_.data(), g.norm, dln_.data(), sl_->x_out.data(), p.norm, sl_->rstdf.data(), N, C);
+    call_hook(hooks.done_backward, head);
   }
-  pack_head(false);
-  rmsnorm_backward(dx_.data(), g.norm, dln_.data(), x_out_.data(), p.norm, rstdf_.data(), N, C);
-  call(hooks.done_backward, head);
-  for (int64_t l = c.n_layers - 1; l >= 0; l--) {
-    call(hooks.gather, (int)l + 1);
-    const F* x_in = acts_[l].x_in.data();
+  for (int64_t l = l1 - 1; l >= l0; l--) {
+    call_hook(hooks.gather, (int)l + 1);
+    const F* x_in = sl_->acts[l].x_in.data();
     if (recompute_) block_forward(l, x_in, work_, dtmp_.data());  // dtmp_ is free here
-    Acts& a = recompute_ ? work_ : acts_[l];
+    Acts& a = recompute_ ? work_ : sl_->acts[l];
     const Layer& L = p.layers[l];
     const Layer& G = g.layers[l];
     BlockLinears lin;
@@ -549,11 +619,13 @@ void LlamaTrain<F>::backward(double loss_scale) {
     linears_backward<F>(dln_.data(), {{dq_.data(), &lin.q}, {dk_.data(), &lin.k}, {dv_.data(), &lin.v}}, a.ln1.data(), N);
     rmsnorm_backward(dtmp_.data(), G.attn_norm, dln_.data(), x_in, L.attn_norm, a.rstd1.data(), N, C);
     add(dx_, dtmp_);
-    call(hooks.done_backward, (int)l + 1);
+    call_hook(hooks.done_backward, (int)l + 1);
   }
-  embedding_backward(g.embed, dx_.data(), tokens_.data(), N, C);
-  call(hooks.done_backward, 0);
-  n_valid_ = 0;  // one backward per forward
+  if (l0 == 0) {
+    embedding_backward(g.embed, dx_.data(), sl_->tokens.data(), N, C);
+    call_hook(hooks.done_backward, 0);
+  }
+  sl_->n_valid = 0;  // one backward per forward
   distill_ = false;
 }
 

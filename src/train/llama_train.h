@@ -74,7 +74,7 @@ struct LlamaTrain {
   void set_training(bool on) { training_ = on; }
   // The last forward's final normed hidden states (B*Tn, dim): the logits are this times
   // lm_head^T, so two models with equal final_hidden() give bitwise equal logits.
-  const std::vector<F>& final_hidden() const { return lnf_; }
+  const std::vector<F>& final_hidden() const { return sl_->lnf; }
   uint64_t dropout_key = 0;
   // Fills the parameters from a TensorFill (init_fill, or a loaded checkpoint's values).
   void fill(const TensorFill& fill);
@@ -124,6 +124,32 @@ struct LlamaTrain {
   // product per chunk. 0 (default): as many rows as keep a chunk under 32 MB (at least 16).
   void set_head_chunk_rows(int64_t rows) { head_rows_ = rows, B_ = T_ = 0; }
   int64_t head_chunk_rows() const;
+
+  // Pipeline stages (train/pipeline.h): this process runs blocks [l0, l1) only. The first
+  // stage (l0 = 0) holds the embeddings, the last (l1 = n_layers) the final norm and the head
+  // (and, with tied embeddings, the embedding matrix as its lm_head). The other units'
+  // parameters and gradients are never written (they stay untouched zero pages). Default: all.
+  void set_stage(int64_t l0, int64_t l1);
+  int64_t stage_begin() const { return l0_; }
+  int64_t stage_end() const { return l1_; }
+  bool first_stage() const { return l0_ == 0; }
+  bool last_stage() const { return l1_ < 0 || l1_ == config.n_layers; }
+  bool has_unit(int u) const;  // whether this stage holds (and trains) unit u's parameters
+  // Micro-batches in flight between their forward and backward (a pipeline schedule): slot s
+  // keeps one forward's activations until that forward's backward. Default: one slot.
+  void set_slots(int n);
+  void use_slot(int s);
+  int slots() const { return (int)slots_.size(); }
+  // A stage's forward over B sequences of Tn tokens: from the token ids (first stage) or from
+  // x (B*Tn, dim), the previous stage's output; returns the loss as forward() does on the last
+  // stage (targets read there only) and 0 elsewhere, where stage_output() holds the result.
+  double forward_stage(const int32_t* tokens, const F* x, const int32_t* targets, int64_t B, int64_t Tn);
+  const F* stage_output() const;  // (B*Tn, dim): what block l1 would take (not on the last stage)
+  // A stage's backward of the current slot's forward: dy (B*Tn, dim) is the gradient of
+  // stage_output() (nullptr on the last stage, whose loss starts it). On a stage that is not
+  // the first, stage_input_grad() is then the gradient of its input x.
+  void backward_stage(const F* dy, double loss_scale = 1.0);
+  const F* stage_input_grad() const { return dx_.data(); }
 
   // Parameter units, for fully sharded training: 0 the embeddings, 1..n_layers the blocks,
   // n_layers+1 the final norm and (untied) lm_head; each a contiguous range of params/grads.
@@ -175,27 +201,38 @@ struct LlamaTrain {
   std::vector<uint16_t> head_pack_, head_pack_t_;
   bool recompute_ = false;
   Precision precision_ = Precision::F32;
-  int64_t B_ = 0, T_ = 0, n_valid_ = 0;
-  bool no_targets_ = false;
-  std::vector<int32_t> tokens_, targets_, pos_;
+  int64_t B_ = 0, T_ = 0;
+  int64_t l0_ = 0, l1_ = -1;  // the stage's blocks (l1_ < 0: all)
+  std::vector<int32_t> pos_;
   std::vector<F> cos_, sin_;  // (Tn, hd/2)
-  std::vector<Acts> acts_;  // with recompute, only x_in is kept per layer
+  // What one forward keeps for its backward (one slot per micro-batch in flight).
+  struct Slot {
+    std::vector<Acts> acts;  // per layer (the stage's, and the next stage's input); with recompute only x_in
+    std::vector<F> x_out, lnf, rstdf;  // final residual (N, C), final norm (N, C), rstd (N)
+    std::vector<F> head_lse;           // (N) each row's log-sum-exp of its logits, for backward
+    std::vector<int32_t> tokens, targets;
+    int64_t n_valid = 0;
+    bool no_targets = false, hidden_only = false, pending = false;  // pending: a forward awaits its backward
+  };
+  std::vector<Slot> slots_ = std::vector<Slot>(1);
+  Slot* sl_ = &slots_[0];
   Acts work_;                // with recompute: the one block being recomputed
   // One block's forward from its input x_in, saving into `a` (all but x_in), output to next.
   void block_forward(int64_t l, const F* x_in, Acts& a, F* next);
-  std::vector<F> x_out_, lnf_, rstdf_;  // final residual (N, C), final norm (N, C), rstd (N)
   std::vector<F> logits_;                // one chunk of rows: (head_chunk_rows, V)
-  std::vector<F> head_lse_;              // (N) each row's log-sum-exp of its logits, for backward
   FakeQuant fq_;
   const F *t_hidden_ = nullptr, *t_head_ = nullptr;  // distillation's teacher (set_distill)
   double kd_weight_ = 1, last_kl_ = -1, last_ce_ = -1;
-  bool distill_ = false, hidden_only_ = false;  // of the last forward
+  bool distill_ = false;  // of the last forward
   std::vector<F> t_logits_, t_lse_;     // the teacher's chunk of logits (rows, V), every row's lse (N)
   std::vector<int32_t> no_targets_rows_;  // -1 per row of a chunk (the teacher's lse)
   // The output head over rows [r0, r0 + rows): the student's logits into logits_, and with
   // distillation the teacher's into t_logits_.
   void head_chunk(int64_t r0, int64_t rows);
-  void run_blocks_forward(const int32_t* tokens, int64_t N);
+  void run_blocks_forward(const int32_t* tokens, const F* x, int64_t N);
+  void call_hook(const std::function<void(int)>& f, int u) const {
+    if (f && has_unit(u)) f(u);
+  }
   int64_t head_rows_ = 0;
   // Backward scratch.
   std::vector<F> dx_, dln_, dq_, dk_, dv_, datty_, dgate_, dup_, dhsw_, dtmp_;

@@ -31,6 +31,7 @@
 #include "train/base_shard.h"
 #include "train/fsdp.h"
 #include "train/llama_train.h"
+#include "train/pipeline.h"
 
 namespace llmq::train {
 
@@ -262,6 +263,15 @@ TrainResult train_run(const TrainOptions& options) {
   } else if (!o.quantize_base.empty()) {
     fail("train: --quantize-base is for llmq finetune (a frozen base); full training updates every weight in f32");
   }
+  if (o.pp < 1) fail("train: --pp {} must be at least 1", o.pp);
+  if (o.pp > 1) {
+    if (o.finetune) fail("finetune: --pp is not supported yet (adapter fine-tuning runs data parallel, with --fsdp to shard the base)");
+    if (!o.qat.empty()) fail("qat: --pp is not supported yet (quantization-aware training runs data parallel or --fsdp)");
+    if (o.fsdp) fail("train: --pp with --fsdp is not supported yet: pipeline stages with plain data parallel beside them only");
+    if (o.pp_schedule != "gpipe" && o.pp_schedule != "1f1b") fail("train: --pp-schedule {}: give gpipe or 1f1b", o.pp_schedule);
+  } else if (!o.pp_split.empty() || o.micro_batches > 0) {
+    fail("train: --pp-split and --micro-batches are for pipeline stages; give --pp N (N > 1) too");
+  }
   FakeQuant fq;
   if (!o.qat.empty()) {
     if (o.model.empty()) fail("qat: give the teacher model with -m DIR (the student starts as a copy of it)");
@@ -309,6 +319,12 @@ TrainResult train_run(const TrainOptions& options) {
   dist::Communicator& comm = dist::world();
   const int R = comm.rank(), W = comm.size();
   const bool lead = R == 0;
+  // Pipeline stages: the ranks form a mesh of P stages (outer) x W/P replicas (inner); rank r
+  // is stage r / (W/P) of replica r % (W/P). `link` joins a replica's stages, `dp` a stage's replicas.
+  const int P = o.pp;
+  if (W % P != 0) fail("train: --pp {} does not divide the job's {} ranks (start a multiple of {} with mpirun -np)", P, W, P);
+  const int Wdp = W / P, stage = R / Wdp, R_dp = R % Wdp;
+  const std::vector<int64_t> bounds = P > 1 ? pipeline_split(cfg, P, o.pp_split) : std::vector<int64_t>{0, cfg.n_layers};
   // The run directory is rank 0's: locked for the whole run (a second train, or a resume beside
   // a running one, is refused naming the holder), and a new run never starts over an earlier
   // one's checkpoints (their steps would sort among the new ones and --keep prune the wrong ones).
@@ -331,13 +347,26 @@ TrainResult train_run(const TrainOptions& options) {
   }
   // After the lock: beside a running train the message is about that run, not its checkpoints.
   if (o.resume && !has_checkpoint(o.out)) fail("{}: nothing to resume (no checkpoint); run without --resume", o.out);
-  if (o.batch % W != 0)
-    fail("train: --batch {} does not split over {} ranks (give a multiple of {})", o.batch, W, W);
-  comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out),
+  if (o.batch % Wdp != 0)
+    fail("train: --batch {} does not split over {} {} (give a multiple of {})", o.batch, Wdp, P > 1 ? "data-parallel replicas" : "ranks", Wdp);
+  if (P > 1 && (o.batch / Wdp) % (o.micro_batches > 0 ? o.micro_batches : P) != 0)
+    fail("train: --micro-batches {} does not divide the {} windows each pipeline takes per step (--batch {} over {} "
+         "replica{})", o.micro_batches > 0 ? o.micro_batches : P, o.batch / Wdp, o.batch, Wdp, Wdp == 1 ? "" : "s");
+  // (The pipeline's shape too: ranks that disagree on it would wait for messages never sent.)
+  comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out +
+                                           fmt::format("|pp {} {} {} {}", o.pp, o.pp_schedule, o.micro_batches, o.pp_split)),
                   "the training options, model config and paths");
+  std::unique_ptr<dist::Communicator> link, dp;  // after the check: every rank splits, or none
+  if (P > 1) link = comm.split(R_dp, stage), dp = comm.split(stage, R_dp);
   if (o.finetune)
     fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} tp=1, frozen base {}, {} threads\n", R, W, comm.backend(),
                comm.host(), W, o.fsdp && W > 1 ? fmt::format("sharded over {} ranks", W) : "replicated", ops_threads());
+  else if (P > 1)
+    fmt::print(stderr, "rank {} of {} ({}, host {}), mesh pp={} dp={} fsdp=1 tp=1, stage {} ({}{}{}), {} threads\n",
+               R, W, comm.backend(), comm.host(), P, Wdp, stage,
+               bounds[stage + 1] - bounds[stage] == 1 ? fmt::format("block {}", bounds[stage])
+                                                      : fmt::format("blocks {}-{}", bounds[stage], bounds[stage + 1] - 1),
+               stage == 0 ? ", embeddings" : "", stage == P - 1 ? ", head" : "", ops_threads());
   else
     fmt::print(stderr, "rank {} of {} ({}, host {}), mesh dp={} fsdp={} tp=1, {} threads\n", R, W, comm.backend(),
                comm.host(), o.fsdp ? 1 : W, o.fsdp ? W : 1, ops_threads());
@@ -347,7 +376,7 @@ TrainResult train_run(const TrainOptions& options) {
     // moments and gradients sharded, the weights whole; QAT's teacher: 4 more, whole).
     // Refused before allocating, with the figures, instead of a raw allocator message for a
     // config far beyond the machine.
-    const double n = (double)cfg.n_params(), need = n * ((o.fsdp ? 4.0 + 12.0 / W : 16.0) + (teach ? 4.0 : 0.0));
+    const double n = (double)cfg.n_params() / P, need = n * ((o.fsdp ? 4.0 + 12.0 / W : 16.0) + (teach ? 4.0 : 0.0));
     const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     if (need > have)
       fail("train: the model has {:.3g} parameters; its f32 weights, gradients and AdamW moments need {} per rank, "
@@ -383,12 +412,23 @@ TrainResult train_run(const TrainOptions& options) {
     teacher->set_recompute(true);
     model_dir_reader(o.model, cfg)(0, teacher->n_params(), teacher->params.data());
   }
+  std::unique_ptr<Pipeline> pipe;
+  if (P > 1) {
+    PipelineOptions po;
+    po.stages = P, po.schedule = o.pp_schedule, po.micro_batches = o.micro_batches, po.split = o.pp_split, po.trace = o.profile_trace;
+    pipe = std::make_unique<Pipeline>(m, *link, po, bounds);
+  }
   std::vector<AdamW<float>::Range> ranges;
   for (size_t i = 0; i < m.specs.size(); i++) {
     const std::string& nm = m.specs[i].name;
     bool emb = nm == "model.embed_tokens.weight" || nm == "lm_head.weight";
-    ranges.push_back({m.offsets[i], shape_numel(m.specs[i].shape), !m.specs[i].is_norm && (o.decay_embeddings || !emb)});
+    ranges.push_back({m.offsets[i], shape_numel(m.specs[i].shape), !m.specs[i].is_norm && (o.decay_embeddings || !emb),
+                      !m.has_unit(unit_of_tensor(nm, cfg.n_layers))});
   }
+  // The parameter units this rank holds (all but with pipeline stages), as ranges.
+  std::vector<std::pair<int64_t, int64_t>> held;
+  for (int u = 0; u < m.n_units(); u++)
+    if (m.has_unit(u) && m.unit_range(u).second > m.unit_range(u).first) held.push_back(m.unit_range(u));
   // Fully sharded: the full AdamW moments are never allocated (they exist only while a
   // full-format checkpoint is gathered).
   // (Fine-tuning under --fsdp shards only the frozen base: its adapters' state is whole.)
@@ -511,14 +551,16 @@ TrainResult train_run(const TrainOptions& options) {
   m.set_precision(precision_parse(o.precision));
   if (teacher) teacher->set_precision(precision_parse(o.precision));
   std::unique_ptr<Fsdp> fsdp;
-  auto free_moments = [&] { std::vector<float>().swap(opt.m), std::vector<float>().swap(opt.v); };
+  auto free_moments = [&] { ZeroPageVector<float>().swap(opt.m), ZeroPageVector<float>().swap(opt.v); };
   if (full_fsdp) {
     fsdp = std::make_unique<Fsdp>(m, comm, o.adamw, ranges);
     fsdp->set_overlap(o.fsdp_overlap);
     fsdp->shard(src_params, src_m, src_v, adam_step);
   } else {
-    src_params(0, m.n_params(), m.params.data());
-    if (src_m) src_m(0, m.n_params(), opt.m.data()), src_v(0, m.n_params(), opt.v.data());
+    for (const auto& [b, e] : held) {  // a pipeline stage reads only its own units
+      src_params(b, e, m.params.data() + b);
+      if (src_m) src_m(b, e, opt.m.data() + b), src_v(b, e, opt.v.data() + b);
+    }
     opt.step = adam_step;
   }
   src_params = src_m = src_v = nullptr;  // closes the source files
@@ -528,9 +570,12 @@ TrainResult train_run(const TrainOptions& options) {
     log.open(metrics, std::ios::app);
     if (!log) fail("{}: cannot open for appending", metrics);
   }
-  const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / W;  // Bl: this rank's windows
+  const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / Wdp;  // Bl: this rank's (replica's) windows
   std::vector<int32_t> tokens(N), targets(N);
-  const int32_t *my_tokens = tokens.data() + R * Bl * T, *my_targets = targets.data() + R * Bl * T;
+  const int32_t *my_tokens = tokens.data() + R_dp * Bl * T, *my_targets = targets.data() + R_dp * Bl * T;
+  // With pipeline stages a loss exists on the last stage only: each replica's last stage
+  // gives its share (1/Wdp) to the sums over ranks, the other stages 0.
+  const double loss_share = P > 1 && stage != P - 1 ? 0.0 : 1.0;
   // Sums a scalar over ranks (the loss of each rank's share).
   auto rank_sum = [&](double v) {
     float f = (float)v;
@@ -551,11 +596,14 @@ TrainResult train_run(const TrainOptions& options) {
     int64_t n = 0;
     for (int64_t k = 0; k < o.eval_batches && (k + 1) * B * T + 1 <= val_s.total; k++, n++) {
       val_s.batch_in_order(&cur, B, T, tokens.data(), targets.data());
-      sum += rank_sum(m.forward(my_tokens, my_targets, Bl, T) / W);
+      if (pipe) sum += rank_sum(loss_share * pipe->eval_batch(my_tokens, my_targets, Bl, T) / Wdp);
+      else sum += rank_sum(m.forward(my_tokens, my_targets, Bl, T) / W);
     }
     if (n == 0) {  // fewer tokens than a batch: one window
       val_s.batch_in_order(&cur, 1, T, tokens.data(), targets.data());
-      sum = m.forward(tokens.data(), targets.data(), 1, T), n = 1;
+      if (pipe) sum = rank_sum(loss_share * pipe->eval_batch(tokens.data(), targets.data(), 1, T) / Wdp);
+      else sum = m.forward(tokens.data(), targets.data(), 1, T);
+      n = 1;
     }
     return sum / (double)n;
   };
@@ -584,7 +632,7 @@ TrainResult train_run(const TrainOptions& options) {
     }
   };
   // (Not with a sharded base: its broadcasts run on this thread, collectives must not overlap.)
-  const bool overlap = W > 1 && !o.fsdp && o.overlap_comm;
+  const bool overlap = W > 1 && !o.fsdp && o.overlap_comm && !pipe;
   bool last_micro = false;
   if (overlap)
     m.hooks.done_backward = [&](int u) {
@@ -592,6 +640,44 @@ TrainResult train_run(const TrainOptions& options) {
       const auto [b, e] = m.unit_range(u);
       reduce_range(b, e, true);
     };
+  // Pipeline stages: each stage's replicas sum their units' gradients; with tied embeddings the
+  // first and last stages both hold the embedding matrix (input and head) and add each other's
+  // gradient of it, so both apply the same update.
+  const bool tied = m.p.lm_head == m.p.embed;
+  auto pipeline_grads = [&] {
+    auto sp = pipe->trace.span("gradient sync");
+    if (Wdp > 1)
+      for (const auto& [b, e] : held)
+        for (int64_t off = b; off < e; off += (int64_t)bucket)
+          dp->all_reduce_sum(m.grads.data() + off, std::min<size_t>(bucket, (size_t)(e - off)));
+    if (tied && (stage == 0 || stage == P - 1)) {
+      const auto [b, e] = m.unit_range(0);
+      const int peer = stage == 0 ? P - 1 : 0;
+      std::vector<float> theirs((size_t)(e - b));
+      link->isend(m.grads.data() + b, (size_t)(e - b) * 4, peer, 9);
+      link->recv(theirs.data(), theirs.size() * 4, peer, 9);
+      link->wait_sends();
+      add_into(m.grads.data() + b, theirs.data(), e - b);  // a + b == b + a: both stages hold the same sum
+    }
+  };
+  // The squared gradient norm over the whole model: each unit counted once (replica 0 of each
+  // stage; the tied embedding on the first stage only).
+  auto pipeline_sq_norm = [&] {
+    double ss = 0;
+    if (R_dp == 0)
+      for (int u = 0; u < m.n_units(); u++)
+        if (m.has_unit(u) && !(u == 0 && stage != 0)) {
+          const auto [b, e] = m.unit_range(u);
+          ss += sum_squares(m.grads.data() + b, e - b);
+        }
+    float f = (float)ss;
+    comm.all_reduce_sum(&f, 1);
+    return (double)f;
+  };
+  if (pipe && !o.profile_trace.empty()) {
+    comm.barrier();  // one time origin for every rank's trace
+    pipe->trace.on = true, pipe->trace.tid = R, pipe->trace.t0 = std::chrono::steady_clock::now();
+  }
   StopSignals signals;
   for (int64_t step = start_step; step < o.steps; step++) {
     if (fsdp) fsdp->zero_grads();
@@ -599,6 +685,11 @@ TrainResult train_run(const TrainOptions& options) {
     double loss = 0, kl = 0, ce = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
       train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
+      if (pipe) {
+        loss += loss_share * pipe->train_step(step * o.grad_accum + k, my_tokens, my_targets, Bl, T, 1.0 / (double)(o.grad_accum * Wdp)) /
+                (double)(o.grad_accum * Wdp);
+        continue;
+      }
       m.dropout_key = (uint64_t)(step * o.grad_accum + k) * 0x9e3779b97f4a7c15ull + o.seed + (uint64_t)R;
       if (teacher) {
         teacher->forward_hidden(my_tokens, Bl, T);
@@ -609,12 +700,14 @@ TrainResult train_run(const TrainOptions& options) {
       last_micro = k == o.grad_accum - 1;
       m.backward(1.0 / (double)(o.grad_accum * W));
     }
-    if (overlap) comm.wait();
+    if (pipe) pipeline_grads();
+    else if (overlap) comm.wait();
     else if (W > 1 && !fsdp) reduce_range(0, m.n_params(), false);
     loss = rank_sum(loss);
     if (!o.qat.empty()) kl = teacher ? rank_sum(kl) : -1, ce = rank_sum(ce);
     double ss = 0;
     if (fsdp) ss = fsdp->grad_sq_norm();  // FSDP: already reduce-scattered, block by block
+    else if (pipe) ss = pipeline_sq_norm();
     else ss = sum_squares(m.grads.data(), m.n_params());
     const double gnorm = std::sqrt(ss);
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
@@ -622,6 +715,8 @@ TrainResult train_run(const TrainOptions& options) {
     if (o.clip > 0 && gnorm > o.clip) {
       const float s = (float)(o.clip / gnorm);
       if (fsdp) fsdp->scale_grads(s);
+      else if (pipe)
+        for (const auto& [b, e] : held) scale_in_place(m.grads.data() + b, e - b, s);
       else scale_in_place(m.grads.data(), m.n_params(), s);
     }
     const double lr = lr_at(o, step);
@@ -689,12 +784,36 @@ TrainResult train_run(const TrainOptions& options) {
           opt.m.assign(m.params.size(), 0.f), opt.v.assign(m.params.size(), 0.f);
           fsdp->gather_all(&opt);
         }
+        // Pipeline stages: replica 0 of every later stage sends its units (weights and moments)
+        // to rank 0, which writes one plain model directory (a run resumes at any --pp).
+        std::vector<std::pair<int64_t, int64_t>> received;
+        if (pipe) {
+          auto stage_units = [&](int s) {  // the units stage s sends (the tied embedding comes from stage 0)
+            std::vector<std::pair<int64_t, int64_t>> r;
+            for (int u = 0; u < m.n_units(); u++) {
+              const bool has = u == 0 ? s == 0 : u == m.n_units() - 1 ? s == P - 1 : u - 1 >= bounds[s] && u - 1 < bounds[s + 1];
+              if (has && m.unit_range(u).second > m.unit_range(u).first) r.push_back(m.unit_range(u));
+            }
+            return r;
+          };
+          if (R_dp == 0 && stage > 0)
+            for (const auto& [b, e] : stage_units(stage))
+              for (float* buf : {m.params.data(), opt.m.data(), opt.v.data()}) comm.send(buf + b, (size_t)(e - b) * 4, 0, 11);
+          if (lead)
+            for (int s = 1; s < P; s++)
+              for (const auto& [b, e] : stage_units(s)) {
+                for (float* buf : {m.params.data(), opt.m.data(), opt.v.data()}) comm.recv(buf + b, (size_t)(e - b) * 4, s * Wdp, 11);
+                received.push_back({b, e});
+              }
+        }
         if (lead) {
           const std::string tmp = checkpoint_begin(o.out, done);
           if (o.finetune) write_adapter_checkpoint(tmp, m, opt.m.data(), opt.v.data(), head, tok_src);
           else write_full_checkpoint(tmp, cfg, m.params.data(), opt.m.data(), opt.v.data(), head, tok_src);
           checkpoint_publish(o.out, done, o.keep);
         }
+        for (const auto& [b, e] : received)  // the other stages' units leave rank 0's memory again
+          for (float* buf : {m.params.data(), opt.m.data(), opt.v.data()}) zero_and_release(buf + b, e - b);
         if (fsdp) fsdp->release_all(), free_moments();
       }
       // A sample through the inference engine (a sharded checkpoint is no model directory).
@@ -707,7 +826,11 @@ TrainResult train_run(const TrainOptions& options) {
     res.steps = done;
     if (stop) break;
   }
-  res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent;
+  if (pipe && !o.profile_trace.empty()) {
+    trace_write(pipe->trace, comm, o.profile_trace);
+    if (lead) fmt::print(stderr, "profile trace: {} (chrome://tracing or ui.perfetto.dev)\n", o.profile_trace);
+  }
+  res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent + (link ? link->bytes_sent : 0) + (dp ? dp->bytes_sent : 0);
   res.trained_params = m.n_params(), res.base_bytes = base_bytes;
   res.rss_end_bytes = current_rss_bytes();
   return res;

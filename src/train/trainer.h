@@ -54,6 +54,13 @@ struct TrainOptions {
   // the teacher (kept in f32, run forward per micro-batch) needed only for kd_weight > 0.
   std::string qat;
   double kd_weight = 1;
+  // Pipeline parallelism (train/pipeline.h): the job's ranks form a mesh of pp stages (outer)
+  // by data-parallel replicas (inner); each stage runs a range of blocks.
+  int pp = 1;
+  std::string pp_schedule = "1f1b";  // gpipe | 1f1b
+  int micro_batches = 0;             // per step and replica (0: as many as stages)
+  std::string pp_split;              // blocks per stage, "10,11,11" ("": balanced)
+  std::string profile_trace;         // a Chrome trace of every rank's work ("": none)
 };
 
 struct TrainResult {

@@ -11,15 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pct=${1:-100}
-targets=(safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint serve_request)
+targets=(safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint serve_request stage_message)
 # Mutation runs per target: about 20-40 s each under ASan on a 2-core machine.
 declare -A runs=([safetensors]=400000 [config]=300000 [tokenizer_files]=100000 [tokenizer_encode]=100000
-                 [text_formats]=15000 [gguf]=40000 [checkpoint]=400000 [serve_request]=100000)
+                 [text_formats]=15000 [gguf]=40000 [checkpoint]=400000 [serve_request]=100000 [stage_message]=200000)
 # Longest input: 64 KB, but whole GGUF seeds (a one-block model) are larger.
 declare -A max_len=([gguf]=262144)
 # A fixed seed per target (any number: changing one changes which inputs CI tries).
 declare -A seed=([safetensors]=101 [config]=102 [tokenizer_files]=103 [tokenizer_encode]=104
-                 [text_formats]=105 [gguf]=106 [checkpoint]=107 [serve_request]=108)
+                 [text_formats]=105 [gguf]=106 [checkpoint]=107 [serve_request]=108 [stage_message]=109)
 cmake --preset fuzz >/dev/null
 # Build output only on failure (ninja prints the failing command and the compiler's error).
 cmake --build build-fuzz --target "${targets[@]/#/fuzz_}" > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }

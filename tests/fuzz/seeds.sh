@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 llmq=$1 out=$2
-for t in safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint serve_request; do mkdir -p "$out/$t"; done
+for t in safetensors config tokenizer_files tokenizer_encode text_formats gguf checkpoint serve_request stage_message; do mkdir -p "$out/$t"; done
 tmp=$out/.work; rm -rf "$tmp"; mkdir -p "$tmp"
 L() { "$llmq" --threads 1 "$@" >/dev/null 2>"$tmp/err" || { echo "seeds.sh: llmq $*:"; cat "$tmp/err"; exit 1; }; }
 # A real model directory's files and a Meta params.json.

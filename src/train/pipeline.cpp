@@ -1,0 +1,198 @@
+// Pipeline schedules (GPipe, 1F1B) over a stage's blocks, the split of blocks into stages,
+// and the Chrome trace of what each stage did.
+#include "train/pipeline.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "core/file_util.h"
+
+namespace llmq::train {
+
+TraceEvents::Span::~Span() {
+  if (!t || t->count >= 200000) return;  // a bounded trace
+  using us = std::chrono::microseconds;
+  const auto now = std::chrono::steady_clock::now();
+  const long long ts = std::chrono::duration_cast<us>(start - t->t0).count(), dur = std::chrono::duration_cast<us>(now - start).count();
+  if (!t->json.empty()) t->json += ",\n";
+  t->json += fmt::format(R"({{"name":"{}","ph":"X","pid":0,"tid":{},"ts":{},"dur":{}}})", name, t->tid, ts, dur);
+  t->count++;
+}
+
+void trace_write(TraceEvents& t, dist::Communicator& comm, const std::string& path) {
+  const int R = comm.rank(), W = comm.size();
+  if (R != 0) {
+    comm.send(t.json.data(), t.json.size(), 0, 77);
+    return;
+  }
+  std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
+  std::vector<char> buf;
+  for (int r = 0; r < W; r++) {
+    std::string ev = t.json;
+    if (r > 0) {
+      comm.recv_any(buf, (size_t)1 << 30, r, 77);
+      ev.assign(buf.begin(), buf.end());
+    }
+    out += fmt::format(R"({{"name":"thread_name","ph":"M","pid":0,"tid":{},"args":{{"name":"rank {}"}}}},)", r, r) + "\n";
+    if (!ev.empty()) out += ev + ",\n";
+  }
+  out += R"({"name":"process_name","ph":"M","pid":0,"args":{"name":"llmq train"}})";
+  out += "\n]}\n";
+  write_file_atomic(path, out);
+}
+
+Pipeline::Pipeline(LlamaTrain<float>& m, dist::Communicator& link, const PipelineOptions& o, const std::vector<int64_t>& bounds)
+    : m_(m), link_(link), o_(o), stage_(link.rank()), P_(link.size()) {
+  LLMQ_CHECK((int)bounds.size() == P_ + 1);
+  if (o_.schedule != "gpipe" && o_.schedule != "1f1b") fail("--pp-schedule {}: give gpipe or 1f1b", o_.schedule);
+  M_ = o_.micro_batches > 0 ? o_.micro_batches : P_;
+  m_.set_stage(bounds[stage_], bounds[stage_ + 1]);
+}
+
+void Pipeline::send(dist::StageHead h, const float* x, int peer) {
+  std::vector<char> msg;
+  {
+    auto sp = trace.span(fmt::format("encode {} m{}", h.direction == dist::StageDirection::Backward ? "grad" : "act", h.micro));
+    dist::stage_encode(h, x, msg);
+  }
+  // Fault injection for the tests (tests/dist/pp_test.sh): LLMQ_PP_FAULT=checksum|length:STAGE:MICRO
+  // corrupts that stage's first message for that micro-batch after its checksum was taken.
+  if (const char* f = std::getenv("LLMQ_PP_FAULT")) {
+    char kind[16] = {};
+    int fs = -1, fm = -1;
+    if (std::sscanf(f, "%15[a-z]:%d:%d", kind, &fs, &fm) == 3 && fs == stage_ && fm == h.micro && msg.size() > dist::kStageHeadBytes + 8) {
+      if (std::string(kind) == "checksum") msg.back() ^= 0x10;
+      if (std::string(kind) == "length") msg.resize(msg.size() - 4);
+    }
+  }
+  (h.direction == dist::StageDirection::Backward ? bytes_bwd : bytes_fwd) += msg.size();
+  sends_.push_back(std::move(msg));
+  auto sp = trace.span("isend");
+  link_.isend(sends_.back().data(), sends_.back().size(), peer, (int)h.direction + 1);
+}
+
+void Pipeline::receive(const dist::StageHead& want, float* x, int peer) {
+  {
+    auto sp = trace.span(fmt::format("recv {} m{}", want.direction == dist::StageDirection::Backward ? "grad" : "act", want.micro));
+    const size_t most = dist::kStageHeadBytes + dist::stage_payload_bytes(want.codec, want.rows, want.width) + 4096;
+    try {
+      link_.recv_any(recv_, most, peer, (int)want.direction + 1);
+    } catch (const Error& e) {
+      fail("pipeline stage {}: step {} micro-batch {}: {}", stage_, want.step, want.micro, e.what());
+    }
+  }
+  auto sp = trace.span(fmt::format("decode m{}", want.micro));
+  try {
+    dist::stage_decode(recv_, want, x);
+  } catch (const Error& e) {
+    fail("pipeline stage {}: step {} micro-batch {}: the {} from stage {}: {}; stopping the job", stage_, want.step,
+         want.micro, dist::stage_direction_name(want.direction), want.from_stage, e.what());
+  }
+}
+
+double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, double grad_scale) {
+  const int M = M_;
+  if (B % M != 0) fail("--micro-batches {} does not divide the {} windows of a step on each rank", M, B);
+  const int64_t Bm = B / M, N = Bm * T, C = m_.config.dim;
+  const bool first = m_.first_stage(), last = m_.last_stage();
+  // Each micro-batch's share of the step's target tokens (every stage reads the targets).
+  std::vector<int64_t> nv(M, 0);
+  int64_t total = 0;
+  for (int mb = 0; mb < M; mb++) {
+    for (int64_t i = 0; i < N; i++) nv[mb] += targets[mb * N + i] >= 0;
+    total += nv[mb];
+  }
+  // The schedule as a list of (forward?, micro-batch).
+  std::vector<std::pair<bool, int>> acts;
+  int slots = M;
+  if (o_.schedule == "gpipe") {
+    for (int mb = 0; mb < M; mb++) acts.push_back({true, mb});
+    for (int mb = 0; mb < M; mb++) acts.push_back({false, mb});
+  } else {
+    const int warm = std::min(P_ - stage_ - 1, M);
+    slots = std::min(warm + 1, M);
+    int f = 0, b = 0;
+    for (; f < warm; f++) acts.push_back({true, f});
+    while (b < M) {
+      if (f < M) acts.push_back({true, f++});
+      acts.push_back({false, b++});
+    }
+  }
+  if (m_.slots() != slots) m_.set_slots(slots);
+  x_.resize((size_t)(N * C));
+  double loss = 0;
+  for (const auto& [fwd, mb] : acts) {
+    m_.use_slot(mb % slots);
+    dist::StageHead h;
+    h.step = step, h.micro = mb, h.rows = N, h.width = C;
+    if (fwd) {
+      const float* x = nullptr;
+      if (!first) {
+        h.direction = dist::StageDirection::Forward, h.from_stage = stage_ - 1;
+        receive(h, x_.data(), stage_ - 1);
+        x = x_.data();
+      }
+      double l;
+      {
+        auto sp = trace.span(fmt::format("forward m{}", mb));
+        l = m_.forward_stage(first ? tokens + mb * N : nullptr, x, targets + mb * N, Bm, T);
+      }
+      if (last) loss += nv[mb] > 0 ? l * (double)nv[mb] / (double)total : 0.0;
+      else send({dist::StageDirection::Forward, dist::StageCodec::None, stage_, mb, step, N, C}, m_.stage_output(), stage_ + 1);
+    } else {
+      const float* dy = nullptr;
+      if (!last) {
+        h.direction = dist::StageDirection::Backward, h.from_stage = stage_ + 1;
+        receive(h, x_.data(), stage_ + 1);
+        dy = x_.data();
+      }
+      const double scale = total > 0 ? grad_scale * (double)nv[mb] / (double)total : 0.0;
+      {
+        auto sp = trace.span(fmt::format("backward m{}", mb));
+        m_.backward_stage(dy, scale);
+      }
+      if (!first) {
+        // The last stage skips a micro-batch without targets (no gradient): zeros go back.
+        const float* g = m_.stage_input_grad();
+        if (last && nv[mb] == 0) zeros_.assign((size_t)(N * C), 0.f), g = zeros_.data();
+        send({dist::StageDirection::Backward, dist::StageCodec::None, stage_, mb, step, N, C}, g, stage_ - 1);
+      }
+    }
+  }
+  {
+    auto sp = trace.span("wait sends");
+    link_.wait_sends();
+  }
+  sends_.clear();
+  return loss;
+}
+
+double Pipeline::eval_batch(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
+  const int M = B % M_ == 0 ? M_ : 1;
+  const int64_t Bm = B / M, N = Bm * T, C = m_.config.dim;
+  const bool first = m_.first_stage(), last = m_.last_stage();
+  if (m_.slots() < 1) m_.set_slots(1);
+  m_.use_slot(0);
+  x_.resize((size_t)(N * C));
+  int64_t total = 0;
+  std::vector<int64_t> nv(M, 0);
+  for (int mb = 0; mb < M; mb++) {
+    for (int64_t i = 0; i < N; i++) nv[mb] += targets[mb * N + i] >= 0;
+    total += nv[mb];
+  }
+  const int64_t seq = eval_seq_++;
+  double loss = 0;
+  for (int mb = 0; mb < M; mb++) {
+    dist::StageHead h{dist::StageDirection::Eval, dist::StageCodec::None, stage_ - 1, mb, seq, N, C};
+    if (!first) receive(h, x_.data(), stage_ - 1);
+    const double l = m_.forward_stage(first ? tokens + mb * N : nullptr, first ? nullptr : x_.data(), targets + mb * N, Bm, T);
+    if (last) loss += nv[mb] > 0 ? l * (double)nv[mb] / (double)total : 0.0;
+    else send({dist::StageDirection::Eval, dist::StageCodec::None, stage_, mb, seq, N, C}, m_.stage_output(), stage_ + 1);
+  }
+  link_.wait_sends();
+  sends_.clear();
+  return loss;
+}
+
+}  // namespace llmq::train

@@ -1,0 +1,81 @@
+// Pipeline-parallel training: the model's blocks split into P stages, one per process of a
+// pipeline group (the embeddings with the first stage, the final norm and head with the
+// last), each step's batch cut into M micro-batches that flow forward through the stages as
+// activations and back as gradients (dist/stage_wire.h messages). Two schedules:
+//  - gpipe: every micro-batch's forward, then every backward (M micro-batches' activations
+//    held on every stage);
+//  - 1f1b: stage s runs min(P-s-1, M) forwards ahead, then alternates one forward and one
+//    backward (at most P-s micro-batches held), the same updates with less memory.
+// Each micro-batch's loss is weighted by its share of the batch's target tokens, so a step
+// gives the same update as one process with the whole batch (up to the order of the sums).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dist/comm.h"
+#include "dist/plan.h"
+#include "dist/stage_wire.h"
+#include "model/config.h"
+#include "train/llama_train.h"
+
+namespace llmq::train {
+
+struct PipelineOptions {
+  int stages = 1;
+  std::string schedule = "1f1b";  // gpipe | 1f1b
+  int micro_batches = 0;          // per step and data-parallel rank (0: as many as stages)
+  std::string split;              // "10,11,11": blocks per stage ("": balanced by cost)
+  std::string trace;              // --profile-trace FILE.json ("": none)
+};
+
+using dist::pipeline_split;  // dist/plan.h
+
+// A Chrome trace (chrome://tracing, Perfetto): complete events ("ph": "X") per rank.
+struct TraceEvents {
+  bool on = false;
+  int tid = 0;  // this rank
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  std::string json;  // the events so far, comma-separated
+  int64_t count = 0;
+  struct Span {
+    TraceEvents* t;
+    std::string name;
+    std::chrono::steady_clock::time_point start;
+    ~Span();
+  };
+  Span span(std::string name) { return Span{on ? this : nullptr, std::move(name), std::chrono::steady_clock::now()}; }
+};
+// Rank 0 writes every rank's events into one trace file (atomically); every rank of `comm` calls it.
+void trace_write(TraceEvents& t, dist::Communicator& comm, const std::string& path);
+
+class Pipeline {
+ public:
+  // link: the pipeline group (rank = stage), stage: this process's.
+  Pipeline(LlamaTrain<float>& m, dist::Communicator& link, const PipelineOptions& o, const std::vector<int64_t>& bounds);
+  int stage() const { return stage_; }
+  int stages() const { return P_; }
+  // One step's forward and backward over this rank's B windows of T tokens (tokens and
+  // targets (B, T)): gradients accumulate into the model's (scaled by grad_scale); returns
+  // the batch's mean loss on the last stage, 0 on the others.
+  double train_step(int64_t step, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, double grad_scale);
+  // Forward only (validation): the batch's mean loss on the last stage, 0 elsewhere.
+  double eval_batch(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
+  TraceEvents trace;
+  uint64_t bytes_fwd = 0, bytes_bwd = 0;  // sent by this stage (heads included)
+
+ private:
+  LlamaTrain<float>& m_;
+  dist::Communicator& link_;
+  PipelineOptions o_;
+  int stage_ = 0, P_ = 1, M_ = 1;
+  std::vector<std::vector<char>> sends_;  // messages in flight until wait_sends
+  std::vector<char> recv_;
+  std::vector<float> x_, zeros_;
+  int64_t eval_seq_ = 0;
+  void send(dist::StageHead h, const float* x, int peer);
+  void receive(const dist::StageHead& want, float* x, int peer);
+};
+
+}  // namespace llmq::train
