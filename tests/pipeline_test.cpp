@@ -14,6 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <cstdlib>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "core/dtype.h"
 #include "core/error.h"
 #include "dist/plan.h"
 #include "dist/stage_wire.h"
@@ -185,7 +191,7 @@ TEST(StageWire, RoundTripAndRefusals) {
     refused(m, h, "head's checksum");
   }
   refused(std::vector<char>(msg.begin(), msg.end() - 4), h, "expected 364");
-  refused(std::vector<char>(msg.begin(), msg.begin() + 10), h, "shorter than the 64-byte head");
+  refused(std::vector<char>(msg.begin(), msg.begin() + 10), h, "shorter than the 72-byte head");
   auto want = h;
   want.micro = 6;
   refused(msg, want, "micro-batch 5, expected step 42 micro-batch 6");
@@ -209,6 +215,178 @@ TEST(StageWire, IndependentTranscriptionDecodes) {
   std::vector<char> again;
   dist::stage_encode({dist::StageDirection::Forward, dist::StageCodec::None, 0, 1, 7, 2, 3}, y.data(), again);
   EXPECT_EQ(again, msg);
+  // AQ-SGD's worked example: one channel [0.5, -1, 0.25, 1] at 4 bits, scale 1.0 (fp16 0x3c00),
+  // codes 12 0 10 15 packed most significant bit first (0xC0 0xAF); the largest positive value
+  // clips to 7/8 of the scale.
+  std::ifstream g(std::string(LLMQ_SOURCE_DIR) + "/tests/fuzz/corpus/stage_message/seed-fixpoint", std::ios::binary);
+  const std::vector<char> fx((std::istreambuf_iterator<char>(g)), std::istreambuf_iterator<char>());
+  dist::StageHead want{dist::StageDirection::Forward, dist::StageCodec::Fixpoint, 0, 0, 3, 4, 1};
+  want.bits = 4;
+  std::vector<float> z(4);
+  dist::stage_decode(fx, want, z.data());
+  EXPECT_EQ(z, (std::vector<float>{0.5f, -1.f, 0.25f, 0.875f}));
+  const std::vector<float> src = {0.5f, -1.f, 0.25f, 1.f};
+  dist::stage_encode(want, src.data(), again);
+  EXPECT_EQ(again, fx);
+  // TAH, two rows [1 2 3 4] and [-1 -2 -3 -4] in one tile of 4 each (no outlier: 4 < 2 x 3), all
+  // at 4 bits: zero points 1 and -4, scale fp16(0.2), codes 0 5 10 15 and 15 10 5 0, then two
+  // zero bits of row map and two of tile map.
+  std::ifstream t(std::string(LLMQ_SOURCE_DIR) + "/tests/fuzz/corpus/stage_message/seed-tah", std::ios::binary);
+  const std::vector<char> th((std::istreambuf_iterator<char>(t)), std::istreambuf_iterator<char>());
+  dist::StageHead tw{dist::StageDirection::Forward, dist::StageCodec::Tah, 1, 0, 5, 2, 4, 2, 0, 4, 3, 4};
+  std::vector<float> v(8);
+  dist::stage_decode(th, tw, v.data());
+  const std::vector<float> rows = {1, 2, 3, 4, -1, -2, -3, -4};
+  for (int i = 0; i < 8; i++) EXPECT_NEAR(v[i], rows[i], 2e-3) << i;  // fp16(0.2) = 0.19995
+  dist::stage_encode(tw, rows.data(), again);
+  EXPECT_EQ(again, th);
+}
+
+// Activation-like rows: scales over three decades, a few large channels (the outliers TAH
+// rotates), some sparse rows (low entropy), and exact zeros.
+std::vector<float> activations(int64_t rows, int64_t width, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> u(0, 1);
+  std::vector<float> x((size_t)(rows * width));
+  for (int64_t r = 0; r < rows; r++) {
+    const float scale = std::pow(10.f, 3 * u(g) - 2);
+    const bool sparse = u(g) < 0.2f;
+    for (int64_t c = 0; c < width; c++) {
+      float v = nd(g) * scale;
+      if (c % 37 == 5) v *= 20;          // outlier channels
+      if (sparse && u(g) < 0.9f) v = 0;  // mostly zero rows
+      x[r * width + c] = v;
+    }
+  }
+  return x;
+}
+
+// Runs tests/oracle/stage_codecs.py on x; returns its decoded values (and tah's maps).
+std::vector<double> oracle(const std::string& args, const std::vector<float>& x, int64_t rows, int64_t width,
+                           std::vector<uint8_t>* maps = nullptr, size_t map_bytes = 0) {
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("llmq-codec-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string in = (dir / "in.bin").string(), out = (dir / "out.bin").string();
+  {
+    std::ofstream f(in, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(&rows), 8), f.write(reinterpret_cast<const char*>(&width), 8);
+    f.write(reinterpret_cast<const char*>(x.data()), (std::streamsize)(x.size() * 4));
+  }
+  const std::string kind = args.substr(0, args.find(' ')), rest = args.substr(args.find(' ') + 1);
+  const std::string cmd = fmt::format("/usr/bin/python3 {}/tests/oracle/stage_codecs.py {} {} {} {}", LLMQ_SOURCE_DIR,
+                                      kind, in, out, rest);
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream f(out, std::ios::binary);
+  std::vector<double> y(x.size());
+  f.read(reinterpret_cast<char*>(y.data()), (std::streamsize)(y.size() * 8));
+  if (maps) maps->resize(map_bytes), f.read(reinterpret_cast<char*>(maps->data()), (std::streamsize)map_bytes);
+  std::filesystem::remove_all(dir);
+  return y;
+}
+
+TEST(StageCodecs, FixpointAgainstReferenceAndWithinHalfAStep) {
+  const int64_t rows = 96, width = 80;  // odd-ish shapes: codes straddle bytes
+  const auto x = activations(rows, width, 3);
+  for (int bits : {2, 4, 6, 8}) {
+    std::vector<uint8_t> pay;
+    dist::fixpoint_encode(x.data(), rows, width, bits, pay);
+    EXPECT_EQ(pay.size(), (size_t)(2 * width + (rows * width * bits + 7) / 8));  // fp16 scale per channel + codes
+    std::vector<float> y(x.size());
+    dist::fixpoint_decode(pay.data(), pay.size(), rows, width, bits, y.data());
+    const auto ref = oracle(fmt::format("fixpoint {}", bits), x, rows, width);
+    int64_t differ = 0;
+    for (int64_t c = 0; c < width; c++) {
+      float s = 0;
+      for (int64_t r = 0; r < rows; r++) s = std::max(s, std::fabs(x[r * width + c]));
+      const double sh = f16_to_f32(f32_to_f16(s)), step = sh / std::ldexp(1.0, bits - 1);
+      for (int64_t r = 0; r < rows; r++) {
+        const double v = x[r * width + c], e = std::fabs(y[r * width + c] - v);
+        // Half a step, with the fp16 rounding of the scale (relative 2^-11 of the value) and
+        // the reference's clip of the top code: values above (1 - 2^-bits) s lose up to a step.
+        const double bound = (v > sh * (1 - std::ldexp(1.0, -bits)) ? step : step / 2) * (1 + 1e-6) + std::fabs(v) * std::ldexp(1.0, -10);
+        ASSERT_LE(e, bound) << "bits " << bits << " row " << r << " col " << c;
+        // The reference in float64: equal, except a code that rounds the other way at a tie
+        // between f32 and float64 arithmetic (then one step apart).
+        const double d = std::fabs(y[r * width + c] - ref[r * width + c]);
+        if (d > 1e-6 * step) {
+          differ++;
+          ASSERT_LE(d, step * (1 + 1e-6)) << "bits " << bits;
+        }
+      }
+    }
+    EXPECT_LE(differ, rows * width / 1000) << "bits " << bits << ": codes that differ from the float64 reference";
+  }
+}
+
+TEST(StageCodecs, TahAgainstReferenceWithinHalfAStepAndItsBits) {
+  const int64_t seq = 48, B = 2, rows = B * seq, width = 128;
+  const auto x = activations(rows, width, 9);
+  for (auto [hi, lo, tile, ratio] : {std::tuple<int, int, int, double>{4, 3, 64, 0.8}, {4, 2, 32, 0.5}, {8, 4, 16, 1.0}}) {
+    const int64_t lo_rows = dist::tah_lo_rows(seq, ratio);
+    std::vector<uint8_t> pay;
+    dist::tah_encode(x.data(), rows, width, seq, lo_rows, hi, lo, tile, pay);
+    std::vector<float> y(x.size());
+    dist::tah_decode(pay.data(), pay.size(), rows, width, seq, lo_rows, hi, lo, tile, y.data());
+    const int64_t tiles = rows * width / tile;
+    std::vector<uint8_t> maps;
+    const auto ref = oracle(fmt::format("tah {} {} {} {} {}", seq, hi, lo, tile, ratio), x, rows, width, &maps, rows + tiles);
+    // The same rows chosen low and the same tiles rotated as the reference (maps in coded order).
+    std::vector<uint8_t> low(maps.begin(), maps.begin() + rows);
+    int64_t flagged = 0, low_n = 0;
+    for (int64_t i = 0; i < tiles; i++) flagged += maps[rows + i];
+    for (auto v : low) low_n += v;
+    EXPECT_EQ(low_n, B * lo_rows);
+    // Bits on the wire: codes, fp16 zero and scale per tile, a bit per row and per tile, the
+    // pivot of each rotated tile.
+    const int64_t lo_vals = B * lo_rows * width, pb = (int64_t)std::log2(tile);
+    const int64_t bits = lo_vals * lo + (rows * width - lo_vals) * hi + 32 * tiles + rows + tiles + pb * flagged;
+    EXPECT_EQ((int64_t)pay.size(), (bits + 7) / 8) << hi << "/" << lo << " tile " << tile;
+    // Coded order: each sequence's low rows by position, then its high rows; tiles follow it.
+    std::vector<int64_t> coded_tile((size_t)tiles);
+    for (int64_t bq = 0, k = 0; bq < B; bq++)
+      for (int pass = 1; pass >= 0; pass--)
+        for (int64_t t = 0; t < seq; t++)
+          if (low[bq * seq + t] == pass) {
+            for (int64_t j = 0; j < width / tile; j++) coded_tile[(bq * seq + t) * (width / tile) + j] = k * (width / tile) + j;
+            k++;
+          }
+    int64_t differ = 0;
+    double worst = 0;  // error / bound
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t j = 0; j < width / tile; j++) {
+        const float* xt = x.data() + r * width + j * tile;
+        const float* yt = y.data() + r * width + j * tile;
+        const int b = low[r] ? lo : hi;
+        const double levels = (1 << b) - 1;
+        float mn = xt[0], mx = xt[0];
+        double l1 = 0, e2 = 0, d2 = 0, n2 = 0, emax = 0;
+        for (int i = 0; i < tile; i++) {
+          mn = std::min(mn, xt[i]), mx = std::max(mx, xt[i]), l1 += std::fabs(xt[i]);
+          e2 += std::pow(yt[i] - xt[i], 2), emax = std::max(emax, (double)std::fabs(yt[i] - xt[i]));
+          d2 += std::pow(yt[i] - ref[r * width + j * tile + i], 2), n2 += (double)xt[i] * xt[i];
+        }
+        double err, bound;
+        if (maps[rows + coded_tile[r * (width / tile) + j]]) {
+          // Rotated: every coefficient of the orthonormal rotation is within +-|x|_1/sqrt(tile),
+          // so the step is at most 2|x|_1/sqrt(tile)/levels and the L2 error at most sqrt(tile)
+          // half-steps; fp16's zero and scale add 2^-11 of the coefficients' size each.
+          const double range = 2 * l1 / std::sqrt((double)tile);
+          err = std::sqrt(e2), bound = std::sqrt((double)tile) * (range / levels / 2 + 2 * range * std::ldexp(1.0, -11));
+        } else {
+          // Per value: half a step of (max - min) / levels, fp16's rounding of the zero point
+          // (min) and of the scale (times the code).
+          const double range = (double)mx - mn;
+          err = emax, bound = range / levels / 2 + (range + std::fabs(mn)) * std::ldexp(1.0, -11);
+        }
+        ASSERT_LE(err, bound * (1 + 1e-5) + 1e-30) << "row " << r << " tile " << j;
+        worst = std::max(worst, err / (bound + 1e-30));
+        if (std::sqrt(d2) > 1e-5 * (std::sqrt(n2) + 1e-30)) differ++;
+      }
+    fmt::print("tah {}/{} tile {}: {} of {} tiles rotated, {} differ from the reference, worst error {:.2f} of its bound\n", hi,
+               lo, tile, flagged, tiles, differ, worst);
+    EXPECT_LE(differ, tiles / 100) << "tiles that differ from the float64 reference (" << hi << "/" << lo << ", tile " << tile << ")";
+  }
 }
 
 }  // namespace

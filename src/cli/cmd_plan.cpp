@@ -4,6 +4,7 @@
 #include "cli/common.h"
 #include "core/progress.h"
 #include "dist/plan.h"
+#include "dist/stage_wire.h"
 #include "io/hf_dir.h"
 
 namespace llmq::cli {
@@ -37,7 +38,9 @@ void register_plan(CLI::App& app) {
     std::string memory;
     int pp = 1;
     int64_t micro = 0;
-    std::string pp_split;
+    std::string pp_split, fwd = "none", bwd = "none";
+    int fwd_bits = 4, bwd_bits = 6, tile = 64, hi_bits = 4, lo_bits = 3;
+    double hi_ratio = 0.8;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--preset", o->preset, "built-in shape: " + preset_list());
@@ -60,6 +63,15 @@ void register_plan(CLI::App& app) {
       ->check(llmq::cli::kPositive);
   cmd->add_option("--micro-batches", o->micro, "--pp: micro-batches per step (default: as many as stages)")->check(llmq::cli::kPositive);
   cmd->add_option("--pp-split", o->pp_split, "--pp: blocks per stage, e.g. 10,11,11 (default: balanced by matmul cost)");
+  cmd->add_option("--pp-compress-fwd", o->fwd, "--pp: activations as none, fixpoint or tah (link bytes; tah: its most)")
+      ->check(CLI::IsMember({"none", "fixpoint", "tah"}));
+  cmd->add_option("--pp-compress-bwd", o->bwd, "--pp: gradients as none or fixpoint")->check(CLI::IsMember({"none", "fixpoint"}));
+  cmd->add_option("--fwd-bits", o->fwd_bits, "fixpoint bits forward (default 4)")->check(CLI::Range(1, 8));
+  cmd->add_option("--bwd-bits", o->bwd_bits, "fixpoint bits backward (default 6)")->check(CLI::Range(1, 8));
+  cmd->add_option("--tile", o->tile, "tah tile (default 64)");
+  cmd->add_option("--hi-bits", o->hi_bits, "tah high bits (default 4)")->check(CLI::Range(1, 8));
+  cmd->add_option("--lo-bits", o->lo_bits, "tah low bits (default 3)")->check(CLI::Range(1, 8));
+  cmd->add_option("--hi-ratio", o->hi_ratio, "tah share of rows at --hi-bits (default 0.8)")->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->callback([o] {
     if (o->preset.empty() && o->model.empty()) fail("plan: give --preset NAME or -m DIR");
@@ -103,7 +115,14 @@ void register_plan(CLI::App& app) {
         fail("plan: --pp plans full training with data parallel beside it (llmq train --pp): not with --fsdp, --tp or adapters");
       if (o->p.ranks == 1) o->p.ranks = o->pp;  // one replica by default
       if (o->p.ranks % o->pp != 0) fail("plan: --pp {} does not divide --ranks {}", o->pp, o->p.ranks);
-      stages = dist::pipeline_plan(c, o->pp, M, o->pp_split, o->p.batch, o->p.seq_len, o->p.recompute);
+      dist::StageHead fh, bh;
+      if (o->fwd == "fixpoint") fh.codec = dist::StageCodec::Fixpoint, fh.bits = (uint8_t)o->fwd_bits;
+      if (o->fwd == "tah") {
+        fh.codec = dist::StageCodec::Tah, fh.bits = (uint8_t)o->hi_bits, fh.lo_bits = (uint8_t)o->lo_bits;
+        fh.tile = (uint16_t)o->tile, fh.seq = (int32_t)o->p.seq_len, fh.lo_rows = (int32_t)dist::tah_lo_rows(o->p.seq_len, o->hi_ratio);
+      }
+      if (o->bwd == "fixpoint") bh.codec = dist::StageCodec::Fixpoint, bh.bits = (uint8_t)o->bwd_bits;
+      stages = dist::pipeline_plan(c, o->pp, M, o->pp_split, o->p.batch, o->p.seq_len, o->p.recompute, &fh, &bh);
       const double dp = (double)(o->p.ranks / o->pp);
       nlohmann::json js = nlohmann::json::array();
       for (size_t s = 0; s < stages.size(); s++) {
@@ -139,7 +158,7 @@ void register_plan(CLI::App& app) {
                    count(st.params), format_bytes(st.state_bytes), format_bytes(st.act_gpipe), format_bytes(st.act_1f1b),
                    format_bytes(st.state_bytes + st.act_gpipe), format_bytes(st.state_bytes + st.act_1f1b));
       }
-      fmt::print("bytes per step on each link (each direction, f32 activations and gradients):\n");
+      fmt::print("bytes per step on each link (activations forward as {}, gradients back as {}):\n", o->fwd, o->bwd);
       for (size_t s = 0; s + 1 < stages.size(); s++)
         fmt::print("  stage {} -> {}: {} forward, {} back\n", s, s + 1, format_bytes(stages[s].link_fwd),
                    format_bytes(stages[s].link_bwd));

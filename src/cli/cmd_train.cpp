@@ -88,6 +88,14 @@ void run_training(train::TrainOptions& o, bool json, const CLI::Option* warmup_o
                      {"precision", r.precision}, {"trained_params", r.trained_params},
                      {"rss_end_bytes", r.rss_end_bytes}};
     if (o.finetune) j["base_linear_bytes"] = r.base_bytes;
+    if (!r.ranks.empty()) {
+      nlohmann::json rk = nlohmann::json::array();
+      for (size_t i = 0; i < r.ranks.size(); i++)
+        rk.push_back({{"rank", i}, {"stage", r.ranks[i].stage}, {"peak_rss_bytes", r.ranks[i].peak_rss},
+                      {"stage_fwd_bytes", r.ranks[i].fwd_bytes}, {"stage_bwd_bytes", r.ranks[i].bwd_bytes},
+                      {"stage_eval_bytes", r.ranks[i].eval_bytes}});
+      j["pipeline_ranks"] = rk;
+    }
     if (!o.qat.empty()) {
       j["scheme"] = o.qat;
       j["quantized"] = made.empty() ? nlohmann::json() : nlohmann::json(made);
@@ -146,6 +154,22 @@ void register_train(CLI::App& app) {
   cmd->add_option("--pp-split", o->pp_split, "--pp: blocks per stage, e.g. 10,11,11 (default: balanced by matmul cost, head included)");
   cmd->add_option("--profile-trace", o->profile_trace, "--pp: write a Chrome trace (chrome://tracing, Perfetto) of every rank's "
                                                        "forward, backward, send, receive, encode and decode to FILE.json");
+  cmd->add_option("--pp-compress-fwd", o->pp_compress_fwd,
+                  "--pp: activations sent forward as none (f32, default), fixpoint (AQ-SGD: per-channel fp16 scale, "
+                  "--fwd-bits codes) or tah (TAH-Quant: entropy-chosen --hi-bits/--lo-bits rows, Hadamard-rotated outlier tiles)")
+      ->check(CLI::IsMember({"none", "fixpoint", "tah"}));
+  cmd->add_option("--pp-compress-bwd", o->pp_compress_bwd, "--pp: gradients sent back as none (default) or fixpoint (--bwd-bits)")
+      ->check(CLI::IsMember({"none", "fixpoint"}));
+  cmd->add_option("--fwd-bits", o->fwd_bits, "fixpoint bits of forward activations (default 4)")->check(CLI::Range(1, 8));
+  cmd->add_option("--bwd-bits", o->bwd_bits, "fixpoint bits of backward gradients (default 6)")->check(CLI::Range(1, 8));
+  cmd->add_option("--tile", o->tile, "tah: values per tile along a row (a power of two dividing the width; default 64)");
+  cmd->add_option("--hi-bits", o->hi_bits, "tah: bits of the high-entropy rows (default 4)")->check(CLI::Range(1, 8));
+  cmd->add_option("--lo-bits", o->lo_bits, "tah: bits of the low-entropy rows (default 3)")->check(CLI::Range(1, 8));
+  cmd->add_option("--hi-ratio", o->hi_ratio, "tah: share of each sequence's rows at --hi-bits (default 0.8)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--pp-warmup-epochs", o->pp_warmup_epochs, "--pp: epochs of the training data sent uncompressed first (default 0)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag_function("--pp-eval-uncompressed", [o](std::int64_t) { o->pp_compress_eval = false; },
+                         "--pp: validation activations go uncompressed (default: coded as training's)");
   cmd->add_flag("--json", *json, "print a JSON summary at the end (progress lines still go to stderr)");
   cmd->callback([o, json, warmup_opt] { run_training(*o, *json, warmup_opt); });
 }

@@ -130,21 +130,6 @@ std::vector<std::string> expand_options_files(const std::vector<std::string>& ar
   return out;
 }
 
-double peak_rss_bytes() {
-  // VmHWM, which reset_peak_rss() can reset (getrusage's maxrss never goes down).
-  if (FILE* f = std::fopen("/proc/self/status", "r")) {
-    char line[256];
-    long kb = -1;
-    while (std::fgets(line, sizeof line, f))
-      if (std::sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
-    std::fclose(f);
-    if (kb >= 0) return (double)kb * 1024.0;
-  }
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_maxrss * 1024.0;
-}
-
 void warn_if_busy() {
   // The default is one thread per core (what the benchmarks measure best on an idle machine);
   // with other work running, threads wait on each other at every barrier, so say so.

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/file_util.h"  // peak_rss_bytes
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -66,7 +67,6 @@ std::vector<int32_t> default_eos_ids(const ModelConfig& c, const Tokenizer* tok)
 // Whitespace- or comma-separated non-negative integers; `what` names the source in errors.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& what, const std::string& hint = "");
 std::vector<int32_t> read_token_file(const std::string& path);
-double peak_rss_bytes();
 // Resets the peak (bench: one peak per model, not the process's high-water mark).
 void reset_peak_rss();
 // A note on stderr when the 1-minute load exceeds the cores (default thread count only).

@@ -2,6 +2,7 @@
 #include "core/file_util.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -134,6 +135,20 @@ uint64_t current_rss_bytes() {
   uint64_t size = 0, resident = 0;
   f >> size >> resident;
   return resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+double peak_rss_bytes() {
+  if (FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long kb = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    std::fclose(f);
+    if (kb >= 0) return (double)kb * 1024.0;
+  }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss * 1024.0;
 }
 
 }  // namespace llmq

@@ -23,6 +23,9 @@ std::string read_text_file(const std::string& path);
 void release_pages(const void* p, size_t n);
 // This process's resident memory now (VmRSS), bytes.
 uint64_t current_rss_bytes();
+// This process's peak resident memory (VmHWM, which reset_peak_rss() can reset; getrusage's
+// maxrss where /proc has none).
+double peak_rss_bytes();
 // Reads bytes [offset, offset+n) of a file into dst (chunks in parallel); fails on a short file.
 void read_file_range(const std::string& path, uint64_t offset, uint64_t n, uint8_t* dst);
 

@@ -1,4 +1,5 @@
 #include "dist/plan.h"
+#include "dist/stage_wire.h"
 
 #include "quant/quantize_model.h"
 #include "quant/recipe.h"
@@ -88,13 +89,21 @@ std::vector<int64_t> pipeline_split(const ModelConfig& c, int P, const std::stri
 }
 
 std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, const std::string& split, int64_t batch,
-                                     int64_t T, bool recompute) {
+                                     int64_t T, bool recompute, const StageHead* fwd, const StageHead* bwd) {
   if (M < 1 || batch % M != 0) fail("plan: --micro-batches {} must divide --batch {}", M, batch);
   const std::vector<int64_t> b = pipeline_split(c, P, split);
   const double C = (double)c.dim, V = (double)c.vocab_size;
   const double block = C * c.q_dim() + 2 * C * c.kv_dim() + (double)c.q_dim() * C + 3 * C * (double)c.ffn_dim + 2 * C;
   const int64_t Bm = batch / M;
-  const double msg = 64 + 4.0 * (double)Bm * T * C;  // one micro-batch's message: head + f32 payload
+  // One micro-batch's message each way: head + payload in its codec.
+  auto message = [&](const StageHead* h) {
+    StageHead x = h ? *h : StageHead{};
+    x.rows = (int32_t)(Bm * T), x.width = (int32_t)c.dim;
+    if (x.codec == StageCodec::Tah && x.seq == 0) x.seq = (int32_t)T;
+    stage_check_params(x);
+    return (double)(kStageHeadBytes + stage_payload_max(x));
+  };
+  const double msg = message(nullptr), msg_fwd = message(fwd), msg_bwd = message(bwd);
   std::vector<StagePlan> r((size_t)P);
   for (int s = 0; s < P; s++) {
     StagePlan& st = r[(size_t)s];
@@ -104,10 +113,11 @@ std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, con
     st.state_bytes = 16 * st.params;
     // The pipeline's own buffers: the received micro-batch, and the messages it sent this step
     // (kept until the step's end): M each way on the stages that send that way.
-    const double bufs = 4.0 * (double)Bm * T * C + (double)M * msg * ((first ? 0 : 1) + (last ? 0 : 1));
+    const double bufs = 4.0 * (double)Bm * T * C + (double)M * ((first ? 0 : msg_bwd) + (last ? 0 : msg_fwd));
+    (void)msg;
     st.act_gpipe = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)M) + bufs;
     st.act_1f1b = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)std::min<int64_t>(P - s, M)) + bufs;
-    if (!last) st.link_fwd = st.link_bwd = (double)M * msg;
+    if (!last) st.link_fwd = (double)M * msg_fwd, st.link_bwd = (double)M * msg_bwd;
   }
   return r;
 }

@@ -58,8 +58,11 @@ struct StagePlan {
   double link_fwd = 0, link_bwd = 0;   // bytes per step to the next stage (activations) and back from it (gradients)
 };
 // The stages of a --pp P job with M micro-batches of batch/M sequences per replica and step.
+// Messages are coded as fwd (activations; tah: its largest size, every tile rotated) and bwd
+// (gradients) say (StageHead with codec and bits; rows, width and seq are filled in here).
+struct StageHead;
 std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, const std::string& split, int64_t batch,
-                                     int64_t T, bool recompute);
+                                     int64_t T, bool recompute, const StageHead* fwd = nullptr, const StageHead* bwd = nullptr);
 
 // The owner of each unit of a sharded frozen base (train/base_shard.h): largest unit first,
 // each to the rank holding the fewest bytes so far (the lowest rank on ties).

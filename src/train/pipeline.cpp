@@ -42,11 +42,47 @@ void trace_write(TraceEvents& t, dist::Communicator& comm, const std::string& pa
   write_file_atomic(path, out);
 }
 
+void pipeline_check_compression(const PipelineOptions& o, int64_t width) {
+  if (o.compress_fwd != "none" && o.compress_fwd != "fixpoint" && o.compress_fwd != "tah")
+    fail("--pp-compress-fwd {}: give none, fixpoint or tah", o.compress_fwd);
+  if (o.compress_bwd != "none" && o.compress_bwd != "fixpoint")
+    fail("--pp-compress-bwd {}: give none or fixpoint", o.compress_bwd);
+  for (auto [v, what] : {std::pair<int, const char*>{o.fwd_bits, "--fwd-bits"}, {o.bwd_bits, "--bwd-bits"},
+                         {o.hi_bits, "--hi-bits"}, {o.lo_bits, "--lo-bits"}})
+    if (v < 1 || v > 8) fail("{} {} must be within 1-8", what, v);
+  if (o.tile < 2 || o.tile > 4096 || (o.tile & (o.tile - 1))) fail("--tile {} must be a power of two within 2-4096", o.tile);
+  if (o.compress_fwd == "tah" && width % o.tile)
+    fail("--tile {} does not divide the model's width {} (TAH-Quant tiles each row)", o.tile, width);
+  if (!(o.hi_ratio >= 0 && o.hi_ratio <= 1)) fail("--hi-ratio {} must be within [0, 1]", o.hi_ratio);
+  if (o.warmup_steps < 0) fail("--pp-compress-warmup {} must not be negative", o.warmup_steps);
+}
+
+dist::StageHead Pipeline::head(dist::StageDirection d, int from, int micro, int64_t step, int64_t rows, int64_t seq) const {
+  dist::StageHead h;
+  h.direction = d, h.from_stage = from, h.micro = micro, h.step = step;
+  h.rows = (int32_t)rows, h.width = (int32_t)m_.config.dim;
+  const bool warm = d != dist::StageDirection::Eval && step < o_.warmup_steps;  // the first steps go uncompressed
+  const std::string& name = d == dist::StageDirection::Backward ? o_.compress_bwd
+                            : d == dist::StageDirection::Eval && !o_.compress_eval ? std::string("none")
+                                                                                   : o_.compress_fwd;
+  if (warm || name == "none") return h;
+  if (name == "fixpoint") {
+    h.codec = dist::StageCodec::Fixpoint;
+    h.bits = (uint8_t)(d == dist::StageDirection::Backward ? o_.bwd_bits : o_.fwd_bits);
+  } else {  // tah
+    h.codec = dist::StageCodec::Tah;
+    h.bits = (uint8_t)o_.hi_bits, h.lo_bits = (uint8_t)o_.lo_bits, h.tile = (uint16_t)o_.tile;
+    h.seq = (int32_t)seq, h.lo_rows = (int32_t)dist::tah_lo_rows(seq, o_.hi_ratio);
+  }
+  return h;
+}
+
 Pipeline::Pipeline(LlamaTrain<float>& m, dist::Communicator& link, const PipelineOptions& o, const std::vector<int64_t>& bounds)
     : m_(m), link_(link), o_(o), stage_(link.rank()), P_(link.size()) {
   LLMQ_CHECK((int)bounds.size() == P_ + 1);
   if (o_.schedule != "gpipe" && o_.schedule != "1f1b") fail("--pp-schedule {}: give gpipe or 1f1b", o_.schedule);
   M_ = o_.micro_batches > 0 ? o_.micro_batches : P_;
+  pipeline_check_compression(o_, m_.config.dim);
   m_.set_stage(bounds[stage_], bounds[stage_ + 1]);
 }
 
@@ -66,7 +102,7 @@ void Pipeline::send(dist::StageHead h, const float* x, int peer) {
       if (std::string(kind) == "length") msg.resize(msg.size() - 4);
     }
   }
-  (h.direction == dist::StageDirection::Backward ? bytes_bwd : bytes_fwd) += msg.size();
+  (h.direction == dist::StageDirection::Backward ? bytes_bwd : h.direction == dist::StageDirection::Eval ? bytes_eval : bytes_fwd) += msg.size();
   sends_.push_back(std::move(msg));
   auto sp = trace.span("isend");
   link_.isend(sends_.back().data(), sends_.back().size(), peer, (int)h.direction + 1);
@@ -75,7 +111,7 @@ void Pipeline::send(dist::StageHead h, const float* x, int peer) {
 void Pipeline::receive(const dist::StageHead& want, float* x, int peer) {
   {
     auto sp = trace.span(fmt::format("recv {} m{}", want.direction == dist::StageDirection::Backward ? "grad" : "act", want.micro));
-    const size_t most = dist::kStageHeadBytes + dist::stage_payload_bytes(want.codec, want.rows, want.width) + 4096;
+    const size_t most = dist::kStageHeadBytes + dist::stage_payload_max(want) + 4096;
     try {
       link_.recv_any(recv_, most, peer, (int)want.direction + 1);
     } catch (const Error& e) {
@@ -124,13 +160,10 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
   double loss = 0;
   for (const auto& [fwd, mb] : acts) {
     m_.use_slot(mb % slots);
-    dist::StageHead h;
-    h.step = step, h.micro = mb, h.rows = N, h.width = C;
     if (fwd) {
       const float* x = nullptr;
       if (!first) {
-        h.direction = dist::StageDirection::Forward, h.from_stage = stage_ - 1;
-        receive(h, x_.data(), stage_ - 1);
+        receive(head(dist::StageDirection::Forward, stage_ - 1, mb, step, N, T), x_.data(), stage_ - 1);
         x = x_.data();
       }
       double l;
@@ -139,12 +172,11 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
         l = m_.forward_stage(first ? tokens + mb * N : nullptr, x, targets + mb * N, Bm, T);
       }
       if (last) loss += nv[mb] > 0 ? l * (double)nv[mb] / (double)total : 0.0;
-      else send({dist::StageDirection::Forward, dist::StageCodec::None, stage_, mb, step, N, C}, m_.stage_output(), stage_ + 1);
+      else send(head(dist::StageDirection::Forward, stage_, mb, step, N, T), m_.stage_output(), stage_ + 1);
     } else {
       const float* dy = nullptr;
       if (!last) {
-        h.direction = dist::StageDirection::Backward, h.from_stage = stage_ + 1;
-        receive(h, x_.data(), stage_ + 1);
+        receive(head(dist::StageDirection::Backward, stage_ + 1, mb, step, N, T), x_.data(), stage_ + 1);
         dy = x_.data();
       }
       const double scale = total > 0 ? grad_scale * (double)nv[mb] / (double)total : 0.0;
@@ -156,7 +188,7 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
         // The last stage skips a micro-batch without targets (no gradient): zeros go back.
         const float* g = m_.stage_input_grad();
         if (last && nv[mb] == 0) zeros_.assign((size_t)(N * C), 0.f), g = zeros_.data();
-        send({dist::StageDirection::Backward, dist::StageCodec::None, stage_, mb, step, N, C}, g, stage_ - 1);
+        send(head(dist::StageDirection::Backward, stage_, mb, step, N, T), g, stage_ - 1);
       }
     }
   }
@@ -184,11 +216,10 @@ double Pipeline::eval_batch(const int32_t* tokens, const int32_t* targets, int64
   const int64_t seq = eval_seq_++;
   double loss = 0;
   for (int mb = 0; mb < M; mb++) {
-    dist::StageHead h{dist::StageDirection::Eval, dist::StageCodec::None, stage_ - 1, mb, seq, N, C};
-    if (!first) receive(h, x_.data(), stage_ - 1);
+    if (!first) receive(head(dist::StageDirection::Eval, stage_ - 1, mb, seq, N, T), x_.data(), stage_ - 1);
     const double l = m_.forward_stage(first ? tokens + mb * N : nullptr, first ? nullptr : x_.data(), targets + mb * N, Bm, T);
     if (last) loss += nv[mb] > 0 ? l * (double)nv[mb] / (double)total : 0.0;
-    else send({dist::StageDirection::Eval, dist::StageCodec::None, stage_, mb, seq, N, C}, m_.stage_output(), stage_ + 1);
+    else send(head(dist::StageDirection::Eval, stage_, mb, seq, N, T), m_.stage_output(), stage_ + 1);
   }
   link_.wait_sends();
   sends_.clear();

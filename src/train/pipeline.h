@@ -28,7 +28,17 @@ struct PipelineOptions {
   int micro_batches = 0;          // per step and data-parallel rank (0: as many as stages)
   std::string split;              // "10,11,11": blocks per stage ("": balanced by cost)
   std::string trace;              // --profile-trace FILE.json ("": none)
+  // Stage-boundary compression (dist/stage_wire.h): forward activations none|fixpoint|tah,
+  // backward gradients none|fixpoint; TAH-Quant's parameters; steps sent uncompressed first;
+  // whether validation's activations are compressed as training's are.
+  std::string compress_fwd = "none", compress_bwd = "none";
+  int fwd_bits = 4, bwd_bits = 6, tile = 64, hi_bits = 4, lo_bits = 3;
+  double hi_ratio = 0.8;
+  int64_t warmup_steps = 0;
+  bool compress_eval = true;
 };
+// Checks the compression options (names, bits, tile against the model width, ...).
+void pipeline_check_compression(const PipelineOptions& o, int64_t width);
 
 using dist::pipeline_split;  // dist/plan.h
 
@@ -63,7 +73,7 @@ class Pipeline {
   // Forward only (validation): the batch's mean loss on the last stage, 0 elsewhere.
   double eval_batch(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
   TraceEvents trace;
-  uint64_t bytes_fwd = 0, bytes_bwd = 0;  // sent by this stage (heads included)
+  uint64_t bytes_fwd = 0, bytes_bwd = 0, bytes_eval = 0;  // messages this stage sent (heads included)
 
  private:
   LlamaTrain<float>& m_;
@@ -74,6 +84,8 @@ class Pipeline {
   std::vector<char> recv_;
   std::vector<float> x_, zeros_;
   int64_t eval_seq_ = 0;
+  // The head of a message of this step's micro-batch (codec chosen by direction, step, warm-up).
+  dist::StageHead head(dist::StageDirection d, int from, int micro, int64_t step, int64_t rows, int64_t seq) const;
   void send(dist::StageHead h, const float* x, int peer);
   void receive(const dist::StageHead& want, float* x, int peer);
 };

@@ -269,8 +269,8 @@ TrainResult train_run(const TrainOptions& options) {
     if (!o.qat.empty()) fail("qat: --pp is not supported yet (quantization-aware training runs data parallel or --fsdp)");
     if (o.fsdp) fail("train: --pp with --fsdp is not supported yet: pipeline stages with plain data parallel beside them only");
     if (o.pp_schedule != "gpipe" && o.pp_schedule != "1f1b") fail("train: --pp-schedule {}: give gpipe or 1f1b", o.pp_schedule);
-  } else if (!o.pp_split.empty() || o.micro_batches > 0) {
-    fail("train: --pp-split and --micro-batches are for pipeline stages; give --pp N (N > 1) too");
+  } else if (!o.pp_split.empty() || o.micro_batches > 0 || o.pp_compress_fwd != "none" || o.pp_compress_bwd != "none") {
+    fail("train: --pp-split, --micro-batches and --pp-compress-* are for pipeline stages; give --pp N (N > 1) too");
   }
   FakeQuant fq;
   if (!o.qat.empty()) {
@@ -354,7 +354,10 @@ TrainResult train_run(const TrainOptions& options) {
          "replica{})", o.micro_batches > 0 ? o.micro_batches : P, o.batch / Wdp, o.batch, Wdp, Wdp == 1 ? "" : "s");
   // (The pipeline's shape too: ranks that disagree on it would wait for messages never sent.)
   comm.check_same(std::hash<std::string>{}(resume_key(o).dump() + config_to_hf_json(cfg).dump() + o.data + o.out +
-                                           fmt::format("|pp {} {} {} {}", o.pp, o.pp_schedule, o.micro_batches, o.pp_split)),
+                                           fmt::format("|pp {} {} {} {} {} {} {} {} {} {} {} {} {} {}", o.pp, o.pp_schedule,
+                                                       o.micro_batches, o.pp_split, o.pp_compress_fwd, o.pp_compress_bwd,
+                                                       o.fwd_bits, o.bwd_bits, o.tile, o.hi_bits, o.lo_bits, o.hi_ratio,
+                                                       o.pp_warmup_epochs, o.pp_compress_eval)),
                   "the training options, model config and paths");
   std::unique_ptr<dist::Communicator> link, dp;  // after the check: every rank splits, or none
   if (P > 1) link = comm.split(R_dp, stage), dp = comm.split(stage, R_dp);
@@ -416,6 +419,11 @@ TrainResult train_run(const TrainOptions& options) {
   if (P > 1) {
     PipelineOptions po;
     po.stages = P, po.schedule = o.pp_schedule, po.micro_batches = o.micro_batches, po.split = o.pp_split, po.trace = o.profile_trace;
+    po.compress_fwd = o.pp_compress_fwd, po.compress_bwd = o.pp_compress_bwd, po.fwd_bits = o.fwd_bits, po.bwd_bits = o.bwd_bits;
+    po.tile = o.tile, po.hi_bits = o.hi_bits, po.lo_bits = o.lo_bits, po.hi_ratio = o.hi_ratio, po.compress_eval = o.pp_compress_eval;
+    // Warm-up epochs in steps: an epoch is every window of the training data once.
+    const double windows = (double)((train_s.total - 1) / o.seq_len);
+    po.warmup_steps = (int64_t)std::ceil(o.pp_warmup_epochs * windows / (double)(o.batch * o.grad_accum) - 1e-9);
     pipe = std::make_unique<Pipeline>(m, *link, po, bounds);
   }
   std::vector<AdamW<float>::Range> ranges;
@@ -829,6 +837,17 @@ TrainResult train_run(const TrainOptions& options) {
   if (pipe && !o.profile_trace.empty()) {
     trace_write(pipe->trace, comm, o.profile_trace);
     if (lead) fmt::print(stderr, "profile trace: {} (chrome://tracing or ui.perfetto.dev)\n", o.profile_trace);
+  }
+  if (pipe) {  // each rank's stage, memory and stage traffic, to rank 0
+    uint64_t mine[5] = {(uint64_t)stage, (uint64_t)peak_rss_bytes(), pipe->bytes_fwd, pipe->bytes_bwd, pipe->bytes_eval};
+    if (!lead) comm.send(mine, sizeof mine, 0, 12);
+    else
+      for (int r = 0; r < W; r++) {
+        uint64_t v[5];
+        if (r == 0) std::copy(mine, mine + 5, v);
+        else comm.recv(v, sizeof v, r, 12);
+        res.ranks.push_back({(int)v[0], v[1], v[2], v[3], v[4]});
+      }
   }
   res.rank = R, res.world = W, res.bytes_sent = comm.bytes_sent + (link ? link->bytes_sent : 0) + (dp ? dp->bytes_sent : 0);
   res.trained_params = m.n_params(), res.base_bytes = base_bytes;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "train/adamw.h"
@@ -61,6 +62,12 @@ struct TrainOptions {
   int micro_batches = 0;             // per step and replica (0: as many as stages)
   std::string pp_split;              // blocks per stage, "10,11,11" ("": balanced)
   std::string profile_trace;         // a Chrome trace of every rank's work ("": none)
+  // Stage-boundary compression (train/pipeline.h, dist/stage_wire.h).
+  std::string pp_compress_fwd = "none", pp_compress_bwd = "none";
+  int fwd_bits = 4, bwd_bits = 6, tile = 64, hi_bits = 4, lo_bits = 3;
+  double hi_ratio = 0.8;
+  double pp_warmup_epochs = 0;       // epochs of the training data sent uncompressed first
+  bool pp_compress_eval = true;
 };
 
 struct TrainResult {
@@ -76,6 +83,13 @@ struct TrainResult {
   int64_t trained_params = 0;  // values the optimizer updates (all parameters, or the adapters')
   uint64_t base_bytes = 0;     // fine-tuning: the frozen base's linears as held
   double last_kl = -1, last_ce = -1;  // qat: the last step's two loss terms (-1: not computed)
+  // Pipeline stages (rank 0's result): per world rank, its stage, peak resident memory and the
+  // stage messages it sent (activations forward, gradients back, validation activations).
+  struct RankStats {
+    int stage = 0;
+    uint64_t peak_rss = 0, fwd_bytes = 0, bwd_bytes = 0, eval_bytes = 0;
+  };
+  std::vector<RankStats> ranks;
 };
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup`
