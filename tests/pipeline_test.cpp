@@ -25,6 +25,7 @@
 #include "dist/stage_wire.h"
 #include "io/hf_dir.h"
 #include "train/llama_train.h"
+#include "train/pipeline.h"
 
 namespace llmq {
 namespace {
@@ -386,6 +387,48 @@ TEST(StageCodecs, TahAgainstReferenceWithinHalfAStepAndItsBits) {
     fmt::print("tah {}/{} tile {}: {} of {} tiles rotated, {} differ from the reference, worst error {:.2f} of its bound\n", hi,
                lo, tile, flagged, tiles, differ, worst);
     EXPECT_LE(differ, tiles / 100) << "tiles that differ from the float64 reference (" << hi << "/" << lo << ", tile " << tile << ")";
+  }
+}
+
+TEST(StageCodecs, DeltaCacheKeepsWindowsAndRefusesOtherFiles) {
+  // AQ-SGD's cache: fp16 (delta) exact to fp16 rounding; 4-bit (delta-lowbits) within half a
+  // step of its per-channel scale over the window's rows; unseen windows read zeros; the file
+  // round-trips and another shape or a truncated file is refused.
+  const int64_t W = 10, T = 6, C = 16;
+  const auto x = activations(T, C, 5);
+  for (int bits : {16, 4}) {
+    train::ActivationCache c(W, T, C, bits);
+    std::vector<float> y((size_t)(T * C));
+    c.read(7, y.data());
+    for (float v : y) ASSERT_EQ(v, 0.f);
+    c.write(7, x.data());
+    c.read(7, y.data());
+    for (int64_t col = 0; col < C; col++) {
+      float s = 0;
+      for (int64_t r = 0; r < T; r++) s = std::max(s, std::fabs(x[r * C + col]));
+      for (int64_t r = 0; r < T; r++) {
+        const double v = x[r * C + col], e = std::fabs(y[r * C + col] - v);
+        if (bits == 16) ASSERT_LE(e, std::fabs(v) * std::ldexp(1.0, -11) + 1e-7);  // fp16's rounding
+        else ASSERT_LE(e, s / 8.0 * (1 + 1e-3) + std::fabs(v) * std::ldexp(1.0, -10));  // a step at the top code
+      }
+    }
+    EXPECT_EQ(c.seen(), 1);
+    const auto dir = std::filesystem::temp_directory_path() / fmt::format("llmq-cache-{}", ::getpid());
+    std::filesystem::create_directories(dir);
+    const std::string f = (dir / "c.bin").string();
+    c.save(f);
+    train::ActivationCache d(W, T, C, bits);
+    d.load(f);
+    EXPECT_EQ(d.checksum(), c.checksum());
+    std::vector<float> z((size_t)(T * C));
+    d.read(7, z.data());
+    EXPECT_EQ(z, y);
+    train::ActivationCache other(W, T + 1, C, bits);
+    EXPECT_THROW(other.load(f), Error);
+    std::filesystem::resize_file(f, std::filesystem::file_size(f) - 1);
+    EXPECT_THROW(d.load(f), Error);
+    EXPECT_THROW(c.write(W, x.data()), Error);
+    std::filesystem::remove_all(dir);
   }
 }
 

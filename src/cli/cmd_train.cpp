@@ -156,8 +156,12 @@ void register_train(CLI::App& app) {
                                                        "forward, backward, send, receive, encode and decode to FILE.json");
   cmd->add_option("--pp-compress-fwd", o->pp_compress_fwd,
                   "--pp: activations sent forward as none (f32, default), fixpoint (AQ-SGD: per-channel fp16 scale, "
-                  "--fwd-bits codes) or tah (TAH-Quant: entropy-chosen --hi-bits/--lo-bits rows, Hadamard-rotated outlier tiles)")
-      ->check(CLI::IsMember({"none", "fixpoint", "tah"}));
+                  "--fwd-bits codes), tah (TAH-Quant: entropy-chosen --hi-bits/--lo-bits rows, Hadamard-rotated outlier "
+                  "tiles), delta or delta-lowbits (AQ-SGD: a fixpoint code of the change from a per-window cache both "
+                  "ends keep, fp16 or --delta-cache-bits)")
+      ->check(CLI::IsMember({"none", "fixpoint", "tah", "delta", "delta-lowbits"}));
+  cmd->add_option("--delta-cache-bits", o->delta_cache_bits, "delta-lowbits: bits of the cached activations, 2, 4 or 8 (default 4)")
+      ->check(CLI::IsMember({2, 4, 8}));
   cmd->add_option("--pp-compress-bwd", o->pp_compress_bwd, "--pp: gradients sent back as none (default) or fixpoint (--bwd-bits)")
       ->check(CLI::IsMember({"none", "fixpoint"}));
   cmd->add_option("--fwd-bits", o->fwd_bits, "fixpoint bits of forward activations (default 4)")->check(CLI::Range(1, 8));

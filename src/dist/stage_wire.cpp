@@ -16,6 +16,8 @@ const char* stage_codec_name(StageCodec c) {
     case StageCodec::None: return "none";
     case StageCodec::Fixpoint: return "fixpoint";
     case StageCodec::Tah: return "tah";
+    case StageCodec::Delta: return "delta";
+    case StageCodec::DeltaLowbits: return "delta-lowbits";
   }
   return "unknown";
 }
@@ -124,7 +126,9 @@ void stage_check_params(const StageHead& h) {
   if (h.rows < 0 || h.width < 0) fail("a negative shape ({}, {})", h.rows, h.width);
   switch (h.codec) {
     case StageCodec::None: return;
-    case StageCodec::Fixpoint: check_bits(h.bits, "fixpoint bits"); return;
+    case StageCodec::Fixpoint:
+    case StageCodec::Delta:
+    case StageCodec::DeltaLowbits: check_bits(h.bits, "fixpoint bits"); return;
     case StageCodec::Tah:
       check_bits(h.bits, "tah high-precision bits");
       check_bits(h.lo_bits, "tah low-precision bits");
@@ -142,7 +146,9 @@ size_t stage_payload_max(const StageHead& h) {
   const uint64_t n = (uint64_t)h.rows * (uint64_t)h.width;
   switch (h.codec) {
     case StageCodec::None: return n * 4;
-    case StageCodec::Fixpoint: return 2 * (uint64_t)h.width + (n * h.bits + 7) / 8;
+    case StageCodec::Fixpoint:
+    case StageCodec::Delta:
+    case StageCodec::DeltaLowbits: return 2 * (uint64_t)h.width + (n * h.bits + 7) / 8;
     case StageCodec::Tah: {
       const uint64_t B = h.seq ? (uint64_t)(h.rows / h.seq) : 0, lo = B * (uint64_t)h.lo_rows * h.width,
                      tiles = h.tile ? n / h.tile : 0;
@@ -345,7 +351,9 @@ void stage_encode(StageHead h, const float* x, std::vector<char>& out) {
       pay.resize((size_t)h.rows * h.width * 4);
       std::memcpy(pay.data(), x, pay.size());
       break;
-    case StageCodec::Fixpoint: fixpoint_encode(x, h.rows, h.width, h.bits, pay); break;
+    case StageCodec::Fixpoint:
+    case StageCodec::Delta:
+    case StageCodec::DeltaLowbits: fixpoint_encode(x, h.rows, h.width, h.bits, pay); break;
     case StageCodec::Tah: tah_encode(x, h.rows, h.width, h.seq, h.lo_rows, h.bits, h.lo_bits, h.tile, pay); break;
   }
   h.payload_bytes = pay.size();
@@ -408,7 +416,9 @@ void stage_decode(const std::vector<char>& msg, const StageHead& want, float* x)
   if (checksum64(pay, got) != h.checksum) fail("whose payload checksum does not match (corrupted in transit)");
   switch (want.codec) {
     case StageCodec::None: std::memcpy(x, pay, got); break;
-    case StageCodec::Fixpoint: fixpoint_decode(pay, got, want.rows, want.width, want.bits, x); break;
+    case StageCodec::Fixpoint:
+    case StageCodec::Delta:
+    case StageCodec::DeltaLowbits: fixpoint_decode(pay, got, want.rows, want.width, want.bits, x); break;
     case StageCodec::Tah:
       tah_decode(pay, got, want.rows, want.width, want.seq, want.lo_rows, want.bits, want.lo_bits, want.tile, x);
       break;

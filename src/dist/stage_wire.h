@@ -23,7 +23,9 @@
 
 namespace llmq::dist {
 
-enum class StageCodec : uint8_t { None = 0, Fixpoint = 1, Tah = 2 };
+// Delta and DeltaLowbits (AQ-SGD's) carry a fixpoint code of the difference between the
+// activation and what both ends cached for that sample (the caches live in train/pipeline).
+enum class StageCodec : uint8_t { None = 0, Fixpoint = 1, Tah = 2, Delta = 3, DeltaLowbits = 4 };
 const char* stage_codec_name(StageCodec c);
 
 enum class StageDirection : uint8_t { Forward = 0, Backward = 1, Eval = 2 };

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
+#include "core/dtype.h"
 #include "core/file_util.h"
 
 namespace llmq::train {
@@ -42,9 +44,116 @@ void trace_write(TraceEvents& t, dist::Communicator& comm, const std::string& pa
   write_file_atomic(path, out);
 }
 
+ActivationCache::ActivationCache(int64_t windows, int64_t T, int64_t C, int bits) : W_(windows), T_(T), C_(C), bits_(bits) {
+  if (bits != 16 && bits != 2 && bits != 4 && bits != 8) fail("--delta-cache-bits {}: give 2, 4 or 8", bits);
+  per_ = bits == 16 ? (size_t)(T * C * 2) : (size_t)(2 * C + (T * C * bits + 7) / 8);
+  data_.resize((size_t)W_ * per_);  // zero pages until written
+  seen_.assign((size_t)W_, 0);
+}
+
+void ActivationCache::read(int64_t id, float* out) const {
+  if (id < 0 || id >= W_) fail("delta cache: window {} outside the data's {} windows", id, W_);
+  const uint8_t* p = data_.data() + (size_t)id * per_;
+  if (!seen_[(size_t)id]) return (void)std::fill(out, out + T_ * C_, 0.f);
+  if (bits_ == 16) {
+    for (int64_t i = 0; i < T_ * C_; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+  } else {
+    dist::fixpoint_decode(p, per_, T_, C_, bits_, out);
+  }
+}
+
+void ActivationCache::write(int64_t id, const float* x) {
+  if (id < 0 || id >= W_) fail("delta cache: window {} outside the data's {} windows", id, W_);
+  uint8_t* p = data_.data() + (size_t)id * per_;
+  if (bits_ == 16) {
+    for (int64_t i = 0; i < T_ * C_; i++) {
+      const uint16_t h = f32_to_f16(x[i]);
+      p[2 * i] = (uint8_t)(h & 0xff), p[2 * i + 1] = (uint8_t)(h >> 8);
+    }
+  } else {
+    std::vector<uint8_t> code;
+    dist::fixpoint_encode(x, T_, C_, bits_, code);  // one scale per channel over the window's rows
+    LLMQ_CHECK(code.size() == per_);
+    std::copy(code.begin(), code.end(), p);
+  }
+  seen_[(size_t)id] = 1;
+}
+
+int64_t ActivationCache::seen() const { return std::count(seen_.begin(), seen_.end(), (uint8_t)1); }
+
+uint64_t ActivationCache::checksum() const {
+  uint64_t h = 0;
+  for (int64_t i = 0; i < W_; i++)
+    if (seen_[(size_t)i]) h = h * 0x100000001b3ull ^ (dist::checksum64(data_.data() + (size_t)i * per_, per_) + (uint64_t)i);
+  return h;
+}
+
+void ActivationCache::save(const std::string& path) const {
+  AtomicFile f(path);
+  const uint64_t head[6] = {0x314341435050514cull /* "LQPPCAC1" */, (uint64_t)W_, (uint64_t)T_, (uint64_t)C_,
+                            (uint64_t)bits_, (uint64_t)seen()};
+  f.write(head, sizeof head);
+  for (int64_t i = 0; i < W_; i++)
+    if (seen_[(size_t)i]) {
+      const uint64_t id = (uint64_t)i;
+      f.write(&id, 8);
+      f.write(data_.data() + (size_t)i * per_, per_);
+    }
+  f.commit();
+}
+
+void ActivationCache::load(const std::string& path) {
+  auto m = map_file(path);
+  uint64_t head[6];
+  if (m->size < sizeof head) fail("{}: not a pipeline activation cache (too short)", path);
+  std::memcpy(head, m->data, sizeof head);
+  if (head[0] != 0x314341435050514cull) fail("{}: not a pipeline activation cache (magic)", path);
+  if (head[1] != (uint64_t)W_ || head[2] != (uint64_t)T_ || head[3] != (uint64_t)C_ || head[4] != (uint64_t)bits_)
+    fail("{}: a cache of {} windows of ({}, {}) at {} bits; this run's is {} of ({}, {}) at {}", path, head[1], head[2],
+         head[3], head[4], W_, T_, C_, bits_);
+  if (head[5] > (uint64_t)W_ || m->size != sizeof head + head[5] * (8 + per_))
+    fail("{}: {} bytes for {} cached windows (expected {}): a truncated or corrupt cache", path, m->size, head[5],
+         sizeof head + head[5] * (8 + per_));
+  std::fill(seen_.begin(), seen_.end(), 0);
+  const uint8_t* p = m->data + sizeof head;
+  for (uint64_t k = 0; k < head[5]; k++, p += 8 + per_) {
+    uint64_t id;
+    std::memcpy(&id, p, 8);
+    if (id >= (uint64_t)W_ || seen_[id]) fail("{}: window {} out of range or twice: a corrupt cache", path, id);
+    std::memcpy(data_.data() + id * per_, p + 8, per_);
+    seen_[id] = 1;
+  }
+}
+
+void Pipeline::cached(const ActivationCache& c, const int64_t* ids, int64_t Bm, int64_t T) {
+  const int64_t C = m_.config.dim;
+  last_.resize((size_t)(Bm * T * C));
+  for (int64_t b = 0; b < Bm; b++) c.read(ids[b], last_.data() + b * T * C);
+}
+
+void Pipeline::store(ActivationCache& c, const int64_t* ids, int64_t Bm, int64_t T, const float* x) {
+  const int64_t C = m_.config.dim;
+  for (int64_t b = 0; b < Bm; b++) c.write(ids[b], x + b * T * C);
+}
+
+void Pipeline::load_caches(const std::string& dir, int world_rank, int64_t T) {
+  const int64_t C = m_.config.dim;
+  const int bits = o_.compress_fwd == "delta" ? 16 : o_.cache_bits;
+  if (!m_.last_stage()) {
+    com_ = std::make_unique<ActivationCache>(o_.cache_windows, T, C, bits);
+    com_->load(fmt::format("{}/pp_cache-rank{:05}-sent.bin", dir, world_rank));
+  }
+  if (!m_.first_stage()) {
+    dec_ = std::make_unique<ActivationCache>(o_.cache_windows, T, C, bits);
+    dec_->load(fmt::format("{}/pp_cache-rank{:05}-received.bin", dir, world_rank));
+  }
+}
+
 void pipeline_check_compression(const PipelineOptions& o, int64_t width) {
-  if (o.compress_fwd != "none" && o.compress_fwd != "fixpoint" && o.compress_fwd != "tah")
-    fail("--pp-compress-fwd {}: give none, fixpoint or tah", o.compress_fwd);
+  if (o.compress_fwd != "none" && o.compress_fwd != "fixpoint" && o.compress_fwd != "tah" && o.compress_fwd != "delta" &&
+      o.compress_fwd != "delta-lowbits")
+    fail("--pp-compress-fwd {}: give none, fixpoint, tah, delta or delta-lowbits", o.compress_fwd);
+  if (o.cache_bits != 2 && o.cache_bits != 4 && o.cache_bits != 8) fail("--delta-cache-bits {}: give 2, 4 or 8", o.cache_bits);
   if (o.compress_bwd != "none" && o.compress_bwd != "fixpoint")
     fail("--pp-compress-bwd {}: give none or fixpoint", o.compress_bwd);
   for (auto [v, what] : {std::pair<int, const char*>{o.fwd_bits, "--fwd-bits"}, {o.bwd_bits, "--bwd-bits"},
@@ -66,9 +175,13 @@ dist::StageHead Pipeline::head(dist::StageDirection d, int from, int micro, int6
                             : d == dist::StageDirection::Eval && !o_.compress_eval ? std::string("none")
                                                                                    : o_.compress_fwd;
   if (warm || name == "none") return h;
-  if (name == "fixpoint") {
+  if (name == "fixpoint" || (name.rfind("delta", 0) == 0 && d == dist::StageDirection::Eval)) {
+    // (Validation has no cache of its windows: a delta codec's evaluation sends a fixpoint code.)
     h.codec = dist::StageCodec::Fixpoint;
     h.bits = (uint8_t)(d == dist::StageDirection::Backward ? o_.bwd_bits : o_.fwd_bits);
+  } else if (name == "delta" || name == "delta-lowbits") {
+    h.codec = name == "delta" ? dist::StageCodec::Delta : dist::StageCodec::DeltaLowbits;
+    h.bits = (uint8_t)o_.fwd_bits;
   } else {  // tah
     h.codec = dist::StageCodec::Tah;
     h.bits = (uint8_t)o_.hi_bits, h.lo_bits = (uint8_t)o_.lo_bits, h.tile = (uint16_t)o_.tile;
@@ -127,7 +240,8 @@ void Pipeline::receive(const dist::StageHead& want, float* x, int peer) {
   }
 }
 
-double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, double grad_scale) {
+double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, double grad_scale,
+                            const int64_t* ids) {
   const int M = M_;
   if (B % M != 0) fail("--micro-batches {} does not divide the {} windows of a step on each rank", M, B);
   const int64_t Bm = B / M, N = Bm * T, C = m_.config.dim;
@@ -157,14 +271,29 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
   }
   if (m_.slots() != slots) m_.set_slots(slots);
   x_.resize((size_t)(N * C));
+  if (delta()) {
+    LLMQ_CHECK(ids != nullptr && o_.cache_windows > 0);
+    const int bits = o_.compress_fwd == "delta" ? 16 : o_.cache_bits;
+    if (!last && !com_) com_ = std::make_unique<ActivationCache>(o_.cache_windows, T, C, bits);
+    if (!first && !dec_) dec_ = std::make_unique<ActivationCache>(o_.cache_windows, T, C, bits);
+  }
   double loss = 0;
   for (const auto& [fwd, mb] : acts) {
     m_.use_slot(mb % slots);
     if (fwd) {
       const float* x = nullptr;
       if (!first) {
-        receive(head(dist::StageDirection::Forward, stage_ - 1, mb, step, N, T), x_.data(), stage_ - 1);
+        const dist::StageHead h = head(dist::StageDirection::Forward, stage_ - 1, mb, step, N, T);
+        receive(h, x_.data(), stage_ - 1);
         x = x_.data();
+        if (delta()) {  // AQ-SGD: the activation is the cached one plus the decoded difference
+          auto sp = trace.span(fmt::format("delta cache m{}", mb));
+          if (h.codec != dist::StageCodec::None) {
+            cached(*dec_, ids + mb * Bm, Bm, T);
+            for (int64_t i = 0; i < N * C; i++) x_[i] = last_[i] + x_[i];
+          }
+          store(*dec_, ids + mb * Bm, Bm, T, x_.data());
+        }
       }
       double l;
       {
@@ -172,7 +301,28 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
         l = m_.forward_stage(first ? tokens + mb * N : nullptr, x, targets + mb * N, Bm, T);
       }
       if (last) loss += nv[mb] > 0 ? l * (double)nv[mb] / (double)total : 0.0;
-      else send(head(dist::StageDirection::Forward, stage_, mb, step, N, T), m_.stage_output(), stage_ + 1);
+      else if (!delta()) send(head(dist::StageDirection::Forward, stage_, mb, step, N, T), m_.stage_output(), stage_ + 1);
+      else {
+        // AQ-SGD: send a code of the difference from what both ends cached for these windows,
+        // then advance the cache by the decoded difference, as the receiver will.
+        const dist::StageHead h = head(dist::StageDirection::Forward, stage_, mb, step, N, T);
+        const float* out = m_.stage_output();
+        if (h.codec == dist::StageCodec::None) {  // warm-up: the activations themselves
+          send(h, out, stage_ + 1);
+          store(*com_, ids + mb * Bm, Bm, T, out);
+        } else {
+          cached(*com_, ids + mb * Bm, Bm, T);
+          dhat_.resize((size_t)(N * C));
+          for (int64_t i = 0; i < N * C; i++) dhat_[i] = out[i] - last_[i];
+          send(h, dhat_.data(), stage_ + 1);
+          auto sp = trace.span(fmt::format("delta cache m{}", mb));
+          const std::vector<char>& msg = sends_.back();
+          dist::fixpoint_decode(reinterpret_cast<const uint8_t*>(msg.data()) + dist::kStageHeadBytes,
+                                msg.size() - dist::kStageHeadBytes, N, C, h.bits, dhat_.data());
+          for (int64_t i = 0; i < N * C; i++) dhat_[i] = last_[i] + dhat_[i];
+          store(*com_, ids + mb * Bm, Bm, T, dhat_.data());
+        }
+      }
     } else {
       const float* dy = nullptr;
       if (!last) {

@@ -96,12 +96,14 @@ struct TokenStream {
   // B windows of T+1 tokens. The stream is cut into W = (total-1)/T windows, visited in a
   // fresh seeded permutation each epoch (so a run does not see the corpora in file order);
   // *cursor counts windows taken, which is all the state a resume needs.
-  void batch(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets, uint64_t seed) {
+  // ids (B, optional): each window's index in the stream (the pipeline's delta caches' key).
+  void batch(int64_t* cursor, int64_t B, int64_t T, int32_t* tokens, int32_t* targets, uint64_t seed, int64_t* ids = nullptr) {
     const int64_t W = (total - 1) / T;
     std::vector<int32_t> w(T + 1);
     for (int64_t b = 0; b < B; b++, (*cursor)++) {
       const int64_t epoch = *cursor / W, i = *cursor % W;
       if (epoch != perm_epoch || (int64_t)perm.size() != W) shuffle(W, epoch, seed);
+      if (ids) ids[b] = perm[i];
       read(perm[i] * T, T + 1, w.data());
       to_window(w, T, tokens + b * T, targets + b * T);
     }
@@ -154,6 +156,12 @@ json resume_key(const TrainOptions& o) {
     k["quantize_base"] = o.quantize_base;
   }
   return k;
+}
+
+// What a checkpoint's pipeline delta caches belong to: a resume reads them only on the same.
+json pipeline_cache_key(const TrainOptions& o, const std::vector<int64_t>& bounds, int dp) {
+  return {{"format", "llmq-pp-caches-1"}, {"pp", o.pp}, {"dp", dp}, {"bounds", bounds}, {"codec", o.pp_compress_fwd},
+          {"cache_bits", o.pp_compress_fwd == "delta" ? 16 : o.delta_cache_bits}, {"seq_len", o.seq_len}};
 }
 
 // A sample from the checkpoint just written, through the inference engine, so what is
@@ -421,6 +429,7 @@ TrainResult train_run(const TrainOptions& options) {
     po.stages = P, po.schedule = o.pp_schedule, po.micro_batches = o.micro_batches, po.split = o.pp_split, po.trace = o.profile_trace;
     po.compress_fwd = o.pp_compress_fwd, po.compress_bwd = o.pp_compress_bwd, po.fwd_bits = o.fwd_bits, po.bwd_bits = o.bwd_bits;
     po.tile = o.tile, po.hi_bits = o.hi_bits, po.lo_bits = o.lo_bits, po.hi_ratio = o.hi_ratio, po.compress_eval = o.pp_compress_eval;
+    po.cache_bits = o.delta_cache_bits, po.cache_windows = (train_s.total - 1) / o.seq_len;
     // Warm-up epochs in steps: an epoch is every window of the training data once.
     const double windows = (double)((train_s.total - 1) / o.seq_len);
     po.warmup_steps = (int64_t)std::ceil(o.pp_warmup_epochs * windows / (double)(o.batch * o.grad_accum) - 1e-9);
@@ -466,8 +475,10 @@ TrainResult train_run(const TrainOptions& options) {
     // here, they would otherwise count in every rank's resident memory for the whole run.
     malloc_trim(0);
   }
+  std::string resume_dir;
   if (o.resume) {
     const std::string dir = latest_checkpoint(o.out);
+    resume_dir = dir;
     if (o.finetune) {  // another adapter shape would first show as a state of another size
       const json was = adapter_config_load(dir).options(), now = o.adapter.options();
       if (was != now)
@@ -572,6 +583,16 @@ TrainResult train_run(const TrainOptions& options) {
     opt.step = adam_step;
   }
   src_params = src_m = src_v = nullptr;  // closes the source files
+  if (pipe && pipe->delta() && !resume_dir.empty()) {
+    // The delta caches continue where the checkpoint left them, on the same pipeline; another
+    // pipeline (stages, split, replicas, codec) starts them empty, as a first epoch would.
+    const std::string key = resume_dir + "/pp_caches.json";
+    const bool same = fs::is_regular_file(key) &&
+                      json::parse(read_text_file(key), nullptr, false) == pipeline_cache_key(o, bounds, Wdp);
+    if (same) pipe->load_caches(resume_dir, R, o.seq_len);
+    else if (lead)
+      fmt::print(stderr, "note: {} holds no delta caches of this pipeline; they start empty\n", resume_dir);
+  }
   const bool sharded_ckpt = fsdp && o.checkpoint_format != "full";
   std::ofstream log;
   if (lead) {
@@ -580,6 +601,7 @@ TrainResult train_run(const TrainOptions& options) {
   }
   const int64_t B = o.batch, T = o.seq_len, N = B * T, Bl = B / Wdp;  // Bl: this rank's (replica's) windows
   std::vector<int32_t> tokens(N), targets(N);
+  std::vector<int64_t> window_ids(B);
   const int32_t *my_tokens = tokens.data() + R_dp * Bl * T, *my_targets = targets.data() + R_dp * Bl * T;
   // With pipeline stages a loss exists on the last stage only: each replica's last stage
   // gives its share (1/Wdp) to the sums over ranks, the other stages 0.
@@ -692,9 +714,11 @@ TrainResult train_run(const TrainOptions& options) {
     else m.zero_grad();
     double loss = 0, kl = 0, ce = 0;
     for (int64_t k = 0; k < o.grad_accum; k++) {
-      train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed);
+      train_s.batch(&cursor, B, T, tokens.data(), targets.data(), o.seed, window_ids.data());
       if (pipe) {
-        loss += loss_share * pipe->train_step(step * o.grad_accum + k, my_tokens, my_targets, Bl, T, 1.0 / (double)(o.grad_accum * Wdp)) /
+        loss += loss_share *
+                pipe->train_step(step * o.grad_accum + k, my_tokens, my_targets, Bl, T, 1.0 / (double)(o.grad_accum * Wdp),
+                                 window_ids.data() + R_dp * Bl) /
                 (double)(o.grad_accum * Wdp);
         continue;
       }
@@ -814,8 +838,20 @@ TrainResult train_run(const TrainOptions& options) {
                 received.push_back({b, e});
               }
         }
+        // Pipeline delta caches: every stage rank writes its own into the checkpoint, with a
+        // note of the pipeline they belong to (a resume on the same pipeline reads them back).
+        const bool caches = pipe && pipe->delta();
+        if (caches) {
+          if (lead) checkpoint_begin(o.out, done);
+          comm.barrier();
+          const std::string d = checkpoint_tmp_dir(o.out, done);
+          if (auto* c = pipe->sent_cache()) c->save(fmt::format("{}/pp_cache-rank{:05}-sent.bin", d, R));
+          if (auto* c = pipe->received_cache()) c->save(fmt::format("{}/pp_cache-rank{:05}-received.bin", d, R));
+          if (lead) write_file_atomic(d + "/pp_caches.json", pipeline_cache_key(o, bounds, Wdp).dump() + "\n");
+          comm.barrier();
+        }
         if (lead) {
-          const std::string tmp = checkpoint_begin(o.out, done);
+          const std::string tmp = caches ? checkpoint_tmp_dir(o.out, done) : checkpoint_begin(o.out, done);
           if (o.finetune) write_adapter_checkpoint(tmp, m, opt.m.data(), opt.v.data(), head, tok_src);
           else write_full_checkpoint(tmp, cfg, m.params.data(), opt.m.data(), opt.v.data(), head, tok_src);
           checkpoint_publish(o.out, done, o.keep);

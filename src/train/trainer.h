@@ -67,6 +67,7 @@ struct TrainOptions {
   int fwd_bits = 4, bwd_bits = 6, tile = 64, hi_bits = 4, lo_bits = 3;
   double hi_ratio = 0.8;
   double pp_warmup_epochs = 0;       // epochs of the training data sent uncompressed first
+  int delta_cache_bits = 4;          // delta-lowbits: bits of the cached activations
   bool pp_compress_eval = true;
 };
 

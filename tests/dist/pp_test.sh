@@ -9,6 +9,7 @@
 #  - checkpoints are plain model directories: a --pp 2 run stopped at step 10 resumes at
 #    --pp 4 and in one process, on the same curve, and its weights equal the 1-process run's;
 #  - compressed boundaries (fixpoint, tah) train and send the formula's bytes; warm-up epochs go uncompressed;
+#    delta codecs keep equal caches on both ends and resume exactly;
 #  - --profile-trace writes a Chrome trace with every rank's forward, backward and messages;
 #  - faults: a message with a wrong checksum or length stops the job naming the stage and the
 #    micro-batch; ranks with different --pp options are refused at the start; a stage killed
@@ -24,11 +25,12 @@ source "$ROOT/tests/dist/common.sh"
 sed 's/"num_hidden_layers": 2/"num_hidden_layers": 4/' "$T/config.json" > "$T/config4.json"
 sed 's/"tie_word_embeddings": true/"tie_word_embeddings": false/' "$T/config4.json" > "$T/config4u.json"
 PT=(train --data "$T/data" --seq-len 32 --warmup 2 --log-every 1 --eval-every 10 --eval-batches 2 --sample-tokens 0
-    --save-every 10 --lr 3e-3 --batch 4 --json)  # + --steps
+    --lr 3e-3 --batch 4 --json)  # + --steps, --save-every
 run() {  # run RANKS OUT CONFIG [extra args]: one job; 1 rank runs without mpirun
   local n=$1 out=$2 cfg=$3; shift 3
   local args=("${PT[@]}" --config "$cfg" --out "$out" "$@")
   [[ " $* " == *" --steps "* ]] || args+=(--steps 20)
+  [[ " $* " == *" --save-every "* ]] || args+=(--save-every 10)
   if [ "$n" = 1 ]; then "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1
   else timeout 300 mpirun -np "$n" "$LLMQ" -t 1 "${args[@]}" >"$out.log" 2>&1; fi
 }
@@ -85,6 +87,26 @@ echo -n "tah with every step in its warm-up vs 1 process: "; same_curve "$T/r1" 
 run 2 "$T/warm2" "$T/config4.json" --pp 2 --pp-compress-fwd tah --tile 16 --pp-warmup-epochs 1000 --pp-eval-uncompressed || fail "warm-up run"
 echo -n "... and with --pp-eval-uncompressed: "; same_curve "$T/r1" "$T/warm2" || fail "--pp-eval-uncompressed still codes validation"
 
+# AQ-SGD's delta codecs: both ends of the link hold the same cache after every step (each
+# checkpoint carries both: byte-equal), the messages are fixpoint codes of the difference, and
+# a run stopped and resumed continues exactly (the caches are part of the checkpoint): the same
+# weights, AdamW state and caches, byte for byte, as the run that never stopped.
+for codec in delta delta-lowbits; do
+  DA=(--pp 2 --pp-compress-fwd $codec --pp-compress-bwd fixpoint --steps 6 --save-every 1 --keep 10)
+  run 2 "$T/$codec" "$T/config4.json" "${DA[@]}" || { tail -5 "$T/$codec.log"; fail "$codec run"; continue; }
+  for c in "$T/$codec"/checkpoint-*; do
+    cmp -s "$c/pp_cache-rank00000-sent.bin" "$c/pp_cache-rank00001-received.bin" || fail "$codec: the two ends' caches differ at ${c##*/}"
+  done
+  echo "$codec: the two ends' caches equal at all $(ls -d "$T/$codec"/checkpoint-* | wc -l) checkpoints"
+  run 2 "$T/$codec-r" "$T/config4.json" "${DA[@]}" --stop-after 3 && run 2 "$T/$codec-r" "$T/config4.json" "${DA[@]}" --resume ||
+    { tail -5 "$T/$codec-r.log"; fail "$codec stop and resume"; continue; }
+  grep -q "delta caches" "$T/$codec-r.log" && fail "$codec: the resume did not read its caches"
+  for f in model.safetensors train_state.bin pp_cache-rank00000-sent.bin pp_cache-rank00001-received.bin; do
+    cmp -s "$T/$codec/checkpoint-000006/$f" "$T/$codec-r/checkpoint-000006/$f" || fail "$codec: $f differs after a stop and resume"
+  done
+  echo "$codec: stopped at step 3 and resumed = never stopped (weights, optimizer state and caches byte for byte)"
+done
+
 # Resume at another pipeline depth: stop a --pp 2 run at step 10, continue at --pp 4 and in one process.
 run 2 "$T/s2" "$T/config4.json" --pp 2 --stop-after 10 || { tail -5 "$T/s2.log"; fail "stop-after run"; }
 cp -r "$T/s2" "$T/s1"
@@ -128,7 +150,7 @@ expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
   [ $((SECONDS - t0)) -lt 30 ] || fail "took $((SECONDS - t0)) s: $*"
   echo "ok: $needle ($((SECONDS - t0)) s)"
 }
-E=("$LLMQ" -t 1 "${PT[@]}" --config "$T/config4.json" --steps 20)
+E=("$LLMQ" -t 1 "${PT[@]}" --config "$T/config4.json" --steps 20 --save-every 10)
 LLMQ_PP_FAULT=checksum:0:1 expect_job_error "pipeline stage 1: step 0 micro-batch 1: the activations from stage 0: whose payload checksum" \
   -- -np 2 -x LLMQ_PP_FAULT "${E[@]}" --out "$T/e1" --pp 2
 LLMQ_PP_FAULT=length:1:0 expect_job_error "pipeline stage 0: step 0 micro-batch 0: the gradients from stage 1: of 8192 payload bytes (8188 received)" \

@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       return v;
     };
     want.direction = (StageDirection)(get(6, uint8_t{}) % 3);
-    want.codec = (StageCodec)(get(7, uint8_t{}) % 3);
+    want.codec = (StageCodec)(get(7, uint8_t{}) % 5);
     want.from_stage = get(8, int32_t{}), want.micro = get(12, int32_t{});
     want.step = get(16, int64_t{});
     want.rows = get(24, int32_t{}) & 0xff, want.width = get(28, int32_t{}) & 0xff;  // at most 64k values
