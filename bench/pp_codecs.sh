@@ -4,11 +4,15 @@
 # stages (mpirun -np 2 --pp 2, 1F1B), the same initial weights and batches for every codec;
 # per codec the held-out loss after STEPS steps, its difference from uncompressed, the bytes
 # each step sends forward and back, and bits per element of the activations on the wire.
-# usage: bench/pp_codecs.sh [STEPS] [DATA]     (default 120 data/ft-base)
+# WARM (epochs, default 0) is sent uncompressed first by the delta codecs (AQ-SGD's default is
+# one epoch: its caches are filled from then on; on a corpus larger than the run's steps no
+# window comes back, and delta is fixpoint of x - 0).
+# usage: bench/pp_codecs.sh [STEPS] [DATA] [WARM]     (default 120 data/ft-base 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-120}
 D=${2:-data/ft-base}
+WARM=${3:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 LLMQ=$out/llmq; cp build/llmq "$LLMQ"  # a copy: rebuilding during the run changes nothing
@@ -40,7 +44,7 @@ row "fixpoint 4 fwd / 6 bwd" --pp-compress-fwd fixpoint --pp-compress-bwd fixpoi
 row "tah 4/3 fwd / fixpoint 6 bwd" --pp-compress-fwd tah --pp-compress-bwd fixpoint 2>&1
 row "tah 4/3 fwd, warm-up 0.02 epoch" --pp-compress-fwd tah --pp-compress-bwd fixpoint --pp-warmup-epochs 0.02 2>&1
 row "fixpoint 8 fwd / 8 bwd" --pp-compress-fwd fixpoint --pp-compress-bwd fixpoint --fwd-bits 8 --bwd-bits 8 2>&1
-row "delta 4 fwd (fp16 cache) / fixpoint 6" --pp-compress-fwd delta --pp-compress-bwd fixpoint 2>&1
-row "delta-lowbits 4 (4-bit cache) / fixp 6" --pp-compress-fwd delta-lowbits --pp-compress-bwd fixpoint 2>&1
+row "delta 4 (fp16 cache) / fixp 6, warm $WARM" --pp-compress-fwd delta --pp-compress-bwd fixpoint --pp-warmup-epochs "$WARM" 2>&1
+row "delta-lowbits 4 (4-bit) / fixp 6, warm $WARM" --pp-compress-fwd delta-lowbits --pp-compress-bwd fixpoint --pp-warmup-epochs "$WARM" 2>&1
 row "fixpoint 2 fwd / 2 bwd (should lose)" --pp-compress-fwd fixpoint --pp-compress-bwd fixpoint --fwd-bits 2 --bwd-bits 2 2>&1
-echo "summary: $STEPS steps of B $B x T $T, held-out loss per codec against uncompressed (validation coded as training)"
+echo "summary: $STEPS steps of B $B x T $T on $D, held-out loss per codec against uncompressed (validation coded as training)"

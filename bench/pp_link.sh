@@ -8,11 +8,13 @@
 # perfect overlap would give, max(compute, bytes / measured rate), compute being the
 # unshaped run's step; the codecs' own cost from a --profile-trace of the unshaped runs.
 # This kernel has no netem (no added delay): rate only. Needs root; skipped otherwise.
-# usage: bench/pp_link.sh [STEPS] [DATA]     (default 12 data/ft-base)
+# usage: bench/pp_link.sh [STEPS] [DATA] [RATES]     (default 12 data/ft-base "none 1gbit 100mbit 10mbit";
+#        the first rate should be none: its step times are the compute the others are compared with)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-12}
 D=${2:-data/ft-base}
+RATES=${3:-none 1gbit 100mbit 10mbit}
 [ "$(id -u)" = 0 ] || { echo "SKIP: network namespaces need root"; exit 0; }
 N1=llmq-pa$$ N2=llmq-pb$$ V1=lp$$a V2=lp$$b
 T=$(mktemp -d)
@@ -75,7 +77,7 @@ s.shutdown(socket.SHUT_WR); s.recv(1); print(f'{64*1.048576/(time.time()-t):.1f}
 }
 printf "%-8s %9s %-10s %9s %8s %12s %11s %9s\n" link "MB/s" codec "step s" "tok/s" "link MB/step" "ideal s" "vs ideal"
 declare -A compute
-for RATE in none 1gbit 100mbit; do
+for RATE in $RATES; do
   shape
   mbs=$(measure)
   for codec in none fixpoint tah; do
@@ -85,7 +87,7 @@ for RATE in none 1gbit 100mbit; do
     [ $RATE = none ] && trace=(--profile-trace "$T/trace-$codec.json")
     j=$(timeout 900 "${MPI[@]}" "$LLMQ" -t 1 "${ARGS[@]}" "${flags[@]}" "${trace[@]}" --out "$T/run-$RATE-$codec" 2>"$T/err.log" | grep '^{' | tail -1) ||
       { tail -5 "$T/err.log"; exit 1; }
-    line=$(/usr/bin/python3 - "$j" "$T/run-$RATE-$codec/metrics.jsonl" "$mbs" "$RATE" "$codec" "${compute[$codec]:-0}" "$T/trace-$codec.json" <<'PY'
+    line=$(/usr/bin/python3 - "$j" "$T/run-$RATE-$codec/metrics.jsonl" "$mbs" "$RATE" "$codec" "${compute[$codec]:-0}" "$T/trace-$codec.json" 2>"$T/step" <<'PY'
 import json, os, sys
 j, rows, mbs, rate, codec, comp, trace = json.loads(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2])], float(sys.argv[3]), sys.argv[4], sys.argv[5], float(sys.argv[6]), sys.argv[7]
 steps = len(rows)
@@ -104,7 +106,7 @@ if rate == "none" and os.path.exists(trace):
 print(f"{rate:<8} {mbs:>9.1f} {codec:<10} {step:>9.3f} {8 * 256 / step:>8.0f} {link:>12.2f} {ideal:>11.3f} {step / ideal:>8.2f}x{note}")
 print(step, file=sys.stderr)
 PY
-2>"$T/step")
+)
     echo "$line"
     [ $RATE = none ] && compute[$codec]=$(cat "$T/step")
   done

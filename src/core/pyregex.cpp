@@ -56,7 +56,7 @@ bool PyRegex::match(const std::string& pattern, const std::string& s) {
   }
   const int rc = pcre2_dfa_match(it->second, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, PCRE2_ANCHORED, m.md,
                                  m.mc, m.workspace.data(), m.workspace.size());
-  if (rc >= 0 || rc == 0) return true;  // 0: more matches than the ovector holds, still a match
+  if (rc >= 0) return true;  // (0: more matches than the ovector holds, still a match)
   if (rc == PCRE2_ERROR_NOMATCH || rc == PCRE2_ERROR_PARTIAL) return false;
   PCRE2_UCHAR msg[256];
   pcre2_get_error_message(rc, msg, sizeof msg);

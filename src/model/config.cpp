@@ -149,7 +149,6 @@ std::string strategy_one_of(const json& obj, const char* what, const char* a, co
 // Python's re.match (what GPTQModel's "dynamic" and compressed-tensors' "re:" targets use):
 // core/pyregex.h (PCRE2's DFA matcher, anchored at the start of the module name, with a work
 // budget per config).
-using PyRegexMatcher = PyRegex;
 
 // A pattern that can only match one module name exactly ("^model\.layers\.0\.mlp\.up_proj$",
 // as llmq writes them): that name, else "".
@@ -311,7 +310,7 @@ void parse_ct_config(const json& q, const std::string& where, const ModelConfig&
       ignore.push_back(e.get<std::string>());
     }
   }
-  PyRegexMatcher re(where + ": quantization_config");
+  PyRegex re(where + ": quantization_config");
   // Exact module names: the first group naming each, and the ignored ones (a map: thousands
   // of names against thousands of modules).
   std::map<std::string, size_t> exact;
@@ -434,7 +433,7 @@ void parse_gptq_dynamic(const json& dyn, const std::vector<std::string>& order, 
     if (r.cfg.float_zeros) r.cfg.sym = false;
     rules.push_back(std::move(r));
   }
-  PyRegexMatcher re(where + ": quantization_config.dynamic");
+  PyRegex re(where + ": quantization_config.dynamic");
   // Patterns naming one module exactly (what llmq writes): the first rule for each name.
   std::map<std::string, size_t> exact;
   std::vector<std::string> exact_of(rules.size());

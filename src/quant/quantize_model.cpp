@@ -181,7 +181,6 @@ LinearPlan resolve_plan(const QuantizeOptions& o, const QuantScheme& sc, const Q
 LinearPlan plan_linears(const QuantizeOptions& o, const ModelConfig& c, const QuantScheme& sc,
                         const std::function<bool(const std::string&)>& kept, std::map<std::string, LinearPlan>& plans) {
   const QuantRecipe& rc = o.recipe;
-  const QuantRule& d = rc.defaults;
   auto resolve = [&](const QuantRule* r, const std::string& name) { return resolve_plan(o, sc, r, name, kept(name)); };
   std::vector<int64_t> decided(rc.rules.size(), 0), matched(rc.rules.size(), 0);
   for (const std::string& name : quant_linear_names(c)) {

@@ -52,6 +52,8 @@ struct LlamaTrain {
   Ptrs p, g;  // views into params and grads
 
   explicit LlamaTrain(const ModelConfig& c);
+  LlamaTrain(const LlamaTrain&) = delete;  // sl_ points into its own slots_
+  LlamaTrain& operator=(const LlamaTrain&) = delete;
   // Adapter fine-tuning (train/adapter.h): the model's own tensors are a frozen base, in
   // `base` (f32, the Hugging Face layout; fill() fills it) or, for a quantized base, its
   // linears in `qbase` (dequantized one block at a time for the products, never held in f32
