@@ -103,7 +103,7 @@ std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, con
     stage_check_params(x);
     return (double)(kStageHeadBytes + stage_payload_max(x));
   };
-  const double msg = message(nullptr), msg_fwd = message(fwd), msg_bwd = message(bwd);
+  const double msg_fwd = message(fwd), msg_bwd = message(bwd);
   std::vector<StagePlan> r((size_t)P);
   for (int s = 0; s < P; s++) {
     StagePlan& st = r[(size_t)s];
@@ -114,7 +114,6 @@ std::vector<StagePlan> pipeline_plan(const ModelConfig& c, int P, int64_t M, con
     // The pipeline's own buffers: the received micro-batch, and the messages it sent this step
     // (kept until the step's end): M each way on the stages that send that way.
     const double bufs = 4.0 * (double)Bm * T * C + (double)M * ((first ? 0 : msg_bwd) + (last ? 0 : msg_fwd));
-    (void)msg;
     st.act_gpipe = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)M) + bufs;
     st.act_1f1b = stage_activation_bytes(c, Bm, T, recompute, st.l0, st.l1, (int)std::min<int64_t>(P - s, M)) + bufs;
     if (!last) st.link_fwd = (double)M * msg_fwd, st.link_bwd = (double)M * msg_bwd;

@@ -197,12 +197,19 @@ void fixpoint_decode(const uint8_t* in, size_t n, int64_t rows, int64_t width, i
   rd.finish("fixpoint codes");
 }
 
-void tah_encode(const float* x, int64_t rows, int64_t width, int64_t seq, int64_t lo_rows, int hi_bits, int lo_bits,
-                int tile, std::vector<uint8_t>& out) {
+namespace {
+// The TAH codec's parameters, checked as a message head's are.
+void check_tah(int64_t rows, int64_t width, int64_t seq, int64_t lo_rows, int hi_bits, int lo_bits, int tile) {
   StageHead h;
   h.codec = StageCodec::Tah, h.rows = (int32_t)rows, h.width = (int32_t)width, h.seq = (int32_t)seq, h.lo_rows = (int32_t)lo_rows;
   h.bits = (uint8_t)hi_bits, h.lo_bits = (uint8_t)lo_bits, h.tile = (uint16_t)tile;
   stage_check_params(h);
+}
+}  // namespace
+
+void tah_encode(const float* x, int64_t rows, int64_t width, int64_t seq, int64_t lo_rows, int hi_bits, int lo_bits,
+                int tile, std::vector<uint8_t>& out) {
+  check_tah(rows, width, seq, lo_rows, hi_bits, lo_bits, tile);
   const int64_t B = rows / seq, tpr = width / tile, n_tiles = rows * tpr;
   // Per sequence: the rows in the order they are coded (lowest-entropy lo_rows first, each
   // group by position) and which are low precision.
@@ -285,10 +292,7 @@ void tah_encode(const float* x, int64_t rows, int64_t width, int64_t seq, int64_
 
 void tah_decode(const uint8_t* in, size_t n, int64_t rows, int64_t width, int64_t seq, int64_t lo_rows, int hi_bits,
                 int lo_bits, int tile, float* x) {
-  StageHead h;
-  h.codec = StageCodec::Tah, h.rows = (int32_t)rows, h.width = (int32_t)width, h.seq = (int32_t)seq, h.lo_rows = (int32_t)lo_rows;
-  h.bits = (uint8_t)hi_bits, h.lo_bits = (uint8_t)lo_bits, h.tile = (uint16_t)tile;
-  stage_check_params(h);
+  check_tah(rows, width, seq, lo_rows, hi_bits, lo_bits, tile);
   const int64_t B = rows / seq, tpr = width / tile, n_tiles = rows * tpr;
   BitReader rd(in, n);
   std::vector<uint8_t> codes((size_t)(rows * width));

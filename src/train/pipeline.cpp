@@ -149,6 +149,19 @@ void Pipeline::load_caches(const std::string& dir, int world_rank, int64_t T) {
   }
 }
 
+namespace {
+// The targets (>= 0) of each of M micro-batches of N rows, and their sum.
+std::vector<int64_t> targets_per_micro(const int32_t* targets, int M, int64_t N, int64_t* total) {
+  std::vector<int64_t> nv((size_t)M, 0);
+  *total = 0;
+  for (int mb = 0; mb < M; mb++) {
+    for (int64_t i = 0; i < N; i++) nv[mb] += targets[mb * N + i] >= 0;
+    *total += nv[mb];
+  }
+  return nv;
+}
+}  // namespace
+
 void pipeline_check_compression(const PipelineOptions& o, int64_t width) {
   if (o.compress_fwd != "none" && o.compress_fwd != "fixpoint" && o.compress_fwd != "tah" && o.compress_fwd != "delta" &&
       o.compress_fwd != "delta-lowbits")
@@ -247,12 +260,8 @@ double Pipeline::train_step(int64_t step, const int32_t* tokens, const int32_t* 
   const int64_t Bm = B / M, N = Bm * T, C = m_.config.dim;
   const bool first = m_.first_stage(), last = m_.last_stage();
   // Each micro-batch's share of the step's target tokens (every stage reads the targets).
-  std::vector<int64_t> nv(M, 0);
   int64_t total = 0;
-  for (int mb = 0; mb < M; mb++) {
-    for (int64_t i = 0; i < N; i++) nv[mb] += targets[mb * N + i] >= 0;
-    total += nv[mb];
-  }
+  const std::vector<int64_t> nv = targets_per_micro(targets, M, N, &total);
   // The schedule as a list of (forward?, micro-batch).
   std::vector<std::pair<bool, int>> acts;
   int slots = M;
@@ -358,11 +367,7 @@ double Pipeline::eval_batch(const int32_t* tokens, const int32_t* targets, int64
   m_.use_slot(0);
   x_.resize((size_t)(N * C));
   int64_t total = 0;
-  std::vector<int64_t> nv(M, 0);
-  for (int mb = 0; mb < M; mb++) {
-    for (int64_t i = 0; i < N; i++) nv[mb] += targets[mb * N + i] >= 0;
-    total += nv[mb];
-  }
+  const std::vector<int64_t> nv = targets_per_micro(targets, M, N, &total);
   const int64_t seq = eval_seq_++;
   double loss = 0;
   for (int mb = 0; mb < M; mb++) {

@@ -1,6 +1,6 @@
 # Shared by the mpirun tests: sourced with LLMQ, ROOT and T set. Makes a small model config
 # (Llama 3 vocabulary, tied embeddings) and token shards from the fetched corpus, and
-# same_curve A B, which compares two runs' metrics.jsonl.
+# same_curve A B, which compares two runs' metrics.jsonl, and expect_job_error (a job that must fail fast).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails+1)); }
@@ -31,4 +31,13 @@ for x, y in zip(a, b):
 print(f"max relative difference of {', '.join(keys)}: {worst:.2e}")
 sys.exit(0 if worst <= 1e-5 else 1)
 PY
+}
+# A job that must fail: within 30 s, its output holding NEEDLE (one message, no hang).
+expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
+  local needle=$1; shift 2
+  local t0=$SECONDS
+  if timeout 60 mpirun "$@" >"$T/err.log" 2>&1; then fail "expected an error: $*"; return; fi
+  grep -q -- "$needle" "$T/err.log" || { fail "message lacks '$needle': $*"; tail -5 "$T/err.log"; return; }
+  [ $((SECONDS - t0)) -lt 30 ] || fail "took $((SECONDS - t0)) s: $*"
+  echo "ok: $needle ($((SECONDS - t0)) s)"
 }

@@ -142,14 +142,6 @@ print(f"trace: {len(x)} events on ranks {sorted({e['tid'] for e in x})}")
 PY
 
 # Faults: each ends within seconds with one message.
-expect_job_error() {  # expect_job_error NEEDLE -- mpirun args...
-  local needle=$1; shift 2
-  local t0=$SECONDS
-  if timeout 60 mpirun "$@" >"$T/err.log" 2>&1; then fail "expected an error: $*"; return; fi
-  grep -q -- "$needle" "$T/err.log" || { fail "message lacks '$needle': $*"; tail -5 "$T/err.log"; return; }
-  [ $((SECONDS - t0)) -lt 30 ] || fail "took $((SECONDS - t0)) s: $*"
-  echo "ok: $needle ($((SECONDS - t0)) s)"
-}
 E=("$LLMQ" -t 1 "${PT[@]}" --config "$T/config4.json" --steps 20 --save-every 10)
 LLMQ_PP_FAULT=checksum:0:1 expect_job_error "pipeline stage 1: step 0 micro-batch 1: the activations from stage 0: whose payload checksum" \
   -- -np 2 -x LLMQ_PP_FAULT "${E[@]}" --out "$T/e1" --pp 2
